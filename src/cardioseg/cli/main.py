@@ -1,0 +1,215 @@
+"""``cardioseg`` command line: small Typer commands over the Python API.
+
+Errors about user input are printed as one line (``error: <file>: <problem>``) with exit code 1,
+never as a traceback (set ``CARDIOSEG_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Cardiac cine MRI segmentation (LV, MYO, RV) across vendors.")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions into one-line errors with a non-zero exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cardioseg.errors import CardiosegError
+
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except CardiosegError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except Exception as exc:  # last resort: still one line
+            if os.environ.get("CARDIOSEG_DEBUG"):
+                raise
+            _fail(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+
+@app.command()
+@friendly
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML training config")],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a value, e.g. --set train.fold=2")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Train a model from a YAML config (resumes from OUTPUT_DIR/last.pt if present)."""
+    _setup_logging(True)
+    from cardioseg.training.config import load_config
+    from cardioseg.training.trainer import Trainer
+
+    cfg = load_config(config, overrides)
+    result = Trainer(cfg, progress=progress).run()
+    typer.echo(f"done: {len(result['history'])} epochs, output in {cfg.output_dir}")
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    from cardioseg.errors import CardiosegError
+    from cardioseg.io.nifti import is_nifti
+
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if is_nifti(f) and "_gt" not in f.name)
+            if not found:
+                raise CardiosegError(p, "folder contains no NIfTI images")
+            files += found
+        else:
+            files.append(p)
+    return files
+
+
+@app.command()
+@friendly
+def segment(
+    inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes (3D or 4D cine) or folders")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file or folder")],
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
+    postprocess: Annotated[bool, typer.Option(help="Largest component + hole filling")] = True,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch default)")] = 0,
+) -> None:
+    """Segment volumes; labels (1 LV, 2 MYO, 3 RV) are written in the input's native geometry."""
+    from cardioseg.errors import CardiosegError
+    from cardioseg.inference import Segmenter
+    from cardioseg.io.nifti import is_nifti
+
+    files = _expand_inputs(inputs)
+    single = len(files) == 1 and is_nifti(output) and not output.is_dir()
+    if not single and is_nifti(output):
+        raise CardiosegError(output, "several inputs need an output folder, not a file name")
+    seg = Segmenter(model, tta=tta, postprocess=postprocess, num_threads=threads or None)
+    failures = 0
+    for f in files:
+        dest = output if single else output / f.name
+        try:
+            res = seg.segment_file(f, dest)
+            typer.echo(f"{f} -> {dest} ({res.timings['predict_s']:.2f} s)")
+        except CardiosegError as exc:
+            failures += 1
+            typer.echo(f"error: {exc}", err=True)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def evaluate(
+    prediction: Annotated[Path | None, typer.Argument(help="Prediction label map (pair mode)")] = None,
+    reference: Annotated[Path | None, typer.Argument(help="Reference label map (pair mode)")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="Dataset folder (dataset mode)")] = None,
+    layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, mscmr, folder or auto")] = "auto",
+    predictions: Annotated[Path | None, typer.Option(
+        help="Folder of predictions named like the images; omit to run the model")] = None,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint for dataset mode")] = None,
+    reference_labels: Annotated[str, typer.Option(
+        help="Label convention of the reference in pair mode")] = "canonical",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder")] = None,
+    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
+) -> None:
+    """Dice, Jaccard, precision, recall, HD, HD95, ASSD (3D, spacing-aware) per structure."""
+    import json
+
+    from cardioseg.errors import CardiosegError
+    from cardioseg.evaluation.metrics import compute_metrics
+    from cardioseg.io.nifti import atomic_write, read_image, read_label
+
+    if dataset is None:
+        if prediction is None or reference is None:
+            raise CardiosegError(None, "give PREDICTION REFERENCE, or --dataset DIR")
+        _, props = read_image(reference)
+        ref = read_label(reference, reference_labels, reference=props)
+        pred = read_label(prediction, "canonical", reference=props)
+        metrics = compute_metrics(pred, ref, props.spacing)
+        text = json.dumps(metrics, indent=2)
+        if output:
+            output.mkdir(parents=True, exist_ok=True)
+            with atomic_write(output / "metrics.json") as tmp:
+                tmp.write_text(text)
+        typer.echo(text)
+        return
+    from cardioseg.data.datasets import discover
+    from cardioseg.evaluation.runner import evaluate_records
+
+    records = [r for r in discover(dataset, layout) if r.label]
+    predict = None
+    if predictions is None:
+        from cardioseg.inference import Segmenter
+
+        seg = Segmenter(model, tta=tta)
+        predict = lambda v, s: seg.predict_volume(v, s)[0]  # noqa: E731
+    acc = evaluate_records(records, predict=predict, pred_dir=predictions)
+    out = output or Path("evaluation")
+    acc.to_csv(out / "metrics.csv")
+    acc.to_markdown(out / "summary.md", by=["phase", "vendor", "centre", "group"])
+    typer.echo((out / "summary.md").read_text())
+
+
+@app.command()
+@friendly
+def index(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV file")] = Path("index.csv"),
+    layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, mscmr, folder or auto")] = "auto",
+) -> None:
+    """Write the dataset index (one row per case: subject, phase, vendor, spacing, paths...)."""
+    from cardioseg.data.datasets import discover
+    from cardioseg.data.index import write_index
+
+    records = discover(dataset, layout)
+    write_index(records, output)
+    typer.echo(f"{len(records)} cases -> {output}")
+
+
+@app.command()
+@friendly
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
+        "cardioseg-demo"),
+    data: Annotated[Path | None, typer.Option(help="Run on a real dataset folder instead")] = None,
+    seed: Annotated[int, typer.Option(help="Phantom seed")] = 0,
+    max_cases: Annotated[int, typer.Option(help="At most this many cases with --data")] = 6,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+) -> None:
+    """Segment a synthetic study (or --data DIR), evaluate it, write masks, metrics, overlays."""
+    from cardioseg.demo import run_demo
+
+    summary = run_demo(output, data=data, seed=seed, max_cases=max_cases, model=model)
+    typer.echo(summary)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""Readers for the official layouts of public cardiac MRI datasets.
+
+Every reader returns a list of :class:`CaseRecord` (one per subject and phase) that points to files
+on disk; :func:`load_case` reads one record into canonical labels (0 bg, 1 LV, 2 MYO, 3 RV).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cardioseg.errors import CardiosegError
+from cardioseg.io.nifti import ImageProperties, read_image, read_label
+
+ACDC_GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
+
+
+@dataclass
+class CaseRecord:
+    """One labelled (or unlabelled) 3D short-axis volume.
+
+    Attributes:
+        dataset: Dataset name (``acdc``, ``mnms``, ``mnms2``, ``mscmr``, ``folder``).
+        subject: Subject identifier, unique within the dataset.
+        phase: ``ED``, ``ES`` or another phase name (``LGE`` for late enhancement).
+        image: Image path.
+        label: Label path or ``""``.
+        label_map: Key of :data:`cardioseg.labels.DATASET_LABEL_MAPS` for the label file.
+        frame: Time index in a 4D file, or -1 for 3D files.
+        vendor, centre, group: Metadata used for aggregation.
+        spacing, shape: Geometry read from the header.
+        extra: Additional metadata (height, weight, ...).
+    """
+
+    dataset: str
+    subject: str
+    phase: str
+    image: str
+    label: str = ""
+    label_map: str = "canonical"
+    frame: int = -1
+    vendor: str = ""
+    centre: str = ""
+    group: str = ""
+    spacing: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    shape: tuple[int, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def case_id(self) -> str:
+        """``dataset/subject/phase``: unique key of the record."""
+        return f"{self.dataset}/{self.subject}/{self.phase}"
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["spacing"] = "x".join(f"{s:.4g}" for s in self.spacing)
+        row["shape"] = "x".join(str(s) for s in self.shape)
+        row.pop("extra")
+        row.update({f"extra_{k}": v for k, v in self.extra.items()})
+        return row
+
+
+def _header_geometry(path: Path) -> tuple[tuple[float, float, float], tuple[int, ...]]:
+    try:
+        img = nib.load(str(path))
+    except Exception:
+        raise CardiosegError(path, "cannot read NIfTI header") from None
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return zooms, tuple(int(s) for s in img.shape)  # type: ignore[return-value]
+
+
+def _require_dir(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise CardiosegError(root, "dataset folder not found")
+    return root
+
+
+def _parse_cfg(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def read_acdc(root: str | Path) -> list[CaseRecord]:
+    """ACDC official layout: ``patientNNN/patientNNN_frameYY[_gt].nii.gz`` and ``Info.cfg``.
+
+    ``root`` may be the dataset folder, its ``training``/``testing`` subfolder, or hold both.
+    """
+    root = _require_dir(root)
+    patients = sorted(p for p in root.rglob("patient*") if p.is_dir() and (p / "Info.cfg").exists())
+    records = []
+    for pdir in patients:
+        info = _parse_cfg(pdir / "Info.cfg")
+        for phase in ("ED", "ES"):
+            if phase not in info:
+                continue
+            frame = int(info[phase])
+            image = pdir / f"{pdir.name}_frame{frame:02d}.nii.gz"
+            if not image.exists():
+                continue
+            label = image.with_name(image.name.replace(".nii.gz", "_gt.nii.gz"))
+            spacing, shape = _header_geometry(image)
+            extra = {k.lower(): info[k] for k in ("Height", "Weight", "NbFrame") if k in info}
+            records.append(CaseRecord(
+                "acdc", pdir.name, phase, str(image), str(label) if label.exists() else "",
+                "acdc", -1, "Siemens", "Dijon", info.get("Group", ""), spacing, shape, extra))
+    return records
+
+
+def _read_mnms_csv(root: Path) -> dict[str, dict[str, str]]:
+    csvs = sorted(root.glob("*.csv"))
+    table: dict[str, dict[str, str]] = {}
+    for c in csvs:
+        with open(c, newline="") as fh:
+            for row in csv.DictReader(fh):
+                key = row.get("External code") or row.get("SUBJECT_CODE") or row.get("subject")
+                if key:
+                    table[str(key).strip()] = {k: (v or "").strip() for k, v in row.items() if k}
+    return table
+
+
+def read_mnms(root: str | Path) -> list[CaseRecord]:
+    """M&Ms: ``<ID>/<ID>_sa_{ED,ES}[_gt].nii.gz`` or the official 4D ``<ID>_sa[_gt].nii.gz``.
+
+    Vendor, centre and (for 4D files) ED/ES frames come from the CSV in ``root``
+    (``mnms_info.csv`` or the official ``*Dataset_Information.csv``).
+    """
+    root = _require_dir(root)
+    meta = _read_mnms_csv(root)
+    records = []
+    for image in sorted(root.rglob("*_sa*.nii.gz")):
+        name = image.name
+        if "_gt" in name:
+            continue
+        m3 = re.fullmatch(r"(.+)_sa_(ED|ES)\.nii\.gz", name)
+        m4 = re.fullmatch(r"(.+)_sa\.nii\.gz", name)
+        if m3:
+            subject, phases = m3.group(1), [(m3.group(2), -1)]
+        elif m4:
+            subject = m4.group(1)
+            info = meta.get(subject, {})
+            if "ED" not in info or "ES" not in info:
+                raise CardiosegError(image, "4D M&Ms file without ED/ES frames in the CSV")
+            phases = [("ED", int(info["ED"])), ("ES", int(info["ES"]))]
+        else:
+            continue
+        info = meta.get(subject, {})
+        label = image.with_name(name.replace(".nii.gz", "_gt.nii.gz"))
+        spacing, shape = _header_geometry(image)
+        vendor = info.get("VendorName") or info.get("Vendor", "")
+        for phase, frame in phases:
+            records.append(CaseRecord(
+                "mnms", subject, phase, str(image), str(label) if label.exists() else "", "mnms",
+                frame, vendor, info.get("Centre", ""), info.get("Pathology", ""), spacing,
+                shape[:3], {"vendor_code": info.get("Vendor", "")}))
+    return records
+
+
+def read_mnms2(root: str | Path) -> list[CaseRecord]:
+    """M&Ms-2 short-axis files: ``NNN/NNN_SA_{ED,ES}[_gt].nii.gz`` (metadata CSV optional)."""
+    root = _require_dir(root)
+    meta = {}
+    for c in sorted(root.glob("*.csv")):
+        with open(c, newline="") as fh:
+            for row in csv.DictReader(fh):
+                key = row.get("SUBJECT_CODE") or row.get("subject")
+                if key:
+                    meta[str(int(key)) if str(key).isdigit() else key] = row
+    records = []
+    for image in sorted(root.rglob("*_SA_E[DS].nii.gz")):
+        m = re.fullmatch(r"(\d+)_SA_(ED|ES)\.nii\.gz", image.name)
+        if not m:
+            continue
+        subject, phase = m.group(1), m.group(2)
+        info = meta.get(str(int(subject)), {})
+        label = image.with_name(image.name.replace(".nii.gz", "_gt.nii.gz"))
+        spacing, shape = _header_geometry(image)
+        records.append(CaseRecord(
+            "mnms2", subject, phase, str(image), str(label) if label.exists() else "", "mnms2", -1,
+            info.get("VENDOR", ""), info.get("CENTRE", ""), info.get("DISEASE", ""), spacing,
+            shape))
+    return records
+
+
+def read_mscmr(root: str | Path) -> list[CaseRecord]:
+    """MS-CMRSeg LGE: ``images/subjectN_DE.nii.gz`` and ``labels/subjectN_DE_manual.nii.gz``."""
+    root = _require_dir(root)
+    records = []
+    for image in sorted(root.rglob("subject*_DE.nii.gz"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)):
+        subject = image.name.split("_")[0]
+        candidates = [image.parent.parent / "labels" / f"{subject}_DE_manual.nii.gz",
+                      image.with_name(f"{subject}_DE_manual.nii.gz")]
+        label = next((c for c in candidates if c.exists()), None)
+        spacing, shape = _header_geometry(image)
+        records.append(CaseRecord(
+            "mscmr", subject, "LGE", str(image), str(label) if label else "", "mscmr", -1,
+            "Philips", "Renji", "", spacing, shape))
+    return records
+
+
+def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[CaseRecord]:
+    """A generic folder of ``X.nii.gz`` + ``X_gt.nii.gz`` (or ``X_seg``/``X_label``) pairs.
+
+    Also accepts ``imagesTr``/``labelsTr`` (nnU-Net style, ``X_0000.nii.gz`` ↔ ``X.nii.gz``).
+    """
+    root = _require_dir(root)
+    records = []
+    label_suffixes = ("_gt", "_seg", "_label", "_labels", "_mask", "_manual")
+    for image in sorted(root.rglob("*.nii*")):
+        stem = image.name.split(".nii")[0]
+        if any(stem.endswith(s) for s in label_suffixes) or "labelsTr" in image.parts:
+            continue
+        label = None
+        for s in label_suffixes:
+            cand = image.with_name(f"{stem}{s}{image.name[len(stem):]}")
+            if cand.exists():
+                label = cand
+                break
+        if label is None and image.parent.name.startswith("images"):
+            cand = image.parent.parent / image.parent.name.replace("images", "labels") / (
+                re.sub(r"_\d{4}$", "", stem) + image.name[len(stem):])
+            label = cand if cand.exists() else None
+        spacing, shape = _header_geometry(image)
+        phase = "ES" if stem.upper().endswith("ES") else "ED" if stem.upper().endswith("ED") else "NA"
+        records.append(CaseRecord("folder", stem, phase, str(image), str(label) if label else "",
+                                  label_map, -1, spacing=spacing, shape=shape))
+    return records
+
+
+READERS = {
+    "acdc": read_acdc,
+    "mnms": read_mnms,
+    "mnms2": read_mnms2,
+    "mscmr": read_mscmr,
+    "folder": read_folder_pairs,
+}
+
+
+def detect_layout(root: str | Path) -> str:
+    """Guess which reader fits a folder."""
+    root = _require_dir(root)
+    if next(root.rglob("Info.cfg"), None) is not None:
+        return "acdc"
+    if next(root.rglob("*_sa_E[DS].nii.gz"), None) or next(root.rglob("*_sa.nii.gz"), None):
+        return "mnms"
+    if next(root.rglob("*_SA_E[DS].nii.gz"), None):
+        return "mnms2"
+    if next(root.rglob("subject*_DE.nii.gz"), None):
+        return "mscmr"
+    return "folder"
+
+
+def discover(root: str | Path, layout: str = "auto") -> list[CaseRecord]:
+    """Read a dataset folder with the reader for ``layout`` (``auto`` detects it)."""
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout not in READERS:
+        raise CardiosegError(root, f"unknown dataset layout '{layout}'; choose from {sorted(READERS)}")
+    records = READERS[layout](root)
+    if not records:
+        raise CardiosegError(root, f"no {layout} cases found")
+    return records
+
+
+def load_case(record: CaseRecord, with_label: bool = True
+              ) -> tuple[np.ndarray, np.ndarray | None, ImageProperties]:
+    """Read one record: 3D image, canonical label (or ``None``) and geometry."""
+    image, props = read_image(record.image)
+    label = None
+    if record.frame >= 0:
+        if image.ndim != 4:
+            raise CardiosegError(record.image, "record names a frame but the image is 3D")
+        image = image[..., record.frame]
+        props = ImageProperties(props.affine, props.spacing, image.shape, props.path)
+    if image.ndim != 3:
+        raise CardiosegError(record.image, f"expected a 3D volume, got shape {image.shape}")
+    if with_label and record.label:
+        if record.frame >= 0:
+            full = read_label(record.label, record.label_map)
+            if full.ndim == 4:
+                full = full[..., record.frame]
+            if full.shape != image.shape:
+                raise CardiosegError(record.label, "label shape does not match image shape")
+            label = full
+        else:
+            label = read_label(record.label, record.label_map, reference=props)
+    return image, label, props

@@ -1,0 +1,220 @@
+"""NIfTI reading/writing in the nnU-Net style: readers return ``(array, properties)``.
+
+Arrays keep the file's voxel order (no reorientation); ``properties`` carries the affine so that
+anything written back lands in exactly the input geometry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cardioseg.errors import CardiosegError
+from cardioseg.labels import DATASET_LABEL_MAPS, UnknownLabelError, remap_labels
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class ImageProperties:
+    """Geometry of an image as read from disk.
+
+    Attributes:
+        affine: 4x4 voxel-to-world (RAS+) matrix.
+        spacing: Voxel size in mm for the three spatial axes.
+        shape: Full array shape (3D, or 4D with time last).
+        path: Source file.
+        extra: Free-form metadata (e.g. DICOM-derived values).
+    """
+
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    shape: tuple[int, ...]
+    path: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def orientation(self) -> str:
+        """Axis codes such as ``"LPS"``."""
+        return "".join(nib.aff2axcodes(self.affine))
+
+
+def is_nifti(path: str | Path) -> bool:
+    """Whether ``path`` has a NIfTI file name."""
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _load(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise CardiosegError(path, "file not found")
+    if path.is_dir():
+        raise CardiosegError(path, "is a directory, expected a NIfTI file")
+    if not is_nifti(path):
+        raise CardiosegError(path, "not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise CardiosegError(path, "not a NIfTI image")
+        return img
+    except CardiosegError:
+        raise
+    except Exception as exc:  # nibabel raises many types for junk input
+        raise CardiosegError(path, f"cannot read NIfTI header ({type(exc).__name__})") from None
+
+
+def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(img.dataobj, dtype=np.float32)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        raise CardiosegError(path, f"truncated or corrupt image data ({type(exc).__name__})") from None
+
+
+def _raw_pixdim(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """pixdim as stored in the file (nibabel silently 'fixes' zero/negative values on load)."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+        return np.asarray(raw["pixdim"][1:4], dtype=float)
+    except Exception:
+        return np.ones(3)
+
+
+def _check_spacing(img: nib.Nifti1Image, path: Path) -> tuple[float, float, float]:
+    ndim = min(3, len(img.shape))
+    raw = _raw_pixdim(img, path)[:ndim]
+    if np.any(raw <= 0) or not np.all(np.isfinite(raw)):
+        raise CardiosegError(path, f"zero or negative voxel spacing {tuple(float(z) for z in raw)}")
+    zooms = img.header.get_zooms()[:3]
+    if len(zooms) < 3:
+        zooms = tuple(zooms) + (1.0,) * (3 - len(zooms))
+    spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    if not np.all(np.isfinite(img.affine)):
+        raise CardiosegError(path, "affine contains NaN/Inf")
+    if np.any(np.asarray(zooms, dtype=float) <= 0) or np.any(spacing <= 1e-6):
+        raise CardiosegError(path, f"zero or negative voxel spacing {tuple(float(z) for z in zooms)}")
+    return tuple(float(s) for s in spacing)  # type: ignore[return-value]
+
+
+def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, ImageProperties]:
+    """Read a 3D (or 4D cine) NIfTI image as ``float32`` and validate it.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        allow_4d: Accept 4D (x, y, z, t) arrays.
+
+    Returns:
+        ``(array, properties)``.
+
+    Raises:
+        CardiosegError: missing/corrupt file, wrong dimensionality, NaN/Inf, all-zero volume,
+            zero or negative spacing.
+
+    Example:
+        >>> arr, props = read_image("case.nii.gz")  # doctest: +SKIP
+        >>> props.spacing
+        (1.25, 1.25, 10.0)
+    """
+    path = Path(path)
+    img = _load(path)
+    shape = tuple(int(s) for s in img.shape)
+    # Trailing singleton dimensions (x, y, z, 1) are common: drop them.
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) < 3 or (len(shape) == 3 and min(shape) < 1):
+        raise CardiosegError(path, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
+    if len(shape) > 4 or (len(shape) == 4 and not allow_4d):
+        raise CardiosegError(path, f"expected a 3D{' or 4D' if allow_4d else ''} image, got "
+                             f"{len(shape)}D shape {shape}")
+    spacing = _check_spacing(img, path)
+    data = _data(img, path).reshape(shape)
+    if not np.all(np.isfinite(data)):
+        raise CardiosegError(path, "image contains NaN or Inf voxels")
+    if not np.any(data):
+        raise CardiosegError(path, "image is all zeros")
+    props = ImageProperties(img.affine.copy(), spacing, shape, str(path))
+    return data, props
+
+
+def read_label(
+    path: str | Path,
+    label_map: str | dict[int, int] = "canonical",
+    reference: ImageProperties | None = None,
+) -> np.ndarray:
+    """Read a label map, remap it to canonical labels and check it against its image.
+
+    Args:
+        path: Label NIfTI file.
+        label_map: Dataset name from :data:`DATASET_LABEL_MAPS` or an explicit mapping.
+        reference: Properties of the matching image; shape and affine must agree.
+
+    Returns:
+        ``uint8`` canonical label array.
+    """
+    path = Path(path)
+    img = _load(path)
+    mapping = DATASET_LABEL_MAPS[label_map] if isinstance(label_map, str) else label_map
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if reference is not None:
+        if shape != tuple(reference.shape):
+            raise CardiosegError(path, f"label shape {shape} does not match image shape "
+                                 f"{tuple(reference.shape)}")
+        if not np.allclose(img.affine, reference.affine, atol=1e-3, rtol=1e-4):
+            raise CardiosegError(path, "label affine does not match the image affine")
+    data = _data(img, path).reshape(shape)
+    try:
+        return remap_labels(data, mapping)
+    except UnknownLabelError as exc:
+        raise CardiosegError(path, str(exc)) from None
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    The temporary name keeps the suffix so that format-by-extension writers work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_image(path: str | Path, array: np.ndarray, properties: ImageProperties,
+                dtype: type = np.float32) -> Path:
+    """Write ``array`` with the geometry of ``properties`` (atomic)."""
+    path = Path(path)
+    arr = np.asarray(array).astype(dtype)
+    if tuple(arr.shape[:3]) != tuple(properties.shape[:3]):
+        raise ValueError(f"array shape {arr.shape} does not match geometry {properties.shape}")
+    img = nib.Nifti1Image(arr, properties.affine)
+    img.set_qform(properties.affine, code=1)
+    img.set_sform(properties.affine, code=1)
+    with atomic_write(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def write_label(path: str | Path, label: np.ndarray, properties: ImageProperties) -> Path:
+    """Write a canonical label map in the native geometry of ``properties`` (atomic, uint8)."""
+    return write_image(path, label, properties, dtype=np.uint8)

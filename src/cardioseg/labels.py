@@ -1,0 +1,49 @@
+"""Canonical label convention and per-dataset remapping tables."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Canonical label values used everywhere inside cardioseg.
+LABELS: dict[str, int] = {"background": 0, "LV": 1, "MYO": 2, "RV": 3}
+#: Foreground structures in label order.
+STRUCTURES: tuple[str, ...] = ("LV", "MYO", "RV")
+
+#: Mapping from each dataset's label values to the canonical ones.
+DATASET_LABEL_MAPS: dict[str, dict[int, int]] = {
+    "acdc": {0: 0, 1: 3, 2: 2, 3: 1},  # ACDC: 1=RV, 2=MYO, 3=LV
+    "mnms": {0: 0, 1: 1, 2: 2, 3: 3},  # M&Ms: 1=LV, 2=MYO, 3=RV
+    "mnms2": {0: 0, 1: 1, 2: 2, 3: 3},  # M&Ms-2: same as M&Ms
+    "mscmr": {0: 0, 1: 3, 2: 2, 3: 1},  # MS-CMRSeg (remapped release): 1=RV, 2=MYO, 3=LV
+    "canonical": {0: 0, 1: 1, 2: 2, 3: 3},
+}
+
+
+class UnknownLabelError(ValueError):
+    """Raised when a label map holds a value that the convention does not define."""
+
+
+def remap_labels(label: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """Remap integer labels with ``mapping``; unknown values raise :class:`UnknownLabelError`.
+
+    Args:
+        label: Integer (or integral float) label array of any shape.
+        mapping: Source value to canonical value.
+
+    Returns:
+        ``uint8`` array of canonical labels.
+
+    Example:
+        >>> remap_labels(np.array([0, 1, 3]), DATASET_LABEL_MAPS["acdc"]).tolist()
+        [0, 3, 1]
+    """
+    values = np.unique(label)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        raise UnknownLabelError("label map contains non-integer values")
+    unknown = sorted(int(v) for v in values if int(v) not in mapping)
+    if unknown:
+        raise UnknownLabelError(f"unknown label value(s) {unknown}; expected {sorted(mapping)}")
+    lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
+    for src, dst in mapping.items():
+        lut[src] = dst
+    return lut[label.astype(np.int64)]

@@ -1,0 +1,73 @@
+"""2D U-Net family built from MONAI networks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from monai.networks.nets import UNet
+
+
+@dataclass
+class ModelConfig:
+    """Plain values describing the network.
+
+    Attributes:
+        channels: Feature channels per resolution level.
+        strides: Down-sampling stride between levels (``len(channels) - 1`` entries).
+        num_res_units: Residual units per block (0 = plain convolutions).
+        norm: ``instance`` or ``batch`` normalisation.
+        dropout: Dropout probability.
+        in_channels, out_channels: Input channels and number of classes (incl. background).
+    """
+
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    num_res_units: int = 1
+    norm: str = "instance"
+    dropout: float = 0.0
+    in_channels: int = 1
+    out_channels: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.channels) < 2:
+            raise ValueError("channels needs at least two levels")
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(f"strides must have {len(self.channels) - 1} entries, "
+                             f"got {len(self.strides)}")
+        if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
+            raise ValueError("channels and strides must be positive")
+        if self.norm not in ("instance", "batch"):
+            raise ValueError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.out_channels < 2 or self.in_channels < 1:
+            raise ValueError("need in_channels >= 1 and out_channels >= 2")
+
+    @property
+    def stride_product(self) -> int:
+        p = 1
+        for s in self.strides:
+            p *= s
+        return p
+
+
+def build_model(config: ModelConfig | None = None) -> torch.nn.Module:
+    """Build the segmentation network.
+
+    Example:
+        >>> net = build_model(ModelConfig(channels=[4, 8, 16], strides=[2, 2]))
+        >>> net(torch.zeros(1, 1, 32, 32)).shape
+        torch.Size([1, 4, 32, 32])
+    """
+    c = config or ModelConfig()
+    return UNet(
+        spatial_dims=2,
+        in_channels=c.in_channels,
+        out_channels=c.out_channels,
+        channels=tuple(c.channels),
+        strides=tuple(c.strides),
+        num_res_units=c.num_res_units,
+        norm=c.norm.upper(),
+        dropout=c.dropout,
+    )

@@ -1,0 +1,104 @@
+"""Short-axis geometry: keep the acquisition's slice axis as the stacking axis.
+
+Vendors store short-axis stacks with very different affines (LPS, PIR, ARI, ...). Reorienting the
+whole volume to a canonical world frame can move the slice axis into the image plane, turning every
+2D slice into a long-axis cut. We therefore never reorient across axes: the slice axis is detected
+from the voxel spacing and kept, and in-plane orientation differences are left to augmentation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def slice_axis(spacing: tuple[float, float, float], shape: tuple[int, ...] | None = None) -> int:
+    """Index of the through-plane (stacking) axis.
+
+    The axis whose spacing is clearly the largest; for near-isotropic data, the axis with the fewest
+    voxels; otherwise the last axis (NIfTI convention for slice stacks).
+
+    Example:
+        >>> slice_axis((1.25, 1.25, 8.0))
+        2
+        >>> slice_axis((10.0, 1.4, 1.4))
+        0
+    """
+    sp = np.asarray(spacing[:3], dtype=float)
+    order = np.argsort(sp)
+    if sp[order[2]] > 1.2 * sp[order[1]]:
+        return int(order[2])
+    if shape is not None:
+        sh = np.asarray(shape[:3])
+        if sh.min() * 2 <= np.sort(sh)[1]:
+            return int(np.argmin(sh))
+    return 2
+
+
+def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
+    """Move ``axis`` first: (X, Y, Z) with axis 2 → (Z, X, Y)."""
+    return np.moveaxis(volume, axis, 0)
+
+
+def from_slices(slices: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse of :func:`to_slices`."""
+    return np.moveaxis(slices, 0, axis)
+
+
+def inplane_size(shape: tuple[int, int], spacing: tuple[float, float], target: float
+                 ) -> tuple[int, int]:
+    """Array size after resampling ``shape`` from ``spacing`` to ``target`` mm."""
+    return tuple(max(1, int(round(n * s / target))) for n, s in zip(shape, spacing, strict=True))  # type: ignore[return-value]
+
+
+def resample_inplane(slices: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+                     ) -> torch.Tensor:
+    """Resample a ``(N, C, H, W)`` stack in-plane to ``size``.
+
+    ``mode`` is ``bilinear`` (images, probabilities) or ``nearest`` (labels).
+    """
+    if tuple(slices.shape[-2:]) == tuple(size):
+        return slices
+    if mode == "nearest":
+        return F.interpolate(slices, size=size, mode="nearest-exact")
+    return F.interpolate(slices, size=size, mode=mode, align_corners=False)
+
+
+def resample_labels(labels: np.ndarray, size: tuple[int, int], num_classes: int = 4) -> np.ndarray:
+    """Resample a ``(N, H, W)`` label stack by interpolating one-hot maps (smoother than nearest)."""
+    t = torch.from_numpy(labels.astype(np.int64))
+    onehot = F.one_hot(t, num_classes).permute(0, 3, 1, 2).float()
+    return resample_inplane(onehot, size).argmax(1).numpy().astype(np.uint8)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0
+                    ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad the last two dims symmetrically up to a multiple; return the padding (l, r, t, b)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    if ph or pw:
+        x = F.pad(x, pad, value=value)
+    return x, pad
+
+
+def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple`."""
+    left, right, top, bottom = pad
+    h, w = x.shape[-2:]
+    return x[..., top : h - bottom, left : w - right]
+
+
+def crop_or_pad(image: np.ndarray, center: tuple[float, float], size: tuple[int, int],
+                value: float = 0.0) -> np.ndarray:
+    """Extract a ``size`` window of the last two dims centred at ``center`` (pads outside)."""
+    h, w = image.shape[-2:]
+    top = int(round(center[0] - size[0] / 2))
+    left = int(round(center[1] - size[1] / 2))
+    out = np.full(image.shape[:-2] + tuple(size), value, dtype=image.dtype)
+    sy0, sx0 = max(top, 0), max(left, 0)
+    sy1, sx1 = min(top + size[0], h), min(left + size[1], w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[..., sy0 - top : sy1 - top, sx0 - left : sx1 - left] = image[..., sy0:sy1, sx0:sx1]
+    return out

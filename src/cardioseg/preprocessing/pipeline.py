@@ -1,0 +1,86 @@
+"""The preprocessing pipeline and its exact inverse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cardioseg.preprocessing.geometry import (
+    from_slices,
+    inplane_size,
+    pad_to_multiple,
+    resample_inplane,
+    slice_axis,
+    to_slices,
+    unpad,
+)
+from cardioseg.preprocessing.intensity import normalize_intensity
+
+
+@dataclass
+class PreprocessState:
+    """Everything needed to map network outputs back to the native voxel grid."""
+
+    axis: int
+    native_shape: tuple[int, int, int]
+    inplane_native: tuple[int, int]
+    inplane_resampled: tuple[int, int]
+    pad: tuple[int, int, int, int]
+
+
+@dataclass
+class Preprocessor:
+    """Volume → stack of normalised 2D slices at a fixed in-plane spacing, and back.
+
+    Args:
+        target_spacing: In-plane spacing in mm of the network's input.
+        pad_multiple: Pad height/width to a multiple of this (network stride).
+
+    Example:
+        >>> pre = Preprocessor(1.25)
+        >>> x, state = pre.forward(np.random.rand(100, 90, 8), (1.5, 1.5, 8.0))
+        >>> x.shape[0], x.shape[1]
+        (8, 1)
+        >>> probs = torch.rand(8, 4, *x.shape[-2:])
+        >>> pre.inverse_labels(probs, state).shape
+        (100, 90, 8)
+    """
+
+    target_spacing: float = 1.25
+    pad_multiple: int = 16
+    lower_percentile: float = 0.5
+    upper_percentile: float = 99.5
+
+    def __post_init__(self) -> None:
+        if self.target_spacing <= 0:
+            raise ValueError(f"target_spacing must be > 0, got {self.target_spacing}")
+        if self.pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
+
+    def forward(self, volume: np.ndarray, spacing: tuple[float, float, float]
+                ) -> tuple[torch.Tensor, PreprocessState]:
+        """Return a ``(Z, 1, H, W)`` float tensor and the state for :meth:`inverse`."""
+        if volume.ndim != 3:
+            raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+        axis = slice_axis(spacing, volume.shape)
+        slices = to_slices(normalize_intensity(volume, self.lower_percentile,
+                                               self.upper_percentile), axis)
+        inplane_sp = tuple(s for i, s in enumerate(spacing[:3]) if i != axis)
+        native = tuple(slices.shape[1:])
+        size = inplane_size(native, inplane_sp, self.target_spacing)  # type: ignore[arg-type]
+        x = torch.from_numpy(np.ascontiguousarray(slices))[:, None]
+        x = resample_inplane(x, size)
+        x, pad = pad_to_multiple(x, self.pad_multiple, value=float(x.min()))
+        return x.contiguous(), PreprocessState(axis, tuple(volume.shape), native, size, pad)  # type: ignore[arg-type]
+
+    def inverse_probabilities(self, probs: torch.Tensor, state: PreprocessState) -> torch.Tensor:
+        """Map ``(Z, C, H, W)`` probabilities back to ``(Z, C, *native in-plane)``."""
+        probs = unpad(probs, state.pad)
+        return resample_inplane(probs, state.inplane_native)
+
+    def inverse_labels(self, probs: torch.Tensor, state: PreprocessState) -> np.ndarray:
+        """Map ``(Z, C, H, W)`` probabilities/logits to a native-geometry label volume."""
+        labels = self.inverse_probabilities(probs.float(), state).argmax(1).numpy().astype(np.uint8)
+        return from_slices(labels, state.axis)

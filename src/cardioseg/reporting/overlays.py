@@ -1,0 +1,64 @@
+"""Overlay montages of LV/MYO/RV contours on short-axis slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cardioseg.io.nifti import atomic_write
+from cardioseg.preprocessing.geometry import slice_axis as _slice_axis
+
+COLORS = {1: "#e4572e", 2: "#29bf12", 3: "#2e86de"}  # LV red, MYO green, RV blue
+
+
+def overlay_montage(image: np.ndarray, label: np.ndarray, path: str | Path,
+                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                    reference: np.ndarray | None = None, title: str = "",
+                    max_slices: int = 12) -> Path:
+    """Write a PNG montage: each slice with predicted contours (and reference dashed).
+
+    Args:
+        image, label: 3D arrays of equal shape.
+        path: Output PNG (written atomically).
+        spacing: Voxel spacing (the slice axis is the largest spacing).
+        reference: Optional reference labels drawn as dashed contours.
+        title: Figure title.
+        max_slices: Show at most this many slices (evenly chosen).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = _slice_axis(spacing, image.shape)
+    img = np.moveaxis(image, axis, 0)
+    lab = np.moveaxis(label, axis, 0)
+    ref = np.moveaxis(reference, axis, 0) if reference is not None else None
+    zs = np.unique(np.linspace(0, img.shape[0] - 1, min(max_slices, img.shape[0])).astype(int))
+    cols = min(6, len(zs))
+    rows = int(np.ceil(len(zs) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows + 0.4), squeeze=False)
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    sp = [s for i, s in enumerate(spacing[:3]) if i != axis]
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, z in zip(axes.flat, zs, strict=False):
+        ax.imshow(img[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower",
+                  aspect=sp[1] / sp[0])
+        for value, color in COLORS.items():
+            if (lab[z] == value).any():
+                ax.contour((lab[z] == value).T.astype(float), levels=[0.5], colors=color,
+                           linewidths=1.0)
+            if ref is not None and (ref[z] == value).any():
+                ax.contour((ref[z] == value).T.astype(float), levels=[0.5], colors=color,
+                           linewidths=0.8, linestyles="dashed")
+        ax.set_title(f"slice {z}", fontsize=8)
+    fig.suptitle(title + ("  (solid: prediction, dashed: reference)" if ref is not None else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,275 @@
+"""The trainer: k-fold or all-data training with validation, best checkpoint, resume, logs.
+
+Runs on CPU (2 cores are enough for the default schedule) or GPU; under ``torchrun`` it uses DDP
+(each rank samples its own patches; rank 0 validates, logs and saves).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from cardioseg.augmentation import baseline_augmentation
+from cardioseg.data.datasets import CaseRecord, discover
+from cardioseg.data.splits import kfold_split
+from cardioseg.errors import CardiosegError
+from cardioseg.models.checkpoint import save_checkpoint
+from cardioseg.models.factory import build_model
+from cardioseg.preprocessing.geometry import pad_to_multiple
+from cardioseg.training.config import TrainingConfig
+from cardioseg.training.slices import PatchSampler, PreparedCase, load_prepared
+
+log = logging.getLogger("cardioseg.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def collect_records(cfg: TrainingConfig) -> list[CaseRecord]:
+    records: list[CaseRecord] = []
+    for ds in cfg.data.datasets:
+        records += [r for r in discover(ds.path, ds.layout) if r.label]
+    if not records:
+        raise CardiosegError(None, "no labelled training cases found in the configured datasets")
+    return records
+
+
+def split_records(records: list[CaseRecord], cfg: TrainingConfig
+                  ) -> tuple[list[CaseRecord], list[CaseRecord]]:
+    """Patient-level split for ``cfg.train.fold`` (stratified by pathology group)."""
+    subjects = [f"{r.dataset}/{r.subject}" for r in records]
+    strata = {f"{r.dataset}/{r.subject}": f"{r.dataset}:{r.group}" for r in records}
+    t = cfg.train
+    if t.fold < 0:
+        rng = np.random.default_rng(t.seed)
+        uniq = sorted(set(subjects))
+        monitor = set(rng.choice(uniq, size=min(t.n_val_monitor, len(uniq)), replace=False))
+        return records, [r for r in records if f"{r.dataset}/{r.subject}" in monitor]
+    folds = kfold_split(subjects, t.folds, t.seed, strata)
+    if t.fold >= len(folds):
+        raise CardiosegError(None, f"fold {t.fold} out of range for {t.folds} folds")
+    _, val = folds[t.fold]
+    vs = set(val)
+    return ([r for r in records if f"{r.dataset}/{r.subject}" not in vs],
+            [r for r in records if f"{r.dataset}/{r.subject}" in vs])
+
+
+@torch.inference_mode()
+def predict_slices(model: torch.nn.Module, image: torch.Tensor, multiple: int,
+                   batch: int = 32) -> torch.Tensor:
+    """Logits for a ``(Z, 1, H, W)`` stack (padded internally to ``multiple``)."""
+    x, pad = pad_to_multiple(image, multiple, value=float(image.min()))
+    outs = [model(x[i : i + batch]) for i in range(0, x.shape[0], batch)]
+    out = torch.cat(outs)
+    left, right, top, bottom = pad
+    return out[..., top : out.shape[-2] - bottom, left : out.shape[-1] - right]
+
+
+def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes=(1, 2, 3)) -> list[float]:
+    out = []
+    for c in classes:
+        p, r = pred == c, ref == c
+        denom = p.sum() + r.sum()
+        out.append(1.0 if denom == 0 else 2.0 * (p & r).sum() / denom)
+    return out
+
+
+def validate(model: torch.nn.Module, cases: list[PreparedCase], multiple: int,
+             device: torch.device) -> dict[str, float]:
+    model.eval()
+    scores = []
+    for c in cases:
+        x = torch.from_numpy(c.image.astype(np.float32))[:, None].to(device)
+        pred = predict_slices(model, x, multiple).argmax(1).cpu().numpy()
+        scores.append(dice_per_class(pred, c.label))
+    model.train()
+    s = np.array(scores) if scores else np.zeros((1, 3))
+    return {"dice_lv": float(s[:, 0].mean()), "dice_myo": float(s[:, 1].mean()),
+            "dice_rv": float(s[:, 2].mean()), "dice_mean": float(s.mean())}
+
+
+class Trainer:
+    """Train one configuration; ``run()`` resumes from ``output_dir/last.pt`` when present.
+
+    Example:
+        >>> Trainer(cfg).run()  # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: TrainingConfig, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.out = Path(cfg.output_dir)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            self.device = torch.device("cuda", local)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        amp = cfg.train.amp
+        self.amp = self.device.type == "cuda" and amp in ("auto", "true", True)
+
+    def _log(self, msg: str) -> None:
+        if self.rank == 0:
+            log.info(msg)
+
+    def run(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        seed_everything(t.seed + self.rank)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            cfg.save(self.out / "config.yaml")
+        records = collect_records(cfg)
+        train_recs, val_recs = split_records(records, cfg)
+        self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
+        train_cases = load_prepared(train_recs, cfg.data.target_spacing, cfg.data.cache_dir)
+        val_cases = load_prepared(val_recs, cfg.data.target_spacing, cfg.data.cache_dir)
+        fingerprint = {
+            "target_spacing": cfg.data.target_spacing,
+            "n_train_volumes": len(train_cases),
+            "train_subjects": sorted({f"{c.record.dataset}/{c.record.subject}" for c in train_cases}),
+            "spacing_median": np.median([c.fingerprint["spacing"] for c in train_cases], 0).tolist(),
+            "intensity_p99_5_median": float(np.median([c.fingerprint["p99_5"] for c in train_cases])),
+        }
+        sampler = PatchSampler(train_cases, t.patch_size, seed=t.seed + 1000 * self.rank)
+        aug = baseline_augmentation(seed=t.seed + 7 * self.rank, strength=t.augmentation)
+
+        model = build_model(cfg.model).to(self.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        total = t.epochs * t.iterations_per_epoch
+        warm = t.warmup_epochs * t.iterations_per_epoch
+
+        def lr_lambda(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        start_epoch, best, history = 0, -1.0, []
+        last = self.out / "last.pt"
+        if last.exists():
+            ck = torch.load(last, map_location="cpu", weights_only=False)
+            model.load_state_dict(ck["model_state"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            aug.load_state_dict(ck["augmentation"])
+            sampler.rng.bit_generator.state = ck["sampler_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+            start_epoch, best = ck["epoch"] + 1, ck["best"]
+            history = ck.get("history", [])
+            self._log(f"resumed from {last} at epoch {start_epoch}")
+        net = model
+        if self.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        t0 = time.time()
+        elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+        multiple = cfg.model.stride_product
+        for epoch in range(start_epoch, t.epochs):
+            net.train()
+            losses = []
+            it = range(t.iterations_per_epoch)
+            if self.progress and self.rank == 0:
+                from tqdm import tqdm
+
+                it = tqdm(it, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
+            for _ in it:
+                x, y = sampler.sample(t.batch_size)
+                x, y = aug(x, y)
+                x, y = x.to(self.device), y.to(self.device)
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    logits = net(x)
+                    loss = loss_fn(logits.float(), y[:, None])
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                losses.append(float(loss))
+            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                                   "lr": sched.get_last_lr()[0]}
+            if self.rank == 0 and val_cases and ((epoch + 1) % t.val_interval == 0
+                                                 or epoch + 1 == t.epochs):
+                row.update(validate(model, val_cases, multiple, self.device))
+            row["elapsed_s"] = elapsed_before + time.time() - t0
+            history.append(row)
+            if self.rank == 0:
+                self._write_epoch(row, writer)
+                payload = self._payload(model, fingerprint, row)
+                score = row.get("dice_mean", -1.0)
+                if t.fold >= 0 and score > best:
+                    best = score
+                    save_checkpoint(self.out / "best.pt", payload)
+                payload.update({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "augmentation": aug.state_dict(),
+                                "sampler_rng": sampler.rng.bit_generator.state,
+                                "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                                "best": best, "history": history})
+                save_checkpoint(last, payload)
+                self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in row.items()))
+            if t.max_minutes and (time.time() - t0) / 60 > t.max_minutes:
+                self._log("stopping: max_minutes reached (resume to continue)")
+                break
+        if writer:
+            writer.close()
+        if self.rank == 0:
+            final = self._payload(model, fingerprint, history[-1] if history else {})
+            if t.fold < 0 or not (self.out / "best.pt").exists():
+                save_checkpoint(self.out / "final.pt", final)
+            (self.out / "summary.json").write_text(json.dumps(
+                {"best_val_dice": best, "epochs_done": len(history),
+                 "train_time_s": history[-1]["elapsed_s"] if history else 0.0,
+                 "last": history[-1] if history else {}}, indent=2))
+        return {"best": best, "history": history}
+
+    def _payload(self, model: torch.nn.Module, fingerprint: dict, row: dict) -> dict[str, Any]:
+        return {"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "config": self.cfg.to_dict(), "fingerprint": fingerprint, "metrics": row,
+                "format": "cardioseg-checkpoint-v1"}
+
+    def _write_epoch(self, row: dict, writer: Any) -> None:
+        f = self.out / "metrics.csv"
+        new = not f.exists()
+        keys = ["epoch", "loss", "lr", "dice_lv", "dice_myo", "dice_rv", "dice_mean", "elapsed_s"]
+        with open(f, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+        if writer is not None:
+            for k, v in row.items():
+                if k != "epoch":
+                    writer.add_scalar(k, v, row["epoch"])
+
+

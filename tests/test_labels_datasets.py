@@ -1,0 +1,96 @@
+"""Label remapping per dataset and the dataset readers on fake official layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import disc_labels, image_from_labels, write_nifti
+
+from cardioseg.data import discover, kfold_split, load_case, read_index, write_index
+from cardioseg.labels import DATASET_LABEL_MAPS, remap_labels
+
+
+@pytest.mark.parametrize("dataset,raw_lv,raw_rv", [("acdc", 3, 1), ("mscmr", 3, 1),
+                                                   ("mnms", 1, 3), ("mnms2", 1, 3)])
+def test_remap(dataset, raw_lv, raw_rv):
+    raw = np.array([0, raw_lv, 2, raw_rv])
+    np.testing.assert_array_equal(remap_labels(raw, DATASET_LABEL_MAPS[dataset]), [0, 1, 2, 3])
+
+
+def _canon_to(dataset, lab):
+    inv = {v: k for k, v in DATASET_LABEL_MAPS[dataset].items()}
+    return np.vectorize(inv.get)(lab).astype(np.uint8)
+
+
+def test_acdc_layout(tmp_path):
+    lab = disc_labels()
+    for pid, group in [("patient001", "DCM"), ("patient061", "NOR")]:
+        d = tmp_path / "training" / pid
+        for frame in (1, 12):
+            write_nifti(d / f"{pid}_frame{frame:02d}.nii.gz", image_from_labels(lab))
+            write_nifti(d / f"{pid}_frame{frame:02d}_gt.nii.gz", _canon_to("acdc", lab))
+        (d / "Info.cfg").write_text(f"ED: 1\nES: 12\nGroup: {group}\nHeight: 170\nWeight: 70\n")
+    recs = discover(tmp_path)
+    assert len(recs) == 4 and {r.phase for r in recs} == {"ED", "ES"}
+    assert {r.group for r in recs} == {"DCM", "NOR"}
+    _, label, _ = load_case(recs[0])
+    np.testing.assert_array_equal(label, lab)  # ACDC 3=LV became 1
+
+
+def test_mnms_3d_and_4d_layouts(tmp_path):
+    lab = disc_labels()
+    (tmp_path / "mnms_info.csv").write_text(
+        "External code,Vendor,VendorName,Centre,ED,ES\nAAA111,B,Philips,2,0,2\n"
+        "BBB222,C,GE,4,0,1\n")
+    d = tmp_path / "AAA111"
+    for ph in ("ED", "ES"):
+        write_nifti(d / f"AAA111_sa_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(d / f"AAA111_sa_{ph}_gt.nii.gz", lab)
+    cine = np.stack([image_from_labels(lab, seed=t) for t in range(3)], -1)
+    labs = np.stack([lab, np.zeros_like(lab), lab], -1)
+    write_nifti(tmp_path / "BBB222" / "BBB222_sa.nii.gz", cine)
+    write_nifti(tmp_path / "BBB222" / "BBB222_sa_gt.nii.gz", labs)
+    recs = discover(tmp_path)
+    by = {(r.subject, r.phase): r for r in recs}
+    assert by[("AAA111", "ED")].vendor == "Philips" and by[("AAA111", "ED")].centre == "2"
+    assert by[("BBB222", "ES")].frame == 1
+    img, label, props = load_case(by[("BBB222", "ES")])
+    assert img.shape == lab.shape and label.max() == 0
+    _, label_ed, _ = load_case(by[("BBB222", "ED")])
+    np.testing.assert_array_equal(label_ed, lab)
+
+
+def test_mnms2_mscmr_and_folder(tmp_path):
+    lab = disc_labels()
+    m2 = tmp_path / "m2" / "001"
+    for ph in ("ED", "ES"):
+        write_nifti(m2 / f"001_SA_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(m2 / f"001_SA_{ph}_gt.nii.gz", lab)
+    assert len(discover(tmp_path / "m2")) == 2
+    ms = tmp_path / "ms"
+    write_nifti(ms / "images" / "subject3_DE.nii.gz", image_from_labels(lab))
+    write_nifti(ms / "labels" / "subject3_DE_manual.nii.gz", _canon_to("mscmr", lab))
+    (rec,) = discover(ms)
+    assert rec.phase == "LGE"
+    np.testing.assert_array_equal(load_case(rec)[1], lab)
+    fo = tmp_path / "fo"
+    write_nifti(fo / "caseA.nii.gz", image_from_labels(lab))
+    write_nifti(fo / "caseA_gt.nii.gz", lab)
+    write_nifti(fo / "caseB.nii.gz", image_from_labels(lab))
+    recs = discover(fo)
+    assert [bool(r.label) for r in recs] == [True, False]
+    idx = write_index(recs, tmp_path / "index.csv")
+    back = read_index(idx)
+    assert [r.case_id for r in back] == [r.case_id for r in recs]
+    assert back[0].shape == lab.shape
+
+
+def test_kfold_is_patient_level_and_seeded():
+    subjects = [f"p{i:03d}" for i in range(20)] * 2  # two phases each
+    folds = kfold_split(subjects, 5, seed=1)
+    vals = [set(v) for _, v in folds]
+    assert sum(len(v) for v in vals) == 20 and len(set().union(*vals)) == 20
+    for tr, va in folds:
+        assert not set(tr) & set(va)
+    assert folds == kfold_split(subjects, 5, seed=1)
+    assert folds != kfold_split(subjects, 5, seed=2)
