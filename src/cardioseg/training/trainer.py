@@ -215,7 +215,7 @@ class Trainer:
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
             row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                                    "lr": sched.get_last_lr()[0]}
             if self.rank == 0 and val_cases and ((epoch + 1) % t.val_interval == 0

@@ -1,0 +1,112 @@
+"""The CLI through Typer's runner: segment, evaluate, index, bad input (one line, exit != 0)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import disc_labels, image_from_labels, oblique_affine, write_nifti
+from typer.testing import CliRunner
+
+from cardioseg.cli.main import app
+
+runner = CliRunner()
+
+
+def _run(args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_segment_single_and_many(tmp_path, tiny_checkpoint):
+    lab = disc_labels((50, 44, 5))
+    aff = oblique_affine(spacing=(1.4, 1.4, 9.0))
+    a = write_nifti(tmp_path / "a.nii.gz", image_from_labels(lab), aff)
+    b = write_nifti(tmp_path / "in" / "b.nii.gz", image_from_labels(lab, seed=2), aff)
+    cine = np.stack([image_from_labels(lab, seed=t) for t in range(3)], -1)
+    c = write_nifti(tmp_path / "in" / "c_cine.nii.gz", cine, aff)
+    res = _run(["segment", a, "-o", tmp_path / "a_seg.nii.gz", "--model", tiny_checkpoint])
+    assert res.exit_code == 0, res.output
+    out = nib.load(str(tmp_path / "a_seg.nii.gz"))
+    assert out.shape == lab.shape and np.allclose(out.affine, aff, atol=1e-5)
+    assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2, 3}
+    res = _run(["segment", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_checkpoint])
+    assert res.exit_code == 0, res.output
+    assert nib.load(str(tmp_path / "out" / b.name)).shape == lab.shape
+    assert nib.load(str(tmp_path / "out" / c.name)).shape == cine.shape
+
+
+def test_evaluate_pair(tmp_path):
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab, oblique_affine())
+    pred = write_nifti(tmp_path / "pred.nii.gz", lab, oblique_affine())
+    res = _run(["evaluate", pred, ref, "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["LV_dice"] == pytest.approx(1.0) and m["MYO_hd95"] == pytest.approx(0.0)
+
+
+def test_evaluate_dataset_with_predictions(tmp_path):
+    lab = disc_labels()
+    for i in range(2):
+        write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
+        write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab)
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab)
+    res = _run(["evaluate", "--dataset", tmp_path / "ds", "--predictions", tmp_path / "pred",
+                "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ev" / "metrics.csv").exists()
+    assert "LV" in (tmp_path / "ev" / "summary.md").read_text()
+    res = _run(["index", tmp_path / "ds", "-o", tmp_path / "idx.csv"])
+    assert res.exit_code == 0 and "2 cases" in res.output
+
+
+def _one_line_error(res, name):
+    assert res.exit_code != 0
+    text = res.output.strip()
+    assert "Traceback" not in text
+    assert text.startswith("error:") and name in text, text
+    assert len(text.splitlines()) == 1, text
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "corrupt", "2d", "5d", "nan", "zeros"])
+def test_segment_bad_input(tmp_path, tiny_checkpoint, kind):
+    p = tmp_path / f"{kind}.nii.gz"
+    if kind == "text":
+        p = tmp_path / "notes.txt"
+        p.write_text("x")
+    elif kind == "corrupt":
+        p.write_bytes(b"\x1f\x8b garbage")
+    elif kind == "2d":
+        write_nifti(p, np.ones((10, 10), np.float32))
+    elif kind == "5d":
+        write_nifti(p, np.ones((4, 4, 4, 2, 2), np.float32))
+    elif kind == "nan":
+        write_nifti(p, np.full((8, 8, 3), np.nan, np.float32))
+    elif kind == "zeros":
+        write_nifti(p, np.zeros((8, 8, 3), np.float32))
+    out = tmp_path / "out" / "seg.nii.gz"
+    res = _run(["segment", p, "-o", out, "--model", tiny_checkpoint])
+    _one_line_error(res, p.name)
+    assert not out.exists() and not list(tmp_path.glob("out/.*"))
+
+
+def test_evaluate_bad_label(tmp_path):
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab, oblique_affine())
+    bad = lab.copy()
+    bad[0, 0, 0] = 9
+    pred = write_nifti(tmp_path / "pred.nii.gz", bad, oblique_affine())
+    _one_line_error(_run(["evaluate", pred, ref]), "pred.nii.gz")
+    small = write_nifti(tmp_path / "small.nii.gz", lab[:-2], oblique_affine())
+    _one_line_error(_run(["evaluate", small, ref]), "small.nii.gz")
+
+
+def test_bad_model_and_config(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("nope")
+    img = write_nifti(tmp_path / "i.nii.gz", image_from_labels(disc_labels()))
+    _one_line_error(_run(["segment", img, "-o", tmp_path / "o.nii.gz", "--model", junk]),
+                    "junk.pt")
+    _one_line_error(_run(["train", "--config", tmp_path / "none.yaml"]), "none.yaml")
