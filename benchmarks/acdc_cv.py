@@ -49,11 +49,13 @@ def main() -> None:
         for r in val:
             image, ref, props = load_case(r)
             pred, _ = seg.predict_volume(image, props.spacing)
-            write_label(runs / "predictions" / Path(r.image).name, pred,
-                        ImageProperties(props.affine, props.spacing, pred.shape, r.image))
+            write_label(
+                runs / "predictions" / Path(r.image).name,
+                pred,
+                ImageProperties(props.affine, props.spacing, pred.shape, r.image),
+            )
             m = compute_metrics(pred, ref, props.spacing)
-            acc.add(r.case_id, m, fold=fold_dir.name, phase=r.phase, group=r.group,
-                    vendor=r.vendor)
+            acc.add(r.case_id, m, fold=fold_dir.name, phase=r.phase, group=r.group, vendor=r.vendor)
             print(f"{fold_dir.name} {r.case_id} {m['mean_dice']:.3f}", flush=True)
     if not folds_done:
         sys.exit("no finished folds")

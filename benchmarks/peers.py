@@ -42,7 +42,8 @@ class MyopariPeer:
         import onnxruntime as ort
 
         spec = importlib.util.spec_from_file_location(
-            "_myopari_utils", package_dir / "processors" / "functions_utils.py")
+            "_myopari_utils", package_dir / "processors" / "functions_utils.py"
+        )
         mod = importlib.util.module_from_spec(spec)
         sys.modules["_myopari_utils"] = mod
         spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -51,11 +52,14 @@ class MyopariPeer:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
-            str(package_dir / "Resources" / "tiramisu_acdc_fp32.onnx"), opts,
-            providers=["CPUExecutionProvider"])
+            str(package_dir / "Resources" / "tiramisu_acdc_fp32.onnx"),
+            opts,
+            providers=["CPUExecutionProvider"],
+        )
 
     def predict_volume(self, volume: np.ndarray, spacing) -> np.ndarray:
         data = self.utils.preprocess_data_array(volume)
-        seg = self.utils.predict_data_model(data, self.session, num_classes=4,
-                                            min_size_remove=800, device="cpu", onnx=True)
+        seg = self.utils.predict_data_model(
+            data, self.session, num_classes=4, min_size_remove=800, device="cpu", onnx=True
+        )
         return remap_labels(np.asarray(seg).astype(np.uint8), DATASET_LABEL_MAPS["acdc"])

@@ -63,47 +63,76 @@ def main() -> None:
                 times = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    pred = (m.predict_volume(image, props.spacing)[0] if name == "cardioseg"
-                            else m.predict_volume(image, props.spacing))
+                    pred = (
+                        m.predict_volume(image, props.spacing)[0]
+                        if name == "cardioseg"
+                        else m.predict_volume(image, props.spacing)
+                    )
                     times.append(time.perf_counter() - t0)
                 met = compute_metrics(pred, ref, props.spacing)
                 met["seconds"] = statistics.median(times)
                 met["n_slices"] = int(min(image.shape))
-                acc.add(f"{name}:{r.case_id}", met, method=name, dataset=ds, subject=r.subject,
-                        phase=r.phase, vendor=r.vendor)
-                print(f"{name:10s} {r.case_id:28s} dice {met['mean_dice']:.3f} "
-                      f"LV {met['LV_dice']:.3f} MYO {met['MYO_dice']:.3f} RV {met['RV_dice']:.3f} "
-                      f"HD95 {np.nanmean([met['LV_hd95'], met['MYO_hd95'], met['RV_hd95']]):.1f} "
-                      f"{met['seconds']:.2f}s", flush=True)
+                acc.add(
+                    f"{name}:{r.case_id}",
+                    met,
+                    method=name,
+                    dataset=ds,
+                    subject=r.subject,
+                    phase=r.phase,
+                    vendor=r.vendor,
+                )
+                print(
+                    f"{name:10s} {r.case_id:28s} dice {met['mean_dice']:.3f} "
+                    f"LV {met['LV_dice']:.3f} MYO {met['MYO_dice']:.3f} RV {met['RV_dice']:.3f} "
+                    f"HD95 {np.nanmean([met['LV_hd95'], met['MYO_hd95'], met['RV_hd95']]):.1f} "
+                    f"{met['seconds']:.2f}s",
+                    flush=True,
+                )
     out = Path(args.output)
     tag = f"_{args.tag}" if args.tag else ""
     acc.to_csv(out / f"segmentation_cases{tag}.csv")
     rows = acc.rows()
-    lines = [f"# Segmentation benchmark{tag}", "",
-             f"Command: `python benchmarks/segmentation_benchmark.py {' '.join(sys.argv[1:])}`",
-             f"Machine: {platform.processor() or platform.machine()}, torch threads {args.threads},"
-             f" {args.repeats} repeats (median).", "",
-             "| dataset | method | n | mean Dice | LV | MYO | RV | mean HD95 (mm) | s / volume |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Segmentation benchmark{tag}",
+        "",
+        f"Command: `python benchmarks/segmentation_benchmark.py {' '.join(sys.argv[1:])}`",
+        f"Machine: {platform.processor() or platform.machine()}, torch threads {args.threads},"
+        f" {args.repeats} repeats (median).",
+        "",
+        "| dataset | method | n | mean Dice | LV | MYO | RV | mean HD95 (mm) | s / volume |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for ds in args.datasets:
         for name in methods:
             rs = [r for r in rows if r["dataset"] == ds and r["method"] == name]
             if not rs:
                 continue
-            f = lambda k: float(np.nanmean([r[k] for r in rs]))  # noqa: E731
+            f = lambda k, rs=rs: float(np.nanmean([r[k] for r in rs]))  # noqa: E731
             hd = float(np.nanmean([[r["LV_hd95"], r["MYO_hd95"], r["RV_hd95"]] for r in rs]))
-            lines.append(f"| {ds} | {name} | {len(rs)} | {f('mean_dice'):.3f} | "
-                         f"{f('LV_dice'):.3f} | {f('MYO_dice'):.3f} | {f('RV_dice'):.3f} | "
-                         f"{hd:.1f} | {statistics.median(r['seconds'] for r in rs):.3f} |")
-    lines += ["", "Per vendor (M&Ms):", "", "| method | vendor | mean Dice | LV | MYO | RV |",
-              "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {ds} | {name} | {len(rs)} | {f('mean_dice'):.3f} | "
+                f"{f('LV_dice'):.3f} | {f('MYO_dice'):.3f} | {f('RV_dice'):.3f} | "
+                f"{hd:.1f} | {statistics.median(r['seconds'] for r in rs):.3f} |"
+            )
+    lines += [
+        "",
+        "Per vendor (M&Ms):",
+        "",
+        "| method | vendor | mean Dice | LV | MYO | RV |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in methods:
         for v in sorted({r["vendor"] for r in rows if r["dataset"] == "mnms"}):
-            rs = [r for r in rows if r["dataset"] == "mnms" and r["method"] == name
-                  and r["vendor"] == v]
-            f = lambda k: float(np.nanmean([r[k] for r in rs]))  # noqa: E731
-            lines.append(f"| {name} | {v} | {f('mean_dice'):.3f} | {f('LV_dice'):.3f} | "
-                         f"{f('MYO_dice'):.3f} | {f('RV_dice'):.3f} |")
+            rs = [
+                r
+                for r in rows
+                if r["dataset"] == "mnms" and r["method"] == name and r["vendor"] == v
+            ]
+            f = lambda k, rs=rs: float(np.nanmean([r[k] for r in rs]))  # noqa: E731
+            lines.append(
+                f"| {name} | {v} | {f('mean_dice'):.3f} | {f('LV_dice'):.3f} | "
+                f"{f('MYO_dice'):.3f} | {f('RV_dice'):.3f} |"
+            )
     (out / f"segmentation_summary{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

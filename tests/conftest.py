@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def oblique_affine(spacing=(1.3, 1.3, 8.0), angles=(0.4, -0.7, 1.1), origin=(12.0, -40.0, 85.0),
-                   flip=(1, 1, 1)) -> np.ndarray:
+def oblique_affine(
+    spacing=(1.3, 1.3, 8.0), angles=(0.4, -0.7, 1.1), origin=(12.0, -40.0, 85.0), flip=(1, 1, 1)
+) -> np.ndarray:
     """A rotated (vendor-like) affine with the given voxel sizes in its column norms."""
     a, b, c = angles
     rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
@@ -64,8 +65,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     cfg.model = ModelConfig(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
     model = build_model(cfg.model)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(path, {"model_state": model.state_dict(), "config": cfg.to_dict(),
-                           "fingerprint": {}, "format": "cardioseg-checkpoint-v1"})
+    save_checkpoint(
+        path,
+        {
+            "model_state": model.state_dict(),
+            "config": cfg.to_dict(),
+            "fingerprint": {},
+            "format": "cardioseg-checkpoint-v1",
+        },
+    )
     return path
 
 

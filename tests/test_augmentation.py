@@ -32,8 +32,14 @@ def _batch(n=4, s=48):
 
 
 SPATIAL = [RandomOrientation(p=1), RandomAffine(p=1), RandomElasticDeformation(p=1)]
-INTENSITY = [RandomGamma(p=1), RandomContrast(p=1), RandomBiasField(p=1), RandomBlur(p=1),
-             RandomNoise(p=1), RandomLowResolution(p=1)]
+INTENSITY = [
+    RandomGamma(p=1),
+    RandomContrast(p=1),
+    RandomBiasField(p=1),
+    RandomBlur(p=1),
+    RandomNoise(p=1),
+    RandomLowResolution(p=1),
+]
 
 
 @pytest.mark.parametrize("t", SPATIAL + INTENSITY, ids=lambda t: type(t).__name__)

@@ -53,8 +53,17 @@ def test_evaluate_dataset_with_predictions(tmp_path):
         write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
         write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab)
         write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab)
-    res = _run(["evaluate", "--dataset", tmp_path / "ds", "--predictions", tmp_path / "pred",
-                "-o", tmp_path / "ev"])
+    res = _run(
+        [
+            "evaluate",
+            "--dataset",
+            tmp_path / "ds",
+            "--predictions",
+            tmp_path / "pred",
+            "-o",
+            tmp_path / "ev",
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "ev" / "metrics.csv").exists()
     assert "LV" in (tmp_path / "ev" / "summary.md").read_text()
@@ -107,6 +116,5 @@ def test_bad_model_and_config(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_text("nope")
     img = write_nifti(tmp_path / "i.nii.gz", image_from_labels(disc_labels()))
-    _one_line_error(_run(["segment", img, "-o", tmp_path / "o.nii.gz", "--model", junk]),
-                    "junk.pt")
+    _one_line_error(_run(["segment", img, "-o", tmp_path / "o.nii.gz", "--model", junk]), "junk.pt")
     _one_line_error(_run(["train", "--config", tmp_path / "none.yaml"]), "none.yaml")

@@ -56,8 +56,7 @@ def test_bad_inputs(tmp_path):
     trunc.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     _expect(trunc, "truncated|corrupt|cannot read")
     _expect(write_nifti(tmp_path / "flat.nii.gz", np.ones((20, 20), np.float32)), "3D or 4D")
-    _expect(write_nifti(tmp_path / "five.nii.gz", np.ones((4, 4, 4, 2, 2), np.float32)),
-            "3D or 4D")
+    _expect(write_nifti(tmp_path / "five.nii.gz", np.ones((4, 4, 4, 2, 2), np.float32)), "3D or 4D")
     nan = np.ones((8, 8, 3), np.float32)
     nan[1, 1, 1] = np.nan
     _expect(write_nifti(tmp_path / "nan.nii.gz", nan), "NaN")
@@ -76,10 +75,18 @@ def test_label_checks(tmp_path):
     _, props = read_image(write_nifti(tmp_path / "img.nii.gz", image_from_labels(lab), aff))
     ok = write_nifti(tmp_path / "ok.nii.gz", lab, aff)
     assert read_label(ok, "canonical", reference=props).max() == 3
-    _expect(write_nifti(tmp_path / "shape.nii.gz", lab[:-1], aff), "shape", fn=read_label,
-            reference=props)
-    _expect(write_nifti(tmp_path / "aff.nii.gz", lab, oblique_affine(origin=(0, 0, 0))),
-            "affine", fn=read_label, reference=props)
+    _expect(
+        write_nifti(tmp_path / "shape.nii.gz", lab[:-1], aff),
+        "shape",
+        fn=read_label,
+        reference=props,
+    )
+    _expect(
+        write_nifti(tmp_path / "aff.nii.gz", lab, oblique_affine(origin=(0, 0, 0))),
+        "affine",
+        fn=read_label,
+        reference=props,
+    )
     bad = lab.copy()
     bad[0, 0, 0] = 7
     _expect(write_nifti(tmp_path / "unk.nii.gz", bad, aff), "unknown label", fn=read_label)

@@ -10,8 +10,9 @@ from cardioseg.data import discover, kfold_split, load_case, read_index, write_i
 from cardioseg.labels import DATASET_LABEL_MAPS, remap_labels
 
 
-@pytest.mark.parametrize("dataset,raw_lv,raw_rv", [("acdc", 3, 1), ("mscmr", 3, 1),
-                                                   ("mnms", 1, 3), ("mnms2", 1, 3)])
+@pytest.mark.parametrize(
+    "dataset,raw_lv,raw_rv", [("acdc", 3, 1), ("mscmr", 3, 1), ("mnms", 1, 3), ("mnms2", 1, 3)]
+)
 def test_remap(dataset, raw_lv, raw_rv):
     raw = np.array([0, raw_lv, 2, raw_rv])
     np.testing.assert_array_equal(remap_labels(raw, DATASET_LABEL_MAPS[dataset]), [0, 1, 2, 3])
@@ -40,8 +41,8 @@ def test_acdc_layout(tmp_path):
 def test_mnms_3d_and_4d_layouts(tmp_path):
     lab = disc_labels()
     (tmp_path / "mnms_info.csv").write_text(
-        "External code,Vendor,VendorName,Centre,ED,ES\nAAA111,B,Philips,2,0,2\n"
-        "BBB222,C,GE,4,0,1\n")
+        "External code,Vendor,VendorName,Centre,ED,ES\nAAA111,B,Philips,2,0,2\nBBB222,C,GE,4,0,1\n"
+    )
     d = tmp_path / "AAA111"
     for ph in ("ED", "ES"):
         write_nifti(d / f"AAA111_sa_{ph}.nii.gz", image_from_labels(lab))

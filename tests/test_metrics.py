@@ -117,8 +117,11 @@ def test_surface_empty_conventions_and_validation():
     empty = np.zeros((3, 3, 3), bool)
     one = empty.copy()
     one[1, 1, 1] = True
-    assert compute_surface_distances(empty, empty, (1, 1, 1)) == {"hd": 0.0, "hd95": 0.0,
-                                                                  "assd": 0.0}
+    assert compute_surface_distances(empty, empty, (1, 1, 1)) == {
+        "hd": 0.0,
+        "hd95": 0.0,
+        "assd": 0.0,
+    }
     for a, b in ((empty, one), (one, empty)):
         assert all(math.isnan(v) for v in compute_surface_distances(a, b, (1, 1, 1)).values())
     with pytest.raises(ValueError):
@@ -138,8 +141,17 @@ def test_compute_metrics_keys_volume_and_mean_dice():
     pred[3:5, 1:3, 2] = 0  # MYO loses 4 voxels: dice 2*8/20
     m = compute_metrics(pred, ref, (2.0, 2.0, 5.0))
     for s in ("LV", "MYO", "RV"):
-        for k in ("dice", "jaccard", "precision", "recall", "hd", "hd95", "assd",
-                  "vol_pred_ml", "vol_ref_ml"):
+        for k in (
+            "dice",
+            "jaccard",
+            "precision",
+            "recall",
+            "hd",
+            "hd95",
+            "assd",
+            "vol_pred_ml",
+            "vol_ref_ml",
+        ):
             assert isinstance(m[f"{s}_{k}"], float)
     assert m["LV_dice"] == 1.0 and m["LV_hd"] == 0.0
     assert m["LV_vol_ref_ml"] == pytest.approx(12 * 20 / 1000)
@@ -154,8 +166,18 @@ def test_compute_metrics_custom_labels_and_validation():
     a = np.zeros((4, 4), np.uint8)
     a[1, 1] = 5
     m = compute_metrics(a, a, (1.0, 1.0), labels={"X": 5})
-    assert set(m) == {"X_dice", "X_jaccard", "X_precision", "X_recall", "X_hd", "X_hd95",
-                      "X_assd", "X_vol_pred_ml", "X_vol_ref_ml", "mean_dice"}
+    assert set(m) == {
+        "X_dice",
+        "X_jaccard",
+        "X_precision",
+        "X_recall",
+        "X_hd",
+        "X_hd95",
+        "X_assd",
+        "X_vol_pred_ml",
+        "X_vol_ref_ml",
+        "mean_dice",
+    }
     with pytest.raises(ValueError):
         compute_metrics(a, np.zeros((4, 5), np.uint8), (1.0, 1.0))
     with pytest.raises(ValueError):
@@ -169,8 +191,12 @@ def _filled() -> MetricAccumulator:
     acc = MetricAccumulator()
     acc.add("a_ED", {"LV_dice": 0.9, "LV_hd95": 2.0, "mean_dice": 0.9}, phase="ED", vendor="A")
     acc.add("a_ES", {"LV_dice": 0.7, "LV_hd95": 4.0, "mean_dice": 0.7}, phase="ES", vendor="A")
-    acc.add("b_ED", {"LV_dice": 0.8, "LV_hd95": float("nan"), "mean_dice": 0.8}, phase="ED",
-            vendor="Siemens")
+    acc.add(
+        "b_ED",
+        {"LV_dice": 0.8, "LV_hd95": float("nan"), "mean_dice": 0.8},
+        phase="ED",
+        vendor="Siemens",
+    )
     return acc
 
 

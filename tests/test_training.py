@@ -25,11 +25,23 @@ def _dataset(root, n=4):
 def _config(tmp_path, **train):
     data = _dataset(tmp_path / "data")
     values = {
-        "data": {"datasets": [{"path": str(data), "layout": "folder"}],
-                 "cache_dir": str(tmp_path / "cache"), "target_spacing": 1.0},
+        "data": {
+            "datasets": [{"path": str(data), "layout": "folder"}],
+            "cache_dir": str(tmp_path / "cache"),
+            "target_spacing": 1.0,
+        },
         "model": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
-        "train": {"epochs": 1, "iterations_per_epoch": 2, "batch_size": 2, "patch_size": 32,
-                  "folds": 2, "fold": 0, "num_threads": 1, "warmup_epochs": 0, **train},
+        "train": {
+            "epochs": 1,
+            "iterations_per_epoch": 2,
+            "batch_size": 2,
+            "patch_size": 32,
+            "folds": 2,
+            "fold": 0,
+            "num_threads": 1,
+            "warmup_epochs": 0,
+            **train,
+        },
         "output_dir": str(tmp_path / "run"),
     }
     return config_from_dict(values)

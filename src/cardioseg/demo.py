@@ -29,14 +29,29 @@ def synthetic_records(folder: Path, seed: int = 0) -> list[CaseRecord]:
         paths = write_phantom(ph, folder, name=name)
         for phase in ph.images:
             img = paths[f"{name}_{phase}"]
-            records.append(CaseRecord(
-                "synthetic", name, phase, str(img), str(paths[f"{name}_{phase}_gt"]),
-                "canonical", vendor=vendor, spacing=tuple(ph.spacing), shape=ph.images[phase].shape))
+            records.append(
+                CaseRecord(
+                    "synthetic",
+                    name,
+                    phase,
+                    str(img),
+                    str(paths[f"{name}_{phase}_gt"]),
+                    "canonical",
+                    vendor=vendor,
+                    spacing=tuple(ph.spacing),
+                    shape=ph.images[phase].shape,
+                )
+            )
     return records
 
 
-def run_demo(output: str | Path, data: str | Path | None = None, seed: int = 0,
-             max_cases: int = 6, model: str | Path | None = None) -> str:
+def run_demo(
+    output: str | Path,
+    data: str | Path | None = None,
+    seed: int = 0,
+    max_cases: int = 6,
+    model: str | Path | None = None,
+) -> str:
     """Segment, evaluate and illustrate; returns the Markdown summary.
 
     Writes into ``output``: ``images/`` (synthetic inputs), ``masks/`` (predictions, native
@@ -70,19 +85,37 @@ def run_demo(output: str | Path, data: str | Path | None = None, seed: int = 0,
         image, ref, props = load_case(r)
         pred, _ = seg.predict_volume(image, props.spacing)
         stem = f"{r.subject}_{r.phase}"
-        write_label(out / "masks" / f"{stem}_seg.nii.gz", pred,
-                    ImageProperties(props.affine, props.spacing, pred.shape, props.path))
+        write_label(
+            out / "masks" / f"{stem}_seg.nii.gz",
+            pred,
+            ImageProperties(props.affine, props.spacing, pred.shape, props.path),
+        )
         m = compute_metrics(pred, ref, props.spacing)
-        acc.add(r.case_id, m, dataset=r.dataset, subject=r.subject, phase=r.phase,
-                vendor=r.vendor, group=r.group)
-        overlay_montage(image, pred, out / "overlays" / f"{stem}.png", props.spacing,
-                        reference=ref, title=f"{r.case_id}  Dice LV {m['LV_dice']:.2f} "
-                        f"MYO {m['MYO_dice']:.2f} RV {m['RV_dice']:.2f}")
+        acc.add(
+            r.case_id,
+            m,
+            dataset=r.dataset,
+            subject=r.subject,
+            phase=r.phase,
+            vendor=r.vendor,
+            group=r.group,
+        )
+        overlay_montage(
+            image,
+            pred,
+            out / "overlays" / f"{stem}.png",
+            props.spacing,
+            reference=ref,
+            title=f"{r.case_id}  Dice LV {m['LV_dice']:.2f} "
+            f"MYO {m['MYO_dice']:.2f} RV {m['RV_dice']:.2f}",
+        )
     acc.to_csv(out / "metrics.csv")
     acc.to_markdown(out / "summary.md", by=["phase", "vendor"])
     rows = acc.rows()
     means = {s: float(np.nanmean([r[f"{s}_dice"] for r in rows])) for s in ("LV", "MYO", "RV")}
-    lines = [f"cardioseg demo: {len(rows)} volumes -> {out}",
-             "mean Dice  " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()),
-             f"masks: {out / 'masks'}  overlays: {out / 'overlays'}  table: {out / 'summary.md'}"]
+    lines = [
+        f"cardioseg demo: {len(rows)} volumes -> {out}",
+        "mean Dice  " + "  ".join(f"{k} {v:.3f}" for k, v in means.items()),
+        f"masks: {out / 'masks'}  overlays: {out / 'overlays'}  table: {out / 'summary.md'}",
+    ]
     return "\n".join(lines)

@@ -54,8 +54,12 @@ class RandomTransform:
     def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=g)
 
-    def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> Batch:
+    def __call__(
+        self,
+        image: torch.Tensor,
+        label: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Batch:
         g = generator if generator is not None else torch.default_generator
         return self.sample(image.shape[0], g)(image, label)
 

@@ -23,7 +23,7 @@ class BiasField(Transform):
     def field(self, h: int, w: int) -> torch.Tensor:
         y = torch.linspace(-1, 1, h).view(h, 1)
         x = torch.linspace(-1, 1, w).view(1, w)
-        basis = torch.stack([(x ** i) * (y ** j) for i, j in _TERMS])  # (T, H, W)
+        basis = torch.stack([(x**i) * (y**j) for i, j in _TERMS])  # (T, H, W)
         log_f = torch.einsum("bt,thw->bhw", self.params["coefficients"], basis)
         f = torch.exp(log_f)
         return (f / f.mean(dim=(1, 2), keepdim=True))[:, None]

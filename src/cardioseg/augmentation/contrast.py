@@ -24,8 +24,9 @@ class Contrast(Transform):
 class RandomContrast(RandomTransform):
     """Random contrast factor in ``factor`` and brightness shift in ±``shift`` (std units)."""
 
-    def __init__(self, factor: tuple[float, float] = (0.7, 1.4), shift: float = 0.2,
-                 p: float = 0.5):
+    def __init__(
+        self, factor: tuple[float, float] = (0.7, 1.4), shift: float = 0.2, p: float = 0.5
+    ):
         super().__init__(p)
         self.factor, self.shift = factor, shift
 

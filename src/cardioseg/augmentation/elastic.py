@@ -19,8 +19,9 @@ class ElasticDeformation(Transform):
 
     def apply(self, image: torch.Tensor, label: torch.Tensor | None) -> Batch:
         b, _, h, w = image.shape
-        disp = F.interpolate(self.params["displacement"], size=(h, w), mode="bicubic",
-                             align_corners=False).permute(0, 2, 3, 1)
+        disp = F.interpolate(
+            self.params["displacement"], size=(h, w), mode="bicubic", align_corners=False
+        ).permute(0, 2, 3, 1)
         eye = torch.eye(2, 3).expand(b, 2, 3)
         grid = F.affine_grid(eye, [b, 1, h, w], align_corners=False) + disp
         return _resample(image, label, grid)

@@ -31,7 +31,9 @@ class Orientation(Transform):
         k, f = self.params["k"].tolist(), self.params["flip"].tolist()
         image = torch.stack([self._one(im, ki, fi) for im, ki, fi in zip(image, k, f, strict=True)])
         if label is not None:
-            label = torch.stack([self._one(lb, ki, fi) for lb, ki, fi in zip(label, k, f, strict=True)])
+            label = torch.stack(
+                [self._one(lb, ki, fi) for lb, ki, fi in zip(label, k, f, strict=True)]
+            )
         return image, label
 
     def inverse(self) -> Orientation:

@@ -16,8 +16,12 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Cardiac cine MRI segmentation (LV, MYO, RV) across vendors.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Cardiac cine MRI segmentation (LV, MYO, RV) across vendors.",
+)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -49,16 +53,20 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 @app.command()
 @friendly
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML training config")],
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a value, e.g. --set train.fold=2")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a value, e.g. --set train.fold=2")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Train a model from a YAML config (resumes from OUTPUT_DIR/last.pt if present)."""
@@ -123,15 +131,22 @@ def segment(
 @app.command()
 @friendly
 def evaluate(
-    prediction: Annotated[Path | None, typer.Argument(help="Prediction label map (pair mode)")] = None,
-    reference: Annotated[Path | None, typer.Argument(help="Reference label map (pair mode)")] = None,
+    prediction: Annotated[
+        Path | None, typer.Argument(help="Prediction label map (pair mode)")
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Argument(help="Reference label map (pair mode)")
+    ] = None,
     dataset: Annotated[Path | None, typer.Option(help="Dataset folder (dataset mode)")] = None,
     layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, mscmr, folder or auto")] = "auto",
-    predictions: Annotated[Path | None, typer.Option(
-        help="Folder of predictions named like the images; omit to run the model")] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(help="Folder of predictions named like the images; omit to run the model"),
+    ] = None,
     model: Annotated[Path | None, typer.Option(help="Checkpoint for dataset mode")] = None,
-    reference_labels: Annotated[str, typer.Option(
-        help="Label convention of the reference in pair mode")] = "canonical",
+    reference_labels: Annotated[
+        str, typer.Option(help="Label convention of the reference in pair mode")
+    ] = "canonical",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder")] = None,
     tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
 ) -> None:
@@ -193,7 +208,8 @@ def index(
 @friendly
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
-        "cardioseg-demo"),
+        "cardioseg-demo"
+    ),
     data: Annotated[Path | None, typer.Option(help="Run on a real dataset folder instead")] = None,
     seed: Annotated[int, typer.Option(help="Phantom seed")] = 0,
     max_cases: Annotated[int, typer.Option(help="At most this many cases with --data")] = 6,

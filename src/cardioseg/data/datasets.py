@@ -110,9 +110,23 @@ def read_acdc(root: str | Path) -> list[CaseRecord]:
             label = image.with_name(image.name.replace(".nii.gz", "_gt.nii.gz"))
             spacing, shape = _header_geometry(image)
             extra = {k.lower(): info[k] for k in ("Height", "Weight", "NbFrame") if k in info}
-            records.append(CaseRecord(
-                "acdc", pdir.name, phase, str(image), str(label) if label.exists() else "",
-                "acdc", -1, "Siemens", "Dijon", info.get("Group", ""), spacing, shape, extra))
+            records.append(
+                CaseRecord(
+                    "acdc",
+                    pdir.name,
+                    phase,
+                    str(image),
+                    str(label) if label.exists() else "",
+                    "acdc",
+                    -1,
+                    "Siemens",
+                    "Dijon",
+                    info.get("Group", ""),
+                    spacing,
+                    shape,
+                    extra,
+                )
+            )
     return records
 
 
@@ -158,10 +172,23 @@ def read_mnms(root: str | Path) -> list[CaseRecord]:
         spacing, shape = _header_geometry(image)
         vendor = info.get("VendorName") or info.get("Vendor", "")
         for phase, frame in phases:
-            records.append(CaseRecord(
-                "mnms", subject, phase, str(image), str(label) if label.exists() else "", "mnms",
-                frame, vendor, info.get("Centre", ""), info.get("Pathology", ""), spacing,
-                shape[:3], {"vendor_code": info.get("Vendor", "")}))
+            records.append(
+                CaseRecord(
+                    "mnms",
+                    subject,
+                    phase,
+                    str(image),
+                    str(label) if label.exists() else "",
+                    "mnms",
+                    frame,
+                    vendor,
+                    info.get("Centre", ""),
+                    info.get("Pathology", ""),
+                    spacing,
+                    shape[:3],
+                    {"vendor_code": info.get("Vendor", "")},
+                )
+            )
     return records
 
 
@@ -184,10 +211,22 @@ def read_mnms2(root: str | Path) -> list[CaseRecord]:
         info = meta.get(str(int(subject)), {})
         label = image.with_name(image.name.replace(".nii.gz", "_gt.nii.gz"))
         spacing, shape = _header_geometry(image)
-        records.append(CaseRecord(
-            "mnms2", subject, phase, str(image), str(label) if label.exists() else "", "mnms2", -1,
-            info.get("VENDOR", ""), info.get("CENTRE", ""), info.get("DISEASE", ""), spacing,
-            shape))
+        records.append(
+            CaseRecord(
+                "mnms2",
+                subject,
+                phase,
+                str(image),
+                str(label) if label.exists() else "",
+                "mnms2",
+                -1,
+                info.get("VENDOR", ""),
+                info.get("CENTRE", ""),
+                info.get("DISEASE", ""),
+                spacing,
+                shape,
+            )
+        )
     return records
 
 
@@ -195,15 +234,32 @@ def read_mscmr(root: str | Path) -> list[CaseRecord]:
     """MS-CMRSeg LGE: ``images/subjectN_DE.nii.gz`` and ``labels/subjectN_DE_manual.nii.gz``."""
     root = _require_dir(root)
     records = []
-    for image in sorted(root.rglob("subject*_DE.nii.gz"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)):
+    for image in sorted(
+        root.rglob("subject*_DE.nii.gz"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)
+    ):
         subject = image.name.split("_")[0]
-        candidates = [image.parent.parent / "labels" / f"{subject}_DE_manual.nii.gz",
-                      image.with_name(f"{subject}_DE_manual.nii.gz")]
+        candidates = [
+            image.parent.parent / "labels" / f"{subject}_DE_manual.nii.gz",
+            image.with_name(f"{subject}_DE_manual.nii.gz"),
+        ]
         label = next((c for c in candidates if c.exists()), None)
         spacing, shape = _header_geometry(image)
-        records.append(CaseRecord(
-            "mscmr", subject, "LGE", str(image), str(label) if label else "", "mscmr", -1,
-            "Philips", "Renji", "", spacing, shape))
+        records.append(
+            CaseRecord(
+                "mscmr",
+                subject,
+                "LGE",
+                str(image),
+                str(label) if label else "",
+                "mscmr",
+                -1,
+                "Philips",
+                "Renji",
+                "",
+                spacing,
+                shape,
+            )
+        )
     return records
 
 
@@ -221,18 +277,34 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
             continue
         label = None
         for s in label_suffixes:
-            cand = image.with_name(f"{stem}{s}{image.name[len(stem):]}")
+            cand = image.with_name(f"{stem}{s}{image.name[len(stem) :]}")
             if cand.exists():
                 label = cand
                 break
         if label is None and image.parent.name.startswith("images"):
-            cand = image.parent.parent / image.parent.name.replace("images", "labels") / (
-                re.sub(r"_\d{4}$", "", stem) + image.name[len(stem):])
+            cand = (
+                image.parent.parent
+                / image.parent.name.replace("images", "labels")
+                / (re.sub(r"_\d{4}$", "", stem) + image.name[len(stem) :])
+            )
             label = cand if cand.exists() else None
         spacing, shape = _header_geometry(image)
-        phase = "ES" if stem.upper().endswith("ES") else "ED" if stem.upper().endswith("ED") else "NA"
-        records.append(CaseRecord("folder", stem, phase, str(image), str(label) if label else "",
-                                  label_map, -1, spacing=spacing, shape=shape))
+        phase = (
+            "ES" if stem.upper().endswith("ES") else "ED" if stem.upper().endswith("ED") else "NA"
+        )
+        records.append(
+            CaseRecord(
+                "folder",
+                stem,
+                phase,
+                str(image),
+                str(label) if label else "",
+                label_map,
+                -1,
+                spacing=spacing,
+                shape=shape,
+            )
+        )
     return records
 
 
@@ -263,15 +335,18 @@ def discover(root: str | Path, layout: str = "auto") -> list[CaseRecord]:
     """Read a dataset folder with the reader for ``layout`` (``auto`` detects it)."""
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in READERS:
-        raise CardiosegError(root, f"unknown dataset layout '{layout}'; choose from {sorted(READERS)}")
+        raise CardiosegError(
+            root, f"unknown dataset layout '{layout}'; choose from {sorted(READERS)}"
+        )
     records = READERS[layout](root)
     if not records:
         raise CardiosegError(root, f"no {layout} cases found")
     return records
 
 
-def load_case(record: CaseRecord, with_label: bool = True
-              ) -> tuple[np.ndarray, np.ndarray | None, ImageProperties]:
+def load_case(
+    record: CaseRecord, with_label: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, ImageProperties]:
     """Read one record: 3D image, canonical label (or ``None``) and geometry."""
     image, props = read_image(record.image)
     label = None

@@ -29,10 +29,23 @@ def read_index(path: str | Path) -> list[CaseRecord]:
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
             extra = {k[6:]: v for k, v in row.items() if k.startswith("extra_")}
-            out.append(CaseRecord(
-                row["dataset"], row["subject"], row["phase"], row["image"], row["label"],
-                row["label_map"], int(row["frame"]), row["vendor"], row["centre"], row["group"],
-                tuple(float(s) for s in row["spacing"].split("x")) if row["spacing"] else (0, 0, 0),
-                tuple(int(s) for s in row["shape"].split("x")) if row["shape"] else (),
-                json.loads(json.dumps(extra))))
+            out.append(
+                CaseRecord(
+                    row["dataset"],
+                    row["subject"],
+                    row["phase"],
+                    row["image"],
+                    row["label"],
+                    row["label_map"],
+                    int(row["frame"]),
+                    row["vendor"],
+                    row["centre"],
+                    row["group"],
+                    tuple(float(s) for s in row["spacing"].split("x"))
+                    if row["spacing"]
+                    else (0, 0, 0),
+                    tuple(int(s) for s in row["shape"].split("x")) if row["shape"] else (),
+                    json.loads(json.dumps(extra)),
+                )
+            )
     return out

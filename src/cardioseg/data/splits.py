@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def kfold_split(subjects: list[str], k: int = 5, seed: int = 12345,
-                strata: dict[str, str] | None = None) -> list[tuple[list[str], list[str]]]:
+def kfold_split(
+    subjects: list[str], k: int = 5, seed: int = 12345, strata: dict[str, str] | None = None
+) -> list[tuple[list[str], list[str]]]:
     """Split unique subjects into ``k`` folds.
 
     Args:
@@ -38,5 +39,7 @@ def kfold_split(subjects: list[str], k: int = 5, seed: int = 12345,
         for i, s in enumerate(members):
             folds[(i + offset) % k].append(s)
         offset += len(members)
-    return [(sorted(s for j, f in enumerate(folds) if j != i for s in f), sorted(folds[i]))
-            for i in range(k)]
+    return [
+        (sorted(s for j, f in enumerate(folds) if j != i for s in f), sorted(folds[i]))
+        for i in range(k)
+    ]

@@ -260,8 +260,11 @@ class MetricAccumulator:
         return out
 
     def _structures(self) -> list[str]:
-        return [k[: -len("_dice")] for k in self._metric_keys
-                if k.endswith("_dice") and k != "mean_dice"]
+        return [
+            k[: -len("_dice")]
+            for k in self._metric_keys
+            if k.endswith("_dice") and k != "mean_dice"
+        ]
 
     def _table(self, by: str | None) -> list[str]:
         structs = self._structures()
@@ -288,9 +291,14 @@ class MetricAccumulator:
 
         Cells are ``mean ± std`` of Dice and HD95 per structure, plus the mean Dice.
         """
-        lines = [f"# {title}", "", f"Cases: {len(self._rows)}. Cells: mean ± std over cases "
-                 "(population std); HD95 in mm, cases where only one mask has the structure "
-                 "are left out of HD95.", ""]
+        lines = [
+            f"# {title}",
+            "",
+            f"Cases: {len(self._rows)}. Cells: mean ± std over cases "
+            "(population std); HD95 in mm, cases where only one mask has the structure "
+            "are left out of HD95.",
+            "",
+        ]
         if not self._rows:
             return "\n".join([*lines, "No cases evaluated.", ""])
         lines += ["## Overall", "", *self._table(None), ""]
@@ -299,8 +307,9 @@ class MetricAccumulator:
                 lines += [f"## By {key}", "", *self._table(key), ""]
         return "\n".join(lines)
 
-    def to_markdown(self, path: str | Path, by: Sequence[str] | None = None,
-                    title: str = "Evaluation summary") -> Path:
+    def to_markdown(
+        self, path: str | Path, by: Sequence[str] | None = None, title: str = "Evaluation summary"
+    ) -> Path:
         """Write :meth:`markdown` to ``path`` (atomic)."""
         path = Path(path)
         with atomic_write(path) as tmp:

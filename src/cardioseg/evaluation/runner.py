@@ -56,8 +56,16 @@ def evaluate_records(
         seconds = time.perf_counter() - t0
         m = compute_metrics(pred, ref, props.spacing)
         m["seconds"] = seconds
-        acc.add(r.case_id, m, dataset=r.dataset, subject=r.subject, phase=r.phase,
-                vendor=r.vendor, centre=r.centre, group=r.group)
+        acc.add(
+            r.case_id,
+            m,
+            dataset=r.dataset,
+            subject=r.subject,
+            phase=r.phase,
+            vendor=r.vendor,
+            centre=r.centre,
+            group=r.group,
+        )
         log.info("%s mean_dice=%.3f", r.case_id, m["mean_dice"])
         if on_case is not None:
             on_case(r, image, pred, ref, m)

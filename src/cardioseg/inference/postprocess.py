@@ -8,8 +8,9 @@ from scipy import ndimage
 from cardioseg.labels import LABELS
 
 
-def keep_largest_components(label: np.ndarray, structures: tuple[int, ...] = (1, 2, 3)
-                            ) -> np.ndarray:
+def keep_largest_components(
+    label: np.ndarray, structures: tuple[int, ...] = (1, 2, 3)
+) -> np.ndarray:
     """Keep the largest 3D connected component of each structure (26-connectivity).
 
     Example:

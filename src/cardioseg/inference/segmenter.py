@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.inference.postprocess import postprocess as _postprocess
+from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import load_checkpoint
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.pipeline import Preprocessor
@@ -40,19 +40,27 @@ class Segmenter:
 
     Example:
         >>> seg = Segmenter()  # doctest: +SKIP
-        >>> result = seg.segment_file("patient_ED.nii.gz", "patient_ED_seg.nii.gz")  # doctest: +SKIP
+        >>> res = seg.segment_file("case_ED.nii.gz", "case_ED_seg.nii.gz")  # doctest: +SKIP
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, tta: bool = False,
-                 postprocess: bool = True, num_threads: int | None = None, device: str = "auto",
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        tta: bool = False,
+        postprocess: bool = True,
+        num_threads: int | None = None,
+        device: str = "auto",
+        batch_size: int = 32,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         ckpt = load_checkpoint(checkpoint)
         cfg = ckpt["config"]
         self.model_config = ModelConfig(**cfg["model"])
-        self.preprocessor = Preprocessor(target_spacing=float(cfg["data"]["target_spacing"]),
-                                         pad_multiple=self.model_config.stride_product)
+        self.preprocessor = Preprocessor(
+            target_spacing=float(cfg["data"]["target_spacing"]),
+            pad_multiple=self.model_config.stride_product,
+        )
         self.fingerprint = ckpt.get("fingerprint", {})
         self.metadata = {k: ckpt.get(k) for k in ("metrics", "fingerprint", "format")}
         if device == "auto":
@@ -80,8 +88,12 @@ class Segmenter:
             outs.append(p.cpu())
         return torch.cat(outs)
 
-    def predict_volume(self, volume: np.ndarray, spacing: tuple[float, float, float],
-                       return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_volume(
+        self,
+        volume: np.ndarray,
+        spacing: tuple[float, float, float],
+        return_probabilities: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment one 3D volume given its voxel spacing; returns native-grid labels."""
         x, state = self.preprocessor.forward(volume, spacing)
         probs = self._forward(x)
@@ -100,14 +112,20 @@ class Segmenter:
         if image.ndim == 3:
             labels, _ = self.predict_volume(image, properties.spacing)
         elif image.ndim == 4:
-            labels = np.stack([self.predict_volume(image[..., t], properties.spacing)[0]
-                               for t in range(image.shape[-1])], axis=-1)
+            labels = np.stack(
+                [
+                    self.predict_volume(image[..., t], properties.spacing)[0]
+                    for t in range(image.shape[-1])
+                ],
+                axis=-1,
+            )
         else:
             raise CardiosegError(properties.path, f"expected 3D or 4D image, got {image.ndim}D")
         return Segmentation(labels, properties, timings={"predict_s": time.perf_counter() - t0})
 
-    def segment_file(self, input_path: str | Path, output_path: str | Path | None = None
-                     ) -> Segmentation:
+    def segment_file(
+        self, input_path: str | Path, output_path: str | Path | None = None
+    ) -> Segmentation:
         """Read a NIfTI file, segment it and (optionally) write the label map atomically."""
         image, props = read_image(input_path)
         result = self.predict(image, props)

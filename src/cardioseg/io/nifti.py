@@ -75,7 +75,9 @@ def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     try:
         return np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
-        raise CardiosegError(path, f"truncated or corrupt image data ({type(exc).__name__})") from None
+        raise CardiosegError(
+            path, f"truncated or corrupt image data ({type(exc).__name__})"
+        ) from None
 
 
 def _raw_pixdim(img: nib.Nifti1Image, path: Path) -> np.ndarray:
@@ -102,7 +104,9 @@ def _check_spacing(img: nib.Nifti1Image, path: Path) -> tuple[float, float, floa
     if not np.all(np.isfinite(img.affine)):
         raise CardiosegError(path, "affine contains NaN/Inf")
     if np.any(np.asarray(zooms, dtype=float) <= 0) or np.any(spacing <= 1e-6):
-        raise CardiosegError(path, f"zero or negative voxel spacing {tuple(float(z) for z in zooms)}")
+        raise CardiosegError(
+            path, f"zero or negative voxel spacing {tuple(float(z) for z in zooms)}"
+        )
     return tuple(float(s) for s in spacing)  # type: ignore[return-value]
 
 
@@ -134,8 +138,10 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
     if len(shape) < 3 or (len(shape) == 3 and min(shape) < 1):
         raise CardiosegError(path, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
     if len(shape) > 4 or (len(shape) == 4 and not allow_4d):
-        raise CardiosegError(path, f"expected a 3D{' or 4D' if allow_4d else ''} image, got "
-                             f"{len(shape)}D shape {shape}")
+        raise CardiosegError(
+            path,
+            f"expected a 3D{' or 4D' if allow_4d else ''} image, got {len(shape)}D shape {shape}",
+        )
     spacing = _check_spacing(img, path)
     data = _data(img, path).reshape(shape)
     if not np.all(np.isfinite(data)):
@@ -169,8 +175,9 @@ def read_label(
         shape = shape[:-1]
     if reference is not None:
         if shape != tuple(reference.shape):
-            raise CardiosegError(path, f"label shape {shape} does not match image shape "
-                                 f"{tuple(reference.shape)}")
+            raise CardiosegError(
+                path, f"label shape {shape} does not match image shape {tuple(reference.shape)}"
+            )
         if not np.allclose(img.affine, reference.affine, atol=1e-3, rtol=1e-4):
             raise CardiosegError(path, "label affine does not match the image affine")
     data = _data(img, path).reshape(shape)
@@ -200,8 +207,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def write_image(path: str | Path, array: np.ndarray, properties: ImageProperties,
-                dtype: type = np.float32) -> Path:
+def write_image(
+    path: str | Path, array: np.ndarray, properties: ImageProperties, dtype: type = np.float32
+) -> Path:
     """Write ``array`` with the geometry of ``properties`` (atomic)."""
     path = Path(path)
     arr = np.asarray(array).astype(dtype)

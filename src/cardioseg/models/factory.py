@@ -33,8 +33,9 @@ class ModelConfig:
         if len(self.channels) < 2:
             raise ValueError("channels needs at least two levels")
         if len(self.strides) != len(self.channels) - 1:
-            raise ValueError(f"strides must have {len(self.channels) - 1} entries, "
-                             f"got {len(self.strides)}")
+            raise ValueError(
+                f"strides must have {len(self.channels) - 1} entries, got {len(self.strides)}"
+            )
         if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
             raise ValueError("channels and strides must be positive")
         if self.norm not in ("instance", "batch"):

@@ -1,6 +1,6 @@
 """Vendor-robust preprocessing with an exact inverse to native geometry."""
 
-from cardioseg.preprocessing.geometry import resample_inplane, slice_axis, to_slices, from_slices
+from cardioseg.preprocessing.geometry import from_slices, resample_inplane, slice_axis, to_slices
 from cardioseg.preprocessing.intensity import normalize_intensity
 from cardioseg.preprocessing.pipeline import Preprocessor, PreprocessState
 

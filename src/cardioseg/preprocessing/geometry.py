@@ -46,14 +46,17 @@ def from_slices(slices: np.ndarray, axis: int) -> np.ndarray:
     return np.moveaxis(slices, 0, axis)
 
 
-def inplane_size(shape: tuple[int, int], spacing: tuple[float, float], target: float
-                 ) -> tuple[int, int]:
+def inplane_size(
+    shape: tuple[int, int], spacing: tuple[float, float], target: float
+) -> tuple[int, int]:
     """Array size after resampling ``shape`` from ``spacing`` to ``target`` mm."""
-    return tuple(max(1, int(round(n * s / target))) for n, s in zip(shape, spacing, strict=True))  # type: ignore[return-value]
+    sizes = (max(1, int(round(n * s / target))) for n, s in zip(shape, spacing, strict=True))
+    return tuple(sizes)  # type: ignore[return-value]
 
 
-def resample_inplane(slices: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
-                     ) -> torch.Tensor:
+def resample_inplane(
+    slices: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
     """Resample a ``(N, C, H, W)`` stack in-plane to ``size``.
 
     ``mode`` is ``bilinear`` (images, probabilities) or ``nearest`` (labels).
@@ -66,14 +69,15 @@ def resample_inplane(slices: torch.Tensor, size: tuple[int, int], mode: str = "b
 
 
 def resample_labels(labels: np.ndarray, size: tuple[int, int], num_classes: int = 4) -> np.ndarray:
-    """Resample a ``(N, H, W)`` label stack by interpolating one-hot maps (smoother than nearest)."""
+    """Resample a ``(N, H, W)`` label stack via one-hot interpolation (smoother than nearest)."""
     t = torch.from_numpy(labels.astype(np.int64))
     onehot = F.one_hot(t, num_classes).permute(0, 3, 1, 2).float()
     return resample_inplane(onehot, size).argmax(1).numpy().astype(np.uint8)
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, value: float = 0.0
-                    ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, value: float = 0.0
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Pad the last two dims symmetrically up to a multiple; return the padding (l, r, t, b)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
@@ -90,8 +94,9 @@ def unpad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
     return x[..., top : h - bottom, left : w - right]
 
 
-def crop_or_pad(image: np.ndarray, center: tuple[float, float], size: tuple[int, int],
-                value: float = 0.0) -> np.ndarray:
+def crop_or_pad(
+    image: np.ndarray, center: tuple[float, float], size: tuple[int, int], value: float = 0.0
+) -> np.ndarray:
     """Extract a ``size`` window of the last two dims centred at ``center`` (pads outside)."""
     h, w = image.shape[-2:]
     top = int(round(center[0] - size[0] / 2))

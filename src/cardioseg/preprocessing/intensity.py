@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5
-                        ) -> np.ndarray:
+def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
     """Clip to percentiles of the volume, then z-score.
 
     Args:
@@ -34,5 +33,10 @@ def intensity_fingerprint(volume: np.ndarray) -> dict[str, float]:
     """Percentiles and moments of a volume (used in the dataset fingerprint)."""
     v = np.asarray(volume, dtype=np.float32)
     p = np.percentile(v, [0.5, 50, 99.5])
-    return {"p00_5": float(p[0]), "p50": float(p[1]), "p99_5": float(p[2]),
-            "mean": float(v.mean()), "std": float(v.std())}
+    return {
+        "p00_5": float(p[0]),
+        "p50": float(p[1]),
+        "p99_5": float(p[2]),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+    }

@@ -59,14 +59,16 @@ class Preprocessor:
         if self.pad_multiple < 1:
             raise ValueError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
 
-    def forward(self, volume: np.ndarray, spacing: tuple[float, float, float]
-                ) -> tuple[torch.Tensor, PreprocessState]:
+    def forward(
+        self, volume: np.ndarray, spacing: tuple[float, float, float]
+    ) -> tuple[torch.Tensor, PreprocessState]:
         """Return a ``(Z, 1, H, W)`` float tensor and the state for :meth:`inverse`."""
         if volume.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
         axis = slice_axis(spacing, volume.shape)
-        slices = to_slices(normalize_intensity(volume, self.lower_percentile,
-                                               self.upper_percentile), axis)
+        slices = to_slices(
+            normalize_intensity(volume, self.lower_percentile, self.upper_percentile), axis
+        )
         inplane_sp = tuple(s for i, s in enumerate(spacing[:3]) if i != axis)
         native = tuple(slices.shape[1:])
         size = inplane_size(native, inplane_sp, self.target_spacing)  # type: ignore[arg-type]

@@ -12,10 +12,15 @@ from cardioseg.preprocessing.geometry import slice_axis as _slice_axis
 COLORS = {1: "#e4572e", 2: "#29bf12", 3: "#2e86de"}  # LV red, MYO green, RV blue
 
 
-def overlay_montage(image: np.ndarray, label: np.ndarray, path: str | Path,
-                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                    reference: np.ndarray | None = None, title: str = "",
-                    max_slices: int = 12) -> Path:
+def overlay_montage(
+    image: np.ndarray,
+    label: np.ndarray,
+    path: str | Path,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    reference: np.ndarray | None = None,
+    title: str = "",
+    max_slices: int = 12,
+) -> Path:
     """Write a PNG montage: each slice with predicted contours (and reference dashed).
 
     Args:
@@ -44,18 +49,24 @@ def overlay_montage(image: np.ndarray, label: np.ndarray, path: str | Path,
     for ax in axes.flat:
         ax.axis("off")
     for ax, z in zip(axes.flat, zs, strict=False):
-        ax.imshow(img[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower",
-                  aspect=sp[1] / sp[0])
+        ax.imshow(img[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=sp[1] / sp[0])
         for value, color in COLORS.items():
             if (lab[z] == value).any():
-                ax.contour((lab[z] == value).T.astype(float), levels=[0.5], colors=color,
-                           linewidths=1.0)
+                ax.contour(
+                    (lab[z] == value).T.astype(float), levels=[0.5], colors=color, linewidths=1.0
+                )
             if ref is not None and (ref[z] == value).any():
-                ax.contour((ref[z] == value).T.astype(float), levels=[0.5], colors=color,
-                           linewidths=0.8, linestyles="dashed")
+                ax.contour(
+                    (ref[z] == value).T.astype(float),
+                    levels=[0.5],
+                    colors=color,
+                    linewidths=0.8,
+                    linestyles="dashed",
+                )
         ax.set_title(f"slice {z}", fontsize=8)
-    fig.suptitle(title + ("  (solid: prediction, dashed: reference)" if ref is not None else ""),
-                 fontsize=9)
+    fig.suptitle(
+        title + ("  (solid: prediction, dashed: reference)" if ref is not None else ""), fontsize=9
+    )
     fig.tight_layout()
     path = Path(path)
     with atomic_write(path) as tmp:

@@ -81,8 +81,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         if sub is not None:
             kwargs[name] = [_build(sub, v, f"{where}.{name}") for v in value]
         elif name in ("data", "model", "train") and cls is TrainingConfig:
-            kwargs[name] = _build({"data": DataConfig, "model": ModelConfig,
-                                   "train": TrainConfig}[name], value, name)
+            kwargs[name] = _build(
+                {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[name], value, name
+            )
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -121,7 +122,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     for ds in cfg.data.datasets:
         p = Path(ds.path)
         if not p.is_absolute() and not p.exists():
-            cand = (path.parent / p)
+            cand = path.parent / p
             if cand.exists():
                 ds.path = str(cand.resolve())
     return cfg

@@ -50,27 +50,35 @@ def prepare_case(record: CaseRecord, target_spacing: float) -> PreparedCase:
     return PreparedCase(record, img_r.numpy().astype(np.float16), lab_r, center, fp)  # type: ignore[arg-type]
 
 
-def load_prepared(records: list[CaseRecord], target_spacing: float, cache_dir: str | Path | None
-                  ) -> list[PreparedCase]:
+def load_prepared(
+    records: list[CaseRecord], target_spacing: float, cache_dir: str | Path | None
+) -> list[PreparedCase]:
     """Prepare all records, reusing ``cache_dir/<hash>.npz`` files when present."""
     out = []
     cache = Path(cache_dir) if cache_dir else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     for r in records:
-        key = hashlib.sha1(f"{Path(r.image).resolve()}|{r.frame}|{r.label}|{target_spacing}|v1"
-                           .encode()).hexdigest()[:16]
+        key = hashlib.sha1(
+            f"{Path(r.image).resolve()}|{r.frame}|{r.label}|{target_spacing}|v1".encode()
+        ).hexdigest()[:16]
         f = cache / f"{key}.npz" if cache else None
         if f is not None and f.exists():
             z = np.load(f, allow_pickle=True)
-            out.append(PreparedCase(r, z["image"], z["label"], tuple(z["center"]),
-                                    z["fingerprint"].item()))
+            out.append(
+                PreparedCase(r, z["image"], z["label"], tuple(z["center"]), z["fingerprint"].item())
+            )
             continue
         pc = prepare_case(r, target_spacing)
         if f is not None:
             tmp = f.with_suffix(".tmp.npz")
-            np.savez(tmp, image=pc.image, label=pc.label, center=np.array(pc.center),
-                     fingerprint=np.array(pc.fingerprint, dtype=object))
+            np.savez(
+                tmp,
+                image=pc.image,
+                label=pc.label,
+                center=np.array(pc.center),
+                fingerprint=np.array(pc.fingerprint, dtype=object),
+            )
             tmp.replace(f)
         out.append(pc)
     return out
@@ -87,8 +95,14 @@ class PatchSampler:
         p_random_center: Probability of a uniformly random centre (teaches background).
     """
 
-    def __init__(self, cases: list[PreparedCase], patch_size: int = 160, seed: int = 0,
-                 jitter: float = 20.0, p_random_center: float = 0.1):
+    def __init__(
+        self,
+        cases: list[PreparedCase],
+        patch_size: int = 160,
+        seed: int = 0,
+        jitter: float = 20.0,
+        p_random_center: float = 0.1,
+    ):
         if not cases:
             raise ValueError("no training cases")
         self.cases, self.patch_size = cases, patch_size
@@ -106,10 +120,14 @@ class PatchSampler:
             if self.rng.random() < self.p_random_center:
                 center = (self.rng.uniform(0, h), self.rng.uniform(0, w))
             else:
-                center = (c.center[0] + self.rng.normal(0, self.jitter),
-                          c.center[1] + self.rng.normal(0, self.jitter))
+                center = (
+                    c.center[0] + self.rng.normal(0, self.jitter),
+                    c.center[1] + self.rng.normal(0, self.jitter),
+                )
             im = c.image[z].astype(np.float32)
             imgs.append(crop_or_pad(im, center, ps, value=float(im.min())))
             labs.append(crop_or_pad(c.label[z], center, ps, value=0))
-        return (torch.from_numpy(np.stack(imgs))[:, None],
-                torch.from_numpy(np.stack(labs).astype(np.int64)))
+        return (
+            torch.from_numpy(np.stack(imgs))[:, None],
+            torch.from_numpy(np.stack(labs).astype(np.int64)),
+        )

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 from cardioseg.augmentation import baseline_augmentation
@@ -49,8 +48,9 @@ def collect_records(cfg: TrainingConfig) -> list[CaseRecord]:
     return records
 
 
-def split_records(records: list[CaseRecord], cfg: TrainingConfig
-                  ) -> tuple[list[CaseRecord], list[CaseRecord]]:
+def split_records(
+    records: list[CaseRecord], cfg: TrainingConfig
+) -> tuple[list[CaseRecord], list[CaseRecord]]:
     """Patient-level split for ``cfg.train.fold`` (stratified by pathology group)."""
     subjects = [f"{r.dataset}/{r.subject}" for r in records]
     strata = {f"{r.dataset}/{r.subject}": f"{r.dataset}:{r.group}" for r in records}
@@ -65,13 +65,16 @@ def split_records(records: list[CaseRecord], cfg: TrainingConfig
         raise CardiosegError(None, f"fold {t.fold} out of range for {t.folds} folds")
     _, val = folds[t.fold]
     vs = set(val)
-    return ([r for r in records if f"{r.dataset}/{r.subject}" not in vs],
-            [r for r in records if f"{r.dataset}/{r.subject}" in vs])
+    return (
+        [r for r in records if f"{r.dataset}/{r.subject}" not in vs],
+        [r for r in records if f"{r.dataset}/{r.subject}" in vs],
+    )
 
 
 @torch.inference_mode()
-def predict_slices(model: torch.nn.Module, image: torch.Tensor, multiple: int,
-                   batch: int = 32) -> torch.Tensor:
+def predict_slices(
+    model: torch.nn.Module, image: torch.Tensor, multiple: int, batch: int = 32
+) -> torch.Tensor:
     """Logits for a ``(Z, 1, H, W)`` stack (padded internally to ``multiple``)."""
     x, pad = pad_to_multiple(image, multiple, value=float(image.min()))
     outs = [model(x[i : i + batch]) for i in range(0, x.shape[0], batch)]
@@ -89,8 +92,9 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes=(1, 2, 3)) -> list
     return out
 
 
-def validate(model: torch.nn.Module, cases: list[PreparedCase], multiple: int,
-             device: torch.device) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module, cases: list[PreparedCase], multiple: int, device: torch.device
+) -> dict[str, float]:
     model.eval()
     scores = []
     for c in cases:
@@ -99,8 +103,12 @@ def validate(model: torch.nn.Module, cases: list[PreparedCase], multiple: int,
         scores.append(dice_per_class(pred, c.label))
     model.train()
     s = np.array(scores) if scores else np.zeros((1, 3))
-    return {"dice_lv": float(s[:, 0].mean()), "dice_myo": float(s[:, 1].mean()),
-            "dice_rv": float(s[:, 2].mean()), "dice_mean": float(s.mean())}
+    return {
+        "dice_lv": float(s[:, 0].mean()),
+        "dice_myo": float(s[:, 1].mean()),
+        "dice_rv": float(s[:, 2].mean()),
+        "dice_mean": float(s.mean()),
+    }
 
 
 class Trainer:
@@ -148,9 +156,15 @@ class Trainer:
         fingerprint = {
             "target_spacing": cfg.data.target_spacing,
             "n_train_volumes": len(train_cases),
-            "train_subjects": sorted({f"{c.record.dataset}/{c.record.subject}" for c in train_cases}),
-            "spacing_median": np.median([c.fingerprint["spacing"] for c in train_cases], 0).tolist(),
-            "intensity_p99_5_median": float(np.median([c.fingerprint["p99_5"] for c in train_cases])),
+            "train_subjects": sorted(
+                {f"{c.record.dataset}/{c.record.subject}" for c in train_cases}
+            ),
+            "spacing_median": np.median(
+                [c.fingerprint["spacing"] for c in train_cases], 0
+            ).tolist(),
+            "intensity_p99_5_median": float(
+                np.median([c.fingerprint["p99_5"] for c in train_cases])
+            ),
         }
         sampler = PatchSampler(train_cases, t.patch_size, seed=t.seed + 1000 * self.rank)
         aug = baseline_augmentation(seed=t.seed + 7 * self.rank, strength=t.augmentation)
@@ -184,7 +198,8 @@ class Trainer:
         net = model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
@@ -216,10 +231,16 @@ class Trainer:
                 scaler.update()
                 sched.step()
                 losses.append(loss.item())
-            row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                                   "lr": sched.get_last_lr()[0]}
-            if self.rank == 0 and val_cases and ((epoch + 1) % t.val_interval == 0
-                                                 or epoch + 1 == t.epochs):
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "lr": sched.get_last_lr()[0],
+            }
+            if (
+                self.rank == 0
+                and val_cases
+                and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs)
+            ):
                 row.update(validate(model, val_cases, multiple, self.device))
             row["elapsed_s"] = elapsed_before + time.time() - t0
             history.append(row)
@@ -230,14 +251,25 @@ class Trainer:
                 if t.fold >= 0 and score > best:
                     best = score
                     save_checkpoint(self.out / "best.pt", payload)
-                payload.update({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "augmentation": aug.state_dict(),
-                                "sampler_rng": sampler.rng.bit_generator.state,
-                                "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                                "best": best, "history": history})
+                payload.update(
+                    {
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "augmentation": aug.state_dict(),
+                        "sampler_rng": sampler.rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch,
+                        "best": best,
+                        "history": history,
+                    }
+                )
                 save_checkpoint(last, payload)
-                self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in row.items()))
+                self._log(
+                    " ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in row.items()
+                    )
+                )
             if t.max_minutes and (time.time() - t0) / 60 > t.max_minutes:
                 self._log("stopping: max_minutes reached (resume to continue)")
                 break
@@ -247,16 +279,27 @@ class Trainer:
             final = self._payload(model, fingerprint, history[-1] if history else {})
             if t.fold < 0 or not (self.out / "best.pt").exists():
                 save_checkpoint(self.out / "final.pt", final)
-            (self.out / "summary.json").write_text(json.dumps(
-                {"best_val_dice": best, "epochs_done": len(history),
-                 "train_time_s": history[-1]["elapsed_s"] if history else 0.0,
-                 "last": history[-1] if history else {}}, indent=2))
+            (self.out / "summary.json").write_text(
+                json.dumps(
+                    {
+                        "best_val_dice": best,
+                        "epochs_done": len(history),
+                        "train_time_s": history[-1]["elapsed_s"] if history else 0.0,
+                        "last": history[-1] if history else {},
+                    },
+                    indent=2,
+                )
+            )
         return {"best": best, "history": history}
 
     def _payload(self, model: torch.nn.Module, fingerprint: dict, row: dict) -> dict[str, Any]:
-        return {"model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "config": self.cfg.to_dict(), "fingerprint": fingerprint, "metrics": row,
-                "format": "cardioseg-checkpoint-v1"}
+        return {
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "config": self.cfg.to_dict(),
+            "fingerprint": fingerprint,
+            "metrics": row,
+            "format": "cardioseg-checkpoint-v1",
+        }
 
     def _write_epoch(self, row: dict, writer: Any) -> None:
         f = self.out / "metrics.csv"
@@ -271,5 +314,3 @@ class Trainer:
             for k, v in row.items():
                 if k != "epoch":
                     writer.add_scalar(k, v, row["epoch"])
-
-
