@@ -32,6 +32,25 @@ def keep_largest_components(
     return out
 
 
+def keep_heart(label: np.ndarray) -> np.ndarray:
+    """Keep only the largest 3D connected component of the whole heart (LV ∪ MYO ∪ RV).
+
+    Removes false positives far from the heart (bowel, stomach, great vessels) even when they are
+    larger than the true structure in one class, which a per-class largest component would keep.
+    """
+    fg = label > 0
+    if not fg.any():
+        return label
+    comp, n = ndimage.label(fg, structure=np.ones((3,) * label.ndim, dtype=bool))
+    if n <= 1:
+        return label
+    sizes = np.bincount(comp.ravel())
+    sizes[0] = 0
+    out = label.copy()
+    out[comp != sizes.argmax()] = 0
+    return out
+
+
 def fill_holes(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
     """Fill holes slice by slice: holes in the LV become LV; other holes inside the heart take
     the label of the nearest labelled pixel."""
@@ -53,5 +72,5 @@ def fill_holes(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
 
 
 def postprocess(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
-    """Largest component per structure, then hole filling."""
-    return fill_holes(keep_largest_components(label), slice_axis)
+    """Largest heart component, largest component per structure, then hole filling."""
+    return fill_holes(keep_largest_components(keep_heart(label)), slice_axis)
