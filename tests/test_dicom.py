@@ -1,0 +1,595 @@
+"""DICOM cine loading: synthetic vendor-style series, bad inputs, zips, and the Sunnybrook case."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import shared_or_skip
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from cardioseg.errors import CardiosegError
+from cardioseg.io import read_image
+from cardioseg.io.dicom import (
+    CineMeta,
+    cine_to_nifti,
+    find_series,
+    load_cine,
+    select_short_axis_cine,
+)
+
+MR = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+ROWS, COLS = 20, 24
+N_SLICES, N_PHASES = 4, 5
+PIXEL_SPACING = (1.5, 1.25)  # (row spacing, column spacing) as DICOM stores it
+STEP = 8.0  # true distance between slice positions
+THICKNESS = 6.0  # what SliceThickness claims
+ORIGIN = np.array([-31.0, 12.5, 54.0])
+
+
+def _rotation(a: float = 0.5, b: float = -0.6, c: float = 1.0) -> np.ndarray:
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+ROT = _rotation()
+ROW_DIR, COL_DIR, NORMAL = ROT[:, 0], ROT[:, 1], ROT[:, 2]
+IOP = [float(v) for v in (*ROW_DIR, *COL_DIR)]
+LAX_IOP = [float(v) for v in (*ROW_DIR, *NORMAL)]  # a plane perpendicular to the stack
+
+
+def ipp(k: float) -> np.ndarray:
+    """Patient (LPS) position of the first pixel of slice ``k`` (sorted along the normal)."""
+    return ORIGIN + k * STEP * NORMAL
+
+
+def stored(k: int, t: int, rows: int = ROWS, cols: int = COLS) -> np.ndarray:
+    """Stored pixel values that encode slice, phase, row and column."""
+    r, c = np.mgrid[:rows, :cols]
+    return (k * 10000 + t * 1000 + r * cols + c).astype(np.uint16)
+
+
+def expected(k: int, t: int, slope: float = 1.0, intercept: float = 0.0) -> np.ndarray:
+    """What ``array[:, :, k, t]`` must hold: i = column, j = row."""
+    return (stored(k, t).astype(np.float64) * slope + intercept).T
+
+
+def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return meta
+
+
+def _base(ds: Dataset, study: dict, sop_class: str, sop_uid: str) -> None:
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "MR"
+    ds.Manufacturer = study.get("vendor", "SIEMENS")
+    ds.MagneticFieldStrength = "1.5"
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = study.get("patient_id", "PID-0001")
+    ds.PatientSize = "1.72"
+    ds.PatientWeight = "68"
+    ds.StudyInstanceUID = study["study_uid"]
+    ds.FrameOfReferenceUID = study["for_uid"]
+    ds.Rows, ds.Columns = ROWS, COLS
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+
+
+def write_image(
+    path: Path,
+    study: dict,
+    *,
+    k: float,
+    t: int,
+    series_uid: str,
+    description: str = "cine_retro_SAX",
+    series_number: int = 10,
+    instance: int | None = None,
+    trigger: float | None = None,
+    slope: float | None = None,
+    intercept: float | None = None,
+    orientation: list[float] | None = None,
+    pixel_spacing: bool = True,
+    pixels: np.ndarray | None = None,
+    value_k: int | None = None,
+    sop_uid: str | None = None,
+) -> Path:
+    """Write one classic MR Image Storage file."""
+    sop_uid = sop_uid or generate_uid()
+    ds = FileDataset(str(path), Dataset(), file_meta=_file_meta(MR, sop_uid),
+                     preamble=b"\0" * 128)
+    _base(ds, study, MR, sop_uid)
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description
+    if instance is not None:
+        ds.InstanceNumber = instance
+    if trigger is not None:
+        ds.TriggerTime = f"{trigger:.3f}"
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp(k)]
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in (orientation or IOP)]
+    if pixel_spacing:
+        ds.PixelSpacing = [str(v) for v in PIXEL_SPACING]
+    ds.SliceThickness = str(THICKNESS)
+    if slope is not None:
+        ds.RescaleSlope = str(slope)
+        ds.RescaleIntercept = str(intercept or 0.0)
+    arr = stored(int(k) if value_k is None else value_k, t) if pixels is None else pixels
+    ds.Rows, ds.Columns = arr.shape
+    ds.PixelData = arr.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def new_study(**kw) -> dict:
+    return {"study_uid": generate_uid(), "for_uid": generate_uid(), **kw}
+
+
+def siemens_like(root: Path, study: dict | None = None, n_slices: int = N_SLICES,
+                 n_phases: int = N_PHASES) -> dict:
+    """One series, TriggerTime present, InstanceNumber unrelated to phase order, nested folders,
+    shuffled file names, a README.txt."""
+    study = study or new_study()
+    uid = generate_uid()
+    rng = random.Random(1)
+    jobs = [(k, t) for k in range(n_slices) for t in range(n_phases)]
+    rng.shuffle(jobs)
+    for n, (k, t) in enumerate(jobs):
+        sub = root / f"DICOM/{n % 3:02d}/{n % 2}"
+        write_image(sub / f"IM{n:05d}", study, k=k, t=t, series_uid=uid, instance=n + 1,
+                    trigger=35.0 * t + 12.0)
+    (root / "docs").mkdir(parents=True, exist_ok=True)
+    (root / "docs" / "README.txt").write_text("exported by a scanner\n")
+    study["series_uid"] = uid
+    return study
+
+
+def ge_like(root: Path, study: dict | None = None) -> dict:
+    """One series per slice location, TriggerTime with per-slice jitter, plus a 4CH cine."""
+    study = study or new_study(vendor="GE MEDICAL SYSTEMS")
+    # acquisition order apex -> base: series numbers run against the normal
+    for k in range(N_SLICES):
+        uid = generate_uid()
+        for t in range(N_PHASES):
+            write_image(root / f"s{k}" / f"{t}.dcm", study, k=k, t=t, series_uid=uid,
+                        series_number=100 + (N_SLICES - k), instance=t + 1,
+                        trigger=37.5 * t + 0.4 * k, description="FIESTA CINE")
+    lax = generate_uid()
+    for t in range(N_PHASES):
+        write_image(root / "lax" / f"{t}.dcm", study, k=1.5, t=t, series_uid=lax,
+                    series_number=90, instance=t + 1, trigger=37.5 * t,
+                    description="FIESTA CINE 4CH", orientation=LAX_IOP)
+    return study
+
+
+def philips_like(root: Path, study: dict | None = None) -> dict:
+    """No TriggerTime: phases follow InstanceNumber; RescaleSlope != 1."""
+    study = study or new_study(vendor="Philips Medical Systems")
+    uid = generate_uid()
+    jobs = [(k, t) for k in range(N_SLICES) for t in range(N_PHASES)]
+    random.Random(2).shuffle(jobs)
+    for k, t in jobs:
+        # slices numbered against the normal to check that sorting uses geometry
+        inst = (N_SLICES - 1 - k) * N_PHASES + t + 1
+        write_image(root / f"IM_{inst:04d}", study, k=k, t=t, series_uid=uid, instance=inst,
+                    slope=2.0, intercept=-5.0, description="sBTFE_BH SA")
+    return study
+
+
+def enhanced_like(path: Path, study: dict | None = None) -> dict:
+    """One Enhanced MR Image Storage object with all frames in shuffled order."""
+    study = study or new_study(vendor="Philips")
+    sop_uid = generate_uid()
+    ds = FileDataset(str(path), Dataset(), file_meta=_file_meta(ENHANCED_MR, sop_uid),
+                     preamble=b"\0" * 128)
+    _base(ds, study, ENHANCED_MR, sop_uid)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesNumber = 501
+    ds.SeriesDescription = "CINE SA enhanced"
+    ds.InstanceNumber = 1
+    jobs = [(k, t) for k in range(N_SLICES) for t in range(N_PHASES)]
+    random.Random(3).shuffle(jobs)
+    ds.NumberOfFrames = len(jobs)
+    shared = Dataset()
+    po = Dataset()
+    po.ImageOrientationPatient = [f"{v:.6f}" for v in IOP]
+    pm = Dataset()
+    pm.PixelSpacing = [str(v) for v in PIXEL_SPACING]
+    pm.SliceThickness = str(THICKNESS)
+    pvt = Dataset()
+    pvt.RescaleSlope = "1"
+    pvt.RescaleIntercept = "0"
+    shared.PlaneOrientationSequence = Sequence([po])
+    shared.PixelMeasuresSequence = Sequence([pm])
+    shared.PixelValueTransformationSequence = Sequence([pvt])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    items, frames = [], []
+    for k, t in jobs:
+        item = Dataset()
+        pp = Dataset()
+        pp.ImagePositionPatient = [f"{v:.4f}" for v in ipp(k)]
+        cs = Dataset()
+        cs.NominalCardiacTriggerDelayTime = 40.0 * t + 5.0
+        fc = Dataset()
+        fc.TemporalPositionIndex = t + 1
+        fc.InStackPositionNumber = k + 1
+        item.PlanePositionSequence = Sequence([pp])
+        item.CardiacSynchronizationSequence = Sequence([cs])
+        item.FrameContentSequence = Sequence([fc])
+        items.append(item)
+        frames.append(stored(k, t))
+    ds.PerFrameFunctionalGroupsSequence = Sequence(items)
+    ds.PixelData = np.stack(frames).astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return study
+
+
+def check_cine(img, props, meta, slope: float = 1.0, intercept: float = 0.0) -> None:
+    assert img.shape == (COLS, ROWS, N_SLICES, N_PHASES)
+    assert img.dtype == np.float32
+    assert props.shape == img.shape
+    # spacing: (column spacing, row spacing, true slice step), not SliceThickness
+    np.testing.assert_allclose(props.spacing, (PIXEL_SPACING[1], PIXEL_SPACING[0], STEP),
+                               atol=1e-3)
+    assert meta.slice_spacing_mm == pytest.approx(STEP, abs=1e-3)
+    assert meta.slice_thickness_mm == pytest.approx(THICKNESS)
+    assert (meta.n_slices, meta.n_phases) == (N_SLICES, N_PHASES)
+    # affine: voxel (i, j, k) -> RAS of the true patient position of that pixel
+    for i, j, k in [(0, 0, 0), (5, 3, 2), (COLS - 1, ROWS - 1, N_SLICES - 1)]:
+        lps = ipp(k) + i * PIXEL_SPACING[1] * ROW_DIR + j * PIXEL_SPACING[0] * COL_DIR
+        ras = lps * np.array([-1, -1, 1])
+        np.testing.assert_allclose(props.affine @ [i, j, k, 1], [*ras, 1], atol=1e-3)
+    # every (slice, phase) holds the right image, rescaled, with i = column and j = row
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            np.testing.assert_allclose(img[:, :, k, t], expected(k, t, slope, intercept))
+    assert len(meta.source_files) == N_SLICES
+    assert all(len(row) == N_PHASES for row in meta.source_files)
+    assert len({u for row in meta.sop_instance_uids for u in row}) >= 1
+    assert meta.patient_height_m == pytest.approx(1.72)
+    assert meta.patient_weight_kg == pytest.approx(68.0)
+    assert meta.field_strength_t == pytest.approx(1.5)
+    positions = np.asarray(meta.slice_positions_mm)
+    np.testing.assert_allclose(np.diff(positions), STEP, atol=1e-3)
+    assert not meta.warnings, meta.warnings
+
+
+def test_siemens_like_nested_shuffled(tmp_path):
+    study = siemens_like(tmp_path / "study")
+    series = find_series(tmp_path / "study")
+    assert len(series) == 1 and series.n_non_dicom == 1
+    s = series[0]
+    assert (s.n_images, s.n_positions, s.n_phases, s.modality) == (20, 4, 5, "MR")
+    assert s.is_cine_sa and "PID" not in repr(s)
+    img, props, meta = load_cine(tmp_path / "study")
+    check_cine(img, props, meta)
+    assert meta.phase_order == "TriggerTime"
+    assert meta.trigger_times_ms == pytest.approx([35.0 * t + 12.0 for t in range(N_PHASES)])
+    assert meta.series_uid == study["series_uid"]
+    assert meta.vendor == "SIEMENS"
+    # source bookkeeping points at the right files
+    import pydicom
+
+    ds = pydicom.dcmread(meta.source_files[2][3], stop_before_pixels=True)
+    assert ds.SOPInstanceUID == meta.sop_instance_uids[2][3]
+    assert meta.source_headers[2][3].SOPInstanceUID == ds.SOPInstanceUID
+    assert "PixelData" not in meta.source_headers[2][3]
+    assert "patient_height" not in repr(meta) and "patient_weight" not in repr(meta)
+
+
+def test_ge_like_one_series_per_slice(tmp_path):
+    ge_like(tmp_path / "ge")
+    series = find_series(tmp_path / "ge")
+    assert len(series) == N_SLICES + 1 and not any(s.is_cine_sa for s in series)
+    chosen = select_short_axis_cine(series)
+    assert len(chosen.merged_from) == N_SLICES and chosen.n_positions == N_SLICES
+    img, props, meta = load_cine(tmp_path / "ge")
+    check_cine(img, props, meta)
+    assert len(set(meta.series_uids)) == N_SLICES
+    assert sorted(meta.merged_series_uids) == sorted(meta.series_uids)
+    assert meta.trigger_times_ms[1] == pytest.approx(37.5 + 0.6)  # median over slices
+
+
+def test_philips_like_instance_order_and_rescale(tmp_path):
+    philips_like(tmp_path / "ph")
+    img, props, meta = load_cine(tmp_path / "ph")
+    check_cine(img, props, meta, slope=2.0, intercept=-5.0)
+    assert meta.phase_order == "InstanceNumber"
+    assert meta.trigger_times_ms == [None] * N_PHASES
+
+
+def test_enhanced_multiframe(tmp_path):
+    enhanced_like(tmp_path / "enh" / "cine.dcm")
+    img, props, meta = load_cine(tmp_path / "enh")
+    check_cine(img, props, meta)
+    assert meta.trigger_times_ms == pytest.approx([40.0 * t + 5.0 for t in range(N_PHASES)])
+    assert len({u for row in meta.sop_instance_uids for u in row}) == 1
+    frames = sorted(f for row in meta.frame_numbers for f in row)
+    assert frames == list(range(1, N_SLICES * N_PHASES + 1))
+    # a single multi-frame file works as input too
+    img2, _, _ = load_cine(tmp_path / "enh" / "cine.dcm")
+    np.testing.assert_array_equal(img, img2)
+
+
+def test_selection_among_several_series(tmp_path):
+    study = siemens_like(tmp_path / "s")
+    root = tmp_path / "s"
+    # long-axis cine (1 position), a single-phase LGE stack, a 3-plane localizer
+    lax = generate_uid()
+    for t in range(N_PHASES):
+        write_image(root / "lax" / f"{t}", study, k=1.5, t=t, series_uid=lax, trigger=30.0 * t,
+                    description="cine_4ch", orientation=LAX_IOP, series_number=5)
+    lge = generate_uid()
+    for k in range(8):
+        write_image(root / "lge" / f"{k}", study, k=k, t=0, series_uid=lge, trigger=400.0,
+                    description="de_PSIR_SA", series_number=30, value_k=0)
+    loc = generate_uid()
+    for n, ori in enumerate([IOP, LAX_IOP, [*NORMAL, *ROW_DIR]]):
+        write_image(root / "loc" / f"{n}", study, k=0, t=0, series_uid=loc,
+                    description="localizer", orientation=[float(v) for v in ori],
+                    series_number=1)
+    series = find_series(root)
+    assert len(series) == 4
+    assert [s.uid for s in series if s.is_cine_sa] == [study["series_uid"]]
+    assert select_short_axis_cine(series).uid == study["series_uid"]
+    img, props, meta = load_cine(root)
+    check_cine(img, props, meta)
+
+
+def test_cine_to_nifti(tmp_path):
+    siemens_like(tmp_path / "study")
+    out = tmp_path / "out" / "cine.nii.gz"
+    meta = cine_to_nifti(tmp_path / "study", out)
+    assert isinstance(meta, CineMeta)
+    arr, props = read_image(out)
+    img, ref, _ = load_cine(tmp_path / "study")
+    assert arr.shape == img.shape
+    np.testing.assert_allclose(props.affine, ref.affine, atol=1e-4)
+    np.testing.assert_allclose(arr, img)
+    assert not list(out.parent.glob(".*tmp*"))
+
+
+def test_zip_input(tmp_path):
+    siemens_like(tmp_path / "study")
+    zpath = tmp_path / "study.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted((tmp_path / "study").rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(tmp_path).as_posix())
+    img, props, meta = load_cine(zpath)
+    check_cine(img, props, meta)
+    assert all(f.startswith(f"{zpath}/study/DICOM/") for row in meta.source_files for f in row)
+    assert meta.source_headers[0][0].SOPInstanceUID == meta.sop_instance_uids[0][0]
+
+
+# ----------------------------------------------------------------------------------------------
+# warnings
+
+
+def test_duplicates_irregular_gaps_and_phase_truncation(tmp_path):
+    study = new_study()
+    uid = generate_uid()
+    root = tmp_path / "d"
+    ks = [0, 1, 2, 3.75]  # last gap 14 mm instead of 8
+    for k_idx, k in enumerate(ks):
+        for t in range(N_PHASES if k_idx != 2 else N_PHASES - 1):
+            write_image(root / f"{k_idx}_{t}", study, k=k, t=t, series_uid=uid,
+                        instance=k_idx * 10 + t, trigger=30.0 * t, value_k=k_idx)
+    # exact copy (same SOPInstanceUID) and a re-export (new UID) with the same position/trigger
+    shutil.copy(root / "1_2", root / "copy_1_2")
+    write_image(root / "reexport_0_1", study, k=0, t=1, series_uid=uid, instance=99,
+                trigger=30.0, value_k=0)
+    img, props, meta = load_cine(root)
+    text = " | ".join(meta.warnings)
+    assert img.shape == (COLS, ROWS, 4, N_PHASES - 1)
+    assert "duplicate file" in text
+    assert "same position and trigger time" in text
+    assert "truncated to 4" in text
+    assert "irregular slice gaps" in text
+    assert meta.slice_spacing_mm == pytest.approx(STEP, abs=1e-3)
+    np.testing.assert_allclose(np.diff(meta.slice_positions_mm), [8, 8, 14], atol=1e-3)
+    np.testing.assert_allclose(img[:, :, 1, 2], expected(1, 2))
+    np.testing.assert_allclose(img[:, :, 3, 3], expected(3, 3))
+
+
+def test_missing_middle_phase_keeps_phases_aligned(tmp_path):
+    study = new_study()
+    uid = generate_uid()
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            if (k, t) != (1, 2):
+                write_image(tmp_path / "m" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
+                            trigger=30.0 * t + 0.2 * k)
+    img, _, meta = load_cine(tmp_path / "m")
+    assert img.shape[-1] == N_PHASES - 1
+    assert "matched by trigger time" in " ".join(meta.warnings)
+    for k in range(N_SLICES):
+        for t_out, t_in in enumerate([0, 1, 3, 4]):
+            np.testing.assert_allclose(img[:, :, k, t_out], expected(k, t_in))
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input
+
+
+def _refused(path, match, **kw) -> CardiosegError:
+    with pytest.raises(CardiosegError, match=match) as info:
+        load_cine(path, **kw)
+    return info.value
+
+
+def test_no_dicom_and_missing(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "README.txt").write_text("nothing here")
+    _refused(tmp_path / "empty", "no DICOM images found")
+    _refused(tmp_path / "nope", "not found")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x01" * 500)
+    _refused(junk, "not a DICOM file")
+
+
+def test_single_image(tmp_path):
+    write_image(tmp_path / "one" / "IM1", new_study(), k=0, t=0, series_uid=generate_uid(),
+                trigger=0.0)
+    _refused(tmp_path / "one", "a single image is not a cine")
+    _refused(tmp_path / "one" / "IM1", "a single image is not a cine")
+
+
+def test_mixed_patients_message_has_no_ids(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    study = siemens_like(tmp_path / "a", new_study(patient_id="PAT-A-123456"))
+    study["patient_id"] = "PAT-B-987654"
+    write_image(tmp_path / "a" / "other" / "x", study, k=0, t=0, series_uid=generate_uid(),
+                trigger=0.0)
+    err = _refused(tmp_path / "a", "different patients")
+    for text in (str(err), caplog.text):
+        assert "PAT-A" not in text and "PAT-B" not in text and "Doe" not in text
+
+
+def test_missing_pixel_spacing(tmp_path):
+    study = new_study()
+    uid = generate_uid()
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            write_image(tmp_path / "m" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
+                        trigger=30.0 * t, pixel_spacing=False)
+    _refused(tmp_path / "m", "missing PixelSpacing")
+
+
+def test_different_sizes_and_single_phase_slice(tmp_path):
+    study = new_study()
+    uid = generate_uid()
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            pix = stored(k, t, rows=ROWS + 2) if k == 2 else None
+            write_image(tmp_path / "s" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
+                        trigger=30.0 * t, pixels=pix)
+    _refused(tmp_path / "s", "different sizes")
+    uid = generate_uid()
+    for k in range(N_SLICES):
+        for t in range(N_PHASES if k != 1 else 1):
+            write_image(tmp_path / "p" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
+                        trigger=30.0 * t)
+    _refused(tmp_path / "p", "only 1 phase")
+
+
+def test_long_axis_only(tmp_path):
+    study = new_study()
+    uid = generate_uid()
+    for t in range(N_PHASES):
+        write_image(tmp_path / "lax" / f"{t}", study, k=0, t=t, series_uid=uid,
+                    trigger=30.0 * t, description="4CH", orientation=LAX_IOP)
+    err = _refused(tmp_path / "lax", "no short-axis cine")
+    assert "4CH" in str(err) and "1 position" in str(err)
+
+
+def _zip_of(tmp_path: Path, names: list[str]) -> Path:
+    src = write_image(tmp_path / "src" / "IM1", new_study(), k=0, t=0,
+                      series_uid=generate_uid(), trigger=0.0)
+    zpath = tmp_path / "bad.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for name in names:
+            zf.writestr(zipfile.ZipInfo(name), src.read_bytes())
+    return zpath
+
+
+def test_zip_refusals(tmp_path):
+    for name in ("../evil.dcm", "/abs/evil.dcm", "C:/evil.dcm", "a/../../evil.dcm"):
+        _refused(_zip_of(tmp_path, ["ok/IM1", name]), "unsafe path in zip")
+    assert not (tmp_path / "evil.dcm").exists()
+
+    big = _zip_of(tmp_path, ["a/IM1", "a/IM2"])
+    _refused(big, "zip too large", max_zip_bytes=1000)
+
+    enc = _zip_of(tmp_path, ["a/IM1", "a/IM2"])
+    raw = bytearray(enc.read_bytes())
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        pos = raw.find(sig)
+        while pos >= 0:
+            raw[pos + off] |= 0x1
+            pos = raw.find(sig, pos + 4)
+    enc.write_bytes(bytes(raw))
+    _refused(enc, "encrypted zip")
+
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"this is not a zip file at all")
+    _refused(fake, "not a valid zip")
+
+    corrupt = _zip_of(tmp_path, ["a/IM1", "a/IM2"])
+    raw = bytearray(corrupt.read_bytes())
+    raw[300:340] = b"\xff" * 40  # inside the first member's data: CRC mismatch
+    corrupt.write_bytes(bytes(raw))
+    _refused(corrupt, "corrupt zip")
+
+
+# ----------------------------------------------------------------------------------------------
+# real data: Sunnybrook SC-HF-I-1 (GE 1.5 T FIESTA cine)
+
+
+@pytest.mark.integration
+def test_sunnybrook_cine():
+    folder = shared_or_skip("sunnybrook", "dicoms", "SCD0000101")
+    img, props, meta = load_cine(folder)
+    assert meta.n_phases == 20 and meta.n_slices == 240 // 20
+    assert img.shape == (256, 256, 12, 20)
+    assert 1.3 <= props.spacing[0] <= 1.5 and 1.3 <= props.spacing[1] <= 1.5
+    assert 3.0 <= props.spacing[2] <= 10.5
+    assert meta.vendor.startswith("GE") and not meta.warnings
+    assert meta.phase_order == "TriggerTime"
+    assert np.all(np.diff(meta.trigger_times_ms) > 0)
+
+
+@pytest.mark.integration
+def test_sunnybrook_contours_on_cine_grid():
+    from cardioseg.io.sunnybrook import (
+        endocardial_volumes_ml,
+        load_sunnybrook_contours,
+        rasterize_contour,
+        read_contour,
+    )
+
+    folder = shared_or_skip("sunnybrook", "dicoms", "SCD0000101")
+    cdir = shared_or_skip("sunnybrook", "contourfiles", "SC-HF-I-1")
+    img, props, meta = load_cine(folder)
+    c = load_sunnybrook_contours(cdir, meta)
+    assert c["phases"] == [7, 18] and c["epicardium_phases"] == [18]
+    assert c["slices"][18] == list(range(1, 10))
+    assert c["labels"][18].shape == (256, 256, 12)
+    # x = column, y = row: the blood pool is much brighter than the myocardial ring, and the
+    # contrast is clearly lower when the axes are swapped
+    contrast, swapped = [], []
+    for (k, t), myo in c["myocardium"].items():
+        frame = img[:, :, k, t]
+        endo = c["endocardium"][(k, t)]
+        contrast.append(frame[endo].mean() / frame[myo].mean())
+        n = c["instances"][(k, t)]
+        inner = read_contour(cdir / "i-contours" / f"IM-0001-{n:04d}-icontour-manual.txt")
+        outer = read_contour(cdir / "o-contours" / f"IM-0001-{n:04d}-ocontour-manual.txt")
+        s_endo = rasterize_contour(inner[:, ::-1], frame.shape)
+        s_myo = rasterize_contour(outer[:, ::-1], frame.shape) & ~s_endo
+        swapped.append(frame[s_endo].mean() / frame[s_myo].mean())
+    assert len(contrast) == 9
+    assert min(contrast) > 1.8
+    assert np.median(contrast) > np.median(swapped) + 0.5
+    vols = endocardial_volumes_ml(c, props.spacing)
+    assert vols[18] > vols[7] > 10.0  # ED (phase 18) larger than ES (phase 7)
