@@ -222,6 +222,64 @@ def demo(
     typer.echo(summary)
 
 
+@app.command()
+@friendly
+def analyze(
+    study: Annotated[Path | None, typer.Argument(
+        help="DICOM folder, zip of one, or 4D cine NIfTI")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
+        "cardioseg-analysis"),
+    ed: Annotated[Path | None, typer.Option(help="ED volume (3D NIfTI), with --es")] = None,
+    es: Annotated[Path | None, typer.Option(help="ES volume (3D NIfTI), with --ed")] = None,
+    height: Annotated[float | None, typer.Option(help="Height in cm (for BSA indexing)")] = None,
+    weight: Annotated[float | None, typer.Option(help="Weight in kg (for BSA indexing)")] = None,
+    ed_frame: Annotated[int | None, typer.Option(help="Force the ED frame index")] = None,
+    es_frame: Annotated[int | None, typer.Option(help="Force the ES frame index")] = None,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
+) -> None:
+    """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
+    from cardioseg.clinical.analysis import analyze_study
+    from cardioseg.inference import Segmenter
+
+    report = analyze_study(output, study=study, ed=ed, es=es, segmenter=Segmenter(model),
+                           height_cm=height, weight_kg=weight, ed_frame=ed_frame,
+                           es_frame=es_frame, write_pdf=pdf)
+    qc = report.get("qc", {})
+    typer.echo(f"LVEF {report.get('lv_ef_pct')} %  LVEDV {report.get('lv_edv_ml')} mL  "
+               f"RVEF {report.get('rv_ef_pct')} %  LV mass {report.get('lv_mass_g')} g  "
+               f"ED {report.get('ed_frame')} ES {report.get('es_frame')}  QC {qc.get('status')}")
+    for reason in qc.get("reasons", []):
+        typer.echo(f"  - {reason}")
+    typer.echo(f"report: {output / 'report.html'}")
+
+
+@app.command("analyze-batch")
+@friendly
+def analyze_batch(
+    studies: Annotated[Path, typer.Argument(help="Folder of studies (folders, zips, 4D NIfTI)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
+        "cardioseg-batch"),
+    workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 1,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Ray cluster address ('local' starts one here)")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+) -> None:
+    """Analyse many studies (resumable: finished studies are skipped); one CSV row per study."""
+    import csv
+
+    from cardioseg.clinical.batch import run_batch
+
+    table = run_batch(studies, output, workers=workers, model=str(model) if model else None,
+                      ray_address=ray, progress=progress)
+    rows = list(csv.DictReader(open(table, newline="")))
+    failed = [r for r in rows if r["status"] != "done"]
+    typer.echo(f"{len(rows) - len(failed)} done, {len(failed)} failed -> {table}")
+    for r in failed:
+        typer.echo(f"  failed: {r['study']}: {r['error']}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

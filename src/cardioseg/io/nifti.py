@@ -201,6 +201,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; use the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

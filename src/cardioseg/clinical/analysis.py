@@ -1,0 +1,177 @@
+"""End-to-end analysis of one study: input → masks → ED/ES → indices → QC → report files.
+
+The CLI (``cardioseg analyze``), the batch runner and the web app all call :func:`analyze_study`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cardioseg.errors import CardiosegError
+from cardioseg.io.nifti import ImageProperties, is_nifti, read_image, write_label
+
+log = logging.getLogger("cardioseg.analyze")
+
+
+@dataclass
+class Study:
+    """A loaded study: a 4D cine (X, Y, Z, T) or an ED/ES pair stored as 2 frames."""
+
+    image: np.ndarray
+    properties: ImageProperties
+    source: str
+    kind: str  # "dicom", "nifti4d", "pair"
+    dicom_meta: Any = None
+    given_ed_es: tuple[int, int] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def load_study(study: str | Path | None = None, ed: str | Path | None = None,
+               es: str | Path | None = None) -> Study:
+    """Load a DICOM folder/zip, a 4D cine NIfTI, or an ED/ES pair of 3D NIfTI volumes."""
+    if ed is not None or es is not None:
+        if ed is None or es is None:
+            raise CardiosegError(ed or es, "give both --ed and --es")
+        ed_img, ed_props = read_image(ed, allow_4d=False)
+        es_img, es_props = read_image(es, allow_4d=False)
+        if ed_img.shape != es_img.shape:
+            raise CardiosegError(es, f"ES shape {es_img.shape} does not match ED {ed_img.shape}")
+        if not np.allclose(ed_props.affine, es_props.affine, atol=1e-3):
+            raise CardiosegError(es, "ES affine does not match the ED affine")
+        image = np.stack([ed_img, es_img], axis=-1)
+        props = ImageProperties(ed_props.affine, ed_props.spacing, image.shape, str(ed))
+        return Study(image, props, str(ed), "pair", given_ed_es=(0, 1))
+    if study is None:
+        raise CardiosegError(None, "give a STUDY (DICOM folder, zip, 4D NIfTI) or --ed/--es")
+    path = Path(study)
+    if not path.exists():
+        raise CardiosegError(path, "not found")
+    if path.is_file() and is_nifti(path):
+        image, props = read_image(path)
+        if image.ndim != 4 or image.shape[-1] < 2:
+            raise CardiosegError(path, "expected a 4D cine NIfTI (x, y, z, t) with >= 2 frames; "
+                                 "use --ed/--es for a pair of 3D volumes")
+        return Study(image, props, str(path), "nifti4d")
+    from cardioseg.io.dicom import load_cine
+
+    image, props, meta = load_cine(path)
+    return Study(image, props, str(path), "dicom", dicom_meta=meta)
+
+
+def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
+    labels = [segmenter.predict_volume(study.image[..., t], study.properties.spacing)[0]
+              for t in range(study.image.shape[-1])]
+    return np.stack(labels, axis=-1)
+
+
+def analyze_study(
+    outdir: str | Path,
+    study: str | Path | None = None,
+    ed: str | Path | None = None,
+    es: str | Path | None = None,
+    segmenter: Any = None,
+    height_cm: float | None = None,
+    weight_kg: float | None = None,
+    ed_frame: int | None = None,
+    es_frame: int | None = None,
+    write_pdf: bool = True,
+) -> dict[str, Any]:
+    """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
+
+    Outputs are first written into a temporary sibling folder that is renamed onto ``outdir`` at
+    the end, so an interrupted analysis never leaves a half-written result folder.
+
+    Returns:
+        The content of ``report.json``.
+    """
+    from cardioseg.clinical.indices import compute_indices, detect_ed_es, volume_curve
+    from cardioseg.clinical.qc import assess_quality
+    from cardioseg.clinical.report import write_report
+    from cardioseg.inference import Segmenter
+    from cardioseg.preprocessing import slice_axis
+
+    t0 = time.perf_counter()
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise CardiosegError(outdir, "output exists and is not a folder")
+    st = load_study(study, ed, es)
+    seg = segmenter or Segmenter()
+    spacing = st.properties.spacing
+    labels = _segment_frames(seg, st)
+    lv_curve = volume_curve(labels, spacing, 1)
+    rv_curve = volume_curve(labels, spacing, 3)
+    n = labels.shape[-1]
+    if st.given_ed_es is not None:
+        ed_i, es_i = st.given_ed_es
+    else:
+        ed_i, es_i = detect_ed_es(lv_curve)
+    if ed_frame is not None:
+        ed_i = ed_frame
+    if es_frame is not None:
+        es_i = es_frame
+    for name, v in (("ED", ed_i), ("ES", es_i)):
+        if not 0 <= v < n:
+            raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n - 1}")
+    dm = st.dicom_meta
+    if height_cm is None and dm is not None and getattr(dm, "patient_height_m", None):
+        height_cm = float(dm.patient_height_m) * 100
+    if weight_kg is None and dm is not None and getattr(dm, "patient_weight_kg", None):
+        weight_kg = float(dm.patient_weight_kg)
+    indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
+    # uncertainty for QC: TTA probabilities on the ED and ES frames
+    probs = {}
+    tta_before = seg.tta
+    seg.tta = True
+    try:
+        for name, t in (("ED", ed_i), ("ES", es_i)):
+            _, probs[name] = seg.predict_volume(st.image[..., t], spacing,
+                                                return_probabilities=True)
+    finally:
+        seg.tta = tta_before
+    qc = assess_quality(labels[..., ed_i], labels[..., es_i], spacing,
+                        probabilities={"ED": probs["ED"], "ES": probs["ES"]})
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
+        write_label(tmp / "mask_ED.nii.gz", labels[..., ed_i], props3)
+        write_label(tmp / "mask_ES.nii.gz", labels[..., es_i], props3)
+        if st.kind != "pair":
+            props4 = ImageProperties(st.properties.affine, spacing, labels.shape, st.source)
+            write_label(tmp / "masks_cine.nii.gz", labels, props4)
+        if st.kind == "dicom" and dm is not None:
+            from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+            write_dicom_seg(labels, dm.source_headers, tmp / "segmentation.dcm",
+                            phases=sorted({ed_i, es_i}))
+        meta = {"source_kind": st.kind, "n_frames": n, "n_slices": int(labels.shape[2]),
+                "spacing_mm": list(spacing),
+                "slice_axis": slice_axis(spacing, labels.shape[:3]),
+                "seconds": round(time.perf_counter() - t0, 3)}
+        if dm is not None:
+            meta.update({"vendor": getattr(dm, "vendor", ""),
+                         "series_description": getattr(dm, "series_description", ""),
+                         "warnings": list(getattr(dm, "warnings", []))})
+        write_report(tmp, indices, qc, curve={"lv_ml": list(map(float, lv_curve)),
+                                             "rv_ml": list(map(float, rv_curve))},
+                     ed_frame=ed_i, es_frame=es_i,
+                     images={"ED": (st.image[..., ed_i], labels[..., ed_i]),
+                             "ES": (st.image[..., es_i], labels[..., es_i])},
+                     spacing=spacing, meta=meta, write_pdf=write_pdf)
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        tmp.rename(outdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    import json
+
+    return json.loads((outdir / "report.json").read_text())

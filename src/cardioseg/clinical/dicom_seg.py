@@ -1,0 +1,273 @@
+"""Export of LV/MYO/RV labels as DICOM Segmentation (SEG) instances with highdicom.
+
+The labels live on the grid of the DICOM loader: ``labels[i, j, k, t]`` with ``i`` the column
+and ``j`` the row of source image ``files[k][t]`` (slice ``k``, cardiac phase ``t``). The 2D mask
+of source image (k, t) is therefore ``labels[:, :, k, t].T`` (rows x columns).
+
+highdicom builds one SEG instance per set of source images that share a series and have distinct
+plane positions; it cannot (yet) put several cardiac phases at the same position into one
+instance (highdicom issue #369), nor reference several source series (issue #302). A cine study
+is therefore written as one SEG instance per phase (and per source series, for vendors that store
+every slice location as its own series). All instances share one SEG series.
+
+As DICOM requires, the SEG instances copy the patient and study modules of the source images
+(so they carry the patient's name and ID); keep that in mind before sharing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cardioseg.errors import CardiosegError
+from cardioseg.io.nifti import atomic_write
+
+log = logging.getLogger("cardioseg.dicom_seg")
+
+#: (segment number = canonical label, label, SNOMED CT property type keyword, RGB colour)
+SEGMENTS: tuple[tuple[int, str, str, tuple[int, int, int]], ...] = (
+    (1, "LV blood pool", "LeftVentricle", (228, 87, 46)),  # SCT 87878005 Left ventricle
+    (2, "LV myocardium", "LeftVentricleMyocardium", (41, 191, 18)),  # SCT 49848007
+    (3, "RV blood pool", "RightVentricle", (46, 134, 222)),  # SCT 53085002 Right ventricle
+)
+
+
+def _require_highdicom() -> Any:
+    try:
+        import highdicom
+    except ImportError:  # pragma: no cover - optional dependency
+        raise CardiosegError(
+            None, "DICOM SEG export needs highdicom: pip install highdicom"
+        ) from None
+    return highdicom
+
+
+def segment_descriptions(algorithm_version: str | None = None) -> list[Any]:
+    """highdicom ``SegmentDescription`` items for LV blood pool, LV myocardium and RV blood pool.
+
+    Category: SCT 91723000 "Anatomical Structure"; types: SCT 87878005 "Left ventricle",
+    SCT 49848007 "Left ventricle myocardium", SCT 53085002 "Right ventricle".
+    """
+    hd = _require_highdicom()
+    from pydicom.sr.codedict import codes
+
+    if algorithm_version is None:
+        from cardioseg import __version__ as algorithm_version
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="cardioseg",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=str(algorithm_version),
+    )
+    out = []
+    for number, label, keyword, rgb in SEGMENTS:
+        kwargs: dict[str, Any] = {}
+        with contextlib.suppress(Exception):  # colour is cosmetic; older highdicom lacks it
+            kwargs["display_color"] = hd.color.CIELabColor.from_rgb(*rgb)
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=getattr(codes.SCT, keyword),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_id=f"cardioseg-{keyword}",
+                tracking_uid=hd.UID(),
+                **kwargs,
+            )
+        )
+    return out
+
+
+_DATE_KEYWORDS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "PatientBirthDate")
+
+
+def _sanitize_dates(ds: Any) -> Any:
+    """Blank invalid dates (anonymised data has e.g. '20120000'), which highdicom rejects."""
+    import datetime
+
+    fixed = None
+    for kw in _DATE_KEYWORDS:
+        value = str(ds.get(kw, "") or "")
+        if not value:
+            continue
+        try:
+            datetime.datetime.strptime(value[:8], "%Y%m%d")
+        except ValueError:
+            if fixed is None:
+                fixed = copy.deepcopy(ds)
+            setattr(fixed, kw, "")
+    return ds if fixed is None else fixed
+
+
+def _as_dataset(item: Any) -> Any:
+    import pydicom
+
+    if isinstance(item, pydicom.Dataset):
+        return _sanitize_dates(item)
+    try:
+        return _sanitize_dates(pydicom.dcmread(str(item), stop_before_pixels=True))
+    except Exception as exc:
+        raise CardiosegError(
+            item, f"cannot read DICOM source image ({type(exc).__name__})"
+        ) from None
+
+
+def _nested(sources: Sequence[Any], n_slices: int, n_phases: int) -> list[list[Any]]:
+    if len(sources) != n_slices:
+        raise CardiosegError(
+            None, f"{len(sources)} source slices given, the labels have {n_slices} slices"
+        )
+    nested = []
+    for k, row in enumerate(sources):
+        items = list(row) if isinstance(row, list | tuple) else [row]
+        if len(items) != n_phases:
+            raise CardiosegError(
+                None,
+                f"slice {k}: {len(items)} source images given, the labels have {n_phases} phases",
+            )
+        nested.append(items)
+    return nested
+
+
+def _output_names(out_path: Path, keys: list[tuple[int, int]], n_phases: int) -> list[Path]:
+    if len(keys) == 1:
+        return [out_path]
+    per_phase: dict[int, int] = {}
+    for t, _ in keys:
+        per_phase[t] = per_phase.get(t, 0) + 1
+    names = []
+    for t, s in keys:
+        stem = out_path.name[: -len(out_path.suffix)] if out_path.suffix else out_path.name
+        part = stem + (f"_t{t:02d}" if n_phases > 1 else "")
+        part += f"_s{s:02d}" if per_phase[t] > 1 else ""
+        names.append(out_path.with_name(part + (out_path.suffix or ".dcm")))
+    return names
+
+
+def write_dicom_seg(
+    labels: np.ndarray,
+    sources: Sequence[Any],
+    out_path: str | Path,
+    phases: Sequence[int] | None = None,
+    series_description: str = "cardioseg LV/MYO/RV segmentation",
+    series_number: int = 9901,
+    manufacturer: str = "cardioseg",
+    software_version: str | None = None,
+) -> list[Path]:
+    """Write the labels as DICOM SEG referencing the source images.
+
+    Args:
+        labels: Canonical labels on the DICOM loader grid, (cols, rows, slices, phases), or 3D
+            (cols, rows, slices) for a single phase.
+        sources: Source images as pydicom datasets or file paths, nested ``sources[k][t]``; for 3D
+            labels ``sources[k]`` may be the image itself.
+        out_path: Output file. When more than one instance is needed (several phases or source
+            series), files ``<stem>_tNN[_sNN].dcm`` are written next to it instead.
+        phases: Phases to export (default: all), e.g. ``(ed, es)``.
+        series_description: SeriesDescription of the SEG series.
+        series_number: SeriesNumber of the SEG series.
+        manufacturer: Manufacturer of the SEG instances.
+        software_version: Defaults to the cardioseg version.
+
+    Returns:
+        Paths written, in phase order. Phases without any foreground are skipped.
+
+    Raises:
+        CardiosegError: Shapes that do not match the source images, unreadable sources, or no
+            foreground at all.
+    """
+    hd = _require_highdicom()
+    if software_version is None:
+        from cardioseg import __version__ as software_version
+    arr = np.asarray(labels)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise CardiosegError(None, f"expected 3D or 4D labels, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > len(SEGMENTS)):
+        raise CardiosegError(None, f"labels must be in 0..{len(SEGMENTS)}")
+    n_cols, n_rows, n_slices, n_phases = arr.shape
+    nested = _nested(sources, n_slices, n_phases)
+    wanted = range(n_phases) if phases is None else [int(t) for t in phases]
+    for t in wanted:
+        if not 0 <= t < n_phases:
+            raise CardiosegError(None, f"phase {t} out of range 0..{n_phases - 1}")
+
+    # group source images by (phase, source series): one SEG instance per group
+    groups: dict[tuple[int, int], list[tuple[int, Any]]] = {}
+    series_index: dict[str, int] = {}
+    for t in wanted:
+        if not arr[..., t].any():
+            log.info("phase %d has no foreground: no SEG written", t)
+            continue
+        for k in range(n_slices):
+            ds = _as_dataset(nested[k][t])
+            if (int(ds.Rows), int(ds.Columns)) != (n_rows, n_cols):
+                raise CardiosegError(
+                    getattr(nested[k][t], "filename", None) or None,
+                    f"source image (slice {k}, phase {t}) is {ds.Rows}x{ds.Columns}, labels "
+                    f"give {n_rows}x{n_cols} (rows x columns)",
+                )
+            s = series_index.setdefault(str(ds.SeriesInstanceUID), len(series_index))
+            groups.setdefault((t, s), []).append((k, ds))
+    if not groups:
+        raise CardiosegError(out_path, "no foreground labels to export as DICOM SEG")
+
+    keys = list(groups)
+    paths = _output_names(Path(out_path), keys, n_phases)
+    descriptions = segment_descriptions(software_version)
+    series_uid = hd.UID()
+    segs = []
+    for number, (t, s) in enumerate(keys, start=1):
+        items = groups[(t, s)]
+        fors = {str(ds.get("FrameOfReferenceUID", "")) for _, ds in items}
+        if len(fors) > 1:
+            # some anonymisers give every image its own frame of reference; one series shares one
+            log.warning("source series has %d frames of reference; using the first", len(fors))
+            first = str(items[0][1].get("FrameOfReferenceUID", ""))
+            items = [(k, copy.deepcopy(ds)) for k, ds in items]
+            for _, ds in items:
+                ds.FrameOfReferenceUID = first
+        masks = np.stack([arr[:, :, k, t].T for k, _ in items]).astype(np.uint8)
+        try:
+            with warnings.catch_warnings():
+                # highdicom/pydicom warnings may quote patient names: never let them reach logs
+                warnings.simplefilter("ignore")
+                seg = hd.seg.Segmentation(
+                    source_images=[ds for _, ds in items],
+                    pixel_array=masks,
+                    segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                    segment_descriptions=descriptions,
+                    series_instance_uid=series_uid,
+                    series_number=series_number,
+                    sop_instance_uid=hd.UID(),
+                    instance_number=number,
+                    manufacturer=manufacturer,
+                    manufacturer_model_name="cardioseg",
+                    software_versions=str(software_version),
+                    device_serial_number="0",
+                    content_label="CARDIOSEG",
+                    content_description=f"LV/MYO/RV, cardiac phase {t}"[:64],
+                    omit_empty_frames=True,
+                )
+        except ValueError as exc:
+            raise CardiosegError(out_path, f"cannot build DICOM SEG for phase {t}: {exc}") from None
+        seg.SeriesDescription = series_description[:64]
+        segs.append(seg)
+
+    # write all instances, renaming them into place only when every one succeeded
+    with contextlib.ExitStack() as stack:
+        for seg, path in zip(segs, paths, strict=True):
+            tmp = stack.enter_context(atomic_write(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                seg.save_as(tmp, enforce_file_format=True)
+    return paths

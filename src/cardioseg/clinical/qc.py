@@ -1,0 +1,548 @@
+"""Automatic quality control of a segmented ED/ES pair.
+
+Three families of checks, each producing *issues* with a weight in (0, 1]:
+
+* **uncertainty** - mean normalised predictive entropy inside the dilated predicted heart, per
+  slice and per study, and the fraction of uncertain voxels (needs probability maps);
+* **anatomical plausibility** - myocardium enclosing the LV, RV adjacent to the myocardium,
+  fragments (per slice and detached 3D pieces), structures missing between slices, abrupt area
+  changes between neighbouring slices, ED/ES consistency and plausible volume ranges;
+* **coverage** - apex cut off by the end of the stack, heart cut by the in-plane field of view.
+
+The score combines the issue weights as independent evidence, ``1 - prod(1 - w)``, so it is 0
+for a clean result and approaches 1 with more or heavier issues. The status is ``"fail"`` when
+the score reaches :data:`FAIL_SCORE`, ``"review"`` when it reaches :data:`REVIEW_SCORE`,
+otherwise ``"ok"`` (minor notes may still be listed as reasons).
+
+Thresholds are named module constants. The anatomical ones were checked against expert labels
+(80 ACDC + 3 M&Ms ED/ES pairs: 81 "ok", 2 "review" for abrupt but real area changes). The entropy
+thresholds are initial values and should be calibrated on predictions of the shipped model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from cardioseg.clinical.indices import LV, MYO, RV, volume_ml
+from cardioseg.preprocessing import slice_axis
+
+# --- status -------------------------------------------------------------------------------------
+#: Score at or above which the result needs a human review.
+REVIEW_SCORE = 0.25
+#: Score at or above which the result is considered failed.
+FAIL_SCORE = 0.75
+
+# --- uncertainty --------------------------------------------------------------------------------
+#: In-plane dilation (mm) of the predicted heart that defines the region for entropy statistics.
+ENTROPY_DILATION_MM = 5.0
+#: Study mean normalised entropy (0..1) from which the study needs review ...
+ENTROPY_STUDY_REVIEW = 0.20
+#: ... and from which it fails.
+ENTROPY_STUDY_FAIL = 0.40
+#: Slice mean normalised entropy that flags a single slice.
+ENTROPY_SLICE_REVIEW = 0.35
+#: Normalised entropy above which a voxel counts as uncertain.
+UNCERTAIN_VOXEL_ENTROPY = 0.5
+#: Fraction of uncertain voxels in the region that flags the study.
+UNCERTAIN_FRACTION_REVIEW = 0.30
+
+# --- anatomy ------------------------------------------------------------------------------------
+#: Minimum fraction of the LV border touching myocardium in slices inside the LV.
+MYO_ENCLOSURE_MIN = 0.90
+#: Same at the first/last LV slice (base with the LV outflow tract, apex).
+MYO_ENCLOSURE_MIN_END = 0.50
+#: Enclosure below which the slice counts as severely wrong.
+MYO_ENCLOSURE_SEVERE = 0.50
+#: Largest gap (mm) allowed between the RV and the septal myocardium.
+RV_MYO_MAX_GAP_MM = 3.0
+#: Minimum area (mm²) of a secondary in-slice component counted as a fragment.
+FRAGMENT_MIN_AREA_MM2 = 15.0
+#: Minimum volume (mL) of a detached 3D piece of the heart counted as a fragment.
+FRAGMENT_MIN_VOLUME_ML = 0.1
+#: Distance (mm) from the main heart beyond which a detached piece counts as far away.
+FRAGMENT_FAR_MM = 15.0
+#: Largest relative area change between neighbouring slices (LV, MYO), apart from base/apex ...
+AREA_JUMP_MAX = 0.50
+#: ... flagged only when the change is also this large relative to the structure's peak area
+#: (near the apex areas legitimately halve from slice to slice, but they are small).
+AREA_JUMP_MAX_OF_PEAK = 0.40
+#: Same two limits for the RV, whose shape varies more along the long axis.
+AREA_JUMP_MAX_RV = 0.60
+AREA_JUMP_MAX_OF_PEAK_RV = 0.50
+#: Areas (mm²) below this are ignored by the slice-to-slice and ED/ES area checks.
+AREA_MIN_MM2 = 50.0
+#: Largest relative excess of the ES LV area over the ED LV area in one slice.
+ES_AREA_EXCESS_MAX = 0.20
+#: Largest relative difference of the myocardial volume between ED and ES (through-plane motion
+#: makes up to ~30 % common in expert labels with 10 mm slices).
+MYO_VOLUME_DIFF_MAX = 0.35
+#: Plausible LV end-diastolic volume (mL).
+LVEDV_RANGE_ML = (40.0, 400.0)
+#: Plausible LV ejection fraction (%).
+LVEF_RANGE_PCT = (10.0, 85.0)
+#: RV volume (mL) below which the RV counts as missing.
+RV_MIN_ML = 1.0
+
+# --- coverage -----------------------------------------------------------------------------------
+#: Heart cross-section in the apical end slice, relative to the largest one, that suggests the
+#: stack stops before the apex. (Expert-labelled ACDC/M&Ms volumes reach at most ~0.4.) The basal
+#: end is not checked: the basal slice normally carries the largest cross-section anyway.
+COVERAGE_APEX_AREA_FRACTION = 0.50
+#: Number of heart pixels on the in-plane image border that counts as touching it.
+BORDER_TOUCH_MIN_PIXELS = 3
+
+#: Weight of each kind of issue in the score.
+WEIGHTS: dict[str, float] = {
+    "entropy_slice": 0.10,
+    "uncertain_fraction": 0.30,
+    "enclosure": 0.30,
+    "enclosure_severe": 0.50,
+    "rv_not_adjacent": 0.30,
+    "fragment_slice": 0.20,
+    "fragment_slice_rv": 0.10,
+    "fragment_3d": 0.35,
+    "fragment_3d_far": 0.45,
+    "missing_lv": 0.60,
+    "missing_myo": 0.40,
+    "missing_rv": 0.20,
+    "area_jump": 0.20,
+    "es_area": 0.10,
+    "myo_volume": 0.30,
+    "esv_gt_edv": 0.80,
+    "lv_absent": 1.00,
+    "lvedv_range": 0.50,
+    "lvef_range": 0.50,
+    "rv_absent": 0.40,
+    "coverage": 0.30,
+    "border": 0.35,
+}
+
+NAMES = {LV: "LV", MYO: "myocardium", RV: "RV"}
+_SHORT = {LV: "LV", MYO: "MYO", RV: "RV"}
+_CROSS = ndimage.generate_binary_structure(2, 1)
+_SQUARE = np.ones((3, 3), bool)
+
+
+@dataclass
+class QCResult:
+    """Outcome of :func:`assess_quality`.
+
+    Attributes:
+        status: ``"ok"``, ``"review"`` or ``"fail"``.
+        score: 0..1, higher means less trustworthy.
+        reasons: Human-readable findings, most important first.
+        per_slice: One dict per (phase, slice) with areas, checks and flags.
+        metrics: Study-level numbers (entropy, volumes, ...).
+    """
+
+    status: str
+    score: float
+    reasons: list[str] = field(default_factory=list)
+    per_slice: list[dict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass
+class _Issue:
+    kind: str
+    text: str
+    weight: float
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.issues: list[_Issue] = []
+
+    def add(self, kind: str, text: str, weight: float | None = None) -> None:
+        self.issues.append(_Issue(kind, text, WEIGHTS[kind] if weight is None else weight))
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def _slices(label: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(np.asarray(label), axis, 0)
+
+
+def _dilate2d(mask: np.ndarray, radius_mm: float, pix_mm: float) -> np.ndarray:
+    """Dilate a (Z, A, B) mask in-plane only by about ``radius_mm``."""
+    it = max(1, int(round(radius_mm / pix_mm)))
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = _SQUARE
+    return ndimage.binary_dilation(mask, structure=structure, iterations=it)
+
+
+def _normalise_probabilities(probabilities: Any, phases: Sequence[str]) -> dict[str, np.ndarray]:
+    if probabilities is None:
+        return {}
+    if isinstance(probabilities, Mapping):
+        return {k: np.asarray(v) for k, v in probabilities.items() if v is not None and k in phases}
+    if isinstance(probabilities, list | tuple):
+        pairs = zip(phases, probabilities, strict=False)
+        return {p: np.asarray(v) for p, v in pairs if v is not None}
+    return {phases[0]: np.asarray(probabilities)}
+
+
+def _entropy(prob: np.ndarray) -> np.ndarray:
+    """Normalised (0..1) entropy over the first axis."""
+    n = prob.shape[0]
+    p = np.clip(prob.astype(np.float32, copy=False), 1e-7, 1.0)
+    h = -(p * np.log(p)).sum(axis=0)
+    return h / math.log(n) if n > 1 else np.zeros_like(h)
+
+
+def _phase_checks(
+    phase: str,
+    lab: np.ndarray,
+    pix_mm: tuple[float, float],
+    dz_mm: float,
+    prob: np.ndarray | None,
+    out: _Collector,
+) -> tuple[list[dict], dict[str, Any]]:
+    """Per-slice and 3D checks of one phase; ``lab`` is (Z, A, B) with the slice axis first."""
+    nz = lab.shape[0]
+    px_area = pix_mm[0] * pix_mm[1]
+    areas = {s: np.count_nonzero(lab == s, axis=(1, 2)) * px_area for s in (LV, MYO, RV)}
+    rows: list[dict] = [
+        {
+            "phase": phase,
+            "slice": int(z),
+            "lv_mm2": float(areas[LV][z]),
+            "myo_mm2": float(areas[MYO][z]),
+            "rv_mm2": float(areas[RV][z]),
+            "myo_enclosure": None,
+            "rv_touches_myo": None,
+            "fragments": {},
+            "mean_entropy": None,
+            "uncertain_fraction": None,
+            "flags": [],
+        }
+        for z in range(nz)
+    ]
+    metrics: dict[str, Any] = {}
+    lv_slices = np.flatnonzero(areas[LV] > 0)
+    rv_iter = max(1, int(round(RV_MYO_MAX_GAP_MM / min(pix_mm))))
+
+    for z in range(nz):
+        sl = lab[z]
+        row = rows[z]
+        lv = sl == LV
+        if lv.any():
+            ring = ndimage.binary_dilation(lv, structure=_CROSS) & ~lv
+            frac = float(np.mean(sl[ring] == MYO)) if ring.any() else 1.0
+            row["myo_enclosure"] = round(frac, 4)
+            is_end = z in (lv_slices[0], lv_slices[-1])
+            limit = MYO_ENCLOSURE_MIN_END if is_end else MYO_ENCLOSURE_MIN
+            if frac < limit:
+                severe = frac < MYO_ENCLOSURE_SEVERE and not is_end
+                out.add(
+                    "enclosure_severe" if severe else "enclosure",
+                    f"{phase} slice {z}: myocardium does not enclose the LV "
+                    f"({_pct(frac)} of border)",
+                )
+                row["flags"].append("myo_enclosure")
+        rv = sl == RV
+        myo = sl == MYO
+        if rv.any() and myo.any():
+            near = ndimage.binary_dilation(rv, structure=_SQUARE, iterations=rv_iter)
+            touches = bool((near & myo).any())
+            row["rv_touches_myo"] = touches
+            if not touches:
+                out.add(
+                    "rv_not_adjacent",
+                    f"{phase} slice {z}: RV is not adjacent to the septal myocardium",
+                )
+                row["flags"].append("rv_not_adjacent")
+        for s in (LV, MYO, RV):
+            mask = sl == s
+            if not mask.any():
+                continue
+            comp, n = ndimage.label(mask, structure=_SQUARE)
+            sizes = np.sort(np.bincount(comp.ravel())[1:])[::-1] * px_area
+            n_sig = int(1 + np.count_nonzero(sizes[1:] >= FRAGMENT_MIN_AREA_MM2))
+            row["fragments"][_SHORT[s]] = n_sig
+            if n_sig > 1:
+                out.add(
+                    "fragment_slice_rv" if s == RV else "fragment_slice",
+                    f"{phase} slice {z}: {NAMES[s]} is split into {n_sig} pieces",
+                )
+                row["flags"].append(f"fragments_{_SHORT[s]}")
+
+    # structures missing between slices where they are present on both sides
+    for s, kind in ((LV, "missing_lv"), (MYO, "missing_myo"), (RV, "missing_rv")):
+        present = np.flatnonzero(areas[s] > 0)
+        if present.size < 2:
+            continue
+        for z in range(present[0] + 1, present[-1]):
+            if areas[s][z] == 0:
+                below = present[present < z][-1]
+                above = present[present > z][0]
+                out.add(
+                    kind,
+                    f"{phase} slice {z}: {NAMES[s]} missing (present in slices {below} and "
+                    f"{above})",
+                )
+                rows[z]["flags"].append(f"missing_{_SHORT[s]}")
+
+    # abrupt area changes between neighbouring slices, base and apex excluded
+    for s in (LV, MYO, RV):
+        a = areas[s]
+        present = np.flatnonzero(a > 0)
+        if present.size < 4:
+            continue
+        limit = AREA_JUMP_MAX_RV if s == RV else AREA_JUMP_MAX
+        limit_peak = AREA_JUMP_MAX_OF_PEAK_RV if s == RV else AREA_JUMP_MAX_OF_PEAK
+        peak = float(a.max())
+        for z in range(present[0] + 1, present[-1] - 1):
+            a0, a1 = float(a[z]), float(a[z + 1])
+            if a0 == 0 or a1 == 0 or max(a0, a1) < AREA_MIN_MM2:
+                continue
+            rel = abs(a1 - a0) / max(a0, a1)
+            if rel > limit and abs(a1 - a0) > limit_peak * peak:
+                out.add(
+                    "area_jump",
+                    f"{phase} slices {z}-{z + 1}: {NAMES[s]} area changes by {_pct(rel)} "
+                    f"({a0:.0f} to {a1:.0f} mm²)",
+                )
+                rows[z]["flags"].append(f"area_jump_{_SHORT[s]}")
+
+    # detached 3D pieces of the heart
+    fg = lab > 0
+    if fg.any():
+        comp, n = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
+        if n > 1:
+            counts = np.bincount(comp.ravel())
+            counts[0] = 0
+            main = int(np.argmax(counts))
+            voxel_ml = px_area * dz_mm / 1000.0
+            dist = None
+            for c in range(1, n + 1):
+                vol = counts[c] * voxel_ml
+                if c == main or vol < FRAGMENT_MIN_VOLUME_ML:
+                    continue
+                if dist is None:
+                    dist = ndimage.distance_transform_edt(
+                        comp != main, sampling=(dz_mm, pix_mm[0], pix_mm[1])
+                    )
+                d = float(dist[comp == c].min())
+                zs = np.unique(np.nonzero(comp == c)[0])
+                where = f"slice {zs[0]}" if zs.size == 1 else f"slices {zs[0]}-{zs[-1]}"
+                out.add(
+                    "fragment_3d_far" if d >= FRAGMENT_FAR_MM else "fragment_3d",
+                    f"{phase}: detached fragment of {vol:.2f} mL in {where}, {d:.0f} mm from "
+                    "the heart",
+                )
+                for z in zs:
+                    rows[int(z)]["flags"].append("detached_fragment")
+        metrics["n_components"] = int(n)
+
+    # uncertainty
+    if prob is not None:
+        h = _entropy(prob)
+        roi = _dilate2d(fg, ENTROPY_DILATION_MM, min(pix_mm))
+        if roi.any():
+            h_roi = h[roi]
+            metrics["mean_entropy"] = round(float(h_roi.mean()), 4)
+            metrics["uncertain_fraction"] = round(
+                float(np.mean(h_roi > UNCERTAIN_VOXEL_ENTROPY)), 4
+            )
+            for z in range(nz):
+                m = roi[z]
+                if not m.any():
+                    continue
+                hz = h[z][m]
+                mean_h = float(hz.mean())
+                rows[z]["mean_entropy"] = round(mean_h, 4)
+                rows[z]["uncertain_fraction"] = round(
+                    float(np.mean(hz > UNCERTAIN_VOXEL_ENTROPY)), 4
+                )
+                if mean_h > ENTROPY_SLICE_REVIEW:
+                    out.add(
+                        "entropy_slice",
+                        f"{phase} slice {z}: high uncertainty (mean entropy {mean_h:.2f})",
+                    )
+                    rows[z]["flags"].append("uncertain")
+    metrics["areas_mm2"] = {_SHORT[s]: [float(v) for v in areas[s]] for s in areas}
+    return rows, metrics
+
+
+def _border_slices(lab: np.ndarray) -> list[int]:
+    fg = lab > 0
+    edge = np.zeros(fg.shape[1:], bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    counts = np.count_nonzero(fg & edge[None], axis=(1, 2))
+    return [int(z) for z in np.flatnonzero(counts >= BORDER_TOUCH_MIN_PIXELS)]
+
+
+def assess_quality(
+    ed_label: np.ndarray,
+    es_label: np.ndarray | None,
+    spacing: Sequence[float],
+    probabilities: Mapping[str, np.ndarray | None]
+    | Sequence[np.ndarray | None]
+    | np.ndarray
+    | None = None,
+) -> QCResult:
+    """Quality control of an ED/ES segmentation pair.
+
+    Args:
+        ed_label: Canonical 3D labels at end-diastole (native geometry).
+        es_label: Canonical 3D labels at end-systole, or ``None`` for a single volume.
+        spacing: Voxel size in mm (the slice axis is found with :func:`slice_axis`).
+        probabilities: Softmax maps of shape (4, *label.shape) for uncertainty: a mapping
+            ``{"ED": p, "ES": p}``, a sequence ``(p_ed, p_es)`` or one array for ED.
+
+    Returns:
+        :class:`QCResult`.
+
+    Example:
+        >>> qc = assess_quality(ed, es, (1.25, 1.25, 8.0))  # doctest: +SKIP
+        >>> qc.status, qc.reasons[:1]  # doctest: +SKIP
+        ('review', ['ED slice 7: myocardium does not enclose the LV (62 % of border)'])
+    """
+    ed_label = np.asarray(ed_label)
+    if ed_label.ndim != 3:
+        raise ValueError(f"expected 3D labels, got shape {ed_label.shape}")
+    phases = {"ED": ed_label}
+    if es_label is not None:
+        es_label = np.asarray(es_label)
+        if es_label.shape != ed_label.shape:
+            raise ValueError(f"ES shape {es_label.shape} differs from ED {ed_label.shape}")
+        phases["ES"] = es_label
+    spacing = tuple(float(s) for s in spacing[:3])
+    axis = slice_axis(spacing, ed_label.shape)
+    pix = tuple(s for i, s in enumerate(spacing) if i != axis)
+    dz = spacing[axis]
+    probs = _normalise_probabilities(probabilities, list(phases))
+    for name, p in probs.items():
+        if p.ndim != 4 or p.shape[1:] != ed_label.shape:
+            raise ValueError(
+                f"{name} probabilities have shape {p.shape}, expected (C, *{ed_label.shape})"
+            )
+
+    out = _Collector()
+    per_slice: list[dict] = []
+    metrics: dict[str, Any] = {"slice_axis": axis}
+    moved = {name: _slices(lab, axis) for name, lab in phases.items()}
+    for name, lab in moved.items():
+        prob = np.moveaxis(probs[name], axis + 1, 1) if name in probs else None
+        rows, m = _phase_checks(name, lab, pix, dz, prob, out)  # type: ignore[arg-type]
+        per_slice.extend(rows)
+        metrics[name] = m
+
+    # study-level uncertainty
+    ents = [metrics[n]["mean_entropy"] for n in phases if "mean_entropy" in metrics[n]]
+    if ents:
+        worst = max(ents)
+        metrics["mean_entropy"] = worst
+        if worst >= ENTROPY_STUDY_REVIEW:
+            span = ENTROPY_STUDY_FAIL - ENTROPY_STUDY_REVIEW
+            w = 0.3 + 0.5 * min(1.0, (worst - ENTROPY_STUDY_REVIEW) / span)
+            out.issues.append(
+                _Issue(
+                    "entropy_study",
+                    f"high segmentation uncertainty (mean entropy {worst:.2f} inside the heart)",
+                    w,
+                )
+            )
+        fracs = [metrics[n]["uncertain_fraction"] for n in phases if "mean_entropy" in metrics[n]]
+        if max(fracs) > UNCERTAIN_FRACTION_REVIEW:
+            out.add("uncertain_fraction", f"{_pct(max(fracs))} of the heart region is uncertain")
+
+    # volumes
+    lv_edv = volume_ml(ed_label, spacing, LV)
+    metrics["lv_edv_ml"] = lv_edv
+    if lv_edv == 0:
+        out.add("lv_absent", "no LV found at end-diastole")
+    elif not LVEDV_RANGE_ML[0] <= lv_edv <= LVEDV_RANGE_ML[1]:
+        out.add(
+            "lvedv_range",
+            f"LV end-diastolic volume {lv_edv:.1f} mL outside the plausible range "
+            f"{LVEDV_RANGE_ML[0]:.0f}-{LVEDV_RANGE_ML[1]:.0f} mL",
+        )
+    if volume_ml(ed_label, spacing, RV) < RV_MIN_ML:
+        out.add("rv_absent", "RV not found (or nearly empty) at end-diastole")
+    if es_label is not None and lv_edv > 0:
+        lv_esv = volume_ml(es_label, spacing, LV)
+        ef = (lv_edv - lv_esv) / lv_edv * 100
+        metrics["lv_esv_ml"] = lv_esv
+        metrics["lv_ef_pct"] = ef
+        if lv_esv > lv_edv:
+            out.add(
+                "esv_gt_edv",
+                f"LV end-systolic volume ({lv_esv:.0f} mL) exceeds end-diastolic volume "
+                f"({lv_edv:.0f} mL): ED/ES frames swapped or wrong",
+            )
+        elif not LVEF_RANGE_PCT[0] <= ef <= LVEF_RANGE_PCT[1]:
+            out.add(
+                "lvef_range",
+                f"LV ejection fraction {ef:.1f} % outside the plausible range "
+                f"{LVEF_RANGE_PCT[0]:.0f}-{LVEF_RANGE_PCT[1]:.0f} %",
+            )
+        myo_ed = volume_ml(ed_label, spacing, MYO)
+        myo_es = volume_ml(es_label, spacing, MYO)
+        if max(myo_ed, myo_es) > 0:
+            diff = abs(myo_ed - myo_es) / max(myo_ed, myo_es)
+            metrics["myo_volume_diff"] = diff
+            if diff > MYO_VOLUME_DIFF_MAX:
+                out.add(
+                    "myo_volume",
+                    f"myocardial volume differs by {_pct(diff)} between ED ({myo_ed:.0f} mL) "
+                    f"and ES ({myo_es:.0f} mL)",
+                )
+        a_ed = np.count_nonzero(moved["ED"] == LV, axis=(1, 2)) * pix[0] * pix[1]
+        a_es = np.count_nonzero(moved["ES"] == LV, axis=(1, 2)) * pix[0] * pix[1]
+        bad = np.flatnonzero((a_ed >= AREA_MIN_MM2) & (a_es > a_ed * (1 + ES_AREA_EXCESS_MAX)))
+        if bad.size:
+            out.add(
+                "es_area",
+                f"LV area larger at ES than at ED in slice{'s' if bad.size > 1 else ''} "
+                f"{', '.join(map(str, bad))} (e.g. slice {bad[0]}: {a_es[bad[0]]:.0f} vs "
+                f"{a_ed[bad[0]]:.0f} mm²)",
+                min(0.4, WEIGHTS["es_area"] * bad.size),
+            )
+            for row in per_slice:
+                if row["phase"] == "ES" and row["slice"] in bad:
+                    row["flags"].append("es_area_gt_ed")
+
+    # coverage of the apex (ED: largest heart); the apex is the end with the smaller heart
+    heart = np.count_nonzero(moved["ED"] > 0, axis=(1, 2)).astype(float)
+    if heart.max() > 0 and heart.size > 2:
+        extent = heart[np.flatnonzero(heart)[0] : np.flatnonzero(heart)[-1] + 1]
+        third = max(1, extent.size // 3)
+        apex = heart.size - 1 if extent[:third].mean() >= extent[-third:].mean() else 0
+        frac = heart[apex] / heart.max()
+        metrics["apex_slice"] = int(apex)
+        if frac >= COVERAGE_APEX_AREA_FRACTION:
+            out.add(
+                "coverage",
+                f"heart reaches the {'last' if apex else 'first'} (apical) slice {apex} with "
+                f"{_pct(frac)} of its largest cross-section: the apex may not be covered",
+            )
+    # in-plane field of view
+    touching = {name: _border_slices(lab) for name, lab in moved.items()}
+    touching = {k: v for k, v in touching.items() if v}
+    if touching:
+        parts = "; ".join(f"{k} slices {', '.join(map(str, v))}" for k, v in touching.items())
+        out.add("border", f"heart touches the image border ({parts}): field of view may cut it")
+        for row in per_slice:
+            if row["slice"] in touching.get(row["phase"], []):
+                row["flags"].append("touches_border")
+
+    score = 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, i.weight)) for i in out.issues]))
+    score = round(min(1.0, max(0.0, score)), 4)
+    status = "fail" if score >= FAIL_SCORE else "review" if score >= REVIEW_SCORE else "ok"
+    ordered = sorted(out.issues, key=lambda i: -i.weight)
+    metrics["issues"] = [{"kind": i.kind, "weight": i.weight} for i in ordered]
+    return QCResult(status, score, [i.text for i in ordered], per_slice, metrics)

@@ -1,0 +1,561 @@
+"""Report files of one analysed study: JSON, PNG figures, self-contained HTML and PDF.
+
+No patient identifiers are written: ``meta`` is filtered for identifying keys, and the only
+patient-related text that may appear is ``meta["patient_label"]``, when the caller passes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import re
+import tempfile
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cardioseg.clinical.indices import (
+    DISPLAY_NAMES,
+    NORMAL_RANGE_SOURCES,
+    NORMAL_RANGES,
+    UNITS,
+    compare_to_normal,
+)
+from cardioseg.clinical.qc import QCResult
+from cardioseg.io.nifti import atomic_write
+
+DISCLAIMER = (
+    "Research use only. Not a medical device and not a diagnosis: automatic measurements must "
+    "be reviewed by a qualified clinician before any clinical use."
+)
+
+#: Indices shown in the table, in this order (missing ones are skipped).
+TABLE_ORDER = (
+    "lv_edv_ml",
+    "lv_esv_ml",
+    "lv_sv_ml",
+    "lv_ef_pct",
+    "lv_mass_g",
+    "rv_edv_ml",
+    "rv_esv_ml",
+    "rv_sv_ml",
+    "rv_ef_pct",
+    "bsa_m2",
+    "lvedv_index_ml_m2",
+    "lvesv_index_ml_m2",
+    "lvsv_index_ml_m2",
+    "lv_mass_index_g_m2",
+    "rvedv_index_ml_m2",
+    "rvesv_index_ml_m2",
+    "rvsv_index_ml_m2",
+)
+
+#: Meta keys matching this pattern are never written (patient or site identifiers, file paths).
+IDENTIFYING_KEY = re.compile(
+    r"patient|name|birth|accession|mrn|physician|operator|institution|address|phone|uid"
+    r"|(^|_)id$|^id_|path|file|folder|dir$",
+    re.IGNORECASE,
+)
+
+STATUS_COLORS = {"ok": "#1e8449", "review": "#b9770e", "fail": "#c0392b"}
+FLAG_COLORS = {"normal": "#1e8449", "low": "#c0392b", "high": "#c0392b"}
+
+
+def _version() -> str:
+    try:
+        from cardioseg import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover - partial installs
+        return "unknown"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars/arrays to Python, NaN/Inf to ``None``, paths to str."""
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def sanitize_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Drop identifying keys (recursively) from ``meta``; keeps ``patient_label`` if given.
+
+    Example:
+        >>> sanitize_meta({"PatientName": "Doe^John", "vendor": "GE", "patient_label": "P1"})
+        {'vendor': 'GE', 'patient_label': 'P1'}
+    """
+
+    def walk(obj: Any, top: bool) -> Any:
+        if isinstance(obj, Mapping):
+            return {
+                k: walk(v, False)
+                for k, v in obj.items()
+                if (top and k == "patient_label") or not IDENTIFYING_KEY.search(str(k))
+            }
+        if isinstance(obj, list | tuple):
+            return [walk(v, False) for v in obj]
+        return obj
+
+    return _clean(walk(dict(meta or {}), True))
+
+
+def _qc_dict(qc: QCResult | Mapping[str, Any] | None) -> dict[str, Any]:
+    if qc is None:
+        return {"status": "not assessed", "score": None, "reasons": [], "per_slice": []}
+    d = qc.to_dict() if isinstance(qc, QCResult) else dict(qc)
+    d.setdefault("reasons", [])
+    d.setdefault("per_slice", [])
+    return _clean(d)
+
+
+def _curves(curve: Any) -> tuple[list[float], list[float] | None] | None:
+    """Accept ``{"lv_ml": [...], "rv_ml": [...]}``, a list of LV volumes or of (LV, RV) pairs."""
+    if curve is None:
+        return None
+    if isinstance(curve, Mapping):
+        lv = curve.get("lv_ml", curve.get("lv", curve.get("LV")))
+        rv = curve.get("rv_ml", curve.get("rv", curve.get("RV")))
+        if lv is None:
+            raise ValueError("curve mapping needs an 'lv_ml' entry")
+        lv_l = [float(v) for v in np.asarray(lv, float).ravel()]
+        rv_l = None if rv is None else [float(v) for v in np.asarray(rv, float).ravel()]
+        return lv_l, rv_l
+    arr = np.asarray(curve, dtype=float)
+    if arr.ndim == 1:
+        return [float(v) for v in arr], None
+    if arr.ndim == 2 and arr.shape[1] == 2:
+        return [float(v) for v in arr[:, 0]], [float(v) for v in arr[:, 1]]
+    if arr.ndim == 2 and arr.shape[0] == 2:
+        return [float(v) for v in arr[0]], [float(v) for v in arr[1]]
+    raise ValueError(f"cannot interpret volume curve of shape {arr.shape}")
+
+
+def _fmt(name: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{float(value):.2f}" if name == "bsa_m2" else f"{float(value):.1f}"
+
+
+def _range_text(name: str) -> str:
+    if name not in NORMAL_RANGES:
+        return ""
+    lo, hi = NORMAL_RANGES[name]
+    return f"{lo:g}–{hi:g}"
+
+
+def _table_rows(indices: Mapping[str, Any], flags: Mapping[str, str]) -> list[dict[str, str]]:
+    rows = []
+    for name in TABLE_ORDER:
+        if name not in indices:
+            continue
+        rows.append(
+            {
+                "key": name,
+                "name": DISPLAY_NAMES.get(name, name),
+                "value": _fmt(name, indices[name]),
+                "unit": UNITS.get(name, ""),
+                "range": _range_text(name),
+                "flag": flags.get(name, ""),
+            }
+        )
+    return rows
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_curve(ax: Any, lv: list[float], rv: list[float] | None, ed: int, es: int) -> None:
+    frames = np.arange(len(lv))
+    ax.plot(frames, lv, "o-", color="#e4572e", label="LV", markersize=3)
+    if rv is not None and len(rv) == len(lv):
+        ax.plot(frames, rv, "s-", color="#2e86de", label="RV", markersize=3)
+    for frame, name, style in ((ed, "ED", "--"), (es, "ES", ":")):
+        if 0 <= frame < len(lv):
+            ax.axvline(frame, color="k", linestyle=style, linewidth=1)
+            ax.annotate(
+                f" {name} ({frame})",
+                (frame, 0.98),
+                xycoords=("data", "axes fraction"),
+                ha="left",
+                va="top",
+                fontsize=8,
+            )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("frame")
+    ax.set_ylabel("volume (mL)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _write_curve_png(path: Path, lv: list[float], rv: list[float] | None, ed: int, es: int) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    _plot_curve(ax, lv, rv, ed, es)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _write_montage(
+    path: Path,
+    images: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    spacing: Sequence[float],
+    ed_frame: int,
+    es_frame: int,
+) -> Path:
+    """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG."""
+    from cardioseg.reporting.overlays import overlay_montage
+
+    plt = _plt()
+    frames = {"ED": ed_frame, "ES": es_frame}
+    parts = []
+    with tempfile.TemporaryDirectory(prefix=".montage.", dir=path.parent) as tmpdir:
+        for phase in ("ED", "ES"):
+            if phase not in images:
+                continue
+            image, label = images[phase]
+            part = Path(tmpdir) / f"{phase}.png"
+            overlay_montage(
+                np.asarray(image),
+                np.asarray(label),
+                part,
+                tuple(float(s) for s in spacing[:3]),
+                title=f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue",
+            )
+            parts.append(plt.imread(part)[..., :3])
+    if not parts:
+        raise ValueError("images must contain 'ED' and/or 'ES'")
+    width = max(p.shape[1] for p in parts)
+    padded = [
+        np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=1.0) for p in parts
+    ]
+    combined = np.concatenate(padded, axis=0)
+    with atomic_write(path) as tmp:
+        plt.imsave(tmp, np.clip(combined, 0, 1), format="png")
+    return path
+
+
+def _data_uri(path: Path | None) -> str:
+    if path is None:
+        return ""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+# --- HTML -----------------------------------------------------------------------------------------
+
+
+def _reason_color(weight: float | None, status: str) -> str:
+    if weight is None:
+        return STATUS_COLORS.get(status, "#555")
+    if weight >= 0.5:
+        return STATUS_COLORS["fail"]
+    if weight >= 0.25:
+        return STATUS_COLORS["review"]
+    return "#666666"
+
+
+def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str, Path]) -> str:
+    e = html.escape
+    qc = report["qc"]
+    status = str(qc.get("status", "not assessed"))
+    color = STATUS_COLORS.get(status, "#555")
+    weights = [i.get("weight") for i in (qc.get("metrics") or {}).get("issues", [])]
+    reasons = qc.get("reasons") or []
+    reason_items = (
+        "".join(
+            f'<li style="color:{_reason_color(weights[i] if i < len(weights) else None, status)}">'
+            f"{e(str(r))}</li>"
+            for i, r in enumerate(reasons)
+        )
+        or "<li>no issues found</li>"
+    )
+    table = "".join(
+        f'<tr><td>{e(r["name"])}</td><td class="num">{e(r["value"])}</td><td>{e(r["unit"])}</td>'
+        f'<td>{e(r["range"])}</td><td style="color:{FLAG_COLORS.get(r["flag"], "#333")};'
+        f'font-weight:bold">{e(r["flag"])}</td></tr>'
+        for r in rows
+    )
+    meta = report.get("meta") or {}
+    meta_rows = "".join(
+        f"<tr><td>{e(str(k))}</td><td>{e(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+        for k, v in meta.items()
+        if k != "patient_label"
+    )
+    label = report.get("patient_label")
+    header_label = f"<p><b>Study label:</b> {e(str(label))}</p>" if label else ""
+    score = qc.get("score")
+    score_txt = f" (score {score:.2f})" if isinstance(score, int | float) else ""
+    imgs = ""
+    if "overlay" in figures:
+        imgs += (
+            "<h2>ED / ES segmentation</h2>"
+            f'<img alt="ED/ES overlay montage" src="{_data_uri(figures["overlay"])}">'
+        )
+    if "curve" in figures:
+        imgs += f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
+    sources = sorted(
+        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Cardiac cine analysis</title>
+<style>
+body {{ font-family: Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 60em;
+        color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+th {{ background: #f2f2f2; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.qc {{ border-left: 0.5em solid {color}; padding: 0.3em 1em; background: #fafafa; }}
+.status {{ color: {color}; font-weight: bold; text-transform: uppercase; }}
+img {{ max-width: 100%; }}
+footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0392b;
+          font-weight: bold; }}
+.small {{ font-size: 0.85em; color: #555; }}
+</style></head>
+<body>
+<h1>Cardiac cine MRI analysis</h1>
+{header_label}
+<p>End-diastole: frame {e(str(report["ed_frame"]))} &nbsp;·&nbsp;
+End-systole: frame {e(str(report["es_frame"]))}</p>
+<h2>Quality control</h2>
+<div class="qc"><p>Status: <span class="status">{e(status)}</span>{e(score_txt)}</p>
+<ul>{reason_items}</ul></div>
+<h2>Indices</h2>
+<table><tr><th>Index</th><th>Value</th><th>Unit</th><th>Normal range (adult)</th>
+<th>Flag</th></tr>{table}</table>
+<p class="small">Normal ranges: sex-pooled adult ranges (mean ± 2 SD) from
+{e("; ".join(sources))}. LV mass = myocardial volume at ED × 1.05 g/mL.</p>
+{imgs}
+<h2>Acquisition and processing</h2>
+<table>{meta_rows or "<tr><td>no details given</td></tr>"}</table>
+<p class="small">Generated {e(report["generated_utc"])} by cardioseg
+{e(report["software_version"])}.</p>
+<footer>{e(DISCLAIMER)}</footer>
+</body></html>
+"""
+
+
+# --- PDF ------------------------------------------------------------------------------------------
+
+
+def _write_pdf(
+    path: Path,
+    report: dict[str, Any],
+    rows: list[dict[str, str]],
+    figures: dict[str, Path],
+    curves: tuple[list[float], list[float] | None] | None,
+) -> Path:
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    plt = _plt()
+    qc = report["qc"]
+    status = str(qc.get("status", "not assessed"))
+    meta = {"Title": "Cardiac cine MRI analysis", "Creator": f"cardioseg {_version()}"}
+    with atomic_write(path) as tmp, PdfPages(tmp, metadata=meta) as pdf:
+        fig = plt.figure(figsize=(8.27, 11.69))
+        y = 0.96
+        fig.text(0.07, y, "Cardiac cine MRI analysis", fontsize=16, weight="bold")
+        y -= 0.03
+        if report.get("patient_label"):
+            fig.text(0.07, y, f"Study label: {report['patient_label']}", fontsize=10)
+            y -= 0.022
+        fig.text(
+            0.07, y, f"ED frame {report['ed_frame']}   ES frame {report['es_frame']}", fontsize=10
+        )
+        y -= 0.03
+        if rows:
+            height = 0.022 * (len(rows) + 1)
+            ax = fig.add_axes((0.07, y - height, 0.86, height))
+            ax.axis("off")
+            cells = [[r["name"], r["value"], r["unit"], r["range"], r["flag"]] for r in rows]
+            tab = ax.table(
+                cellText=cells,
+                colLabels=["Index", "Value", "Unit", "Normal range", "Flag"],
+                bbox=(0.0, 0.0, 1.0, 1.0),
+                colWidths=[0.42, 0.12, 0.12, 0.2, 0.14],
+            )
+            tab.auto_set_font_size(False)
+            tab.set_fontsize(8)
+            for i in range(len(rows) + 1):
+                tab[i, 0].set_text_props(ha="left")
+                tab[i, 0].PAD = 0.02
+            for i, r in enumerate(rows, start=1):
+                if r["flag"] in FLAG_COLORS:
+                    tab[i, 4].get_text().set_color(FLAG_COLORS[r["flag"]])
+            y -= height + 0.03
+        score = qc.get("score")
+        score_txt = f" (score {score:.2f})" if isinstance(score, int | float) else ""
+        fig.text(
+            0.07,
+            y,
+            f"Quality control: {status.upper()}{score_txt}",
+            fontsize=12,
+            weight="bold",
+            color=STATUS_COLORS.get(status, "#555"),
+        )
+        y -= 0.025
+        reasons = qc.get("reasons") or ["no issues found"]
+        for reason in reasons[:25]:
+            for k, line in enumerate(textwrap.wrap(str(reason), 100)):
+                fig.text(0.09, y, ("• " if k == 0 else "  ") + line, fontsize=8)
+                y -= 0.016
+            if y < 0.1:
+                break
+        if len(reasons) > 25:
+            fig.text(0.09, y, f"... and {len(reasons) - 25} more (see report.json)", fontsize=8)
+        for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
+            fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
+        pdf.savefig(fig)
+        plt.close(fig)
+        if "overlay" in figures:
+            img = plt.imread(figures["overlay"])
+            fig = plt.figure(figsize=(8.27, 11.69))
+            ax = fig.add_axes((0.04, 0.08, 0.92, 0.86))
+            ax.imshow(img, interpolation="none")
+            ax.axis("off")
+            fig.text(0.5, 0.96, "ED / ES segmentation", ha="center", fontsize=12)
+            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
+            pdf.savefig(fig)
+            plt.close(fig)
+        if curves is not None:
+            fig, ax = plt.subplots(figsize=(8.27, 5.8))
+            _plot_curve(ax, curves[0], curves[1], int(report["ed_frame"]), int(report["es_frame"]))
+            ax.set_title("Ventricular volume over the cardiac cycle")
+            fig.tight_layout()
+            pdf.savefig(fig)
+            plt.close(fig)
+    return path
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def write_report(
+    outdir: str | Path,
+    indices: Mapping[str, float],
+    qc: QCResult | Mapping[str, Any] | None,
+    curve: Mapping[str, Sequence[float]]
+    | Sequence[float]
+    | Sequence[Sequence[float]]
+    | None = None,
+    ed_frame: int = 0,
+    es_frame: int = 1,
+    images: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    meta: Mapping[str, Any] | None = None,
+    write_pdf: bool = True,
+) -> dict[str, Path]:
+    """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``, ``report.html`` and
+    ``report.pdf`` into ``outdir`` (every file atomically).
+
+    Args:
+        outdir: Output folder (created if needed).
+        indices: Output of :func:`~cardioseg.clinical.indices.compute_indices`.
+        qc: :class:`~cardioseg.clinical.qc.QCResult` (or its dict), ``None`` if not assessed.
+        curve: Volumes per frame: ``{"lv_ml": [...], "rv_ml": [...]}``, a list of LV volumes or
+            a list of (LV, RV) pairs. ``None`` skips the curve figure.
+        ed_frame: End-diastolic frame index.
+        es_frame: End-systolic frame index.
+        images: ``{"ED": (image3d, label3d), "ES": (image3d, label3d)}`` for the overlay
+            montage; ``None`` skips it.
+        spacing: Voxel size in mm of the images.
+        meta: Free-form acquisition/processing information. Identifying keys (patient, names,
+            UIDs, paths, ...) are dropped; ``meta["patient_label"]`` is the only patient-related
+            text shown.
+        write_pdf: Also write ``report.pdf``.
+
+    Returns:
+        Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
+        ``pdf``.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    clean_meta = sanitize_meta(meta)
+    patient_label = clean_meta.pop("patient_label", None)
+    curves = _curves(curve)
+    files: dict[str, Path] = {}
+    if images:
+        files["overlay"] = _write_montage(
+            outdir / "overlay_ed_es.png", images, spacing, ed_frame, es_frame
+        )
+    if curves is not None:
+        files["curve"] = _write_curve_png(
+            outdir / "volume_curve.png", curves[0], curves[1], ed_frame, es_frame
+        )
+    flags = compare_to_normal(indices)
+    rows = _table_rows(indices, flags)
+    report: dict[str, Any] = {
+        "software": "cardioseg",
+        "software_version": _version(),
+        "generated_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if patient_label:
+        report["patient_label"] = str(patient_label)
+    report.update(
+        {k: None if v is None else _clean(round(float(v), 3)) for k, v in indices.items()}
+    )
+    report.update(
+        {
+            "ed_frame": int(ed_frame),
+            "es_frame": int(es_frame),
+            "units": {k: UNITS[k] for k in indices if k in UNITS},
+            "normal_flags": flags,
+            "normal_ranges": {
+                k: {
+                    "low": NORMAL_RANGES[k][0],
+                    "high": NORMAL_RANGES[k][1],
+                    "unit": UNITS.get(k, ""),
+                    "source": NORMAL_RANGE_SOURCES.get(k, ""),
+                }
+                for k in indices
+                if k in NORMAL_RANGES
+            },
+            "qc": _qc_dict(qc),
+            "volume_curve": None if curves is None else {"lv_ml": curves[0], "rv_ml": curves[1]},
+            "meta": clean_meta,
+            "disclaimer": DISCLAIMER,
+        }
+    )
+    files["json"] = outdir / "report.json"
+    files["html"] = outdir / "report.html"
+    if write_pdf:
+        files["pdf"] = outdir / "report.pdf"
+    report["files"] = {k: p.name for k, p in files.items()}
+    report = _clean(report)
+    with atomic_write(files["json"]) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False))
+    with atomic_write(files["html"]) as tmp:
+        tmp.write_text(_html(report, rows, files), encoding="utf-8")
+    if write_pdf:
+        _write_pdf(files["pdf"], report, rows, files, curves)
+    return files

@@ -1,0 +1,433 @@
+"""Clinical layer: indices, ED/ES detection, quality control, reports and DICOM SEG export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cardioseg.clinical import (
+    NORMAL_RANGES,
+    QCResult,
+    assess_quality,
+    compare_to_normal,
+    compute_indices,
+    detect_ed_es,
+    volume_curve,
+    volume_ml,
+    write_report,
+)
+from cardioseg.clinical.qc import REVIEW_SCORE
+from cardioseg.errors import CardiosegError
+
+SPACING = (1.5, 1.5, 8.0)
+VOXEL_ML = 1.5 * 1.5 * 8.0 / 1000.0
+
+
+# --- synthetic data -------------------------------------------------------------------------------
+
+
+def synthetic_heart(
+    shape: tuple[int, int, int] = (96, 96, 10),
+    center: tuple[float, float] = (52.0, 48.0),
+    r_lv: float = 14.0,
+    r_rv: float = 14.0,
+    es: bool = False,
+) -> np.ndarray:
+    """Concentric heart in slices 1..n-2: LV disc, MYO ring, RV crescent touching the ring.
+
+    The apex (last two heart slices) tapers. At ES the LV shrinks, the wall thickens so that
+    the myocardial volume stays about constant, and the RV shrinks.
+    """
+    nx, ny, nz = shape
+    x, y = np.mgrid[:nx, :ny]
+    cx, cy = center
+    d = np.hypot(x - cx, y - cy)
+    lab = np.zeros(shape, np.uint8)
+    for z in range(1, nz - 1):
+        taper = 1.0 if z < nz - 3 else (0.75 if z == nz - 3 else 0.5)
+        r_ed = r_lv * taper
+        r_endo = r_ed * (0.72 if es else 1.0)
+        r_epi_ed = r_ed + 4
+        r_epi = math.sqrt(r_endo**2 + r_epi_ed**2 - r_ed**2)
+        rr = r_rv * taper
+        d_rv = np.hypot(x - (cx - (r_epi_ed + rr - 8)), y - cy)
+        sl = np.zeros((nx, ny), np.uint8)
+        sl[(d_rv < rr * (0.8 if es else 1.0)) & (d >= r_epi)] = 3
+        sl[d < r_epi] = 2
+        sl[d < r_endo] = 1
+        lab[:, :, z] = sl
+    return lab
+
+
+def image_for(label: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    levels = np.array([20.0, 200.0, 60.0, 180.0], np.float32)
+    return levels[label] + rng.normal(0, 5, label.shape).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def heart_pair() -> tuple[np.ndarray, np.ndarray]:
+    return synthetic_heart(), synthetic_heart(es=True)
+
+
+# --- indices --------------------------------------------------------------------------------------
+
+
+def test_indices_exact_on_boxes():
+    ed = np.zeros((40, 40, 10), np.uint8)
+    es = np.zeros_like(ed)
+    ed[5:15, 5:15, 2:7] = 1  # 500 voxels LV
+    ed[20:30, 5:15, 2:5] = 2  # 300 voxels MYO
+    ed[5:15, 20:30, 2:6] = 3  # 400 voxels RV
+    es[5:15, 5:15, 2:4] = 1  # 200 voxels LV
+    es[5:15, 20:30, 2:4] = 3  # 200 voxels RV
+    res = compute_indices(ed, es, SPACING, height_cm=180, weight_kg=80)
+    assert res["lv_edv_ml"] == pytest.approx(500 * VOXEL_ML)
+    assert res["lv_esv_ml"] == pytest.approx(200 * VOXEL_ML)
+    assert res["lv_sv_ml"] == pytest.approx(300 * VOXEL_ML)
+    assert res["lv_ef_pct"] == pytest.approx((500 - 200) / 500 * 100)
+    assert res["rv_edv_ml"] == pytest.approx(400 * VOXEL_ML)
+    assert res["rv_ef_pct"] == pytest.approx(50.0)
+    assert res["lv_mass_g"] == pytest.approx(1.05 * 300 * VOXEL_ML)
+    assert res["bsa_m2"] == pytest.approx(2.0)
+    assert res["lvedv_index_ml_m2"] == pytest.approx(res["lv_edv_ml"] / 2.0)
+    assert res["lv_mass_index_g_m2"] == pytest.approx(res["lv_mass_g"] / 2.0)
+    assert volume_ml(ed, SPACING, 2) == pytest.approx(300 * VOXEL_ML)
+    assert "bsa_m2" not in compute_indices(ed, es, SPACING)
+    assert math.isnan(compute_indices(es * 0, es * 0, SPACING)["lv_ef_pct"])
+
+
+def test_volume_curve_and_ed_es_detection():
+    frames = 20
+    lv_ml = 100 + 40 * np.cos(2 * np.pi * (np.arange(frames) - 3) / frames)
+    assert detect_ed_es(lv_ml) == (3, 13)
+    # the same through labels: a box whose height (in voxels) follows the curve
+    labels = np.zeros((20, 20, 80, frames), np.uint8)
+    for t, v in enumerate(lv_ml):
+        labels[5:10, 5:10, : int(round(v / 2)), t] = 1
+    curve = volume_curve(labels, SPACING, 1)
+    assert curve.shape == (frames,)
+    assert curve[0] == pytest.approx(25 * round(lv_ml[0] / 2) * VOXEL_ML)
+    assert detect_ed_es(curve) == (3, 13)
+    with pytest.raises(ValueError):
+        detect_ed_es([])
+
+
+def test_normal_ranges_and_flags():
+    assert NORMAL_RANGES["lv_ef_pct"] == (57.0, 77.0)
+    flags = compare_to_normal({"lv_ef_pct": 35.0, "lv_edv_ml": 150.0, "rv_edv_ml": 400.0})
+    assert flags == {"lv_ef_pct": "low", "lv_edv_ml": "normal", "rv_edv_ml": "high"}
+    assert compare_to_normal({"lv_ef_pct": float("nan"), "unknown": 1.0}) == {}
+
+
+# --- quality control ------------------------------------------------------------------------------
+
+
+def test_qc_clean_heart_is_ok(heart_pair):
+    ed, es = heart_pair
+    qc = assess_quality(ed, es, SPACING)
+    assert isinstance(qc, QCResult)
+    assert qc.status == "ok", qc.reasons
+    assert qc.score < REVIEW_SCORE and qc.reasons == []
+    mid = [r for r in qc.per_slice if r["phase"] == "ED" and r["slice"] == 4][0]
+    assert mid["myo_enclosure"] == 1.0 and mid["rv_touches_myo"] is True
+    assert len(qc.per_slice) == 2 * ed.shape[2]
+
+
+def _gap(ed: np.ndarray) -> np.ndarray:
+    bad = ed.copy()
+    x, y = np.mgrid[: ed.shape[0], : ed.shape[1]]
+    sl = bad[:, :, 4]
+    sl[(x > 52) & (np.abs(y - 48) < 8) & (sl == 2)] = 0  # cut the lateral wall
+    return bad
+
+
+def _fragment(ed: np.ndarray) -> np.ndarray:
+    bad = ed.copy()
+    bad[84:91, 84:91, 3] = 3
+    return bad
+
+
+def _lv_missing(ed: np.ndarray) -> np.ndarray:
+    bad = ed.copy()
+    sl = bad[:, :, 5]
+    sl[sl == 1] = 0
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("breaker", "expected"),
+    [
+        (_gap, "does not enclose the LV"),
+        (_fragment, "detached fragment"),
+        (_lv_missing, "LV missing"),
+        (None, "touches the image border"),
+        (lambda ed: ed[..., :8], "apex may not be covered"),
+    ],
+    ids=["myo_gap", "far_fragment", "lv_missing", "border", "apex_cut"],
+)
+def test_qc_flags_broken_segmentations(heart_pair, breaker, expected):
+    ed, es = heart_pair
+    if breaker is None:  # shift the heart so that the RV runs into the image border
+        ed = synthetic_heart(center=(28.0, 48.0))
+        es = synthetic_heart(center=(28.0, 48.0), es=True)
+    else:
+        ed = breaker(ed)
+        es = es[..., : ed.shape[2]]
+    qc = assess_quality(ed, es, SPACING)
+    assert qc.status in ("review", "fail")
+    assert qc.score >= REVIEW_SCORE
+    assert any(expected in r for r in qc.reasons), qc.reasons
+
+
+def test_qc_gap_reason_names_slice_and_fraction(heart_pair):
+    qc = assess_quality(_gap(heart_pair[0]), heart_pair[1], SPACING)
+    reason = [r for r in qc.reasons if "enclose" in r][0]
+    assert reason.startswith("ED slice 4:") and "% of border" in reason
+
+
+def test_qc_uncertainty_from_probabilities(heart_pair):
+    ed, es = heart_pair
+    confident = np.stack([(ed == k).astype(np.float32) for k in range(4)])
+    qc = assess_quality(ed, es, SPACING, probabilities={"ED": confident, "ES": None})
+    assert qc.status == "ok" and qc.metrics["mean_entropy"] < 0.01
+    flat = np.full((4, *ed.shape), 0.25, np.float32)
+    qc = assess_quality(ed, es, SPACING, probabilities={"ED": flat})
+    assert qc.status == "fail"
+    assert any("uncertain" in r for r in qc.reasons)
+    with pytest.raises(ValueError):
+        assess_quality(ed, es, SPACING, probabilities=flat[:, :10])
+
+
+def test_qc_swapped_frames_fail(heart_pair):
+    ed, es = heart_pair
+    qc = assess_quality(es, ed, SPACING)
+    assert qc.status == "fail"
+    assert any("exceeds end-diastolic" in r for r in qc.reasons)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+REQUIRED_KEYS = {
+    "lv_edv_ml",
+    "lv_esv_ml",
+    "lv_sv_ml",
+    "lv_ef_pct",
+    "rv_edv_ml",
+    "rv_esv_ml",
+    "rv_sv_ml",
+    "rv_ef_pct",
+    "lv_mass_g",
+    "ed_frame",
+    "es_frame",
+    "qc",
+    "normal_flags",
+    "volume_curve",
+    "software_version",
+}
+
+
+def test_report_files(tmp_path, heart_pair):
+    ed, es = _gap(heart_pair[0]), heart_pair[1]
+    ed_crop, es_crop = ed[16:88, 12:84, 3:6], es[16:88, 12:84, 3:6]  # fast montage
+    indices = compute_indices(ed, es, SPACING, 175, 70)
+    qc = assess_quality(ed, es, SPACING)
+    assert qc.status == "review"
+    meta = {"PatientName": "Doe^Jane", "patient_id": "SECRET42", "vendor": "SIEMENS"}
+    files = write_report(
+        tmp_path / "out",
+        indices,
+        qc,
+        curve={"lv_ml": [70.0, 60.0, 40.0, 55.0], "rv_ml": [60.0, 50.0, 45.0, 58.0]},
+        ed_frame=0,
+        es_frame=2,
+        images={"ED": (image_for(ed_crop), ed_crop), "ES": (image_for(es_crop, 1), es_crop)},
+        spacing=SPACING,
+        meta=meta,
+    )
+    assert {"json", "html", "pdf", "overlay", "curve"} <= set(files)
+    for path in files.values():
+        assert path.exists() and path.stat().st_size > 0
+    report = json.loads(files["json"].read_text())
+    assert REQUIRED_KEYS <= set(report)
+    assert {"status", "reasons", "score"} <= set(report["qc"])
+    assert report["lv_ef_pct"] == pytest.approx(indices["lv_ef_pct"], abs=1e-3)
+    assert report["qc"]["status"] == "review" and report["qc"]["reasons"] == qc.reasons
+    assert report["ed_frame"] == 0 and report["es_frame"] == 2
+    assert report["volume_curve"]["lv_ml"][2] == 40.0
+    assert report["meta"] == {"vendor": "SIEMENS"}
+    html_text = files["html"].read_text()
+    assert f"{indices['lv_ef_pct']:.1f}" in html_text
+    assert f'class="status">{qc.status}<' in html_text
+    assert "does not enclose the LV" in html_text
+    assert "data:image/png;base64," in html_text and "Research use only" in html_text
+    assert files["pdf"].read_bytes().startswith(b"%PDF")
+    for path in files.values():  # no identifiers anywhere
+        data = path.read_bytes()
+        assert b"Doe^Jane" not in data and b"SECRET42" not in data
+    assert not list((tmp_path / "out").glob(".*")), "temporary files left behind"
+
+
+def test_report_patient_label_and_minimal_inputs(tmp_path):
+    indices = {"lv_edv_ml": 150.0, "lv_esv_ml": 60.0, "lv_ef_pct": 60.0, "rv_ef_pct": float("nan")}
+    qc = {"status": "review", "score": 0.4, "reasons": ["slice 3: something odd"]}
+    files = write_report(
+        tmp_path,
+        indices,
+        qc,
+        ed_frame=1,
+        es_frame=5,
+        meta={"patient_label": "Study A"},
+        write_pdf=False,
+    )
+    assert set(files) == {"json", "html"}
+    report = json.loads(files["json"].read_text())
+    assert report["patient_label"] == "Study A"
+    assert report["rv_ef_pct"] is None and report["volume_curve"] is None
+    html_text = files["html"].read_text()
+    assert "Study A" in html_text and "slice 3: something odd" in html_text
+
+
+# --- DICOM SEG ------------------------------------------------------------------------------------
+
+
+def _mr_series(
+    folder, rows: int, cols: int, n_slices: int, n_phases: int, series_per_slice: bool = False
+) -> list[list]:
+    """Tiny synthetic single-frame MR cine series written to ``folder``: files[k][t].
+
+    ``series_per_slice`` stores every slice location as its own series (a Siemens habit).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    files = []
+    for k in range(n_slices):
+        row = []
+        if series_per_slice:
+            series = generate_uid()
+        for t in range(n_phases):
+            uid = generate_uid()
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+            ds.file_meta.MediaStorageSOPInstanceUID = uid
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+            ds.PatientName, ds.PatientID = "Synthetic^Test", "SYN001"
+            ds.PatientBirthDate, ds.PatientSex = "", "O"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.FrameOfReferenceUID = frame_of_ref
+            ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+            ds.StudyDate, ds.StudyTime = "20240101", "120000"
+            ds.Modality, ds.Manufacturer = "MR", "synthetic"
+            ds.SeriesNumber, ds.InstanceNumber = 1, k * n_phases + t + 1
+            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+            ds.ImagePositionPatient = [0.0, 0.0, 8.0 * k]
+            ds.PixelSpacing, ds.SliceThickness = [1.5, 1.5], 8.0
+            ds.TriggerTime = 40.0 * t
+            ds.Rows, ds.Columns = rows, cols
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+            ds.PixelData = np.full((rows, cols), 100, np.uint16).tobytes()
+            path = folder / f"img_{k}_{t}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            row.append(path)
+        files.append(row)
+    return files
+
+
+def _check_seg(path, labels, files, phase):
+    import highdicom as hd
+    import pydicom
+
+    uid_to_k = {
+        pydicom.dcmread(f[phase], stop_before_pixels=True).SOPInstanceUID: k
+        for k, f in enumerate(files)
+    }
+    seg = hd.seg.segread(path)
+    assert len(seg.SegmentSequence) == 3
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [
+        "LV blood pool",
+        "LV myocardium",
+        "RV blood pool",
+    ]
+    pixels = seg.pixel_array.reshape(-1, *labels.shape[1::-1])
+    checked = 0
+    for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        sop = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        assert sop in uid_to_k, "frame references an image of another phase"
+        expected = labels[:, :, uid_to_k[sop], phase].T == number
+        np.testing.assert_array_equal(pixels[i].astype(bool), expected)
+        checked += 1
+    # every non-empty (slice, segment) of this phase is present
+    n_expected = sum(
+        int((labels[:, :, k, phase] == s).any()) for k in range(labels.shape[2]) for s in (1, 2, 3)
+    )
+    assert checked == n_expected > 0
+
+
+def test_dicom_seg_round_trip(tmp_path):
+    pytest.importorskip("highdicom")
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+    rows, cols, n_slices, n_phases = 20, 24, 3, 2
+    files = _mr_series(tmp_path / "src", rows, cols, n_slices, n_phases)
+    labels = np.zeros((cols, rows, n_slices, n_phases), np.uint8)  # [column, row, slice, phase]
+    labels[3:12, 2:8, 0, 0] = 1  # asymmetric boxes catch a missing transpose
+    labels[14:20, 10:18, 1, 0] = 2
+    labels[5:9, 12:19, 2, 0] = 3
+    labels[4:10, 3:7, :2, 1] = 1
+    labels[15:22, 1:4, 1, 1] = 3
+    out = write_dicom_seg(labels, files, tmp_path / "seg" / "segmentation.dcm")
+    assert [p.name for p in out] == ["segmentation_t00.dcm", "segmentation_t01.dcm"]
+    for t, path in enumerate(out):
+        _check_seg(path, labels, files, t)
+    assert not list((tmp_path / "seg").glob(".*")), "temporary files left behind"
+    # a single phase (3D labels, flat file list) gives exactly the requested file
+    single = write_dicom_seg(labels[..., 0], [f[0] for f in files], tmp_path / "one.dcm")
+    assert single == [tmp_path / "one.dcm"]
+    _check_seg(single[0], labels[..., :1], [[f[0]] for f in files], 0)
+
+
+def test_dicom_seg_rejects_mismatched_grid(tmp_path):
+    pytest.importorskip("highdicom")
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+    files = _mr_series(tmp_path / "src", 20, 24, 2, 1)
+    labels = np.zeros((20, 24, 2, 1), np.uint8)  # rows/columns swapped
+    labels[2:5, 2:5, 0, 0] = 1
+    with pytest.raises(CardiosegError, match="rows x columns"):
+        write_dicom_seg(labels, files, tmp_path / "bad.dcm")
+    with pytest.raises(CardiosegError, match="no foreground"):
+        write_dicom_seg(np.zeros((24, 20, 2, 1), np.uint8), files, tmp_path / "empty.dcm")
+    assert not (tmp_path / "bad.dcm").exists()
+
+
+def test_dicom_seg_one_instance_per_source_series(tmp_path):
+    pytest.importorskip("highdicom")
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+    files = _mr_series(tmp_path / "src", 16, 16, 2, 2, series_per_slice=True)
+    labels = np.zeros((16, 16, 2, 2), np.uint8)
+    labels[2:9, 3:7, :, :] = 1
+    labels[10:14, 3:12, 1, 1] = 3
+    out = write_dicom_seg(labels, files, tmp_path / "seg.dcm", phases=[1])
+    assert [p.name for p in out] == ["seg_t01_s00.dcm", "seg_t01_s01.dcm"]
+    import pydicom
+
+    segs = [pydicom.dcmread(p) for p in out]
+    assert len({s.SeriesInstanceUID for s in segs}) == 1  # one SEG series
+    for k, seg in enumerate(segs):
+        refs = {
+            item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for item in seg.PerFrameFunctionalGroupsSequence
+        }
+        assert refs == {pydicom.dcmread(files[k][1]).SOPInstanceUID}
