@@ -280,6 +280,32 @@ def analyze_batch(
         typer.echo(f"  failed: {r['study']}: {r['error']}")
 
 
+@app.command()
+@friendly
+def agreement(
+    dataset: Annotated[Path, typer.Option(help="Dataset folder with ED/ES reference labels")],
+    predictions: Annotated[Path | None, typer.Option(
+        help="Folder of predictions named like the images; omit to run the model")] = None,
+    layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, folder or auto")] = "auto",
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("agreement"),
+) -> None:
+    """Clinical indices from predictions vs. reference: Bland–Altman, r, MAE, plots."""
+    from cardioseg.data.datasets import discover
+    from cardioseg.evaluation.agreement import paired_indices, write_agreement
+
+    records = discover(dataset, layout)
+    predict = None
+    if predictions is None:
+        from cardioseg.inference import Segmenter
+
+        seg = Segmenter(model)
+        predict = lambda v, s: seg.predict_volume(v, s)[0]  # noqa: E731
+    rows = paired_indices(records, predict=predict, pred_dir=predictions)
+    md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
+    typer.echo(md.read_text())
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -289,13 +289,12 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
             )
             label = cand if cand.exists() else None
         spacing, shape = _header_geometry(image)
-        phase = (
-            "ES" if stem.upper().endswith("ES") else "ED" if stem.upper().endswith("ED") else "NA"
-        )
+        m = re.fullmatch(r"(.+?)[_-](ED|ES)", stem, flags=re.IGNORECASE)
+        subject, phase = (m.group(1), m.group(2).upper()) if m else (stem, "NA")
         records.append(
             CaseRecord(
                 "folder",
-                stem,
+                subject,
                 phase,
                 str(image),
                 str(label) if label else "",
