@@ -34,8 +34,9 @@ class Study:
     meta: dict = field(default_factory=dict)
 
 
-def load_study(study: str | Path | None = None, ed: str | Path | None = None,
-               es: str | Path | None = None) -> Study:
+def load_study(
+    study: str | Path | None = None, ed: str | Path | None = None, es: str | Path | None = None
+) -> Study:
     """Load a DICOM folder/zip, a 4D cine NIfTI, or an ED/ES pair of 3D NIfTI volumes."""
     if ed is not None or es is not None:
         if ed is None or es is None:
@@ -57,18 +58,27 @@ def load_study(study: str | Path | None = None, ed: str | Path | None = None,
     if path.is_file() and is_nifti(path):
         image, props = read_image(path)
         if image.ndim != 4 or image.shape[-1] < 2:
-            raise CardiosegError(path, "expected a 4D cine NIfTI (x, y, z, t) with >= 2 frames; "
-                                 "use --ed/--es for a pair of 3D volumes")
+            raise CardiosegError(
+                path,
+                "expected a 4D cine NIfTI (x, y, z, t) with >= 2 frames; "
+                "use --ed/--es for a pair of 3D volumes",
+            )
         return Study(image, props, str(path), "nifti4d")
     from cardioseg.io.dicom import load_cine
 
     image, props, meta = load_cine(path)
+    if not np.isfinite(image).all():
+        raise CardiosegError(path, "image contains NaN or Inf values")
+    if float(image.max()) == float(image.min()):
+        raise CardiosegError(path, "image is constant (every pixel has the same value)")
     return Study(image, props, str(path), "dicom", dicom_meta=meta)
 
 
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
-    labels = [segmenter.predict_volume(study.image[..., t], study.properties.spacing)[0]
-              for t in range(study.image.shape[-1])]
+    labels = [
+        segmenter.predict_volume(study.image[..., t], study.properties.spacing)[0]
+        for t in range(study.image.shape[-1])
+    ]
     return np.stack(labels, axis=-1)
 
 
@@ -132,12 +142,17 @@ def analyze_study(
     seg.tta = True
     try:
         for name, t in (("ED", ed_i), ("ES", es_i)):
-            _, probs[name] = seg.predict_volume(st.image[..., t], spacing,
-                                                return_probabilities=True)
+            _, probs[name] = seg.predict_volume(
+                st.image[..., t], spacing, return_probabilities=True
+            )
     finally:
         seg.tta = tta_before
-    qc = assess_quality(labels[..., ed_i], labels[..., es_i], spacing,
-                        probabilities={"ED": probs["ED"], "ES": probs["ES"]})
+    qc = assess_quality(
+        labels[..., ed_i],
+        labels[..., es_i],
+        spacing,
+        probabilities={"ED": probs["ED"], "ES": probs["ES"]},
+    )
     outdir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
     try:
@@ -150,22 +165,40 @@ def analyze_study(
         if st.kind == "dicom" and dm is not None:
             from cardioseg.clinical.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(labels, dm.source_headers, tmp / "segmentation.dcm",
-                            phases=sorted({ed_i, es_i}))
-        meta = {"source_kind": st.kind, "n_frames": n, "n_slices": int(labels.shape[2]),
-                "spacing_mm": list(spacing),
-                "slice_axis": slice_axis(spacing, labels.shape[:3]),
-                "seconds": round(time.perf_counter() - t0, 3)}
+            write_dicom_seg(
+                labels, dm.source_headers, tmp / "segmentation.dcm", phases=sorted({ed_i, es_i})
+            )
+        meta = {
+            "source_kind": st.kind,
+            "n_frames": n,
+            "n_slices": int(labels.shape[2]),
+            "spacing_mm": list(spacing),
+            "slice_axis": slice_axis(spacing, labels.shape[:3]),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         if dm is not None:
-            meta.update({"vendor": getattr(dm, "vendor", ""),
-                         "series_description": getattr(dm, "series_description", ""),
-                         "warnings": list(getattr(dm, "warnings", []))})
-        write_report(tmp, indices, qc, curve={"lv_ml": list(map(float, lv_curve)),
-                                             "rv_ml": list(map(float, rv_curve))},
-                     ed_frame=ed_i, es_frame=es_i,
-                     images={"ED": (st.image[..., ed_i], labels[..., ed_i]),
-                             "ES": (st.image[..., es_i], labels[..., es_i])},
-                     spacing=spacing, meta=meta, write_pdf=write_pdf)
+            meta.update(
+                {
+                    "vendor": getattr(dm, "vendor", ""),
+                    "series_description": getattr(dm, "series_description", ""),
+                    "warnings": list(getattr(dm, "warnings", [])),
+                }
+            )
+        write_report(
+            tmp,
+            indices,
+            qc,
+            curve={"lv_ml": list(map(float, lv_curve)), "rv_ml": list(map(float, rv_curve))},
+            ed_frame=ed_i,
+            es_frame=es_i,
+            images={
+                "ED": (st.image[..., ed_i], labels[..., ed_i]),
+                "ES": (st.image[..., es_i], labels[..., es_i]),
+            },
+            spacing=spacing,
+            meta=meta,
+            write_pdf=write_pdf,
+        )
         if outdir.exists():
             shutil.rmtree(outdir)
         tmp.rename(outdir)

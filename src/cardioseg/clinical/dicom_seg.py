@@ -89,11 +89,32 @@ def segment_descriptions(algorithm_version: str | None = None) -> list[Any]:
 _DATE_KEYWORDS = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "PatientBirthDate")
 
 
+#: Type-2 patient/study attributes that highdicom copies from the sources; anonymised or
+#: minimal exports often omit them, so they are added empty (as DICOM allows for type 2).
+_TYPE2_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
 def _sanitize_dates(ds: Any) -> Any:
-    """Blank invalid dates (anonymised data has e.g. '20120000'), which highdicom rejects."""
+    """Blank invalid dates (anonymised data has e.g. '20120000'), which highdicom rejects, and
+    add missing type-2 patient/study attributes as empty values (on a copy)."""
     import datetime
 
     fixed = None
+    missing = [kw for kw in _TYPE2_KEYWORDS if kw not in ds]
+    if missing:
+        fixed = copy.deepcopy(ds)
+        for kw in missing:
+            setattr(fixed, kw, "")
     for kw in _DATE_KEYWORDS:
         value = str(ds.get(kw, "") or "")
         if not value:

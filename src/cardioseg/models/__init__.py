@@ -1,12 +1,18 @@
 """Network factory and checkpoint I/O."""
 
-from cardioseg.models.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
+from cardioseg.models.checkpoint import (
+    default_checkpoint_path,
+    export_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from cardioseg.models.factory import ModelConfig, build_model
 
 __all__ = [
     "ModelConfig",
     "build_model",
     "default_checkpoint_path",
+    "export_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
 ]

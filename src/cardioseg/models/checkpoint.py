@@ -38,3 +38,37 @@ def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
         raise CardiosegError(path, "not a cardioseg checkpoint")
     return ckpt
+
+
+def export_checkpoint(
+    source: str | Path, destination: str | Path, half: bool = True, notes: dict | None = None
+) -> Path:
+    """Write an inference-only copy of a training checkpoint (for shipping).
+
+    Keeps the weights, the configuration, the data fingerprint and the last metrics; drops the
+    optimizer, scheduler and random-generator states. With ``half`` the floating-point weights are
+    stored as float16 (half the size; :class:`~cardioseg.inference.Segmenter` computes in float32).
+
+    Args:
+        source: A checkpoint written by the trainer (``final.pt``, ``best.pt`` or ``last.pt``).
+        destination: Output path (written atomically).
+        half: Store floating-point tensors as float16.
+        notes: Extra JSON-able provenance stored under ``"export"``.
+
+    Returns:
+        The destination path.
+    """
+    ckpt = load_checkpoint(source)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v)
+        for k, v in ckpt["model_state"].items()
+    }
+    payload = {
+        "model_state": state,
+        "config": ckpt["config"],
+        "fingerprint": ckpt.get("fingerprint", {}),
+        "metrics": ckpt.get("metrics", {}),
+        "format": ckpt.get("format", "cardioseg-checkpoint-v1"),
+        "export": {"source": Path(source).name, "float16": half, **(notes or {})},
+    }
+    return save_checkpoint(destination, payload)

@@ -21,11 +21,11 @@ def normalize_intensity(volume: np.ndarray, lower: float = 0.5, upper: float = 9
         (0.0, 1.0)
     """
     v = np.asarray(volume, dtype=np.float32)
-    lo, hi = np.percentile(v, [lower, upper])
-    v = np.clip(v, lo, hi)
+    lo, hi = (float(q) for q in np.percentile(v, [lower, upper]))
+    v = np.clip(v, np.float32(lo), np.float32(hi))
     std = float(v.std())
     if std < 1e-8:
-        return np.zeros_like(v)
+        return np.zeros(v.shape, np.float32)
     return ((v - float(v.mean())) / std).astype(np.float32)
 
 

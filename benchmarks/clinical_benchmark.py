@@ -1,0 +1,303 @@
+"""Clinical analysis on real data: Sunnybrook DICOM end to end, QC vs. real errors, speed.
+
+Usage (from the repository root, after the shipped model and the ACDC CV folds exist):
+
+    python benchmarks/clinical_benchmark.py --data ../shared/data --cv-runs runs/acdc_cv \
+        -o benchmarks/results
+
+Parts (each written to ``<out>/clinical_*.{csv,md}``):
+
+1. **Sunnybrook** (real GE DICOM cine, expert LV contours on the ED and ES images):
+   ``analyze_study`` end to end on the DICOM folder; LV EDV/ESV/EF from the automatic masks vs.
+   from the expert contours. The contours cover only some slices, so volumes are compared on
+   the annotated slices (same phases) and, for information, over the whole predicted heart.
+2. **QC vs. real errors**: for every labelled ED/ES study (ACDC held-out CV predictions, M&Ms
+   and, as single volumes, MS-CMRSeg LGE with the shipped model) the QC score/status from
+   :func:`cardioseg.clinical.qc.assess_quality` (with TTA probabilities) next to the real Dice.
+   Reports Spearman's rho between QC score and 1 - Dice, the share of the worst 20 % (by Dice)
+   that QC flags (review or fail), and the share of all studies flagged.
+3. **Speed**: a synthetic 25-phase x 12-slice cine analysed end to end (all outputs, PDF
+   included), median of ``--repeats`` runs on ``--threads`` threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+
+from cardioseg.clinical.analysis import analyze_study
+from cardioseg.clinical.indices import compute_indices
+from cardioseg.clinical.qc import assess_quality
+from cardioseg.data.datasets import discover, load_case
+from cardioseg.evaluation.metrics import compute_metrics
+from cardioseg.inference import Segmenter
+
+
+def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
+    from cardioseg.io.dicom import load_cine
+    from cardioseg.io.sunnybrook import load_sunnybrook_contours
+
+    folder = data / "sunnybrook" / "dicoms" / "SCD0000101"
+    cdir = data / "sunnybrook" / "contourfiles" / "SC-HF-I-1"
+    if not folder.exists():
+        return ["Sunnybrook: skipped (data absent)"]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        report = analyze_study(Path(tmp) / "sb", study=folder, segmenter=seg)
+        seconds = time.perf_counter() - t0
+        import nibabel as nib
+
+        cine = np.asarray(nib.load(str(Path(tmp) / "sb" / "masks_cine.nii.gz")).dataobj)
+    _, props, meta = load_cine(folder)
+    c = load_sunnybrook_contours(cdir, meta)
+    vox = float(np.prod(props.spacing)) / 1000.0
+    ref: dict[int, float] = {}
+    pred_annot: dict[int, float] = {}
+    pred_all: dict[int, float] = {}
+    for t in c["phases"]:
+        ks = c["slices"][t]
+        ref[t] = sum(float(c["endocardium"][(k, t)].sum()) for k in ks) * vox
+        pred_annot[t] = sum(float((cine[:, :, k, t] == 1).sum()) for k in ks) * vox
+        pred_all[t] = float((cine[..., t] == 1).sum()) * vox
+    ed_t, es_t = max(ref, key=ref.get), min(ref, key=ref.get)
+
+    def ef(v: dict[int, float]) -> float:
+        return (v[ed_t] - v[es_t]) / v[ed_t] * 100
+
+    dice = []
+    for (k, t), endo in c["endocardium"].items():
+        p = cine[:, :, k, t] == 1
+        dice.append(2 * (p & endo).sum() / max(1, p.sum() + endo.sum()))
+    lines = [
+        "## Sunnybrook SC-HF-I-1 (GE Signa 1.5 T cine DICOM, 20 phases x 12 slices)",
+        "",
+        f"`analyze_study` on the DICOM folder: {seconds:.1f} s end to end (incl. DICOM-SEG, "
+        f"HTML and PDF report). Detected ED/ES frames: {report['ed_frame']}/{report['es_frame']}"
+        f" (expert-contoured phases: ED {ed_t}, ES {es_t}). QC: {report['qc']['status']}.",
+        "",
+        "| LV | expert contours | cardioseg, annotated slices | cardioseg, all slices |",
+        "|---|---|---|---|",
+        f"| EDV (mL, phase {ed_t}) | {ref[ed_t]:.1f} | {pred_annot[ed_t]:.1f} | "
+        f"{pred_all[ed_t]:.1f} |",
+        f"| ESV (mL, phase {es_t}) | {ref[es_t]:.1f} | {pred_annot[es_t]:.1f} | "
+        f"{pred_all[es_t]:.1f} |",
+        f"| EF (%) | {ef(ref):.1f} | {ef(pred_annot):.1f} | {ef(pred_all):.1f} |",
+        "",
+        f"Per-image LV blood-pool Dice vs. the expert endocardial contours: mean "
+        f"{np.mean(dice):.3f} (n = {len(dice)} images, median {np.median(dice):.3f}).",
+        f"Report's LV EF (its own ED/ES frames, all slices): {report['lv_ef_pct']:.1f} %.",
+        "",
+    ]
+    return lines
+
+
+def _cv_models(cv_runs: Path | None) -> dict[str, Segmenter]:
+    """Map ACDC ``dataset/subject`` → the fold model that did not see it."""
+    if cv_runs is None or not cv_runs.exists():
+        return {}
+    from cardioseg.training.config import load_config
+    from cardioseg.training.trainer import collect_records, split_records
+
+    out: dict[str, Segmenter] = {}
+    for fold in sorted(cv_runs.glob("fold*")):
+        if not (fold / "best.pt").exists():
+            continue
+        cfg = load_config(fold / "config.yaml")
+        seg = Segmenter(fold / "best.pt")
+        for r in split_records(collect_records(cfg), cfg)[1]:
+            out[r.subject] = seg
+    return out
+
+
+def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict]:
+    rows = []
+    cv = _cv_models(cv_runs)
+    groups: dict[tuple[str, str], dict[str, object]] = {}
+    for ds in ("acdc", "mnms", "mscmr_lge"):
+        if not (data / ds).exists():
+            continue
+        for r in discover(data / ds):
+            if not r.label:
+                continue
+            if ds == "acdc" and r.subject not in cv:
+                continue
+            groups.setdefault((ds, r.subject), {})[r.phase] = r
+    for (ds, subject), phases in sorted(groups.items()):
+        model = cv.get(subject, seg) if ds == "acdc" else seg
+        labs, refs, probs, dices = {}, {}, {}, []
+        spacing = None
+        for ph, r in sorted(phases.items()):
+            image, ref, props = load_case(r)  # type: ignore[arg-type]
+            spacing = props.spacing
+            tta = model.tta
+            model.tta = True
+            try:
+                pred, p = model.predict_volume(image, props.spacing, return_probabilities=True)
+            finally:
+                model.tta = tta
+            labs[ph], refs[ph], probs[ph] = pred, ref, p
+            dices.append(compute_metrics(pred, ref, props.spacing)["mean_dice"])
+        names = [p for p in ("ED", "ES") if p in labs] or list(labs)
+        first = names[0]
+        second = names[1] if len(names) > 1 else None
+        qc = assess_quality(
+            labs[first],
+            labs[second] if second else None,
+            spacing,  # type: ignore[arg-type]
+            probabilities={"ED": probs[first], **({"ES": probs[second]} if second else {})},
+        )
+        row = {
+            "dataset": ds,
+            "subject": subject,
+            "vendor": phases[first].vendor,  # type: ignore[union-attr]
+            "mean_dice": float(np.mean(dices)),
+            "qc_score": qc.score,
+            "qc_status": qc.status,
+            "qc_reasons": " | ".join(qc.reasons),
+        }
+        if second:
+            ip = compute_indices(labs["ED"], labs["ES"], spacing)  # type: ignore[arg-type]
+            ir = compute_indices(refs["ED"], refs["ES"], spacing)  # type: ignore[arg-type]
+            for k in ("lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "rv_edv_ml", "rv_ef_pct"):
+                row[f"{k}_pred"], row[f"{k}_ref"] = ip[k], ir[k]
+        rows.append(row)
+        print(
+            f"qc {ds} {subject} dice {row['mean_dice']:.3f} qc {qc.score:.2f} {qc.status}",
+            flush=True,
+        )
+    return rows
+
+
+def qc_summary(rows: list[dict]) -> list[str]:
+    lines = [
+        "## Quality control vs. real errors",
+        "",
+        "One row per study (ACDC: held-out fold model; M&Ms and LGE: shipped model). "
+        "Flagged = QC status review or fail. Worst 20 % = lowest mean Dice.",
+        "",
+        "| studies | n | Spearman rho (QC score, 1 - Dice) | worst 20 % flagged | "
+        "all flagged | status ok / review / fail |",
+        "|---|---|---|---|---|---|",
+    ]
+    sets = {"all": rows}
+    for ds in sorted({r["dataset"] for r in rows}):
+        sets[ds] = [r for r in rows if r["dataset"] == ds]
+    for name, rs in sets.items():
+        if len(rs) < 3:
+            continue
+        d = np.array([r["mean_dice"] for r in rs])
+        s = np.array([r["qc_score"] for r in rs])
+        flagged = np.array([r["qc_status"] != "ok" for r in rs])
+        rho = stats.spearmanr(s, 1 - d).statistic
+        n_worst = max(1, int(round(0.2 * len(rs))))
+        worst = np.argsort(d)[:n_worst]
+        counts = [sum(r["qc_status"] == k for r in rs) for k in ("ok", "review", "fail")]
+        lines.append(
+            f"| {name} | {len(rs)} | {rho:.2f} | {flagged[worst].sum()}/{n_worst} "
+            f"({flagged[worst].mean():.0%}) | {flagged.sum()}/{len(rs)} ({flagged.mean():.0%}) | "
+            f"{' / '.join(map(str, counts))} |"
+        )
+    ef = [r for r in rows if "lv_ef_pct_pred" in r]
+    if ef:
+        lines += [
+            "",
+            "## Clinical indices vs. reference labels (same studies)",
+            "",
+            "| studies | n | LVEF median abs. error (pp) | LVEDV median abs. error (mL) | "
+            "RVEF median abs. error (pp) | RVEDV median abs. error (mL) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for ds in sorted({r["dataset"] for r in ef}):
+            rs = [r for r in ef if r["dataset"] == ds]
+
+            def mae(k: str, rs: list[dict] = rs) -> float:
+                return float(np.nanmedian([abs(r[f"{k}_pred"] - r[f"{k}_ref"]) for r in rs]))
+
+            lines.append(
+                f"| {ds} | {len(rs)} | {mae('lv_ef_pct'):.1f} | {mae('lv_edv_ml'):.1f} | "
+                f"{mae('rv_ef_pct'):.1f} | {mae('rv_edv_ml'):.1f} |"
+            )
+    return lines + [""]
+
+
+def speed(seg: Segmenter, repeats: int) -> list[str]:
+    from cardioseg.data.synthetic import PhantomConfig, make_cine
+
+    cine = make_cine(PhantomConfig(seed=3, vendor="siemens", n_slices=12), n_frames=25)
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        import nibabel as nib
+
+        path = Path(tmp) / "cine.nii.gz"
+        nib.save(nib.Nifti1Image(cine.image.astype(np.float32), cine.affine), str(path))
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            analyze_study(Path(tmp) / f"out{i}", study=path, segmenter=seg)
+            times.append(time.perf_counter() - t0)
+        shape = cine.image.shape
+    return [
+        "## Speed",
+        "",
+        f"Synthetic cine {shape} (x, y, slices, phases), `analyze_study` end to end (all 25 "
+        f"phases segmented, TTA uncertainty on ED/ES, QC, NIfTI + HTML + PDF + JSON): median "
+        f"{statistics.median(times):.2f} s over {repeats} runs (all: "
+        f"{', '.join(f'{t:.2f}' for t in times)}).",
+        "",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--cv-runs", default="runs/acdc_cv")
+    ap.add_argument("-o", "--output", default="benchmarks/results")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--parts", nargs="+", default=["sunnybrook", "qc", "speed"])
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data, out = Path(args.data), Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    seg = Segmenter(args.model)
+    lines = [
+        "# Clinical analysis benchmark",
+        "",
+        f"Command: `python benchmarks/clinical_benchmark.py {' '.join(sys.argv[1:])}`  ",
+        f"Machine: {platform.machine()}, torch threads {args.threads}.",
+        "",
+    ]
+    if "sunnybrook" in args.parts:
+        lines += sunnybrook(data, seg, out)
+    if "qc" in args.parts and data.exists():
+        rows = qc_study_rows(data, seg, Path(args.cv_runs) if args.cv_runs else None)
+        keys = sorted(
+            {k for r in rows for k in r},
+            key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99,
+        )
+        with open(out / "clinical_qc_cases.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        lines += qc_summary(rows)
+    if "speed" in args.parts:
+        lines += speed(seg, args.repeats)
+    text = "\n".join(lines)
+    (out / "clinical_benchmark.md").write_text(text)
+    (out / "clinical_benchmark.json").write_text(json.dumps({"argv": sys.argv[1:]}))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""End-to-end clinical analysis (``analyze``, ``analyze-batch``) and ``demo`` through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from test_dicom import new_study, write_image
+from typer.testing import CliRunner
+
+from cardioseg.cli.main import app
+from cardioseg.data.synthetic import PhantomConfig, make_cine, make_phantom, write_phantom
+
+runner = CliRunner()
+
+REPORT_KEYS = {
+    "lv_edv_ml",
+    "lv_esv_ml",
+    "lv_sv_ml",
+    "lv_ef_pct",
+    "rv_edv_ml",
+    "rv_esv_ml",
+    "rv_sv_ml",
+    "rv_ef_pct",
+    "lv_mass_g",
+    "ed_frame",
+    "es_frame",
+    "qc",
+}
+
+
+def _run(args: list) -> object:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _small_cine(seed: int = 1, frames: int = 6):
+    return make_cine(
+        PhantomConfig(seed=seed, shape=(64, 56), spacing=3.0, n_slices=4, slice_spacing=10.0),
+        frames,
+    )
+
+
+def _write_cine(path: Path, seed: int = 1, frames: int = 6) -> tuple[Path, np.ndarray]:
+    cine = _small_cine(seed, frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(cine.image.astype(np.float32), cine.affine), str(path))
+    return path, cine.affine
+
+
+def _assert_clean_failure(res, *needles: str) -> None:
+    assert res.exit_code != 0
+    text = res.output.strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    for n in needles:
+        assert n in text, text
+
+
+def test_analyze_4d_nifti(tmp_path, tiny_checkpoint):
+    cine_path, affine = _write_cine(tmp_path / "cine.nii.gz")
+    out = tmp_path / "out"
+    res = _run(["analyze", cine_path, "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["qc"]["status"] in ("ok", "review", "fail")
+    assert isinstance(report["qc"]["reasons"], list)
+    assert 0 <= report["ed_frame"] < 6 and 0 <= report["es_frame"] < 6
+    masks = nib.load(str(out / "masks_cine.nii.gz"))
+    assert masks.shape == (64, 56, 4, 6)
+    np.testing.assert_allclose(masks.affine, affine, atol=1e-4)
+    assert set(np.unique(np.asarray(masks.dataobj))) <= {0, 1, 2, 3}
+    assert (out / "report.html").exists() and (out / "mask_ED.nii.gz").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp left
+
+
+def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(64, 64), spacing=3.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    out = tmp_path / "pair"
+    res = _run(
+        [
+            "analyze",
+            "--ed",
+            paths["p_ED"],
+            "--es",
+            paths["p_ES"],
+            "-o",
+            out,
+            "--height",
+            175,
+            "--weight",
+            70,
+            "--model",
+            tiny_checkpoint,
+            "--no-pdf",
+        ]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert (report["ed_frame"], report["es_frame"]) == (0, 1)
+    assert report["bsa_m2"] == pytest.approx(np.sqrt(175 * 70 / 3600), rel=1e-3)
+    assert not (out / "masks_cine.nii.gz").exists()  # a pair has no cine
+
+
+def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
+    cine = _small_cine(seed=3, frames=5)
+    study = new_study(vendor="SIEMENS")
+    uid = pydicom.uid.generate_uid()
+    scaled = cine.image / cine.image.max() * 1000.0
+    n = 0
+    for k in range(cine.image.shape[2]):
+        for t in range(cine.image.shape[3]):
+            n += 1
+            pixels = np.clip(scaled[:, :, k, t].T, 0, 4000).astype(np.uint16)
+            write_image(
+                tmp_path / "dcm" / f"IM{n:04d}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                instance=n,
+                trigger=40.0 * t,
+                pixels=pixels,
+            )
+    out = tmp_path / "dout"
+    res = _run(["analyze", tmp_path / "dcm", "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    seg_files = sorted(out.glob("segmentation*.dcm"))
+    assert len(seg_files) == len({report["ed_frame"], report["es_frame"]})  # one per phase
+    referenced = set()
+    for f in seg_files:
+        seg = pydicom.dcmread(str(f))
+        assert seg.Modality == "SEG"
+        assert seg.StudyInstanceUID == study["study_uid"]
+        referenced |= {
+            ref.ReferencedSOPInstanceUID
+            for item in seg.ReferencedSeriesSequence
+            for ref in item.ReferencedInstanceSequence
+        }
+    sources = {
+        pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID
+        for p in (tmp_path / "dcm").iterdir()
+    }
+    assert referenced and referenced <= sources
+    assert report["meta"]["source_kind"] == "dicom"
+
+
+@pytest.mark.parametrize("kind", ["missing", "no_cine", "three_d", "corrupt_zip", "blank_dicom"])
+def test_analyze_bad_input(tmp_path, tiny_checkpoint, kind):
+    if kind == "missing":
+        target = tmp_path / "nope"
+    elif kind == "no_cine":
+        target = tmp_path / "folder"
+        target.mkdir()
+        (target / "notes.txt").write_text("not a DICOM file\n")
+    elif kind == "three_d":
+        ph = make_phantom(PhantomConfig(seed=4, shape=(32, 32), spacing=4.0, n_slices=3))
+        target = write_phantom(ph, tmp_path / "in", name="v")["v_ED"]
+    elif kind == "blank_dicom":
+        target = tmp_path / "blank"
+        study, uid = new_study(), pydicom.uid.generate_uid()
+        for k in range(3):
+            for t in range(3):
+                write_image(
+                    target / f"IM{k}{t}",
+                    study,
+                    k=k,
+                    t=t,
+                    series_uid=uid,
+                    instance=3 * k + t + 1,
+                    trigger=40.0 * t,
+                    pixels=np.zeros((20, 24), np.uint16),
+                )
+    else:
+        target = tmp_path / "study.zip"
+        target.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    out = tmp_path / "out"
+    res = _run(["analyze", target, "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    _assert_clean_failure(res, target.name)
+    assert not out.exists()
+
+
+def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=4)
+    _write_cine(studies / "b.nii.gz", seed=6, frames=4)
+    (studies / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    res = _run(args)
+    assert res.exit_code == 0, res.output
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert set(rows) == {"a", "b", "broken"}
+    assert rows["a"]["status"] == rows["b"]["status"] == "done"
+    assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
+    assert float(rows["a"]["lv_edv_ml"]) >= 0
+    stamp = (out / "a" / "report.json").stat().st_mtime_ns
+    res = _run(args)  # resume: finished studies are skipped, the failed one is retried
+    assert res.exit_code == 0, res.output
+    assert (out / "a" / "report.json").stat().st_mtime_ns == stamp
+    rows2 = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows2) == 3
+
+
+def test_analyze_batch_ray_local(tmp_path, tiny_checkpoint):
+    pytest.importorskip("ray", reason="optional extra 'ray' not installed")
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=7, frames=3)
+    (studies / "bad.zip").write_bytes(b"not a zip")
+    out = tmp_path / "rb"
+    res = _run(
+        [
+            "analyze-batch",
+            studies,
+            "-o",
+            out,
+            "--model",
+            tiny_checkpoint,
+            "--ray",
+            "local",
+            "--workers",
+            1,
+            "--no-progress",
+        ]
+    )
+    assert res.exit_code == 0, res.output
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["a"]["status"] == "done" and rows["bad"]["status"] == "failed"
+
+
+def test_demo_synthetic(tmp_path, tiny_checkpoint):
+    out = tmp_path / "demo"
+    res = _run(["demo", "-o", out, "--model", tiny_checkpoint])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 6  # three vendor styles x ED/ES
+    assert {r["vendor"] for r in rows} == {"siemens", "philips", "ge"}
+    assert len(list((out / "overlays").glob("*.png"))) == 6
+    assert len(list((out / "masks").glob("*.nii.gz"))) == 6
+    assert "mean Dice" in res.output
