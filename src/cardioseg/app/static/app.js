@@ -1,0 +1,614 @@
+// cardioseg web app: upload, job list, slice viewer, indices, QC, volume curve, downloads.
+// Plain JavaScript, no build step. Every request goes to this server only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  token: null,
+  studies: [],
+  selected: null, // study id shown on the right
+  detail: null, // last GET /api/studies/{id}
+  viewer: null, // viewer geometry
+  slice: 0,
+  frame: 0,
+  playing: null, // interval id
+  listTimer: null,
+  detailTimer: null,
+  showAllReasons: false,
+};
+
+// --- token and requests ------------------------------------------------------------------
+
+function initToken() {
+  const url = new URL(window.location.href);
+  const fromUrl = url.searchParams.get("token");
+  if (fromUrl) {
+    sessionStorage.setItem("cardioseg-token", fromUrl);
+    url.searchParams.delete("token");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+  state.token = sessionStorage.getItem("cardioseg-token");
+}
+
+function withToken(path) {
+  if (!state.token) return path;
+  return path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(state.token);
+}
+
+function headers() {
+  return state.token ? { "X-Access-Token": state.token } : {};
+}
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (resp.status === 401) {
+    showTokenBox();
+    throw new ApiError(401, "access token required");
+  }
+  if (!resp.ok) {
+    let msg = resp.statusText;
+    try {
+      const body = await resp.json();
+      if (body && body.detail) msg = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    } catch (e) { /* not JSON */ }
+    throw new ApiError(resp.status, msg);
+  }
+  if (resp.status === 204) return null;
+  return resp.json();
+}
+
+function showTokenBox() {
+  $("token-box").hidden = false;
+  $("main").hidden = true;
+}
+
+// --- formatting --------------------------------------------------------------------------
+
+function fmt(value, digits = 1) {
+  return value === null || value === undefined || Number.isNaN(value) ? "n/a" : Number(value).toFixed(digits);
+}
+
+function fmtBytes(n) {
+  if (n < 1024) return n + " B";
+  if (n < 1024 * 1024) return (n / 1024).toFixed(0) + " kB";
+  if (n < 1024 ** 3) return (n / 1024 / 1024).toFixed(1) + " MB";
+  return (n / 1024 ** 3).toFixed(2) + " GB";
+}
+
+const KIND_NAMES = { nifti4d: "4D NIfTI", pair: "ED/ES pair", dicom: "DICOM" };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function jobText(job) {
+  if (!job) return "unknown";
+  if (job.state === "queued") return "queued" + (job.message && job.message !== "waiting for the worker" ? " (" + job.message + ")" : "");
+  if (job.state === "running") return "running " + Math.round(100 * job.progress) + " %";
+  if (job.state === "failed") return "failed";
+  return "done";
+}
+
+// --- server status ------------------------------------------------------------------------
+
+async function loadHealth() {
+  try {
+    const h = await api("/api/health");
+    const s = $("server-status");
+    if (h.model_error) {
+      s.textContent = "⚠ " + h.model_error;
+      s.className = "server-status bad";
+    } else {
+      s.textContent = "server ready · v" + h.version + (h.model_ready ? "" : " · loading model…");
+      s.className = "server-status ok";
+    }
+    state.maxUpload = h.max_upload_bytes;
+    if (!h.model_ready && !h.model_error) setTimeout(loadHealth, 2000);
+  } catch (e) {
+    if (e.status !== 401) $("server-status").textContent = "server not reachable";
+  }
+}
+
+// --- upload -------------------------------------------------------------------------------
+
+function uploadMode() {
+  return document.querySelector('input[name="mode"]:checked').value;
+}
+
+function onModeChange() {
+  const pair = uploadMode() === "pair";
+  $("single-inputs").hidden = pair;
+  $("pair-inputs").hidden = !pair;
+}
+
+function setUploadStatus(text, isError = false) {
+  const s = $("upload-status");
+  s.textContent = text;
+  s.classList.toggle("error", isError);
+}
+
+function onUpload(event) {
+  event.preventDefault();
+  const form = new FormData();
+  const files = [];
+  if (uploadMode() === "pair") {
+    const ed = $("ed-input").files[0];
+    const es = $("es-input").files[0];
+    if (!ed || !es) return setUploadStatus("Choose both the ED and the ES volume.", true);
+    form.append("ed", ed);
+    form.append("es", es);
+    files.push(ed, es);
+  } else {
+    const f = $("file-input").files[0];
+    if (!f) return setUploadStatus("Choose a file first.", true);
+    form.append("file", f);
+    files.push(f);
+  }
+  const total = files.reduce((a, f) => a + f.size, 0);
+  if (state.maxUpload && total > state.maxUpload) {
+    return setUploadStatus("Too large: " + fmtBytes(total) + " (limit " + fmtBytes(state.maxUpload) + ").", true);
+  }
+  for (const key of ["name", "height", "weight"]) {
+    const v = $(key + "-input").value.trim();
+    if (v) form.append(key === "name" ? "name" : key + (key === "height" ? "_cm" : "_kg"), v);
+  }
+  const xhr = new XMLHttpRequest();
+  const bar = $("upload-progress");
+  const button = $("upload-button");
+  xhr.open("POST", "/api/studies");
+  for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) {
+      bar.value = e.loaded / e.total;
+      setUploadStatus("Uploading… " + Math.round(100 * e.loaded / e.total) + " % of " + fmtBytes(e.total));
+    }
+  };
+  xhr.onload = () => {
+    bar.hidden = true;
+    button.disabled = false;
+    let body = {};
+    try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+    if (xhr.status === 201) {
+      setUploadStatus("Uploaded. Analysis queued: follow it in the list and on the right.");
+      $("upload-form").reset();
+      onModeChange();
+      refreshStudies();
+      selectStudy(body.study.id);
+    } else if (xhr.status === 401) {
+      showTokenBox();
+    } else {
+      setUploadStatus("Upload refused: " + (body.detail || xhr.statusText || "error " + xhr.status), true);
+    }
+  };
+  xhr.onerror = () => {
+    bar.hidden = true;
+    button.disabled = false;
+    setUploadStatus("Upload failed: the server could not be reached.", true);
+  };
+  bar.value = 0;
+  bar.hidden = false;
+  button.disabled = true;
+  setUploadStatus("Uploading…");
+  xhr.send(form);
+}
+
+// --- study list ---------------------------------------------------------------------------
+
+async function refreshStudies() {
+  clearTimeout(state.listTimer);
+  try {
+    const data = await api("/api/studies");
+    state.studies = data.studies;
+    renderStudies();
+  } catch (e) {
+    if (e.status === 401) return;
+  }
+  const active = state.studies.some((s) => s.job && (s.job.state === "queued" || s.job.state === "running"));
+  state.listTimer = setTimeout(refreshStudies, active ? 1500 : 10000);
+}
+
+function renderStudies() {
+  const body = $("study-rows");
+  body.replaceChildren();
+  $("no-studies").hidden = state.studies.length > 0;
+  $("study-table").hidden = state.studies.length === 0;
+  for (const s of state.studies) {
+    const job = s.job;
+    const statusCell = el("td", { class: "state state-" + (job ? job.state : "unknown") });
+    statusCell.append(el("span", { text: jobText(job) }));
+    if (job && job.state === "running") {
+      const p = el("progress", { max: "1" });
+      p.value = job.progress;
+      statusCell.append(p);
+    }
+    if (job && job.state === "failed") statusCell.title = job.error || "";
+    const sum = s.summary || {};
+    const qc = sum.qc_status || "";
+    const del = el("button", { type: "button", class: "link danger", text: "Delete", title: "Delete this study and its results" });
+    del.addEventListener("click", (ev) => { ev.stopPropagation(); deleteStudy(s); });
+    const row = el("tr", { "data-id": s.id, class: s.id === state.selected ? "selected" : "" },
+      el("td", { class: "name", text: s.name, title: s.created_utc }),
+      el("td", { text: KIND_NAMES[s.kind] || s.kind }),
+      statusCell,
+      el("td", { class: "num", text: sum.lv_ef_pct !== undefined ? fmt(sum.lv_ef_pct) + " %" : "" }),
+      el("td", {}, qc ? el("span", { class: "qc-badge qc-" + qc, text: qc }) : ""),
+      el("td", {}, del));
+    row.addEventListener("click", () => selectStudy(s.id));
+    body.append(row);
+  }
+}
+
+async function deleteStudy(s) {
+  if (!window.confirm("Delete the study \"" + s.name + "\" with its results and files?")) return;
+  try {
+    await api("/api/studies/" + s.id, { method: "DELETE" });
+    if (state.selected === s.id) closeDetail();
+    refreshStudies();
+  } catch (e) {
+    window.alert("Could not delete: " + e.message);
+  }
+}
+
+// --- study detail -------------------------------------------------------------------------
+
+function closeDetail() {
+  stopPlay();
+  clearTimeout(state.detailTimer);
+  state.selected = null;
+  state.detail = null;
+  $("detail").hidden = true;
+}
+
+async function selectStudy(id) {
+  if (state.selected !== id) {
+    stopPlay();
+    state.viewer = null;
+    state.showAllReasons = false;
+    $("result-area").hidden = true;
+  }
+  state.selected = id;
+  for (const r of document.querySelectorAll("#study-rows tr")) r.classList.toggle("selected", r.dataset.id === id);
+  $("detail").hidden = false;
+  await refreshDetail();
+}
+
+async function refreshDetail() {
+  clearTimeout(state.detailTimer);
+  const id = state.selected;
+  if (!id) return;
+  let d;
+  try {
+    d = await api("/api/studies/" + id);
+  } catch (e) {
+    if (e.status === 404) closeDetail();
+    return;
+  }
+  if (state.selected !== id) return;
+  const wasDone = state.detail && state.detail.job && state.detail.job.state === "done";
+  state.detail = d;
+  const s = d.study;
+  $("detail-title").textContent = s.name;
+  $("detail-meta").textContent = (KIND_NAMES[s.kind] || s.kind) + " · " + fmtBytes(s.size_bytes) + " · uploaded " + s.created_utc.replace("T", " ").replace("Z", " UTC");
+  const job = d.job;
+  const bar = $("job-progress");
+  $("job-error").hidden = true;
+  if (job.state === "queued" || job.state === "running") {
+    $("job-status").textContent = job.state === "queued" ? "Queued: " + job.message : "Analysing: " + job.message + " (" + Math.round(100 * job.progress) + " %)";
+    bar.hidden = false;
+    bar.value = job.progress;
+    state.detailTimer = setTimeout(refreshDetail, 1000);
+  } else if (job.state === "failed") {
+    bar.hidden = true;
+    $("job-status").textContent = "Analysis failed.";
+    $("job-error").textContent = job.error || "unknown error";
+    $("job-error").hidden = false;
+    $("result-area").hidden = true;
+  } else {
+    bar.hidden = true;
+    $("job-status").textContent = "Analysis done" + (job.finished_utc ? " at " + job.finished_utc.replace("T", " ").replace("Z", " UTC") : "") + ".";
+    if (!wasDone || $("result-area").hidden) await showResult(d);
+  }
+}
+
+async function showResult(d) {
+  $("result-area").hidden = false;
+  // same formatted values as the indices table (and the HTML/PDF report)
+  const shown = Object.fromEntries((d.table || []).map((r) => [r.key, r.value]));
+  const sum = d.summary || {};
+  $("summary-ef").textContent = (shown.lv_ef_pct || fmt(sum.lv_ef_pct)) + " %";
+  $("summary-rvef").textContent = (shown.rv_ef_pct || fmt(sum.rv_ef_pct)) + " %";
+  const qcStatus = (d.qc && d.qc.status) || "not assessed";
+  for (const id of ["summary-qc", "qc-status"]) {
+    $(id).textContent = qcStatus;
+    $(id).className = "qc-badge qc-" + qcStatus;
+  }
+  renderReasons();
+  renderTable(d.table);
+  renderDownloads(d.downloads);
+  if (d.viewer) {
+    try {
+      state.viewer = await api("/api/studies/" + d.study.id + "/viewer");
+      setupViewer();
+    } catch (e) {
+      $("viewer-card").hidden = true;
+    }
+  } else {
+    $("viewer-card").hidden = true;
+  }
+  drawCurve();
+}
+
+function renderReasons() {
+  const d = state.detail;
+  const reasons = (d.qc && d.qc.reasons) || [];
+  const list = $("qc-reasons");
+  list.replaceChildren();
+  if (!reasons.length) list.append(el("li", { text: "No issues found." }));
+  const shown = state.showAllReasons ? reasons : reasons.slice(0, 8);
+  for (const r of shown) list.append(el("li", { text: r }));
+  const more = $("qc-more");
+  more.hidden = reasons.length <= 8;
+  more.textContent = state.showAllReasons ? "Show fewer" : "Show all " + reasons.length + " reasons";
+}
+
+function renderTable(rows) {
+  const body = $("indices-rows");
+  body.replaceChildren();
+  for (const r of rows || []) {
+    body.append(el("tr", { "data-key": r.key },
+      el("td", { text: r.name }),
+      el("td", { class: "num value", text: r.value }),
+      el("td", { text: r.unit }),
+      el("td", { text: r.range }),
+      el("td", { class: "flag flag-" + (r.flag || "none"), text: r.flag || "" })));
+  }
+}
+
+const DOWNLOAD_LABELS = {
+  report_html: "Report (HTML)", report_pdf: "Report (PDF)", report_json: "Results (JSON)",
+  mask_ed: "ED mask (NIfTI)", mask_es: "ES mask (NIfTI)", mask_cine: "All-frame masks (4D NIfTI)",
+  dicom_seg: "DICOM-SEG", dicom_seg_deidentified: "DICOM-SEG, de-identified",
+};
+
+function renderDownloads(links) {
+  const box = $("downloads");
+  box.replaceChildren();
+  for (const [key, label] of Object.entries(DOWNLOAD_LABELS)) {
+    if (!links || !links[key]) continue;
+    const a = el("a", { class: "button", href: withToken(links[key]), text: label, id: "download-" + key.replace(/_/g, "-") });
+    if (key === "report_html" || key === "report_pdf") a.target = "_blank";
+    else a.setAttribute("download", "");
+    a.rel = "noopener";
+    box.append(a);
+  }
+}
+
+// --- viewer -------------------------------------------------------------------------------
+
+function sliceUrl(layer, frame, slice) {
+  return withToken("/api/studies/" + state.selected + "/slices/" + frame + "/" + slice + ".png?layer=" + layer);
+}
+
+function setupViewer() {
+  const v = state.viewer;
+  $("viewer-card").hidden = false;
+  $("slice-slider").max = v.n_slices - 1;
+  $("frame-slider").max = v.n_frames - 1;
+  state.slice = Math.floor((v.n_slices - 1) / 2);
+  state.frame = v.ed_frame;
+  $("slice-slider").value = state.slice;
+  $("frame-slider").value = state.frame;
+  const stage = $("viewer-stage");
+  stage.style.aspectRatio = v.width + " / " + v.height;
+  $("play-button").disabled = v.n_frames < 2;
+  updateViewer();
+}
+
+function updateViewer() {
+  const v = state.viewer;
+  if (!v) return;
+  $("viewer-image").src = sliceUrl("image", state.frame, state.slice);
+  $("viewer-labels").src = sliceUrl("labels", state.frame, state.slice);
+  $("slice-label").textContent = (state.slice + 1) + " / " + v.n_slices;
+  let tag = "";
+  if (state.frame === v.ed_frame) tag = " (ED)";
+  else if (state.frame === v.es_frame) tag = " (ES)";
+  $("frame-label").textContent = (state.frame + 1) + " / " + v.n_frames + tag;
+  updateOverlay();
+  drawCurveMarker();
+}
+
+function updateOverlay() {
+  const on = $("overlay-toggle").checked;
+  const opacity = Number($("opacity-slider").value) / 100;
+  const labels = $("viewer-labels");
+  labels.style.opacity = on ? opacity : 0;
+  $("opacity-label").textContent = Math.round(opacity * 100) + " %";
+  $("opacity-slider").disabled = !on;
+}
+
+function preload(slice) {
+  const v = state.viewer;
+  for (let t = 0; t < v.n_frames; t++) {
+    for (const layer of ["image", "labels"]) new Image().src = sliceUrl(layer, t, slice);
+  }
+}
+
+function togglePlay() {
+  if (state.playing) return stopPlay();
+  const v = state.viewer;
+  if (!v || v.n_frames < 2) return;
+  preload(state.slice);
+  $("play-button").textContent = "❚❚ Pause";
+  state.playing = setInterval(() => {
+    state.frame = (state.frame + 1) % v.n_frames;
+    $("frame-slider").value = state.frame;
+    updateViewer();
+  }, Math.max(60, Math.round(1000 / Math.min(v.n_frames, 20))));
+}
+
+function stopPlay() {
+  if (state.playing) clearInterval(state.playing);
+  state.playing = null;
+  $("play-button").textContent = "▶ Play cine";
+}
+
+function onKey(e) {
+  if (!state.viewer || $("result-area").hidden) return;
+  if (["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName) && document.activeElement.type !== "range") return;
+  const v = state.viewer;
+  let handled = true;
+  if (e.key === "ArrowRight") state.frame = (state.frame + 1) % v.n_frames;
+  else if (e.key === "ArrowLeft") state.frame = (state.frame - 1 + v.n_frames) % v.n_frames;
+  else if (e.key === "ArrowUp") state.slice = Math.min(v.n_slices - 1, state.slice + 1);
+  else if (e.key === "ArrowDown") state.slice = Math.max(0, state.slice - 1);
+  else if (e.key === " ") togglePlay();
+  else handled = false;
+  if (handled) {
+    e.preventDefault();
+    $("frame-slider").value = state.frame;
+    $("slice-slider").value = state.slice;
+    updateViewer();
+  }
+}
+
+// --- volume curve (SVG) ------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+const CURVE = { w: 640, h: 260, left: 52, right: 16, top: 14, bottom: 36 };
+
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function curveScales() {
+  const c = state.detail.volume_curve;
+  const lv = c.lv_ml;
+  const rv = c.rv_ml || [];
+  const all = lv.concat(rv).filter((x) => x !== null);
+  const max = Math.max(1, ...all) * 1.08;
+  const n = lv.length;
+  const x = (i) => CURVE.left + (n > 1 ? i / (n - 1) : 0.5) * (CURVE.w - CURVE.left - CURVE.right);
+  const y = (v) => CURVE.top + (1 - v / max) * (CURVE.h - CURVE.top - CURVE.bottom);
+  return { lv, rv, max, n, x, y };
+}
+
+function drawCurve() {
+  const box = $("curve");
+  box.replaceChildren();
+  const d = state.detail;
+  if (!d || !d.volume_curve || !d.volume_curve.lv_ml) {
+    $("curve-card").hidden = true;
+    return;
+  }
+  $("curve-card").hidden = false;
+  const { lv, rv, max, n, x, y } = curveScales();
+  const bottom = CURVE.h - CURVE.bottom;
+  box.append(svg("line", { x1: CURVE.left, y1: bottom, x2: CURVE.w - CURVE.right, y2: bottom, class: "axis" }));
+  box.append(svg("line", { x1: CURVE.left, y1: CURVE.top, x2: CURVE.left, y2: bottom, class: "axis" }));
+  for (let k = 0; k <= 4; k++) {
+    const v = (max / 1.08) * k / 4;
+    box.append(svg("line", { x1: CURVE.left, y1: y(v), x2: CURVE.w - CURVE.right, y2: y(v), class: "grid" }));
+    box.append(svg("text", { x: CURVE.left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, v.toFixed(0)));
+  }
+  const step = Math.max(1, Math.ceil(n / 12));
+  for (let i = 0; i < n; i += step) {
+    box.append(svg("text", { x: x(i), y: bottom + 16, class: "tick", "text-anchor": "middle" }, String(i + 1)));
+  }
+  box.append(svg("text", { x: (CURVE.left + CURVE.w) / 2, y: CURVE.h - 4, class: "axis-label", "text-anchor": "middle" }, "frame"));
+  box.append(svg("text", { x: 12, y: CURVE.top + 90, class: "axis-label", transform: "rotate(-90 12 " + (CURVE.top + 90) + ")", "text-anchor": "middle" }, "volume (mL)"));
+  for (const [name, frame] of [["ED", d.ed_frame], ["ES", d.es_frame]]) {
+    if (frame === null || frame === undefined) continue;
+    box.append(svg("line", { x1: x(frame), y1: CURVE.top, x2: x(frame), y2: bottom, class: "marker-" + name.toLowerCase() }));
+    const right = x(frame) > CURVE.w / 2;
+    box.append(svg("text", { x: x(frame) + (right ? -4 : 4), y: CURVE.top + 10, class: "tick", "text-anchor": right ? "end" : "start" }, name));
+  }
+  const series = [["lv", lv], ["rv", rv]];
+  for (const [name, values] of series) {
+    if (!values || values.length !== n) continue;
+    const pts = values.map((v, i) => x(i) + "," + y(v || 0)).join(" ");
+    box.append(svg("polyline", { points: pts, class: "line-" + name }));
+    values.forEach((v, i) => {
+      const dot = svg("circle", { cx: x(i), cy: y(v || 0), r: 3.5, class: "dot-" + name });
+      dot.append(svg("title", {}, name.toUpperCase() + " frame " + (i + 1) + ": " + fmt(v) + " mL"));
+      box.append(dot);
+    });
+  }
+  box.append(svg("text", { x: CURVE.w - CURVE.right - 80, y: CURVE.h - 4, class: "legend-lv" }, "● LV"));
+  box.append(svg("text", { x: CURVE.w - CURVE.right - 36, y: CURVE.h - 4, class: "legend-rv" }, "● RV"));
+  const marker = svg("line", { id: "curve-current", x1: 0, y1: CURVE.top, x2: 0, y2: bottom, class: "marker-current" });
+  box.append(marker);
+  // invisible hit areas: click a frame to show it
+  for (let i = 0; i < n; i++) {
+    const half = n > 1 ? (x(1) - x(0)) / 2 : 20;
+    const hit = svg("rect", { x: x(i) - half, y: CURVE.top, width: 2 * half, height: bottom - CURVE.top, class: "hit" });
+    hit.addEventListener("click", () => {
+      if (!state.viewer) return;
+      state.frame = Math.min(i, state.viewer.n_frames - 1);
+      $("frame-slider").value = state.frame;
+      updateViewer();
+    });
+    box.append(hit);
+  }
+  drawCurveMarker();
+}
+
+function drawCurveMarker() {
+  const m = document.getElementById("curve-current");
+  if (!m || !state.detail || !state.detail.volume_curve) return;
+  const { x } = curveScales();
+  m.setAttribute("x1", x(state.frame));
+  m.setAttribute("x2", x(state.frame));
+}
+
+// --- start --------------------------------------------------------------------------------
+
+function init() {
+  initToken();
+  for (const r of document.querySelectorAll('input[name="mode"]')) r.addEventListener("change", onModeChange);
+  $("upload-form").addEventListener("submit", onUpload);
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.token = $("token-input").value.trim();
+    sessionStorage.setItem("cardioseg-token", state.token);
+    $("token-box").hidden = true;
+    $("main").hidden = false;
+    start();
+  });
+  $("slice-slider").addEventListener("input", (e) => { state.slice = Number(e.target.value); updateViewer(); if (state.playing) preload(state.slice); });
+  $("frame-slider").addEventListener("input", (e) => { state.frame = Number(e.target.value); updateViewer(); });
+  $("overlay-toggle").addEventListener("change", updateOverlay);
+  $("opacity-slider").addEventListener("input", updateOverlay);
+  $("play-button").addEventListener("click", togglePlay);
+  $("ed-button").addEventListener("click", () => { stopPlay(); state.frame = state.viewer.ed_frame; $("frame-slider").value = state.frame; updateViewer(); });
+  $("es-button").addEventListener("click", () => { stopPlay(); state.frame = state.viewer.es_frame; $("frame-slider").value = state.frame; updateViewer(); });
+  $("qc-more").addEventListener("click", () => { state.showAllReasons = !state.showAllReasons; renderReasons(); });
+  document.addEventListener("keydown", onKey);
+  start();
+}
+
+function start() {
+  loadHealth();
+  refreshStudies();
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,599 @@
+"""Web app API: uploads, jobs, results, viewer PNGs, downloads, safety, durability, concurrency.
+
+All analyses use the random ``tiny_checkpoint`` model on small synthetic phantoms.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import sqlite3
+import threading
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+with warnings.catch_warnings():  # starlette's "install httpx2" deprecation notice
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+from typer.testing import CliRunner  # noqa: E402
+
+from cardioseg.app import AppConfig, create_app  # noqa: E402
+from cardioseg.app.server import serve_in_thread  # noqa: E402
+from cardioseg.data.synthetic import PhantomConfig, make_cine, make_phantom, write_phantom  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+BASE = "http://127.0.0.1"
+PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PID12345"
+
+
+# --- synthetic studies --------------------------------------------------------------------
+
+
+def _cine_nifti(path: Path, n_frames: int = 5, seed: int = 2) -> Path:
+    cine = make_cine(PhantomConfig(seed=seed, shape=(48, 48), spacing=4.0, n_slices=4), n_frames)
+    img = nib.Nifti1Image(cine.image.astype(np.float32), cine.affine)
+    nib.save(img, str(path))
+    return path
+
+
+def _dicom_zip(path: Path, n_frames: int = 3, seed: int = 4) -> Path:
+    """A zipped single-series DICOM cine made from the phantom (with a fake patient name)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    cine = make_cine(PhantomConfig(seed=seed, shape=(48, 48), spacing=4.0, n_slices=4), n_frames)
+    img = cine.image
+    img = (img - img.min()) / (img.max() - img.min()) * 1000
+    study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
+    nx, ny, nz, nt = img.shape
+    with zipfile.ZipFile(path, "w") as zf:
+        for k in range(nz):
+            for t in range(nt):
+                uid = generate_uid()
+                ds = Dataset()
+                ds.file_meta = FileMetaDataset()
+                ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+                ds.file_meta.MediaStorageSOPInstanceUID = uid
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+                ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
+                ds.PatientBirthDate, ds.PatientSex = "19700101", "F"
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+                ds.FrameOfReferenceUID = frame_of_ref
+                ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "ACC1", ""
+                ds.StudyDate, ds.StudyTime = "20240101", "120000"
+                ds.Modality, ds.Manufacturer = "MR", "synthetic"
+                ds.SeriesDescription = "cine sax"
+                ds.SeriesNumber, ds.InstanceNumber = 1, k * nt + t + 1
+                ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+                ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+                ds.ImagePositionPatient = [0.0, 0.0, 8.0 * k]
+                ds.PixelSpacing, ds.SliceThickness = [4.0, 4.0], 8.0
+                ds.TriggerTime = 40.0 * t
+                ds.Rows, ds.Columns = ny, nx
+                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+                ds.PixelData = np.ascontiguousarray(img[:, :, k, t].T.astype(np.uint16)).tobytes()
+                buf = io.BytesIO()
+                ds.save_as(buf, enforce_file_format=True)
+                zf.writestr(f"study/series1/img_{k}_{t}.dcm", buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("studies")
+    ph = make_phantom(PhantomConfig(seed=1, shape=(48, 48), spacing=4.0, n_slices=4))
+    files = write_phantom(ph, root, "ph")
+    out = {
+        "ed": files["ph_ED"],
+        "es": files["ph_ES"],
+        "cine": _cine_nifti(root / "cine.nii.gz"),
+        "dicom": _dicom_zip(root / "dicom.zip"),
+    }
+    small = make_phantom(PhantomConfig(seed=3, shape=(40, 40), spacing=4.0, n_slices=3))
+    other = write_phantom(small, root / "small", "sm")
+    out["ed_small"], out["es_small"] = other["sm_ED"], other["sm_ES"]
+    return out
+
+
+def _config(tmp_path: Path, ckpt: Path, **kw) -> AppConfig:
+    kw.setdefault("write_pdf", False)
+    kw.setdefault("poll_seconds", 0.2)
+    return AppConfig(data_dir=tmp_path / "data", checkpoint=ckpt, num_threads=1, **kw)
+
+
+def _client(config: AppConfig) -> TestClient:
+    return TestClient(create_app(config), base_url=BASE)
+
+
+def _upload_pair(client, ed: Path, es: Path, **data):
+    return client.post(
+        "/api/studies",
+        data=data,
+        files={"ed": (ed.name, ed.read_bytes()), "es": (es.name, es.read_bytes())},
+    )
+
+
+def _upload_file(client, path: Path, name: str | None = None, content: bytes | None = None):
+    return client.post(
+        "/api/studies",
+        files={"file": (name or path.name, path.read_bytes() if content is None else content)},
+    )
+
+
+def _wait(client, job_id: str, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not finished after {timeout} s")
+
+
+def _nifti_from_bytes(data: bytes, tmp: Path) -> nib.Nifti1Image:
+    tmp.write_bytes(data)
+    img = nib.load(str(tmp))
+    img.get_fdata()  # the whole stream decodes
+    return img
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
+    config = _config(tmp_path, tiny_checkpoint, write_pdf=True)
+    with _client(config) as client:
+        assert client.get("/api/health").json()["status"] == "ok"
+        assert client.get("/api/openapi.json").json()["paths"]["/api/studies"]["post"]
+        assert client.get("/").text.startswith("<!DOCTYPE html>")
+        r_pair = _upload_pair(
+            client, studies["ed"], studies["es"], height_cm="172", weight_kg="70", name="pair study"
+        )
+        assert r_pair.status_code == 201, r_pair.text
+        # a 4D NIfTI whose name says zip: the type comes from the content
+        r_cine = _upload_file(client, studies["cine"], name="cine_4d.zip")
+        assert r_cine.status_code == 201, r_cine.text
+        pair, cine = r_pair.json(), r_cine.json()
+        assert pair["study"]["kind"] == "pair" and cine["study"]["kind"] == "nifti4d"
+        assert pair["job"]["state"] == "queued" and cine["study"]["n_frames"] == 5
+
+        for up, n_frames in ((pair, 2), (cine, 5)):
+            sid = up["study"]["id"]
+            job = _wait(client, up["job"]["id"])
+            assert job["state"] == "done", job
+            assert job["progress"] == 1.0 and job["attempts"] == 1
+            on_disk = json.loads(
+                (config.data_dir / "studies" / sid / "result" / "report.json").read_text()
+            )
+            results = client.get(f"/api/studies/{sid}/results")
+            assert results.status_code == 200
+            assert results.json() == on_disk
+            assert client.get(f"/api/studies/{sid}/report/json").json() == on_disk
+            detail = client.get(f"/api/studies/{sid}").json()
+            ef_row = [r for r in detail["table"] if r["key"] == "lv_ef_pct"][0]
+            assert ef_row["value"] == f"{on_disk['lv_ef_pct']:.1f}"
+            assert detail["qc"]["status"] == on_disk["qc"]["status"]
+            assert detail["volume_curve"]["lv_ml"] == on_disk["volume_curve"]["lv_ml"]
+            assert len(on_disk["volume_curve"]["lv_ml"]) == n_frames
+
+            for name in ("overlay", "curve"):
+                png = client.get(f"/api/studies/{sid}/images/{name}")
+                assert png.status_code == 200 and png.content.startswith(PNG)
+                assert png.headers["content-type"] == "image/png"
+            viewer = client.get(f"/api/studies/{sid}/viewer").json()
+            assert viewer["n_frames"] == n_frames and viewer["n_slices"] == 4
+            for layer in ("image", "labels", "overlay"):
+                png = client.get(
+                    f"/api/studies/{sid}/slices/{n_frames - 1}/3.png", params={"layer": layer}
+                )
+                assert png.status_code == 200 and png.content.startswith(PNG), layer
+            again = client.get(f"/api/studies/{sid}/slices/{n_frames - 1}/3.png")
+            assert (
+                again.content
+                == client.get(f"/api/studies/{sid}/slices/{n_frames - 1}/3.png").content
+            )  # cached
+            assert client.get(f"/api/studies/{sid}/slices/{n_frames}/0.png").status_code == 404
+            assert (
+                client.get(f"/api/studies/{sid}/slices/0/0.png", params={"layer": "x"}).status_code
+                == 422
+            )
+
+            mask = client.get(f"/api/studies/{sid}/masks/ed")
+            assert mask.status_code == 200
+            img = _nifti_from_bytes(mask.content, tmp_path / "m.nii.gz")
+            assert img.shape == (48, 48, 4)
+            assert set(np.unique(np.asarray(img.dataobj))) <= {0, 1, 2, 3}
+            html = client.get(f"/api/studies/{sid}/report/html")
+            assert html.status_code == 200 and "Cardiac cine MRI analysis" in html.text
+            pdf = client.get(f"/api/studies/{sid}/report/pdf")
+            assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+            assert client.get(f"/api/studies/{sid}/dicom-seg").status_code == 404
+
+        cine_id = cine["study"]["id"]
+        cine_mask = client.get(f"/api/studies/{cine_id}/masks/cine")
+        assert _nifti_from_bytes(cine_mask.content, tmp_path / "c.nii.gz").shape == (48, 48, 4, 5)
+        assert client.get(f"/api/studies/{pair['study']['id']}/masks/cine").status_code == 404
+        listed = client.get("/api/studies").json()["studies"]
+        assert {s["id"] for s in listed} == {pair["study"]["id"], cine_id}
+        assert all(s["job"]["state"] == "done" and s["summary"] for s in listed)
+        assert {s["name"] for s in listed} == {"pair study", "cine_4d.zip"}
+
+        # delete
+        assert client.delete(f"/api/studies/{cine_id}").status_code == 204
+        assert client.get(f"/api/studies/{cine_id}").status_code == 404
+        assert client.get(f"/api/jobs/{cine['job']['id']}").status_code == 404
+        assert client.delete(f"/api/studies/{cine_id}").status_code == 404
+        assert not (config.data_dir / "studies" / cine_id).exists()
+        assert len(client.get("/api/studies").json()["studies"]) == 1
+        assert client.get("/api/studies/not-an-id").status_code == 404
+
+
+def test_dicom_zip_seg_and_deidentification(tmp_path, tiny_checkpoint, studies, caplog):
+    import pydicom
+
+    caplog.set_level(logging.DEBUG)
+    config = _config(tmp_path, tiny_checkpoint)
+    with _client(config) as client:
+        up = _upload_file(client, studies["dicom"], name="scan.bin")
+        assert up.status_code == 201, up.text
+        assert up.json()["study"]["kind"] == "dicom"
+        job = _wait(client, up.json()["job"]["id"])
+        assert job["state"] == "done", job
+        sid = up.json()["study"]["id"]
+        links = client.get(f"/api/studies/{sid}").json()["downloads"]
+        assert "dicom_seg" in links and "mask_cine" in links
+
+        def datasets(resp):
+            if resp.headers["content-type"] == "application/dicom":
+                return [pydicom.dcmread(io.BytesIO(resp.content))]
+            with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+                return [pydicom.dcmread(io.BytesIO(zf.read(n))) for n in zf.namelist()]
+
+        plain = datasets(client.get(f"/api/studies/{sid}/dicom-seg"))
+        assert plain and all(str(ds.PatientName) == PATIENT_NAME for ds in plain)
+        assert all(ds.Modality == "SEG" for ds in plain)
+        deid = datasets(client.get(f"/api/studies/{sid}/dicom-seg", params={"deidentify": True}))
+        assert len(deid) == len(plain)
+        for ds in deid:
+            assert str(ds.PatientName) == "" and str(ds.PatientID) == ""
+            assert ds.PatientIdentityRemoved == "YES"
+            assert ds.SOPInstanceUID in {p.SOPInstanceUID for p in plain}
+        report = client.get(f"/api/studies/{sid}/report/json").text
+        assert "Doe" not in report and PATIENT_ID not in report
+        html = client.get(f"/api/studies/{sid}/report/html").text
+        assert PATIENT_NAME not in html and PATIENT_ID not in html
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "Doe" not in logged and PATIENT_ID not in logged
+
+
+# --- refused uploads --------------------------------------------------------------------------
+
+
+def _traversal_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("study/ok.dcm", b"x" * 100)
+        zf.writestr("../../evil.txt", b"owned")
+    return buf.getvalue()
+
+
+def test_bad_uploads_are_refused_cleanly(tmp_path, tiny_checkpoint, studies):
+    config = _config(tmp_path, tiny_checkpoint, max_upload_bytes=300_000, start_worker=False)
+    cine_bytes = studies["cine"].read_bytes()
+    ed3d = studies["ed_small"]
+    rng = np.random.default_rng(0)
+    other = make_phantom(PhantomConfig(seed=5, shape=(40, 36), spacing=4.0, n_slices=3))
+    mismatched = write_phantom(other, tmp_path / "other", "o")["o_ES"]
+    cases = [
+        ({"file": ("x.nii.gz", rng.bytes(5000))}, 415, "unsupported file type"),
+        ({"file": ("x.nii.gz", gzip.compress(rng.bytes(5000)))}, 415, "does not hold a NIfTI"),
+        ({"file": ("x.nii.gz", cine_bytes[: len(cine_bytes) // 2])}, 400, "truncated"),
+        ({"file": ("x.nii.gz", cine_bytes[:200])}, 400, "truncated"),
+        ({"file": ("x.nii.gz", b"")}, 400, "empty"),
+        ({"file": ("big.nii.gz", rng.bytes(400_000))}, 413, "too large"),
+        ({"file": ("study.zip", _traversal_zip())}, 400, "unsafe path in zip"),
+        ({"file": ("x.zip", b"PK\x05\x06" + bytes(18))}, 400, "empty zip"),
+        ({"file": ("x.zip", b"PK\x03\x04" + rng.bytes(3000))}, 400, "not a valid zip"),
+        ({"file": ("ed.nii.gz", ed3d.read_bytes())}, 400, "4D cine"),
+        ({"ed": ("ed.nii.gz", ed3d.read_bytes())}, 400, "needs both"),
+        (
+            {"ed": ("a.nii.gz", ed3d.read_bytes()), "es": ("b.nii.gz", mismatched.read_bytes())},
+            400,
+            "does not match",
+        ),
+        (
+            {"file": ("c.nii.gz", cine_bytes), "ed": ("a.nii.gz", ed3d.read_bytes())},
+            400,
+            "either one",
+        ),
+        ({"other": ("c.nii.gz", cine_bytes)}, 400, "unexpected file field"),
+    ]
+    with _client(config) as client:
+        for files, status, text in cases:
+            r = client.post("/api/studies", files=files)
+            detail = r.json()["detail"]
+            assert r.status_code == status, (text, r.status_code, detail)
+            assert text in detail, (text, detail)
+            assert "\n" not in detail and "Traceback" not in detail
+        r = client.post(
+            "/api/studies",
+            files={"ed": ("a", ed3d.read_bytes()), "es": ("b", ed3d.read_bytes())},
+            data={"height_cm": "tall"},
+        )
+        assert r.status_code == 400 and "height_cm must be a number" in r.json()["detail"]
+        r = client.post("/api/studies", content=b"raw", headers={"content-type": "text/plain"})
+        assert r.status_code == 415
+        r = client.post(
+            "/api/studies",
+            content=b"x" * 10,
+            headers={
+                "content-type": "multipart/form-data; boundary=zz",
+                "content-length": str(10**9),
+            },
+        )
+        assert r.status_code == 413
+        assert client.get("/api/studies").json()["studies"] == []
+    assert list((config.data_dir / "tmp").iterdir()) == []
+    assert list((config.data_dir / "studies").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists()
+
+
+# --- access control ---------------------------------------------------------------------------
+
+
+def test_token_required_when_not_loopback(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.delenv("CARDIOSEG_TOKEN", raising=False)
+    config = _config(tmp_path, tiny_checkpoint, host="0.0.0.0", start_worker=False)
+    assert config.token_required and config.token_generated and len(config.token) >= 20
+    with TestClient(create_app(config), base_url="http://203.0.113.5:8000") as client:
+        r = client.get("/api/studies")
+        assert r.status_code == 401 and "access token required" in r.json()["detail"]
+        assert (
+            client.get("/api/studies", headers={"X-Access-Token": "wrong-token"}).status_code == 401
+        )
+        assert (
+            client.get("/api/studies", headers={"X-Access-Token": config.token}).status_code == 200
+        )
+        assert client.get("/api/studies", params={"token": config.token}).status_code == 200
+        auth = {"Authorization": f"Bearer {config.token}"}
+        assert client.get("/api/studies", headers=auth).status_code == 200
+        assert client.post("/api/studies", files={"file": ("a", b"x")}).status_code == 401
+        assert client.get("/api/openapi.json").status_code == 401
+        # the page shell and health are public (no data), the page then asks for the token
+        assert client.get("/").status_code == 200
+        assert client.get("/static/app.js").status_code == 200
+        assert client.get("/api/health").json()["token_required"] is True
+    given = _config(
+        tmp_path / "g", tiny_checkpoint, host="0.0.0.0", token="s3cret-token", start_worker=False
+    )
+    assert given.token == "s3cret-token" and not given.token_generated
+    monkeypatch.setenv("CARDIOSEG_TOKEN", "from-the-environment")
+    assert _config(tmp_path / "e", tiny_checkpoint, host="::").token == "from-the-environment"
+
+
+def test_loopback_needs_no_token_but_checks_host_and_origin(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.delenv("CARDIOSEG_TOKEN", raising=False)
+    config = _config(tmp_path, tiny_checkpoint, start_worker=False)
+    assert not config.token_required
+    with _client(config) as client:
+        assert client.get("/api/studies").status_code == 200
+        # DNS rebinding: a foreign Host header is refused
+        assert client.get("/api/studies", headers={"host": "evil.example"}).status_code == 400
+        # cross-site form posts from a web page are refused
+        r = client.post(
+            "/api/studies", files={"file": ("a", b"x")}, headers={"origin": "http://evil.example"}
+        )
+        assert r.status_code == 403
+        r = client.get("/")
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_serve_command_errors_are_one_line(tmp_path):
+    from cardioseg.cli.main import app
+
+    res = CliRunner().invoke(
+        app, ["serve", "--data-dir", str(tmp_path / "d"), "--model", str(tmp_path / "missing.pt")]
+    )
+    assert res.exit_code == 1
+    assert "model checkpoint not found" in res.output and "Traceback" not in res.output
+
+
+# --- durability -------------------------------------------------------------------------------
+
+
+def test_restart_requeues_interrupted_jobs(tmp_path, tiny_checkpoint, studies):
+    config = _config(tmp_path, tiny_checkpoint, start_worker=False)
+    with _client(config) as client:
+        first = _upload_pair(client, studies["ed_small"], studies["es_small"]).json()
+        second = _upload_pair(client, studies["ed_small"], studies["es_small"]).json()
+    # simulate a server killed during both analyses; the second was already interrupted
+    # max_attempts times
+    db_path = config.data_dir / "cardioseg.sqlite3"
+    with sqlite3.connect(db_path) as con:
+        con.execute(
+            "UPDATE jobs SET state='running', attempts=1, progress=0.4 WHERE id=?",
+            (first["job"]["id"],),
+        )
+        con.execute(
+            "UPDATE jobs SET state='running', attempts=3 WHERE id=?", (second["job"]["id"],)
+        )
+    # leftovers of the crash: a partial upload, an orphan folder, a half-written result
+    (config.data_dir / "tmp" / "upload-x").mkdir()
+    (config.data_dir / "tmp" / "upload-x" / "file.part").write_bytes(b"partial")
+    orphan = config.data_dir / "studies" / ("f" * 32)
+    orphan.mkdir()
+    half = config.data_dir / "studies" / first["study"]["id"] / ".result.abc"
+    half.mkdir()
+
+    with _client(_config(tmp_path, tiny_checkpoint)) as client:
+        job = _wait(client, first["job"]["id"])
+        assert job["state"] == "done" and job["attempts"] == 2, job
+        failed = client.get(f"/api/jobs/{second['job']['id']}").json()
+        assert failed["state"] == "failed" and "interrupted 3 times" in failed["error"]
+        assert client.get(f"/api/studies/{first['study']['id']}/results").status_code == 200
+        r = client.get(f"/api/studies/{second['study']['id']}/results")
+        assert r.status_code == 409 and "interrupted" in r.json()["detail"]
+        assert len(client.get("/api/studies").json()["studies"]) == 2
+    assert not orphan.exists() and not half.exists()
+    assert list((config.data_dir / "tmp").iterdir()) == []
+
+    # a third start finds everything again, nothing re-run
+    with _client(_config(tmp_path, tiny_checkpoint, start_worker=False)) as client:
+        assert client.get(f"/api/jobs/{first['job']['id']}").json()["state"] == "done"
+        assert client.get(f"/api/studies/{first['study']['id']}/results").status_code == 200
+
+
+class _SlowSegmenter:
+    """The tiny model, slowed down so that a test can act while a job runs."""
+
+    def __init__(self, checkpoint: Path, delay: float):
+        from cardioseg.inference import Segmenter
+
+        self.inner, self.delay = Segmenter(checkpoint, num_threads=1), delay
+        self.tta = False
+
+    def predict_volume(self, volume, spacing, return_probabilities=False):
+        time.sleep(self.delay)
+        self.inner.tta = self.tta
+        return self.inner.predict_volume(volume, spacing, return_probabilities)
+
+
+def _wait_running(client, job_id: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] == "running" and job["progress"] > 0.05:
+            return job
+        time.sleep(0.05)
+    raise AssertionError("job did not start")
+
+
+def test_stop_requeues_and_delete_cancels_running_jobs(tmp_path, tiny_checkpoint, studies):
+    def factory():
+        return _SlowSegmenter(tiny_checkpoint, 0.3)
+
+    config = _config(tmp_path, tiny_checkpoint, segmenter_factory=factory)
+    with _client(config) as client:
+        up = _upload_file(client, studies["cine"]).json()
+        job = _wait_running(client, up["job"]["id"])
+        assert job["message"].startswith("segmenting frame") and job["attempts"] == 1
+    # a normal stop put the running job back in the queue without counting the attempt
+    with _client(_config(tmp_path, tiny_checkpoint, start_worker=False)) as client:
+        job = client.get(f"/api/jobs/{up['job']['id']}").json()
+        assert job["state"] == "queued" and job["attempts"] == 0, job
+
+    with _client(_config(tmp_path, tiny_checkpoint, segmenter_factory=factory)) as client:
+        _wait_running(client, up["job"]["id"])
+        assert client.delete(f"/api/studies/{up['study']['id']}").status_code == 204
+        folder = config.data_dir / "studies" / up["study"]["id"]
+        deadline = time.monotonic() + 30
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not folder.exists()
+        # the worker goes on with the next study
+        nxt = _upload_pair(client, studies["ed_small"], studies["es_small"]).json()
+        assert _wait(client, nxt["job"]["id"])["state"] == "done"
+        assert [s["id"] for s in client.get("/api/studies").json()["studies"]] == [
+            nxt["study"]["id"]
+        ]
+
+
+def test_data_folder_is_locked(tmp_path, tiny_checkpoint):
+    from cardioseg.errors import CardiosegError
+
+    config = _config(tmp_path, tiny_checkpoint, start_worker=False)
+    with _client(config):
+        with pytest.raises(CardiosegError, match="in use"):
+            with _client(config):
+                pass
+
+
+def test_failed_job_reports_the_reason(tmp_path, tiny_checkpoint, studies):
+    config = _config(tmp_path, tiny_checkpoint)
+    with _client(config) as client:
+        up = _upload_file(client, studies["dicom"], content=_traversal_free_non_dicom_zip())
+        assert up.status_code == 201
+        job = _wait(client, up.json()["job"]["id"])
+        assert job["state"] == "failed" and job["error"] and "\n" not in job["error"]
+        assert str(config.data_dir) not in job["error"]
+        r = client.get(f"/api/studies/{up.json()['study']['id']}/results")
+        assert r.status_code == 409 and "failed" in r.json()["detail"]
+
+
+def _traversal_free_non_dicom_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("notes/readme.txt", b"no images here")
+    return buf.getvalue()
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+def test_20_concurrent_uploads_over_http(tmp_path, tiny_checkpoint, studies):
+    import httpx
+
+    config = _config(tmp_path, tiny_checkpoint, port=0)
+    ed, es = studies["ed_small"].read_bytes(), studies["es_small"].read_bytes()
+    results: dict[int, httpx.Response] = {}
+    errors: list[BaseException] = []
+
+    with serve_in_thread(config) as url:
+
+        def upload(i: int) -> None:
+            try:
+                with httpx.Client(base_url=url, timeout=60) as c:
+                    results[i] = c.post(
+                        "/api/studies",
+                        data={"name": f"study {i:02d}"},
+                        files={"ed": ("ed.nii.gz", ed), "es": ("es.nii.gz", es)},
+                    )
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=upload, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert sorted(results) == list(range(20))
+        assert all(r.status_code == 201 for r in results.values()), [
+            r.text for r in results.values() if r.status_code != 201
+        ]
+        with httpx.Client(base_url=url, timeout=30) as c:
+            jobs = {r.json()["job"]["id"] for r in results.values()}
+            deadline = time.monotonic() + 100
+            while time.monotonic() < deadline:
+                listed = c.get("/api/studies").json()["studies"]
+                if all(s["job"]["state"] in ("done", "failed") for s in listed):
+                    break
+                time.sleep(0.5)
+            assert len(listed) == 20
+            assert {s["job"]["id"] for s in listed} == jobs
+            assert {s["name"] for s in listed} == {f"study {i:02d}" for i in range(20)}
+            assert all(s["job"]["state"] == "done" for s in listed), [
+                s["job"] for s in listed if s["job"]["state"] != "done"
+            ]
+    digest = hashlib.sha256(ed).hexdigest()
+    for s in listed:
+        stored = config.data_dir / "studies" / s["id"] / "input" / "ed.nii.gz"
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
+        assert (config.data_dir / "studies" / s["id"] / "result" / "report.json").is_file()

@@ -1,0 +1,179 @@
+"""End to end in a real headless Chromium: upload through the page, wait, check what is shown.
+
+Needs Debian's ``chromium`` (``.ci/run`` installs it) and the ``playwright`` Python package
+(its own browser downloads are never used); skipped with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cardioseg.data.synthetic import PhantomConfig, make_cine
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="chromium not installed (/usr/bin/chromium missing; "
+        "apt-get install chromium chromium-driver)",
+    ),
+]
+
+
+def _wait_js(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression until true (``page.evaluate`` works under the page's CSP,
+    ``wait_for_function`` would need 'unsafe-eval')."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"() => Boolean({expression})"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        time.sleep(0.1)
+
+
+IMAGES_LOADED = (
+    "['viewer-image', 'viewer-labels'].every(id => {"
+    " const im = document.getElementById(id);"
+    " return im.complete && im.naturalWidth > 0; })"
+)
+
+
+def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install playwright)"
+    )
+    pytest.importorskip("fastapi")
+    from cardioseg.app import AppConfig
+    from cardioseg.app.server import serve_in_thread
+
+    cine = make_cine(PhantomConfig(seed=7, shape=(48, 48), spacing=4.0, n_slices=4), 6)
+    study = tmp_path / "cine_4d.nii.gz"
+    nib.save(nib.Nifti1Image(cine.image.astype(np.float32), cine.affine), str(study))
+    config = AppConfig(
+        data_dir=tmp_path / "data",
+        checkpoint=tiny_checkpoint,
+        port=0,
+        num_threads=1,
+        write_pdf=False,
+        poll_seconds=0.2,
+    )
+    page_errors: list[str] = []
+    with serve_in_thread(config) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.on("console", lambda msg: msg.type == "error" and page_errors.append(msg.text))
+            page.goto(url + "/")
+            page.wait_for_selector("#server-status.ok", timeout=30_000)
+            assert page.is_visible("#no-studies")
+
+            # nothing chosen: a clear message, no request
+            page.click("#upload-button")
+            assert "Choose a file" in page.text_content("#upload-status")
+
+            page.set_input_files("#file-input", str(study))
+            page.click("#upload-button")
+            page.wait_for_selector("#result-area:not([hidden])", timeout=90_000)
+            _wait_js(page, IMAGES_LOADED)
+
+            rows = page.locator("#study-rows tr")
+            assert rows.count() == 1
+            study_id = rows.first.get_attribute("data-id")
+            report = json.loads(
+                (config.data_dir / "studies" / study_id / "result" / "report.json").read_text()
+            )
+            ef_text = f"{report['lv_ef_pct']:.1f}"
+            cell = '#indices-rows tr[data-key="lv_ef_pct"] td.value'
+            assert page.text_content(cell) == ef_text
+            assert page.text_content("#summary-ef") == ef_text + " %"
+            assert page.text_content("#qc-status") == report["qc"]["status"]
+            n_reasons = len(report["qc"]["reasons"])
+            assert page.locator("#qc-reasons li").count() == min(max(n_reasons, 1), 8)
+            assert page.locator("#curve polyline").count() == 2  # LV and RV volume curves
+            assert page.text_content("#frame-label").startswith(f"{report['ed_frame'] + 1} / 6")
+            for link in ("report-html", "report-json", "mask-ed", "mask-es", "mask-cine"):
+                assert page.locator(f"#download-{link}").count() == 1, link
+
+            # slice and frame sliders load other images
+            page.locator("#slice-slider").fill("0")
+            page.locator("#frame-slider").fill(str(report["es_frame"]))
+            _wait_js(
+                page,
+                "document.getElementById('viewer-image').src.includes("
+                f"'/slices/{report['es_frame']}/0.png')",
+            )
+            _wait_js(page, IMAGES_LOADED)
+            assert "(ES)" in page.text_content("#frame-label")
+
+            # opacity toggle and cine play
+            page.uncheck("#overlay-toggle")
+            assert page.eval_on_selector("#viewer-labels", "e => e.style.opacity") == "0"
+            page.check("#overlay-toggle")
+            page.click("#play-button")
+            time.sleep(0.8)
+            page.click("#play-button")
+            assert "Play" in page.text_content("#play-button")
+
+            shot = tmp_path / "webapp.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert not page_errors, page_errors
+
+
+def test_token_prompt_in_chromium(tmp_path, tiny_checkpoint):
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install playwright)"
+    )
+    pytest.importorskip("fastapi")
+    from cardioseg.app import AppConfig
+    from cardioseg.app.server import serve_in_thread
+
+    # a token given on loopback is enforced like on any other address
+    config = AppConfig(
+        data_dir=tmp_path / "data",
+        checkpoint=tiny_checkpoint,
+        port=0,
+        token="correct-horse-battery",
+        start_worker=False,
+    )
+    with serve_in_thread(config) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#token-box:not([hidden])", timeout=30_000)
+            assert page.is_hidden("#main")
+            page.fill("#token-input", "correct-horse-battery")
+            page.click("#token-form button")
+            page.wait_for_selector("#no-studies:not([hidden])", timeout=30_000)
+            assert page.is_visible("#upload-card")
+            # a link carrying the token opens directly and the token leaves the address bar
+            page2 = browser.new_page()
+            page2.goto(url + "/?token=correct-horse-battery")
+            page2.wait_for_selector("#no-studies:not([hidden])", timeout=30_000)
+            assert "token" not in page2.url
+        finally:
+            browser.close()
