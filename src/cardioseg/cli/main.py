@@ -79,6 +79,20 @@ def train(
     typer.echo(f"done: {len(result['history'])} epochs, output in {cfg.output_dir}")
 
 
+@app.command()
+@friendly
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (final.pt / best.pt)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Inference checkpoint to write")],
+    half: Annotated[bool, typer.Option(help="Store weights as float16")] = True,
+) -> None:
+    """Write an inference-only (optionally float16) copy of a checkpoint, e.g. for shipping."""
+    from cardioseg.models import export_checkpoint
+
+    path = export_checkpoint(checkpoint, output, half=half)
+    typer.echo(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
     from cardioseg.errors import CardiosegError
     from cardioseg.io.nifti import is_nifti
@@ -104,6 +118,10 @@ def segment(
     tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
     postprocess: Annotated[bool, typer.Option(help="Largest component + hole filling")] = True,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch default)")] = 0,
+    adapt: Annotated[str | None, typer.Option(
+        help="Test-time adaptation: none or tent (default: the checkpoint's setting)")] = None,
+    harmonize: Annotated[str | None, typer.Option(
+        help="Intensity harmonisation: none or histogram (default: checkpoint's)")] = None,
 ) -> None:
     """Segment volumes; labels (1 LV, 2 MYO, 3 RV) are written in the input's native geometry."""
     from cardioseg.errors import CardiosegError
@@ -114,7 +132,8 @@ def segment(
     single = len(files) == 1 and is_nifti(output) and not output.is_dir()
     if not single and is_nifti(output):
         raise CardiosegError(output, "several inputs need an output folder, not a file name")
-    seg = Segmenter(model, tta=tta, postprocess=postprocess, num_threads=threads or None)
+    seg = Segmenter(model, tta=tta, postprocess=postprocess, num_threads=threads or None,
+                    adaptation=adapt, harmonization=harmonize)
     failures = 0
     for f in files:
         dest = output if single else output / f.name
@@ -304,6 +323,77 @@ def agreement(
     rows = paired_indices(records, predict=predict, pred_dir=predictions)
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
     typer.echo(md.read_text())
+
+
+@app.command()
+@friendly
+def serve(
+    host: Annotated[str, typer.Option(help="Address; not loopback = token required")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Database and files (default $CARDIOSEG_DATA_DIR or ./cardioseg-data)"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Access token (default $CARDIOSEG_TOKEN; generated when not loopback)"),
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Upload size limit in MB")] = 2048,
+    pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
+) -> None:
+    """Web app: upload studies in a browser, view masks, indices, QC, reports (see docs)."""
+    from cardioseg.app import AppConfig
+    from cardioseg.app import serve as run_server
+    from cardioseg.app.config import default_data_dir
+
+    run_server(
+        AppConfig(
+            data_dir=data_dir or default_data_dir(),
+            host=host,
+            port=port,
+            token=token,
+            checkpoint=model,
+            write_pdf=pdf,
+            max_upload_bytes=int(max_upload_mb * 1024**2),
+        )
+    )
+
+
+@app.command()
+@friendly
+def explore(
+    datasets: Annotated[list[Path], typer.Argument(help="Dataset folders")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")],
+    layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, mscmr, folder or auto")] = "auto",
+    by: Annotated[str, typer.Option(help="Domain key(s), e.g. vendor")] = "dataset+vendor",
+    max_cases: Annotated[int, typer.Option(help="Volumes read per domain")] = 40,
+) -> None:
+    """Explore datasets: cases, geometry, intensities, montages, GIFs, domain separability."""
+    from cardioseg.exploration import explore_datasets
+
+    typer.echo(f"report: {explore_datasets(datasets, output, layout, by, max_cases)}")
+
+
+@app.command()
+@friendly
+def benchmark(
+    protocol: Annotated[Path, typer.Argument(help="Protocol YAML (see configs/protocols)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable)")],
+    profile: Annotated[str, typer.Option(help="quick (2 CPU cores) or full (GPU)")] = "quick",
+    dry_run: Annotated[bool, typer.Option(help="Only check the protocol, list the runs")] = False,
+) -> None:
+    """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
+    _setup_logging(True)
+    from cardioseg.benchmark import run_benchmark
+
+    result = run_benchmark(protocol, output, profile=profile, dry_run=dry_run)
+    for key, status in result.status.items():
+        typer.echo(f"{status:8s} {key} {result.errors.get(key, '')}".rstrip())
+    if result.report:
+        typer.echo(f"report: {result.report}")
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

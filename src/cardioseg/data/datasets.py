@@ -367,3 +367,50 @@ def load_case(
         else:
             label = read_label(record.label, record.label_map, reference=props)
     return image, label, props
+
+
+def filter_records(
+    records: list[CaseRecord],
+    include: dict[str, list] | None = None,
+    exclude: dict[str, list] | None = None,
+) -> list[CaseRecord]:
+    """Keep records whose attributes match ``include`` and do not match ``exclude``.
+
+    Args:
+        records: Cases.
+        include: Attribute → allowed values (all attributes must match), e.g. ``{"vendor":
+            ["GE"]}``. Values are compared as strings.
+        exclude: Attribute → values to drop.
+
+    Example:
+        >>> r = [CaseRecord("d", "s1", "ED", "a"), CaseRecord("d", "s2", "ED", "b")]
+        >>> [x.subject for x in filter_records(r, exclude={"subject": ["s1"]})]
+        ['s2']
+    """
+
+    def match(r: CaseRecord, spec: dict[str, list]) -> list[bool]:
+        return [str(getattr(r, k, "")) in {str(v) for v in vals} for k, vals in spec.items()]
+
+    out = records
+    if include:
+        out = [r for r in out if all(match(r, include))]
+    if exclude:
+        out = [r for r in out if not any(match(r, exclude))]
+    return out
+
+
+def record_domain(record: CaseRecord, key: str = "dataset") -> str:
+    """The domain of a case: ``extra["domain"]`` when set, else its ``key`` attribute(s).
+
+    ``key`` may join several attributes with ``+`` (``dataset+vendor``); blank attributes fall
+    back to the dataset name.
+
+    Example:
+        >>> record_domain(CaseRecord("mnms", "A", "ED", "x", vendor="GE"), "dataset+vendor")
+        'mnms/GE'
+    """
+    if record.extra.get("domain"):
+        return str(record.extra["domain"])
+    parts = [str(getattr(record, k, "") or "") for k in key.split("+")]
+    parts = [p for p in parts if p]
+    return "/".join(parts) if parts else record.dataset

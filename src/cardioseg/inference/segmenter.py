@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cardioseg.adaptation.tta import build_adapter
 from cardioseg.errors import CardiosegError
 from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
@@ -37,6 +38,13 @@ class Segmenter:
         num_threads: Torch CPU threads (``None`` keeps the current setting).
         device: ``cpu``, ``cuda`` or ``auto``.
         batch_size: Slices per forward pass.
+        harmonization: ``histogram`` matches each volume's intensities to the training
+            reference stored in the checkpoint; ``none`` disables it; ``None`` uses the
+            checkpoint config's ``inference.harmonization`` (default none).
+        adaptation: ``tent`` adapts the normalisation parameters to each volume by entropy
+            minimisation before predicting it (see :mod:`cardioseg.adaptation.tta`); ``none``
+            disables it; ``None`` uses the checkpoint config's ``inference.adaptation``.
+        adaptation_options: Keyword arguments of the adapter (e.g. ``{"steps": 10}``).
 
     Example:
         >>> seg = Segmenter()  # doctest: +SKIP
@@ -51,17 +59,38 @@ class Segmenter:
         num_threads: int | None = None,
         device: str = "auto",
         batch_size: int = 32,
+        harmonization: str | None = None,
+        adaptation: str | None = None,
+        adaptation_options: dict | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         ckpt = load_checkpoint(checkpoint)
         cfg = ckpt["config"]
         self.model_config = ModelConfig(**cfg["model"])
+        self.fingerprint = ckpt.get("fingerprint", {})
+        inference = cfg.get("inference") or {}
+        self.harmonization = harmonization or inference.get("harmonization", "none")
+        if self.harmonization not in ("none", "histogram"):
+            raise ValueError(f"harmonization must be 'none' or 'histogram', got {harmonization!r}")
+        reference = None
+        if self.harmonization == "histogram":
+            reference = self.fingerprint.get("intensity_reference")
+            if not reference:
+                raise CardiosegError(
+                    checkpoint, "checkpoint has no intensity reference for histogram matching"
+                )
         self.preprocessor = Preprocessor(
             target_spacing=float(cfg["data"]["target_spacing"]),
             pad_multiple=self.model_config.stride_product,
+            histogram_reference=reference,
         )
-        self.fingerprint = ckpt.get("fingerprint", {})
+        self.adaptation = adaptation or inference.get("adaptation", "none")
+        options = dict(adaptation_options or {})
+        if self.adaptation == "tent" and adaptation is None:
+            options.setdefault("steps", int(inference.get("tent_steps", 10)))
+            options.setdefault("lr", float(inference.get("tent_lr", 1e-3)))
+        self.adapter = build_adapter(self.adaptation, **options)
         self.metadata = {k: ckpt.get(k) for k in ("metrics", "fingerprint", "format")}
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,7 +125,11 @@ class Segmenter:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Segment one 3D volume given its voxel spacing; returns native-grid labels."""
         x, state = self.preprocessor.forward(volume, spacing)
-        probs = self._forward(x)
+        if self.adapter is not None:
+            with self.adapter.adapted(self.model, x.to(self.device)):
+                probs = self._forward(x)
+        else:
+            probs = self._forward(x)
         labels = self.preprocessor.inverse_labels(probs, state)
         if self.do_postprocess:
             labels = _postprocess(labels, state.axis)

@@ -19,6 +19,9 @@ class ModelConfig:
         norm: ``instance`` or ``batch`` normalisation.
         dropout: Dropout probability.
         in_channels, out_channels: Input channels and number of classes (incl. background).
+        mixstyle_layers: Encoder blocks (0 = the first) whose outputs get MixStyle during
+            training (feature-statistics mixing; empty = off).
+        mixstyle_p, mixstyle_alpha: MixStyle probability and Beta parameter.
     """
 
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
@@ -28,6 +31,9 @@ class ModelConfig:
     dropout: float = 0.0
     in_channels: int = 1
     out_channels: int = 4
+    mixstyle_layers: list[int] = field(default_factory=list)
+    mixstyle_p: float = 0.5
+    mixstyle_alpha: float = 0.1
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2:
@@ -44,6 +50,11 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.out_channels < 2 or self.in_channels < 1:
             raise ValueError("need in_channels >= 1 and out_channels >= 2")
+        bad = [i for i in self.mixstyle_layers if not 0 <= i < len(self.strides)]
+        if bad:
+            raise ValueError(
+                f"mixstyle_layers must be encoder block indices in 0..{len(self.strides) - 1}"
+            )
 
     @property
     def stride_product(self) -> int:
@@ -62,7 +73,7 @@ def build_model(config: ModelConfig | None = None) -> torch.nn.Module:
         torch.Size([1, 4, 32, 32])
     """
     c = config or ModelConfig()
-    return UNet(
+    net = UNet(
         spatial_dims=2,
         in_channels=c.in_channels,
         out_channels=c.out_channels,
@@ -72,3 +83,12 @@ def build_model(config: ModelConfig | None = None) -> torch.nn.Module:
         norm=c.norm.upper(),
         dropout=c.dropout,
     )
+    if c.mixstyle_layers:
+        from cardioseg.models.mixstyle import attach_mixstyle
+        from cardioseg.models.unet_parts import unet_parts
+
+        encoder = unet_parts(net).encoder
+        attach_mixstyle(
+            [encoder[i] for i in sorted(set(c.mixstyle_layers))], c.mixstyle_p, c.mixstyle_alpha
+        )
+    return net

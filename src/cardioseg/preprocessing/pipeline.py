@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ class Preprocessor:
     Args:
         target_spacing: In-plane spacing in mm of the network's input.
         pad_multiple: Pad height/width to a multiple of this (network stride).
+        histogram_reference: Optional intensity reference (``{"levels", "values"}``, as in the
+            checkpoint fingerprint); when given, normalised volumes are histogram-matched to it.
 
     Example:
         >>> pre = Preprocessor(1.25)
@@ -52,6 +55,7 @@ class Preprocessor:
     pad_multiple: int = 16
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
+    histogram_reference: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.target_spacing <= 0:
@@ -66,9 +70,12 @@ class Preprocessor:
         if volume.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
         axis = slice_axis(spacing, volume.shape)
-        slices = to_slices(
-            normalize_intensity(volume, self.lower_percentile, self.upper_percentile), axis
-        )
+        norm = normalize_intensity(volume, self.lower_percentile, self.upper_percentile)
+        if self.histogram_reference is not None:
+            from cardioseg.adaptation.harmonization import HistogramReference, match_histogram
+
+            norm = match_histogram(norm, HistogramReference.from_dict(self.histogram_reference))
+        slices = to_slices(norm, axis)
         inplane_sp = tuple(s for i, s in enumerate(spacing[:3]) if i != axis)
         native = tuple(slices.shape[1:])
         size = inplane_size(native, inplane_sp, self.target_spacing)  # type: ignore[arg-type]

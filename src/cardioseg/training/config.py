@@ -4,27 +4,81 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 from cardioseg.errors import CardiosegError
 from cardioseg.models.factory import ModelConfig
 
+#: Roles of a dataset in a training config.
+ROLES = ("source", "target_unlabeled")
+#: Case attributes that ``include`` / ``exclude`` filters and ``domain_key`` may name.
+RECORD_KEYS = ("dataset", "subject", "phase", "vendor", "centre", "group")
+
+
+def _check_filter(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"'{where}' must be a mapping of case attribute -> list of values")
+    for key, vals in value.items():
+        if key not in RECORD_KEYS:
+            raise ValueError(f"'{where}': unknown case attribute {key!r}; use {RECORD_KEYS}")
+        if not isinstance(vals, list):
+            raise ValueError(f"'{where}.{key}' must be a list")
+
 
 @dataclass
 class DatasetSpec:
-    """A dataset folder and its layout (``auto`` detects it)."""
+    """A dataset folder and its layout (``auto`` detects it).
+
+    Attributes:
+        path: Dataset folder.
+        layout: Reader (``acdc``, ``mnms``, ``mnms2``, ``mscmr``, ``folder`` or ``auto``).
+        role: ``source`` (labelled training data) or ``target_unlabeled`` (images only, for
+            domain adaptation such as DANN; labels are never read).
+        include: Keep only cases whose attribute is in the list, e.g. ``{vendor: [GE]}`` or
+            ``{subject: [subject1, subject3]}``.
+        exclude: Drop cases whose attribute is in the list.
+        domain: Domain name of all its cases (default: from ``data.domain_key``).
+    """
 
     path: str
     layout: str = "auto"
+    role: str = "source"
+    include: dict[str, list[str]] = field(default_factory=dict)
+    exclude: dict[str, list[str]] = field(default_factory=dict)
+    domain: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"dataset role must be one of {ROLES}, got {self.role!r}")
+        _check_filter(self.include, "include")
+        _check_filter(self.exclude, "exclude")
 
 
 @dataclass
 class DataConfig:
+    """Datasets and sampling.
+
+    Attributes:
+        domain_key: Case attribute(s) naming a case's domain (``dataset``, ``vendor``,
+            ``centre``, or several joined by ``+``); used by balanced sampling.
+        sampling: ``uniform`` (every slice equally likely) or ``balanced`` (every domain equally
+            likely: multi-domain training).
+    """
+
     datasets: list[DatasetSpec] = field(default_factory=list)
     cache_dir: str = "cache"
     target_spacing: float = 1.25
+    domain_key: str = "dataset"
+    sampling: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.sampling not in ("uniform", "balanced"):
+            raise ValueError(f"sampling must be 'uniform' or 'balanced', got {self.sampling!r}")
+        bad = [k for k in self.domain_key.split("+") if k not in RECORD_KEYS]
+        if bad:
+            raise ValueError(f"domain_key: unknown case attribute(s) {bad}; use {RECORD_KEYS}")
 
 
 @dataclass
@@ -34,6 +88,11 @@ class TrainConfig:
     ``fold`` = -1 trains on all subjects (validation then uses ``n_val_monitor`` training subjects
     only to monitor; the last checkpoint is kept). ``fold`` in 0..folds-1 holds that fold out and
     keeps the best checkpoint by validation Dice.
+
+    ``augmentation`` is the base pipeline (``none``, ``spatial``, ``light``, ``strong``);
+    ``extra_augmentation`` appends named stages (``mri_artefacts``, ``intensity_curve``,
+    ``randconv``, ``appearance``; a name or ``{name: ..., p: ...}``), see
+    :mod:`cardioseg.augmentation.presets`.
     """
 
     epochs: int = 60
@@ -47,18 +106,110 @@ class TrainConfig:
     fold: int = -1
     seed: int = 12345
     augmentation: str = "strong"
+    extra_augmentation: list[Any] = field(default_factory=list)
     amp: str = "auto"
     num_threads: int = 0
     val_interval: int = 1
     n_val_monitor: int = 6
     max_minutes: float = 0.0
 
+    def __post_init__(self) -> None:
+        from cardioseg.augmentation.presets import STRENGTHS, extra_transforms
+
+        if self.augmentation not in STRENGTHS:
+            raise ValueError(f"augmentation must be one of {STRENGTHS}, got {self.augmentation!r}")
+        if not isinstance(self.extra_augmentation, list):
+            raise ValueError("extra_augmentation must be a list")
+        for spec in self.extra_augmentation:
+            extra_transforms(spec)  # validates names and arguments
+
+
+@dataclass
+class DannConfig:
+    """Domain-adversarial training (needs datasets with ``role: target_unlabeled``).
+
+    Attributes:
+        enabled: Add the DANN component.
+        weight: Weight of the domain loss.
+        gamma: Steepness of the gradient-reversal schedule ``2/(1+exp(-gamma p))-1``.
+        hidden: Hidden channels of the domain classifier.
+        target_batch_size: Unlabelled patches per step (0 = ``train.batch_size``).
+    """
+
+    enabled: bool = False
+    weight: float = 0.3
+    gamma: float = 10.0
+    hidden: int = 64
+    target_batch_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.hidden < 1 or self.target_batch_size < 0:
+            raise ValueError("dann needs weight >= 0, hidden >= 1, target_batch_size >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning from ``init_checkpoint``.
+
+    Attributes:
+        trainable: ``all``, ``encoder`` or ``decoder``: the part left trainable.
+        n_blocks: Trainable blocks of that part (first encoder / last decoder blocks; 0 = all).
+        k_subjects: Train on this many labelled subjects drawn with ``seed`` (0 = all).
+        seed: Seed of the subject draw (nested: the subjects for k are among those for 2k).
+    """
+
+    trainable: str = "all"
+    n_blocks: int = 0
+    k_subjects: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from cardioseg.adaptation.finetune import TRAINABLE
+
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"finetune.trainable must be one of {TRAINABLE}")
+        if self.n_blocks < 0 or self.k_subjects < 0:
+            raise ValueError("finetune.n_blocks and finetune.k_subjects must be >= 0")
+
+
+@dataclass
+class InferenceConfig:
+    """Test-time options stored with the model (the Segmenter's defaults).
+
+    Attributes:
+        harmonization: ``none`` or ``histogram`` (match test intensities to the training
+            reference in the checkpoint fingerprint).
+        adaptation: ``none`` or ``tent`` (entropy minimisation per volume).
+        tent_steps, tent_lr: TENT steps and learning rate.
+    """
+
+    harmonization: str = "none"
+    adaptation: str = "none"
+    tent_steps: int = 10
+    tent_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.harmonization not in ("none", "histogram"):
+            raise ValueError("inference.harmonization must be 'none' or 'histogram'")
+        if self.adaptation not in ("none", "tent"):
+            raise ValueError("inference.adaptation must be 'none' or 'tent'")
+
 
 @dataclass
 class TrainingConfig:
+    """Everything one training run needs; all sections default to the plain baseline.
+
+    ``init_checkpoint`` initialises the network from a checkpoint (fine-tuning, see
+    ``finetune``).
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dann: DannConfig = field(default_factory=DannConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    init_checkpoint: str = ""
     output_dir: str = "runs/default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,15 +226,18 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown key(s) in '{where}': {unknown}")
+    hints = get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        sub = {DataConfig: {"datasets": DatasetSpec}}.get(cls, {}).get(name)
-        if sub is not None:
-            kwargs[name] = [_build(sub, v, f"{where}.{name}") for v in value]
-        elif name in ("data", "model", "train") and cls is TrainingConfig:
-            kwargs[name] = _build(
-                {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[name], value, name
-            )
+        hint = hints[name]
+        sub_where = name if cls is TrainingConfig else f"{where}.{name}"
+        args = get_args(hint)
+        if is_dataclass(hint):
+            kwargs[name] = _build(hint, value, sub_where)  # type: ignore[arg-type]
+        elif get_origin(hint) is list and args and is_dataclass(args[0]):
+            if not isinstance(value, list):
+                raise ValueError(f"'{sub_where}' must be a list")
+            kwargs[name] = [_build(args[0], v, sub_where) for v in value]  # type: ignore[arg-type]
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -120,12 +274,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     except (ValueError, TypeError) as exc:
         raise CardiosegError(path, str(exc)) from None
     for ds in cfg.data.datasets:
-        p = Path(ds.path)
-        if not p.is_absolute() and not p.exists():
-            cand = path.parent / p
-            if cand.exists():
-                ds.path = str(cand.resolve())
+        ds.path = _resolve(ds.path, path.parent)
+    if cfg.init_checkpoint:
+        cfg.init_checkpoint = _resolve(cfg.init_checkpoint, path.parent)
     return cfg
+
+
+def _resolve(value: str, base: Path) -> str:
+    """A relative path that does not exist from the working directory is tried from ``base``."""
+    p = Path(value)
+    if not p.is_absolute() and not p.exists():
+        cand = base / p
+        if cand.exists():
+            return str(cand.resolve())
+    return value
 
 
 def asdict_any(obj: Any) -> Any:

@@ -32,10 +32,16 @@ class PreparedCase:
     fingerprint: dict
 
 
-def prepare_case(record: CaseRecord, target_spacing: float) -> PreparedCase:
-    image, label, props = load_case(record)
+def prepare_case(
+    record: CaseRecord, target_spacing: float, require_label: bool = True
+) -> PreparedCase:
+    """Normalise and resample one case; without a label (``require_label=False``) the label is
+    all background and the centre is the image centre."""
+    image, label, props = load_case(record, with_label=require_label)
     if label is None:
-        raise ValueError(f"{record.image}: no label for training")
+        if require_label:
+            raise ValueError(f"{record.image}: no label for training")
+        label = np.zeros(image.shape, np.uint8)
     axis = slice_axis(props.spacing, image.shape)
     fp = intensity_fingerprint(image)
     fp["spacing"] = list(props.spacing)
@@ -51,16 +57,23 @@ def prepare_case(record: CaseRecord, target_spacing: float) -> PreparedCase:
 
 
 def load_prepared(
-    records: list[CaseRecord], target_spacing: float, cache_dir: str | Path | None
+    records: list[CaseRecord],
+    target_spacing: float,
+    cache_dir: str | Path | None,
+    require_label: bool = True,
 ) -> list[PreparedCase]:
-    """Prepare all records, reusing ``cache_dir/<hash>.npz`` files when present."""
+    """Prepare all records, reusing ``cache_dir/<hash>.npz`` files when present.
+
+    With ``require_label=False`` (unlabelled target data) labels are never read.
+    """
     out = []
     cache = Path(cache_dir) if cache_dir else None
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     for r in records:
         key = hashlib.sha1(
-            f"{Path(r.image).resolve()}|{r.frame}|{r.label}|{target_spacing}|v1".encode()
+            f"{Path(r.image).resolve()}|{r.frame}|{r.label if require_label else ''}|"
+            f"{target_spacing}|v1".encode()
         ).hexdigest()[:16]
         f = cache / f"{key}.npz" if cache else None
         if f is not None and f.exists():
@@ -69,7 +82,7 @@ def load_prepared(
                 PreparedCase(r, z["image"], z["label"], tuple(z["center"]), z["fingerprint"].item())
             )
             continue
-        pc = prepare_case(r, target_spacing)
+        pc = prepare_case(r, target_spacing, require_label)
         if f is not None:
             tmp = f.with_suffix(".tmp.npz")
             np.savez(
@@ -93,6 +106,8 @@ class PatchSampler:
         seed: Seed of the sampler's generator.
         jitter: Std (pixels) of the random offset from the heart centre.
         p_random_center: Probability of a uniformly random centre (teaches background).
+        domains: Domain name per case; when given, every domain is drawn equally often (then
+            every slice within it), for multi-domain training.
     """
 
     def __init__(
@@ -102,6 +117,7 @@ class PatchSampler:
         seed: int = 0,
         jitter: float = 20.0,
         p_random_center: float = 0.1,
+        domains: list[str] | None = None,
     ):
         if not cases:
             raise ValueError("no training cases")
@@ -109,11 +125,23 @@ class PatchSampler:
         self.jitter, self.p_random_center = jitter, p_random_center
         self.index = [(ci, z) for ci, c in enumerate(cases) for z in range(c.image.shape[0])]
         self.rng = np.random.default_rng(seed)
+        self.weights: np.ndarray | None = None
+        if domains is not None:
+            if len(domains) != len(cases):
+                raise ValueError("need one domain per case")
+            per_slice = [domains[ci] for ci, _ in self.index]
+            counts = {d: per_slice.count(d) for d in set(per_slice)}
+            w = np.array([1.0 / (len(counts) * counts[d]) for d in per_slice])
+            self.weights = w / w.sum()
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         ps = (self.patch_size, self.patch_size)
         imgs, labs = [], []
-        for k in self.rng.integers(0, len(self.index), batch_size):
+        if self.weights is None:
+            draws = self.rng.integers(0, len(self.index), batch_size)
+        else:
+            draws = self.rng.choice(len(self.index), size=batch_size, p=self.weights)
+        for k in draws:
             ci, z = self.index[k]
             c = self.cases[ci]
             h, w = c.image.shape[1:]

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,16 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from cardioseg.augmentation import baseline_augmentation
-from cardioseg.data.datasets import CaseRecord, discover
+from cardioseg.adaptation.finetune import freeze, load_init_weights, select_subjects
+from cardioseg.adaptation.harmonization import HistogramReference
+from cardioseg.augmentation import build_augmentation
+from cardioseg.data.datasets import CaseRecord, discover, filter_records, record_domain
 from cardioseg.data.splits import kfold_split
 from cardioseg.errors import CardiosegError
 from cardioseg.models.checkpoint import save_checkpoint
 from cardioseg.models.factory import build_model
 from cardioseg.preprocessing.geometry import pad_to_multiple
+from cardioseg.training.components import build_components
 from cardioseg.training.config import TrainingConfig
 from cardioseg.training.slices import PatchSampler, PreparedCase, load_prepared
 
@@ -39,12 +43,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def collect_records(cfg: TrainingConfig) -> list[CaseRecord]:
+def collect_records(cfg: TrainingConfig, role: str = "source") -> list[CaseRecord]:
+    """Cases of the datasets with ``role`` after their include/exclude filters.
+
+    ``source``: labelled cases only (then ``finetune.k_subjects`` applies); error when none.
+    ``target_unlabeled``: every case, with its label path dropped (never read).
+    """
     records: list[CaseRecord] = []
     for ds in cfg.data.datasets:
-        records += [r for r in discover(ds.path, ds.layout) if r.label]
-    if not records:
-        raise CardiosegError(None, "no labelled training cases found in the configured datasets")
+        if ds.role != role:
+            continue
+        found = filter_records(discover(ds.path, ds.layout), ds.include, ds.exclude)
+        if role == "source":
+            found = [r for r in found if r.label]
+        else:
+            found = [replace(r, label="", extra=dict(r.extra)) for r in found]
+        for r in found:
+            if ds.domain:
+                r.extra["domain"] = ds.domain
+        records += found
+    if role == "source":
+        if not records:
+            raise CardiosegError(
+                None, "no labelled training cases found in the configured datasets"
+            )
+        if cfg.finetune.k_subjects:
+            records = select_subjects(records, cfg.finetune.k_subjects, cfg.finetune.seed)
     return records
 
 
@@ -153,6 +177,12 @@ class Trainer:
         self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
         train_cases = load_prepared(train_recs, cfg.data.target_spacing, cfg.data.cache_dir)
         val_cases = load_prepared(val_recs, cfg.data.target_spacing, cfg.data.cache_dir)
+        target_recs = collect_records(cfg, "target_unlabeled")
+        target_cases = load_prepared(
+            target_recs, cfg.data.target_spacing, cfg.data.cache_dir, require_label=False
+        )
+        if target_cases:
+            self._log(f"{len(target_cases)} unlabelled target volumes")
         fingerprint = {
             "target_spacing": cfg.data.target_spacing,
             "n_train_volumes": len(train_cases),
@@ -165,12 +195,31 @@ class Trainer:
             "intensity_p99_5_median": float(
                 np.median([c.fingerprint["p99_5"] for c in train_cases])
             ),
+            "intensity_reference": HistogramReference.from_volumes(
+                [c.image for c in train_cases]
+            ).to_dict(),
         }
-        sampler = PatchSampler(train_cases, t.patch_size, seed=t.seed + 1000 * self.rank)
-        aug = baseline_augmentation(seed=t.seed + 7 * self.rank, strength=t.augmentation)
+        domains = None
+        if cfg.data.sampling == "balanced":
+            domains = [record_domain(c.record, cfg.data.domain_key) for c in train_cases]
+            self._log(f"balanced sampling over domains {sorted(set(domains))}")
+        sampler = PatchSampler(
+            train_cases, t.patch_size, seed=t.seed + 1000 * self.rank, domains=domains
+        )
+        aug = build_augmentation(t.augmentation, t.extra_augmentation, seed=t.seed + 7 * self.rank)
 
         model = build_model(cfg.model).to(self.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        if cfg.init_checkpoint:
+            load_init_weights(model, cfg.init_checkpoint)
+            self._log(f"initialised from {cfg.init_checkpoint}")
+        params = freeze(model, cfg.finetune.trainable, cfg.finetune.n_blocks)
+        components = build_components(
+            cfg, model, target_cases, self.device, t.seed + 2000 + 1000 * self.rank
+        )
+        if target_cases and not components:
+            self._log("warning: target_unlabeled datasets are not used by any enabled method")
+        params += [p for c in components for p in c.parameters()]
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         total = t.epochs * t.iterations_per_epoch
         warm = t.warmup_epochs * t.iterations_per_epoch
 
@@ -194,6 +243,8 @@ class Trainer:
             torch.set_rng_state(ck["torch_rng"])
             start_epoch, best = ck["epoch"] + 1, ck["best"]
             history = ck.get("history", [])
+            for c, state in zip(components, ck.get("components", []), strict=False):
+                c.load_state_dict(state)
             self._log(f"resumed from {last} at epoch {start_epoch}")
         net = model
         if self.world > 1:
@@ -208,25 +259,41 @@ class Trainer:
         t0 = time.time()
         elapsed_before = history[-1]["elapsed_s"] if history else 0.0
         multiple = cfg.model.stride_product
+        total_steps = max(1, t.epochs * t.iterations_per_epoch)
         for epoch in range(start_epoch, t.epochs):
             net.train()
+            for c in components:
+                c.train(True)
             losses = []
+            aux_logs: dict[str, list[float]] = {}
             it = range(t.iterations_per_epoch)
             if self.progress and self.rank == 0:
                 from tqdm import tqdm
 
                 it = tqdm(it, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
-            for _ in it:
+            for i in it:
                 x, y = sampler.sample(t.batch_size)
                 x, y = aug(x, y)
+                batch: dict[str, Any] = {"image": x, "label": y}
+                for c in components:
+                    batch = c.extend_batch(batch)
+                if "unlabeled" in batch:
+                    x = torch.cat([x, batch["unlabeled"]])
                 x, y = x.to(self.device), y.to(self.device)
+                progress = (epoch * t.iterations_per_epoch + i) / total_steps
                 with torch.autocast(self.device.type, enabled=self.amp):
                     logits = net(x)
-                    loss = loss_fn(logits.float(), y[:, None])
+                    loss = loss_fn(logits[: y.shape[0]].float(), y[:, None])
+                    for c in components:
+                        extra, info = c.step(batch, logits, progress)
+                        if extra is not None:
+                            loss = loss + extra
+                        for k, v in info.items():
+                            aux_logs.setdefault(k, []).append(v)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+                torch.nn.utils.clip_grad_norm_(params, 12.0)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
@@ -235,6 +302,7 @@ class Trainer:
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
                 "lr": sched.get_last_lr()[0],
+                **{k: float(np.mean(v)) for k, v in aux_logs.items()},
             }
             if (
                 self.rank == 0
@@ -261,6 +329,7 @@ class Trainer:
                         "epoch": epoch,
                         "best": best,
                         "history": history,
+                        "components": [c.state_dict() for c in components],
                     }
                 )
                 save_checkpoint(last, payload)
@@ -305,6 +374,11 @@ class Trainer:
         f = self.out / "metrics.csv"
         new = not f.exists()
         keys = ["epoch", "loss", "lr", "dice_lv", "dice_myo", "dice_rv", "dice_mean", "elapsed_s"]
+        if new:  # auxiliary components' scalars (e.g. dann_loss) get their own columns
+            keys += [k for k in row if k not in keys]
+        else:
+            with open(f, newline="") as fh:
+                keys = next(csv.reader(fh), keys)
         with open(f, "a", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
             if new:

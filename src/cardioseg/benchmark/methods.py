@@ -1,0 +1,143 @@
+"""Built-in methods of the generalisation lab (protocols may use them by name or extend them).
+
+A method is a mapping with:
+
+* ``config``: overrides of the training config (any section: ``train``, ``model``, ``data``,
+  ``dann``, ``finetune``, ``inference``);
+* ``model_from``: reuse the trained model of another method (same experiment and seed) and only
+  evaluate differently (test-time methods: histogram matching, TENT);
+* ``init_from``: initialise from another method's model and train (fine-tuning);
+* ``train_on``: ``sources`` (default) or ``finetune_pool`` (labelled target subjects);
+* ``adaptation_pool``: add the experiment's unlabelled adaptation pool (``role:
+  target_unlabeled``), e.g. for DANN;
+* ``epochs_scale``: multiply the (profile's) number of epochs, e.g. shorter fine-tuning;
+* ``compare_to``: methods it is additionally tested against (besides the protocol baseline).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+#: Keys a method mapping may have.
+METHOD_KEYS = (
+    "name",
+    "base",
+    "description",
+    "config",
+    "model_from",
+    "init_from",
+    "train_on",
+    "adaptation_pool",
+    "epochs_scale",
+    "compare_to",
+)
+
+#: The built-in methods.
+BUILTIN_METHODS: dict[str, dict[str, Any]] = {
+    "baseline": {
+        "description": "no augmentation",
+        "config": {"train": {"augmentation": "none"}},
+    },
+    "spatial": {
+        "description": "spatial augmentation (turns/flips, affine, elastic)",
+        "config": {"train": {"augmentation": "spatial"}},
+    },
+    "strong": {
+        "description": "spatial + MR intensity augmentation (the project default)",
+        "config": {"train": {"augmentation": "strong"}},
+    },
+    "mri-artefacts": {
+        "description": "strong + MRI artefacts (ghosting, motion, spikes, Gibbs, anisotropy, "
+        "bias field)",
+        "config": {"train": {"augmentation": "strong", "extra_augmentation": ["mri_artefacts"]}},
+    },
+    "appearance": {
+        "description": "strong + random intensity curves + RandConv + MixStyle",
+        "config": {
+            "train": {"augmentation": "strong", "extra_augmentation": ["appearance"]},
+            "model": {"mixstyle_layers": [0, 1]},
+        },
+    },
+    "histmatch": {
+        "description": "the strong model, test images histogram-matched to the training reference",
+        "model_from": "strong",
+        "config": {"inference": {"harmonization": "histogram"}},
+    },
+    "tent": {
+        "description": "the strong model with TENT entropy minimisation per test volume",
+        "model_from": "strong",
+        "config": {"inference": {"adaptation": "tent"}},
+    },
+    "dann": {
+        "description": "strong + domain-adversarial training on the unlabelled adaptation pool",
+        "adaptation_pool": True,
+        "config": {"train": {"augmentation": "strong"}, "dann": {"enabled": True}},
+    },
+    "balanced": {
+        "description": "strong, every source domain sampled equally often (multi-domain)",
+        "config": {"train": {"augmentation": "strong"}, "data": {"sampling": "balanced"}},
+    },
+    "finetune": {
+        "description": "fine-tune the strong model on k labelled target subjects",
+        "init_from": "strong",
+        "train_on": "finetune_pool",
+        "epochs_scale": 0.5,
+        "config": {
+            "train": {"augmentation": "strong", "lr": 5e-4, "warmup_epochs": 0},
+            "finetune": {"trainable": "all", "k_subjects": 4},
+        },
+    },
+}
+
+#: Default profiles: ``quick`` for 2 CPU cores, ``full`` for a GPU.
+DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "seeds": [0],
+        "max_subjects_per_target": 0,
+        "config": {
+            "model": {"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 0},
+            "train": {
+                "epochs": 6,
+                "iterations_per_epoch": 50,
+                "batch_size": 8,
+                "patch_size": 128,
+                "warmup_epochs": 1,
+                "val_interval": 2,
+                "n_val_monitor": 2,
+                "num_threads": 2,
+            },
+        },
+    },
+    "full": {
+        "max_subjects_per_target": 0,
+        "config": {
+            "train": {
+                "epochs": 100,
+                "iterations_per_epoch": 100,
+                "batch_size": 16,
+                "patch_size": 160,
+                "warmup_epochs": 2,
+                "val_interval": 5,
+            },
+        },
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new mapping: ``override`` merged into ``base`` (nested mappings merged, rest replaced).
+
+    The result shares no mutable values with its inputs.
+
+    Example:
+        >>> deep_merge({"a": {"x": 1, "y": 2}}, {"a": {"y": 3}})
+        {'a': {'x': 1, 'y': 3}}
+    """
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

@@ -1,0 +1,296 @@
+"""Benchmark outputs: per-case CSV, summary over seeds, Wilcoxon tests, box plots, Markdown."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from cardioseg.benchmark.protocol import Protocol, RunSpec
+from cardioseg.benchmark.runner import DONE, META_COLUMNS, run_dir, write_rows
+from cardioseg.io.nifti import atomic_write
+
+#: Metrics of the summary table (per structure and overall).
+SUMMARY_METRICS = ["mean_dice", "LV_dice", "MYO_dice", "RV_dice", "LV_hd95", "MYO_hd95", "RV_hd95"]
+#: Metrics of the paired tests.
+TEST_METRICS = ["mean_dice", "LV_dice", "MYO_dice", "RV_dice", "mean_hd95"]
+
+
+def _num(v: str) -> float | str:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def collect_rows(out_dir: Path, runs: list[RunSpec]) -> list[dict]:
+    """Per-case rows of all finished runs (numbers parsed, ``mean_hd95`` added)."""
+    rows = []
+    for run in runs:
+        d = run_dir(out_dir, run.key)
+        if not (d / DONE).is_file() or not (d / "metrics.csv").is_file():
+            continue
+        with open(d / "metrics.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                r = {k: (v if k in META_COLUMNS else _num(v)) for k, v in row.items()}
+                r["seed"] = int(float(row["seed"]))
+                hd = [r.get(f"{s}_hd95") for s in ("LV", "MYO", "RV")]
+                hd = [h for h in hd if isinstance(h, float) and not math.isnan(h)]
+                r["mean_hd95"] = float(np.mean(hd)) if hd else float("nan")
+                rows.append(r)
+    return rows
+
+
+def _nanmean(values: list) -> float:
+    a = np.array([v for v in values if isinstance(v, float)], dtype=float)
+    a = a[~np.isnan(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean ± std over seeds (of the per-seed mean over cases) per experiment, domain, method."""
+    groups: dict[tuple, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[(r["experiment"], str(r["domain"]), r["method"])][r["seed"]].append(r)
+    out = []
+    for (exp, domain, method), by_seed in groups.items():
+        entry: dict = {
+            "experiment": exp,
+            "domain": domain,
+            "method": method,
+            "n_seeds": len(by_seed),
+            "n_cases": int(np.mean([len(v) for v in by_seed.values()])),
+        }
+        for m in SUMMARY_METRICS:
+            per_seed = [_nanmean([c.get(m) for c in cases]) for cases in by_seed.values()]
+            a = np.array([v for v in per_seed if not math.isnan(v)])
+            entry[f"{m}_mean"] = float(a.mean()) if a.size else float("nan")
+            entry[f"{m}_std"] = float(a.std(ddof=1)) if a.size > 1 else float("nan")
+        out.append(entry)
+    return out
+
+
+def _per_case(rows: list[dict], exp: str, domain: str, method: str, metric: str) -> dict:
+    vals: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["experiment"] == exp and str(r["domain"]) == domain and r["method"] == method:
+            v = r.get(metric)
+            if isinstance(v, float) and not math.isnan(v):
+                vals[r["case_id"]].append(v)
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
+    """Wilcoxon signed-rank tests of each method against its references, per target domain.
+
+    References: the protocol baseline, the method's ``compare_to`` and the method it takes its
+    model from. Pairs are cases (values averaged over the seeds both methods have).
+    """
+    from scipy.stats import wilcoxon
+
+    keys = sorted({(r["experiment"], str(r["domain"])) for r in rows})
+    methods = {(r["experiment"], r["method"]) for r in rows}
+    out = []
+    for exp, domain in keys:
+        for name, md in proto.methods.items():
+            if (exp, name) not in methods:
+                continue
+            refs = [proto.baseline, *md.compare_to, md.dependency]
+            refs = [m for i, m in enumerate(refs) if m and m != name and m not in refs[:i]]
+            for ref in refs:
+                if (exp, ref) not in methods:
+                    continue
+                for metric in TEST_METRICS:
+                    a = _per_case(rows, exp, domain, name, metric)
+                    b = _per_case(rows, exp, domain, ref, metric)
+                    common = sorted(set(a) & set(b))
+                    d = np.array([a[c] - b[c] for c in common])
+                    entry = {
+                        "experiment": exp,
+                        "domain": domain,
+                        "method": name,
+                        "reference": ref,
+                        "metric": metric,
+                        "n": len(d),
+                        "median_diff": float(np.median(d)) if len(d) else float("nan"),
+                        "statistic": float("nan"),
+                        "p_value": float("nan"),
+                    }
+                    if len(d) and np.allclose(d, 0):
+                        entry.update(statistic=0.0, p_value=1.0)
+                    elif len(d) >= 2:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            res = wilcoxon(d)
+                        entry.update(statistic=float(res.statistic), p_value=float(res.pvalue))
+                    out.append(entry)
+    return out
+
+
+def box_plots(rows: list[dict], proto: Protocol, fig_dir: Path) -> dict[str, Path]:
+    """One PNG per experiment: per-case mean Dice (mean over seeds) by target domain and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for exp in sorted({r["experiment"] for r in rows}):
+        domains = sorted({str(r["domain"]) for r in rows if r["experiment"] == exp})
+        methods = [
+            m
+            for m in proto.methods
+            if any(r["experiment"] == exp and r["method"] == m for r in rows)
+        ]
+        cols = min(3, len(domains))
+        nrows = -(-len(domains) // cols)
+        width = 1.2 + 0.45 * len(methods)
+        fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.6 * nrows), squeeze=False)
+        for ax in axes.ravel()[len(domains) :]:
+            ax.axis("off")
+        for ax, domain in zip(axes.ravel(), domains, strict=False):
+            data = [list(_per_case(rows, exp, domain, m, "mean_dice").values()) for m in methods]
+            ax.boxplot([d if d else [float("nan")] for d in data], showmeans=True)
+            ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right")
+            ax.set_title(f"{domain} (n={max((len(d) for d in data), default=0)})")
+            ax.set_ylim(0, 1)
+            ax.grid(axis="y", alpha=0.3)
+        for row in axes:
+            row[0].set_ylabel("mean Dice (LV, MYO, RV)")
+        fig.suptitle(exp)
+        fig.tight_layout()
+        path = fig_dir / f"box_{exp}.png"
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        out[exp] = path
+    return out
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + ("" if math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    stars = "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < 0.05 else ""
+    return f"{p:.3g}{stars}"
+
+
+def write_report(
+    proto: Protocol,
+    runs: list[RunSpec],
+    out_dir: Path,
+    profile: str,
+    status: dict[str, str],
+    errors: dict[str, str],
+) -> Path:
+    """Write ``per_case_metrics.csv``, ``summary.csv``, ``wilcoxon.csv``, figures, ``report.md``."""
+    rows = collect_rows(out_dir, runs)
+    summary = summarize(rows)
+    tests = paired_tests(rows, proto)
+    if rows:
+        write_rows(out_dir / "per_case_metrics.csv", rows)
+    if summary:
+        write_rows(out_dir / "summary.csv", summary)
+    if tests:
+        write_rows(out_dir / "wilcoxon.csv", tests)
+    figs = box_plots(rows, proto, out_dir / "figures") if rows else {}
+    counts = defaultdict(int)
+    for s in status.values():
+        counts[s] += 1
+    seeds = sorted({r.seed for r in runs})
+    lines = [
+        f"# Benchmark: {proto.name}",
+        "",
+        *([proto.description.strip(), ""] if proto.description else []),
+        f"Protocol `{proto.path}`, profile `{profile}`, seeds {seeds}. "
+        f"Runs: {len(runs)} planned, {counts['done']} run now, {counts['skipped']} finished "
+        f"earlier, {counts['failed']} failed. Written {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "Files: `per_case_metrics.csv` (one row per case, method and seed: Dice, HD95, ... per "
+        "structure, with phase and domain), `summary.csv`, `wilcoxon.csv`, `runs/<experiment>/"
+        "<method>/seed<k>/` (model, config, per-run metrics).",
+        "",
+        "## Methods",
+        "",
+        "| method | description | model |",
+        "|---|---|---|",
+    ]
+    for name, md in proto.methods.items():
+        model = (
+            f"reused from `{md.model_from}`"
+            if md.model_from
+            else f"fine-tuned from `{md.init_from}`"
+            if md.init_from
+            else "trained"
+        )
+        lines.append(f"| {name} | {md.description or '-'} | {model} |")
+    lines.append("")
+    for exp in sorted({r.experiment for r in runs}, key=[r.experiment for r in runs].index):
+        spec = next(r for r in runs if r.experiment == exp)
+        lines += [
+            f"## Experiment `{exp}`",
+            "",
+            f"Targets: {', '.join(t.label for t in spec.targets)}.",
+            "",
+        ]
+        ex_rows = [s for s in summary if s["experiment"] == exp]
+        if not ex_rows:
+            lines += ["Not yet run (no finished runs).", ""]
+            continue
+        lines += [
+            "### Summary per target domain",
+            "",
+            "Cells: mean ± sample std over seeds of the per-seed mean over cases (std n/a with "
+            "one seed). HD95 in mm.",
+            "",
+            "| domain | method | seeds | cases | Mean Dice | LV Dice | MYO Dice | RV Dice | "
+            "LV HD95 | MYO HD95 | RV HD95 |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        order = list(proto.methods)
+        for s in sorted(ex_rows, key=lambda s: (s["domain"], order.index(s["method"]))):
+            cells = [s["domain"], s["method"], str(s["n_seeds"]), str(s["n_cases"])]
+            cells += [
+                _fmt(s[f"{m}_mean"], s[f"{m}_std"], 2 if "hd95" in m else 3)
+                for m in SUMMARY_METRICS
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        ex_tests = [t for t in tests if t["experiment"] == exp and t["metric"] == "mean_dice"]
+        if ex_tests:
+            lines += [
+                "### Paired Wilcoxon signed-rank tests (mean Dice per case)",
+                "",
+                "Pairs: the same test case, values averaged over seeds; two-sided, not corrected "
+                "for multiple comparisons (* p<0.05, ** p<0.01, *** p<0.001). All metrics in "
+                "`wilcoxon.csv`.",
+                "",
+                "| domain | method | vs. | n | median Δ Dice | p |",
+                "|---|---|---|---|---|---|",
+            ]
+            for t in ex_tests:
+                lines.append(
+                    f"| {t['domain']} | {t['method']} | {t['reference']} | {t['n']} | "
+                    f"{t['median_diff']:+.3f} | {_p(t['p_value'])} |"
+                )
+            lines.append("")
+        if exp in figs:
+            lines += [f"![{exp}](figures/{figs[exp].name})", ""]
+    failed = {k: v for k, v in errors.items() if status.get(k) == "failed"}
+    if failed:
+        lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
+    path = out_dir / "report.md"
+    with atomic_write(path) as tmp:
+        tmp.write_text("\n".join(lines), encoding="utf-8")
+    return path

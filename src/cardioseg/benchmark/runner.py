@@ -1,0 +1,237 @@
+"""Run a protocol's matrix: train (or reuse) each model, evaluate it on the targets, report.
+
+Resumable: a run works in ``runs/<experiment>/<method>/seed<k>.partial/`` (an interrupted
+training resumes from its ``last.pt``) and is renamed to ``.../seed<k>/`` with a ``done.json``
+marker only when its metrics are written; finished runs are skipped by later invocations.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cardioseg.benchmark.protocol import Protocol, RunSpec, load_protocol, plan, profile_settings
+from cardioseg.io.nifti import atomic_write
+
+log = logging.getLogger("cardioseg.benchmark")
+
+DONE = "done.json"
+META_COLUMNS = [
+    "experiment",
+    "method",
+    "seed",
+    "target",
+    "domain",
+    "case_id",
+    "dataset",
+    "subject",
+    "phase",
+    "vendor",
+    "centre",
+    "group",
+]
+
+
+@dataclass
+class BenchmarkResult:
+    """What a :func:`run_benchmark` call did."""
+
+    out_dir: Path
+    runs: list[RunSpec]
+    status: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[str]:
+        return [k for k, s in self.status.items() if s == "failed"]
+
+
+def run_dir(out_dir: Path, key: str) -> Path:
+    """Final folder of a run (``key`` = ``experiment/method/seedK``)."""
+    return out_dir / "runs" / key
+
+
+def is_done(path: Path) -> bool:
+    return (path / DONE).is_file()
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2, default=str))
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """CSV with the metadata columns first (atomic)."""
+    keys = [k for k in META_COLUMNS if any(k in r for r in rows)]
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def evaluate_run(
+    proto: Protocol, run: RunSpec, checkpoint: Path, max_subjects: int = 0
+) -> list[dict]:
+    """Per-case metrics of one model on the run's targets (existing evaluation code)."""
+    from cardioseg.evaluation.runner import evaluate_records
+    from cardioseg.inference import Segmenter
+
+    inf = run.config.get("inference", {})
+    adaptation = inf.get("adaptation", "none")
+    options = {}
+    if adaptation == "tent":
+        options = {"steps": int(inf.get("tent_steps", 10)), "lr": float(inf.get("tent_lr", 1e-3))}
+    seg = Segmenter(
+        checkpoint,
+        harmonization=inf.get("harmonization", "none"),
+        adaptation=adaptation,
+        adaptation_options=options,
+    )
+    rows: list[dict] = []
+    for ref in run.targets:
+        records = proto.records(ref, labelled=True)
+        if max_subjects > 0:
+            keep = sorted({r.subject for r in records})[:max_subjects]
+            records = [r for r in records if r.subject in keep]
+        acc = evaluate_records(records, predict=lambda v, s: seg.predict_volume(v, s)[0])
+        for rec, row in zip(records, acc.rows(), strict=True):
+            row.update(
+                case_id=f"{ref.dataset}/{rec.subject}/{rec.phase}",
+                experiment=run.experiment,
+                method=run.method,
+                seed=run.seed,
+                target=ref.label,
+                domain=rec.extra.get("domain", ref.dataset),
+            )
+            rows.append(row)
+    return rows
+
+
+def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int = 0) -> Path:
+    """Train (or reuse) and evaluate one run; returns its final folder."""
+    from cardioseg.training.config import config_from_dict
+    from cardioseg.training.trainer import Trainer
+
+    final = run_dir(out_dir, run.key)
+    partial = final.with_name(final.name + ".partial")
+    if final.exists():  # a folder without marker cannot come from this code; start over
+        shutil.rmtree(final)
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "error.txt").unlink(missing_ok=True)
+    cfg_dict = copy.deepcopy(run.config)
+    t0 = time.time()
+    if run.reuse_model:
+        checkpoint = run_dir(out_dir, run.depends_on) / "train" / "final.pt"
+        cfg_dict["output_dir"] = str(checkpoint.parent)
+        train_s = 0.0
+    else:
+        cfg_dict["output_dir"] = str(partial / "train")
+        if run.depends_on:
+            cfg_dict["init_checkpoint"] = str(run_dir(out_dir, run.depends_on) / "train/final.pt")
+        cfg = config_from_dict(cfg_dict)
+        Trainer(cfg, progress=False).run()
+        checkpoint = partial / "train" / "final.pt"
+        (partial / "train" / "last.pt").unlink(missing_ok=True)  # only needed to resume
+        train_s = time.time() - t0
+    t1 = time.time()
+    rows = evaluate_run(proto, run, checkpoint, max_subjects)
+    write_rows(partial / "metrics.csv", rows)
+    info = {
+        "key": run.key,
+        "experiment": run.experiment,
+        "method": run.method,
+        "seed": run.seed,
+        "model": "reused from " + run.depends_on if run.reuse_model else "trained",
+        "init_from": run.depends_on if run.depends_on and not run.reuse_model else "",
+        "train_s": round(train_s, 1),
+        "eval_s": round(time.time() - t1, 1),
+        "n_cases": len(rows),
+        "config": cfg_dict,
+    }
+    _write_json(partial / "run.json", info)
+    _write_json(partial / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    os.replace(partial, final)
+    return final
+
+
+def run_benchmark(
+    protocol: str | Path,
+    out_dir: str | Path,
+    profile: str = "quick",
+    dry_run: bool = False,
+) -> BenchmarkResult:
+    """Validate the protocol, run every unfinished run, then write the report.
+
+    Args:
+        protocol: Protocol YAML.
+        out_dir: Output folder (reused across invocations: finished runs are skipped).
+        profile: ``quick`` (2 CPU cores), ``full`` (GPU) or a protocol-defined profile.
+        dry_run: Only validate and write ``plan.json``.
+
+    Raises:
+        CardiosegError: Invalid protocol (before any training starts).
+    """
+    from cardioseg.benchmark.report import write_report
+
+    proto = load_protocol(protocol)
+    out = Path(out_dir)
+    runs = plan(proto, profile, out)
+    prof = profile_settings(proto, profile)
+    max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(
+        out / "plan.json",
+        {
+            "protocol": str(proto.path),
+            "profile": profile,
+            "runs": [
+                {"key": r.key, "depends_on": r.depends_on, "reuse_model": r.reuse_model}
+                for r in runs
+            ],
+        },
+    )
+    result = BenchmarkResult(out, runs)
+    if dry_run:
+        for r in runs:
+            result.status[r.key] = "done" if is_done(run_dir(out, r.key)) else "planned"
+        return result
+    for i, run in enumerate(runs, 1):
+        final = run_dir(out, run.key)
+        if is_done(final):
+            result.status[run.key] = "skipped"
+            log.info("[%d/%d] %s: done earlier, skipped", i, len(runs), run.key)
+            continue
+        if run.depends_on and not is_done(run_dir(out, run.depends_on)):
+            result.status[run.key] = "failed"
+            result.errors[run.key] = f"needs run {run.depends_on}, which did not finish"
+            continue
+        log.info("[%d/%d] %s: running", i, len(runs), run.key)
+        try:
+            execute_run(proto, run, out, max_subjects)
+            result.status[run.key] = "done"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # one failed run must not stop the matrix
+            if os.environ.get("CARDIOSEG_DEBUG"):
+                raise
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            result.status[run.key] = "failed"
+            result.errors[run.key] = msg
+            partial = final.with_name(final.name + ".partial")
+            partial.mkdir(parents=True, exist_ok=True)
+            (partial / "error.txt").write_text(msg + "\n")
+            log.error("%s failed: %s", run.key, msg)
+    result.report = write_report(proto, runs, out, profile, result.status, result.errors)
+    return result

@@ -1,0 +1,277 @@
+"""The benchmark: protocol validation (bad input refused before training), a tiny end-to-end
+protocol on synthetic vendors (resumable), seeded splits, leave-one-domain-out expansion."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, SHARED, disc_labels, image_from_labels, write_nifti
+from typer.testing import CliRunner
+
+from cardioseg.benchmark import load_protocol, plan, run_benchmark
+from cardioseg.cli.main import app
+from cardioseg.data.synthetic import PhantomConfig, make_phantom, write_phantom
+from cardioseg.errors import CardiosegError
+
+runner = CliRunner()
+
+QUICK = {
+    "seeds": [0],
+    "config": {
+        "model": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
+        "train": {
+            "epochs": 1,
+            "iterations_per_epoch": 2,
+            "batch_size": 2,
+            "patch_size": 32,
+            "num_threads": 1,
+            "warmup_epochs": 0,
+            "n_val_monitor": 1,
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def vendors(tmp_path_factory) -> Path:
+    """Two synthetic vendors (folder layout), 3 subjects each, ED + ES."""
+    root = tmp_path_factory.mktemp("vendors")
+    for vendor, seeds in (("siemens", (0, 1, 2)), ("ge", (10, 11, 12))):
+        for s in seeds:
+            cfg = PhantomConfig(seed=s, shape=(64, 64), spacing=3.0, n_slices=4, vendor=vendor)
+            write_phantom(make_phantom(cfg), root / vendor, name=f"{vendor}{s}")
+    return root
+
+
+def _protocol(tmp_path: Path, vendors: Path, **changes) -> Path:
+    values = {
+        "name": "tiny",
+        "datasets": {
+            "src": {"path": str(vendors / "siemens"), "layout": "folder", "domain": "Siemens"},
+            "tgt": {"path": str(vendors / "ge"), "layout": "folder", "domain": "GE"},
+        },
+        "splits": {"tgt": {"seed": 1, "parts": {"pool": 1, "test": "rest"}}},
+        "seeds": [0],
+        "baseline": "baseline",
+        "base": {"data": {"target_spacing": 3.0, "cache_dir": str(tmp_path / "cache")}},
+        "profiles": {"quick": QUICK},
+        "methods": [
+            "baseline",
+            {"name": "tent", "model_from": "baseline", "config": {"inference": {"tent_steps": 2}}},
+        ],
+        "experiments": [
+            {
+                "name": "s2g",
+                "sources": ["src"],
+                "targets": [{"dataset": "tgt", "split": "test"}],
+                "adaptation_pool": [{"dataset": "tgt", "split": "pool"}],
+            }
+        ],
+    }
+    values.update(changes)
+    path = tmp_path / "protocol.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
+    proto = _protocol(tmp_path, vendors)
+    out = tmp_path / "out"
+    res = run_benchmark(proto, out, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "done", "s2g/tent/seed0": "done"}, res.errors
+    report = (out / "report.md").read_text()
+    assert "Summary per target domain" in report and "Wilcoxon" in report
+    assert "| GE | tent |" in report and "box_s2g.png" in report
+    assert (out / "figures" / "box_s2g.png").stat().st_size > 0
+    rows = list(csv.DictReader(open(out / "per_case_metrics.csv")))
+    assert {r["method"] for r in rows} == {"baseline", "tent"}
+    assert len(rows) == 2 * 2 * 2  # methods x 2 test subjects x ED/ES
+    assert {"LV_dice", "MYO_hd95", "RV_hd95", "phase", "domain"} <= set(rows[0])
+    assert {r["phase"] for r in rows} == {"ED", "ES"}
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert {(s["domain"], s["method"]) for s in summary} == {("GE", "baseline"), ("GE", "tent")}
+    tests = list(csv.DictReader(open(out / "wilcoxon.csv")))
+    assert {t["reference"] for t in tests} == {"baseline"}
+    base = out / "runs" / "s2g" / "baseline" / "seed0"
+    assert (base / "done.json").exists() and (base / "train" / "final.pt").exists()
+    assert not (base / "train" / "last.pt").exists()
+    info = json.loads((out / "runs" / "s2g" / "tent" / "seed0" / "run.json").read_text())
+    assert info["model"] == "reused from s2g/baseline/seed0"
+    assert not list(out.rglob("*.partial"))
+    stamp = (base / "run.json").stat().st_mtime_ns
+
+    # second invocation (CLI): everything is skipped, nothing retrained
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out), "--profile", "quick"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("skipped") == 2
+    assert (base / "run.json").stat().st_mtime_ns == stamp
+
+    # an interrupted run (no done marker) is redone; finished ones stay skipped
+    tent = out / "runs" / "s2g" / "tent" / "seed0"
+    (tent / "done.json").unlink()
+    tent.rename(tent.with_name("seed0.partial"))
+    res = run_benchmark(proto, out, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "skipped", "s2g/tent/seed0": "done"}
+    assert (base / "run.json").stat().st_mtime_ns == stamp
+
+
+BAD = {
+    "missing dataset": (
+        {
+            "datasets": {
+                "src": {"path": "/nonexistent/data", "layout": "folder"},
+                "tgt": {"path": "GE", "layout": "folder"},
+            }
+        },
+        "not found",
+    ),
+    "unknown method": ({"methods": ["baseline", "magic"]}, "unknown method 'magic'"),
+    "unknown dataset name": (
+        {"experiments": [{"name": "e", "sources": ["src"], "targets": ["nowhere"]}]},
+        "unknown dataset 'nowhere'",
+    ),
+    "overlapping train/test": (
+        {"experiments": [{"name": "e", "sources": ["src"], "targets": ["src"]}]},
+        "overlap",
+    ),
+    "pool holds test subjects": (
+        {
+            "experiments": [
+                {
+                    "name": "e",
+                    "sources": ["src"],
+                    "targets": ["tgt"],
+                    "adaptation_pool": [{"dataset": "tgt", "split": "pool"}],
+                }
+            ]
+        },
+        "adaptation pool contains test subjects",
+    ),
+    "invalid method config": (
+        {
+            "methods": [
+                "baseline",
+                {"name": "odd", "base": "strong", "config": {"train": {"augmentation": "medium"}}},
+            ]
+        },
+        "method 'odd': invalid config",
+    ),
+    "missing dependency": (
+        {"methods": ["baseline", "tent"]},
+        "needs method 'strong'",
+    ),
+    "unknown profile key": ({"profiles": {"quick": {"epochs": 3}}}, "unknown key"),
+    "dann without pool": (
+        {
+            "methods": ["baseline", "dann"],
+            "experiments": [{"name": "e", "sources": ["src"], "targets": ["tgt"]}],
+        },
+        "needs an adaptation_pool",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_protocol_validation_refuses_bad_input(tmp_path, vendors, case):
+    changes, message = BAD[case]
+    proto = _protocol(tmp_path, vendors, **changes)
+    out = tmp_path / "out"
+    with pytest.raises(CardiosegError, match=message):
+        run_benchmark(proto, out, profile="quick")
+    assert not (out / "runs").exists()  # refused before any training
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out)])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error:")
+
+
+def test_cli_refuses_missing_protocol(tmp_path):
+    r = runner.invoke(app, ["benchmark", str(tmp_path / "none.yaml"), "-o", str(tmp_path)])
+    assert r.exit_code == 1 and "protocol file not found" in r.output
+
+
+def test_splits_are_seeded_and_disjoint(tmp_path, vendors):
+    proto = load_protocol(_protocol(tmp_path, vendors))
+    pool = proto.split_subjects("tgt", "pool")
+    test = proto.split_subjects("tgt", "test")
+    assert len(pool) == 1 and len(test) == 2 and not set(pool) & set(test)
+    assert load_protocol(proto.path).split_subjects("tgt", "pool") == pool
+    runs = plan(proto, "quick", tmp_path / "o")
+    specs = runs[0].config["data"]["datasets"]
+    assert specs[0]["role"] == "source" and specs[0]["domain"] == "Siemens"
+
+
+def _mnms_like(root: Path) -> Path:
+    """M&Ms layout: <ID>/<ID>_sa_{ED,ES}[_gt].nii.gz and a vendor CSV."""
+    vendors = {
+        "AAA1": ("A", "Siemens", "1"),
+        "AAA2": ("A", "Siemens", "1"),
+        "BBB1": ("B", "Philips", "2"),
+        "BBB2": ("B", "Philips", "2"),
+        "CCC1": ("C", "GE", "4"),
+    }
+    for i, sid in enumerate(vendors):
+        for phase in ("ED", "ES"):
+            lab = disc_labels((40, 36, 4), center=(20 + i, 18))
+            write_nifti(root / sid / f"{sid}_sa_{phase}.nii.gz", image_from_labels(lab, seed=i))
+            write_nifti(root / sid / f"{sid}_sa_{phase}_gt.nii.gz", lab)
+    with open(root / "mnms_info.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["External code", "Vendor", "VendorName", "Centre"])
+        for sid, (code, name, centre) in vendors.items():
+            w.writerow([sid, code, name, centre])
+    return root
+
+
+def test_leave_one_domain_out_expands_per_vendor(tmp_path):
+    data = _mnms_like(tmp_path / "mnms")
+    values = {
+        "datasets": {"mnms": {"path": str(data), "layout": "mnms"}},
+        "domain_key": "vendor",
+        "methods": ["strong", "balanced"],
+        "baseline": "strong",
+        "profiles": {"quick": QUICK},
+        "experiments": [{"name": "lodo", "leave_one_out": {"datasets": ["mnms"], "key": "vendor"}}],
+    }
+    path = tmp_path / "lodo.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proto = load_protocol(path)
+    runs = plan(proto, "quick", tmp_path / "out")
+    assert sorted({r.experiment for r in runs}) == ["lodo-GE", "lodo-Philips", "lodo-Siemens"]
+    for r in runs:
+        held_out = r.experiment.split("-", 1)[1]
+        (src,) = r.config["data"]["datasets"]
+        assert src["exclude"] == {"vendor": [held_out]}
+        assert all(t.include == {"vendor": [held_out]} for t in r.targets)
+        sources = {x.subject for x in proto.records(proto_ref(src))}
+        targets = {x.subject for t in r.targets for x in proto.records(t)}
+        assert sources and targets and not sources & targets
+    balanced = next(r for r in runs if r.method == "balanced")
+    assert balanced.config["data"]["sampling"] == "balanced"
+    assert balanced.config["data"]["domain_key"] == "vendor"
+
+
+def proto_ref(spec):
+    from cardioseg.benchmark.protocol import Ref
+
+    return Ref("mnms", include=spec["include"], exclude=spec["exclude"])
+
+
+PROTOCOLS = sorted(p.name for p in (REPO / "configs" / "protocols").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_shipped_protocols_validate_on_real_data(name, tmp_path, monkeypatch):
+    if not SHARED.exists():
+        pytest.skip(f"real data not available: {SHARED} is absent (needs ../shared/data)")
+    monkeypatch.chdir(REPO)
+    proto = load_protocol(REPO / "configs" / "protocols" / name)
+    for profile in ("quick", "full"):
+        runs = plan(proto, profile, tmp_path)
+        assert runs and all(r.config["data"]["datasets"] for r in runs)
+    keys = [r.key for r in runs]
+    for r in runs:  # dependencies come first
+        assert not r.depends_on or keys.index(r.depends_on) < keys.index(r.key)
