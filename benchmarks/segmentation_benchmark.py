@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cardioseg.data.datasets import discover, load_case  # noqa: E402
+from cardioseg.errors import CardiosegError  # noqa: E402
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics  # noqa: E402
 from cardioseg.inference import Segmenter  # noqa: E402
 
@@ -43,6 +45,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # the peer's scikit-image calls
     data = Path(args.data)
     if not data.exists():
         sys.exit(f"skip: {data} not found (needs ../shared/data)")
@@ -56,9 +59,15 @@ def main() -> None:
         print(f"peer myopari not found in {args.peers_dir}; running cardioseg only")
 
     acc = MetricAccumulator()
+    skipped: list[str] = []
     for ds in args.datasets:
         for r in [r for r in discover(data / ds) if r.label]:
-            image, ref, props = load_case(r)
+            try:
+                image, ref, props = load_case(r)
+            except CardiosegError as exc:  # e.g. a label whose header disagrees with its image
+                print(f"skip {r.case_id}: {exc}", flush=True)
+                skipped.append(f"{r.case_id} ({exc})")
+                continue
             for name, m in methods.items():
                 times = []
                 for _ in range(args.repeats):
@@ -114,6 +123,8 @@ def main() -> None:
                 f"{f('LV_dice'):.3f} | {f('MYO_dice'):.3f} | {f('RV_dice'):.3f} | "
                 f"{hd:.1f} | {statistics.median(r['seconds'] for r in rs):.3f} |"
             )
+    if skipped:
+        lines += ["", "Cases that could not be loaded (left out): " + "; ".join(skipped)]
     lines += [
         "",
         "Per vendor (M&Ms):",

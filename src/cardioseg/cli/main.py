@@ -85,11 +85,29 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (final.pt / best.pt)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Inference checkpoint to write")],
     half: Annotated[bool, typer.Option(help="Store weights as float16")] = True,
+    reference_config: Annotated[Path | None, typer.Option(
+        help="Training config: add the histogram-harmonization reference of its training data "
+        "when the checkpoint lacks it (checkpoints from before the generalization lab)")] = None,
 ) -> None:
     """Write an inference-only (optionally float16) copy of a checkpoint, e.g. for shipping."""
-    from cardioseg.models import export_checkpoint
+    from cardioseg.models import export_checkpoint, load_checkpoint
 
-    path = export_checkpoint(checkpoint, output, half=half)
+    fingerprint = None
+    if reference_config is not None:
+        fingerprint = dict(load_checkpoint(checkpoint).get("fingerprint", {}))
+        if "intensity_reference" not in fingerprint:
+            from cardioseg.adaptation.harmonization import HistogramReference
+            from cardioseg.training.config import load_config
+            from cardioseg.training.slices import load_prepared
+            from cardioseg.training.trainer import collect_records, split_records
+
+            cfg = load_config(reference_config)
+            train, _ = split_records(collect_records(cfg), cfg)
+            cases = load_prepared(train, cfg.data.target_spacing, cfg.data.cache_dir)
+            fingerprint["intensity_reference"] = HistogramReference.from_volumes(
+                [c.image for c in cases]
+            ).to_dict()
+    path = export_checkpoint(checkpoint, output, half=half, fingerprint=fingerprint)
     typer.echo(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

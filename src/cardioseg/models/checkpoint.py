@@ -41,7 +41,11 @@ def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def export_checkpoint(
-    source: str | Path, destination: str | Path, half: bool = True, notes: dict | None = None
+    source: str | Path,
+    destination: str | Path,
+    half: bool = True,
+    notes: dict | None = None,
+    fingerprint: dict | None = None,
 ) -> Path:
     """Write an inference-only copy of a training checkpoint (for shipping).
 
@@ -54,6 +58,8 @@ def export_checkpoint(
         destination: Output path (written atomically).
         half: Store floating-point tensors as float16.
         notes: Extra JSON-able provenance stored under ``"export"``.
+        fingerprint: Replaces the checkpoint's data fingerprint (e.g. with an added
+            harmonization reference); ``None`` keeps it.
 
     Returns:
         The destination path.
@@ -66,7 +72,7 @@ def export_checkpoint(
     payload = {
         "model_state": state,
         "config": ckpt["config"],
-        "fingerprint": ckpt.get("fingerprint", {}),
+        "fingerprint": fingerprint if fingerprint is not None else ckpt.get("fingerprint", {}),
         "metrics": ckpt.get("metrics", {}),
         "format": ckpt.get("format", "cardioseg-checkpoint-v1"),
         "export": {"source": Path(source).name, "float16": half, **(notes or {})},
