@@ -40,6 +40,7 @@ from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
 from cardioseg.clinical.qc import assess_quality
 from cardioseg.data.datasets import discover, load_case
+from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import compute_metrics
 from cardioseg.inference import Segmenter
 
@@ -137,8 +138,12 @@ def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict
         model = cv.get(subject, seg) if ds == "acdc" else seg
         labs, refs, probs, dices = {}, {}, {}, []
         spacing = None
-        for ph, r in sorted(phases.items()):
-            image, ref, props = load_case(r)  # type: ignore[arg-type]
+        try:
+            loaded = {ph: load_case(r) for ph, r in sorted(phases.items())}  # type: ignore[arg-type]
+        except CardiosegError as exc:  # e.g. a label whose header disagrees with its image
+            print(f"skip {ds}/{subject}: {exc}", flush=True)
+            continue
+        for ph, (image, ref, props) in loaded.items():
             spacing = props.spacing
             tta = model.tta
             model.tta = True

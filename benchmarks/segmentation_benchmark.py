@@ -41,6 +41,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tta", action="store_true")
+    ap.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=["tta", "tent", "histogram"],
+        help="also run the shipped model with flip TTA, TENT adaptation or histogram matching",
+    )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
 
@@ -50,6 +57,13 @@ def main() -> None:
     if not data.exists():
         sys.exit(f"skip: {data} not found (needs ../shared/data)")
     methods: dict[str, object] = {"cardioseg": Segmenter(args.model, tta=args.tta)}
+    variant_kwargs = {
+        "tta": {"tta": True},
+        "tent": {"adaptation": "tent"},
+        "histogram": {"harmonization": "histogram"},
+    }
+    for v in args.variants:
+        methods[f"cardioseg+{v}"] = Segmenter(args.model, **variant_kwargs[v])
     from peers import MyopariPeer, find_myopari
 
     pkg = find_myopari(args.peers_dir)
@@ -74,7 +88,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     pred = (
                         m.predict_volume(image, props.spacing)[0]
-                        if name == "cardioseg"
+                        if name.startswith("cardioseg")
                         else m.predict_volume(image, props.spacing)
                     )
                     times.append(time.perf_counter() - t0)
