@@ -90,9 +90,12 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Default profiles: ``quick`` for 2 CPU cores, ``full`` for a GPU.
+#: Default profiles: ``quick`` for 2 CPU cores (about 10 min per training run: the schedule of
+#: the ACDC cross-validation folds, which reaches mean Dice ~0.84 on held-out ACDC), ``full`` for
+#: a GPU (the shipped model's schedule) and ``smoke`` (a few hundred iterations of a tiny network:
+#: checks that a protocol runs end to end; its Dice values are meaningless).
 DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {
+    "smoke": {
         "seeds": [0],
         "max_subjects_per_target": 0,
         "config": {
@@ -105,6 +108,22 @@ DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
                 "warmup_epochs": 1,
                 "val_interval": 2,
                 "n_val_monitor": 2,
+                "num_threads": 2,
+            },
+        },
+    },
+    "quick": {
+        "seeds": [0],
+        "max_subjects_per_target": 0,
+        "config": {
+            "train": {
+                "epochs": 20,
+                "iterations_per_epoch": 100,
+                "batch_size": 16,
+                "patch_size": 160,
+                "warmup_epochs": 2,
+                "val_interval": 5,
+                "n_val_monitor": 4,
                 "num_threads": 2,
             },
         },

@@ -398,7 +398,9 @@ def explore(
 def benchmark(
     protocol: Annotated[Path, typer.Argument(help="Protocol YAML (see configs/protocols)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable)")],
-    profile: Annotated[str, typer.Option(help="quick (2 CPU cores) or full (GPU)")] = "quick",
+    profile: Annotated[
+        str, typer.Option(help="quick (2 CPU cores), full (GPU) or smoke (end-to-end check)")
+    ] = "quick",
     dry_run: Annotated[bool, typer.Option(help="Only check the protocol, list the runs")] = False,
 ) -> None:
     """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
