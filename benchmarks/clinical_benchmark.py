@@ -47,7 +47,7 @@ from cardioseg.inference import Segmenter
 
 def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
     from cardioseg.io.dicom import load_cine
-    from cardioseg.io.sunnybrook import load_sunnybrook_contours
+    from cardioseg.io.sunnybrook import endocardial_volumes_ml, load_sunnybrook_contours
 
     folder = data / "sunnybrook" / "dicoms" / "SCD0000101"
     cdir = data / "sunnybrook" / "contourfiles" / "SC-HF-I-1"
@@ -63,12 +63,11 @@ def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
     _, props, meta = load_cine(folder)
     c = load_sunnybrook_contours(cdir, meta)
     vox = float(np.prod(props.spacing)) / 1000.0
-    ref: dict[int, float] = {}
+    ref = endocardial_volumes_ml(c, props.spacing)  # expert volumes on the contoured slices
     pred_annot: dict[int, float] = {}
     pred_all: dict[int, float] = {}
     for t in c["phases"]:
         ks = c["slices"][t]
-        ref[t] = sum(float(c["endocardium"][(k, t)].sum()) for k in ks) * vox
         pred_annot[t] = sum(float((cine[:, :, k, t] == 1).sum()) for k in ks) * vox
         pred_all[t] = float((cine[..., t] == 1).sum()) * vox
     ed_t, es_t = max(ref, key=ref.get), min(ref, key=ref.get)

@@ -90,7 +90,7 @@ def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):
 
     from cardioseg.clinical.analysis import analyze_study
     from cardioseg.io.dicom import load_cine
-    from cardioseg.io.sunnybrook import load_sunnybrook_contours
+    from cardioseg.io.sunnybrook import endocardial_volumes_ml, load_sunnybrook_contours
     from cardioseg.models import default_checkpoint_path
 
     assert default_checkpoint_path().exists(), "shipped weights missing from the package"
@@ -101,10 +101,10 @@ def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):
     _, props, meta = load_cine(folder)
     c = load_sunnybrook_contours(cdir, meta)
     vox = float(np.prod(props.spacing)) / 1000.0
-    ref, pred = {}, {}
+    ref = endocardial_volumes_ml(c, props.spacing)  # expert volumes on the contoured slices
+    pred = {}
     for t in c["phases"]:
         ks = c["slices"][t]
-        ref[t] = sum(float(c["endocardium"][(k, t)].sum()) for k in ks) * vox
         pred[t] = sum(float((cine[:, :, k, t] == 1).sum()) for k in ks) * vox
     ed, es = max(ref, key=ref.get), min(ref, key=ref.get)
     ef_ref = (ref[ed] - ref[es]) / ref[ed] * 100

@@ -67,10 +67,6 @@ def load_study(
     from cardioseg.io.dicom import load_cine
 
     image, props, meta = load_cine(path)
-    if not np.isfinite(image).all():
-        raise CardiosegError(path, "image contains NaN or Inf values")
-    if float(image.max()) == float(image.min()):
-        raise CardiosegError(path, "image is constant (every pixel has the same value)")
     return Study(image, props, str(path), "dicom", dicom_meta=meta)
 
 

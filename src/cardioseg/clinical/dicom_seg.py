@@ -104,7 +104,7 @@ _TYPE2_KEYWORDS = (
 )
 
 
-def _sanitize_dates(ds: Any) -> Any:
+def _sanitize_source(ds: Any) -> Any:
     """Blank invalid dates (anonymised data has e.g. '20120000'), which highdicom rejects, and
     add missing type-2 patient/study attributes as empty values (on a copy)."""
     import datetime
@@ -132,9 +132,9 @@ def _as_dataset(item: Any) -> Any:
     import pydicom
 
     if isinstance(item, pydicom.Dataset):
-        return _sanitize_dates(item)
+        return _sanitize_source(item)
     try:
-        return _sanitize_dates(pydicom.dcmread(str(item), stop_before_pixels=True))
+        return _sanitize_source(pydicom.dcmread(str(item), stop_before_pixels=True))
     except Exception as exc:
         raise CardiosegError(
             item, f"cannot read DICOM source image ({type(exc).__name__})"

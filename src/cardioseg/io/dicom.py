@@ -1257,13 +1257,14 @@ def load_cine(
             path.suffix.lower() == ".zip" or (not _has_dicm(path) and zipfile.is_zipfile(path))
         ):
             with _extracted_zip(path, max_zip_bytes) as (root, show):
-                return _load_scanned(root, where, show)
-        if path.is_file():
-            with _quiet_pydicom():
-                is_dicom = _dcmread(path, stop_before_pixels=True) is not None
-            if not is_dicom:
-                raise CardiosegError(path, "not a DICOM file, DICOM folder or zip archive")
-        return _load_scanned(path, where, lambda p: p)
+                loaded = _load_scanned(root, where, show)
+        else:
+            if path.is_file():
+                with _quiet_pydicom():
+                    is_dicom = _dcmread(path, stop_before_pixels=True) is not None
+                if not is_dicom:
+                    raise CardiosegError(path, "not a DICOM file, DICOM folder or zip archive")
+            loaded = _load_scanned(path, where, lambda p: p)
     except CardiosegError:
         raise
     except MemoryError:
@@ -1271,6 +1272,12 @@ def load_cine(
     except Exception as exc:  # last resort: never let pydicom/numpy internals escape
         log.debug("unexpected %s while loading %s", type(exc).__name__, path)
         raise CardiosegError(path, f"cannot load DICOM cine ({type(exc).__name__})") from None
+    array = loaded[0]
+    if not np.isfinite(array).all():
+        raise CardiosegError(path, "image contains NaN or Inf values")
+    if float(array.max()) == float(array.min()):
+        raise CardiosegError(path, "image is constant (every pixel has the same value)")
+    return loaded
 
 
 def cine_to_nifti(
