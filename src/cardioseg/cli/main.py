@@ -85,9 +85,13 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (final.pt / best.pt)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Inference checkpoint to write")],
     half: Annotated[bool, typer.Option(help="Store weights as float16")] = True,
-    reference_config: Annotated[Path | None, typer.Option(
-        help="Training config: add the histogram-harmonization reference of its training data "
-        "when the checkpoint lacks it (checkpoints from before the generalization lab)")] = None,
+    reference_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Training config: add the histogram-harmonization reference of its training data "
+            "when the checkpoint lacks it (checkpoints from before the generalization lab)"
+        ),
+    ] = None,
 ) -> None:
     """Write an inference-only (optionally float16) copy of a checkpoint, e.g. for shipping."""
     from cardioseg.models import export_checkpoint, load_checkpoint
@@ -136,10 +140,14 @@ def segment(
     tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
     postprocess: Annotated[bool, typer.Option(help="Largest component + hole filling")] = True,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch default)")] = 0,
-    adapt: Annotated[str | None, typer.Option(
-        help="Test-time adaptation: none or tent (default: the checkpoint's setting)")] = None,
-    harmonize: Annotated[str | None, typer.Option(
-        help="Intensity harmonisation: none or histogram (default: checkpoint's)")] = None,
+    adapt: Annotated[
+        str | None,
+        typer.Option(help="Test-time adaptation: none or tent (default: the checkpoint's setting)"),
+    ] = None,
+    harmonize: Annotated[
+        str | None,
+        typer.Option(help="Intensity harmonisation: none or histogram (default: checkpoint's)"),
+    ] = None,
 ) -> None:
     """Segment volumes; labels (1 LV, 2 MYO, 3 RV) are written in the input's native geometry."""
     from cardioseg.errors import CardiosegError
@@ -150,8 +158,14 @@ def segment(
     single = len(files) == 1 and is_nifti(output) and not output.is_dir()
     if not single and is_nifti(output):
         raise CardiosegError(output, "several inputs need an output folder, not a file name")
-    seg = Segmenter(model, tta=tta, postprocess=postprocess, num_threads=threads or None,
-                    adaptation=adapt, harmonization=harmonize)
+    seg = Segmenter(
+        model,
+        tta=tta,
+        postprocess=postprocess,
+        num_threads=threads or None,
+        adaptation=adapt,
+        harmonization=harmonize,
+    )
     failures = 0
     for f in files:
         dest = output if single else output / f.name
@@ -262,10 +276,12 @@ def demo(
 @app.command()
 @friendly
 def analyze(
-    study: Annotated[Path | None, typer.Argument(
-        help="DICOM folder, zip of one, or 4D cine NIfTI")] = None,
+    study: Annotated[
+        Path | None, typer.Argument(help="DICOM folder, zip of one, or 4D cine NIfTI")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
-        "cardioseg-analysis"),
+        "cardioseg-analysis"
+    ),
     ed: Annotated[Path | None, typer.Option(help="ED volume (3D NIfTI), with --es")] = None,
     es: Annotated[Path | None, typer.Option(help="ES volume (3D NIfTI), with --ed")] = None,
     height: Annotated[float | None, typer.Option(help="Height in cm (for BSA indexing)")] = None,
@@ -279,13 +295,24 @@ def analyze(
     from cardioseg.clinical.analysis import analyze_study
     from cardioseg.inference import Segmenter
 
-    report = analyze_study(output, study=study, ed=ed, es=es, segmenter=Segmenter(model),
-                           height_cm=height, weight_kg=weight, ed_frame=ed_frame,
-                           es_frame=es_frame, write_pdf=pdf)
+    report = analyze_study(
+        output,
+        study=study,
+        ed=ed,
+        es=es,
+        segmenter=Segmenter(model),
+        height_cm=height,
+        weight_kg=weight,
+        ed_frame=ed_frame,
+        es_frame=es_frame,
+        write_pdf=pdf,
+    )
     qc = report.get("qc", {})
-    typer.echo(f"LVEF {report.get('lv_ef_pct')} %  LVEDV {report.get('lv_edv_ml')} mL  "
-               f"RVEF {report.get('rv_ef_pct')} %  LV mass {report.get('lv_mass_g')} g  "
-               f"ED {report.get('ed_frame')} ES {report.get('es_frame')}  QC {qc.get('status')}")
+    typer.echo(
+        f"LVEF {report.get('lv_ef_pct')} %  LVEDV {report.get('lv_edv_ml')} mL  "
+        f"RVEF {report.get('rv_ef_pct')} %  LV mass {report.get('lv_mass_g')} g  "
+        f"ED {report.get('ed_frame')} ES {report.get('es_frame')}  QC {qc.get('status')}"
+    )
     for reason in qc.get("reasons", []):
         typer.echo(f"  - {reason}")
     typer.echo(f"report: {output / 'report.html'}")
@@ -296,11 +323,13 @@ def analyze(
 def analyze_batch(
     studies: Annotated[Path, typer.Argument(help="Folder of studies (folders, zips, 4D NIfTI)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
-        "cardioseg-batch"),
+        "cardioseg-batch"
+    ),
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 1,
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
-    ray: Annotated[str | None, typer.Option(
-        "--ray", help="Ray cluster address ('local' starts one here)")] = None,
+    ray: Annotated[
+        str | None, typer.Option("--ray", help="Ray cluster address ('local' starts one here)")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
 ) -> None:
     """Analyse many studies (resumable: finished studies are skipped); one CSV row per study."""
@@ -308,8 +337,14 @@ def analyze_batch(
 
     from cardioseg.clinical.batch import run_batch
 
-    table = run_batch(studies, output, workers=workers, model=str(model) if model else None,
-                      ray_address=ray, progress=progress)
+    table = run_batch(
+        studies,
+        output,
+        workers=workers,
+        model=str(model) if model else None,
+        ray_address=ray,
+        progress=progress,
+    )
     rows = list(csv.DictReader(open(table, newline="")))
     failed = [r for r in rows if r["status"] != "done"]
     typer.echo(f"{len(rows) - len(failed)} done, {len(failed)} failed -> {table}")
@@ -321,8 +356,10 @@ def analyze_batch(
 @friendly
 def agreement(
     dataset: Annotated[Path, typer.Option(help="Dataset folder with ED/ES reference labels")],
-    predictions: Annotated[Path | None, typer.Option(
-        help="Folder of predictions named like the images; omit to run the model")] = None,
+    predictions: Annotated[
+        Path | None,
+        typer.Option(help="Folder of predictions named like the images; omit to run the model"),
+    ] = None,
     layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, folder or auto")] = "auto",
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("agreement"),

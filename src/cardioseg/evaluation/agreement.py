@@ -11,8 +11,15 @@ import numpy as np
 from cardioseg.data.datasets import CaseRecord, load_case
 from cardioseg.io.nifti import atomic_write, read_label
 
-INDICES = ("lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "rv_edv_ml", "rv_esv_ml", "rv_ef_pct",
-           "lv_mass_g")
+INDICES = (
+    "lv_edv_ml",
+    "lv_esv_ml",
+    "lv_ef_pct",
+    "rv_edv_ml",
+    "rv_esv_ml",
+    "rv_ef_pct",
+    "lv_mass_g",
+)
 
 
 def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -27,15 +34,27 @@ def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     ok = np.isfinite(pred) & np.isfinite(ref)
     pred, ref = pred[ok], ref[ok]
     if len(pred) == 0:
-        return {k: float("nan") for k in ("n", "bias", "loa_low", "loa_high", "sd", "r", "mae",
-                                          "median_ae")} | {"n": 0}
+        return {
+            k: float("nan")
+            for k in ("n", "bias", "loa_low", "loa_high", "sd", "r", "mae", "median_ae")
+        } | {"n": 0}
     d = pred - ref
     sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-    r = float(np.corrcoef(pred, ref)[0, 1]) if len(d) > 2 and pred.std() and ref.std() else float(
-        "nan")
-    return {"n": int(len(d)), "bias": float(d.mean()), "sd": sd,
-            "loa_low": float(d.mean() - 1.96 * sd), "loa_high": float(d.mean() + 1.96 * sd),
-            "r": r, "mae": float(np.abs(d).mean()), "median_ae": float(np.median(np.abs(d)))}
+    r = (
+        float(np.corrcoef(pred, ref)[0, 1])
+        if len(d) > 2 and pred.std() and ref.std()
+        else float("nan")
+    )
+    return {
+        "n": int(len(d)),
+        "bias": float(d.mean()),
+        "sd": sd,
+        "loa_low": float(d.mean() - 1.96 * sd),
+        "loa_high": float(d.mean() + 1.96 * sd),
+        "r": r,
+        "mae": float(np.abs(d).mean()),
+        "median_ae": float(np.median(np.abs(d))),
+    }
 
 
 def paired_indices(
@@ -68,8 +87,12 @@ def paired_indices(
             labs["pred"][ph], labs["ref"][ph] = pred, ref
         ip = compute_indices(labs["pred"]["ED"], labs["pred"]["ES"], spacing)
         ir = compute_indices(labs["ref"]["ED"], labs["ref"]["ES"], spacing)
-        row = {"dataset": dataset, "subject": subject, "vendor": phases["ED"].vendor,
-               "group": phases["ED"].group}
+        row = {
+            "dataset": dataset,
+            "subject": subject,
+            "vendor": phases["ED"].vendor,
+            "group": phases["ED"].group,
+        }
         for k in INDICES:
             row[f"{k}_pred"], row[f"{k}_ref"] = ip[k], ir[k]
         rows.append(row)
@@ -90,18 +113,24 @@ def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreemen
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-    lines = [f"# {title}", "", f"{len(rows)} subjects (ED + ES). Differences are prediction − "
-             "reference.", "",
-             "| index | n | bias | 95 % limits of agreement | r | MAE | median AE |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} subjects (ED + ES). Differences are prediction − reference.",
+        "",
+        "| index | n | bias | 95 % limits of agreement | r | MAE | median AE |",
+        "|---|---|---|---|---|---|---|",
+    ]
     fig, axes = plt.subplots(2, len(INDICES), figsize=(3.2 * len(INDICES), 6.4))
     for j, k in enumerate(INDICES):
         p = np.array([r[f"{k}_pred"] for r in rows], float)
         q = np.array([r[f"{k}_ref"] for r in rows], float)
         s = agreement_stats(p, q)
-        lines.append(f"| {k} | {s['n']} | {s['bias']:+.1f} | [{s['loa_low']:.1f}, "
-                     f"{s['loa_high']:.1f}] | {s['r']:.3f} | {s['mae']:.1f} | "
-                     f"{s['median_ae']:.1f} |")
+        lines.append(
+            f"| {k} | {s['n']} | {s['bias']:+.1f} | [{s['loa_low']:.1f}, "
+            f"{s['loa_high']:.1f}] | {s['r']:.3f} | {s['mae']:.1f} | "
+            f"{s['median_ae']:.1f} |"
+        )
         ax = axes[0, j]
         mean, diff = (p + q) / 2, p - q
         ax.scatter(mean, diff, s=10)
@@ -112,8 +141,10 @@ def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreemen
         ax.set_ylabel("pred − ref", fontsize=8)
         ax = axes[1, j]
         ax.scatter(q, p, s=10)
-        lim = [np.nanmin([p.min(initial=0), q.min(initial=0)]),
-               np.nanmax([p.max(initial=1), q.max(initial=1)])]
+        lim = [
+            np.nanmin([p.min(initial=0), q.min(initial=0)]),
+            np.nanmax([p.max(initial=1), q.max(initial=1)]),
+        ]
         ax.plot(lim, lim, "k--", linewidth=0.8)
         ax.set_xlabel("reference", fontsize=8)
         ax.set_ylabel("prediction", fontsize=8)

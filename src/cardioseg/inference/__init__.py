@@ -9,6 +9,10 @@ from cardioseg.inference.postprocess import (
 from cardioseg.inference.segmenter import Segmentation, Segmenter
 
 __all__ = [
-    "Segmentation", "Segmenter", "fill_holes", "keep_heart", "keep_largest_components",
+    "Segmentation",
+    "Segmenter",
+    "fill_holes",
+    "keep_heart",
+    "keep_largest_components",
     "postprocess",
 ]

@@ -70,8 +70,25 @@ CINE_HINTS = ("cine", "bssfp", "ssfp", "trufi", "fiesta", "balanced", "btfe")
 LAX_HINTS = ("2ch", "3ch", "4ch", "2cv", "3cv", "4cv", "lax", "la", "lvot", "hla", "vla", "long")
 #: Description tokens suggesting a non-cine sequence.
 NON_CINE_HINTS = (
-    "perf", "perfusion", "lge", "psir", "molli", "shmolli", "t1map", "t2map", "mapping", "map",
-    "flow", "tagging", "tag", "localizer", "localiser", "scout", "loc", "haste", "tse",
+    "perf",
+    "perfusion",
+    "lge",
+    "psir",
+    "molli",
+    "shmolli",
+    "t1map",
+    "t2map",
+    "mapping",
+    "map",
+    "flow",
+    "tagging",
+    "tag",
+    "localizer",
+    "localiser",
+    "scout",
+    "loc",
+    "haste",
+    "tse",
 )
 
 
@@ -381,9 +398,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = _item(ds.get("SharedFunctionalGroupsSequence"))
     sop_class = _str(ds.get("SOPClassUID", ""))
-    has_plane = per_frame is not None and any(
-        "PlanePositionSequence" in it for it in per_frame
-    )
+    has_plane = per_frame is not None and any("PlanePositionSequence" in it for it in per_frame)
     # Some classic exports (e.g. Sunnybrook/OsiriX) carry an empty per-frame sequence: only
     # objects whose functional groups hold the plane geometry are treated as enhanced.
     enhanced = (
@@ -417,35 +432,46 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     if enhanced:
         for f in range(n_frames):
             pf = per_frame[f]
-            pos = _floats(_group_attr(pf, shared, "PlanePositionSequence",
-                                      "ImagePositionPatient"), 3)
-            ori = _floats(_group_attr(pf, shared, "PlaneOrientationSequence",
-                                      "ImageOrientationPatient"), 6)
+            pos = _floats(
+                _group_attr(pf, shared, "PlanePositionSequence", "ImagePositionPatient"), 3
+            )
+            ori = _floats(
+                _group_attr(pf, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
+            )
             ps = _floats(_group_attr(pf, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
             thick = _float(_group_attr(pf, shared, "PixelMeasuresSequence", "SliceThickness"))
-            tt = _float(_group_attr(pf, shared, "CardiacSynchronizationSequence",
-                                    "NominalCardiacTriggerDelayTime"))
-            slope = _float(_group_attr(pf, shared, "PixelValueTransformationSequence",
-                                       "RescaleSlope"))
-            inter = _float(_group_attr(pf, shared, "PixelValueTransformationSequence",
-                                       "RescaleIntercept"))
+            tt = _float(
+                _group_attr(
+                    pf, shared, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"
+                )
+            )
+            slope = _float(
+                _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleSlope")
+            )
+            inter = _float(
+                _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleIntercept")
+            )
             tpi = _int(_group_attr(pf, None, "FrameContentSequence", "TemporalPositionIndex"))
-            acq = _tm_seconds(_group_attr(pf, None, "FrameContentSequence",
-                                          "FrameAcquisitionDateTime"))
-            frames.append(_Frame(
-                frame=f,
-                temporal_index=tpi,
-                position=pos if pos is not None else top_pos,
-                orientation=ori if ori is not None else top_ori,
-                pixel_spacing=tuple(ps) if ps is not None else (
-                    tuple(top_ps) if top_ps is not None else None),
-                slice_thickness=thick if thick is not None else top_thick,
-                trigger_time=tt,
-                acquisition_time=acq if acq is not None else top_acq,
-                slope=slope if slope is not None else (top_slope or 1.0),
-                intercept=inter if inter is not None else (top_inter or 0.0),
-                **common,
-            ))
+            acq = _tm_seconds(
+                _group_attr(pf, None, "FrameContentSequence", "FrameAcquisitionDateTime")
+            )
+            frames.append(
+                _Frame(
+                    frame=f,
+                    temporal_index=tpi,
+                    position=pos if pos is not None else top_pos,
+                    orientation=ori if ori is not None else top_ori,
+                    pixel_spacing=tuple(ps)
+                    if ps is not None
+                    else (tuple(top_ps) if top_ps is not None else None),
+                    slice_thickness=thick if thick is not None else top_thick,
+                    trigger_time=tt,
+                    acquisition_time=acq if acq is not None else top_acq,
+                    slope=slope if slope is not None else (top_slope or 1.0),
+                    intercept=inter if inter is not None else (top_inter or 0.0),
+                    **common,
+                )
+            )
         return frames
     # classic image; legacy multi-frame without functional groups = one position, many phases
     frame_time = _float(ds.get("FrameTime"))
@@ -453,19 +479,21 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
         tt = top_tt
         if n_frames > 1:
             tt = None if frame_time is None else (top_tt or 0.0) + f * frame_time
-        frames.append(_Frame(
-            frame=f if n_frames > 1 else None,
-            temporal_index=f + 1 if n_frames > 1 else None,
-            position=top_pos,
-            orientation=top_ori,
-            pixel_spacing=tuple(top_ps) if top_ps is not None else None,
-            slice_thickness=top_thick,
-            trigger_time=tt,
-            acquisition_time=top_acq,
-            slope=top_slope or 1.0,  # a zero slope is invalid: treat as 1
-            intercept=0.0 if top_inter is None else top_inter,
-            **common,
-        ))
+        frames.append(
+            _Frame(
+                frame=f if n_frames > 1 else None,
+                temporal_index=f + 1 if n_frames > 1 else None,
+                position=top_pos,
+                orientation=top_ori,
+                pixel_spacing=tuple(top_ps) if top_ps is not None else None,
+                slice_thickness=top_thick,
+                trigger_time=tt,
+                acquisition_time=top_acq,
+                slope=top_slope or 1.0,  # a zero slope is invalid: treat as 1
+                intercept=0.0 if top_inter is None else top_inter,
+                **common,
+            )
+        )
     return frames
 
 
@@ -543,11 +571,19 @@ def find_series(folder: str | Path) -> SeriesList:
             info = groups.get(uid)
             if info is None:
                 info = groups[uid] = SeriesInfo(
-                    uid=uid, description=header["description"], n_images=0, n_positions=0,
-                    n_phases=0, orientation=None, modality=header["modality"],
-                    series_number=frames[0].series_number, study_uid=header["study_uid"],
-                    frame_of_reference_uid=header["for_uid"], rows=frames[0].rows,
-                    columns=frames[0].columns, _header=header,
+                    uid=uid,
+                    description=header["description"],
+                    n_images=0,
+                    n_positions=0,
+                    n_phases=0,
+                    orientation=None,
+                    modality=header["modality"],
+                    series_number=frames[0].series_number,
+                    study_uid=header["study_uid"],
+                    frame_of_reference_uid=header["for_uid"],
+                    rows=frames[0].rows,
+                    columns=frames[0].columns,
+                    _header=header,
                 )
             info.files.append(str(path))
             info._frames.extend(frames)
@@ -559,7 +595,10 @@ def find_series(folder: str | Path) -> SeriesList:
         out.append(info)
     out.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
     log.debug(
-        "%s: %d series, %d non-DICOM files, %d non-image DICOM", root, len(out), n_non_dicom,
+        "%s: %d series, %d non-DICOM files, %d non-image DICOM",
+        root,
+        len(out),
+        n_non_dicom,
         n_non_image,
     )
     return out
@@ -601,8 +640,11 @@ def _stack(frames: list[_Frame]) -> _Stack:
         raise _GeometryProblem("missing ImagePositionPatient/ImageOrientationPatient")
     ref = frames[0].orientation
     assert ref is not None
-    if np.linalg.norm(ref[:3]) < 0.5 or np.linalg.norm(ref[3:]) < 0.5 or abs(
-        np.dot(ref[:3], ref[3:])) > 0.1:
+    if (
+        np.linalg.norm(ref[:3]) < 0.5
+        or np.linalg.norm(ref[3:]) < 0.5
+        or abs(np.dot(ref[:3], ref[3:])) > 0.1
+    ):
         raise _GeometryProblem("invalid ImageOrientationPatient")
     for f in frames:
         if np.max(np.abs(f.orientation - ref)) > ORIENTATION_TOL:  # type: ignore[operator]
@@ -659,8 +701,9 @@ def _classify(info: SeriesInfo) -> None:
         info.n_phases = int(np.median(counts)) if counts else 0
     except _GeometryProblem as exc:
         problems.append(str(exc))
-        info.n_positions = len({tuple(np.round(f.position, 1)) for f in frames
-                                if f.position is not None})
+        info.n_positions = len(
+            {tuple(np.round(f.position, 1)) for f in frames if f.position is not None}
+        )
         info.n_phases = 0
     if info.modality != "MR":
         problems.append(f"modality {info.modality or 'unknown'}, not MR")
@@ -668,8 +711,10 @@ def _classify(info: SeriesInfo) -> None:
         problems.append(f"not a cine ({info.n_phases} phase per position)")
     if not problems and info.n_positions < MIN_SLICES:
         problems.append(f"only {info.n_positions} slice position(s), need >= {MIN_SLICES}")
-    if any(t in ("LOCALIZER", "T1 MAP", "T2 MAP", "T2* MAP") for t in info._header.get(
-            "image_type", [])):
+    if any(
+        t in ("LOCALIZER", "T1 MAP", "T2 MAP", "T2* MAP")
+        for t in info._header.get("image_type", [])
+    ):
         problems.append("image type " + "\\".join(info._header["image_type"]))
     toks = _tokens(info.description)
     sa, cine = bool(toks & set(SA_HINTS)), bool(toks & set(CINE_HINTS))
@@ -682,8 +727,12 @@ def _classify(info: SeriesInfo) -> None:
     info.is_cine_sa = not problems
     info.reason = "; ".join(problems) if problems else "short-axis cine candidate"
     info.score = (
-        3.0 * sa + 2.0 * cine - 3.0 * lax - 2.0 * non_cine
-        + min(info.n_positions, 20) / 10.0 + min(info.n_phases, 40) / 40.0
+        3.0 * sa
+        + 2.0 * cine
+        - 3.0 * lax
+        - 2.0 * non_cine
+        + min(info.n_positions, 20) / 10.0
+        + min(info.n_phases, 40) / 40.0
         - 0.5 * bool(info.merged_from)
     )
 
@@ -753,12 +802,20 @@ def _merge_single_slice_series(series: list[SeriesInfo]) -> list[SeriesInfo]:
         info = SeriesInfo(
             uid=first.uid,
             description=descs.pop() if len(descs) == 1 else first.description,
-            n_images=0, n_positions=0, n_phases=0, orientation=first.orientation,
-            modality=first.modality, series_number=first.series_number,
-            study_uid=first.study_uid, frame_of_reference_uid=first.frame_of_reference_uid,
-            rows=first.rows, columns=first.columns, merged_from=[c.uid for c in comps],
+            n_images=0,
+            n_positions=0,
+            n_phases=0,
+            orientation=first.orientation,
+            modality=first.modality,
+            series_number=first.series_number,
+            study_uid=first.study_uid,
+            frame_of_reference_uid=first.frame_of_reference_uid,
+            rows=first.rows,
+            columns=first.columns,
+            merged_from=[c.uid for c in comps],
             files=[f for c in comps for f in c.files],
-            _frames=[f for c in comps for f in c._frames], _header=dict(first._header),
+            _frames=[f for c in comps for f in c._frames],
+            _header=dict(first._header),
             _patient_keys=set().union(*(c._patient_keys for c in comps)),
         )
         _classify(info)
@@ -820,7 +877,10 @@ def select_short_axis_cine(
     best = max(candidates, key=lambda s: (s.score, s.n_positions, s.n_images))
     log.info(
         "selected series %r: %d positions x %d phases (%d candidates)",
-        best.description, best.n_positions, best.n_phases, len(candidates),
+        best.description,
+        best.n_positions,
+        best.n_phases,
+        len(candidates),
     )
     return best
 
@@ -862,13 +922,15 @@ def _extracted_zip(path: Path, max_bytes: int) -> Iterator[tuple[Path, Callable[
         members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
         for info in infos:
             if info.flag_bits & 0x1:
-                raise CardiosegError(path, "encrypted zip (password-protected archives are not "
-                                     "supported)")
+                raise CardiosegError(
+                    path, "encrypted zip (password-protected archives are not supported)"
+                )
             try:
                 rel = _safe_member(info.filename)
             except ValueError:
-                raise CardiosegError(path, "unsafe path in zip (member outside the archive "
-                                     "folder)") from None
+                raise CardiosegError(
+                    path, "unsafe path in zip (member outside the archive folder)"
+                ) from None
             if rel is None or info.is_dir():
                 continue
             if stat.S_ISLNK(info.external_attr >> 16):
@@ -939,9 +1001,7 @@ def _phase_mode(frames: list[_Frame]) -> str:
     return "file order"
 
 
-def _order_phases(
-    st: _Stack, where: str, warn: list[str]
-) -> tuple[list[list[_Frame]], str]:
+def _order_phases(st: _Stack, where: str, warn: list[str]) -> tuple[list[list[_Frame]], str]:
     """Sort each slice's frames into phases, drop duplicates, equalise the phase count."""
     all_frames = [f for s in st.slices for f in s]
     mode = _phase_mode(all_frames)
@@ -961,14 +1021,14 @@ def _order_phases(
             frames = sorted(kept.values(), key=key)
         ordered.append(frames)
     if n_dupes:
-        warn.append(f"{n_dupes} duplicate image(s) with the same position and trigger time "
-                    "ignored")
+        warn.append(f"{n_dupes} duplicate image(s) with the same position and trigger time ignored")
     counts = [len(s) for s in ordered]
     nmin, nmax = min(counts), max(counts)
     if nmin < MIN_PHASES:
         k = counts.index(nmin)
         raise CardiosegError(
-            where, f"slice {k} (at {st.positions[k]:.1f} mm) has only {nmin} phase; a cine needs "
+            where,
+            f"slice {k} (at {st.positions[k]:.1f} mm) has only {nmin} phase; a cine needs "
             f"at least {MIN_PHASES} phases per slice",
         )
     if nmax != nmin:
@@ -982,9 +1042,7 @@ def _order_phases(
             ref = np.median(
                 [[f.trigger_time for f in s] for s in ordered if len(s) == nmin], axis=0
             )
-            ordered = [
-                s if len(s) == nmin else _match_trigger_times(s, ref) for s in ordered
-            ]
+            ordered = [s if len(s) == nmin else _match_trigger_times(s, ref) for s in ordered]
             how = "matched by trigger time"
         else:
             ordered = [s[:nmin] for s in ordered]
@@ -1015,8 +1073,9 @@ def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], s
     sizes = sorted({(f.rows, f.columns) for f in frames})
     if len(sizes) > 1:
         shown = ", ".join(f"{r}x{c}" for r, c in sizes[:4])
-        raise CardiosegError(where, f"images of different sizes across slices ({shown} rows x "
-                             "columns)")
+        raise CardiosegError(
+            where, f"images of different sizes across slices ({shown} rows x columns)"
+        )
     if sizes[0][0] < 2 or sizes[0][1] < 2:
         raise CardiosegError(where, f"invalid image size {sizes[0][0]}x{sizes[0][1]}")
     missing = [f for f in frames if f.pixel_spacing is None]
@@ -1054,13 +1113,15 @@ def _read_pixels(
             except Exception as exc:
                 ts = _str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
                 raise CardiosegError(
-                    show(path), f"cannot decode pixel data (transfer syntax {ts or 'unknown'}, "
+                    show(path),
+                    f"cannot decode pixel data (transfer syntax {ts or 'unknown'}, "
                     f"{type(exc).__name__})",
                 ) from None
             n_frames = max(1, _int(ds.get("NumberOfFrames", 1)) or 1)
             if pix.size != n_frames * rows * cols:
                 raise CardiosegError(
-                    show(path), f"pixel data of shape {pix.shape} does not match "
+                    show(path),
+                    f"pixel data of shape {pix.shape} does not match "
                     f"{n_frames} frame(s) of {rows}x{cols}",
                 )
             pix = pix.reshape(n_frames, rows, cols)
@@ -1105,7 +1166,8 @@ def _assemble(
     dz = float(np.median(gaps))
     if np.any(np.abs(gaps - dz) > GAP_TOL * dz):
         warn.append(
-            "irregular slice gaps (" + ", ".join(f"{g:.2f}" for g in gaps)
+            "irregular slice gaps ("
+            + ", ".join(f"{g:.2f}" for g in gaps)
             + f" mm); the affine uses the median {dz:.2f} mm"
         )
     ref = ordered[0][0]
@@ -1117,8 +1179,10 @@ def _assemble(
         delta = np.asarray(ordered[k][0].position, dtype=float) - origin
         offsets.append(float(np.hypot(np.dot(delta, st.row), np.dot(delta, st.col))))
     if max(offsets) > 0.5 * min(row_sp, col_sp):
-        warn.append(f"slices are shifted in-plane by up to {max(offsets):.1f} mm; the affine "
-                    "follows slice 0")
+        warn.append(
+            f"slices are shifted in-plane by up to {max(offsets):.1f} mm; the affine "
+            "follows slice 0"
+        )
     thick = ref.slice_thickness
     if thick is not None and dz > 0 and abs(thick - dz) > 0.01 * dz:
         log.debug("SliceThickness %.2f mm differs from slice spacing %.2f mm", thick, dz)
@@ -1200,7 +1264,8 @@ def _load_scanned(
     keys = set().union(*(s._patient_keys for s in series)) if series else set()
     if len(keys) > 1:
         raise CardiosegError(
-            where, f"images from {len(keys)} different patients (PatientID differs); analyse one "
+            where,
+            f"images from {len(keys)} different patients (PatientID differs); analyse one "
             "patient at a time",
         )
     n_images = sum(len(_dedupe_sop(s._frames)[0]) for s in series)

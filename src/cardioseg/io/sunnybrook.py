@@ -39,7 +39,8 @@ def _instance_map(source: Any) -> dict[int, tuple[int, int]]:
                 continue
             if int(n) in out:
                 raise CardiosegError(
-                    None, f"InstanceNumber {n} is not unique in this cine (merged series?); "
+                    None,
+                    f"InstanceNumber {n} is not unique in this cine (merged series?); "
                     "pass an explicit {InstanceNumber: (slice, phase)} mapping",
                 )
             out[int(n)] = (k, t)
