@@ -92,6 +92,8 @@ def test_augmentation_presets():
         build_augmentation("strong", ["fancy"])
     with pytest.raises(ValueError):
         build_augmentation("medium")
+    upright = [type(t).__name__ for t in build_augmentation("strong", orientation=False).transforms]
+    assert "RandomOrientation" not in upright and len(upright) == len(strong) - 1
     img, lab = _batch()
     out, out_lab = extra(img, lab)
     assert out.shape == img.shape and torch.equal(out_lab, lab)

@@ -40,11 +40,14 @@ from cardioseg.augmentation.spike import RandomSpike
 STRENGTHS = ("none", "spatial", "light", "strong")
 
 
-def base_transforms(strength: str = "strong") -> list[RandomTransform]:
+def base_transforms(strength: str = "strong", orientation: bool = True) -> list[RandomTransform]:
     """The transforms of a base pipeline (spatial first, then MR intensity).
 
     Args:
         strength: One of :data:`STRENGTHS`; ``spatial`` is the spatial part of ``strong``.
+        orientation: Include random 90° turns and flips. Turn off when the training and test
+            images share the in-plane convention (the model then needs no capacity to tell the
+            ventricles apart in every orientation).
 
     Raises:
         ValueError: For an unknown strength.
@@ -54,8 +57,10 @@ def base_transforms(strength: str = "strong") -> list[RandomTransform]:
     if strength == "none":
         return []
     light = strength == "light"
-    spatial: list[RandomTransform] = [
-        RandomOrientation(p=0.5 if light else 0.75),
+    spatial: list[RandomTransform] = (
+        [RandomOrientation(p=0.5 if light else 0.75)] if orientation else []
+    )
+    spatial += [
         RandomAffine(degrees=15 if light else 30, scales=(0.85, 1.2) if light else (0.75, 1.3)),
         RandomElasticDeformation(p=0.2),
     ]
@@ -136,6 +141,7 @@ def build_augmentation(
     strength: str = "strong",
     extra: list[str | dict[str, Any]] | None = None,
     seed: int | None = None,
+    orientation: bool = True,
 ) -> Compose:
     """The training augmentation: a base pipeline plus extra stages, with one seeded generator.
 
@@ -143,13 +149,14 @@ def build_augmentation(
         strength: Base pipeline, one of :data:`STRENGTHS`.
         extra: Extra stages (names or mappings), appended in order.
         seed: Seed of the augmentation generator.
+        orientation: Include random 90° turns and flips in the base pipeline.
 
     Example:
         >>> aug = build_augmentation("spatial", ["intensity_curve"], seed=0)
         >>> [type(t).__name__ for t in aug.transforms][-1]
         'RandomIntensityCurve'
     """
-    transforms = base_transforms(strength)
+    transforms = base_transforms(strength, orientation)
     for spec in extra or []:
         transforms += extra_transforms(spec)
     return Compose(transforms, seed=seed)

@@ -47,6 +47,18 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
         "description": "spatial + MR intensity augmentation (the project default)",
         "config": {"train": {"augmentation": "strong"}},
     },
+    "light": {
+        "description": "spatial + milder MR intensity augmentation",
+        "config": {"train": {"augmentation": "light"}},
+    },
+    "upright": {
+        "description": "strong without the random 90° turns and flips",
+        "config": {"train": {"augmentation": "strong", "orientation_augmentation": False}},
+    },
+    "light-upright": {
+        "description": "light without the random 90° turns and flips",
+        "config": {"train": {"augmentation": "light", "orientation_augmentation": False}},
+    },
     "mri-artefacts": {
         "description": "strong + MRI artefacts (ghosting, motion, spikes, Gibbs, anisotropy, "
         "bias field)",

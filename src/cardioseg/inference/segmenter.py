@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cardioseg.adaptation.tta import build_adapter
 from cardioseg.errors import CardiosegError
@@ -16,6 +19,26 @@ from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import load_checkpoint
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.pipeline import Preprocessor
+
+#: In-plane rotations (degrees) of the test-time augmentation for models trained upright.
+TTA_ROTATIONS_DEG = (-10.0, 10.0, 5.0)
+
+
+def _rotation_grids(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling grids rotating a ``(N, C, H, W)`` batch by ``degrees`` and back (physical
+    rotation about the image centre, correct for non-square images)."""
+    n, _, h, w = x.shape
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    # normalised coordinates scale differently along H and W: rotate in pixel units
+    ar = w / h
+    mats = []
+    for sign in (1.0, -1.0):
+        m = torch.tensor(
+            [[c, -sign * s / ar, 0.0], [sign * s * ar, c, 0.0]], dtype=x.dtype, device=x.device
+        )
+        mats.append(F.affine_grid(m.expand(n, 2, 3), [n, 1, h, w], align_corners=False))
+    return mats[0], mats[1]
 
 
 @dataclass
@@ -33,7 +56,10 @@ class Segmenter:
 
     Args:
         checkpoint: Path of a cardioseg checkpoint; ``None`` uses the shipped default model.
-        tta: Average predictions over in-plane flips (test-time augmentation).
+        tta: Test-time augmentation. Averages predictions over the three in-plane flips when
+            the model was trained with random turns/flips (``train.orientation_augmentation``),
+            otherwise over small in-plane rotations (±10°), which stay inside what such a model
+            has seen; the spread of these predictions feeds the QC uncertainty.
         postprocess: Keep the largest component per structure and fill holes.
         num_threads: Torch CPU threads (``None`` keeps the current setting).
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -102,6 +128,29 @@ class Segmenter:
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.tta, self.do_postprocess, self.batch_size = tta, postprocess, batch_size
+        #: Whether the model has seen flipped images in training (checkpoints written before the
+        #: option existed always used turns/flips).
+        self.flip_invariant = bool((cfg.get("train") or {}).get("orientation_augmentation", True))
+
+    def _tta_views(self, xb: torch.Tensor) -> list[tuple[torch.Tensor, Callable]]:
+        """Augmented copies of a batch with the function mapping their outputs back."""
+        if self.flip_invariant:
+            return [
+                (torch.flip(xb, dims), lambda p, dims=dims: p.flip(dims))
+                for dims in ((-1,), (-2,), (-2, -1))
+            ]
+        views = []
+        for deg in TTA_ROTATIONS_DEG:
+            fwd, back = _rotation_grids(xb, deg)
+            views.append(
+                (
+                    F.grid_sample(xb, fwd, align_corners=False, padding_mode="border"),
+                    lambda p, back=back: F.grid_sample(
+                        p, back, align_corners=False, padding_mode="border"
+                    ),
+                )
+            )
+        return views
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,9 +160,10 @@ class Segmenter:
             xb = x[i : i + self.batch_size].to(self.device)
             p = torch.softmax(self.model(xb), 1)
             if self.tta:
-                for dims in ((-1,), (-2,), (-2, -1)):
-                    p += torch.softmax(self.model(torch.flip(xb, dims)), 1).flip(dims)
-                p /= 4
+                views = self._tta_views(xb)
+                for view, back in views:
+                    p += back(torch.softmax(self.model(view), 1))
+                p /= 1 + len(views)
             outs.append(p.cpu())
         return torch.cat(outs)
 

@@ -92,7 +92,8 @@ class TrainConfig:
     ``augmentation`` is the base pipeline (``none``, ``spatial``, ``light``, ``strong``);
     ``extra_augmentation`` appends named stages (``mri_artefacts``, ``intensity_curve``,
     ``randconv``, ``appearance``; a name or ``{name: ..., p: ...}``), see
-    :mod:`cardioseg.augmentation.presets`.
+    :mod:`cardioseg.augmentation.presets`. ``orientation_augmentation`` adds random 90° turns and
+    flips to the base pipeline.
     """
 
     epochs: int = 60
@@ -107,6 +108,7 @@ class TrainConfig:
     seed: int = 12345
     augmentation: str = "strong"
     extra_augmentation: list[Any] = field(default_factory=list)
+    orientation_augmentation: bool = True
     amp: str = "auto"
     num_threads: int = 0
     val_interval: int = 1

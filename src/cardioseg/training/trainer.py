@@ -206,7 +206,12 @@ class Trainer:
         sampler = PatchSampler(
             train_cases, t.patch_size, seed=t.seed + 1000 * self.rank, domains=domains
         )
-        aug = build_augmentation(t.augmentation, t.extra_augmentation, seed=t.seed + 7 * self.rank)
+        aug = build_augmentation(
+            t.augmentation,
+            t.extra_augmentation,
+            seed=t.seed + 7 * self.rank,
+            orientation=t.orientation_augmentation,
+        )
 
         model = build_model(cfg.model).to(self.device)
         if cfg.init_checkpoint:

@@ -1,0 +1,70 @@
+"""Test-time augmentation of the Segmenter follows what the model saw in training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cardioseg.inference import Segmenter
+from cardioseg.models import ModelConfig, build_model, save_checkpoint
+from cardioseg.training.config import TrainingConfig
+
+
+def _checkpoint(path, orientation: bool | None):
+    torch.manual_seed(0)
+    cfg = TrainingConfig()
+    cfg.model = ModelConfig(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    config = cfg.to_dict()
+    if orientation is None:  # a checkpoint written before the option existed
+        config["train"].pop("orientation_augmentation")
+    else:
+        config["train"]["orientation_augmentation"] = orientation
+    save_checkpoint(
+        path,
+        {
+            "model_state": build_model(cfg.model).state_dict(),
+            "config": config,
+            "fingerprint": {},
+            "format": "cardioseg-checkpoint-v1",
+        },
+    )
+    return path
+
+
+def _blob(h: int = 48, w: int = 64) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    r2 = ((yy - 20.0) / 9) ** 2 + ((xx - 36.0) / 13) ** 2
+    return torch.exp(-r2)[None, None].repeat(2, 1, 1, 1)
+
+
+@pytest.mark.parametrize("orientation", [True, None])
+def test_flip_tta_for_models_trained_with_turns_and_flips(tmp_path, orientation):
+    seg = Segmenter(_checkpoint(tmp_path / "m.pt", orientation), tta=True)
+    assert seg.flip_invariant
+    x = _blob()
+    views = seg._tta_views(x)
+    assert len(views) == 3
+    for view, back in views:
+        assert not torch.equal(view, x)  # each view is a real flip of the blob
+        assert torch.equal(back(view), x)  # ... and mapping it back is exact
+
+
+def test_rotation_tta_for_upright_models(tmp_path):
+    seg = Segmenter(_checkpoint(tmp_path / "m.pt", False), tta=True)
+    assert not seg.flip_invariant
+    x = _blob()
+    views = seg._tta_views(x)
+    assert len(views) == 3
+    for view, back in views:
+        # rotated about the centre: moved, but mass and shape are kept (not flipped, not sheared)
+        assert (view - x).abs().max() > 0.05
+        assert view.sum().item() == pytest.approx(x.sum().item(), rel=0.05)
+        # a flip would move the blob's centre to the other side; a small rotation barely does
+        cy = (view[0, 0].sum(1) * torch.arange(48)).sum() / view[0, 0].sum()
+        assert abs(cy.item() - 20.0) < 4
+        assert (back(view) - x).abs().max() < 0.1
+    vol = np.random.default_rng(0).normal(size=(40, 36, 3)).astype(np.float32)
+    labels, probs = seg.predict_volume(vol, (1.5, 1.5, 8.0), return_probabilities=True)
+    assert labels.shape == vol.shape and probs.shape == (4, *vol.shape)
+    assert np.allclose(probs.sum(0), 1.0, atol=1e-3)
