@@ -38,7 +38,7 @@ from scipy import stats
 
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
-from cardioseg.clinical.qc import assess_quality
+from cardioseg.clinical.qc import REVIEW_SCORE, assess_quality
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import compute_metrics
@@ -169,6 +169,9 @@ def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict
             "qc_score": qc.score,
             "qc_status": qc.status,
             "qc_reasons": " | ".join(qc.reasons),
+            # raw QC evidence, so thresholds and weights can be re-calibrated offline
+            "qc_mean_entropy": qc.metrics.get("mean_entropy", float("nan")),
+            "qc_issues": ";".join(f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]),
         }
         if second:
             ip = compute_indices(labs["ED"], labs["ES"], spacing)  # type: ignore[arg-type]
@@ -181,6 +184,10 @@ def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict
             flush=True,
         )
     return rows
+
+
+#: Review cut-offs tried in the QC sweep.
+SWEEP = (0.25, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def qc_summary(rows: list[dict]) -> list[str]:
@@ -212,6 +219,19 @@ def qc_summary(rows: list[dict]) -> list[str]:
             f"({flagged[worst].mean():.0%}) | {flagged.sum()}/{len(rs)} ({flagged.mean():.0%}) | "
             f"{' / '.join(map(str, counts))} |"
         )
+    lines += [
+        "",
+        "Review cut-off sweep (all studies): fraction flagged / fraction of the worst 20 % flagged "
+        f"if the review threshold on the QC score were t (shipped: {REVIEW_SCORE}).",
+        "",
+        "| t | " + " | ".join(f"{t:.2f}" for t in SWEEP) + " |",
+        "|---|" + "---|" * len(SWEEP),
+    ]
+    d = np.array([r["mean_dice"] for r in rows])
+    s = np.array([r["qc_score"] for r in rows])
+    worst = np.argsort(d)[: max(1, int(round(0.2 * len(rows))))]
+    cells = [f"{(s >= t).mean():.0%} / {(s[worst] >= t).mean():.0%}" for t in SWEEP]
+    lines.append("| flagged / worst flagged | " + " | ".join(cells) + " |")
     ef = [r for r in rows if "lv_ef_pct_pred" in r]
     if ef:
         lines += [

@@ -2,12 +2,13 @@
 
 Usage (from the repository root):
 
-    python benchmarks/webapp_load.py -n 20 -o benchmarks/results/webapp_load.md
+    python benchmarks/webapp_load.py -n 20 --rounds 3 -o benchmarks/results/webapp_load.md
 
 Starts ``cardioseg serve`` (shipped model unless ``--checkpoint``) on a free loopback port with a
-fresh data folder, uploads N synthetic ED/ES pairs from N threads at once, waits until every job
-is ``done`` or ``failed``, and samples the server process's resident memory (``VmRSS`` from
-``/proc``) every 0.2 s from start-up to the end. Linux only (``/proc``).
+fresh data folder; then, ``--rounds`` times, uploads N synthetic ED/ES pairs from N threads at
+once and waits until every job is ``done`` or ``failed``. The server process's resident memory
+(``VmRSS`` from ``/proc``) is sampled every 0.2 s from start-up to the end and reported per round,
+so a leak shows as growth from round to round. Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=20, help="concurrent uploads")
     ap.add_argument("--checkpoint", type=Path, default=default_checkpoint_path())
     ap.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results/webapp_load.md"))
-    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--rounds", type=int, default=1, help="bursts of N uploads, one after another")
+    ap.add_argument("--timeout", type=float, default=900.0, help="per round")
     args = ap.parse_args()
     import httpx
 
@@ -57,48 +59,70 @@ def main() -> None:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         idle = rss_mb(server.proc.pid)
-        results: dict[int, dict] = {}
+        results: dict[tuple[int, int], dict] = {}
         errors: list[str] = []
+        rounds: list[dict[str, float]] = []
 
-        def one(i: int) -> None:
+        def one(r: int, i: int) -> None:
             try:
                 with httpx.Client(base_url=server.url, timeout=120) as c:
-                    results[i] = upload(c, {"ed": studies["ed"], "es": studies["es"]})
+                    results[r, i] = upload(c, {"ed": studies["ed"], "es": studies["es"]})
             except Exception as exc:  # reported in the output
-                errors.append(f"{i}: {exc}")
+                errors.append(f"round {r} upload {i}: {exc}")
 
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(args.n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        uploaded_s = time.perf_counter() - t0
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            deadline = time.monotonic() + args.timeout
-            while time.monotonic() < deadline:
-                listed = c.get("/api/studies").json()["studies"]
-                if all(s["job"]["state"] in ("done", "failed") for s in listed):
-                    break
-                time.sleep(0.5)
+        for r in range(args.rounds):
+            t_round, first = time.perf_counter(), len(samples)
+            threads = [threading.Thread(target=one, args=(r, i)) for i in range(args.n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            uploaded_s = time.perf_counter() - t_round
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                deadline = time.monotonic() + args.timeout
+                while time.monotonic() < deadline:
+                    listed = c.get("/api/studies").json()["studies"]
+                    if all(s["job"]["state"] in ("done", "failed") for s in listed):
+                        break
+                    time.sleep(0.5)
+            window = samples[first:] or [float("nan")]
+            rounds.append(
+                {
+                    "uploaded_s": uploaded_s,
+                    "total_s": time.perf_counter() - t_round,
+                    "peak": max(window),
+                    "end": rss_mb(server.proc.pid),
+                }
+            )
         total_s = time.perf_counter() - t0
         stop.set()
         sampler.join()
         server.stop()
     states = [s["job"]["state"] for s in listed]
+    total = args.n * args.rounds
     lines = [
         "# Web app under load",
         "",
         f"Command: `python benchmarks/webapp_load.py {' '.join(sys.argv[1:])}`",
         "",
-        f"- {args.n} concurrent uploads of a synthetic ED/ES pair (192 x 192 x 10, 2 x 1.4 MB) "
-        f"to a real `cardioseg serve` on loopback, model `{args.checkpoint.name}`.",
-        f"- Uploads accepted: {len(results)}/{args.n} (errors: {errors or 'none'}), all uploads "
-        f"returned after {uploaded_s:.1f} s; studies listed: {len(listed)}; jobs done: "
-        f"{states.count('done')}, failed: {states.count('failed')}; all finished after "
-        f"{total_s:.1f} s.",
-        f"- Server resident memory: {idle:.0f} MB idle (model loaded), peak {max(samples):.0f} MB "
-        f"during the run, {samples[-1]:.0f} MB at the end ({len(samples)} samples, every 0.2 s).",
+        f"- {args.rounds} round(s) of {args.n} concurrent uploads of a synthetic ED/ES pair "
+        f"(192 x 192 x 10, 2 x 1.4 MB) to one real `cardioseg serve` on loopback, model "
+        f"`{args.checkpoint.name}`; each round waits until every job has finished.",
+        f"- Uploads accepted: {len(results)}/{total} (errors: {errors or 'none'}); studies "
+        f"listed: {len(listed)}; jobs done: {states.count('done')}, failed: "
+        f"{states.count('failed')}; all finished after {total_s:.1f} s.",
+        f"- Server resident memory: {idle:.0f} MB idle (model loaded), peak {max(samples):.0f} MB, "
+        f"{samples[-1]:.0f} MB at the end ({len(samples)} samples, every 0.2 s).",
+        "",
+        "| round | uploads returned after (s) | round finished after (s) | peak RSS (MB) | "
+        "RSS at the end of the round (MB) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {k + 1} | {r['uploaded_s']:.1f} | {r['total_s']:.1f} | {r['peak']:.0f} | "
+            f"{r['end']:.0f} |"
+            for k, r in enumerate(rounds)
+        ),
         "",
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
