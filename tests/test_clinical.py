@@ -19,7 +19,7 @@ from cardioseg.clinical import (
     volume_ml,
     write_report,
 )
-from cardioseg.clinical.qc import REVIEW_SCORE
+from cardioseg.clinical.qc import MINOR_REVIEW_SCORE, REVIEW_SCORE
 from cardioseg.errors import CardiosegError
 
 SPACING = (1.5, 1.5, 8.0)
@@ -137,11 +137,13 @@ def test_qc_clean_heart_is_ok(heart_pair):
     assert len(qc.per_slice) == 2 * ed.shape[2]
 
 
-def _gap(ed: np.ndarray) -> np.ndarray:
+def _gap(ed: np.ndarray, severe: bool = True) -> np.ndarray:
+    """Cut the myocardium of slice 4: the whole lateral half (severe) or a short stretch."""
     bad = ed.copy()
     x, y = np.mgrid[: ed.shape[0], : ed.shape[1]]
     sl = bad[:, :, 4]
-    sl[(x > 52) & (np.abs(y - 48) < 8) & (sl == 2)] = 0  # cut the lateral wall
+    cut = (x > 40) if severe else (x > 52) & (np.abs(y - 48) < 8)
+    sl[cut & (sl == 2)] = 0
     return bad
 
 
@@ -187,6 +189,21 @@ def test_qc_gap_reason_names_slice_and_fraction(heart_pair):
     qc = assess_quality(_gap(heart_pair[0]), heart_pair[1], SPACING)
     reason = [r for r in qc.reasons if "enclose" in r][0]
     assert reason.startswith("ED slice 4:") and "% of border" in reason
+
+
+def test_qc_minor_notes_alone_do_not_ask_for_review(heart_pair):
+    """A short myocardial gap on one slice is listed, but alone it is a minor note ..."""
+    ed, es = heart_pair
+    qc = assess_quality(_gap(ed, severe=False), es, SPACING)
+    assert any("does not enclose the LV" in r for r in qc.reasons), qc.reasons
+    assert qc.status == "ok" and 0 < qc.metrics["minor_score"] < MINOR_REVIEW_SCORE
+    assert qc.metrics["major_score"] == 0 and qc.score == qc.metrics["minor_score"]
+    # ... while the same gap on many slices adds up to a review
+    bad = ed.copy()
+    for z in range(2, 9):
+        bad[..., z] = _gap(np.repeat(ed[..., 4:5], 5, axis=2), severe=False)[..., 4]
+    qc = assess_quality(bad, es, SPACING)
+    assert qc.status == "review" and qc.metrics["minor_score"] >= MINOR_REVIEW_SCORE
 
 
 def test_qc_uncertainty_from_probabilities(heart_pair):

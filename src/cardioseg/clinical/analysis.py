@@ -131,18 +131,21 @@ def analyze_study(
         height_cm = float(dm.patient_height_m) * 100
     if weight_kg is None and dm is not None and getattr(dm, "patient_weight_kg", None):
         weight_kg = float(dm.patient_weight_kg)
-    indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
-    # uncertainty for QC: TTA probabilities on the ED and ES frames
+    # the reported ED and ES frames are segmented again with test-time augmentation: their
+    # labels come from the averaged prediction, and its spread is the QC uncertainty
     probs = {}
     tta_before = seg.tta
     seg.tta = True
     try:
         for name, t in (("ED", ed_i), ("ES", es_i)):
-            _, probs[name] = seg.predict_volume(
+            labels[..., t], probs[name] = seg.predict_volume(
                 st.image[..., t], spacing, return_probabilities=True
             )
     finally:
         seg.tta = tta_before
+    lv_curve = volume_curve(labels, spacing, 1)
+    rv_curve = volume_curve(labels, spacing, 3)
+    indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
     qc = assess_quality(
         labels[..., ed_i],
         labels[..., es_i],

@@ -10,9 +10,15 @@ Three families of checks, each producing *issues* with a weight in (0, 1]:
 * **coverage** - apex cut off by the end of the stack, heart cut by the in-plane field of view.
 
 The score combines the issue weights as independent evidence, ``1 - prod(1 - w)``, so it is 0
-for a clean result and approaches 1 with more or heavier issues. The status is ``"fail"`` when
-the score reaches :data:`FAIL_SCORE`, ``"review"`` when it reaches :data:`REVIEW_SCORE`,
-otherwise ``"ok"`` (minor notes may still be listed as reasons).
+for a clean result and approaches 1 with more or heavier issues. Issues come in two tiers. *Major*
+issues (study-level uncertainty, a myocardium that encloses less than half of the LV, a missing or
+far-away structure, implausible volumes, coverage, ...) are scored on their own: the status is
+``"fail"`` when their score reaches :data:`FAIL_SCORE` and ``"review"`` when it reaches
+:data:`REVIEW_SCORE`. *Minor* notes (:data:`MINOR_KINDS`: one slice's structure split in two,
+one uncertain slice, a partial myocardial gap, an abrupt area change) are frequent in good
+segmentations too, especially at the base; they only ask for a review together, when their
+combined score reaches :data:`MINOR_REVIEW_SCORE`. Otherwise the status is ``"ok"``; the minor
+notes are still listed as reasons. The reported score combines both tiers (it ranks studies).
 
 Thresholds are named module constants. The anatomical ones were checked against expert labels
 (80 ACDC + 3 M&Ms ED/ES pairs: 81 "ok", 2 "review" for abrupt but real area changes). The entropy
@@ -35,8 +41,16 @@ from cardioseg.preprocessing import slice_axis
 # --- status -------------------------------------------------------------------------------------
 #: Score at or above which the result needs a human review.
 REVIEW_SCORE = 0.25
-#: Score at or above which the result is considered failed.
+#: Score of the major issues at or above which the result is considered failed.
 FAIL_SCORE = 0.75
+#: Combined score of the minor notes at or above which they ask for a review. With 0.25 for
+#: every issue, 84 % of the 102 real studies of ``benchmarks/clinical_benchmark.py`` were
+#: flagged; with this two-tier rule 50 %, still including all of the worst 20 % by Dice.
+MINOR_REVIEW_SCORE = 0.80
+#: Issue kinds that are minor notes (see the module docstring).
+MINOR_KINDS = frozenset(
+    {"entropy_slice", "enclosure", "fragment_slice", "fragment_slice_rv", "area_jump", "es_area"}
+)
 
 # --- uncertainty --------------------------------------------------------------------------------
 #: In-plane dilation (mm) of the predicted heart that defines the region for entropy statistics.
@@ -165,6 +179,12 @@ class _Collector:
 
     def add(self, kind: str, text: str, weight: float | None = None) -> None:
         self.issues.append(_Issue(kind, text, WEIGHTS[kind] if weight is None else weight))
+
+
+def _combine(issues: Sequence[_Issue]) -> float:
+    """Issue weights combined as independent evidence, ``1 - prod(1 - w)``."""
+    score = 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, i.weight)) for i in issues]))
+    return round(min(1.0, max(0.0, score)), 4)
 
 
 def _pct(x: float) -> str:
@@ -540,9 +560,16 @@ def assess_quality(
             if row["slice"] in touching.get(row["phase"], []):
                 row["flags"].append("touches_border")
 
-    score = 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, i.weight)) for i in out.issues]))
-    score = round(min(1.0, max(0.0, score)), 4)
-    status = "fail" if score >= FAIL_SCORE else "review" if score >= REVIEW_SCORE else "ok"
+    score = _combine(out.issues)
+    major = _combine([i for i in out.issues if i.kind not in MINOR_KINDS])
+    minor = _combine([i for i in out.issues if i.kind in MINOR_KINDS])
+    metrics["major_score"], metrics["minor_score"] = major, minor
+    if major >= FAIL_SCORE:
+        status = "fail"
+    elif major >= REVIEW_SCORE or minor >= MINOR_REVIEW_SCORE:
+        status = "review"
+    else:
+        status = "ok"
     ordered = sorted(out.issues, key=lambda i: -i.weight)
     metrics["issues"] = [{"kind": i.kind, "weight": i.weight} for i in ordered]
     return QCResult(status, score, [i.text for i in ordered], per_slice, metrics)
