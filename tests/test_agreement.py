@@ -29,8 +29,18 @@ def test_agreement_command(tmp_path):
         write_nifti(tmp_path / "ds" / f"s1_{ph}.nii.gz", image_from_labels(lab))
         write_nifti(tmp_path / "ds" / f"s1_{ph}_gt.nii.gz", lab)
         write_nifti(tmp_path / "pred" / f"s1_{ph}.nii.gz", lab)
-    res = CliRunner().invoke(app, ["agreement", "--dataset", str(tmp_path / "ds"), "--predictions",
-                                   str(tmp_path / "pred"), "-o", str(tmp_path / "ag")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "agreement",
+            "--dataset",
+            str(tmp_path / "ds"),
+            "--predictions",
+            str(tmp_path / "pred"),
+            "-o",
+            str(tmp_path / "ag"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     text = (tmp_path / "ag" / "agreement.md").read_text()
     assert "| lv_ef_pct | 1 | +0.0 |" in text  # identical labels: zero bias

@@ -114,8 +114,7 @@ def write_image(
 ) -> Path:
     """Write one classic MR Image Storage file."""
     sop_uid = sop_uid or generate_uid()
-    ds = FileDataset(str(path), Dataset(), file_meta=_file_meta(MR, sop_uid),
-                     preamble=b"\0" * 128)
+    ds = FileDataset(str(path), Dataset(), file_meta=_file_meta(MR, sop_uid), preamble=b"\0" * 128)
     _base(ds, study, MR, sop_uid)
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
@@ -144,8 +143,9 @@ def new_study(**kw) -> dict:
     return {"study_uid": generate_uid(), "for_uid": generate_uid(), **kw}
 
 
-def siemens_like(root: Path, study: dict | None = None, n_slices: int = N_SLICES,
-                 n_phases: int = N_PHASES) -> dict:
+def siemens_like(
+    root: Path, study: dict | None = None, n_slices: int = N_SLICES, n_phases: int = N_PHASES
+) -> dict:
     """One series, TriggerTime present, InstanceNumber unrelated to phase order, nested folders,
     shuffled file names, a README.txt."""
     study = study or new_study()
@@ -155,8 +155,15 @@ def siemens_like(root: Path, study: dict | None = None, n_slices: int = N_SLICES
     rng.shuffle(jobs)
     for n, (k, t) in enumerate(jobs):
         sub = root / f"DICOM/{n % 3:02d}/{n % 2}"
-        write_image(sub / f"IM{n:05d}", study, k=k, t=t, series_uid=uid, instance=n + 1,
-                    trigger=35.0 * t + 12.0)
+        write_image(
+            sub / f"IM{n:05d}",
+            study,
+            k=k,
+            t=t,
+            series_uid=uid,
+            instance=n + 1,
+            trigger=35.0 * t + 12.0,
+        )
     (root / "docs").mkdir(parents=True, exist_ok=True)
     (root / "docs" / "README.txt").write_text("exported by a scanner\n")
     study["series_uid"] = uid
@@ -170,14 +177,31 @@ def ge_like(root: Path, study: dict | None = None) -> dict:
     for k in range(N_SLICES):
         uid = generate_uid()
         for t in range(N_PHASES):
-            write_image(root / f"s{k}" / f"{t}.dcm", study, k=k, t=t, series_uid=uid,
-                        series_number=100 + (N_SLICES - k), instance=t + 1,
-                        trigger=37.5 * t + 0.4 * k, description="FIESTA CINE")
+            write_image(
+                root / f"s{k}" / f"{t}.dcm",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                series_number=100 + (N_SLICES - k),
+                instance=t + 1,
+                trigger=37.5 * t + 0.4 * k,
+                description="FIESTA CINE",
+            )
     lax = generate_uid()
     for t in range(N_PHASES):
-        write_image(root / "lax" / f"{t}.dcm", study, k=1.5, t=t, series_uid=lax,
-                    series_number=90, instance=t + 1, trigger=37.5 * t,
-                    description="FIESTA CINE 4CH", orientation=LAX_IOP)
+        write_image(
+            root / "lax" / f"{t}.dcm",
+            study,
+            k=1.5,
+            t=t,
+            series_uid=lax,
+            series_number=90,
+            instance=t + 1,
+            trigger=37.5 * t,
+            description="FIESTA CINE 4CH",
+            orientation=LAX_IOP,
+        )
     return study
 
 
@@ -190,8 +214,17 @@ def philips_like(root: Path, study: dict | None = None) -> dict:
     for k, t in jobs:
         # slices numbered against the normal to check that sorting uses geometry
         inst = (N_SLICES - 1 - k) * N_PHASES + t + 1
-        write_image(root / f"IM_{inst:04d}", study, k=k, t=t, series_uid=uid, instance=inst,
-                    slope=2.0, intercept=-5.0, description="sBTFE_BH SA")
+        write_image(
+            root / f"IM_{inst:04d}",
+            study,
+            k=k,
+            t=t,
+            series_uid=uid,
+            instance=inst,
+            slope=2.0,
+            intercept=-5.0,
+            description="sBTFE_BH SA",
+        )
     return study
 
 
@@ -199,8 +232,9 @@ def enhanced_like(path: Path, study: dict | None = None) -> dict:
     """One Enhanced MR Image Storage object with all frames in shuffled order."""
     study = study or new_study(vendor="Philips")
     sop_uid = generate_uid()
-    ds = FileDataset(str(path), Dataset(), file_meta=_file_meta(ENHANCED_MR, sop_uid),
-                     preamble=b"\0" * 128)
+    ds = FileDataset(
+        str(path), Dataset(), file_meta=_file_meta(ENHANCED_MR, sop_uid), preamble=b"\0" * 128
+    )
     _base(ds, study, ENHANCED_MR, sop_uid)
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 501
@@ -249,8 +283,7 @@ def check_cine(img, props, meta, slope: float = 1.0, intercept: float = 0.0) -> 
     assert img.dtype == np.float32
     assert props.shape == img.shape
     # spacing: (column spacing, row spacing, true slice step), not SliceThickness
-    np.testing.assert_allclose(props.spacing, (PIXEL_SPACING[1], PIXEL_SPACING[0], STEP),
-                               atol=1e-3)
+    np.testing.assert_allclose(props.spacing, (PIXEL_SPACING[1], PIXEL_SPACING[0], STEP), atol=1e-3)
     assert meta.slice_spacing_mm == pytest.approx(STEP, abs=1e-3)
     assert meta.slice_thickness_mm == pytest.approx(THICKNESS)
     assert (meta.n_slices, meta.n_phases) == (N_SLICES, N_PHASES)
@@ -337,17 +370,42 @@ def test_selection_among_several_series(tmp_path):
     # long-axis cine (1 position), a single-phase LGE stack, a 3-plane localizer
     lax = generate_uid()
     for t in range(N_PHASES):
-        write_image(root / "lax" / f"{t}", study, k=1.5, t=t, series_uid=lax, trigger=30.0 * t,
-                    description="cine_4ch", orientation=LAX_IOP, series_number=5)
+        write_image(
+            root / "lax" / f"{t}",
+            study,
+            k=1.5,
+            t=t,
+            series_uid=lax,
+            trigger=30.0 * t,
+            description="cine_4ch",
+            orientation=LAX_IOP,
+            series_number=5,
+        )
     lge = generate_uid()
     for k in range(8):
-        write_image(root / "lge" / f"{k}", study, k=k, t=0, series_uid=lge, trigger=400.0,
-                    description="de_PSIR_SA", series_number=30, value_k=0)
+        write_image(
+            root / "lge" / f"{k}",
+            study,
+            k=k,
+            t=0,
+            series_uid=lge,
+            trigger=400.0,
+            description="de_PSIR_SA",
+            series_number=30,
+            value_k=0,
+        )
     loc = generate_uid()
     for n, ori in enumerate([IOP, LAX_IOP, [*NORMAL, *ROW_DIR]]):
-        write_image(root / "loc" / f"{n}", study, k=0, t=0, series_uid=loc,
-                    description="localizer", orientation=[float(v) for v in ori],
-                    series_number=1)
+        write_image(
+            root / "loc" / f"{n}",
+            study,
+            k=0,
+            t=0,
+            series_uid=loc,
+            description="localizer",
+            orientation=[float(v) for v in ori],
+            series_number=1,
+        )
     series = find_series(root)
     assert len(series) == 4
     assert [s.uid for s in series if s.is_cine_sa] == [study["series_uid"]]
@@ -393,12 +451,21 @@ def test_duplicates_irregular_gaps_and_phase_truncation(tmp_path):
     ks = [0, 1, 2, 3.75]  # last gap 14 mm instead of 8
     for k_idx, k in enumerate(ks):
         for t in range(N_PHASES if k_idx != 2 else N_PHASES - 1):
-            write_image(root / f"{k_idx}_{t}", study, k=k, t=t, series_uid=uid,
-                        instance=k_idx * 10 + t, trigger=30.0 * t, value_k=k_idx)
+            write_image(
+                root / f"{k_idx}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                instance=k_idx * 10 + t,
+                trigger=30.0 * t,
+                value_k=k_idx,
+            )
     # exact copy (same SOPInstanceUID) and a re-export (new UID) with the same position/trigger
     shutil.copy(root / "1_2", root / "copy_1_2")
-    write_image(root / "reexport_0_1", study, k=0, t=1, series_uid=uid, instance=99,
-                trigger=30.0, value_k=0)
+    write_image(
+        root / "reexport_0_1", study, k=0, t=1, series_uid=uid, instance=99, trigger=30.0, value_k=0
+    )
     img, props, meta = load_cine(root)
     text = " | ".join(meta.warnings)
     assert img.shape == (COLS, ROWS, 4, N_PHASES - 1)
@@ -418,8 +485,14 @@ def test_missing_middle_phase_keeps_phases_aligned(tmp_path):
     for k in range(N_SLICES):
         for t in range(N_PHASES):
             if (k, t) != (1, 2):
-                write_image(tmp_path / "m" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
-                            trigger=30.0 * t + 0.2 * k)
+                write_image(
+                    tmp_path / "m" / f"{k}_{t}",
+                    study,
+                    k=k,
+                    t=t,
+                    series_uid=uid,
+                    trigger=30.0 * t + 0.2 * k,
+                )
     img, _, meta = load_cine(tmp_path / "m")
     assert img.shape[-1] == N_PHASES - 1
     assert "matched by trigger time" in " ".join(meta.warnings)
@@ -449,8 +522,9 @@ def test_no_dicom_and_missing(tmp_path):
 
 
 def test_single_image(tmp_path):
-    write_image(tmp_path / "one" / "IM1", new_study(), k=0, t=0, series_uid=generate_uid(),
-                trigger=0.0)
+    write_image(
+        tmp_path / "one" / "IM1", new_study(), k=0, t=0, series_uid=generate_uid(), trigger=0.0
+    )
     _refused(tmp_path / "one", "a single image is not a cine")
     _refused(tmp_path / "one" / "IM1", "a single image is not a cine")
 
@@ -459,8 +533,9 @@ def test_mixed_patients_message_has_no_ids(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     study = siemens_like(tmp_path / "a", new_study(patient_id="PAT-A-123456"))
     study["patient_id"] = "PAT-B-987654"
-    write_image(tmp_path / "a" / "other" / "x", study, k=0, t=0, series_uid=generate_uid(),
-                trigger=0.0)
+    write_image(
+        tmp_path / "a" / "other" / "x", study, k=0, t=0, series_uid=generate_uid(), trigger=0.0
+    )
     err = _refused(tmp_path / "a", "different patients")
     for text in (str(err), caplog.text):
         assert "PAT-A" not in text and "PAT-B" not in text and "Doe" not in text
@@ -471,8 +546,15 @@ def test_missing_pixel_spacing(tmp_path):
     uid = generate_uid()
     for k in range(N_SLICES):
         for t in range(N_PHASES):
-            write_image(tmp_path / "m" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
-                        trigger=30.0 * t, pixel_spacing=False)
+            write_image(
+                tmp_path / "m" / f"{k}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                trigger=30.0 * t,
+                pixel_spacing=False,
+            )
     _refused(tmp_path / "m", "missing PixelSpacing")
 
 
@@ -482,14 +564,22 @@ def test_different_sizes_and_single_phase_slice(tmp_path):
     for k in range(N_SLICES):
         for t in range(N_PHASES):
             pix = stored(k, t, rows=ROWS + 2) if k == 2 else None
-            write_image(tmp_path / "s" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
-                        trigger=30.0 * t, pixels=pix)
+            write_image(
+                tmp_path / "s" / f"{k}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                trigger=30.0 * t,
+                pixels=pix,
+            )
     _refused(tmp_path / "s", "different sizes")
     uid = generate_uid()
     for k in range(N_SLICES):
         for t in range(N_PHASES if k != 1 else 1):
-            write_image(tmp_path / "p" / f"{k}_{t}", study, k=k, t=t, series_uid=uid,
-                        trigger=30.0 * t)
+            write_image(
+                tmp_path / "p" / f"{k}_{t}", study, k=k, t=t, series_uid=uid, trigger=30.0 * t
+            )
     _refused(tmp_path / "p", "only 1 phase")
 
 
@@ -497,15 +587,24 @@ def test_long_axis_only(tmp_path):
     study = new_study()
     uid = generate_uid()
     for t in range(N_PHASES):
-        write_image(tmp_path / "lax" / f"{t}", study, k=0, t=t, series_uid=uid,
-                    trigger=30.0 * t, description="4CH", orientation=LAX_IOP)
+        write_image(
+            tmp_path / "lax" / f"{t}",
+            study,
+            k=0,
+            t=t,
+            series_uid=uid,
+            trigger=30.0 * t,
+            description="4CH",
+            orientation=LAX_IOP,
+        )
     err = _refused(tmp_path / "lax", "no short-axis cine")
     assert "4CH" in str(err) and "1 position" in str(err)
 
 
 def _zip_of(tmp_path: Path, names: list[str]) -> Path:
-    src = write_image(tmp_path / "src" / "IM1", new_study(), k=0, t=0,
-                      series_uid=generate_uid(), trigger=0.0)
+    src = write_image(
+        tmp_path / "src" / "IM1", new_study(), k=0, t=0, series_uid=generate_uid(), trigger=0.0
+    )
     zpath = tmp_path / "bad.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
         for name in names:
