@@ -597,3 +597,13 @@ def test_20_concurrent_uploads_over_http(tmp_path, tiny_checkpoint, studies):
         stored = config.data_dir / "studies" / s["id"] / "input" / "ed.nii.gz"
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest
         assert (config.data_dir / "studies" / s["id"] / "result" / "report.json").is_file()
+
+
+def test_release_memory_after_jobs():
+    """The worker trims the allocator after each job; on glibc Linux the call is available."""
+    import platform
+
+    from cardioseg.app.worker import release_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert release_memory() is expected
