@@ -38,7 +38,7 @@ from scipy import stats
 
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
-from cardioseg.clinical.qc import REVIEW_SCORE, assess_quality
+from cardioseg.clinical.qc import MINOR_REVIEW_SCORE, REVIEW_SCORE, assess_quality
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import compute_metrics
@@ -221,8 +221,10 @@ def qc_summary(rows: list[dict]) -> list[str]:
         )
     lines += [
         "",
-        "Review cut-off sweep (all studies): fraction flagged / fraction of the worst 20 % flagged "
-        f"if the review threshold on the QC score were t (shipped: {REVIEW_SCORE}).",
+        "Single cut-off sweep (all studies), for comparison with the shipped two-tier rule "
+        f"(major issues >= {REVIEW_SCORE}, or minor notes >= {MINOR_REVIEW_SCORE}): fraction "
+        "flagged / fraction of the worst 20 % flagged if every study with a combined QC score >= t "
+        "were flagged.",
         "",
         "| t | " + " | ".join(f"{t:.2f}" for t in SWEEP) + " |",
         "|---|" + "---|" * len(SWEEP),

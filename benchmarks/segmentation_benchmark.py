@@ -46,7 +46,7 @@ def main() -> None:
         nargs="*",
         default=[],
         choices=["tta", "tent", "histogram"],
-        help="also run the shipped model with flip TTA, TENT adaptation or histogram matching",
+        help="also run the shipped model with test-time augmentation, TENT or histogram matching",
     )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()

@@ -22,8 +22,13 @@ The phantom is a seeded, anatomically plausible short-axis stack from base (slic
   style: intensity range, gamma, noise level, effective resolution and the in-plane turn/flip of
   the stored array.
 
-The in-plane layout before the vendor's turn/flip follows ACDC arrays (seen with
-``plt.imshow(a.T)``): RV to the left of the LV, lungs above and to the right, abdomen below.
+The in-plane layout before the style's turn/flip follows ACDC arrays (seen with
+``plt.imshow(a.T)``): RV to the left of the LV, lungs above and to the right, abdomen below. The
+named vendor styles keep that layout (no turn or flip), as the real vendor data in
+``../shared/data`` do (M&Ms Philips, Siemens and GE NIfTI, and the GE Sunnybrook DICOM cine read by
+:func:`cardioseg.io.dicom.load_cine`); they differ in the affine's axis codes, intensity range,
+contrast, noise and resolution. The ``random`` style also turns/flips the stored array, for
+stress tests of orientation handling.
 
 Arrays are ``(X, Y, Z)`` with ``Z`` the slice axis; labels use the canonical convention
 (0 background, 1 LV, 2 MYO, 3 RV).
@@ -99,8 +104,8 @@ class VendorStyle:
 #: The three built-in vendor appearances.
 VENDOR_STYLES: dict[str, VendorStyle] = {
     "siemens": VendorStyle("siemens", None, False, 1.0, 0.030, 0.10, 0.70, 0.28, 0, False, "RAS"),
-    "philips": VendorStyle("philips", 140.0, True, 0.85, 0.025, 0.20, 0.95, 0.30, 1, False, "LPS"),
-    "ge": VendorStyle("ge", 1000.0, True, 1.15, 0.040, 0.15, 0.80, 0.27, 2, True, "PIR"),
+    "philips": VendorStyle("philips", 140.0, True, 0.85, 0.025, 0.20, 0.95, 0.30, 0, False, "LPS"),
+    "ge": VendorStyle("ge", 1000.0, True, 1.15, 0.040, 0.15, 0.80, 0.27, 0, False, "PIR"),
 }
 
 
