@@ -44,7 +44,7 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
         "config": {"train": {"augmentation": "spatial"}},
     },
     "strong": {
-        "description": "spatial + MR intensity augmentation (the project default)",
+        "description": "spatial + MR intensity augmentation (the previous shipped recipe)",
         "config": {"train": {"augmentation": "strong"}},
     },
     "light": {
