@@ -448,3 +448,15 @@ def test_dicom_seg_one_instance_per_source_series(tmp_path):
             for item in seg.PerFrameFunctionalGroupsSequence
         }
         assert refs == {pydicom.dcmread(files[k][1]).SOPInstanceUID}
+
+
+def test_report_colours_minor_notes_grey():
+    from cardioseg.clinical.report import STATUS_COLORS, _reason_color
+
+    assert _reason_color({"kind": "fragment_slice_rv", "weight": 0.3}, "ok") == "#666666"
+    assert (
+        _reason_color({"kind": "enclosure_severe", "weight": 0.5}, "review")
+        == STATUS_COLORS["fail"]
+    )
+    assert _reason_color({"kind": "border", "weight": 0.35}, "review") == STATUS_COLORS["review"]
+    assert _reason_color(None, "review") == STATUS_COLORS["review"]

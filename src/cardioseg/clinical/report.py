@@ -273,9 +273,16 @@ def _data_uri(path: Path | None) -> str:
 # --- HTML -----------------------------------------------------------------------------------------
 
 
-def _reason_color(weight: float | None, status: str) -> str:
-    if weight is None:
+def _reason_color(issue: dict[str, Any] | None, status: str) -> str:
+    """Red for heavy issues, amber for others, grey for minor notes (they do not ask for a
+    review on their own, see :mod:`cardioseg.clinical.qc`)."""
+    from cardioseg.clinical.qc import MINOR_KINDS
+
+    if issue is None or issue.get("weight") is None:
         return STATUS_COLORS.get(status, "#555")
+    weight = float(issue["weight"])
+    if issue.get("kind") in MINOR_KINDS:
+        return "#666666"
     if weight >= 0.5:
         return STATUS_COLORS["fail"]
     if weight >= 0.25:
@@ -288,11 +295,11 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     qc = report["qc"]
     status = str(qc.get("status", "not assessed"))
     color = STATUS_COLORS.get(status, "#555")
-    weights = [i.get("weight") for i in (qc.get("metrics") or {}).get("issues", [])]
+    issues = list((qc.get("metrics") or {}).get("issues", []))
     reasons = qc.get("reasons") or []
     reason_items = (
         "".join(
-            f'<li style="color:{_reason_color(weights[i] if i < len(weights) else None, status)}">'
+            f'<li style="color:{_reason_color(issues[i] if i < len(issues) else None, status)}">'
             f"{e(str(r))}</li>"
             for i, r in enumerate(reasons)
         )
