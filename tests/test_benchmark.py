@@ -118,6 +118,19 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     assert res.status == {"s2g/baseline/seed0": "skipped", "s2g/tent/seed0": "done"}
     assert (base / "run.json").stat().st_mtime_ns == stamp
 
+    # --reevaluate: finished runs are evaluated again (new metrics file), never re-trained
+    model_stamp = (base / "train" / "final.pt").stat().st_mtime_ns
+    (base / "metrics.csv").write_text("stale\n")
+    r = runner.invoke(
+        app, ["benchmark", str(proto), "-o", str(out), "--profile", "quick", "--reevaluate"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.output.count("re-evaluated") == 2
+    assert (base / "train" / "final.pt").stat().st_mtime_ns == model_stamp
+    again = list(csv.DictReader(open(base / "metrics.csv")))
+    assert len(again) == 4 and {r["method"] for r in again} == {"baseline"}
+    assert "evaluated again" in (out / "report.md").read_text()
+
 
 BAD = {
     "missing dataset": (

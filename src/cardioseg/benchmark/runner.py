@@ -171,6 +171,7 @@ def run_benchmark(
     out_dir: str | Path,
     profile: str = "quick",
     dry_run: bool = False,
+    reevaluate: bool = False,
 ) -> BenchmarkResult:
     """Validate the protocol, run every unfinished run, then write the report.
 
@@ -179,6 +180,9 @@ def run_benchmark(
         out_dir: Output folder (reused across invocations: finished runs are skipped).
         profile: ``quick`` (2 CPU cores), ``full`` (GPU) or a protocol-defined profile.
         dry_run: Only validate and write ``plan.json``.
+        reevaluate: Evaluate the finished runs' models again with the current inference code
+            (e.g. after a post-processing change) instead of skipping them; nothing is
+            re-trained. Their ``metrics.csv`` is replaced atomically.
 
     Raises:
         CardiosegError: Invalid protocol (before any training starts).
@@ -209,6 +213,13 @@ def run_benchmark(
         return result
     for i, run in enumerate(runs, 1):
         final = run_dir(out, run.key)
+        if is_done(final) and reevaluate:
+            log.info("[%d/%d] %s: done earlier, evaluating again", i, len(runs), run.key)
+            source = run.depends_on if run.reuse_model else run.key
+            checkpoint = run_dir(out, source) / "train" / "final.pt"
+            write_rows(final / "metrics.csv", evaluate_run(proto, run, checkpoint, max_subjects))
+            result.status[run.key] = "re-evaluated"
+            continue
         if is_done(final):
             result.status[run.key] = "skipped"
             log.info("[%d/%d] %s: done earlier, skipped", i, len(runs), run.key)

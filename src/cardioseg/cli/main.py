@@ -439,12 +439,18 @@ def benchmark(
         str, typer.Option(help="quick (2 CPU cores), full (GPU) or smoke (end-to-end check)")
     ] = "quick",
     dry_run: Annotated[bool, typer.Option(help="Only check the protocol, list the runs")] = False,
+    reevaluate: Annotated[
+        bool,
+        typer.Option(help="Evaluate finished runs again with the current inference code"),
+    ] = False,
 ) -> None:
     """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
     _setup_logging(True)
     from cardioseg.benchmark import run_benchmark
 
-    result = run_benchmark(protocol, output, profile=profile, dry_run=dry_run)
+    result = run_benchmark(
+        protocol, output, profile=profile, dry_run=dry_run, reevaluate=reevaluate
+    )
     for key, status in result.status.items():
         typer.echo(f"{status:8s} {key} {result.errors.get(key, '')}".rstrip())
     if result.report:
