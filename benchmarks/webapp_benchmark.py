@@ -317,8 +317,8 @@ def write_markdown(
     lines += [
         "",
         "`analysis in worker` is `meta.seconds` of report.json (load, segmentation of every "
-        "frame, QC with flip TTA on ED and ES); the rest of upload → done is upload checks, "
-        "queueing, report files and the slice-viewer cache.",
+        "frame, ED and ES again with TTA for the labels and the QC uncertainty); the rest of "
+        "upload → done is upload checks, queueing, report files and the slice-viewer cache.",
         "",
         "## kill -9 during an analysis",
         "",
