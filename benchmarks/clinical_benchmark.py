@@ -190,6 +190,11 @@ def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict
 SWEEP = (0.25, 0.35, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def _worst(dice: np.ndarray) -> np.ndarray:
+    """Indices of the worst 20 % (at least one) by Dice."""
+    return np.argsort(dice)[: max(1, int(round(0.2 * len(dice))))]
+
+
 def qc_summary(rows: list[dict]) -> list[str]:
     lines = [
         "## Quality control vs. real errors",
@@ -211,8 +216,8 @@ def qc_summary(rows: list[dict]) -> list[str]:
         s = np.array([r["qc_score"] for r in rs])
         flagged = np.array([r["qc_status"] != "ok" for r in rs])
         rho = stats.spearmanr(s, 1 - d).statistic
-        n_worst = max(1, int(round(0.2 * len(rs))))
-        worst = np.argsort(d)[:n_worst]
+        worst = _worst(d)
+        n_worst = len(worst)
         counts = [sum(r["qc_status"] == k for r in rs) for k in ("ok", "review", "fail")]
         lines.append(
             f"| {name} | {len(rs)} | {rho:.2f} | {flagged[worst].sum()}/{n_worst} "
@@ -231,7 +236,7 @@ def qc_summary(rows: list[dict]) -> list[str]:
     ]
     d = np.array([r["mean_dice"] for r in rows])
     s = np.array([r["qc_score"] for r in rows])
-    worst = np.argsort(d)[: max(1, int(round(0.2 * len(rows))))]
+    worst = _worst(d)
     cells = [f"{(s >= t).mean():.0%} / {(s[worst] >= t).mean():.0%}" for t in SWEEP]
     lines.append("| flagged / worst flagged | " + " | ".join(cells) + " |")
     ef = [r for r in rows if "lv_ef_pct_pred" in r]

@@ -213,16 +213,17 @@ def run_benchmark(
         return result
     for i, run in enumerate(runs, 1):
         final = run_dir(out, run.key)
-        if is_done(final) and reevaluate:
-            log.info("[%d/%d] %s: done earlier, evaluating again", i, len(runs), run.key)
-            source = run.depends_on if run.reuse_model else run.key
-            checkpoint = run_dir(out, source) / "train" / "final.pt"
-            write_rows(final / "metrics.csv", evaluate_run(proto, run, checkpoint, max_subjects))
-            result.status[run.key] = "re-evaluated"
-            continue
         if is_done(final):
-            result.status[run.key] = "skipped"
-            log.info("[%d/%d] %s: done earlier, skipped", i, len(runs), run.key)
+            if reevaluate:
+                log.info("[%d/%d] %s: done earlier, evaluating again", i, len(runs), run.key)
+                source = run.depends_on if run.reuse_model else run.key
+                checkpoint = run_dir(out, source) / "train" / "final.pt"
+                rows = evaluate_run(proto, run, checkpoint, max_subjects)
+                write_rows(final / "metrics.csv", rows)
+                result.status[run.key] = "re-evaluated"
+            else:
+                result.status[run.key] = "skipped"
+                log.info("[%d/%d] %s: done earlier, skipped", i, len(runs), run.key)
             continue
         if run.depends_on and not is_done(run_dir(out, run.depends_on)):
             result.status[run.key] = "failed"

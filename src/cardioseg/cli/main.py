@@ -137,8 +137,12 @@ def segment(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes (3D or 4D cine) or folders")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file or folder")],
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
-    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
-    postprocess: Annotated[bool, typer.Option(help="Largest component + hole filling")] = True,
+    tta: Annotated[
+        bool, typer.Option(help="Test-time augmentation (flips, or small rotations)")
+    ] = False,
+    postprocess: Annotated[
+        bool, typer.Option(help="Largest components, RV only beside myocardium, hole filling")
+    ] = True,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch default)")] = 0,
     adapt: Annotated[
         str | None,

@@ -143,8 +143,9 @@ def analyze_study(
             )
     finally:
         seg.tta = tta_before
-    lv_curve = volume_curve(labels, spacing, 1)
-    rv_curve = volume_curve(labels, spacing, 3)
+    frames = [ed_i, es_i]
+    lv_curve[frames] = volume_curve(labels[..., frames], spacing, 1)
+    rv_curve[frames] = volume_curve(labels[..., frames], spacing, 3)
     indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
     qc = assess_quality(
         labels[..., ed_i],

@@ -60,7 +60,8 @@ class Segmenter:
             the model was trained with random turns/flips (``train.orientation_augmentation``),
             otherwise over small in-plane rotations (±10°), which stay inside what such a model
             has seen; the spread of these predictions feeds the QC uncertainty.
-        postprocess: Keep the largest component per structure and fill holes.
+        postprocess: Keep the largest component per structure, drop the RV on slices without
+            myocardium and fill holes (:func:`cardioseg.inference.postprocess.postprocess`).
         num_threads: Torch CPU threads (``None`` keeps the current setting).
         device: ``cpu``, ``cuda`` or ``auto``.
         batch_size: Slices per forward pass.

@@ -1337,9 +1337,7 @@ def load_cine(
     except Exception as exc:  # last resort: never let pydicom/numpy internals escape
         log.debug("unexpected %s while loading %s", type(exc).__name__, path)
         raise CardiosegError(path, f"cannot load DICOM cine ({type(exc).__name__})") from None
-    array = loaded[0]
-    if not np.isfinite(array).all():
-        raise CardiosegError(path, "image contains NaN or Inf values")
+    array = loaded[0]  # finite: _read_pixels refuses NaN/Inf
     if float(array.max()) == float(array.min()):
         raise CardiosegError(path, "image is constant (every pixel has the same value)")
     return loaded
