@@ -214,6 +214,27 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
                 == 422
             )
 
+            # display volumes of the WebGL viewer: (cols, rows, slices, frames), uint8, and the
+            # labels are the analysis' masks rearranged (same label counts in every slice)
+            vols = {}
+            for name in ("image", "labels"):
+                r = client.get(f"/api/studies/{sid}/volumes/{name}.nii.gz")
+                assert r.status_code == 200, name
+                vols[name] = _nifti_from_bytes(r.content, tmp_path / f"{name}.nii.gz")
+                assert vols[name].shape == (48, 48, 4, n_frames)
+                assert vols[name].get_data_dtype() == np.uint8
+            assert viewer["volumes"] == ["image", "labels"]
+            ed_mask = _nifti_from_bytes(
+                client.get(f"/api/studies/{sid}/masks/ed").content, tmp_path / "ed.nii.gz"
+            )
+            shown = np.asarray(vols["labels"].dataobj)[..., on_disk["ed_frame"]]
+            native = np.asarray(ed_mask.dataobj)
+            for label in (1, 2, 3):
+                assert [int((shown[:, :, z] == label).sum()) for z in range(4)] == [
+                    int((native[:, :, z] == label).sum()) for z in range(4)
+                ]
+            assert client.get(f"/api/studies/{sid}/volumes/mask.nii.gz").status_code == 404
+
             mask = client.get(f"/api/studies/{sid}/masks/ed")
             assert mask.status_code == 200
             img = _nifti_from_bytes(mask.content, tmp_path / "m.nii.gz")

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from cardioseg.data.synthetic import PhantomConfig, make_cine
 
@@ -21,6 +22,8 @@ CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--use-angle=swiftshader",  # WebGL2 in software for the interactive viewer
+    "--enable-unsafe-swiftshader",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
@@ -136,6 +139,37 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             shot = tmp_path / "webapp.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+            # the interactive WebGL viewer (Niivue) shows the same study and follows the controls
+            assert page.evaluate("() => webglAvailable()"), "no WebGL2 in the test browser"
+            page.check("#viewer-mode-webgl")
+            _wait_js(page, "nvReady() && !document.getElementById('webgl-status').textContent")
+            assert page.is_hidden("#viewer-stage") and page.is_visible("#nv-canvas")
+            dims = page.evaluate(
+                "() => nvState.nv.volumes.map(v => [...v.hdr.dims.slice(1, 4), v.nFrame4D])"
+            )
+            meta = page.evaluate("() => state.viewer")
+            expected = [meta["cols"], meta["rows"], meta["n_slices"], meta["n_frames"]]
+            assert dims == [expected, expected]
+            page.locator("#frame-slider").fill(str(report["ed_frame"]))
+            frames = "nvState.nv.volumes.map(v => nvState.nv.getFrame4D(v.id))"
+            _wait_js(page, f"{frames}.every(f => f === {report['ed_frame']})")
+            page.locator("#slice-slider").fill("2")
+            crosshair_slice = "nvState.nv.frac2vox(nvState.nv.scene.crosshairPos)[2]"
+            _wait_js(page, f"Math.round({crosshair_slice}) === 2")
+            time.sleep(0.5)
+            canvas_shot = tmp_path / "webgl.png"
+            page.locator("#nv-canvas").screenshot(path=str(canvas_shot))
+            rgb = np.asarray(Image.open(canvas_shot).convert("RGB")).astype(int)
+            lv_red = (rgb[..., 0] > 150) & (rgb[..., 1] < 140) & (rgb[..., 2] < 110)
+            assert lv_red.sum() > 20, "no LV overlay drawn by the WebGL viewer"
+            page.uncheck("#overlay-toggle")
+            _wait_js(page, "nvState.nv.volumes[1].opacity === 0")
+            page.check("#overlay-toggle")
+            page.select_option("#nv-layout", "multi")
+            _wait_js(page, "nvState.nv.opts.sliceType === nvState.nv.sliceTypeMultiplanar")
+            page.check('input[name="viewer-mode"][value="slices"]')
+            assert page.is_visible("#viewer-stage") and page.is_hidden("#nv-stage")
         finally:
             browser.close()
     assert not page_errors, page_errors

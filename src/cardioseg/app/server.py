@@ -524,6 +524,27 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         )
 
     @app.get(
+        "/api/studies/{study_id}/volumes/{name}.nii.gz",
+        tags=["viewer"],
+        summary="Display volume for the WebGL viewer: 'image' or 'labels' (4D NIfTI, uint8)",
+    )
+    def display_volume(study_id: str, name: str) -> FileResponse:
+        from cardioseg.app.viewer import display_volume as volume_path
+
+        done_or_409(study_id)
+        try:
+            path = volume_path(store.viewer_dir(study_id), name)
+        except ValueError as exc:
+            raise _err(404, str(exc)) from None
+        except FileNotFoundError:
+            raise _err(404, "display volumes not available for this study") from None
+        return FileResponse(
+            path,
+            media_type="application/gzip",
+            headers={"Cache-Control": "private, max-age=86400"},
+        )
+
+    @app.get(
         "/api/studies/{study_id}/masks/{which}",
         tags=["downloads"],
         summary="Label mask as NIfTI: 'ed', 'es' or 'cine' (4D, cine input only)",

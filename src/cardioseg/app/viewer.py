@@ -1,7 +1,12 @@
 """Slice viewer support: display volumes written once per study, PNGs rendered per request.
 
 After an analysis the worker writes ``viewer/`` with the image as ``uint8`` and the labels,
-both already oriented for display as ``(frame, slice, rows, columns)``, plus ``meta.json``.
+both already oriented for display as ``(frame, slice, rows, columns)``, plus ``meta.json``, and
+the same two volumes as 4D NIfTI (``image.nii.gz``, ``labels.nii.gz``) for the browser's
+interactive WebGL viewer (Niivue): voxel ``(i, j, s, t)`` is column ``i`` counted from the left,
+row ``j`` counted from the bottom, slice ``s``, frame ``t``, with a diagonal affine holding the
+voxel size, so that Niivue's axial view is the acquired short-axis plane shown exactly as the PNG
+slices and its two other views are long-axis reconstructions.
 The orientation follows the report's overlay montage: the slice (stacking) axis is the one
 :func:`~cardioseg.preprocessing.slice_axis` finds, and a slice ``s`` is shown as
 ``s.T`` with the origin at the bottom. Each rendered PNG is cached on disk, so the memory used
@@ -24,6 +29,8 @@ from cardioseg.io.nifti import atomic_write
 #: Label colours (RGB) as in the report montage: LV red, MYO green, RV blue.
 COLORS: dict[int, tuple[int, int, int]] = {1: (228, 87, 46), 2: (41, 191, 18), 3: (46, 134, 222)}
 LAYERS = ("image", "labels", "overlay")
+#: 4D NIfTI files of the interactive viewer, by name.
+VOLUMES = {"image": "image.nii.gz", "labels": "labels.nii.gz"}
 #: Long side in pixels of the rendered slices (small images are enlarged, never reduced).
 MIN_LONG_SIDE = 384
 
@@ -93,12 +100,17 @@ def build_viewer_cache(
         "ed_frame": int(ed_frame),
         "es_frame": int(es_frame),
         "labels_per_frame": [bool(lab[t].any()) for t in range(n_frames)],
+        "slice_spacing_mm": float(spacing[axis]),
+        "volumes": list(VOLUMES),
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         np.save(tmp / "image.npy", img8)
         np.save(tmp / "labels.npy", lab)
+        zooms = (in_plane[0], in_plane[1], float(spacing[axis]))
+        _save_display_nifti(tmp / VOLUMES["image"], img8, zooms)
+        _save_display_nifti(tmp / VOLUMES["labels"], lab, zooms)
         (tmp / "png").mkdir()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if target.exists():
@@ -108,6 +120,34 @@ def build_viewer_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _save_display_nifti(path: Path, stack: np.ndarray, zooms: tuple[float, ...]) -> None:
+    """Save a ``(frame, slice, rows, cols)`` display stack as ``(cols, rows↑, slice, frame)``."""
+    import nibabel as nib
+
+    data = np.ascontiguousarray(np.transpose(stack[:, :, ::-1, :], (3, 2, 1, 0)))
+    affine = np.diag([*zooms, 1.0])
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "unknown")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def display_volume(folder: Path, name: str) -> Path:
+    """Path of one of the viewer's 4D NIfTI files (see :data:`VOLUMES`).
+
+    Raises:
+        ValueError: Unknown name.
+        FileNotFoundError: Not written for this study (an analysis from an older version).
+    """
+    if name not in VOLUMES:
+        raise ValueError(f"unknown volume '{name}'; use {' or '.join(VOLUMES)}")
+    path = folder / VOLUMES[name]
+    if not path.is_file():
+        raise FileNotFoundError(name)
+    return path
 
 
 def viewer_meta(folder: Path) -> dict[str, Any] | None:

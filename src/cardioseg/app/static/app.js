@@ -16,6 +16,14 @@ const state = {
   listTimer: null,
   detailTimer: null,
   showAllReasons: false,
+  mode: "slices", // "slices" (server-rendered PNG) or "webgl" (Niivue)
+};
+
+// Interactive WebGL viewer (Niivue, vendored under /static/vendor, loaded on first use).
+const nvState = { nv: null, study: null, loading: null, error: null };
+const LABEL_LUT = {
+  R: [0, 228, 41, 46], G: [0, 87, 191, 134], B: [0, 46, 18, 222], A: [0, 255, 255, 255],
+  I: [0, 1, 2, 3], labels: ["background", "LV blood pool", "myocardium", "RV blood pool"],
 };
 
 // --- token and requests ------------------------------------------------------------------
@@ -417,14 +425,24 @@ function setupViewer() {
   const stage = $("viewer-stage");
   stage.style.aspectRatio = v.width + " / " + v.height;
   $("play-button").disabled = v.n_frames < 2;
-  updateViewer();
+  const hasVolumes = Array.isArray(v.volumes) && v.volumes.includes("labels");
+  $("viewer-mode-webgl").disabled = !hasVolumes;
+  $("webgl-choice").title = hasVolumes ? "" : "analysed by an older version: re-upload for the interactive view";
+  if (state.mode === "webgl" && hasVolumes) setViewerMode("webgl");
+  else {
+    if (state.mode === "webgl") setViewerMode("slices");
+    updateViewer();
+  }
 }
 
 function updateViewer() {
   const v = state.viewer;
   if (!v) return;
-  $("viewer-image").src = sliceUrl("image", state.frame, state.slice);
-  $("viewer-labels").src = sliceUrl("labels", state.frame, state.slice);
+  if (state.mode === "webgl") updateNiivue();
+  else {
+    $("viewer-image").src = sliceUrl("image", state.frame, state.slice);
+    $("viewer-labels").src = sliceUrl("labels", state.frame, state.slice);
+  }
   $("slice-label").textContent = (state.slice + 1) + " / " + v.n_slices;
   let tag = "";
   if (state.frame === v.ed_frame) tag = " (ED)";
@@ -434,11 +452,18 @@ function updateViewer() {
   drawCurveMarker();
 }
 
+function overlayOpacity() {
+  return $("overlay-toggle").checked ? Number($("opacity-slider").value) / 100 : 0;
+}
+
 function updateOverlay() {
   const on = $("overlay-toggle").checked;
   const opacity = Number($("opacity-slider").value) / 100;
   const labels = $("viewer-labels");
   labels.style.opacity = on ? opacity : 0;
+  if (state.mode === "webgl" && nvReady()) {
+    nvState.nv.setOpacity(1, overlayOpacity());
+  }
   $("opacity-label").textContent = Math.round(opacity * 100) + " %";
   $("opacity-slider").disabled = !on;
 }
@@ -454,7 +479,7 @@ function togglePlay() {
   if (state.playing) return stopPlay();
   const v = state.viewer;
   if (!v || v.n_frames < 2) return;
-  preload(state.slice);
+  if (state.mode === "slices") preload(state.slice);
   $("play-button").textContent = "❚❚ Pause";
   state.playing = setInterval(() => {
     state.frame = (state.frame + 1) % v.n_frames;
@@ -485,6 +510,134 @@ function onKey(e) {
     $("frame-slider").value = state.frame;
     $("slice-slider").value = state.slice;
     updateViewer();
+  }
+}
+
+// --- interactive WebGL viewer (Niivue) ----------------------------------------------------
+
+function webglAvailable() {
+  try {
+    return Boolean(document.createElement("canvas").getContext("webgl2"));
+  } catch (e) {
+    return false;
+  }
+}
+
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const tag = el("script", { src });
+    tag.onload = resolve;
+    tag.onerror = () => reject(new Error("could not load " + src));
+    document.head.append(tag);
+  });
+}
+
+function nvReady() {
+  return Boolean(nvState.nv && nvState.study === state.selected && nvState.nv.volumes.length === 2);
+}
+
+function setWebglStatus(text, isError = false) {
+  const s = $("webgl-status");
+  s.textContent = text;
+  s.classList.toggle("error", isError);
+}
+
+async function ensureNiivue() {
+  if (nvState.nv) return nvState.nv;
+  if (!window.niivue) await loadScript("/static/vendor/niivue.umd.js");
+  const nv = new window.niivue.Niivue({
+    backColor: [0, 0, 0, 1],
+    crosshairColor: [1, 0.85, 0.1, 0.45],
+    crosshairWidth: 0.5,
+    show3Dcrosshair: false,
+    isColorbar: false,
+    isOrientCube: false,
+    dragAndDropEnabled: false,
+    loadingText: "loading…",
+    isResizeCanvas: true,
+  });
+  await nv.attachToCanvas($("nv-canvas"));
+  nv.onLocationChange = (loc) => {
+    // a click in any plane moves the slice shown in the slice controls
+    if (!state.viewer || !loc || !loc.vox) return;
+    const s = Math.round(loc.vox[2]);
+    if (s >= 0 && s < state.viewer.n_slices && s !== state.slice) {
+      state.slice = s;
+      $("slice-slider").value = s;
+      $("slice-label").textContent = (s + 1) + " / " + state.viewer.n_slices;
+    }
+  };
+  nvState.nv = nv;
+  return nv;
+}
+
+async function loadNiivueStudy() {
+  const id = state.selected;
+  const nv = await ensureNiivue();
+  if (nvState.study === id && nv.volumes.length === 2) return;
+  const base = "/api/studies/" + id + "/volumes/";
+  nvState.study = null;
+  await nv.loadVolumes([
+    { url: withToken(base + "image.nii.gz"), name: "image.nii.gz", colormap: "gray", cal_min: 0, cal_max: 255 },
+    { url: withToken(base + "labels.nii.gz"), name: "labels.nii.gz", opacity: overlayOpacity() },
+  ]);
+  if (state.selected !== id) return; // another study was chosen meanwhile
+  nv.volumes[1].setColormapLabel(LABEL_LUT);
+  nv.updateGLVolume();
+  nvState.study = id;
+}
+
+function applyNiivueLayout() {
+  const nv = nvState.nv;
+  const v = state.viewer;
+  const multi = $("nv-layout").value === "multi";
+  $("nv-stage").style.aspectRatio = multi ? "4 / 3" : v.width + " / " + v.height;
+  if (nv) nv.setSliceType(multi ? nv.sliceTypeMultiplanar : nv.sliceTypeAxial);
+}
+
+function updateNiivue() {
+  if (!nvReady()) return;
+  const nv = nvState.nv;
+  for (const vol of nv.volumes) {
+    if (nv.getFrame4D(vol.id) !== state.frame) nv.setFrame4D(vol.id, state.frame);
+  }
+  const pos = nv.scene.crosshairPos;
+  const frac = nv.vox2frac([0, 0, state.slice]);
+  if (Math.abs(pos[2] - frac[2]) > 1e-6) {
+    nv.scene.crosshairPos = [pos[0], pos[1], frac[2]];
+    nv.drawScene();
+  }
+}
+
+async function setViewerMode(mode) {
+  if (mode === "webgl" && !webglAvailable()) {
+    setWebglStatus("This browser has no WebGL2: use the slice view.", true);
+    mode = "slices";
+  }
+  stopPlay();
+  state.mode = mode;
+  document.querySelector('input[name="viewer-mode"][value="' + mode + '"]').checked = true;
+  const webgl = mode === "webgl";
+  $("viewer-stage").hidden = webgl;
+  $("nv-stage").hidden = !webgl;
+  $("nv-layout-label").hidden = !webgl;
+  document.querySelector(".nv-hint").hidden = !webgl;
+  if (!webgl) {
+    updateViewer();
+    return;
+  }
+  applyNiivueLayout();
+  setWebglStatus("Loading the volumes…");
+  try {
+    await loadNiivueStudy();
+    if (state.mode !== "webgl") return;
+    applyNiivueLayout();
+    updateNiivue();
+    updateOverlay();
+    setWebglStatus("");
+  } catch (e) {
+    setWebglStatus("Interactive view unavailable: " + e.message, true);
+    if (state.mode === "webgl") setViewerMode("slices");
   }
 }
 
@@ -601,6 +754,10 @@ function init() {
   $("play-button").addEventListener("click", togglePlay);
   $("ed-button").addEventListener("click", () => { stopPlay(); state.frame = state.viewer.ed_frame; $("frame-slider").value = state.frame; updateViewer(); });
   $("es-button").addEventListener("click", () => { stopPlay(); state.frame = state.viewer.es_frame; $("frame-slider").value = state.frame; updateViewer(); });
+  for (const r of document.querySelectorAll('input[name="viewer-mode"]')) {
+    r.addEventListener("change", (e) => { if (e.target.checked) setViewerMode(e.target.value); });
+  }
+  $("nv-layout").addEventListener("change", () => { applyNiivueLayout(); updateNiivue(); });
   $("qc-more").addEventListener("click", () => { state.showAllReasons = !state.showAllReasons; renderReasons(); });
   document.addEventListener("keydown", onKey);
   start();
