@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cardioseg.io.nifti import atomic_write
+from cardioseg.io.nifti import atomic_folder, atomic_write
 
 #: Label colours (RGB) as in the report montage: LV red, MYO green, RV blue.
 COLORS: dict[int, tuple[int, int, int]] = {1: (228, 87, 46), 2: (41, 191, 18), 3: (46, 134, 222)}
@@ -103,9 +101,7 @@ def build_viewer_cache(
         "slice_spacing_mm": float(spacing[axis]),
         "volumes": list(VOLUMES),
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         np.save(tmp / "image.npy", img8)
         np.save(tmp / "labels.npy", lab)
         zooms = (in_plane[0], in_plane[1], float(spacing[axis]))
@@ -113,12 +109,6 @@ def build_viewer_cache(
         _save_display_nifti(tmp / VOLUMES["labels"], lab, zooms)
         (tmp / "png").mkdir()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

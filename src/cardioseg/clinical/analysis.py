@@ -6,8 +6,6 @@ The CLI (``cardioseg analyze``), the batch runner and the web app all call :func
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import ImageProperties, is_nifti, read_image, write_label
+from cardioseg.io.nifti import ImageProperties, atomic_folder, is_nifti, read_image, write_label
 
 log = logging.getLogger("cardioseg.analyze")
 
@@ -153,9 +151,7 @@ def analyze_study(
         spacing,
         probabilities={"ED": probs["ED"], "ES": probs["ES"]},
     )
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    try:
+    with atomic_folder(outdir) as tmp:
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
         write_label(tmp / "mask_ED.nii.gz", labels[..., ed_i], props3)
         write_label(tmp / "mask_ES.nii.gz", labels[..., es_i], props3)
@@ -199,12 +195,6 @@ def analyze_study(
             meta=meta,
             write_pdf=write_pdf,
         )
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        tmp.rename(outdir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     import json
 
     return json.loads((outdir / "report.json").read_text())

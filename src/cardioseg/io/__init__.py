@@ -2,6 +2,7 @@
 
 from cardioseg.io.nifti import (
     ImageProperties,
+    atomic_folder,
     atomic_write,
     read_image,
     read_label,
@@ -11,6 +12,7 @@ from cardioseg.io.nifti import (
 
 __all__ = [
     "ImageProperties",
+    "atomic_folder",
     "atomic_write",
     "read_image",
     "read_label",

@@ -210,6 +210,36 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``path``; it replaces ``path`` only on success.
+
+    On any exception the temporary folder is removed and ``path`` is left as it was, so a reader
+    sees either the previous folder or the complete new one.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "result"
+        >>> with atomic_folder(out) as tmp:
+        ...     _ = (tmp / "a.txt").write_text("done")
+        >>> (out / "a.txt").read_text()
+        'done'
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_image(
     path: str | Path, array: np.ndarray, properties: ImageProperties, dtype: type = np.float32
 ) -> Path:
