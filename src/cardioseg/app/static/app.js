@@ -549,6 +549,7 @@ async function ensureNiivue() {
     backColor: [0, 0, 0, 1],
     crosshairColor: [1, 0.85, 0.1, 0.45],
     crosshairWidth: 0.5,
+    crosshairWidthUnit: "mm",
     show3Dcrosshair: false,
     isColorbar: false,
     isOrientCube: false,
