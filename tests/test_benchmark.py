@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,28 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     again = list(csv.DictReader(open(base / "metrics.csv")))
     assert len(again) == 4 and {r["method"] for r in again} == {"baseline"}
     assert "evaluated again" in (out / "report.md").read_text()
+
+    # --only: one method and what it needs; the other finished runs stay as they are
+    stamps = {
+        m: (out / "runs" / "s2g" / m / "seed0" / "metrics.csv").stat().st_mtime_ns
+        for m in ("baseline", "tent")
+    }
+    res = run_benchmark(proto, out, profile="quick", reevaluate=True, only=["baseline"])
+    assert res.status == {"s2g/baseline/seed0": "re-evaluated", "s2g/tent/seed0": "skipped"}
+    tent_metrics = out / "runs" / "s2g" / "tent" / "seed0" / "metrics.csv"
+    assert tent_metrics.stat().st_mtime_ns == stamps["tent"]
+    shutil.rmtree(tent)
+    res = run_benchmark(proto, out, profile="quick", only=["baseline"])
+    assert res.status == {"s2g/baseline/seed0": "skipped", "s2g/tent/seed0": "not run"}
+    assert "1 not run" in (out / "report.md").read_text()
+    rows = list(csv.DictReader(open(out / "per_case_metrics.csv")))
+    assert {r["method"] for r in rows} == {"baseline"}
+    # a method's dependency is run with it
+    shutil.rmtree(base)
+    res = run_benchmark(proto, out, profile="quick", only=["tent"])
+    assert res.status == {"s2g/baseline/seed0": "done", "s2g/tent/seed0": "done"}
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out), "--only", "magic"])
+    assert r.exit_code != 0 and "unknown method 'magic'" in r.output
 
 
 BAD = {

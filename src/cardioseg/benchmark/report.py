@@ -216,7 +216,8 @@ def write_report(
         f"Protocol `{proto.path}`, profile `{profile}`, seeds {seeds}. "
         f"Runs: {len(runs)} planned, {counts['done']} run now, {counts['skipped']} finished "
         f"earlier, {counts['re-evaluated']} finished earlier and evaluated again with the current "
-        f"inference code, {counts['failed']} failed. Written {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"inference code, {counts['failed']} failed, {counts['not run']} not run (yet). "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "Files: `per_case_metrics.csv` (one row per case, method and seed: Dice, HD95, ... per "
         "structure, with phase and domain), `summary.csv`, `wilcoxon.csv`, `runs/<experiment>/"

@@ -14,11 +14,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cardioseg.benchmark.protocol import Protocol, RunSpec, load_protocol, plan, profile_settings
+from cardioseg.errors import CardiosegError
 from cardioseg.io.nifti import atomic_write
 
 log = logging.getLogger("cardioseg.benchmark")
@@ -166,12 +168,34 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
     return final
 
 
+def _selected_runs(proto: Protocol, runs: list[RunSpec], only: Sequence[str] | None) -> set[str]:
+    """Keys of the runs to execute: all, or those of the ``only`` methods and their needs."""
+    if not only:
+        return {r.key for r in runs}
+    unknown = sorted(set(only) - set(proto.methods))
+    if unknown:
+        raise CardiosegError(
+            proto.path,
+            f"--only: unknown method '{unknown[0]}' (protocol methods: {', '.join(proto.methods)})",
+        )
+    keys = {r.key for r in runs if r.method in set(only)}
+    by_key = {r.key: r for r in runs}
+    todo = list(keys)
+    while todo:
+        dep = by_key[todo.pop()].depends_on
+        if dep and dep not in keys:
+            keys.add(dep)
+            todo.append(dep)
+    return keys
+
+
 def run_benchmark(
     protocol: str | Path,
     out_dir: str | Path,
     profile: str = "quick",
     dry_run: bool = False,
     reevaluate: bool = False,
+    only: Sequence[str] | None = None,
 ) -> BenchmarkResult:
     """Validate the protocol, run every unfinished run, then write the report.
 
@@ -183,6 +207,9 @@ def run_benchmark(
         reevaluate: Evaluate the finished runs' models again with the current inference code
             (e.g. after a post-processing change) instead of skipping them; nothing is
             re-trained. Their ``metrics.csv`` is replaced atomically.
+        only: Run (or re-evaluate) only these methods, plus the runs they depend on; the
+            others are left as they are (``not run`` when unfinished). The report covers every
+            finished run, so a matrix can be filled method by method.
 
     Raises:
         CardiosegError: Invalid protocol (before any training starts).
@@ -192,6 +219,7 @@ def run_benchmark(
     proto = load_protocol(protocol)
     out = Path(out_dir)
     runs = plan(proto, profile, out)
+    selected = _selected_runs(proto, runs, only)
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,6 +241,9 @@ def run_benchmark(
         return result
     for i, run in enumerate(runs, 1):
         final = run_dir(out, run.key)
+        if run.key not in selected:
+            result.status[run.key] = "skipped" if is_done(final) else "not run"
+            continue
         if is_done(final):
             if reevaluate:
                 log.info("[%d/%d] %s: done earlier, evaluating again", i, len(runs), run.key)

@@ -447,13 +447,21 @@ def benchmark(
         bool,
         typer.Option(help="Evaluate finished runs again with the current inference code"),
     ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="Run only this method (repeatable) and what it needs; the report covers every "
+            "finished run",
+        ),
+    ] = None,
 ) -> None:
     """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
     _setup_logging(True)
     from cardioseg.benchmark import run_benchmark
 
     result = run_benchmark(
-        protocol, output, profile=profile, dry_run=dry_run, reevaluate=reevaluate
+        protocol, output, profile=profile, dry_run=dry_run, reevaluate=reevaluate, only=only
     )
     for key, status in result.status.items():
         typer.echo(f"{status:8s} {key} {result.errors.get(key, '')}".rstrip())
