@@ -199,6 +199,25 @@ def test_dann_training_step_computes_domain_loss(tmp_path):
         Trainer(cfg2, progress=False).run()
 
 
+def test_dann_adversary_cannot_win_by_scaling_features():
+    """Behind gradient reversal the encoder maximises the domain loss. The classifier standardises
+    its input, so the loss does not depend on the features' scale and its gradient has no
+    component along the features: the reversed gradient cannot inflate them (an earlier version
+    let the domain loss reach thousands on ACDC → LGE)."""
+    from cardioseg.adaptation.dann import DomainClassifier
+
+    torch.manual_seed(0)
+    clf = DomainClassifier(16, hidden=8)
+    feats = torch.randn(8, 16, 4, 4, requires_grad=True)
+    domain = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    loss = torch.nn.functional.cross_entropy(clf(feats), domain)
+    (grad,) = torch.autograd.grad(loss, feats)
+    radial = (grad * feats).flatten(1).sum(1) / feats.flatten(1).norm(dim=1)
+    assert radial.abs().max() < 1e-5 * grad.flatten(1).norm(dim=1).max() + 1e-8
+    big = torch.nn.functional.cross_entropy(clf(1000 * feats.detach()), domain)
+    assert float(big) == pytest.approx(float(loss), abs=1e-4)
+
+
 def test_freeze_leaves_frozen_parameters_unchanged():
     torch.manual_seed(0)
     net = build_model(ModelConfig(**TINY))

@@ -70,17 +70,30 @@ def ganin_lambda(progress: float, gamma: float = 10.0) -> float:
 
 
 class DomainClassifier(nn.Module):
-    """Two convolutions, global average pooling and a linear layer: domain logits.
+    """Feature standardisation, two convolutions, global average pooling, a linear layer.
+
+    The input is standardised per sample (zero mean, unit variance over channels and pixels)
+    before anything else. Behind a gradient-reversal layer the encoder *maximises* the domain
+    loss; without the standardisation it can do that by scaling its features up without bound
+    (measured: domain loss in the thousands and the segmentation Dice at 0 within 10 epochs on
+    ACDC → LGE). Standardised, only the pattern of the features can fool the classifier.
 
     Args:
         in_channels: Channels of the features it reads.
         hidden: Hidden channels.
         n_domains: Number of domains (2 = source vs. target).
+
+    Example:
+        >>> clf = DomainClassifier(8, hidden=4)
+        >>> x = torch.randn(2, 8, 6, 6)
+        >>> torch.allclose(clf(x), clf(1000 * x), atol=1e-4)
+        True
     """
 
     def __init__(self, in_channels: int, hidden: int = 64, n_domains: int = 2):
         super().__init__()
         self.features = nn.Sequential(
+            nn.GroupNorm(1, in_channels, affine=False),
             nn.Conv2d(in_channels, hidden, 3, padding=1),
             nn.LeakyReLU(0.2),
             nn.Conv2d(hidden, hidden, 3, padding=1, stride=2),
