@@ -44,7 +44,7 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
         "config": {"train": {"augmentation": "spatial"}},
     },
     "strong": {
-        "description": "spatial + MR intensity augmentation (the previous shipped recipe)",
+        "description": "spatial + MR intensity augmentation (the v1 shipped recipe)",
         "config": {"train": {"augmentation": "strong"}},
     },
     "light": {
@@ -52,7 +52,7 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
         "config": {"train": {"augmentation": "light"}},
     },
     "upright": {
-        "description": "strong without the random 90° turns and flips",
+        "description": "strong without the random 90° turns and flips (the v3 shipped recipe)",
         "config": {"train": {"augmentation": "strong", "orientation_augmentation": False}},
     },
     "light-upright": {
