@@ -25,7 +25,7 @@ import csv
 import shlex
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from cardioseg.clinical.diagnosis import (
     train_classifier,
 )
 from cardioseg.clinical.features import shape_features
-from cardioseg.data.datasets import CaseRecord, load_case, read_acdc
+from cardioseg.data.datasets import CaseRecord, ed_es_pairs, load_case, read_acdc
 from cardioseg.io.nifti import atomic_write, read_label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,10 +53,7 @@ REPEAT_SEEDS = tuple(range(10))
 
 
 def _patients(records: list[CaseRecord]) -> dict[str, dict[str, CaseRecord]]:
-    by_subject: dict[str, dict[str, CaseRecord]] = defaultdict(dict)
-    for r in records:
-        by_subject[r.subject][r.phase] = r
-    return {s: p for s, p in sorted(by_subject.items()) if "ED" in p and "ES" in p}
+    return {s: p for (_, s), p in ed_es_pairs(records, labelled=False).items()}
 
 
 def _features(

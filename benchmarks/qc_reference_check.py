@@ -14,7 +14,7 @@ import collections
 from pathlib import Path
 
 from cardioseg.clinical.qc import assess_quality
-from cardioseg.data.datasets import discover, load_case
+from cardioseg.data.datasets import discover, ed_es_pairs, load_case
 from cardioseg.io.nifti import atomic_write
 
 
@@ -35,14 +35,8 @@ def main() -> None:
     ]
     details = []
     for name in args.datasets:
-        pairs = collections.defaultdict(dict)
-        for rec in discover(args.data / name):
-            if rec.label and rec.phase in ("ED", "ES"):
-                pairs[rec.subject][rec.phase] = rec
         counts = collections.Counter()
-        for subject, ph in sorted(pairs.items()):
-            if set(ph) != {"ED", "ES"}:
-                continue
+        for (_, subject), ph in ed_es_pairs(discover(args.data / name)).items():
             _, ed, props = load_case(ph["ED"])
             _, es, _ = load_case(ph["ES"])
             qc = assess_quality(ed, es, props.spacing)

@@ -399,6 +399,31 @@ def filter_records(
     return out
 
 
+def ed_es_pairs(
+    records: list[CaseRecord], labelled: bool = True
+) -> dict[tuple[str, str], dict[str, CaseRecord]]:
+    """The ED and ES records of every subject that has both, keyed by ``(dataset, subject)``.
+
+    Args:
+        records: Cases of one or more datasets.
+        labelled: Use only records with a label file.
+
+    Returns:
+        ``{(dataset, subject): {"ED": record, "ES": record}}`` in sorted key order.
+
+    Example:
+        >>> recs = [CaseRecord("acdc", s, ph, "x", label="y") for s, ph in
+        ...         [("p1", "ED"), ("p1", "ES"), ("p2", "ED")]]
+        >>> list(ed_es_pairs(recs))
+        [('acdc', 'p1')]
+    """
+    by_subject: dict[tuple[str, str], dict[str, CaseRecord]] = {}
+    for r in records:
+        if r.phase in ("ED", "ES") and (r.label or not labelled):
+            by_subject.setdefault((r.dataset, r.subject), {})[r.phase] = r
+    return {k: v for k, v in sorted(by_subject.items()) if set(v) == {"ED", "ES"}}
+
+
 def record_domain(record: CaseRecord, key: str = "dataset") -> str:
     """The domain of a case: ``extra["domain"]`` when set, else its ``key`` attribute(s).
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cardioseg.data.datasets import CaseRecord, load_case
+from cardioseg.data.datasets import CaseRecord, ed_es_pairs, load_case
 from cardioseg.io.nifti import atomic_write, read_label
 
 INDICES = (
@@ -65,14 +65,8 @@ def paired_indices(
     """Indices from predicted and reference ED/ES labels, one row per subject."""
     from cardioseg.clinical.indices import compute_indices
 
-    by_subject: dict[tuple[str, str], dict[str, CaseRecord]] = {}
-    for r in records:
-        if r.label and r.phase in ("ED", "ES"):
-            by_subject.setdefault((r.dataset, r.subject), {})[r.phase] = r
     rows = []
-    for (dataset, subject), phases in sorted(by_subject.items()):
-        if set(phases) != {"ED", "ES"}:
-            continue
+    for (dataset, subject), phases in ed_es_pairs(records).items():
         labs: dict[str, dict[str, np.ndarray]] = {"pred": {}, "ref": {}}
         spacing = None
         for ph, r in phases.items():
