@@ -46,6 +46,8 @@ UI_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+#: Cache header of per-study derived files that never change once written (slice PNGs, volumes).
+PRIVATE_CACHE = {"Cache-Control": "private, max-age=86400"}
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
 REPORT_FILES = {
     "html": ("report.html", "text/html; charset=utf-8"),
@@ -519,9 +521,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             raise _err(404, str(exc)) from None
         except ValueError as exc:
             raise _err(422, str(exc)) from None
-        return Response(
-            data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
-        )
+        return Response(data, media_type="image/png", headers=PRIVATE_CACHE)
 
     @app.get(
         "/api/studies/{study_id}/volumes/{name}.nii.gz",
@@ -541,7 +541,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         return FileResponse(
             path,
             media_type="application/gzip",
-            headers={"Cache-Control": "private, max-age=86400"},
+            headers=PRIVATE_CACHE,
         )
 
     @app.get(

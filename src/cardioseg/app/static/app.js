@@ -20,7 +20,7 @@ const state = {
 };
 
 // Interactive WebGL viewer (Niivue, vendored under /static/vendor, loaded on first use).
-const nvState = { nv: null, study: null, loading: null, error: null };
+const nvState = { nv: null, study: null }; // study: the id whose volumes are loaded
 const LABEL_LUT = {
   R: [0, 228, 41, 46], G: [0, 87, 191, 134], B: [0, 46, 18, 222], A: [0, 255, 255, 255],
   I: [0, 1, 2, 3], labels: ["background", "LV blood pool", "myocardium", "RV blood pool"],
