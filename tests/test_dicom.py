@@ -205,6 +205,23 @@ def ge_like(root: Path, study: dict | None = None) -> dict:
     return study
 
 
+def write_lax_cine(folder: Path, study: dict, *, k: float, description: str, **kwargs) -> None:
+    """A long-axis cine: one position, one image per phase, 30 ms apart."""
+    uid = generate_uid()
+    for t in range(N_PHASES):
+        write_image(
+            folder / f"{t}",
+            study,
+            k=k,
+            t=t,
+            series_uid=uid,
+            trigger=30.0 * t,
+            description=description,
+            orientation=LAX_IOP,
+            **kwargs,
+        )
+
+
 def philips_like(root: Path, study: dict | None = None) -> dict:
     """No TriggerTime: phases follow InstanceNumber; RescaleSlope != 1."""
     study = study or new_study(vendor="Philips Medical Systems")
@@ -368,19 +385,7 @@ def test_selection_among_several_series(tmp_path):
     study = siemens_like(tmp_path / "s")
     root = tmp_path / "s"
     # long-axis cine (1 position), a single-phase LGE stack, a 3-plane localizer
-    lax = generate_uid()
-    for t in range(N_PHASES):
-        write_image(
-            root / "lax" / f"{t}",
-            study,
-            k=1.5,
-            t=t,
-            series_uid=lax,
-            trigger=30.0 * t,
-            description="cine_4ch",
-            orientation=LAX_IOP,
-            series_number=5,
-        )
+    write_lax_cine(root / "lax", study, k=1.5, description="cine_4ch", series_number=5)
     lge = generate_uid()
     for k in range(8):
         write_image(
@@ -585,18 +590,7 @@ def test_different_sizes_and_single_phase_slice(tmp_path):
 
 def test_long_axis_only(tmp_path):
     study = new_study()
-    uid = generate_uid()
-    for t in range(N_PHASES):
-        write_image(
-            tmp_path / "lax" / f"{t}",
-            study,
-            k=0,
-            t=t,
-            series_uid=uid,
-            trigger=30.0 * t,
-            description="4CH",
-            orientation=LAX_IOP,
-        )
+    write_lax_cine(tmp_path / "lax", study, k=0, description="4CH")
     err = _refused(tmp_path / "lax", "no short-axis cine")
     assert "4CH" in str(err) and "1 position" in str(err)
 
