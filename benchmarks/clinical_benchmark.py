@@ -147,7 +147,9 @@ def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict
             tta = model.tta
             model.tta = True
             try:
-                pred, p = model.predict_volume(image, props.spacing, return_probabilities=True)
+                pred, p = model.predict_volume(
+                    image, props.spacing, return_probabilities=True, affine=props.affine
+                )
             finally:
                 model.tta = tta
             labs[ph], refs[ph], probs[ph] = pred, ref, p

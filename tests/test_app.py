@@ -490,10 +490,10 @@ class _SlowSegmenter:
         self.inner, self.delay = Segmenter(checkpoint, num_threads=1), delay
         self.tta = False
 
-    def predict_volume(self, volume, spacing, return_probabilities=False):
+    def predict_volume(self, volume, spacing, return_probabilities=False, affine=None):
         time.sleep(self.delay)
         self.inner.tta = self.tta
-        return self.inner.predict_volume(volume, spacing, return_probabilities)
+        return self.inner.predict_volume(volume, spacing, return_probabilities, affine)
 
 
 def _wait_running(client, job_id: str, timeout: float = 30.0) -> dict:

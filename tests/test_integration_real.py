@@ -53,7 +53,7 @@ def test_vendor_affines_keep_slice_axis():
 
 
 #: Regression guard for the shipped model on the 3 M&Ms subjects (6 volumes): the issue's bar for
-#: this test, 0.85. The shipped model measures 0.859 (models/README.md); raise the guard with every
+#: this test, 0.85. The shipped model measures 0.857 (models/README.md); raise the guard with every
 #: model that does better.
 MNMS_MEAN_DICE_GUARD = 0.85
 
@@ -70,11 +70,40 @@ def test_shipped_model_on_mnms():
     scores = []
     for r in discover(root):
         image, ref, props = load_case(r)
-        pred, _ = seg.predict_volume(image, props.spacing)
+        pred, _ = seg.predict_volume(image, props.spacing, affine=props.affine)
         assert pred.shape == ref.shape
         scores.append(compute_metrics(pred, ref, props.spacing)["mean_dice"])
     assert len(scores) == 6
     assert float(np.mean(scores)) >= MNMS_MEAN_DICE_GUARD, scores
+
+
+def test_lge_stacks_are_mirrored_and_segmented_in_the_canonical_view():
+    """MS-CMRSeg LGE files store their short-axis slices as mirror images of the M&Ms ones.
+
+    Their affines say so (:func:`is_mirrored_view`), and the shipped model, which never saw a
+    mirrored heart, does clearly better when the preprocessor flips them back.
+    """
+    lge, mnms = shared_or_skip("mscmr_lge"), shared_or_skip("mnms")
+    from cardioseg.evaluation.metrics import compute_metrics
+    from cardioseg.inference import Segmenter
+    from cardioseg.preprocessing.geometry import is_mirrored_view
+
+    def mirrored(r):
+        image, _, props = load_case(r)
+        return is_mirrored_view(props.affine, slice_axis(props.spacing, image.shape))
+
+    assert not any(mirrored(r) for r in discover(mnms))
+    records = [r for r in discover(lge) if r.label and r.subject != "subject43"][:6]
+    assert all(mirrored(r) for r in records)
+    seg = Segmenter()
+    with_affine, without = [], []
+    for r in records:
+        image, ref, props = load_case(r)
+        for out, aff in ((with_affine, props.affine), (without, None)):
+            pred, _ = seg.predict_volume(image, props.spacing, affine=aff)
+            out.append(compute_metrics(pred, ref, props.spacing)["mean_dice"])
+    # measured: 0.54 vs 0.43 on these six subjects (all 19: 0.685 vs 0.599)
+    assert np.mean(with_affine) > np.mean(without) + 0.05, (with_affine, without)
 
 
 def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):

@@ -68,3 +68,22 @@ def test_rotation_tta_for_upright_models(tmp_path):
     labels, probs = seg.predict_volume(vol, (1.5, 1.5, 8.0), return_probabilities=True)
     assert labels.shape == vol.shape and probs.shape == (4, *vol.shape)
     assert np.allclose(probs.sum(0), 1.0, atol=1e-3)
+
+
+def test_segmenter_predicts_a_mirrored_file_like_its_canonical_twin(tiny_checkpoint):
+    """A stack stored mirrored (affine says so) gets the mirrored labels of its canonical twin;
+    a checkpoint trained with ``canonical_handedness: false`` keeps the stored orientation."""
+    from test_preprocessing import _mirror_pair
+
+    from cardioseg.io.nifti import ImageProperties
+
+    img, _, aff, mimg, _, maff = _mirror_pair(seed=3)
+    # no post-processing: a random model's equal-sized fragments make "largest component" ties
+    seg = Segmenter(tiny_checkpoint, num_threads=1, postprocess=False)
+    a = seg.predict(img, ImageProperties(aff, (1.4, 1.4, 8.0), img.shape)).labels
+    b = seg.predict(mimg, ImageProperties(maff, (1.4, 1.4, 8.0), mimg.shape)).labels
+    assert len(np.unique(a)) > 1  # the random model predicts something non-trivial
+    np.testing.assert_array_equal(b, a[:, ::-1])
+    seg.preprocessor.canonical_handedness = False
+    raw = seg.predict(mimg, ImageProperties(maff, (1.4, 1.4, 8.0), mimg.shape)).labels
+    assert not np.array_equal(raw, a[:, ::-1])

@@ -111,11 +111,12 @@ class ProgressSegmenter:
         volume: np.ndarray,
         spacing: tuple[float, float, float],
         return_probabilities: bool = False,
+        affine: np.ndarray | None = None,
     ) -> Any:
         """Report progress, then segment like the wrapped segmenter."""
         self._progress.before_call(return_probabilities)
         return self._inner.predict_volume(
-            volume, spacing, return_probabilities=return_probabilities
+            volume, spacing, return_probabilities=return_probabilities, affine=affine
         )
 
     def __getattr__(self, name: str) -> Any:

@@ -107,7 +107,12 @@ def export(
 
             cfg = load_config(reference_config)
             train, _ = split_records(collect_records(cfg), cfg)
-            cases = load_prepared(train, cfg.data.target_spacing, cfg.data.cache_dir)
+            cases = load_prepared(
+                train,
+                cfg.data.target_spacing,
+                cfg.data.cache_dir,
+                canonical_handedness=cfg.data.canonical_handedness,
+            )
             fingerprint["intensity_reference"] = HistogramReference.from_volumes(
                 [c.image for c in cases]
             ).to_dict()
@@ -235,7 +240,7 @@ def evaluate(
         from cardioseg.inference import Segmenter
 
         seg = Segmenter(model, tta=tta)
-        predict = lambda v, s: seg.predict_volume(v, s)[0]  # noqa: E731
+        predict = lambda v, p: seg.predict_volume(v, p.spacing, affine=p.affine)[0]  # noqa: E731
     acc = evaluate_records(records, predict=predict, pred_dir=predictions)
     out = output or Path("evaluation")
     acc.to_csv(out / "metrics.csv")
@@ -378,7 +383,7 @@ def agreement(
         from cardioseg.inference import Segmenter
 
         seg = Segmenter(model)
-        predict = lambda v, s: seg.predict_volume(v, s)[0]  # noqa: E731
+        predict = lambda v, p: seg.predict_volume(v, p.spacing, affine=p.affine)[0]  # noqa: E731
     rows = paired_indices(records, predict=predict, pred_dir=predictions)
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
     typer.echo(md.read_text())

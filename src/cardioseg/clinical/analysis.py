@@ -70,7 +70,9 @@ def load_study(
 
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
     labels = [
-        segmenter.predict_volume(study.image[..., t], study.properties.spacing)[0]
+        segmenter.predict_volume(
+            study.image[..., t], study.properties.spacing, affine=study.properties.affine
+        )[0]
         for t in range(study.image.shape[-1])
     ]
     return np.stack(labels, axis=-1)
@@ -137,7 +139,7 @@ def analyze_study(
     try:
         for name, t in (("ED", ed_i), ("ES", es_i)):
             labels[..., t], probs[name] = seg.predict_volume(
-                st.image[..., t], spacing, return_probabilities=True
+                st.image[..., t], spacing, return_probabilities=True, affine=st.properties.affine
             )
     finally:
         seg.tta = tta_before

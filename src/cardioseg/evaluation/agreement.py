@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cardioseg.data.datasets import CaseRecord, ed_es_pairs, load_case
-from cardioseg.io.nifti import atomic_write, read_label
+from cardioseg.io.nifti import ImageProperties, atomic_write, read_label
 
 INDICES = (
     "lv_edv_ml",
@@ -59,7 +59,7 @@ def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def paired_indices(
     records: list[CaseRecord],
-    predict: Callable[[np.ndarray, tuple[float, float, float]], np.ndarray] | None = None,
+    predict: Callable[[np.ndarray, ImageProperties], np.ndarray] | None = None,
     pred_dir: str | Path | None = None,
 ) -> list[dict]:
     """Indices from predicted and reference ED/ES labels, one row per subject."""
@@ -77,7 +77,7 @@ def paired_indices(
                 if pred.ndim == 4 and r.frame >= 0:
                     pred = pred[..., r.frame]
             else:
-                pred = predict(image, props.spacing)
+                pred = predict(image, props)
             labs["pred"][ph], labs["ref"][ph] = pred, ref
         ip = compute_indices(labs["pred"]["ED"], labs["pred"]["ES"], spacing)
         ir = compute_indices(labs["ref"]["ED"], labs["ref"]["ES"], spacing)

@@ -12,7 +12,7 @@ import numpy as np
 from cardioseg.data.datasets import CaseRecord, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics
-from cardioseg.io.nifti import read_label
+from cardioseg.io.nifti import ImageProperties, read_label
 
 log = logging.getLogger("cardioseg.evaluate")
 
@@ -24,7 +24,7 @@ def prediction_path(record: CaseRecord, pred_dir: str | Path) -> Path:
 
 def evaluate_records(
     records: list[CaseRecord],
-    predict: Callable[[np.ndarray, tuple[float, float, float]], np.ndarray] | None = None,
+    predict: Callable[[np.ndarray, ImageProperties], np.ndarray] | None = None,
     pred_dir: str | Path | None = None,
     on_case: Callable[[CaseRecord, np.ndarray, np.ndarray, np.ndarray, dict], None] | None = None,
 ) -> MetricAccumulator:
@@ -32,7 +32,7 @@ def evaluate_records(
 
     Args:
         records: Cases with labels.
-        predict: ``(volume, spacing) -> labels``; used when ``pred_dir`` is not given.
+        predict: ``(volume, properties) -> labels``; used when ``pred_dir`` is not given.
         pred_dir: Folder of predictions named like the images.
         on_case: Callback ``(record, image, prediction, reference, metrics)`` (e.g. overlays).
     """
@@ -52,7 +52,7 @@ def evaluate_records(
             if pred.shape != ref.shape:
                 raise CardiosegError(p, f"prediction shape {pred.shape} != reference {ref.shape}")
         else:
-            pred = predict(image, props.spacing)
+            pred = predict(image, props)
         seconds = time.perf_counter() - t0
         m = compute_metrics(pred, ref, props.spacing)
         m["seconds"] = seconds

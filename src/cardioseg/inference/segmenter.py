@@ -111,6 +111,7 @@ class Segmenter:
             target_spacing=float(cfg["data"]["target_spacing"]),
             pad_multiple=self.model_config.stride_product,
             histogram_reference=reference,
+            canonical_handedness=bool(cfg["data"].get("canonical_handedness", True)),
         )
         self.adaptation = adaptation or inference.get("adaptation", "none")
         options = dict(adaptation_options or {})
@@ -173,9 +174,15 @@ class Segmenter:
         volume: np.ndarray,
         spacing: tuple[float, float, float],
         return_probabilities: bool = False,
+        affine: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Segment one 3D volume given its voxel spacing; returns native-grid labels."""
-        x, state = self.preprocessor.forward(volume, spacing)
+        """Segment one 3D volume given its voxel spacing; returns native-grid labels.
+
+        Give the volume's ``affine`` (as read, RAS+) so that stacks stored as mirror images of
+        the canonical short-axis view are segmented in that view (see
+        :func:`~cardioseg.preprocessing.geometry.is_mirrored_view`).
+        """
+        x, state = self.preprocessor.forward(volume, spacing, affine)
         if self.adapter is not None:
             with self.adapter.adapted(self.model, x.to(self.device)):
                 probs = self._forward(x)
@@ -194,11 +201,13 @@ class Segmenter:
         """Segment a 3D volume or every frame of a 4D cine (time last)."""
         t0 = time.perf_counter()
         if image.ndim == 3:
-            labels, _ = self.predict_volume(image, properties.spacing)
+            labels, _ = self.predict_volume(image, properties.spacing, affine=properties.affine)
         elif image.ndim == 4:
             labels = np.stack(
                 [
-                    self.predict_volume(image[..., t], properties.spacing)[0]
+                    self.predict_volume(
+                        image[..., t], properties.spacing, affine=properties.affine
+                    )[0]
                     for t in range(image.shape[-1])
                 ],
                 axis=-1,

@@ -3,7 +3,10 @@
 Vendors store short-axis stacks with very different affines (LPS, PIR, ARI, ...). Reorienting the
 whole volume to a canonical world frame can move the slice axis into the image plane, turning every
 2D slice into a long-axis cut. We therefore never reorient across axes: the slice axis is detected
-from the voxel spacing and kept, and in-plane orientation differences are left to augmentation.
+from the voxel spacing and kept. In-plane rotations are left to augmentation; mirror images (a
+stack whose row/column axes show the heart as seen from the other side) are undone from the affine
+with :func:`is_mirrored_view`, because a network that learned the septum's side cannot rotate its
+way out of a mirror image.
 """
 
 from __future__ import annotations
@@ -34,6 +37,42 @@ def slice_axis(spacing: tuple[float, float, float], shape: tuple[int, ...] | Non
         if sh.min() * 2 <= np.sort(sh)[1]:
             return int(np.argmin(sh))
     return 2
+
+
+#: Base-to-apex direction of the heart's long axis in RAS+ world coordinates: towards the
+#: patient's left, anterior and inferior (unit vector).
+APEX_DIRECTION_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
+
+
+def is_mirrored_view(affine: np.ndarray, axis: int, threshold: float = 0.3) -> bool:
+    """Whether the in-plane axes show a short-axis stack mirrored against the canonical view.
+
+    The slices are read with their two in-plane array axes in order (rows, columns). Their world
+    directions ``r`` and ``c`` define the normal ``r × c``; the canonical view (ACDC arrays, and
+    the M&Ms Siemens, Philips and GE and Sunnybrook GE files) has that normal pointing away from
+    the apex. A normal pointing towards the apex (``(r × c) · apex > threshold``; MS-CMRSeg LGE
+    files store their slices this way) means that every slice is the mirror image of what a model
+    trained on the canonical view has seen. An affine that says nothing (identity, as in ACDC)
+    or a plane far from short-axis (|dot| <= threshold) is left alone.
+
+    Args:
+        affine: 4x4 voxel-to-world matrix (RAS+).
+        axis: The slice (stacking) axis, as from :func:`slice_axis`.
+        threshold: Minimal ``|cos|`` between the normal and the long axis to decide.
+
+    Example:
+        >>> is_mirrored_view(np.eye(4), 2)
+        False
+        >>> is_mirrored_view(np.diag([1.0, -1.0, 1.0, 1.0]), 2)  # columns run posterior
+        True
+    """
+    rot = np.asarray(affine, dtype=float)[:3, :3]
+    norms = np.linalg.norm(rot, axis=0)
+    if np.any(norms < 1e-8):
+        return False
+    rot = rot / norms
+    rows, cols = (rot[:, i] for i in range(3) if i != axis)
+    return float(np.cross(rows, cols) @ APEX_DIRECTION_RAS) > threshold
 
 
 def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 from cardioseg.preprocessing.geometry import (
     from_slices,
     inplane_size,
+    is_mirrored_view,
     pad_to_multiple,
     resample_inplane,
     slice_axis,
@@ -29,6 +30,7 @@ class PreprocessState:
     inplane_native: tuple[int, int]
     inplane_resampled: tuple[int, int]
     pad: tuple[int, int, int, int]
+    mirrored: bool = False
 
 
 @dataclass
@@ -40,6 +42,9 @@ class Preprocessor:
         pad_multiple: Pad height/width to a multiple of this (network stride).
         histogram_reference: Optional intensity reference (``{"levels", "values"}``, as in the
             checkpoint fingerprint); when given, normalised volumes are histogram-matched to it.
+        canonical_handedness: Flip the columns of stacks whose affine shows them mirrored
+            against the canonical short-axis view (:func:`~cardioseg.preprocessing.geometry.
+            is_mirrored_view`); the inverse flips back. Needs the affine in :meth:`forward`.
 
     Example:
         >>> pre = Preprocessor(1.25)
@@ -56,6 +61,7 @@ class Preprocessor:
     lower_percentile: float = 0.5
     upper_percentile: float = 99.5
     histogram_reference: dict[str, Any] | None = None
+    canonical_handedness: bool = True
 
     def __post_init__(self) -> None:
         if self.target_spacing <= 0:
@@ -64,9 +70,16 @@ class Preprocessor:
             raise ValueError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
 
     def forward(
-        self, volume: np.ndarray, spacing: tuple[float, float, float]
+        self,
+        volume: np.ndarray,
+        spacing: tuple[float, float, float],
+        affine: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, PreprocessState]:
-        """Return a ``(Z, 1, H, W)`` float tensor and the state for :meth:`inverse`."""
+        """Return a ``(Z, 1, H, W)`` float tensor and the state for :meth:`inverse`.
+
+        ``affine`` (voxel-to-world, RAS+) lets mirrored stacks be flipped to the canonical view;
+        without it the slices keep their stored orientation.
+        """
         if volume.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
         axis = slice_axis(spacing, volume.shape)
@@ -76,17 +89,25 @@ class Preprocessor:
 
             norm = match_histogram(norm, HistogramReference.from_dict(self.histogram_reference))
         slices = to_slices(norm, axis)
+        mirrored = bool(
+            self.canonical_handedness and affine is not None and is_mirrored_view(affine, axis)
+        )
+        if mirrored:
+            slices = slices[..., ::-1]
         inplane_sp = tuple(s for i, s in enumerate(spacing[:3]) if i != axis)
         native = tuple(slices.shape[1:])
         size = inplane_size(native, inplane_sp, self.target_spacing)  # type: ignore[arg-type]
         x = torch.from_numpy(np.ascontiguousarray(slices))[:, None]
         x = resample_inplane(x, size)
         x, pad = pad_to_multiple(x, self.pad_multiple, value=float(x.min()))
-        return x.contiguous(), PreprocessState(axis, tuple(volume.shape), native, size, pad)  # type: ignore[arg-type]
+        state = PreprocessState(axis, tuple(volume.shape), native, size, pad, mirrored)  # type: ignore[arg-type]
+        return x.contiguous(), state
 
     def inverse_probabilities(self, probs: torch.Tensor, state: PreprocessState) -> torch.Tensor:
         """Map ``(Z, C, H, W)`` probabilities back to ``(Z, C, *native in-plane)``."""
         probs = unpad(probs, state.pad)
+        if state.mirrored:
+            probs = probs.flip(-1)
         return resample_inplane(probs, state.inplane_native)
 
     def inverse_labels(self, probs: torch.Tensor, state: PreprocessState) -> np.ndarray:

@@ -65,6 +65,8 @@ class DataConfig:
             ``centre``, or several joined by ``+``); used by balanced sampling.
         sampling: ``uniform`` (every slice equally likely) or ``balanced`` (every domain equally
             likely: multi-domain training).
+        canonical_handedness: Flip stacks whose affine shows them mirrored against the
+            canonical short-axis view, in training and (saved with the checkpoint) at inference.
     """
 
     datasets: list[DatasetSpec] = field(default_factory=list)
@@ -72,6 +74,7 @@ class DataConfig:
     target_spacing: float = 1.25
     domain_key: str = "dataset"
     sampling: str = "uniform"
+    canonical_handedness: bool = True
 
     def __post_init__(self) -> None:
         if self.sampling not in ("uniform", "balanced"):

@@ -13,6 +13,7 @@ from cardioseg.data.datasets import CaseRecord, load_case
 from cardioseg.preprocessing.geometry import (
     crop_or_pad,
     inplane_size,
+    is_mirrored_view,
     resample_inplane,
     resample_labels,
     slice_axis,
@@ -33,10 +34,15 @@ class PreparedCase:
 
 
 def prepare_case(
-    record: CaseRecord, target_spacing: float, require_label: bool = True
+    record: CaseRecord,
+    target_spacing: float,
+    require_label: bool = True,
+    canonical_handedness: bool = True,
 ) -> PreparedCase:
     """Normalise and resample one case; without a label (``require_label=False``) the label is
-    all background and the centre is the image centre."""
+    all background and the centre is the image centre. With ``canonical_handedness`` stacks
+    stored as mirror images of the canonical short-axis view are flipped, exactly as
+    :class:`~cardioseg.preprocessing.pipeline.Preprocessor` does at inference."""
     image, label, props = load_case(record, with_label=require_label)
     if label is None:
         if require_label:
@@ -47,6 +53,8 @@ def prepare_case(
     fp["spacing"] = list(props.spacing)
     img = to_slices(normalize_intensity(image), axis)
     lab = to_slices(label, axis)
+    if canonical_handedness and is_mirrored_view(props.affine, axis):
+        img, lab = img[..., ::-1], lab[..., ::-1]
     sp = tuple(s for i, s in enumerate(props.spacing) if i != axis)
     size = inplane_size(img.shape[1:], sp, target_spacing)  # type: ignore[arg-type]
     img_r = resample_inplane(torch.from_numpy(np.ascontiguousarray(img))[:, None], size)[:, 0]
@@ -61,6 +69,7 @@ def load_prepared(
     target_spacing: float,
     cache_dir: str | Path | None,
     require_label: bool = True,
+    canonical_handedness: bool = True,
 ) -> list[PreparedCase]:
     """Prepare all records, reusing ``cache_dir/<hash>.npz`` files when present.
 
@@ -73,7 +82,7 @@ def load_prepared(
     for r in records:
         key = hashlib.sha1(
             f"{Path(r.image).resolve()}|{r.frame}|{r.label if require_label else ''}|"
-            f"{target_spacing}|v1".encode()
+            f"{target_spacing}|{'v2h' if canonical_handedness else 'v1'}".encode()
         ).hexdigest()[:16]
         f = cache / f"{key}.npz" if cache else None
         if f is not None and f.exists():
@@ -82,7 +91,7 @@ def load_prepared(
                 PreparedCase(r, z["image"], z["label"], tuple(z["center"]), z["fingerprint"].item())
             )
             continue
-        pc = prepare_case(r, target_spacing, require_label)
+        pc = prepare_case(r, target_spacing, require_label, canonical_handedness)
         if f is not None:
             tmp = f.with_suffix(".tmp.npz")
             np.savez(

@@ -175,11 +175,20 @@ class Trainer:
         records = collect_records(cfg)
         train_recs, val_recs = split_records(records, cfg)
         self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
-        train_cases = load_prepared(train_recs, cfg.data.target_spacing, cfg.data.cache_dir)
-        val_cases = load_prepared(val_recs, cfg.data.target_spacing, cfg.data.cache_dir)
+        d = cfg.data
+        train_cases = load_prepared(
+            train_recs, d.target_spacing, d.cache_dir, canonical_handedness=d.canonical_handedness
+        )
+        val_cases = load_prepared(
+            val_recs, d.target_spacing, d.cache_dir, canonical_handedness=d.canonical_handedness
+        )
         target_recs = collect_records(cfg, "target_unlabeled")
         target_cases = load_prepared(
-            target_recs, cfg.data.target_spacing, cfg.data.cache_dir, require_label=False
+            target_recs,
+            d.target_spacing,
+            d.cache_dir,
+            require_label=False,
+            canonical_handedness=d.canonical_handedness,
         )
         if target_cases:
             self._log(f"{len(target_cases)} unlabelled target volumes")
