@@ -65,6 +65,36 @@ def test_explore_writes_report_figures_and_animations(tmp_path, data):
     assert (out / "cases.csv").read_text().count("\n") == 1 + 13  # header + volumes
 
 
+def test_explore_counts_volumes_stored_mirrored(tmp_path):
+    """The same phantom stored canonically and as a mirror image (columns reversed, affine
+    saying so): the report counts the mirrored domain's volumes."""
+    from dataclasses import replace
+
+    ph = make_phantom(PhantomConfig(seed=4, shape=(48, 48), spacing=3.5, n_slices=4))
+    write_phantom(ph, tmp_path / "canonical", name="p")
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, ph.images["ED"].shape[1] - 1
+    mirrored = replace(
+        ph,
+        images={k: v[:, ::-1].copy() for k, v in ph.images.items()},
+        labels={k: v[:, ::-1].copy() for k, v in ph.labels.items()},
+        affine=ph.affine @ flip,
+    )
+    write_phantom(mirrored, tmp_path / "mirrored", name="p")
+    text = explore_datasets(
+        [tmp_path / "canonical", tmp_path / "mirrored"],
+        tmp_path / "out",
+        domain_key="dataset",
+        max_animations=0,
+    ).read_text()
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[-2].strip()
+        for line in text.splitlines()
+        if line.startswith("| canonical |") or line.startswith("| mirrored |")
+    }
+    assert rows == {"canonical": "0 of 2", "mirrored": "2 of 2"}, rows
+
+
 def test_domain_separability_handles_small_data():
     rng = np.random.default_rng(0)
     feats = {"f": [rng.normal(i % 2 * 3, 1, 4) for i in range(8)]}

@@ -97,6 +97,7 @@ def evaluate_run(
         options = {"steps": int(inf.get("tent_steps", 10)), "lr": float(inf.get("tent_lr", 1e-3))}
     seg = Segmenter(
         checkpoint,
+        tta=bool(inf.get("tta", False)),
         harmonization=inf.get("harmonization", "none"),
         adaptation=adaptation,
         adaptation_options=options,

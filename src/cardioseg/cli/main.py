@@ -169,7 +169,7 @@ def segment(
         raise CardiosegError(output, "several inputs need an output folder, not a file name")
     seg = Segmenter(
         model,
-        tta=tta,
+        tta=tta or None,
         postprocess=postprocess,
         num_threads=threads or None,
         adaptation=adapt,
@@ -239,7 +239,7 @@ def evaluate(
     if predictions is None:
         from cardioseg.inference import Segmenter
 
-        seg = Segmenter(model, tta=tta)
+        seg = Segmenter(model, tta=tta or None)
         predict = lambda v, p: seg.predict_volume(v, p.spacing, affine=p.affine)[0]  # noqa: E731
     acc = evaluate_records(records, predict=predict, pred_dir=predictions)
     out = output or Path("evaluation")

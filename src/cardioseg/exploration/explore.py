@@ -29,8 +29,8 @@ import numpy as np
 from cardioseg.data.datasets import CaseRecord, discover, load_case, record_domain
 from cardioseg.data.index import write_index
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import atomic_write, read_image
-from cardioseg.preprocessing.geometry import slice_axis
+from cardioseg.io.nifti import ImageProperties, atomic_write, read_image
+from cardioseg.preprocessing.geometry import is_mirrored_view, slice_axis
 from cardioseg.preprocessing.intensity import normalize_intensity
 
 log = logging.getLogger("cardioseg.explore")
@@ -46,14 +46,15 @@ _NORM_BINS = np.linspace(-2.5, 4.0, 14)
 
 def _volume(
     record: CaseRecord, problems: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
-    """One 3D volume of a record (frame 0 of an unindexed 4D file), its label or ``None``.
+) -> tuple[np.ndarray, np.ndarray | None, ImageProperties]:
+    """One 3D volume of a record (frame 0 of an unindexed 4D file), its label or ``None``, and
+    its geometry.
 
     An unreadable label is noted in ``problems`` and the image is used without it.
     """
     if len(record.shape) == 4 and record.frame < 0:
         image, props = read_image(record.image)
-        return image[..., 0], None, props.spacing
+        return image[..., 0], None, props
     try:
         image, label, props = load_case(record, with_label=bool(record.label))
     except CardiosegError as exc:
@@ -62,7 +63,7 @@ def _volume(
         if problems is not None:
             problems.append(f"{record.case_id}: label not used ({exc.problem})")
         image, label, props = load_case(record, with_label=False)
-    return image, label, props.spacing
+    return image, label, props
 
 
 def _geometry(record: CaseRecord) -> dict[str, float]:
@@ -360,13 +361,16 @@ def explore_datasets(
     montage: dict[str, list[tuple]] = defaultdict(list)
     skipped: list[str] = []
     vrng = np.random.default_rng(seed + 1)
+    mirrored: dict[str, int] = defaultdict(int)
     for r in chosen:
         d = domain[id(r)]
         try:
-            image, label, spacing = _volume(r, skipped)
+            image, label, props = _volume(r, skipped)
         except CardiosegError as exc:
             skipped.append(f"{r.case_id}: {exc.problem}")
             continue
+        spacing = props.spacing
+        mirrored[d] += int(is_mirrored_view(props.affine, slice_axis(spacing, image.shape)))
         geo = _geometry(r)
         flat = image.astype(np.float32).ravel()
         pick = vrng.choice(flat.size, size=min(flat.size, 20000), replace=False)
@@ -423,8 +427,9 @@ def explore_datasets(
         if d in done_domains:
             continue
         try:
-            ed, ed_lab, sp = _volume(ph["ED"])
+            ed, ed_lab, ed_props = _volume(ph["ED"])
             es, _, _ = _volume(ph["ES"])
+            sp = ed_props.spacing
         except CardiosegError as exc:
             skipped.append(f"{ds}/{subject}: {exc.problem}")
             continue
@@ -462,7 +467,10 @@ def explore_datasets(
     for d in sorted(samples):
         raw = np.concatenate(samples[d]["raw"])
         p = np.percentile(raw, [0.5, 50, 99.5])
-        int_rows.append([d, len(samples[d]["raw"]), f"{p[0]:.4g}", f"{p[1]:.4g}", f"{p[2]:.4g}"])
+        n = len(samples[d]["raw"])
+        int_rows.append(
+            [d, n, f"{p[0]:.4g}", f"{p[1]:.4g}", f"{p[2]:.4g}", f"{mirrored[d]} of {n}"]
+        )
 
     lines = [
         "# Dataset exploration",
@@ -517,9 +525,12 @@ def explore_datasets(
         "## Intensities",
         "",
         "Raw stored intensities (pooled voxel sample of the read volumes), then after the "
-        "project's normalisation (0.5–99.5 percentile clipping and z-score per volume).",
+        "project's normalisation (0.5–99.5 percentile clipping and z-score per volume). "
+        "'Stored mirrored': volumes whose affine shows the short-axis slices as the mirror image "
+        "of the canonical view (slice normal towards the apex); the preprocessor flips them "
+        "back before the network, the montage below shows them as stored.",
         "",
-        *_table(["domain", "volumes", "p0.5", "median", "p99.5"], int_rows),
+        *_table(["domain", "volumes", "p0.5", "median", "p99.5", "stored mirrored"], int_rows),
     ]
     lines += [f"![{f.stem}](figures/{f.name})" for f in figures if "hist" in f.name] + [""]
     lines += [

@@ -59,7 +59,8 @@ class Segmenter:
         tta: Test-time augmentation. Averages predictions over the three in-plane flips when
             the model was trained with random turns/flips (``train.orientation_augmentation``),
             otherwise over small in-plane rotations (±10°), which stay inside what such a model
-            has seen; the spread of these predictions feeds the QC uncertainty.
+            has seen; the spread of these predictions feeds the QC uncertainty. ``None`` uses the
+            checkpoint config's ``inference.tta`` (default off).
         postprocess: Keep the largest component per structure, drop the RV on slices without
             myocardium and fill holes (:func:`cardioseg.inference.postprocess.postprocess`).
         num_threads: Torch CPU threads (``None`` keeps the current setting).
@@ -81,7 +82,7 @@ class Segmenter:
     def __init__(
         self,
         checkpoint: str | Path | None = None,
-        tta: bool = False,
+        tta: bool | None = None,
         postprocess: bool = True,
         num_threads: int | None = None,
         device: str = "auto",
@@ -129,7 +130,8 @@ class Segmenter:
         state = {k: v.float() for k, v in ckpt["model_state"].items()}
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
-        self.tta, self.do_postprocess, self.batch_size = tta, postprocess, batch_size
+        self.tta = bool(inference.get("tta", False)) if tta is None else tta
+        self.do_postprocess, self.batch_size = postprocess, batch_size
         #: Whether the model has seen flipped images in training (checkpoints written before the
         #: option existed always used turns/flips).
         self.flip_invariant = bool((cfg.get("train") or {}).get("orientation_augmentation", True))

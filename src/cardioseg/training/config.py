@@ -186,12 +186,14 @@ class InferenceConfig:
             reference in the checkpoint fingerprint).
         adaptation: ``none`` or ``tent`` (entropy minimisation per volume).
         tent_steps, tent_lr: TENT steps and learning rate.
+        tta: Average test-time augmented predictions (see ``Segmenter(tta=...)``).
     """
 
     harmonization: str = "none"
     adaptation: str = "none"
     tent_steps: int = 10
     tent_lr: float = 1e-3
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if self.harmonization not in ("none", "histogram"):
