@@ -82,12 +82,15 @@ def _protocol(tmp_path: Path, vendors: Path, **changes) -> Path:
 def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     proto = _protocol(tmp_path, vendors)
     out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "box_gone.png").write_bytes(b"an experiment of an earlier report")
     res = run_benchmark(proto, out, profile="quick")
     assert res.status == {"s2g/baseline/seed0": "done", "s2g/tent/seed0": "done"}, res.errors
     report = (out / "report.md").read_text()
     assert "Summary per target domain" in report and "Wilcoxon" in report
     assert "| GE | tent |" in report and "box_s2g.png" in report
     assert (out / "figures" / "box_s2g.png").stat().st_size > 0
+    assert not (out / "figures" / "box_gone.png").exists()
     rows = list(csv.DictReader(open(out / "per_case_metrics.csv")))
     assert {r["method"] for r in rows} == {"baseline", "tent"}
     assert len(rows) == 2 * 2 * 2  # methods x 2 test subjects x ED/ES
@@ -115,6 +118,13 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     tent = out / "runs" / "s2g" / "tent" / "seed0"
     (tent / "done.json").unlink()
     tent.rename(tent.with_name("seed0.partial"))
+    # --report-only first: nothing runs, the report covers the finished run only
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out), "--report-only"])
+    assert r.exit_code == 0, r.output
+    assert "skipped  s2g/baseline/seed0" in r.output and "not run  s2g/tent/seed0" in r.output
+    assert tent.with_name("seed0.partial").exists() and not tent.exists()
+    report = (out / "report.md").read_text()
+    assert "| GE | baseline |" in report and "| GE | tent |" not in report
     res = run_benchmark(proto, out, profile="quick")
     assert res.status == {"s2g/baseline/seed0": "skipped", "s2g/tent/seed0": "done"}
     assert (base / "run.json").stat().st_mtime_ns == stamp

@@ -170,6 +170,9 @@ def box_plots(rows: list[dict], proto: Protocol, fig_dir: Path) -> dict[str, Pat
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
         out[exp] = path
+    for stale in fig_dir.glob("box_*.png"):  # experiments of an earlier report, now gone
+        if stale not in out.values():
+            stale.unlink()
     return out
 
 

@@ -199,6 +199,7 @@ def run_benchmark(
     dry_run: bool = False,
     reevaluate: bool = False,
     only: Sequence[str] | None = None,
+    report_only: bool = False,
 ) -> BenchmarkResult:
     """Validate the protocol, run every unfinished run, then write the report.
 
@@ -213,6 +214,8 @@ def run_benchmark(
         only: Run (or re-evaluate) only these methods, plus the runs they depend on; the
             others are left as they are (``not run`` when unfinished). The report covers every
             finished run, so a matrix can be filled method by method.
+        report_only: Run nothing; write the report from the runs finished so far (e.g. after
+            stopping a long matrix half-way).
 
     Raises:
         CardiosegError: Invalid protocol (before any training starts).
@@ -222,7 +225,7 @@ def run_benchmark(
     proto = load_protocol(protocol)
     out = Path(out_dir)
     runs = plan(proto, profile, out)
-    selected = _selected_runs(proto, runs, only)
+    selected = set() if report_only else _selected_runs(proto, runs, only)
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
     out.mkdir(parents=True, exist_ok=True)

@@ -460,13 +460,22 @@ def benchmark(
             "finished run",
         ),
     ] = None,
+    report_only: Annotated[
+        bool, typer.Option(help="Run nothing; write the report from the finished runs")
+    ] = False,
 ) -> None:
     """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
     _setup_logging(True)
     from cardioseg.benchmark import run_benchmark
 
     result = run_benchmark(
-        protocol, output, profile=profile, dry_run=dry_run, reevaluate=reevaluate, only=only
+        protocol,
+        output,
+        profile=profile,
+        dry_run=dry_run,
+        reevaluate=reevaluate,
+        only=only,
+        report_only=report_only,
     )
     for key, status in result.status.items():
         typer.echo(f"{status:8s} {key} {result.errors.get(key, '')}".rstrip())
