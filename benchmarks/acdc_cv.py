@@ -48,7 +48,7 @@ def main() -> None:
         folds_done.append(fold_dir.name)
         for r in val:
             image, ref, props = load_case(r)
-            pred, _ = seg.predict_volume(image, props.spacing, affine=props.affine)
+            pred = seg.predict(image, props).labels
             write_label(
                 runs / "predictions" / Path(r.image).name,
                 pred,

@@ -87,7 +87,7 @@ def main() -> None:
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
                     pred = (
-                        m.predict_volume(image, props.spacing, affine=props.affine)[0]
+                        m.predict(image, props).labels
                         if name.startswith("cardioseg")
                         else m.predict_volume(image, props.spacing)
                     )

@@ -83,7 +83,7 @@ def run_demo(
     acc = MetricAccumulator()
     for r in records:
         image, ref, props = load_case(r)
-        pred, _ = seg.predict_volume(image, props.spacing, affine=props.affine)
+        pred = seg.predict(image, props).labels
         stem = f"{r.subject}_{r.phase}"
         write_label(
             out / "masks" / f"{stem}_seg.nii.gz",

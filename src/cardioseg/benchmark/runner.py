@@ -108,9 +108,7 @@ def evaluate_run(
         if max_subjects > 0:
             keep = sorted({r.subject for r in records})[:max_subjects]
             records = [r for r in records if r.subject in keep]
-        acc = evaluate_records(
-            records, predict=lambda v, p: seg.predict_volume(v, p.spacing, affine=p.affine)[0]
-        )
+        acc = evaluate_records(records, predict=lambda v, p: seg.predict(v, p).labels)
         for rec, row in zip(records, acc.rows(), strict=True):
             row.update(
                 case_id=f"{ref.dataset}/{rec.subject}/{rec.phase}",

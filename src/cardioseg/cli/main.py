@@ -240,7 +240,7 @@ def evaluate(
         from cardioseg.inference import Segmenter
 
         seg = Segmenter(model, tta=tta or None)
-        predict = lambda v, p: seg.predict_volume(v, p.spacing, affine=p.affine)[0]  # noqa: E731
+        predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     acc = evaluate_records(records, predict=predict, pred_dir=predictions)
     out = output or Path("evaluation")
     acc.to_csv(out / "metrics.csv")
@@ -383,7 +383,7 @@ def agreement(
         from cardioseg.inference import Segmenter
 
         seg = Segmenter(model)
-        predict = lambda v, p: seg.predict_volume(v, p.spacing, affine=p.affine)[0]  # noqa: E731
+        predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     rows = paired_indices(records, predict=predict, pred_dir=predictions)
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
     typer.echo(md.read_text())
