@@ -211,6 +211,19 @@ BAD = {
         "needs method 'strong'",
     ),
     "unknown profile key": ({"profiles": {"quick": {"epochs": 3}}}, "unknown key"),
+    "missing checkpoint": (
+        {"methods": ["baseline", {"name": "pre", "checkpoint": "/nonexistent/model.pt"}]},
+        "method 'pre': checkpoint /nonexistent/model.pt not found",
+    ),
+    "checkpoint and init_from": (
+        {
+            "methods": [
+                "baseline",
+                {"name": "pre", "checkpoint": "default", "init_from": "baseline"},
+            ]
+        },
+        "evaluated as is",
+    ),
     "dann without pool": (
         {
             "methods": ["baseline", "dann"],
@@ -232,6 +245,34 @@ def test_protocol_validation_refuses_bad_input(tmp_path, vendors, case):
     r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out)])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error:")
+
+
+def test_checkpoint_method_is_evaluated_as_is_and_can_be_fine_tuned(tmp_path, vendors):
+    first = tmp_path / "first"
+    run_benchmark(_protocol(tmp_path, vendors, methods=["baseline"]), first, profile="quick")
+    model = first / "runs" / "s2g" / "baseline" / "seed0" / "train" / "final.pt"
+    methods = [
+        {"name": "pre", "checkpoint": str(model)},
+        {"name": "ft", "base": "baseline", "init_from": "pre"},
+    ]
+    out = tmp_path / "second"
+    proto = _protocol(tmp_path, vendors, methods=methods, baseline="pre")
+    res = run_benchmark(proto, out, profile="quick")
+    assert res.status == {"s2g/pre/seed0": "done", "s2g/ft/seed0": "done"}, res.errors
+    pre = out / "runs" / "s2g" / "pre" / "seed0"
+    info = json.loads((pre / "run.json").read_text())
+    assert info["model"] == f"checkpoint {model.resolve()}" and info["train_s"] == 0.0
+    assert (pre / "train" / "final.pt").read_bytes() == model.read_bytes()
+
+    def dice(path: Path) -> list[str]:
+        return [r["mean_dice"] for r in csv.DictReader(open(path / "metrics.csv"))]
+
+    # the same model on the same test cases: identical metrics to the run that trained it
+    assert dice(pre) == dice(first / "runs" / "s2g" / "baseline" / "seed0")
+    ft = json.loads((out / "runs" / "s2g" / "ft" / "seed0" / "run.json").read_text())
+    assert ft["init_from"] == "s2g/pre/seed0" and ft["train_s"] > 0
+    assert ft["config"]["init_checkpoint"].endswith("pre/seed0/train/final.pt")
+    assert "checkpoint `final.pt`, not trained" in (out / "report.md").read_text()
 
 
 def test_cli_refuses_missing_protocol(tmp_path):

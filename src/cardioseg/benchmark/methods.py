@@ -7,6 +7,9 @@ A method is a mapping with:
 * ``model_from``: reuse the trained model of another method (same experiment and seed) and only
   evaluate differently (test-time methods: histogram matching, TENT);
 * ``init_from``: initialise from another method's model and train (fine-tuning);
+* ``checkpoint``: a trained model evaluated as is, without training: a checkpoint path
+  (relative paths are tried from the working directory, then from the protocol's folder) or
+  ``default`` for the shipped model; other methods can ``init_from`` or ``model_from`` it;
 * ``train_on``: ``sources`` (default) or ``finetune_pool`` (labelled target subjects);
 * ``adaptation_pool``: add the experiment's unlabelled adaptation pool (``role:
   target_unlabeled``), e.g. for DANN;
@@ -27,6 +30,7 @@ METHOD_KEYS = (
     "config",
     "model_from",
     "init_from",
+    "checkpoint",
     "train_on",
     "adaptation_pool",
     "epochs_scale",

@@ -120,6 +120,7 @@ class MethodDef:
     config: dict[str, Any] = field(default_factory=dict)
     model_from: str = ""
     init_from: str = ""
+    checkpoint: str = ""
     train_on: str = "sources"
     adaptation_pool: bool = False
     epochs_scale: float = 1.0
@@ -153,6 +154,7 @@ class RunSpec:
     targets: list[Ref]
     depends_on: str = ""
     reuse_model: bool = False
+    checkpoint: str = ""
 
     @property
     def key(self) -> str:
@@ -330,11 +332,11 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
             f"method '{name}': unknown base method '{base_name}'; "
             f"built-in methods: {', '.join(BUILTIN_METHODS)}",
         )
-    if base_name is None and "config" not in v:
+    if base_name is None and "config" not in v and "checkpoint" not in v:
         raise CardiosegError(
             proto_path,
             f"unknown method '{name}': not built-in (built-in: {', '.join(BUILTIN_METHODS)}); "
-            "give it a 'base' or a 'config'",
+            "give it a 'base', a 'config' or a 'checkpoint'",
         )
     merged = copy.deepcopy(BUILTIN_METHODS.get(base_name, {})) if base_name else {}
     for k, val in v.items():
@@ -345,6 +347,14 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
         raise CardiosegError(proto_path, f"method '{name}': train_on must be sources|finetune_pool")
     if merged.get("model_from") and merged.get("init_from"):
         raise CardiosegError(proto_path, f"method '{name}': use model_from or init_from, not both")
+    checkpoint = str(merged.get("checkpoint") or "")
+    if checkpoint:
+        if merged.get("model_from") or merged.get("init_from"):
+            raise CardiosegError(
+                proto_path,
+                f"method '{name}': a checkpoint is evaluated as is; drop model_from/init_from",
+            )
+        checkpoint = _checkpoint_path(checkpoint, proto_path, name)
     compare = merged.get("compare_to", [])
     return MethodDef(
         name=name,
@@ -352,11 +362,25 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
         config=dict(merged.get("config", {})),
         model_from=str(merged.get("model_from") or ""),
         init_from=str(merged.get("init_from") or ""),
+        checkpoint=checkpoint,
         train_on=str(merged.get("train_on", "sources")),
         adaptation_pool=bool(merged.get("adaptation_pool", False)),
         epochs_scale=float(merged.get("epochs_scale", 1.0)),
         compare_to=[compare] if isinstance(compare, str) else list(compare),
     )
+
+
+def _checkpoint_path(value: str, proto_path: Path, method: str) -> str:
+    """Resolve a method's ``checkpoint`` (``default`` = the shipped model) to an existing file."""
+    if value == "default":
+        from cardioseg.models.checkpoint import default_checkpoint_path
+
+        p = default_checkpoint_path()
+    else:
+        p = Path(_resolve_path(value, Path(proto_path).parent))
+    if not p.is_file():
+        raise CardiosegError(proto_path, f"method '{method}': checkpoint {value} not found")
+    return str(p.resolve())
 
 
 def load_protocol(path: str | Path) -> Protocol:
@@ -665,6 +689,7 @@ def plan(
                         exp.targets,
                         depends_on=f"{exp.name}/{dep}/seed{seed}" if dep else "",
                         reuse_model=bool(md.model_from),
+                        checkpoint=md.checkpoint,
                     )
                 )
     return runs

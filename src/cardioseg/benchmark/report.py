@@ -237,6 +237,8 @@ def write_report(
             if md.model_from
             else f"fine-tuned from `{md.init_from}`"
             if md.init_from
+            else f"checkpoint `{Path(md.checkpoint).name}`, not trained"
+            if md.checkpoint
             else "trained"
         )
         lines.append(f"| {name} | {md.description or '-'} | {model} |")

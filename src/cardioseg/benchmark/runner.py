@@ -135,7 +135,13 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
     (partial / "error.txt").unlink(missing_ok=True)
     cfg_dict = copy.deepcopy(run.config)
     t0 = time.time()
-    if run.reuse_model:
+    if run.checkpoint:  # a trained model, evaluated as is; copied so that dependants find it
+        checkpoint = partial / "train" / "final.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.checkpoint, checkpoint)
+        cfg_dict["output_dir"] = str(checkpoint.parent)
+        train_s = 0.0
+    elif run.reuse_model:
         checkpoint = run_dir(out_dir, run.depends_on) / "train" / "final.pt"
         cfg_dict["output_dir"] = str(checkpoint.parent)
         train_s = 0.0
@@ -156,7 +162,13 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
         "experiment": run.experiment,
         "method": run.method,
         "seed": run.seed,
-        "model": "reused from " + run.depends_on if run.reuse_model else "trained",
+        "model": (
+            "checkpoint " + run.checkpoint
+            if run.checkpoint
+            else "reused from " + run.depends_on
+            if run.reuse_model
+            else "trained"
+        ),
         "init_from": run.depends_on if run.depends_on and not run.reuse_model else "",
         "train_s": round(train_s, 1),
         "eval_s": round(time.time() - t1, 1),
