@@ -48,6 +48,12 @@ def main() -> None:
         choices=["tta", "tent", "histogram"],
         help="also run the shipped model with test-time augmentation, TENT or histogram matching",
     )
+    ap.add_argument(
+        "--ensemble",
+        nargs="*",
+        default=[],
+        help="checkpoints averaged as one more method, 'cardioseg-ensemble' (e.g. the CV folds)",
+    )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
 
@@ -64,6 +70,8 @@ def main() -> None:
     }
     for v in args.variants:
         methods[f"cardioseg+{v}"] = Segmenter(args.model, **variant_kwargs[v])
+    if args.ensemble:
+        methods["cardioseg-ensemble"] = Segmenter(args.ensemble)
     from peers import MyopariPeer, find_myopari
 
     pkg = find_myopari(args.peers_dir)

@@ -35,6 +35,13 @@ def test_segment_single_and_many(tmp_path, tiny_checkpoint):
     assert res.exit_code == 0, res.output
     assert nib.load(str(tmp_path / "out" / b.name)).shape == lab.shape
     assert nib.load(str(tmp_path / "out" / c.name)).shape == cine.shape
+    # --model repeated: an ensemble (of the same model twice here: the same labels)
+    args = ["segment", a, "-o", tmp_path / "ens.nii.gz", "--model", tiny_checkpoint]
+    res = _run([*args, "--model", tiny_checkpoint])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(str(tmp_path / "ens.nii.gz")).dataobj), np.asarray(out.dataobj)
+    )
 
 
 def test_evaluate_pair(tmp_path):

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from cardioseg.errors import CardiosegError
 from cardioseg.inference import Segmenter
 from cardioseg.models import ModelConfig, build_model, save_checkpoint
 from cardioseg.training.config import TrainingConfig
 
 
-def _checkpoint(path, orientation: bool | None):
-    torch.manual_seed(0)
+def _checkpoint(path, orientation: bool | None, seed: int = 0, channels=(4, 8, 16)):
+    torch.manual_seed(seed)
     cfg = TrainingConfig()
-    cfg.model = ModelConfig(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    cfg.model = ModelConfig(channels=list(channels), strides=[2, 2], num_res_units=0)
     config = cfg.to_dict()
     if orientation is None:  # a checkpoint written before the option existed
         config["train"].pop("orientation_augmentation")
@@ -87,3 +88,21 @@ def test_segmenter_predicts_a_mirrored_file_like_its_canonical_twin(tiny_checkpo
     seg.preprocessor.canonical_handedness = False
     raw = seg.predict(mimg, ImageProperties(maff, (1.4, 1.4, 8.0), mimg.shape)).labels
     assert not np.array_equal(raw, a[:, ::-1])
+
+
+def test_ensemble_averages_the_members_probabilities(tmp_path):
+    paths = [_checkpoint(tmp_path / f"m{i}.pt", False, seed=i) for i in range(2)]
+    vol = np.random.default_rng(1).normal(size=(40, 36, 3)).astype(np.float32)
+    single = [
+        Segmenter(p, postprocess=False).predict_volume(vol, (1.5, 1.5, 8.0), True)[1] for p in paths
+    ]
+    assert np.abs(single[0] - single[1]).max() > 1e-3  # two different networks
+    ens = Segmenter(paths, postprocess=False)
+    assert len(ens.models) == 2
+    labels, probs = ens.predict_volume(vol, (1.5, 1.5, 8.0), True)
+    np.testing.assert_allclose(probs, (single[0] + single[1]) / 2, atol=1e-5)
+    assert np.array_equal(labels, probs.argmax(0))
+    with pytest.raises(CardiosegError, match="differs .* in network or preprocessing"):
+        Segmenter([paths[0], _checkpoint(tmp_path / "wide.pt", False, channels=(8, 8, 16))])
+    with pytest.raises(ValueError, match="not available for an ensemble"):
+        Segmenter(paths, adaptation="tent")

@@ -141,7 +141,10 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 def segment(
     inputs: Annotated[list[Path], typer.Argument(help="NIfTI volumes (3D or 4D cine) or folders")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file or folder")],
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="Checkpoint (default: shipped); repeat to average an ensemble"),
+    ] = None,
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation (flips, or small rotations)")
     ] = False,
@@ -168,7 +171,7 @@ def segment(
     if not single and is_nifti(output):
         raise CardiosegError(output, "several inputs need an output folder, not a file name")
     seg = Segmenter(
-        model,
+        model or None,
         tta=tta or None,
         postprocess=postprocess,
         num_threads=threads or None,
@@ -203,7 +206,10 @@ def evaluate(
         Path | None,
         typer.Option(help="Folder of predictions named like the images; omit to run the model"),
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint for dataset mode")] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(help="Checkpoint for dataset mode; repeat to average an ensemble"),
+    ] = None,
     reference_labels: Annotated[
         str, typer.Option(help="Label convention of the reference in pair mode")
     ] = "canonical",
@@ -239,7 +245,7 @@ def evaluate(
     if predictions is None:
         from cardioseg.inference import Segmenter
 
-        seg = Segmenter(model, tta=tta or None)
+        seg = Segmenter(model or None, tta=tta or None)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     acc = evaluate_records(records, predict=predict, pred_dir=predictions)
     out = output or Path("evaluation")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,12 @@ def _rotation_grids(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torc
     return mats[0], mats[1]
 
 
+def _preprocessing(config: dict) -> tuple:
+    """The config values that define a model's input (ensemble members must agree)."""
+    data = config.get("data") or {}
+    return (float(data.get("target_spacing", 0)), bool(data.get("canonical_handedness", True)))
+
+
 @dataclass
 class Segmentation:
     """Result for one file: canonical labels in native geometry (3D, or 4D with time last)."""
@@ -55,7 +61,11 @@ class Segmenter:
     """Segment short-axis cine MRI volumes into LV (1), MYO (2) and RV (3).
 
     Args:
-        checkpoint: Path of a cardioseg checkpoint; ``None`` uses the shipped default model.
+        checkpoint: Path of a cardioseg checkpoint; ``None`` uses the shipped default model. A
+            sequence of paths makes an ensemble: the softmax outputs of the models are averaged
+            (e.g. the five models of a cross-validation). They must share the network and the
+            preprocessing (target spacing, handedness); the first one's config and fingerprint
+            are used. Test-time adaptation (``tent``) is not available for ensembles.
         tta: Test-time augmentation. Averages predictions over the three in-plane flips when
             the model was trained with random turns/flips (``train.orientation_augmentation``),
             otherwise over small in-plane rotations (±10°), which stay inside what such a model
@@ -81,7 +91,7 @@ class Segmenter:
 
     def __init__(
         self,
-        checkpoint: str | Path | None = None,
+        checkpoint: str | Path | Sequence[str | Path] | None = None,
         tta: bool | None = None,
         postprocess: bool = True,
         num_threads: int | None = None,
@@ -93,8 +103,22 @@ class Segmenter:
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        ckpt = load_checkpoint(checkpoint)
+        paths = (
+            [checkpoint]
+            if checkpoint is None or isinstance(checkpoint, (str, Path))
+            else list(checkpoint)
+        )
+        if not paths:
+            raise ValueError("checkpoint: give a path, a sequence of paths or None")
+        ckpts = [load_checkpoint(p) for p in paths]
+        ckpt = ckpts[0]
         cfg = ckpt["config"]
+        for path, other in zip(paths[1:], ckpts[1:], strict=True):
+            o = other["config"]
+            if o["model"] != cfg["model"] or _preprocessing(o) != _preprocessing(cfg):
+                raise CardiosegError(
+                    path, f"ensemble member differs from {paths[0]} in network or preprocessing"
+                )
         self.model_config = ModelConfig(**cfg["model"])
         self.fingerprint = ckpt.get("fingerprint", {})
         inference = cfg.get("inference") or {}
@@ -119,6 +143,8 @@ class Segmenter:
         if self.adaptation == "tent" and adaptation is None:
             options.setdefault("steps", int(inference.get("tent_steps", 10)))
             options.setdefault("lr", float(inference.get("tent_lr", 1e-3)))
+        if self.adaptation != "none" and len(ckpts) > 1:
+            raise ValueError("test-time adaptation is not available for an ensemble of models")
         self.adapter = build_adapter(self.adaptation, **options)
         self.metadata = {k: ckpt.get(k) for k in ("metrics", "fingerprint", "format")}
         if device == "auto":
@@ -126,10 +152,13 @@ class Segmenter:
         self.device = torch.device(device)
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model = build_model(self.model_config)
-        state = {k: v.float() for k, v in ckpt["model_state"].items()}
-        self.model.load_state_dict(state)
-        self.model.to(self.device).eval()
+        self.models = []
+        for member in ckpts:
+            model = build_model(self.model_config)
+            model.load_state_dict({k: v.float() for k, v in member["model_state"].items()})
+            self.models.append(model.to(self.device).eval())
+        #: The (first) network; test-time adaptation works on it.
+        self.model = self.models[0]
         self.tta = bool(inference.get("tta", False)) if tta is None else tta
         self.do_postprocess, self.batch_size = postprocess, batch_size
         #: Whether the model has seen flipped images in training (checkpoints written before the
@@ -162,13 +191,13 @@ class Segmenter:
         outs = []
         for i in range(0, x.shape[0], self.batch_size):
             xb = x[i : i + self.batch_size].to(self.device)
-            p = torch.softmax(self.model(xb), 1)
-            if self.tta:
-                views = self._tta_views(xb)
+            views = self._tta_views(xb) if self.tta else []
+            p = torch.zeros(())
+            for model in self.models:
+                p = p + torch.softmax(model(xb), 1)
                 for view, back in views:
-                    p += back(torch.softmax(self.model(view), 1))
-                p /= 1 + len(views)
-            outs.append(p.cpu())
+                    p += back(torch.softmax(model(view), 1))
+            outs.append((p / (len(self.models) * (1 + len(views)))).cpu())
         return torch.cat(outs)
 
     def predict_volume(
