@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from cardioseg.inference.postprocess import (
+    basal_end,
+    drop_open_basal_slices,
     drop_rv_without_myocardium,
     keep_heart,
     keep_largest_components,
@@ -53,3 +55,53 @@ def test_postprocess_removes_distant_blobs_and_fills_holes():
     assert (out[..., 0] == 3).sum() == 0
     assert (keep_largest_components(lab) == 1).sum() < (lab == 1).sum()
     assert (keep_heart(lab)[35:38, 35:38, 2] == 0).all()
+
+
+def _tapered(n_slices: int = 7, axis: int = 2, open_base: int = 1) -> np.ndarray:
+    """A ventricle that narrows from the base (slice 0) to the apex; the first ``open_base``
+    slices have the LV with myocardium on one side only (outflow tract / atrium)."""
+    yy, xx = np.mgrid[:48, :48]
+    r = np.hypot(yy - 24, xx - 26)
+    r_rv = np.hypot(yy - 24, xx - 8)
+    lab = np.zeros((n_slices, 48, 48), np.uint8)
+    for z in range(n_slices):
+        k = 1 - 0.08 * z
+        sl = lab[z]
+        sl[(r >= 7 * k) & (r < 10 * k)] = 2
+        sl[r < 7 * k] = 1
+        sl[(r_rv < 8 * k) & (r >= 10 * k)] = 3
+        if z < open_base:  # myocardium left of the LV only: encloses about a quarter
+            sl[(sl == 2) & (xx > 22)] = 1
+    return np.moveaxis(lab, 0, axis)
+
+
+def test_open_basal_slices_are_dropped_at_the_base_only():
+    for axis in (0, 2):
+        lab = _tapered(axis=axis, open_base=2)
+        assert basal_end(lab, axis) == 0
+        out = np.moveaxis(drop_open_basal_slices(lab, axis), axis, 0)
+        ref = np.moveaxis(lab, axis, 0)
+        for z in (0, 1):  # no LV or myocardium left on the open basal slices; RV kept here
+            assert not np.isin(out[z], (1, 2)).any() and (out[z] == 3).sum() > 50
+        np.testing.assert_array_equal(out[2:], ref[2:])
+        # the full post-processing also removes the RV there (no myocardium left)
+        full = np.moveaxis(postprocess(lab, axis), axis, 0)
+        assert not full[:2].any() and (full[2:] > 0).sum() > 0
+    # closed rings everywhere: nothing changes
+    closed = _tapered(open_base=0)
+    np.testing.assert_array_equal(drop_open_basal_slices(closed), closed)
+    # the stack reversed (base last): the basal end is found at the other side
+    flipped = _tapered(open_base=1)[..., ::-1]
+    assert basal_end(flipped) == 6
+    assert not np.isin(drop_open_basal_slices(flipped)[..., 6], (1, 2)).any()
+    # an open ring at the apical end is left alone (the apex is not the base)
+    apex_open = _tapered(open_base=0)
+    apex = apex_open[..., 6]
+    apex[(apex == 2) & (np.mgrid[:48, :48][1] > 22)] = 1
+    np.testing.assert_array_equal(drop_open_basal_slices(apex_open), apex_open)
+    # at most max_drop slices go, and a short stack keeps its minimum of LV slices
+    three_open = _tapered(open_base=3)
+    out = drop_open_basal_slices(three_open, max_drop=2)
+    assert np.isin(out[..., 2], (1, 2)).any() and not np.isin(out[..., :2], (1, 2)).any()
+    short = _tapered(n_slices=3, open_base=1)
+    np.testing.assert_array_equal(drop_open_basal_slices(short), short)

@@ -1,5 +1,5 @@
-"""Post-processing: largest connected component per structure, RV limited to the ventricular
-slices, and hole filling."""
+"""Post-processing: largest connected component per structure, basal slices without a
+myocardial ring dropped, RV limited to the ventricular slices, and hole filling."""
 
 from __future__ import annotations
 
@@ -94,6 +94,83 @@ def drop_rv_without_myocardium(
     return np.moveaxis(out, 0, slice_axis)
 
 
+#: A basal end slice whose myocardium covers less than this fraction of the LV border is
+#: dropped (the SCMR rule for the basal slice: at least half of the blood pool surrounded by
+#: myocardium).
+BASAL_MIN_ENCLOSURE = 0.50
+#: At most this many slices are dropped at the base, and at least this many LV slices are kept.
+BASAL_MAX_DROP = 2
+MIN_LV_SLICES = 3
+
+
+def myocardial_enclosure(label_slice: np.ndarray) -> float | None:
+    """Fraction of the LV border (4-neighbourhood ring) that is myocardium; ``None`` without LV."""
+    lv = label_slice == LABELS["LV"]
+    if not lv.any():
+        return None
+    ring = ndimage.binary_dilation(lv, structure=ndimage.generate_binary_structure(2, 1)) & ~lv
+    return float(np.mean(label_slice[ring] == LABELS["MYO"])) if ring.any() else 1.0
+
+
+def basal_end(label: np.ndarray, slice_axis: int = 2) -> int | None:
+    """Index of the basal end of the LV stack (the end with the larger heart), or ``None``."""
+    moved = np.moveaxis(label, slice_axis, 0)
+    lv_slices = np.flatnonzero((moved == LABELS["LV"]).reshape(moved.shape[0], -1).any(1))
+    if lv_slices.size < 2:
+        return None
+    heart = (moved > 0).reshape(moved.shape[0], -1).sum(1).astype(float)
+    extent = heart[lv_slices[0] : lv_slices[-1] + 1]
+    third = max(1, extent.size // 3)
+    return int(lv_slices[0] if extent[:third].mean() > extent[-third:].mean() else lv_slices[-1])
+
+
+def drop_open_basal_slices(
+    label: np.ndarray,
+    slice_axis: int = 2,
+    min_enclosure: float = BASAL_MIN_ENCLOSURE,
+    max_drop: int = BASAL_MAX_DROP,
+) -> np.ndarray:
+    """Remove LV and myocardium from basal end slices where the myocardium does not enclose the LV.
+
+    Clinical contouring conventions (SCMR 2020 post-processing guidelines; the ACDC and M&Ms
+    labels follow them: every labelled ACDC/M&Ms slice has >= 80 % of its LV border on
+    myocardium, ``benchmarks/qc_reference_check.py``) count the basal slice only when at least
+    half of the blood pool is surrounded by myocardium. Above it lies the LV outflow tract or the
+    atrium, which a 2D model tends to label as LV, especially at end-systole when the base has
+    moved towards the apex. The RV on those slices is then removed by
+    :func:`drop_rv_without_myocardium` when no myocardium is left there.
+
+    Args:
+        label: Canonical label map (1 LV, 2 MYO, 3 RV).
+        slice_axis: Axis of the short-axis slices.
+        min_enclosure: Minimum fraction of the LV border on myocardium for a basal slice.
+        max_drop: Maximum number of basal slices removed.
+
+    Example:
+        >>> lab = np.zeros((9, 9, 4), np.uint8)
+        >>> lab[1:8, 1:8, :] = 2; lab[3:6, 3:6, :] = 1  # closed rings on slices 0-3
+        >>> lab[1:8, 1:8, 0] = 1; lab[1:8, 8, 0] = 2  # basal slice 0: myocardium on one side
+        >>> [int((drop_open_basal_slices(lab)[..., z] > 0).sum()) for z in range(4)]
+        [0, 49, 49, 49]
+    """
+    base = basal_end(label, slice_axis)
+    if base is None:
+        return label
+    out = np.moveaxis(label.copy(), slice_axis, 0)
+    lv_slices = np.flatnonzero((out == LABELS["LV"]).reshape(out.shape[0], -1).any(1))
+    step = 1 if base == lv_slices[0] else -1
+    z, dropped = base, 0
+    while dropped < max_drop and lv_slices.size - dropped > MIN_LV_SLICES:
+        enclosure = myocardial_enclosure(out[z])
+        if enclosure is None or enclosure >= min_enclosure:
+            break
+        sl = out[z]
+        sl[(sl == LABELS["LV"]) | (sl == LABELS["MYO"])] = 0
+        dropped += 1
+        z += step
+    return np.moveaxis(out, 0, slice_axis) if dropped else label
+
+
 def fill_holes(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
     """Fill holes slice by slice: holes in the LV become LV; other holes inside the heart take
     the label of the nearest labelled pixel."""
@@ -115,7 +192,7 @@ def fill_holes(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
 
 
 def postprocess(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
-    """Largest heart component, largest component per structure, RV only on slices with
-    myocardium, then hole filling."""
-    label = keep_largest_components(keep_heart(label))
+    """Largest heart component, largest component per structure, open basal slices dropped, RV
+    only on slices with myocardium, then hole filling."""
+    label = drop_open_basal_slices(keep_largest_components(keep_heart(label)), slice_axis)
     return fill_holes(drop_rv_without_myocardium(label, slice_axis), slice_axis)
