@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ from cardioseg.models.unet_parts import unet_parts
 from cardioseg.preprocessing.pipeline import Preprocessor
 from cardioseg.training.config import TrainingConfig, config_from_dict, load_config
 from cardioseg.training.slices import PatchSampler, PreparedCase
-from cardioseg.training.trainer import Trainer
+from cardioseg.training.trainer import Trainer, collect_records
 
 TINY = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
 
@@ -275,6 +276,25 @@ def test_finetune_run_from_checkpoint(tmp_path):
     )
     with pytest.raises(CardiosegError, match="does not match"):
         Trainer(bad, progress=False).run()
+
+
+def test_k_subjects_drawn_from_the_labelled_target_only(tmp_path):
+    src = {"path": str(_folder(tmp_path / "src", 3)), "layout": "folder"}
+    tgt = {"path": str(_folder(tmp_path / "tgt", 4, offset=10)), "layout": "folder"}
+    datasets = [src, {**tgt, "role": "target_labeled"}]
+    cfg = _cfg(tmp_path, data={"datasets": datasets}, finetune={"k_subjects": 2, "seed": 1})
+    recs = collect_records(cfg)
+    by_root = {}
+    for r in recs:
+        by_root.setdefault(Path(r.image).parent.name, set()).add(r.subject)
+    assert len(by_root["src"]) == 3 and len(by_root["tgt"]) == 2  # every source subject kept
+    again = {r.subject for r in collect_records(cfg) if "tgt" in r.image}
+    assert again == by_root["tgt"]  # seeded
+    # without a target_labeled dataset, k_subjects draws among the sources (plain fine-tuning)
+    plain = _cfg(tmp_path, data={"datasets": [src]}, finetune={"k_subjects": 2, "seed": 1})
+    assert len({r.subject for r in collect_records(plain)}) == 2
+    # a target_labeled dataset is training data, never an unlabelled pool
+    assert collect_records(cfg, "target_unlabeled") == []
 
 
 # -- test-time methods ----------------------------------------------------------------------------

@@ -275,6 +275,41 @@ def test_checkpoint_method_is_evaluated_as_is_and_can_be_fine_tuned(tmp_path, ve
     assert "checkpoint `final.pt`, not trained" in (out / "report.md").read_text()
 
 
+def test_fine_tuning_with_the_sources_replayed(tmp_path, vendors):
+    """``train_on: sources+finetune_pool``: all source subjects plus k labelled pool subjects."""
+    mix = {
+        "name": "mix",
+        "base": "baseline",
+        "train_on": "sources+finetune_pool",
+        "config": {"finetune": {"k_subjects": 1}, "data": {"sampling": "balanced"}},
+    }
+    exp = {
+        "name": "e",
+        "sources": ["src"],
+        "targets": [{"dataset": "tgt", "split": "test"}],
+        "finetune_pool": [{"dataset": "tgt", "split": "pool"}],
+    }
+    proto = _protocol(tmp_path, vendors, methods=["baseline", mix], experiments=[exp])
+    runs = {r.method: r for r in plan(load_protocol(proto), "quick", tmp_path / "out")}
+    assert [d["role"] for d in runs["mix"].config["data"]["datasets"]] == [
+        "source",
+        "target_labeled",
+    ]
+    assert [d["role"] for d in runs["baseline"].config["data"]["datasets"]] == ["source"]
+    res = run_benchmark(proto, tmp_path / "out", profile="quick", only=["mix"])
+    assert res.status["e/mix/seed0"] == "done", res.errors
+    from cardioseg.models import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "out" / "runs" / "e" / "mix" / "seed0" / "train" / "final.pt")
+    subjects = ck["fingerprint"]["train_subjects"]
+    assert len(subjects) == 4  # the 3 source subjects and the 1 pool subject
+    assert sum("ge" in s for s in subjects) == 1
+    too_many = {**mix, "config": {"finetune": {"k_subjects": 2}}}
+    bad = _protocol(tmp_path, vendors, methods=["baseline", too_many], experiments=[exp])
+    with pytest.raises(CardiosegError, match="k_subjects=2, only 1 available"):
+        plan(load_protocol(bad), "quick", tmp_path / "out2")
+
+
 def test_cli_refuses_missing_protocol(tmp_path):
     r = runner.invoke(app, ["benchmark", str(tmp_path / "none.yaml"), "-o", str(tmp_path)])
     assert r.exit_code == 1 and "protocol file not found" in r.output

@@ -10,7 +10,8 @@ A method is a mapping with:
 * ``checkpoint``: a trained model evaluated as is, without training: a checkpoint path
   (relative paths are tried from the working directory, then from the protocol's folder) or
   ``default`` for the shipped model; other methods can ``init_from`` or ``model_from`` it;
-* ``train_on``: ``sources`` (default) or ``finetune_pool`` (labelled target subjects);
+* ``train_on``: ``sources`` (default), ``finetune_pool`` (labelled target subjects) or
+  ``sources+finetune_pool`` (the k pool subjects together with all source cases);
 * ``adaptation_pool``: add the experiment's unlabelled adaptation pool (``role:
   target_unlabeled``), e.g. for DANN;
 * ``epochs_scale``: multiply the (profile's) number of epochs, e.g. shorter fine-tuning;

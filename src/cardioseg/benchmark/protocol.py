@@ -111,6 +111,12 @@ class Ref:
         return s
 
 
+#: Values of a method's ``train_on``: the experiment's sources, its labelled fine-tuning pool
+#: (``finetune.k_subjects`` drawn from it), or both (the k pool subjects next to every source
+#: case, e.g. with ``data.sampling: balanced``).
+TRAIN_ON = ("sources", "finetune_pool", "sources+finetune_pool")
+
+
 @dataclass
 class MethodDef:
     """A method of the protocol (see :mod:`cardioseg.benchmark.methods`)."""
@@ -343,8 +349,10 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
         if k in ("name", "base"):
             continue
         merged[k] = deep_merge(merged.get(k, {}), val) if k == "config" else val
-    if merged.get("train_on", "sources") not in ("sources", "finetune_pool"):
-        raise CardiosegError(proto_path, f"method '{name}': train_on must be sources|finetune_pool")
+    if merged.get("train_on", "sources") not in TRAIN_ON:
+        raise CardiosegError(
+            proto_path, f"method '{name}': train_on must be one of {', '.join(TRAIN_ON)}"
+        )
     if merged.get("model_from") and merged.get("init_from"):
         raise CardiosegError(proto_path, f"method '{name}': use model_from or init_from, not both")
     checkpoint = str(merged.get("checkpoint") or "")
@@ -645,14 +653,12 @@ def plan(
                 raise proto.error(
                     f"experiment '{exp.name}': method '{method}' needs an adaptation_pool"
                 )
-            if md.train_on == "finetune_pool" and not ft:
+            uses_pool = md.train_on != "sources"
+            if uses_pool and not ft:
                 raise proto.error(
                     f"experiment '{exp.name}': method '{method}' needs a labelled finetune_pool"
                 )
-            data_refs = exp.finetune_pool if md.train_on == "finetune_pool" else exp.sources
-            n_subjects = len(
-                {proto.subject_key(r) for r in (ft if md.train_on == "finetune_pool" else train)}
-            )
+            n_subjects = len({proto.subject_key(r) for r in (ft if uses_pool else train)})
             for seed in seeds:
                 cfg = deep_merge(proto.base, prof.get("config", {}))
                 cfg = deep_merge(cfg, md.config)
@@ -661,7 +667,14 @@ def plan(
                 )
                 cfg.setdefault("data", {}).setdefault("domain_key", proto.domain_key)
                 cfg["data"].setdefault("cache_dir", str(Path(out_dir) / "cache"))
-                cfg["data"]["datasets"] = _specs(proto, data_refs, "source")
+                if md.train_on == "finetune_pool":
+                    cfg["data"]["datasets"] = _specs(proto, exp.finetune_pool, "source")
+                elif md.train_on == "sources+finetune_pool":
+                    cfg["data"]["datasets"] = _specs(proto, exp.sources, "source") + _specs(
+                        proto, exp.finetune_pool, "target_labeled"
+                    )
+                else:
+                    cfg["data"]["datasets"] = _specs(proto, exp.sources, "source")
                 if md.adaptation_pool:
                     cfg["data"]["datasets"] += _specs(
                         proto, exp.adaptation_pool, "target_unlabeled"

@@ -12,7 +12,7 @@ from cardioseg.errors import CardiosegError
 from cardioseg.models.factory import ModelConfig
 
 #: Roles of a dataset in a training config.
-ROLES = ("source", "target_unlabeled")
+ROLES = ("source", "target_labeled", "target_unlabeled")
 #: Case attributes that ``include`` / ``exclude`` filters and ``domain_key`` may name.
 RECORD_KEYS = ("dataset", "subject", "phase", "vendor", "centre", "group")
 
@@ -34,8 +34,11 @@ class DatasetSpec:
     Attributes:
         path: Dataset folder.
         layout: Reader (``acdc``, ``mnms``, ``mnms2``, ``mscmr``, ``folder`` or ``auto``).
-        role: ``source`` (labelled training data) or ``target_unlabeled`` (images only, for
-            domain adaptation such as DANN; labels are never read).
+        role: ``source`` (labelled training data), ``target_labeled`` (labelled target-domain
+            training data: ``finetune.k_subjects`` then draws only among these, and every
+            ``source`` case is kept, e.g. fine-tuning with the source data replayed) or
+            ``target_unlabeled`` (images only, for domain adaptation such as DANN; labels are
+            never read).
         include: Keep only cases whose attribute is in the list, e.g. ``{vendor: [GE]}`` or
             ``{subject: [subject1, subject3]}``.
         exclude: Drop cases whose attribute is in the list.

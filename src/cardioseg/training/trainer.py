@@ -46,12 +46,16 @@ def seed_everything(seed: int) -> None:
 def collect_records(cfg: TrainingConfig, role: str = "source") -> list[CaseRecord]:
     """Cases of the datasets with ``role`` after their include/exclude filters.
 
-    ``source``: labelled cases only (then ``finetune.k_subjects`` applies); error when none.
+    ``source``: labelled cases of the ``source`` and ``target_labeled`` datasets (then
+    ``finetune.k_subjects`` applies: to the ``target_labeled`` cases where there are any, to all
+    otherwise); error when none.
     ``target_unlabeled``: every case, with its label path dropped (never read).
     """
     records: list[CaseRecord] = []
+    targets: list[CaseRecord] = []
+    roles = ("source", "target_labeled") if role == "source" else (role,)
     for ds in cfg.data.datasets:
-        if ds.role != role:
+        if ds.role not in roles:
             continue
         found = filter_records(discover(ds.path, ds.layout), ds.include, ds.exclude)
         if role == "source":
@@ -61,15 +65,21 @@ def collect_records(cfg: TrainingConfig, role: str = "source") -> list[CaseRecor
         for r in found:
             if ds.domain:
                 r.extra["domain"] = ds.domain
-        records += found
+        if ds.role == "target_labeled":
+            targets += found
+        else:
+            records += found
     if role == "source":
-        if not records:
+        if not records and not targets:
             raise CardiosegError(
                 None, "no labelled training cases found in the configured datasets"
             )
         if cfg.finetune.k_subjects:
-            records = select_subjects(records, cfg.finetune.k_subjects, cfg.finetune.seed)
-    return records
+            if targets:
+                targets = select_subjects(targets, cfg.finetune.k_subjects, cfg.finetune.seed)
+            else:
+                records = select_subjects(records, cfg.finetune.k_subjects, cfg.finetune.seed)
+    return records + targets
 
 
 def split_records(
