@@ -173,6 +173,7 @@ def qc_study_rows(data: Path, seg: Segmenter, cv_runs: Path | None) -> list[dict
             "qc_reasons": " | ".join(qc.reasons),
             # raw QC evidence, so thresholds and weights can be re-calibrated offline
             "qc_mean_entropy": qc.metrics.get("mean_entropy", float("nan")),
+            "qc_heart_entropy": qc.metrics.get("heart_entropy", float("nan")),
             "qc_issues": ";".join(f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]),
         }
         if second:

@@ -211,9 +211,16 @@ def test_qc_uncertainty_from_probabilities(heart_pair):
     confident = np.stack([(ed == k).astype(np.float32) for k in range(4)])
     qc = assess_quality(ed, es, SPACING, probabilities={"ED": confident, "ES": None})
     assert qc.status == "ok" and qc.metrics["mean_entropy"] < 0.01
+    assert qc.metrics["heart_entropy"] < 0.01
     flat = np.full((4, *ed.shape), 0.25, np.float32)
     qc = assess_quality(ed, es, SPACING, probabilities={"ED": flat})
     assert qc.status == "fail"
+    assert qc.metrics["heart_entropy"] == pytest.approx(1.0, abs=1e-3)
+    # uncertain only outside the predicted heart: the heart measure stays low, the band not
+    edge = confident.copy()
+    edge[:, ed == 0] = 0.25
+    qc = assess_quality(ed, None, SPACING, probabilities=edge)
+    assert qc.metrics["heart_entropy"] < 0.01 < qc.metrics["mean_entropy"]
     assert any("uncertain" in r for r in qc.reasons)
     with pytest.raises(ValueError):
         assess_quality(ed, es, SPACING, probabilities=flat[:, :10])

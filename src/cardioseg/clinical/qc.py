@@ -375,6 +375,8 @@ def _phase_checks(
     # uncertainty
     if prob is not None:
         h = _entropy(prob)
+        if fg.any():  # inside the predicted heart only (no boundary band)
+            metrics["heart_entropy"] = round(float(h[fg].mean()), 4)
         roi = _dilate2d(fg, ENTROPY_DILATION_MM, min(pix_mm))
         if roi.any():
             h_roi = h[roi]
@@ -471,6 +473,9 @@ def assess_quality(
     if ents:
         worst = max(ents)
         metrics["mean_entropy"] = worst
+        hearts = [metrics[n]["heart_entropy"] for n in phases if "heart_entropy" in metrics[n]]
+        if hearts:
+            metrics["heart_entropy"] = max(hearts)
         if worst >= ENTROPY_STUDY_REVIEW:
             span = ENTROPY_STUDY_FAIL - ENTROPY_STUDY_REVIEW
             w = 0.3 + 0.5 * min(1.0, (worst - ENTROPY_STUDY_REVIEW) / span)
