@@ -8,6 +8,7 @@ from cardioseg.inference.postprocess import (
     basal_end,
     drop_open_basal_slices,
     drop_rv_without_myocardium,
+    fill_holes,
     keep_heart,
     keep_largest_components,
     postprocess,
@@ -105,3 +106,26 @@ def test_open_basal_slices_are_dropped_at_the_base_only():
     assert np.isin(out[..., 2], (1, 2)).any() and not np.isin(out[..., :2], (1, 2)).any()
     short = _tapered(n_slices=3, open_base=1)
     np.testing.assert_array_equal(drop_open_basal_slices(short), short)
+
+
+def test_postprocess_on_the_heart_box_equals_the_whole_volume_chain():
+    """postprocess() works inside the heart's bounding box; the result must be what the rules
+    give on the whole volume (holes, fragments and an open base included)."""
+    rng = np.random.default_rng(3)
+    for axis in (0, 2):
+        lab = np.moveaxis(_tapered(axis=2, open_base=1), 2, axis).copy()
+        noisy = lab.copy()
+        flip = rng.random(lab.shape) < 0.02
+        noisy[flip] = rng.integers(0, 4, size=int(flip.sum()))  # holes and specks
+        edge = [slice(None)] * 3
+        edge[(axis + 1) % 3] = slice(0, 2)
+        noisy[tuple(edge)] = 3  # a detached strip at the image border
+        whole = fill_holes(
+            drop_rv_without_myocardium(
+                drop_open_basal_slices(keep_largest_components(keep_heart(noisy)), axis), axis
+            ),
+            axis,
+        )
+        np.testing.assert_array_equal(postprocess(noisy, axis), whole)
+    empty = np.zeros((5, 6, 7), np.uint8)
+    np.testing.assert_array_equal(postprocess(empty), empty)

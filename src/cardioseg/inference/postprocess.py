@@ -194,5 +194,16 @@ def fill_holes(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
 def postprocess(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
     """Largest heart component, largest component per structure, open basal slices dropped, RV
     only on slices with myocardium, then hole filling."""
-    label = drop_open_basal_slices(keep_largest_components(keep_heart(label)), slice_axis)
-    return fill_holes(drop_rv_without_myocardium(label, slice_axis), slice_axis)
+    label = keep_heart(label)
+    fg = np.nonzero(label)
+    if not fg[0].size:
+        return label
+    # every later step only sees the heart's bounding box (+1 voxel): same result, less work
+    box = tuple(
+        slice(max(0, int(idx.min()) - 1), min(n, int(idx.max()) + 2))
+        for idx, n in zip(fg, label.shape, strict=True)
+    )
+    sub = drop_open_basal_slices(keep_largest_components(label[box]), slice_axis)
+    out = np.zeros_like(label)
+    out[box] = fill_holes(drop_rv_without_myocardium(sub, slice_axis), slice_axis)
+    return out
