@@ -43,27 +43,28 @@ from cardioseg.training.trainer import collect_records, split_records
 STRUCTURES = {"LV": 1, "MYO": 2, "RV": 3}
 
 
-def _components(lab: np.ndarray, axis: int) -> np.ndarray:
-    return fill_holes(keep_largest_components(keep_heart(lab)), axis)
+def _chain(rv: bool, basal: bool) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Largest heart and per-structure components, optionally the basal and RV rules (in the
+    shipped order), then hole filling."""
 
+    def run(lab: np.ndarray, axis: int) -> np.ndarray:
+        lab = keep_largest_components(keep_heart(lab))
+        if basal:
+            lab = drop_open_basal_slices(lab, axis)
+        if rv:
+            lab = drop_rv_without_myocardium(lab, axis)
+        return fill_holes(lab, axis)
 
-def _rv(lab: np.ndarray, axis: int) -> np.ndarray:
-    return fill_holes(
-        drop_rv_without_myocardium(keep_largest_components(keep_heart(lab)), axis), axis
-    )
-
-
-def _basal_only(lab: np.ndarray, axis: int) -> np.ndarray:
-    return fill_holes(drop_open_basal_slices(keep_largest_components(keep_heart(lab)), axis), axis)
+    return run
 
 
 #: stage -> (function, the stage it is compared with).
 STAGES: dict[str, tuple[Callable[[np.ndarray, int], np.ndarray], str]] = {
     "none": (lambda lab, axis: lab, ""),
-    "components": (_components, "none"),
-    "components + rv": (_rv, "components"),
+    "components": (_chain(rv=False, basal=False), "none"),
+    "components + rv": (_chain(rv=True, basal=False), "components"),
     "components + rv + basal (shipped)": (postprocess, "components + rv"),
-    "components + basal": (_basal_only, "components"),
+    "components + basal": (_chain(rv=False, basal=True), "components"),
 }
 
 

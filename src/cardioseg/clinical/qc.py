@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from cardioseg.clinical.indices import LV, MYO, RV, volume_ml
+from cardioseg.inference.postprocess import myocardial_enclosure
 from cardioseg.preprocessing import slice_axis
 
 # --- status -------------------------------------------------------------------------------------
@@ -149,7 +150,6 @@ WEIGHTS: dict[str, float] = {
 
 NAMES = {LV: "LV", MYO: "myocardium", RV: "RV"}
 _SHORT = {LV: "LV", MYO: "MYO", RV: "RV"}
-_CROSS = ndimage.generate_binary_structure(2, 1)
 _SQUARE = np.ones((3, 3), bool)
 
 
@@ -269,8 +269,7 @@ def _phase_checks(
         row = rows[z]
         lv = sl == LV
         if lv.any():
-            ring = ndimage.binary_dilation(lv, structure=_CROSS) & ~lv
-            frac = float(np.mean(sl[ring] == MYO)) if ring.any() else 1.0
+            frac = myocardial_enclosure(sl)
             row["myo_enclosure"] = round(frac, 4)
             is_end = z in (lv_slices[0], lv_slices[-1])
             limit = MYO_ENCLOSURE_MIN_END if is_end else MYO_ENCLOSURE_MIN
