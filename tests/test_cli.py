@@ -78,6 +78,30 @@ def test_evaluate_dataset_with_predictions(tmp_path):
     assert res.exit_code == 0 and "2 cases" in res.output
 
 
+def test_evaluate_dataset_skips_an_unusable_case(tmp_path):
+    """A case whose label does not fit its image is reported and skipped; the others count."""
+    lab = disc_labels()
+    for i in range(3):
+        write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
+        aff = oblique_affine() if i == 1 else np.eye(4)
+        write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab, aff)
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab)
+    args = ["evaluate", "--dataset", tmp_path / "ds", "--predictions", tmp_path / "pred"]
+    res = _run([*args, "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and not any("c1" in r for r in rows)
+    skipped = (tmp_path / "ev" / "skipped.csv").read_text()
+    assert "c1" in skipped and "affine" in skipped
+    assert "1 case(s) skipped" in res.output
+    # nothing usable at all: a one-line error, no output folder
+    for i in (0, 2):
+        (tmp_path / "pred" / f"c{i}.nii.gz").unlink()
+    res = _run([*args, "-o", tmp_path / "ev2"])
+    _one_line_error(res, "no case could be evaluated")
+    assert not (tmp_path / "ev2").exists()
+
+
 def _one_line_error(res, name):
     assert res.exit_code != 0
     text = res.output.strip()

@@ -214,7 +214,9 @@ def evaluate(
         str, typer.Option(help="Label convention of the reference in pair mode")
     ] = "canonical",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder")] = None,
-    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation")] = False,
+    tta: Annotated[
+        bool, typer.Option(help="Test-time augmentation (flips or small rotations, as trained)")
+    ] = False,
 ) -> None:
     """Dice, Jaccard, precision, recall, HD, HD95, ASSD (3D, spacing-aware) per structure."""
     import json
@@ -237,6 +239,8 @@ def evaluate(
                 tmp.write_text(text)
         typer.echo(text)
         return
+    import csv
+
     from cardioseg.data.datasets import discover
     from cardioseg.evaluation.runner import evaluate_records
 
@@ -247,11 +251,24 @@ def evaluate(
 
         seg = Segmenter(model or None, tta=tta or None)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
-    acc = evaluate_records(records, predict=predict, pred_dir=predictions)
+    skipped: list[tuple[str, str]] = []
+    acc = evaluate_records(records, predict=predict, pred_dir=predictions, skipped=skipped)
+    if not len(acc):
+        raise CardiosegError(dataset, f"no case could be evaluated ({len(skipped)} skipped)")
     out = output or Path("evaluation")
     acc.to_csv(out / "metrics.csv")
     acc.to_markdown(out / "summary.md", by=["phase", "vendor", "centre", "group"])
+    if skipped:
+        with atomic_write(out / "skipped.csv") as tmp:
+            with tmp.open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["case_id", "error"])
+                writer.writerows(skipped)
     typer.echo((out / "summary.md").read_text())
+    for case_id, message in skipped:
+        typer.echo(f"skipped {case_id}: {message}", err=True)
+    if skipped:
+        typer.echo(f"{len(skipped)} case(s) skipped, listed in {out / 'skipped.csv'}", err=True)
 
 
 @app.command()
