@@ -794,11 +794,11 @@ def serve(config: AppConfig, log_level: str = "info") -> None:
     from cardioseg.errors import CardiosegError
 
     if config.segmenter_factory is None:
-        from cardioseg.models.checkpoint import default_checkpoint_path
+        from cardioseg.models.checkpoint import resolve_checkpoint
 
-        ckpt = Path(config.checkpoint) if config.checkpoint else default_checkpoint_path()
+        ckpt = resolve_checkpoint(config.checkpoint)
         if not ckpt.is_file():
-            raise CardiosegError(ckpt, "model checkpoint not found (pass --model PATH)")
+            raise CardiosegError(ckpt, "model checkpoint not found (pass --model PATH or NAME)")
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -379,11 +379,12 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
 
 
 def _checkpoint_path(value: str, proto_path: Path, method: str) -> str:
-    """Resolve a method's ``checkpoint`` (``default`` = the shipped model) to an existing file."""
-    if value == "default":
-        from cardioseg.models.checkpoint import default_checkpoint_path
+    """Resolve a method's ``checkpoint`` (a packaged model's name such as ``default``, or a
+    path) to an existing file."""
+    from cardioseg.models.checkpoint import PACKAGED_MODELS, resolve_checkpoint
 
-        p = default_checkpoint_path()
+    if value in PACKAGED_MODELS:
+        p = resolve_checkpoint(value)
     else:
         p = Path(_resolve_path(value, Path(proto_path).parent))
     if not p.is_file():

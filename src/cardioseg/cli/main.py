@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 import typer
 
+MODEL_HELP = "Checkpoint path or packaged model name (default, contrast)"
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -143,7 +145,7 @@ def segment(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file or folder")],
     model: Annotated[
         list[Path] | None,
-        typer.Option(help="Checkpoint (default: shipped); repeat to average an ensemble"),
+        typer.Option(help=MODEL_HELP + "; repeat to average an ensemble"),
     ] = None,
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation (flips, or small rotations)")
@@ -296,7 +298,7 @@ def demo(
     data: Annotated[Path | None, typer.Option(help="Run on a real dataset folder instead")] = None,
     seed: Annotated[int, typer.Option(help="Phantom seed")] = 0,
     max_cases: Annotated[int, typer.Option(help="At most this many cases with --data")] = 6,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
 ) -> None:
     """Segment a synthetic study (or --data DIR), evaluate it, write masks, metrics, overlays."""
     from cardioseg.demo import run_demo
@@ -320,7 +322,7 @@ def analyze(
     weight: Annotated[float | None, typer.Option(help="Weight in kg (for BSA indexing)")] = None,
     ed_frame: Annotated[int | None, typer.Option(help="Force the ED frame index")] = None,
     es_frame: Annotated[int | None, typer.Option(help="Force the ES frame index")] = None,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
@@ -358,7 +360,7 @@ def analyze_batch(
         "cardioseg-batch"
     ),
     workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 1,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     ray: Annotated[
         str | None, typer.Option("--ray", help="Ray cluster address ('local' starts one here)")
     ] = None,
@@ -393,7 +395,7 @@ def agreement(
         typer.Option(help="Folder of predictions named like the images; omit to run the model"),
     ] = None,
     layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, folder or auto")] = "auto",
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("agreement"),
 ) -> None:
     """Clinical indices from predictions vs. reference: Bland–Altman, r, MAE, plots."""
@@ -425,7 +427,7 @@ def serve(
         str | None,
         typer.Option(help="Access token (default $CARDIOSEG_TOKEN; generated when not loopback)"),
     ] = None,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: shipped)")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Upload size limit in MB")] = 2048,
     pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
 ) -> None:

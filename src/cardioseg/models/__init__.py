@@ -1,18 +1,22 @@
 """Network factory and checkpoint I/O."""
 
 from cardioseg.models.checkpoint import (
+    PACKAGED_MODELS,
     default_checkpoint_path,
     export_checkpoint,
     load_checkpoint,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from cardioseg.models.factory import ModelConfig, build_model
 
 __all__ = [
+    "PACKAGED_MODELS",
     "ModelConfig",
     "build_model",
     "default_checkpoint_path",
     "export_checkpoint",
     "load_checkpoint",
+    "resolve_checkpoint",
     "save_checkpoint",
 ]

@@ -13,10 +13,37 @@ from cardioseg.io.nifti import atomic_write
 
 DEFAULT_WEIGHTS = "cardioseg_unet2d_acdc.pt"
 
+#: Models shipped inside the package, selectable by name wherever a checkpoint path is accepted
+#: (``--model contrast``). See ``models/README.md`` for their cards.
+PACKAGED_MODELS: dict[str, str] = {
+    # all-round default: best on unseen cine vendors (M&Ms)
+    "default": DEFAULT_WEIGHTS,
+    # trained with random intensity curves as well: better on other contrasts (LGE), a little
+    # worse on cine vendors
+    "contrast": "cardioseg_unet2d_acdc_contrast.pt",
+}
+
 
 def default_checkpoint_path() -> Path:
     """Path of the shipped default model inside the installed package."""
     return Path(str(resources.files("cardioseg") / "weights" / DEFAULT_WEIGHTS))
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """A checkpoint path, or the packaged model of that name (``None``: the default model).
+
+    An existing file always wins over a packaged model's name.
+
+    Example:
+        >>> resolve_checkpoint("contrast").name
+        'cardioseg_unet2d_acdc_contrast.pt'
+    """
+    if not path:
+        return default_checkpoint_path()
+    p = Path(path)
+    if not p.exists() and str(path) in PACKAGED_MODELS:
+        return Path(str(resources.files("cardioseg") / "weights" / PACKAGED_MODELS[str(path)]))
+    return p
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -27,10 +54,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
-    """Load a checkpoint (default: the shipped model) on the CPU."""
-    path = Path(path) if path else default_checkpoint_path()
+    """Load a checkpoint on the CPU: a path, a packaged model's name or ``None`` (the default)."""
+    path = resolve_checkpoint(path)
     if not path.exists():
-        raise CardiosegError(path, "model checkpoint not found")
+        names = ", ".join(sorted(PACKAGED_MODELS))
+        raise CardiosegError(path, f"model checkpoint not found (packaged models: {names})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
