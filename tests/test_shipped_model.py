@@ -12,7 +12,7 @@ from cardioseg.evaluation.metrics import compute_metrics
 from cardioseg.models import PACKAGED_MODELS, default_checkpoint_path, resolve_checkpoint
 
 
-@pytest.fixture(scope="module", params=["default", "contrast"])
+@pytest.fixture(scope="module", params=sorted(PACKAGED_MODELS))
 def segmenter(request):
     from cardioseg.inference import Segmenter
 

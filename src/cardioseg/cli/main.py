@@ -260,16 +260,15 @@ def evaluate(
     out = output or Path("evaluation")
     acc.to_csv(out / "metrics.csv")
     acc.to_markdown(out / "summary.md", by=["phase", "vendor", "centre", "group"])
+    typer.echo((out / "summary.md").read_text())
     if skipped:
         with atomic_write(out / "skipped.csv") as tmp:
             with tmp.open("w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(["case_id", "error"])
                 writer.writerows(skipped)
-    typer.echo((out / "summary.md").read_text())
-    for case_id, message in skipped:
-        typer.echo(f"skipped {case_id}: {message}", err=True)
-    if skipped:
+        for case_id, message in skipped:
+            typer.echo(f"skipped {case_id}: {message}", err=True)
         typer.echo(f"{len(skipped)} case(s) skipped, listed in {out / 'skipped.csv'}", err=True)
 
 

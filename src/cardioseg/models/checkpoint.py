@@ -24,9 +24,13 @@ PACKAGED_MODELS: dict[str, str] = {
 }
 
 
+def _packaged_path(filename: str) -> Path:
+    return Path(str(resources.files("cardioseg") / "weights" / filename))
+
+
 def default_checkpoint_path() -> Path:
     """Path of the shipped default model inside the installed package."""
-    return Path(str(resources.files("cardioseg") / "weights" / DEFAULT_WEIGHTS))
+    return _packaged_path(DEFAULT_WEIGHTS)
 
 
 def resolve_checkpoint(path: str | Path | None) -> Path:
@@ -42,7 +46,7 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
         return default_checkpoint_path()
     p = Path(path)
     if not p.exists() and str(path) in PACKAGED_MODELS:
-        return Path(str(resources.files("cardioseg") / "weights" / PACKAGED_MODELS[str(path)]))
+        return _packaged_path(PACKAGED_MODELS[str(path)])
     return p
 
 
