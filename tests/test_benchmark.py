@@ -216,6 +216,10 @@ BAD = {
         {"methods": ["baseline", {"name": "pre", "checkpoint": "/nonexistent/model.pt"}]},
         "method 'pre': checkpoint /nonexistent/model.pt not found",
     ),
+    "ensemble checkpoint": (
+        {"methods": ["baseline", {"name": "pre", "checkpoint": "ensemble"}]},
+        "checkpoint ensemble is an ensemble; name one model",
+    ),
     "checkpoint and init_from": (
         {
             "methods": [

@@ -9,21 +9,28 @@ import pytest
 
 from cardioseg.data.synthetic import PhantomConfig, make_phantom
 from cardioseg.evaluation.metrics import compute_metrics
-from cardioseg.models import PACKAGED_MODELS, default_checkpoint_path, resolve_checkpoint
+from cardioseg.models import (
+    PACKAGED_ENSEMBLES,
+    PACKAGED_MODELS,
+    checkpoint_members,
+    default_checkpoint_path,
+    resolve_checkpoint,
+)
 
 
-@pytest.fixture(scope="module", params=sorted(PACKAGED_MODELS))
+@pytest.fixture(scope="module", params=sorted(PACKAGED_MODELS) + sorted(PACKAGED_ENSEMBLES))
 def segmenter(request):
     from cardioseg.inference import Segmenter
 
-    assert resolve_checkpoint(request.param).exists(), "shipped weights missing from the package"
+    for path in checkpoint_members(request.param):
+        assert path.exists(), "shipped weights missing from the package"
     return Segmenter(request.param)
 
 
 @pytest.mark.parametrize("vendor", ["siemens", "philips", "ge"])
 def test_shipped_model_segments_phantom(segmenter, vendor):
-    """Trained on real ACDC only, each packaged model segments the vendor-styled phantom
-    (Dice >= 0.80)."""
+    """Trained on real ACDC only, each packaged model (and ensemble) segments the
+    vendor-styled phantom (Dice >= 0.80)."""
     ph = make_phantom(PhantomConfig(seed=11, vendor=vendor))
     dice = []
     for phase in ph.images:
@@ -63,3 +70,32 @@ def test_packaged_models_by_name(tmp_path, monkeypatch):
     assert resolve_checkpoint("contrast") == Path("contrast")
     with pytest.raises(CardiosegError, match="packaged models: contrast, default"):
         load_checkpoint(tmp_path / "nonexistent")
+
+
+def test_packaged_ensemble_averages_its_members(tmp_path, monkeypatch):
+    """``ensemble`` stands for its packaged members, its output is their mean, it cannot be
+    loaded as one checkpoint, and a local file of that name still wins."""
+    import torch
+
+    from cardioseg.cli.main import MODEL_HELP
+    from cardioseg.errors import CardiosegError
+    from cardioseg.inference import Segmenter
+    from cardioseg.models import load_checkpoint
+
+    for name in [*PACKAGED_MODELS, *PACKAGED_ENSEMBLES]:
+        assert name in MODEL_HELP
+    members = PACKAGED_ENSEMBLES["ensemble"]
+    assert checkpoint_members("ensemble") == [resolve_checkpoint(m) for m in members]
+    assert len(checkpoint_members(["default", "ensemble"])) == 1 + len(members)
+    ens = Segmenter("ensemble", tta=False)
+    assert len(ens.models) == len(members)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 1, 96, 96)).astype(np.float32))
+    singles = [Segmenter(m, tta=False)._forward(x) for m in members]
+    torch.testing.assert_close(ens._forward(x), sum(singles) / len(singles))
+    with pytest.raises(CardiosegError, match="ensemble"):
+        load_checkpoint("ensemble")
+    with pytest.raises(ValueError, match="ensemble"):
+        Segmenter("ensemble", adaptation="tent")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ensemble").write_text("x")
+    assert checkpoint_members("ensemble") == [Path("ensemble")]

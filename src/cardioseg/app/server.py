@@ -794,11 +794,11 @@ def serve(config: AppConfig, log_level: str = "info") -> None:
     from cardioseg.errors import CardiosegError
 
     if config.segmenter_factory is None:
-        from cardioseg.models.checkpoint import resolve_checkpoint
+        from cardioseg.models.checkpoint import checkpoint_members
 
-        ckpt = resolve_checkpoint(config.checkpoint)
-        if not ckpt.is_file():
-            raise CardiosegError(ckpt, "model checkpoint not found (pass --model PATH or NAME)")
+        for ckpt in checkpoint_members(config.checkpoint):
+            if not ckpt.is_file():
+                raise CardiosegError(ckpt, "model checkpoint not found (pass --model PATH or NAME)")
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

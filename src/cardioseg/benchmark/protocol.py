@@ -381,8 +381,12 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
 def _checkpoint_path(value: str, proto_path: Path, method: str) -> str:
     """Resolve a method's ``checkpoint`` (a packaged model's name such as ``default``, or a
     path) to an existing file."""
-    from cardioseg.models.checkpoint import PACKAGED_MODELS, resolve_checkpoint
+    from cardioseg.models.checkpoint import PACKAGED_ENSEMBLES, PACKAGED_MODELS, resolve_checkpoint
 
+    if value in PACKAGED_ENSEMBLES:
+        raise CardiosegError(
+            proto_path, f"method '{method}': checkpoint {value} is an ensemble; name one model"
+        )
     if value in PACKAGED_MODELS:
         p = resolve_checkpoint(value)
     else:

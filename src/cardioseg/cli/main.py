@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-MODEL_HELP = "Checkpoint path or packaged model name (default, contrast)"
+MODEL_HELP = "Checkpoint path or packaged model name (default, contrast; ensemble = both averaged)"
 
 app = typer.Typer(
     add_completion=False,

@@ -16,7 +16,7 @@ from cardioseg.adaptation.tta import build_adapter
 from cardioseg.errors import CardiosegError
 from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
-from cardioseg.models.checkpoint import load_checkpoint
+from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.pipeline import Preprocessor
 
@@ -61,11 +61,13 @@ class Segmenter:
     """Segment short-axis cine MRI volumes into LV (1), MYO (2) and RV (3).
 
     Args:
-        checkpoint: Path of a cardioseg checkpoint; ``None`` uses the shipped default model. A
-            sequence of paths makes an ensemble: the softmax outputs of the models are averaged
-            (e.g. the five models of a cross-validation). They must share the network and the
-            preprocessing (target spacing, handedness); the first one's config and fingerprint
-            are used. Test-time adaptation (``tent``) is not available for ensembles.
+        checkpoint: Path of a cardioseg checkpoint or name of a packaged model (``default``,
+            ``contrast``); ``None`` uses the shipped default model. A sequence of paths, or the
+            name of a packaged ensemble (``ensemble``), makes an ensemble: the softmax outputs
+            of the models are averaged (e.g. the five models of a cross-validation). They must
+            share the network and the preprocessing (target spacing, handedness); the first
+            one's config and fingerprint are used. Test-time adaptation (``tent``) is not
+            available for ensembles.
         tta: Test-time augmentation. Averages predictions over the three in-plane flips when
             the model was trained with random turns/flips (``train.orientation_augmentation``),
             otherwise over small in-plane rotations (±10°), which stay inside what such a model
@@ -103,13 +105,9 @@ class Segmenter:
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        paths = (
-            [checkpoint]
-            if checkpoint is None or isinstance(checkpoint, (str, Path))
-            else list(checkpoint)
-        )
-        if not paths:
+        if not isinstance(checkpoint, (str, Path)) and checkpoint is not None and not checkpoint:
             raise ValueError("checkpoint: give a path, a sequence of paths or None")
+        paths = checkpoint_members(checkpoint)
         ckpts = [load_checkpoint(p) for p in paths]
         ckpt = ckpts[0]
         cfg = ckpt["config"]
@@ -161,9 +159,12 @@ class Segmenter:
         self.model = self.models[0]
         self.tta = bool(inference.get("tta", False)) if tta is None else tta
         self.do_postprocess, self.batch_size = postprocess, batch_size
-        #: Whether the model has seen flipped images in training (checkpoints written before the
-        #: option existed always used turns/flips).
-        self.flip_invariant = bool((cfg.get("train") or {}).get("orientation_augmentation", True))
+        #: Whether the model (every member of an ensemble) has seen flipped images in training
+        #: (checkpoints written before the option existed always used turns/flips).
+        self.flip_invariant = all(
+            bool((c["config"].get("train") or {}).get("orientation_augmentation", True))
+            for c in ckpts
+        )
 
     def _tta_views(self, xb: torch.Tensor) -> list[tuple[torch.Tensor, Callable]]:
         """Augmented copies of a batch with the function mapping their outputs back."""

@@ -1,7 +1,9 @@
 """Network factory and checkpoint I/O."""
 
 from cardioseg.models.checkpoint import (
+    PACKAGED_ENSEMBLES,
     PACKAGED_MODELS,
+    checkpoint_members,
     default_checkpoint_path,
     export_checkpoint,
     load_checkpoint,
@@ -11,9 +13,11 @@ from cardioseg.models.checkpoint import (
 from cardioseg.models.factory import ModelConfig, build_model
 
 __all__ = [
+    "PACKAGED_ENSEMBLES",
     "PACKAGED_MODELS",
     "ModelConfig",
     "build_model",
+    "checkpoint_members",
     "default_checkpoint_path",
     "export_checkpoint",
     "load_checkpoint",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,13 @@ PACKAGED_MODELS: dict[str, str] = {
     # trained with random intensity curves as well: better on other contrasts (LGE), a little
     # worse on cine vendors
     "contrast": "cardioseg_unet2d_acdc_contrast.pt",
+}
+
+#: Packaged ensembles: names standing for several packaged models whose softmax outputs are
+#: averaged (``--model ensemble``); slower (one network pass per member), better on both unseen
+#: cine vendors and other contrasts than either member alone (``models/README.md``).
+PACKAGED_ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "ensemble": ("default", "contrast"),
 }
 
 
@@ -50,6 +58,31 @@ def resolve_checkpoint(path: str | Path | None) -> Path:
     return p
 
 
+def checkpoint_members(
+    checkpoint: str | Path | Sequence[str | Path] | None,
+) -> list[Path]:
+    """The checkpoint files behind a model argument, in order.
+
+    Args:
+        checkpoint: A path, a packaged model's name, a packaged ensemble's name, ``None`` (the
+            default model), or a sequence of these (an ensemble of all their members).
+
+    Example:
+        >>> [p.name for p in checkpoint_members("ensemble")]
+        ['cardioseg_unet2d_acdc.pt', 'cardioseg_unet2d_acdc_contrast.pt']
+    """
+    items = (
+        [checkpoint] if checkpoint is None or isinstance(checkpoint, (str, Path)) else checkpoint
+    )
+    members: list[Path] = []
+    for item in items:
+        if item and not Path(item).exists() and str(item) in PACKAGED_ENSEMBLES:
+            members += [resolve_checkpoint(name) for name in PACKAGED_ENSEMBLES[str(item)]]
+        else:
+            members.append(resolve_checkpoint(item))
+    return members
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Save atomically (a crash never leaves a truncated checkpoint)."""
     with atomic_write(path) as tmp:
@@ -62,6 +95,8 @@ def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     path = resolve_checkpoint(path)
     if not path.exists():
         names = ", ".join(sorted(PACKAGED_MODELS))
+        if str(path) in PACKAGED_ENSEMBLES:
+            raise CardiosegError(path, "an ensemble is not a single checkpoint; give one model")
         raise CardiosegError(path, f"model checkpoint not found (packaged models: {names})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
