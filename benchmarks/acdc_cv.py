@@ -7,7 +7,9 @@ Train the folds first (background, resumable):
     python benchmarks/acdc_cv.py --runs runs/acdc_cv -o benchmarks/results
 
 Writes ``acdc_cv_cases.csv`` and ``acdc_cv_summary.md`` and the held-out predictions
-(``<runs>/predictions/<image name>``) for agreement analyses.
+(``<runs>/predictions/<image name>``) for agreement analyses. ``--tta`` evaluates the same folds
+with test-time augmentation (``cardioseg segment --tta``) and writes
+``acdc_cv_{cases,summary}_tta.*`` and ``<runs>/predictions_tta/`` instead.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/acdc_cv")
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)
+    suffix = "_tta" if args.tta else ""
     acc = MetricAccumulator()
     folds_done = []
     for fold_dir in sorted(runs.glob("fold*")):
@@ -44,13 +48,13 @@ def main() -> None:
             continue
         cfg = load_config(fold_dir / "config.yaml")
         _, val = split_records(collect_records(cfg), cfg)
-        seg = Segmenter(ckpt)
+        seg = Segmenter(ckpt, tta=args.tta)
         folds_done.append(fold_dir.name)
         for r in val:
             image, ref, props = load_case(r)
             pred = seg.predict(image, props).labels
             write_label(
-                runs / "predictions" / Path(r.image).name,
+                runs / f"predictions{suffix}" / Path(r.image).name,
                 pred,
                 ImageProperties(props.affine, props.spacing, pred.shape, r.image),
             )
@@ -60,8 +64,8 @@ def main() -> None:
     if not folds_done:
         sys.exit("no finished folds")
     out = Path(args.output)
-    acc.to_csv(out / "acdc_cv_cases.csv")
-    acc.to_markdown(out / "acdc_cv_summary.md", by=["fold", "phase", "group"])
+    acc.to_csv(out / f"acdc_cv_cases{suffix}.csv")
+    acc.to_markdown(out / f"acdc_cv_summary{suffix}.md", by=["fold", "phase", "group"])
     rows = acc.rows()
     print("folds:", folds_done, "n volumes:", len(rows))
     for s in ("LV", "MYO", "RV"):
