@@ -105,9 +105,9 @@ class Segmenter:
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if not isinstance(checkpoint, (str, Path)) and checkpoint is not None and not checkpoint:
-            raise ValueError("checkpoint: give a path, a sequence of paths or None")
         paths = checkpoint_members(checkpoint)
+        if not paths:  # an empty sequence
+            raise ValueError("checkpoint: give a path, a sequence of paths or None")
         ckpts = [load_checkpoint(p) for p in paths]
         ckpt = ckpts[0]
         cfg = ckpt["config"]
