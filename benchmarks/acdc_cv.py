@@ -9,7 +9,8 @@ Train the folds first (background, resumable):
 Writes ``acdc_cv_cases.csv`` and ``acdc_cv_summary.md`` and the held-out predictions
 (``<runs>/predictions/<image name>``) for agreement analyses. ``--tta`` evaluates the same folds
 with test-time augmentation (``cardioseg segment --tta``) and writes
-``acdc_cv_{cases,summary}_tta.*`` and ``<runs>/predictions_tta/`` instead.
+``acdc_cv_{cases,summary}_tta.*`` and ``<runs>/predictions_tta/`` instead; ``--tag NAME``
+inserts ``_NAME`` into the output file names (``acdc_cv_cases_NAME.csv``).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tta", action="store_true", help="test-time augmentation")
+    ap.add_argument("--tag", default="", help="suffix for the output file names (e.g. wide)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     runs = Path(args.runs)
     suffix = "_tta" if args.tta else ""
+    tag = f"_{args.tag}" if args.tag else ""
     acc = MetricAccumulator()
     folds_done = []
     for fold_dir in sorted(runs.glob("fold*")):
@@ -64,8 +67,8 @@ def main() -> None:
     if not folds_done:
         sys.exit("no finished folds")
     out = Path(args.output)
-    acc.to_csv(out / f"acdc_cv_cases{suffix}.csv")
-    acc.to_markdown(out / f"acdc_cv_summary{suffix}.md", by=["fold", "phase", "group"])
+    acc.to_csv(out / f"acdc_cv_cases{tag}{suffix}.csv")
+    acc.to_markdown(out / f"acdc_cv_summary{tag}{suffix}.md", by=["fold", "phase", "group"])
     rows = acc.rows()
     print("folds:", folds_done, "n volumes:", len(rows))
     for s in ("LV", "MYO", "RV"):

@@ -54,6 +54,14 @@ def main() -> None:
         default=[],
         help="checkpoints averaged as one more method, 'cardioseg-ensemble' (e.g. the CV folds)",
     )
+    ap.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="NAME=CHECKPOINT",
+        help="more single models run side by side, each as method 'cardioseg[NAME]' "
+        "(a packaged model name or a checkpoint file)",
+    )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
 
@@ -72,6 +80,11 @@ def main() -> None:
         methods[f"cardioseg+{v}"] = Segmenter(args.model, **variant_kwargs[v])
     if args.ensemble:
         methods["cardioseg-ensemble"] = Segmenter(args.ensemble)
+    for spec in args.compare:
+        name, sep, ckpt = spec.partition("=")
+        if not sep or not name or not ckpt:
+            sys.exit(f"--compare expects NAME=CHECKPOINT, got {spec!r}")
+        methods[f"cardioseg[{name}]"] = Segmenter(ckpt)
     from peers import MyopariPeer, find_myopari
 
     pkg = find_myopari(args.peers_dir)

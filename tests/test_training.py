@@ -83,3 +83,32 @@ def test_model_config_validation():
         ModelConfig(norm="group")
     net = build_model(ModelConfig(channels=[4, 8], strides=[2], num_res_units=0))
     assert net(torch.zeros(2, 1, 16, 16)).shape == (2, 4, 16, 16)
+
+
+def test_amp_setting_validated_and_mapped():
+    from cardioseg.training.trainer import autocast_dtype
+
+    assert config_from_dict({"train": {"amp": False}}).train.amp == "false"  # YAML boolean
+    assert config_from_dict({"train": {"amp": True}}).train.amp == "true"
+    with pytest.raises(ValueError, match="amp must be one of"):
+        config_from_dict({"train": {"amp": "fp8"}})
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None  # float32 on the CPU unless asked
+    assert autocast_dtype("auto", gpu) is torch.float16
+    assert autocast_dtype("false", gpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+def test_bf16_training_updates_float32_weights(tmp_path):
+    frozen = _config(tmp_path / "a", amp="bf16", fold=-1, lr=0.0, weight_decay=0.0)
+    Trainer(frozen, progress=False).run()  # lr 0: the seeded initial weights, unchanged
+    start = load_checkpoint(tmp_path / "a" / "run" / "final.pt")["model_state"]
+    cfg = _config(tmp_path / "b", amp="bf16", fold=-1)
+    res = Trainer(cfg, progress=False).run()
+    assert len(res["history"]) == 1 and res["history"][0]["loss"] > 0
+    state = load_checkpoint(tmp_path / "b" / "run" / "final.pt")["model_state"]
+    weights = {k: v for k, v in state.items() if v.is_floating_point()}
+    assert all(v.dtype == torch.float32 for v in weights.values())  # master weights stay fp32
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    changed = [k for k, v in weights.items() if not torch.equal(v, start[k])]
+    assert changed, "a bf16 training step left every weight unchanged"

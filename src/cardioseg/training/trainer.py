@@ -145,6 +145,22 @@ def validate(
     }
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that the ``train.amp`` setting gives on ``device`` (``None`` = float32).
+
+    Example:
+        >>> autocast_dtype("auto", torch.device("cpu")) is None
+        True
+        >>> autocast_dtype("bf16", torch.device("cpu"))
+        torch.bfloat16
+    """
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp in ("auto", "true") and device.type == "cuda":
+        return torch.float16
+    return None
+
+
 class Trainer:
     """Train one configuration; ``run()`` resumes from ``output_dir/last.pt`` when present.
 
@@ -169,8 +185,8 @@ class Trainer:
             self.device = torch.device("cpu")
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
-        amp = cfg.train.amp
-        self.amp = self.device.type == "cuda" and amp in ("auto", "true", True)
+        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
+        self.amp = self.amp_dtype is not None
 
     def _log(self, msg: str) -> None:
         if self.rank == 0:
@@ -253,7 +269,8 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # Loss scaling only for float16; bfloat16 has float32's exponent range.
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
         start_epoch, best, history = 0, -1.0, []
         last = self.out / "last.pt"
@@ -305,7 +322,9 @@ class Trainer:
                     x = torch.cat([x, batch["unlabeled"]])
                 x, y = x.to(self.device), y.to(self.device)
                 progress = (epoch * t.iterations_per_epoch + i) / total_steps
-                with torch.autocast(self.device.type, enabled=self.amp):
+                with torch.autocast(
+                    self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp
+                ):
                     logits = net(x)
                     loss = loss_fn(logits[: y.shape[0]].float(), y[:, None])
                     for c in components:
