@@ -106,3 +106,24 @@ def test_ensemble_averages_the_members_probabilities(tmp_path):
         Segmenter([paths[0], _checkpoint(tmp_path / "wide.pt", False, channels=(8, 8, 16))])
     with pytest.raises(ValueError, match="not available for an ensemble"):
         Segmenter(paths, adaptation="tent")
+
+
+def test_bfloat16_precision_follows_float32(tmp_path):
+    """bfloat16 autocast changes the probabilities only by rounding; the option is validated
+    and a checkpoint's ``inference.precision`` is the default."""
+    path = _checkpoint(tmp_path / "m.pt", False)
+    vol = np.random.default_rng(2).normal(size=(40, 36, 3)).astype(np.float32)
+    ref = Segmenter(path, postprocess=False).predict_volume(vol, (1.5, 1.5, 8.0), True)[1]
+    seg = Segmenter(path, postprocess=False, precision="bfloat16")
+    assert seg.precision == "bfloat16"
+    probs = seg.predict_volume(vol, (1.5, 1.5, 8.0), True)[1]
+    assert probs.dtype == ref.dtype and np.allclose(probs.sum(0), 1.0, atol=1e-3)
+    diff = np.abs(probs - ref)
+    assert 0 < diff.max() < 0.05  # bfloat16 really ran, and only rounded
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Segmenter(path, precision="int8")
+    ck = torch.load(path, weights_only=False)
+    ck["config"]["inference"]["precision"] = "bfloat16"
+    torch.save(ck, tmp_path / "bf16.pt")
+    assert Segmenter(tmp_path / "bf16.pt").precision == "bfloat16"
+    assert Segmenter(tmp_path / "bf16.pt", precision="float32").precision == "float32"

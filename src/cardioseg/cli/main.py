@@ -162,6 +162,13 @@ def segment(
         str | None,
         typer.Option(help="Intensity harmonisation: none or histogram (default: checkpoint's)"),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Network precision: float32 or bfloat16 (faster on CPUs with native bfloat16; "
+            "default: checkpoint's)"
+        ),
+    ] = None,
 ) -> None:
     """Segment volumes; labels (1 LV, 2 MYO, 3 RV) are written in the input's native geometry."""
     from cardioseg.errors import CardiosegError
@@ -179,6 +186,7 @@ def segment(
         num_threads=threads or None,
         adaptation=adapt,
         harmonization=harmonize,
+        precision=precision,
     )
     failures = 0
     for f in files:

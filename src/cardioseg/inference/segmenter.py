@@ -19,6 +19,7 @@ from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.pipeline import Preprocessor
+from cardioseg.training.config import PRECISIONS
 
 #: In-plane rotations (degrees) of the test-time augmentation for models trained upright.
 TTA_ROTATIONS_DEG = (-10.0, 10.0, 5.0)
@@ -85,6 +86,10 @@ class Segmenter:
             minimisation before predicting it (see :mod:`cardioseg.adaptation.tta`); ``none``
             disables it; ``None`` uses the checkpoint config's ``inference.adaptation``.
         adaptation_options: Keyword arguments of the adapter (e.g. ``{"steps": 10}``).
+        precision: ``float32`` or ``bfloat16``: the network's forward pass runs under bfloat16
+            autocast (probabilities are still computed in float32). Faster on CPUs with native
+            bfloat16 kernels (AVX-512 BF16 / AMX) and on GPUs; ``None`` uses the checkpoint
+            config's ``inference.precision`` (default float32).
 
     Example:
         >>> seg = Segmenter()  # doctest: +SKIP
@@ -102,6 +107,7 @@ class Segmenter:
         harmonization: str | None = None,
         adaptation: str | None = None,
         adaptation_options: dict | None = None,
+        precision: str | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -136,6 +142,9 @@ class Segmenter:
             histogram_reference=reference,
             canonical_handedness=bool(cfg["data"].get("canonical_handedness", True)),
         )
+        self.precision = precision or inference.get("precision", "float32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.adaptation = adaptation or inference.get("adaptation", "none")
         options = dict(adaptation_options or {})
         if self.adaptation == "tent" and adaptation is None:
@@ -186,6 +195,12 @@ class Segmenter:
             )
         return views
 
+    def _logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The network's float32 logits, computed under bfloat16 autocast if asked."""
+        bf16 = self.precision == "bfloat16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x).float()
+
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities for a ``(N, 1, H, W)`` stack."""
@@ -195,9 +210,9 @@ class Segmenter:
             views = self._tta_views(xb) if self.tta else []
             p = torch.zeros(())
             for model in self.models:
-                p = p + torch.softmax(model(xb), 1)
+                p = p + torch.softmax(self._logits(model, xb), 1)
                 for view, back in views:
-                    p += back(torch.softmax(model(view), 1))
+                    p += back(torch.softmax(self._logits(model, view), 1))
             outs.append((p / (len(self.models) * (1 + len(views)))).cpu())
         return torch.cat(outs)
 

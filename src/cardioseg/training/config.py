@@ -16,6 +16,7 @@ ROLES = ("source", "target_labeled", "target_unlabeled")
 #: Case attributes that ``include`` / ``exclude`` filters and ``domain_key`` may name.
 RECORD_KEYS = ("dataset", "subject", "phase", "vendor", "centre", "group")
 AMP_MODES = ("auto", "bf16", "true", "false")
+PRECISIONS = ("float32", "bfloat16")
 
 
 def _check_filter(value: Any, where: str) -> None:
@@ -201,6 +202,8 @@ class InferenceConfig:
         adaptation: ``none`` or ``tent`` (entropy minimisation per volume).
         tent_steps, tent_lr: TENT steps and learning rate.
         tta: Average test-time augmented predictions (see ``Segmenter(tta=...)``).
+        precision: ``float32`` or ``bfloat16`` (autocast of the network's forward pass; see
+            ``Segmenter(precision=...)``).
     """
 
     harmonization: str = "none"
@@ -208,8 +211,11 @@ class InferenceConfig:
     tent_steps: int = 10
     tent_lr: float = 1e-3
     tta: bool = False
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"inference.precision must be one of {PRECISIONS}")
         if self.harmonization not in ("none", "histogram"):
             raise ValueError("inference.harmonization must be 'none' or 'histogram'")
         if self.adaptation not in ("none", "tent"):
