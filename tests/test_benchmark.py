@@ -409,3 +409,19 @@ def test_shipped_protocols_validate_on_real_data(name, tmp_path, monkeypatch):
     keys = [r.key for r in runs]
     for r in runs:  # dependencies come first
         assert not r.depends_on or keys.index(r.depends_on) < keys.index(r.key)
+
+
+def test_protocol_checkpoint_file_wins_over_packaged_name(tmp_path):
+    """As everywhere else, a file of a packaged model's name (beside the protocol) is used."""
+    from cardioseg.benchmark.protocol import _checkpoint_path
+    from cardioseg.models import resolve_checkpoint
+
+    proto = tmp_path / "protocol.yaml"
+    packaged = _checkpoint_path("default", proto, "pre")
+    assert packaged == str(resolve_checkpoint("default").resolve())
+    (tmp_path / "default").write_bytes(b"a local checkpoint file")
+    (tmp_path / "ensemble").write_bytes(b"another one")
+    assert _checkpoint_path("default", proto, "pre") == str((tmp_path / "default").resolve())
+    assert _checkpoint_path("ensemble", proto, "pre") == str((tmp_path / "ensemble").resolve())
+    with pytest.raises(CardiosegError, match="is an ensemble"):
+        _checkpoint_path("ensemble", tmp_path / "elsewhere" / "p.yaml", "pre")

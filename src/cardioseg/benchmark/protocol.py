@@ -379,18 +379,19 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
 
 
 def _checkpoint_path(value: str, proto_path: Path, method: str) -> str:
-    """Resolve a method's ``checkpoint`` (a packaged model's name such as ``default``, or a
-    path) to an existing file."""
+    """Resolve a method's ``checkpoint`` (a path relative to the protocol's folder, or a packaged
+    model's name such as ``default``) to an existing file. As in
+    :func:`~cardioseg.models.checkpoint.resolve_checkpoint`, an existing file wins over a
+    packaged name."""
     from cardioseg.models.checkpoint import PACKAGED_ENSEMBLES, PACKAGED_MODELS, resolve_checkpoint
 
-    if value in PACKAGED_ENSEMBLES:
+    p = Path(_resolve_path(value, Path(proto_path).parent))
+    if not p.is_file() and value in PACKAGED_ENSEMBLES:
         raise CardiosegError(
             proto_path, f"method '{method}': checkpoint {value} is an ensemble; name one model"
         )
-    if value in PACKAGED_MODELS:
+    if not p.is_file() and value in PACKAGED_MODELS:
         p = resolve_checkpoint(value)
-    else:
-        p = Path(_resolve_path(value, Path(proto_path).parent))
     if not p.is_file():
         raise CardiosegError(proto_path, f"method '{method}': checkpoint {value} not found")
     return str(p.resolve())
