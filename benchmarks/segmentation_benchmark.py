@@ -45,8 +45,9 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=[],
-        choices=["tta", "tent", "histogram"],
-        help="also run the shipped model with test-time augmentation, TENT or histogram matching",
+        choices=["tta", "tent", "histogram", "bf16"],
+        help="also run the model with test-time augmentation, TENT, histogram matching or "
+        "bfloat16 inference",
     )
     ap.add_argument(
         "--ensemble",
@@ -75,6 +76,7 @@ def main() -> None:
         "tta": {"tta": True},
         "tent": {"adaptation": "tent"},
         "histogram": {"harmonization": "histogram"},
+        "bf16": {"precision": "bfloat16"},
     }
     for v in args.variants:
         methods[f"cardioseg+{v}"] = Segmenter(args.model, **variant_kwargs[v])
