@@ -61,7 +61,7 @@ def main() -> None:
         default=[],
         metavar="NAME=CHECKPOINT",
         help="more single models run side by side, each as method 'cardioseg[NAME]' "
-        "(a packaged model name or a checkpoint file)",
+        "(a packaged model name or a checkpoint file), each also with --variants",
     )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
@@ -87,6 +87,8 @@ def main() -> None:
         if not sep or not name or not ckpt:
             sys.exit(f"--compare expects NAME=CHECKPOINT, got {spec!r}")
         methods[f"cardioseg[{name}]"] = Segmenter(ckpt)
+        for v in args.variants:
+            methods[f"cardioseg[{name}]+{v}"] = Segmenter(ckpt, **variant_kwargs[v])
     from peers import MyopariPeer, find_myopari
 
     pkg = find_myopari(args.peers_dir)
