@@ -127,3 +127,14 @@ def test_bfloat16_precision_follows_float32(tmp_path):
     torch.save(ck, tmp_path / "bf16.pt")
     assert Segmenter(tmp_path / "bf16.pt").precision == "bfloat16"
     assert Segmenter(tmp_path / "bf16.pt", precision="float32").precision == "float32"
+
+
+def test_auto_precision_resolves_per_device(tmp_path, monkeypatch):
+    from cardioseg.inference import segmenter as module
+
+    path = _checkpoint(tmp_path / "m.pt", False)
+    monkeypatch.setattr(module, "native_bfloat16", lambda device: True)
+    assert Segmenter(path, precision="auto").precision == "bfloat16"
+    monkeypatch.setattr(module, "native_bfloat16", lambda device: False)
+    assert Segmenter(path, precision="auto").precision == "float32"
+    assert Segmenter(path, precision="bfloat16").precision == "bfloat16"  # asked: always

@@ -165,8 +165,8 @@ def segment(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="Network precision: float32 or bfloat16 (faster on CPUs with native bfloat16; "
-            "default: checkpoint's)"
+            help="Network precision: float32, bfloat16 (faster on CPUs with native bfloat16) "
+            "or auto (bfloat16 where native); default: the model's"
         ),
     ] = None,
 ) -> None:

@@ -58,6 +58,27 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+#: Precision of checkpoints whose config does not name one (all packaged models).
+DEFAULT_PRECISION = "float32"
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` has native (fast) bfloat16 kernels for the network's convolutions.
+
+    Example:
+        >>> isinstance(native_bfloat16(torch.device("cpu")), bool)
+        True
+    """
+    try:
+        if device.type == "cuda":
+            return bool(torch.cuda.is_bf16_supported())
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):  # a build without the check
+        return False
+
+
 class Segmenter:
     """Segment short-axis cine MRI volumes into LV (1), MYO (2) and RV (3).
 
@@ -86,10 +107,11 @@ class Segmenter:
             minimisation before predicting it (see :mod:`cardioseg.adaptation.tta`); ``none``
             disables it; ``None`` uses the checkpoint config's ``inference.adaptation``.
         adaptation_options: Keyword arguments of the adapter (e.g. ``{"steps": 10}``).
-        precision: ``float32`` or ``bfloat16``: the network's forward pass runs under bfloat16
-            autocast (probabilities are still computed in float32). Faster on CPUs with native
-            bfloat16 kernels (AVX-512 BF16 / AMX) and on GPUs; ``None`` uses the checkpoint
-            config's ``inference.precision`` (default float32).
+        precision: ``float32``, ``bfloat16`` (the network's forward pass runs under bfloat16
+            autocast; probabilities are still computed in float32) or ``auto`` (bfloat16 where
+            the device has native bfloat16 kernels: a CPU with AVX-512 BF16 or AMX, a GPU that
+            supports it; float32 elsewhere, where emulated bfloat16 would be slower). ``None``
+            uses the checkpoint config's ``inference.precision``, else ``DEFAULT_PRECISION``.
 
     Example:
         >>> seg = Segmenter()  # doctest: +SKIP
@@ -142,9 +164,6 @@ class Segmenter:
             histogram_reference=reference,
             canonical_handedness=bool(cfg["data"].get("canonical_handedness", True)),
         )
-        self.precision = precision or inference.get("precision", "float32")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.adaptation = adaptation or inference.get("adaptation", "none")
         options = dict(adaptation_options or {})
         if self.adaptation == "tent" and adaptation is None:
@@ -157,6 +176,13 @@ class Segmenter:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        requested = precision or inference.get("precision", DEFAULT_PRECISION)
+        if requested not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+        if requested == "auto":
+            requested = "bfloat16" if native_bfloat16(self.device) else "float32"
+        #: The precision the network runs in (``auto`` resolved for this device).
+        self.precision = requested
         if num_threads:
             torch.set_num_threads(num_threads)
         self.models = []

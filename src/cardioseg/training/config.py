@@ -16,7 +16,7 @@ ROLES = ("source", "target_labeled", "target_unlabeled")
 #: Case attributes that ``include`` / ``exclude`` filters and ``domain_key`` may name.
 RECORD_KEYS = ("dataset", "subject", "phase", "vendor", "centre", "group")
 AMP_MODES = ("auto", "bf16", "true", "false")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def _check_filter(value: Any, where: str) -> None:
@@ -202,8 +202,9 @@ class InferenceConfig:
         adaptation: ``none`` or ``tent`` (entropy minimisation per volume).
         tent_steps, tent_lr: TENT steps and learning rate.
         tta: Average test-time augmented predictions (see ``Segmenter(tta=...)``).
-        precision: ``float32`` or ``bfloat16`` (autocast of the network's forward pass; see
-            ``Segmenter(precision=...)``).
+        precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the device has native
+            bfloat16 kernels), the precision of the network's forward pass; see
+            ``Segmenter(precision=...)``.
     """
 
     harmonization: str = "none"
