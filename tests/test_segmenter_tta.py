@@ -102,8 +102,30 @@ def test_ensemble_averages_the_members_probabilities(tmp_path):
     labels, probs = ens.predict_volume(vol, (1.5, 1.5, 8.0), True)
     np.testing.assert_allclose(probs, (single[0] + single[1]) / 2, atol=1e-5)
     assert np.array_equal(labels, probs.argmax(0))
-    with pytest.raises(CardiosegError, match="differs .* in network or preprocessing"):
-        Segmenter([paths[0], _checkpoint(tmp_path / "wide.pt", False, channels=(8, 8, 16))])
+    # members of different widths average fine; a different input (total stride) is refused
+    wide = _checkpoint(tmp_path / "wide.pt", False, channels=(8, 8, 16))
+    mixed = Segmenter([paths[0], wide], postprocess=False)
+    sizes = [sum(p.numel() for p in m.parameters()) for m in mixed.models]
+    assert sizes[0] < sizes[1]  # each member built with its own width
+    w = Segmenter(wide, postprocess=False).predict_volume(vol, (1.5, 1.5, 8.0), True)[1]
+    np.testing.assert_allclose(
+        mixed.predict_volume(vol, (1.5, 1.5, 8.0), True)[1], (single[0] + w) / 2, atol=1e-5
+    )
+    deeper = tmp_path / "deeper.pt"
+    torch.manual_seed(0)
+    cfg = TrainingConfig()
+    cfg.model = ModelConfig(channels=[4, 8, 16, 32], strides=[2, 2, 2], num_res_units=0)
+    save_checkpoint(
+        deeper,
+        {
+            "model_state": build_model(cfg.model).state_dict(),
+            "config": cfg.to_dict(),
+            "fingerprint": {},
+            "format": "cardioseg-checkpoint-v1",
+        },
+    )
+    with pytest.raises(CardiosegError, match="differs .* in preprocessing"):
+        Segmenter([paths[0], deeper])
     with pytest.raises(ValueError, match="not available for an ensemble"):
         Segmenter(paths, adaptation="tent")
 

@@ -43,9 +43,14 @@ def _rotation_grids(x: torch.Tensor, degrees: float) -> tuple[torch.Tensor, torc
 
 
 def _preprocessing(config: dict) -> tuple:
-    """The config values that define a model's input (ensemble members must agree)."""
+    """The config values that define a model's input (ensemble members must agree): target
+    spacing, handedness and the padding multiple (the product of the network's strides)."""
     data = config.get("data") or {}
-    return (float(data.get("target_spacing", 0)), bool(data.get("canonical_handedness", True)))
+    return (
+        float(data.get("target_spacing", 0)),
+        bool(data.get("canonical_handedness", True)),
+        ModelConfig(**config["model"]).stride_product,
+    )
 
 
 @dataclass
@@ -87,8 +92,9 @@ class Segmenter:
             ``contrast``); ``None`` uses the shipped default model. A sequence of paths, or the
             name of a packaged ensemble (``ensemble``), makes an ensemble: the softmax outputs
             of the models are averaged (e.g. the five models of a cross-validation). They must
-            share the network and the preprocessing (target spacing, handedness); the first
-            one's config and fingerprint are used. Test-time adaptation (``tent``) is not
+            share the preprocessing (target spacing, handedness, the network's total stride);
+            their networks may differ otherwise (e.g. in width). The first one's config and
+            fingerprint are used. Test-time adaptation (``tent``) is not
             available for ensembles.
         tta: Test-time augmentation. Averages predictions over the three in-plane flips when
             the model was trained with random turns/flips (``train.orientation_augmentation``),
@@ -141,9 +147,9 @@ class Segmenter:
         cfg = ckpt["config"]
         for path, other in zip(paths[1:], ckpts[1:], strict=True):
             o = other["config"]
-            if o["model"] != cfg["model"] or _preprocessing(o) != _preprocessing(cfg):
+            if _preprocessing(o) != _preprocessing(cfg):
                 raise CardiosegError(
-                    path, f"ensemble member differs from {paths[0]} in network or preprocessing"
+                    path, f"ensemble member differs from {paths[0]} in preprocessing"
                 )
         self.model_config = ModelConfig(**cfg["model"])
         self.fingerprint = ckpt.get("fingerprint", {})
@@ -186,8 +192,8 @@ class Segmenter:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.models = []
-        for member in ckpts:
-            model = build_model(self.model_config)
+        for member in ckpts:  # members may differ in width, not in input (checked above)
+            model = build_model(ModelConfig(**member["config"]["model"]))
             model.load_state_dict({k: v.float() for k, v in member["model_state"].items()})
             self.models.append(model.to(self.device).eval())
         #: The (first) network; test-time adaptation works on it.
