@@ -68,7 +68,7 @@ def test_packaged_models_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "contrast").write_text("x")
     assert resolve_checkpoint("contrast") == Path("contrast")
-    with pytest.raises(CardiosegError, match="packaged models: contrast, default"):
+    with pytest.raises(CardiosegError, match="packaged models: contrast, default, v3"):
         load_checkpoint(tmp_path / "nonexistent")
 
 

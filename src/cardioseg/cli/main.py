@@ -16,7 +16,10 @@ from typing import Annotated, Any
 
 import typer
 
-MODEL_HELP = "Checkpoint path or packaged model name (default, contrast; ensemble = both averaged)"
+MODEL_HELP = (
+    "Checkpoint path or packaged model name (default, contrast; ensemble = both averaged; "
+    "v3 = the previous default)"
+)
 
 app = typer.Typer(
     add_completion=False,

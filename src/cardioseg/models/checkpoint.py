@@ -12,16 +12,19 @@ import torch
 from cardioseg.errors import CardiosegError
 from cardioseg.io.nifti import atomic_write
 
-DEFAULT_WEIGHTS = "cardioseg_unet2d_acdc.pt"
+DEFAULT_WEIGHTS = "cardioseg_unet2d_acdc_v4.pt"
 
 #: Models shipped inside the package, selectable by name wherever a checkpoint path is accepted
 #: (``--model contrast``). See ``models/README.md`` for their cards.
 PACKAGED_MODELS: dict[str, str] = {
-    # all-round default: best on unseen cine vendors (M&Ms)
+    # all-round default (v4, 1.5x wider U-Net): best on unseen cine vendors (M&Ms)
     "default": DEFAULT_WEIGHTS,
-    # trained with random intensity curves as well: better on other contrasts (LGE), a little
-    # worse on cine vendors
+    # trained with random intensity curves as well: better on other contrasts (LGE), worse on
+    # cine vendors
     "contrast": "cardioseg_unet2d_acdc_contrast.pt",
+    # the previous default (v3, the narrower U-Net), kept so that the results measured with it
+    # (e.g. the LGE fine-tuning protocol's "shipped" runs) can be reproduced
+    "v3": "cardioseg_unet2d_acdc_v3.pt",
 }
 
 #: Packaged ensembles: names standing for several packaged models whose softmax outputs are
@@ -70,7 +73,7 @@ def checkpoint_members(
 
     Example:
         >>> [p.name for p in checkpoint_members("ensemble")]
-        ['cardioseg_unet2d_acdc.pt', 'cardioseg_unet2d_acdc_contrast.pt']
+        ['cardioseg_unet2d_acdc_v4.pt', 'cardioseg_unet2d_acdc_contrast.pt']
     """
     items = (
         [checkpoint] if checkpoint is None or isinstance(checkpoint, (str, Path)) else checkpoint

@@ -212,7 +212,7 @@ class InferenceConfig:
     tent_steps: int = 10
     tent_lr: float = 1e-3
     tta: bool = False
-    precision: str = "float32"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
