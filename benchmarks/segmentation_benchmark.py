@@ -63,6 +63,12 @@ def main() -> None:
         help="more single models run side by side, each as method 'cardioseg[NAME]' "
         "(a packaged model name or a checkpoint file), each also with --variants",
     )
+    ap.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "float32", "bfloat16"],
+        help="network precision of the cardioseg methods (default: each model's, i.e. auto)",
+    )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
 
@@ -71,7 +77,8 @@ def main() -> None:
     data = Path(args.data)
     if not data.exists():
         sys.exit(f"skip: {data} not found (needs ../shared/data)")
-    methods: dict[str, object] = {"cardioseg": Segmenter(args.model, tta=args.tta)}
+    p = {"precision": args.precision}  # the bf16 variant overrides it
+    methods: dict[str, object] = {"cardioseg": Segmenter(args.model, tta=args.tta, **p)}
     variant_kwargs = {
         "tta": {"tta": True},
         "tent": {"adaptation": "tent"},
@@ -79,16 +86,16 @@ def main() -> None:
         "bf16": {"precision": "bfloat16"},
     }
     for v in args.variants:
-        methods[f"cardioseg+{v}"] = Segmenter(args.model, **variant_kwargs[v])
+        methods[f"cardioseg+{v}"] = Segmenter(args.model, **{**p, **variant_kwargs[v]})
     if args.ensemble:
-        methods["cardioseg-ensemble"] = Segmenter(args.ensemble)
+        methods["cardioseg-ensemble"] = Segmenter(args.ensemble, **p)
     for spec in args.compare:
         name, sep, ckpt = spec.partition("=")
         if not sep or not name or not ckpt:
             sys.exit(f"--compare expects NAME=CHECKPOINT, got {spec!r}")
-        methods[f"cardioseg[{name}]"] = Segmenter(ckpt)
+        methods[f"cardioseg[{name}]"] = Segmenter(ckpt, **p)
         for v in args.variants:
-            methods[f"cardioseg[{name}]+{v}"] = Segmenter(ckpt, **variant_kwargs[v])
+            methods[f"cardioseg[{name}]+{v}"] = Segmenter(ckpt, **{**p, **variant_kwargs[v]})
     from peers import MyopariPeer, find_myopari
 
     pkg = find_myopari(args.peers_dir)

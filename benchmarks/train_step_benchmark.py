@@ -28,7 +28,7 @@ from monai.losses import DiceCELoss
 
 from cardioseg.models.factory import ModelConfig, build_model
 
-WIDTHS = {"16 (v3 default)": 16, "24 (wide)": 24, "32": 32}
+WIDTHS = {"16 (v3)": 16, "24 (v4, the default)": 24, "32": 32}
 
 
 def _step_seconds(channels: list[int], dtype: torch.dtype | None, repeats: int) -> float:
