@@ -39,7 +39,12 @@ from scipy import stats
 
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
-from cardioseg.clinical.qc import MINOR_REVIEW_SCORE, REVIEW_SCORE, assess_quality
+from cardioseg.clinical.qc import (
+    ENTROPY_HEART_REVIEW,
+    MINOR_REVIEW_SCORE,
+    REVIEW_SCORE,
+    assess_quality,
+)
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import compute_metrics
@@ -128,8 +133,6 @@ def qc_study_rows(
     first set to the 90th percentile over the held-out ACDC CV studies (the in-domain
     calibration that :data:`cardioseg.clinical.qc.ENTROPY_HEART_REVIEW` documents). Returns the
     rows and the threshold used."""
-    from cardioseg.clinical import qc as qc_module
-
     studies = []
     cv = _cv_models(cv_runs)
     groups: dict[tuple[str, str], dict[str, object]] = {}
@@ -167,7 +170,7 @@ def qc_study_rows(
         studies.append((ds, subject, phases, names, labs, refs, probs, dices, spacing))
         print(f"predicted {ds} {subject} dice {np.mean(dices):.3f}", flush=True)
 
-    def assess(study: tuple) -> Any:
+    def assess(study: tuple, threshold: float | None = None) -> Any:
         _, _, _, names, labs, _, probs, _, spacing = study
         first, second = names[0], (names[1] if len(names) > 1 else None)
         return assess_quality(
@@ -175,49 +178,43 @@ def qc_study_rows(
             labs[second] if second else None,
             spacing,
             probabilities={"ED": probs[first], **({"ES": probs[second]} if second else {})},
+            heart_entropy_review=threshold,
         )
 
-    threshold = qc_module.ENTROPY_HEART_REVIEW
+    threshold = ENTROPY_HEART_REVIEW
     if calibrate:
         entropies = [assess(st).metrics["heart_entropy"] for st in studies if st[0] == "acdc"]
         if entropies:
             threshold = float(np.percentile(entropies, 90))
             print(f"calibrated heart-entropy review threshold: {threshold:.4f}", flush=True)
-    saved = qc_module.ENTROPY_HEART_REVIEW
-    qc_module.ENTROPY_HEART_REVIEW = threshold
     rows = []
-    try:
-        for study in studies:
-            ds, subject, phases, names, labs, refs, _, dices, spacing = study
-            qc = assess(study)
-            first, second = names[0], (names[1] if len(names) > 1 else None)
-            row = {
-                "dataset": ds,
-                "subject": subject,
-                "vendor": phases[first].vendor,  # type: ignore[union-attr]
-                "mean_dice": float(np.mean(dices)),
-                "qc_score": qc.score,
-                "qc_status": qc.status,
-                "qc_reasons": " | ".join(qc.reasons),
-                # raw QC evidence, so thresholds and weights can be re-calibrated offline
-                "qc_mean_entropy": qc.metrics.get("mean_entropy", float("nan")),
-                "qc_heart_entropy": qc.metrics.get("heart_entropy", float("nan")),
-                "qc_issues": ";".join(
-                    f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]
-                ),
-            }
-            if second:
-                ip = compute_indices(labs["ED"], labs["ES"], spacing)  # type: ignore[arg-type]
-                ir = compute_indices(refs["ED"], refs["ES"], spacing)  # type: ignore[arg-type]
-                for k in ("lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "rv_edv_ml", "rv_ef_pct"):
-                    row[f"{k}_pred"], row[f"{k}_ref"] = ip[k], ir[k]
-            rows.append(row)
-            print(
-                f"qc {ds} {subject} dice {row['mean_dice']:.3f} qc {qc.score:.2f} {qc.status}",
-                flush=True,
-            )
-    finally:
-        qc_module.ENTROPY_HEART_REVIEW = saved
+    for study in studies:
+        ds, subject, phases, names, labs, refs, _, dices, spacing = study
+        qc = assess(study, threshold)
+        first, second = names[0], (names[1] if len(names) > 1 else None)
+        row = {
+            "dataset": ds,
+            "subject": subject,
+            "vendor": phases[first].vendor,  # type: ignore[union-attr]
+            "mean_dice": float(np.mean(dices)),
+            "qc_score": qc.score,
+            "qc_status": qc.status,
+            "qc_reasons": " | ".join(qc.reasons),
+            # raw QC evidence, so thresholds and weights can be re-calibrated offline
+            "qc_mean_entropy": qc.metrics.get("mean_entropy", float("nan")),
+            "qc_heart_entropy": qc.metrics.get("heart_entropy", float("nan")),
+            "qc_issues": ";".join(f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]),
+        }
+        if second:
+            ip = compute_indices(labs["ED"], labs["ES"], spacing)  # type: ignore[arg-type]
+            ir = compute_indices(refs["ED"], refs["ES"], spacing)  # type: ignore[arg-type]
+            for k in ("lv_edv_ml", "lv_esv_ml", "lv_ef_pct", "rv_edv_ml", "rv_ef_pct"):
+                row[f"{k}_pred"], row[f"{k}_ref"] = ip[k], ir[k]
+        rows.append(row)
+        print(
+            f"qc {ds} {subject} dice {row['mean_dice']:.3f} qc {qc.score:.2f} {qc.status}",
+            flush=True,
+        )
     return rows, threshold
 
 

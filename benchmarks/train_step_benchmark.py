@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from monai.losses import DiceCELoss
 
+from cardioseg.inference.segmenter import native_bfloat16
 from cardioseg.models.factory import ModelConfig, build_model
 
 WIDTHS = {"16 (v3)": 16, "24 (v4, the default)": 24, "32": 32}
@@ -72,9 +73,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    bf16_native = bool(torch.backends.mkldnn.is_available()) and bool(
-        getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-    )
+    bf16_native = native_bfloat16(torch.device("cpu"))
     lines = [
         "# Training step and inference speed by network width and precision",
         "",

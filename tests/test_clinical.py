@@ -224,6 +224,11 @@ def test_qc_uncertainty_from_probabilities(heart_pair):
     assert any("uncertain" in r for r in qc.reasons)
     with pytest.raises(ValueError):
         assess_quality(ed, es, SPACING, probabilities=flat[:, :10])
+    # a model calibrated on its own held-out data passes its review threshold
+    p = {"ED": confident}
+    assert not any("uncertainty" in r for r in assess_quality(ed, es, SPACING, p).reasons)
+    strict = assess_quality(ed, es, SPACING, p, heart_entropy_review=0.0)
+    assert strict.status == "review" and any("uncertainty" in r for r in strict.reasons)
 
 
 def test_qc_swapped_frames_fail(heart_pair):

@@ -424,6 +424,7 @@ def assess_quality(
     | Sequence[np.ndarray | None]
     | np.ndarray
     | None = None,
+    heart_entropy_review: float | None = None,
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -433,6 +434,9 @@ def assess_quality(
         spacing: Voxel size in mm (the slice axis is found with :func:`slice_axis`).
         probabilities: Softmax maps of shape (4, *label.shape) for uncertainty: a mapping
             ``{"ED": p, "ES": p}``, a sequence ``(p_ed, p_es)`` or one array for ED.
+        heart_entropy_review: Study-level heart entropy from which a review is asked
+            (``None``: :data:`ENTROPY_HEART_REVIEW`, calibrated for the shipped model); a model
+            calibrated on its own held-out data passes its value.
 
     Returns:
         :class:`QCResult`.
@@ -481,14 +485,15 @@ def assess_quality(
     if hearts:
         heart = max(hearts)
         metrics["heart_entropy"] = heart
-        if heart >= ENTROPY_HEART_REVIEW:
-            span = ENTROPY_HEART_FAIL - ENTROPY_HEART_REVIEW
-            w = 0.3 + 0.5 * min(1.0, (heart - ENTROPY_HEART_REVIEW) / span)
+        review = ENTROPY_HEART_REVIEW if heart_entropy_review is None else heart_entropy_review
+        if heart >= review:
+            span = ENTROPY_HEART_FAIL - review
+            w = 0.3 + 0.5 * min(1.0, (heart - review) / span)
             out.issues.append(
                 _Issue(
                     "entropy_study",
                     f"high segmentation uncertainty (mean entropy {heart:.2f} inside the "
-                    f"heart; {ENTROPY_HEART_REVIEW:.2f} is exceeded by 1 in 10 held-out "
+                    f"heart; {review:.2f} is exceeded by 1 in 10 held-out "
                     "in-domain studies)",
                     w,
                 )
