@@ -112,3 +112,48 @@ def test_bf16_training_updates_float32_weights(tmp_path):
     assert all(torch.isfinite(v).all() for v in weights.values())
     changed = [k for k, v in weights.items() if not torch.equal(v, start[k])]
     assert changed, "a bf16 training step left every weight unchanged"
+
+
+def _stream_batches(sampler, aug, epoch, workers=2, n=5):
+    from cardioseg.training.trainer import BatchStream
+
+    stream = BatchStream(sampler, aug, 3, n, [7, 0, epoch])
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
+    return list(loader)
+
+
+def test_batch_stream_workers_are_seeded_per_epoch(tmp_path):
+    import numpy as np
+
+    from cardioseg.augmentation import build_augmentation
+    from cardioseg.training.slices import PatchSampler, PreparedCase
+
+    rng = np.random.default_rng(0)
+    cases = [
+        PreparedCase(
+            None,  # type: ignore[arg-type]
+            rng.random((3, 40, 40)).astype(np.float16),
+            rng.integers(0, 4, (3, 40, 40)).astype(np.uint8),
+            (20.0, 20.0),
+            {},
+        )
+        for _ in range(2)
+    ]
+    sampler = PatchSampler(cases, 24, seed=0)
+    aug = build_augmentation("strong", seed=0, orientation=False)
+    first = _stream_batches(sampler, aug, epoch=0)
+    assert len(first) == 5 and first[0][0].shape == (3, 1, 24, 24)
+    again = _stream_batches(sampler, aug, epoch=0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    other = _stream_batches(sampler, aug, epoch=1)
+    assert not torch.equal(first[0][0], other[0][0])
+    # the two workers draw different batches, not the same ones twice
+    assert not torch.equal(first[0][0], first[1][0])
+
+
+def test_training_with_worker_processes(tmp_path):
+    cfg = _config(tmp_path, num_workers=2, iterations_per_epoch=3)
+    res = Trainer(cfg, progress=False).run()
+    assert len(res["history"]) == 1 and res["history"][0]["loss"] > 0
+    with pytest.raises(ValueError, match="num_workers"):
+        _config(tmp_path / "bad", num_workers=-1)

@@ -145,6 +145,48 @@ def validate(
     }
 
 
+class BatchStream(torch.utils.data.IterableDataset):
+    """Augmented training batches for one epoch, made in ``DataLoader`` worker processes.
+
+    Each worker draws its share of ``n_batches`` with its own sampler and augmentation seeds,
+    derived from ``seed`` (a list such as ``[train_seed, rank, epoch]``) and the worker's index,
+    so the same ``seed`` and number of workers give the same batches (a resumed run repeats them).
+
+    Example:
+        >>> stream = BatchStream(sampler, aug, 16, 100, [12345, 0, epoch])  # doctest: +SKIP
+        >>> loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=3)
+    """
+
+    def __init__(
+        self, sampler: PatchSampler, aug: Any, batch_size: int, n_batches: int, seed: list[int]
+    ):
+        self.sampler, self.aug = sampler, aug
+        self.batch_size, self.n_batches, self.seed = batch_size, n_batches, list(seed)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        seq = np.random.SeedSequence([*self.seed, wid])
+        self.sampler.rng = np.random.default_rng(seq)
+        self.aug.generator.manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+        for _ in range(self.n_batches // nw + int(wid < self.n_batches % nw)):
+            yield self.aug(*self.sampler.sample(self.batch_size))
+
+
+def epoch_batches(
+    sampler: PatchSampler, aug: Any, t: Any, epoch: int, rank: int, pin_memory: bool = False
+) -> Any:
+    """The batches of one epoch: drawn here (``t.num_workers`` = 0, the sampler's and the
+    augmentation's generators carry over between epochs) or by worker processes
+    (:class:`BatchStream`)."""
+    if t.num_workers == 0:
+        return (aug(*sampler.sample(t.batch_size)) for _ in range(t.iterations_per_epoch))
+    stream = BatchStream(sampler, aug, t.batch_size, t.iterations_per_epoch, [t.seed, rank, epoch])
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=t.num_workers, pin_memory=pin_memory
+    )
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype that the ``train.amp`` setting gives on ``device`` (``None`` = float32).
 
@@ -307,20 +349,22 @@ class Trainer:
                 c.train(True)
             losses = []
             aux_logs: dict[str, list[float]] = {}
-            it = range(t.iterations_per_epoch)
+            it = epoch_batches(
+                sampler, aug, t, epoch, self.rank, pin_memory=self.device.type == "cuda"
+            )
             if self.progress and self.rank == 0:
                 from tqdm import tqdm
 
-                it = tqdm(it, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False)
-            for i in it:
-                x, y = sampler.sample(t.batch_size)
-                x, y = aug(x, y)
+                it = tqdm(
+                    it, desc=f"epoch {epoch + 1}/{t.epochs}", total=t.iterations_per_epoch, leave=False
+                )
+            for i, (x, y) in enumerate(it):
                 batch: dict[str, Any] = {"image": x, "label": y}
                 for c in components:
                     batch = c.extend_batch(batch)
                 if "unlabeled" in batch:
                     x = torch.cat([x, batch["unlabeled"]])
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 progress = (epoch * t.iterations_per_epoch + i) / total_steps
                 with torch.autocast(
                     self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp
