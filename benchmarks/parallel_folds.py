@@ -5,9 +5,10 @@ one. The cases are prepared (and cached) once before the folds start, so the fol
 race to write the same cache files. Each fold's log goes to ``RUNS/foldK/train.log``.
 
 With ``--budget-minutes``, the folds first run for ``--probe-seconds``; if the measured time per
-epoch says the full schedule would not finish in the budget, they are stopped, their outputs removed,
-and all folds restart on the longest schedule (a multiple of 5 epochs) that fits, which is printed and
-stored in each fold's ``config.yaml``. Without it the configured schedule runs to the end.
+epoch says the full schedule would not finish in the budget, they are stopped, their outputs
+removed, and all folds restart on the longest schedule (a multiple of 5 epochs) that fits, which is
+printed and stored in each fold's ``config.yaml``. Without it the configured schedule runs to
+the end.
 
 Usage:
     python benchmarks/parallel_folds.py -c configs/acdc_cv_full.yaml --runs runs/acdc_cv_full \\
@@ -37,14 +38,17 @@ def _prepare(args: tuple[str, list[str], int, int]) -> int:
     cfg = load_config(config, overrides)
     records = collect_records(cfg)[part::parts]
     d = cfg.data
-    load_prepared(records, d.target_spacing, d.cache_dir, canonical_handedness=d.canonical_handedness)
+    load_prepared(
+        records, d.target_spacing, d.cache_dir, canonical_handedness=d.canonical_handedness
+    )
     return len(records)
 
 
 def prepare_cache(config: str, overrides: list[str], processes: int) -> int:
     """Prepare every training case once (in parallel), filling the config's cache."""
     with Pool(processes) as pool:
-        return sum(pool.map(_prepare, [(config, overrides, i, processes) for i in range(processes)]))
+        jobs = [(config, overrides, i, processes) for i in range(processes)]
+        return sum(pool.map(_prepare, jobs))
 
 
 def launch(config: str, fold: int, runs: Path, overrides: list[str]) -> subprocess.Popen:
@@ -102,8 +106,11 @@ def main() -> None:
             left = a.budget_minutes * 60 - (time.time() - t0)
             startup = 30.0
             projected = (time.time() - started) + spe * (epochs - 2) + startup
-            print(f"{spe:.2f} s per epoch; {epochs} epochs projected to end in {projected:.0f} s "
-                  f"of {left:.0f} s left", flush=True)
+            print(
+                f"{spe:.2f} s per epoch; {epochs} epochs projected to end in {projected:.0f} s "
+                f"of {left:.0f} s left",
+                flush=True,
+            )
             if projected > 0.95 * left:
                 for p in procs.values():
                     p.kill()
@@ -117,7 +124,8 @@ def main() -> None:
                 overrides += [f"train.epochs={epochs}", f"train.val_interval={epochs}"]
                 procs = {f: launch(a.config, f, a.runs, overrides) for f in folds}
     codes = {f: p.wait() for f, p in procs.items()}
-    print(f"folds done in {time.time() - t0:.0f} s, exit codes {codes}, epochs {epochs}", flush=True)
+    took = time.time() - t0
+    print(f"folds done in {took:.0f} s, exit codes {codes}, epochs {epochs}", flush=True)
     sys.exit(max(codes.values()))
 
 

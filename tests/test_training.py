@@ -144,7 +144,10 @@ def test_batch_stream_workers_are_seeded_per_epoch(tmp_path):
     first = _stream_batches(sampler, aug, epoch=0)
     assert len(first) == 5 and first[0][0].shape == (3, 1, 24, 24)
     again = _stream_batches(sampler, aug, epoch=0)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(first, again, strict=True)
+    )
     other = _stream_batches(sampler, aug, epoch=1)
     assert not torch.equal(first[0][0], other[0][0])
     # the two workers draw different batches, not the same ones twice

@@ -1,4 +1,4 @@
-"""Carry the ACDC training folder to a remote accelerator machine in under half its size, losslessly.
+"""Carry the ACDC training folder to a remote accelerator machine, losslessly, in half its size.
 
 ACDC images here are float32 with a few hundred distinct values each; ``pack`` stores every image
 as the indices into its sorted distinct values (16-bit lossless JPEG 2000, one per slice) plus the

@@ -55,13 +55,16 @@ def main() -> None:
             out.append(seg.predict_volume(image, props.spacing, affine=props.affine)[0])
         sync()
         dt = (time.perf_counter() - t0) / len(cases)
-        d = [np.mean([dice(p, lab, k) for p, (_, lab, _) in zip(out, cases)]) for k in (1, 2, 3)]
+        d = [
+            np.mean([dice(p, lab, k) for p, (_, lab, _) in zip(out, cases, strict=True)])
+            for k in (1, 2, 3)
+        ]
         labels[name] = out
         rows.append((name, dt, *d))
         print(name, f"{dt:.4f} s/vol", [round(x, 4) for x in d], flush=True)
     cpu = Segmenter(device="cpu", precision="float32")
     agree = []
-    for (image, _, props), g in zip(cases[: a.n_cpu], labels["float32"]):
+    for (image, _, props), g in zip(cases[: a.n_cpu], labels["float32"][: a.n_cpu], strict=True):
         c = cpu.predict_volume(image, props.spacing, affine=props.affine)[0]
         agree.append(float((c == g).mean()))
     lines = [

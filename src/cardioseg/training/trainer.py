@@ -356,7 +356,10 @@ class Trainer:
                 from tqdm import tqdm
 
                 it = tqdm(
-                    it, desc=f"epoch {epoch + 1}/{t.epochs}", total=t.iterations_per_epoch, leave=False
+                    it,
+                    desc=f"epoch {epoch + 1}/{t.epochs}",
+                    total=t.iterations_per_epoch,
+                    leave=False,
                 )
             for i, (x, y) in enumerate(it):
                 batch: dict[str, Any] = {"image": x, "label": y}
