@@ -5,6 +5,8 @@
 # acdc_cv_gpu.sh). Back in $OUT: train.log, config.yaml, metrics.csv, summary.json, final.pt and,
 # when the schedule did not finish, last.pt in 15 MB parts, to resume here:
 #   mkdir -p runs/NAME && cat last.pt.part-* > runs/NAME/last.pt && cardioseg train -c CONFIG
+# Status: written and tried on the CPU with a tiny schedule (2026-11-30); not yet run on a GPU (the
+# second call of that session was refused: no machine was lent).
 set -u
 T0=$(date +%s)
 LIMIT_S=${LIMIT_S:-250}
