@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,3 +161,16 @@ def test_training_with_worker_processes(tmp_path):
     assert len(res["history"]) == 1 and res["history"][0]["loss"] > 0
     with pytest.raises(ValueError, match="num_workers"):
         _config(tmp_path / "bad", num_workers=-1)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+)
+def test_shipped_training_configs_load(name):
+    cfg = load_config(Path(__file__).parents[1] / "configs" / name)
+    assert cfg.train.epochs > 0 and cfg.data.datasets
+    model = build_model(cfg.model)  # the network each config names can be built
+    if cfg.init_checkpoint:  # and a fine-tuning config's start matches it
+        from cardioseg.adaptation.finetune import load_init_weights
+
+        load_init_weights(model, cfg.init_checkpoint)
