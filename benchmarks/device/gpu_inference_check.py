@@ -19,12 +19,8 @@ import numpy as np
 import torch
 
 from cardioseg.data.datasets import load_case, read_acdc
+from cardioseg.evaluation.metrics import compute_overlap
 from cardioseg.inference.segmenter import Segmenter
-
-
-def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
-    s = (a == k).sum() + (b == k).sum()
-    return float(2 * ((a == k) & (b == k)).sum() / s) if s else 1.0
 
 
 def main() -> None:
@@ -55,10 +51,8 @@ def main() -> None:
             out.append(seg.predict_volume(image, props.spacing, affine=props.affine)[0])
         sync()
         dt = (time.perf_counter() - t0) / len(cases)
-        d = [
-            np.mean([dice(p, lab, k) for p, (_, lab, _) in zip(out, cases, strict=True)])
-            for k in (1, 2, 3)
-        ]
+        pairs = [(p, lab) for p, (_, lab, _) in zip(out, cases, strict=True)]
+        d = [np.mean([compute_overlap(p, lab, k)["dice"] for p, lab in pairs]) for k in (1, 2, 3)]
         labels[name] = out
         rows.append((name, dt, *d))
         print(name, f"{dt:.4f} s/vol", [round(x, 4) for x in d], flush=True)

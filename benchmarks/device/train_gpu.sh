@@ -23,8 +23,10 @@ python3 -m cardioseg.cli.main train -c /tmp/train.yaml --no-progress --set outpu
     --set train.num_workers="$WORKERS" --set train.max_minutes="$MAXMIN" ${EXTRA:-} 2>&1 | tee "$OUT/train.log"
 cd /tmp/run && cp config.yaml metrics.csv summary.json "$OUT/"
 [ -f final.pt ] && cp final.pt "$OUT/"
-python3 -c "import json; s = json.load(open('summary.json')); print('epochs done', s['epochs_done'])"
-if ! grep -q "\"epochs_done\": $(python3 -c "import yaml; print(yaml.safe_load(open('config.yaml'))['train']['epochs'])")" summary.json; then
+# exit status 1 when the schedule did not finish: then last.pt goes back too, to resume
+if ! python3 -c "import json, sys, yaml
+done, planned = json.load(open('summary.json'))['epochs_done'], yaml.safe_load(open('config.yaml'))['train']['epochs']
+print('epochs done', done, 'of', planned); sys.exit(done < planned)"; then
     split -b 15M last.pt "$OUT/last.pt.part-"
 fi
 ls -la "$OUT"
