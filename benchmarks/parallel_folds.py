@@ -57,8 +57,8 @@ def launch(config: str, fold: int, runs: Path, overrides: list[str]) -> subproce
     cmd = [sys.executable, "-m", "cardioseg.cli.main", "train", "-c", config, "--no-progress"]
     for s in [f"train.fold={fold}", f"output_dir={out}", *overrides]:
         cmd += ["--set", s]
-    log = open(out / "train.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    with open(out / "train.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def seconds_per_epoch(runs: Path, folds: list[int]) -> float | None:

@@ -388,6 +388,35 @@ def test_leave_one_domain_out_expands_per_vendor(tmp_path):
     assert balanced.config["data"]["domain_key"] == "vendor"
 
 
+def test_experiment_filter_selects_one_held_out_domain(tmp_path):
+    from cardioseg.benchmark.runner import _selected_runs
+
+    data = _mnms_like(tmp_path / "mnms")
+    values = {
+        "datasets": {"mnms": {"path": str(data), "layout": "mnms"}},
+        "domain_key": "vendor",
+        "methods": ["strong", "balanced"],
+        "baseline": "strong",
+        "profiles": {"quick": QUICK},
+        "experiments": [{"name": "lodo", "leave_one_out": {"datasets": ["mnms"], "key": "vendor"}}],
+    }
+    path = tmp_path / "lodo.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proto = load_protocol(path)
+    runs = plan(proto, "quick", tmp_path / "out")
+    keys = _selected_runs(proto, runs, None, ["lodo-Siemens"])
+    assert keys == {"lodo-Siemens/strong/seed0", "lodo-Siemens/balanced/seed0"}
+    assert _selected_runs(proto, runs, ["balanced"], ["lodo-GE"]) == {"lodo-GE/balanced/seed0"}
+    # a misspelt experiment is refused before anything runs, naming the valid ones
+    out = tmp_path / "out2"
+    result = runner.invoke(
+        app, ["benchmark", str(path), "-o", str(out), "--experiment", "lodo-Canon"]
+    )
+    assert result.exit_code != 0
+    assert "unknown experiment 'lodo-Canon'" in result.output and "lodo-Siemens" in result.output
+    assert not (out / "runs").exists()
+
+
 def proto_ref(spec):
     from cardioseg.benchmark.protocol import Ref
 

@@ -181,17 +181,37 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
     return final
 
 
-def _selected_runs(proto: Protocol, runs: list[RunSpec], only: Sequence[str] | None) -> set[str]:
-    """Keys of the runs to execute: all, or those of the ``only`` methods and their needs."""
-    if not only:
-        return {r.key for r in runs}
-    unknown = sorted(set(only) - set(proto.methods))
-    if unknown:
-        raise CardiosegError(
-            proto.path,
-            f"--only: unknown method '{unknown[0]}' (protocol methods: {', '.join(proto.methods)})",
-        )
-    keys = {r.key for r in runs if r.method in set(only)}
+def _selected_runs(
+    proto: Protocol,
+    runs: list[RunSpec],
+    only: Sequence[str] | None,
+    experiments: Sequence[str] | None = None,
+) -> set[str]:
+    """Keys of the runs to execute: all, or those of the ``only`` methods and of the named
+    ``experiments`` (both filters apply together), plus the runs they depend on."""
+    if only:
+        unknown = sorted(set(only) - set(proto.methods))
+        if unknown:
+            raise CardiosegError(
+                proto.path,
+                f"--only: unknown method '{unknown[0]}' "
+                f"(protocol methods: {', '.join(proto.methods)})",
+            )
+    if experiments:
+        names = list(dict.fromkeys(r.experiment for r in runs))
+        unknown = sorted(set(experiments) - set(names))
+        if unknown:
+            raise CardiosegError(
+                proto.path,
+                f"--experiment: unknown experiment '{unknown[0]}' "
+                f"(this protocol's experiments: {', '.join(names)})",
+            )
+    keys = {
+        r.key
+        for r in runs
+        if (not only or r.method in set(only))
+        and (not experiments or r.experiment in set(experiments))
+    }
     by_key = {r.key: r for r in runs}
     todo = list(keys)
     while todo:
@@ -210,6 +230,7 @@ def run_benchmark(
     reevaluate: bool = False,
     only: Sequence[str] | None = None,
     report_only: bool = False,
+    experiments: Sequence[str] | None = None,
 ) -> BenchmarkResult:
     """Validate the protocol, run every unfinished run, then write the report.
 
@@ -226,6 +247,9 @@ def run_benchmark(
             finished run, so a matrix can be filled method by method.
         report_only: Run nothing; write the report from the runs finished so far (e.g. after
             stopping a long matrix half-way).
+        experiments: Run only these experiments of the matrix (e.g. ``lodo-Siemens`` of a
+            leave-one-domain-out protocol), plus the runs they depend on; combines with
+            ``only``.
 
     Raises:
         CardiosegError: Invalid protocol (before any training starts).
@@ -235,7 +259,7 @@ def run_benchmark(
     proto = load_protocol(protocol)
     out = Path(out_dir)
     runs = plan(proto, profile, out)
-    selected = set() if report_only else _selected_runs(proto, runs, only)
+    selected = set() if report_only else _selected_runs(proto, runs, only, experiments)
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
     out.mkdir(parents=True, exist_ok=True)

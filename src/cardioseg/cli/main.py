@@ -498,6 +498,14 @@ def benchmark(
     report_only: Annotated[
         bool, typer.Option(help="Run nothing; write the report from the finished runs")
     ] = False,
+    experiment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--experiment",
+            help="Run only this experiment of the matrix (repeatable, e.g. lodo-Siemens); "
+            "combines with --only",
+        ),
+    ] = None,
 ) -> None:
     """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
     _setup_logging(True)
@@ -511,6 +519,7 @@ def benchmark(
         reevaluate=reevaluate,
         only=only,
         report_only=report_only,
+        experiments=experiment,
     )
     for key, status in result.status.items():
         typer.echo(f"{status:8s} {key} {result.errors.get(key, '')}".rstrip())
