@@ -407,6 +407,11 @@ def test_experiment_filter_selects_one_held_out_domain(tmp_path):
     keys = _selected_runs(proto, runs, None, ["lodo-Siemens"])
     assert keys == {"lodo-Siemens/strong/seed0", "lodo-Siemens/balanced/seed0"}
     assert _selected_runs(proto, runs, ["balanced"], ["lodo-GE"]) == {"lodo-GE/balanced/seed0"}
+    # a dry run lists what would run and trains nothing
+    dry = run_benchmark(path, tmp_path / "dry", dry_run=True, experiments=["lodo-Siemens"])
+    assert {k for k, v in dry.status.items() if v == "planned"} == keys
+    assert {v for k, v in dry.status.items() if k not in keys} == {"not run"}
+    assert not (tmp_path / "dry" / "runs").exists()
     # a misspelt experiment is refused before anything runs, naming the valid ones
     out = tmp_path / "out2"
     result = runner.invoke(

@@ -277,7 +277,10 @@ def run_benchmark(
     result = BenchmarkResult(out, runs)
     if dry_run:
         for r in runs:
-            result.status[r.key] = "done" if is_done(run_dir(out, r.key)) else "planned"
+            if is_done(run_dir(out, r.key)):
+                result.status[r.key] = "done"
+            else:
+                result.status[r.key] = "planned" if r.key in selected else "not run"
         return result
     for i, run in enumerate(runs, 1):
         final = run_dir(out, run.key)
