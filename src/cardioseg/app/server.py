@@ -747,9 +747,9 @@ def _deidentified(path: Path) -> bytes:
     """A DICOM file with the patient's name, ID and other identifiers blanked."""
     import pydicom
 
-    from cardioseg.io.dicom import _quiet_pydicom
+    from cardioseg.io.dicom import quiet_pydicom
 
-    with _quiet_pydicom():
+    with quiet_pydicom():
         ds = pydicom.dcmread(str(path))
         for keyword in DEID_BLANK:
             if keyword in ds:

@@ -194,9 +194,9 @@ def check_zip(path: Path, max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> Check
     """Check a zip without extracting it: readable, not encrypted, safe member names, size.
 
     Member names are checked with the DICOM loader's own rules
-    (:func:`cardioseg.io.dicom._safe_member`), which also extracts safely later.
+    (:func:`cardioseg.io.dicom.safe_member`), which also extracts safely later.
     """
-    from cardioseg.io.dicom import MAX_ZIP_MEMBERS, _safe_member
+    from cardioseg.io.dicom import MAX_ZIP_MEMBERS, safe_member
 
     try:
         with zipfile.ZipFile(path) as zf:
@@ -208,7 +208,7 @@ def check_zip(path: Path, max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> Check
     total, n_files = 0, 0
     for info in infos:
         try:
-            rel = _safe_member(info.filename)
+            rel = safe_member(info.filename)
         except ValueError:
             raise UploadError(
                 400,

@@ -1,0 +1,112 @@
+"""Safe extraction of zipped studies (zip-slip, size, encryption and member-count checks)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import stat
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+
+from cardioseg.errors import CardiosegError
+
+log = logging.getLogger("cardioseg.io.dicom")
+
+#: Largest number of members a zipped study may have.
+MAX_ZIP_MEMBERS = 200_000
+
+
+# --------------------------------------------------------------------------------------------
+# zip input
+
+
+def safe_member(name: str) -> PurePosixPath | None:
+    """Normalised relative path of a zip member, ``None`` for directories.
+
+    Raises:
+        ValueError: Absolute paths, drive letters, ``..`` components or NUL bytes.
+    """
+    n = name.replace("\\", "/")
+    if "\x00" in n or n.startswith("/") or re.match(r"^[A-Za-z]:", n):
+        raise ValueError(name)
+    parts = [p for p in n.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise ValueError(name)
+    return PurePosixPath(*parts) if parts else None
+
+
+@contextlib.contextmanager
+def _extracted_zip(path: Path, max_bytes: int) -> Iterator[tuple[Path, Callable[[str], str]]]:
+    """Extract a zip safely into a temporary folder; yield it and a path-to-display mapper."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise CardiosegError(path, "not a valid zip archive (corrupt or truncated)") from None
+    with zf, tempfile.TemporaryDirectory(prefix="cardioseg-zip-") as tmp:
+        dest = Path(tmp).resolve()
+        try:
+            infos = zf.infolist()
+        except Exception:
+            raise CardiosegError(path, "corrupt zip archive") from None
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise CardiosegError(path, f"zip too large ({len(infos)} members)")
+        members: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+        for info in infos:
+            if info.flag_bits & 0x1:
+                raise CardiosegError(
+                    path, "encrypted zip (password-protected archives are not supported)"
+                )
+            try:
+                rel = safe_member(info.filename)
+            except ValueError:
+                raise CardiosegError(
+                    path, "unsafe path in zip (member outside the archive folder)"
+                ) from None
+            if rel is None or info.is_dir():
+                continue
+            if stat.S_ISLNK(info.external_attr >> 16):
+                continue  # symbolic links are never followed nor created
+            members.append((info, rel))
+        total = sum(i.file_size for i, _ in members)
+        if total > max_bytes:
+            raise CardiosegError(
+                path, f"zip too large ({total} bytes uncompressed, limit {max_bytes})"
+            )
+        display: dict[str, str] = {}
+        written = 0
+        try:
+            for info, rel in members:
+                target = dest.joinpath(*rel.parts)
+                if not target.resolve().is_relative_to(dest):
+                    raise CardiosegError(path, "unsafe path in zip")
+                if target.exists():
+                    continue  # duplicate member name: keep the first
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "xb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise CardiosegError(
+                                path, f"zip too large (more than {max_bytes} bytes uncompressed)"
+                            )
+                        dst.write(chunk)
+                display[str(target)] = f"{path}/{rel}"
+        except CardiosegError:
+            raise
+        except NotImplementedError:
+            raise CardiosegError(path, "unsupported zip compression method") from None
+        except RuntimeError:  # zipfile raises RuntimeError for encrypted members
+            raise CardiosegError(path, "encrypted zip") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as exc:
+            raise CardiosegError(path, f"corrupt zip archive ({type(exc).__name__})") from None
+        except OSError as exc:
+            raise CardiosegError(path, f"cannot extract zip ({exc.strerror or exc})") from None
+
+        def to_display(p: str) -> str:
+            return display.get(p, p)
+
+        yield dest, to_display

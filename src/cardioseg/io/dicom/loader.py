@@ -1,0 +1,438 @@
+"""Loading the chosen cine series as a 4D array with its geometry (:func:`load_cine`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cardioseg.errors import CardiosegError
+from cardioseg.io.dicom.archive import _extracted_zip
+from cardioseg.io.dicom.headers import (
+    GAP_TOL,
+    MIN_PHASES,
+    PHASE_COUNT_TOL,
+    CineMeta,
+    SeriesInfo,
+    _dcmread,
+    _Frame,
+    _int,
+    _str,
+    quiet_pydicom,
+)
+from cardioseg.io.dicom.series import (
+    _dedupe_sop,
+    _GeometryProblem,
+    _Stack,
+    _stack,
+    _use_trigger_time,
+    find_series,
+    select_short_axis_cine,
+)
+from cardioseg.io.nifti import ImageProperties, atomic_write
+
+log = logging.getLogger("cardioseg.io.dicom")
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def _phase_key(mode: str) -> Callable[[_Frame], tuple]:
+    if mode == "TriggerTime":
+        return lambda f: (f.trigger_time, f.instance_number or 0, f.path, f.frame or 0)
+    if mode == "InstanceNumber":
+        return lambda f: (f.instance_number or 0, f.temporal_index or 0, f.frame or 0, f.path)
+    if mode == "AcquisitionTime":
+        return lambda f: (f.acquisition_time, f.path, f.frame or 0)
+    return lambda f: (f.path, f.frame or 0)
+
+
+def _phase_mode(frames: list[_Frame]) -> str:
+    if _use_trigger_time(frames):
+        return "TriggerTime"
+    if all(f.instance_number is not None or f.temporal_index is not None for f in frames):
+        return "InstanceNumber"
+    if all(f.acquisition_time is not None for f in frames):
+        return "AcquisitionTime"
+    return "file order"
+
+
+def _order_phases(st: _Stack, where: str, warn: list[str]) -> tuple[list[list[_Frame]], str]:
+    """Sort each slice's frames into phases, drop duplicates, equalise the phase count."""
+    all_frames = [f for s in st.slices for f in s]
+    mode = _phase_mode(all_frames)
+    key = _phase_key(mode)
+    ordered: list[list[_Frame]] = []
+    n_dupes = 0
+    for frames in st.slices:
+        frames = sorted(frames, key=key)
+        if mode == "TriggerTime":
+            kept: dict[float, _Frame] = {}
+            for f in sorted(frames, key=lambda x: (-(x.series_number or 0), x.path, x.frame or 0)):
+                tt = round(float(f.trigger_time), 2)  # type: ignore[arg-type]
+                if tt in kept:
+                    n_dupes += 1
+                    continue
+                kept[tt] = f
+            frames = sorted(kept.values(), key=key)
+        ordered.append(frames)
+    if n_dupes:
+        warn.append(f"{n_dupes} duplicate image(s) with the same position and trigger time ignored")
+    counts = [len(s) for s in ordered]
+    nmin, nmax = min(counts), max(counts)
+    if nmin < MIN_PHASES:
+        k = counts.index(nmin)
+        raise CardiosegError(
+            where,
+            f"slice {k} (at {st.positions[k]:.1f} mm) has only {nmin} phase; a cine needs "
+            f"at least {MIN_PHASES} phases per slice",
+        )
+    if nmax != nmin:
+        if nmax - nmin > max(1.0, PHASE_COUNT_TOL * nmax):
+            raise CardiosegError(
+                where, f"inconsistent number of phases per slice ({nmin} to {nmax})"
+            )
+        if mode == "TriggerTime":
+            # keep, in each longer slice, the frames that best match the trigger times of the
+            # shortest slices, so that a phase missing in the middle does not shift later phases
+            ref = np.median(
+                [[f.trigger_time for f in s] for s in ordered if len(s) == nmin], axis=0
+            )
+            ordered = [s if len(s) == nmin else _match_trigger_times(s, ref) for s in ordered]
+            how = "matched by trigger time"
+        else:
+            ordered = [s[:nmin] for s in ordered]
+            how = "last phases dropped"
+        warn.append(f"slices have {nmin} to {nmax} phases: truncated to {nmin} ({how})")
+    return ordered, mode
+
+
+def _match_trigger_times(frames: list[_Frame], ref: np.ndarray) -> list[_Frame]:
+    """Order-preserving choice of ``len(ref)`` frames minimising the trigger-time mismatch."""
+    tt = np.array([float(f.trigger_time) for f in frames])  # type: ignore[arg-type]
+    n, m = len(tt), len(ref)
+    cost = np.full((n + 1, m + 1), np.inf)
+    cost[:, 0] = 0.0
+    for a in range(1, n + 1):
+        for b in range(1, min(a, m) + 1):
+            cost[a, b] = min(cost[a - 1, b], cost[a - 1, b - 1] + abs(tt[a - 1] - ref[b - 1]))
+    chosen, a, b = [], n, m
+    while b > 0:
+        if cost[a, b] == cost[a - 1, b - 1] + abs(tt[a - 1] - ref[b - 1]):
+            chosen.append(a - 1)
+            b -= 1
+        a -= 1
+    return [frames[i] for i in reversed(chosen)]
+
+
+def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], str]) -> None:
+    sizes = sorted({(f.rows, f.columns) for f in frames})
+    if len(sizes) > 1:
+        shown = ", ".join(f"{r}x{c}" for r, c in sizes[:4])
+        raise CardiosegError(
+            where, f"images of different sizes across slices ({shown} rows x columns)"
+        )
+    if sizes[0][0] < 2 or sizes[0][1] < 2:
+        raise CardiosegError(where, f"invalid image size {sizes[0][0]}x{sizes[0][1]}")
+    missing = [f for f in frames if f.pixel_spacing is None]
+    if missing:
+        raise CardiosegError(show(missing[0].path), "missing PixelSpacing")
+    ps = np.array([f.pixel_spacing for f in frames], dtype=float)
+    if np.any(ps <= 0):
+        raise CardiosegError(where, "zero or negative PixelSpacing")
+    if np.max(np.abs(ps - ps[0])) > 1e-3 * max(1.0, float(ps[0].max())):
+        raise CardiosegError(where, "different PixelSpacing across slices")
+    if any(f.samples_per_pixel != 1 for f in frames):
+        raise CardiosegError(where, "colour images are not supported (SamplesPerPixel != 1)")
+
+
+def _read_pixels(
+    frames: list[list[_Frame]], shape: tuple[int, int], show: Callable[[str], str]
+) -> tuple[np.ndarray, list[list[Any]]]:
+    """Read, rescale and transpose the pixel data into ``(X, Y, Z, T)``; also keep headers."""
+    cols, rows = shape
+    n_z, n_t = len(frames), len(frames[0])
+    out = np.empty((cols, rows, n_z, n_t), dtype=np.float32)
+    headers: list[list[Any]] = [[None] * n_t for _ in range(n_z)]
+    wanted: dict[str, list[tuple[int, int, _Frame]]] = {}
+    for k in range(n_z):
+        for t in range(n_t):
+            f = frames[k][t]
+            wanted.setdefault(f.path, []).append((k, t, f))
+    with quiet_pydicom():
+        for path, uses in wanted.items():
+            ds = _dcmread(Path(path), stop_before_pixels=False)
+            if ds is None:
+                raise CardiosegError(show(path), "cannot read DICOM file")
+            try:
+                pix = np.asarray(ds.pixel_array)
+            except Exception as exc:
+                ts = _str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+                raise CardiosegError(
+                    show(path),
+                    f"cannot decode pixel data (transfer syntax {ts or 'unknown'}, "
+                    f"{type(exc).__name__})",
+                ) from None
+            n_frames = max(1, _int(ds.get("NumberOfFrames", 1)) or 1)
+            if pix.size != n_frames * rows * cols:
+                raise CardiosegError(
+                    show(path),
+                    f"pixel data of shape {pix.shape} does not match "
+                    f"{n_frames} frame(s) of {rows}x{cols}",
+                )
+            pix = pix.reshape(n_frames, rows, cols)
+            with contextlib.suppress(Exception):
+                del ds.PixelData
+            for k, t, f in uses:
+                img = pix[f.frame or 0].astype(np.float64) * f.slope + f.intercept
+                out[:, :, k, t] = img.T
+                headers[k][t] = ds
+    if not np.all(np.isfinite(out)):
+        raise CardiosegError(show(frames[0][0].path), "pixel data contains NaN or Inf")
+    return out, headers
+
+
+def _plausible(value: float | None, lo: float, hi: float) -> float | None:
+    return value if value is not None and lo <= value <= hi else None
+
+
+def _assemble(
+    chosen: SeriesInfo, where: str, show: Callable[[str], str]
+) -> tuple[np.ndarray, ImageProperties, CineMeta]:
+    warn: list[str] = []
+    if chosen._header.get("merge_note"):
+        warn.append(chosen._header["merge_note"])
+    frames, n_dup = _dedupe_sop(chosen._frames)
+    if n_dup:
+        warn.append(f"{n_dup} duplicate file(s) (same SOPInstanceUID) ignored")
+    if len(frames) == 1:
+        raise CardiosegError(where, "a single image is not a cine")
+    _check_consistency(frames, where, show)
+    try:
+        st = _stack(frames)
+    except _GeometryProblem as exc:
+        raise CardiosegError(where, str(exc)) from None
+    if len(st.slices) < 2:
+        raise CardiosegError(where, "only one slice position: not a short-axis stack")
+    ordered, mode = _order_phases(st, where, warn)
+    n_z, n_t = len(ordered), len(ordered[0])
+
+    positions = np.asarray(st.positions)
+    gaps = np.diff(positions)
+    dz = float(np.median(gaps))
+    if np.any(np.abs(gaps - dz) > GAP_TOL * dz):
+        warn.append(
+            "irregular slice gaps ("
+            + ", ".join(f"{g:.2f}" for g in gaps)
+            + f" mm); the affine uses the median {dz:.2f} mm"
+        )
+    ref = ordered[0][0]
+    row_sp, col_sp = (float(v) for v in ref.pixel_spacing)  # type: ignore[union-attr]
+    origin = np.asarray(ref.position, dtype=float)
+    # in-plane alignment of the slices with the grid defined by slice 0
+    offsets = []
+    for k in range(n_z):
+        delta = np.asarray(ordered[k][0].position, dtype=float) - origin
+        offsets.append(float(np.hypot(np.dot(delta, st.row), np.dot(delta, st.col))))
+    if max(offsets) > 0.5 * min(row_sp, col_sp):
+        warn.append(
+            f"slices are shifted in-plane by up to {max(offsets):.1f} mm; the affine "
+            "follows slice 0"
+        )
+    thick = ref.slice_thickness
+    if thick is not None and dz > 0 and abs(thick - dz) > 0.01 * dz:
+        log.debug("SliceThickness %.2f mm differs from slice spacing %.2f mm", thick, dz)
+
+    lps = np.eye(4)
+    lps[:3, 0] = st.row * col_sp
+    lps[:3, 1] = st.col * row_sp
+    lps[:3, 2] = st.normal * dz
+    lps[:3, 3] = origin
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+    rows, cols = ref.rows, ref.columns
+    array, headers = _read_pixels(ordered, (cols, rows), show)
+
+    trig: list[float | None] = []
+    for t in range(n_t):
+        vals = [ordered[k][t].trigger_time for k in range(n_z)]
+        vals_ok = [v for v in vals if v is not None]
+        trig.append(float(np.median(vals_ok)) if vals_ok and mode == "TriggerTime" else None)
+
+    hdr = chosen._header
+    height = hdr.get("height")
+    if height is not None and 30.0 <= height <= 280.0:  # entered in cm instead of metres
+        warn.append("PatientSize looks like centimetres; converted to metres")
+        height = height / 100.0
+    meta = CineMeta(
+        series_uid=chosen.uid,
+        series_description=chosen.description,
+        n_slices=n_z,
+        n_phases=n_t,
+        trigger_times_ms=trig,
+        slice_positions_mm=[float(p) for p in positions],
+        warnings=warn,
+        source_files=[[show(f.path) for f in s] for s in ordered],
+        sop_instance_uids=[[f.sop_uid for f in s] for s in ordered],
+        frame_numbers=[[None if f.frame is None else f.frame + 1 for f in s] for s in ordered],
+        instance_numbers=[[f.instance_number for f in s] for s in ordered],
+        series_uids=[s[0].series_uid for s in ordered],
+        merged_series_uids=list(chosen.merged_from),
+        study_uid=chosen.study_uid,
+        frame_of_reference_uid=chosen.frame_of_reference_uid,
+        pixel_spacing_mm=(row_sp, col_sp),
+        slice_spacing_mm=dz,
+        slice_thickness_mm=thick,
+        image_shape=(cols, rows),
+        phase_order=mode,
+        vendor=hdr.get("vendor", ""),
+        model=hdr.get("model", ""),
+        field_strength_t=hdr.get("field_strength"),
+        rr_interval_ms=hdr.get("rr_interval"),
+        patient_height_m=_plausible(height, 0.3, 2.8),
+        patient_weight_kg=_plausible(hdr.get("weight"), 1.0, 400.0),
+        source_headers=headers,
+    )
+    props = ImageProperties(
+        affine=affine,
+        spacing=(col_sp, row_sp, dz),
+        shape=tuple(array.shape),
+        path=where,
+        extra={
+            "source": "dicom",
+            "series_uid": meta.series_uid,
+            "series_description": meta.series_description,
+            "phase_order": mode,
+            "trigger_times_ms": trig,
+            "slice_positions_mm": meta.slice_positions_mm,
+            "warnings": list(warn),
+        },
+    )
+    for w in warn:
+        log.warning("%s: %s", where, w)
+    return array, props, meta
+
+
+def _load_scanned(
+    root: Path, where: str, show: Callable[[str], str]
+) -> tuple[np.ndarray, ImageProperties, CineMeta]:
+    series = find_series(root)
+    keys = set().union(*(s._patient_keys for s in series)) if series else set()
+    if len(keys) > 1:
+        raise CardiosegError(
+            where,
+            f"images from {len(keys)} different patients (PatientID differs); analyse one "
+            "patient at a time",
+        )
+    n_images = sum(len(_dedupe_sop(s._frames)[0]) for s in series)
+    if n_images == 0:
+        extra = f" ({series.n_non_dicom} non-DICOM file(s) skipped)" if series.n_non_dicom else ""
+        raise CardiosegError(where, f"no DICOM images found{extra}")
+    if n_images == 1:
+        raise CardiosegError(where, "a single image is not a cine")
+    chosen = select_short_axis_cine(series, where)
+    return _assemble(chosen, where, show)
+
+
+def _has_dicm(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def load_cine(
+    folder_or_zip: str | Path, max_zip_bytes: int = 2_000_000_000
+) -> tuple[np.ndarray, ImageProperties, CineMeta]:
+    """Load the short-axis cine of a DICOM study as a 4D ``float32`` array ``(X, Y, Z, T)``.
+
+    See the module docstring for the exact axis and affine convention: ``array[i, j, k, t]``
+    with ``i`` the DICOM column, ``j`` the DICOM row, ``k`` the slice sorted along the normal and
+    ``t`` the phase; the affine is NIfTI RAS+. Slice spacing is the median distance between the
+    sorted slice positions (not SliceThickness). RescaleSlope/Intercept are applied.
+
+    Args:
+        folder_or_zip: Study folder (nested folders and several series allowed), a zip of one,
+            or a single (multi-frame) DICOM file.
+        max_zip_bytes: Refuse zips whose members uncompress to more than this.
+
+    Returns:
+        ``(array, properties, meta)``.
+
+    Raises:
+        CardiosegError: Anything wrong with the input, as a one-line message that never
+            contains patient identifiers.
+
+    Example:
+        >>> img, props, meta = load_cine("study.zip")  # doctest: +SKIP
+        >>> img.shape, meta.n_phases
+        ((256, 208, 12, 25), 25)
+    """
+    path = Path(folder_or_zip)
+    if not path.exists():
+        raise CardiosegError(path, "not found")
+    where = str(path)
+    try:
+        if path.is_file() and (
+            path.suffix.lower() == ".zip" or (not _has_dicm(path) and zipfile.is_zipfile(path))
+        ):
+            with _extracted_zip(path, max_zip_bytes) as (root, show):
+                loaded = _load_scanned(root, where, show)
+        else:
+            if path.is_file():
+                with quiet_pydicom():
+                    is_dicom = _dcmread(path, stop_before_pixels=True) is not None
+                if not is_dicom:
+                    raise CardiosegError(path, "not a DICOM file, DICOM folder or zip archive")
+            loaded = _load_scanned(path, where, lambda p: p)
+    except CardiosegError:
+        raise
+    except MemoryError:
+        raise CardiosegError(path, "not enough memory to load the cine") from None
+    except Exception as exc:  # last resort: never let pydicom/numpy internals escape
+        log.debug("unexpected %s while loading %s", type(exc).__name__, path)
+        raise CardiosegError(path, f"cannot load DICOM cine ({type(exc).__name__})") from None
+    array = loaded[0]  # finite: _read_pixels refuses NaN/Inf
+    if float(array.max()) == float(array.min()):
+        raise CardiosegError(path, "image is constant (every pixel has the same value)")
+    return loaded
+
+
+def cine_to_nifti(
+    folder_or_zip: str | Path, out_path: str | Path, max_zip_bytes: int = 2_000_000_000
+) -> CineMeta:
+    """Convert the short-axis cine of a DICOM study to a 4D NIfTI written atomically.
+
+    The time axis gets the median trigger-time step (ms) as its zoom when known.
+
+    Args:
+        folder_or_zip: As for :func:`load_cine`.
+        out_path: ``.nii`` or ``.nii.gz`` output.
+        max_zip_bytes: As for :func:`load_cine`.
+
+    Returns:
+        The :class:`CineMeta` of the loaded cine.
+    """
+    import nibabel as nib
+
+    array, props, meta = load_cine(folder_or_zip, max_zip_bytes=max_zip_bytes)
+    img = nib.Nifti1Image(array, props.affine)
+    img.set_qform(props.affine, code=1)
+    img.set_sform(props.affine, code=1)
+    times = [t for t in meta.trigger_times_ms if t is not None]
+    dt = float(np.median(np.diff(times))) if len(times) == len(meta.trigger_times_ms) > 1 else 0.0
+    if dt > 0:
+        img.header.set_zooms((*props.spacing, dt))
+        img.header.set_xyzt_units("mm", "msec")
+    else:
+        img.header.set_xyzt_units("mm")
+    with atomic_write(out_path) as tmp:
+        nib.save(img, str(tmp))
+    return meta

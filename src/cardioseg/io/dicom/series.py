@@ -1,0 +1,395 @@
+"""Grouping DICOM images into series, their geometry and class, and the choice of the
+short-axis cine."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cardioseg.errors import CardiosegError
+from cardioseg.io.dicom.headers import (
+    CINE_HINTS,
+    LAX_HINTS,
+    MEDIA_STORAGE_DIRECTORY,
+    MIN_PHASES,
+    MIN_SLICES,
+    NON_CINE_HINTS,
+    ORIENTATION_TOL,
+    PHASE_COUNT_TOL,
+    POSITION_TOL_MM,
+    SA_HINTS,
+    SeriesInfo,
+    SeriesList,
+    _dcmread,
+    _Frame,
+    _frames_from_dataset,
+    _header_values,
+    _iter_files,
+    _patient_key,
+    _str,
+    _tokens,
+    quiet_pydicom,
+)
+
+log = logging.getLogger("cardioseg.io.dicom")
+
+
+def find_series(folder: str | Path) -> SeriesList:
+    """Scan a folder recursively (or one file) and group DICOM images by SeriesInstanceUID.
+
+    Only headers are read. Non-DICOM files are skipped silently and counted
+    (``result.n_non_dicom``); DICOM objects without an image (DICOMDIR, reports...) are counted in
+    ``result.n_non_image``. Single-slice series of one study that can be merged into a stack
+    are NOT merged here (see :func:`select_short_axis_cine`).
+
+    Args:
+        folder: Study folder (any nesting) or a single DICOM file.
+
+    Returns:
+        A :class:`SeriesList` (a ``list[SeriesInfo]``) sorted by SeriesNumber.
+
+    Raises:
+        CardiosegError: The folder does not exist.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise CardiosegError(root, "not found")
+    n_non_dicom = n_non_image = 0
+    groups: dict[str, SeriesInfo] = {}
+    with quiet_pydicom():
+        for path in _iter_files(root):
+            ds = _dcmread(path, stop_before_pixels=True)
+            if ds is None:
+                n_non_dicom += 1
+                continue
+            try:
+                sop_class = _str(ds.get("SOPClassUID", ""))
+                uid = _str(ds.get("SeriesInstanceUID", ""))
+                if sop_class == MEDIA_STORAGE_DIRECTORY or not uid or "Rows" not in ds:
+                    n_non_image += 1
+                    continue
+                frames = _frames_from_dataset(ds, str(path))
+                header = _header_values(ds)
+                pkey = _patient_key(ds)
+            except Exception as exc:  # malformed elements: treat the file as unreadable
+                log.debug("skipping %s: %s", path, type(exc).__name__)
+                n_non_dicom += 1
+                continue
+            info = groups.get(uid)
+            if info is None:
+                info = groups[uid] = SeriesInfo(
+                    uid=uid,
+                    description=header["description"],
+                    n_images=0,
+                    n_positions=0,
+                    n_phases=0,
+                    orientation=None,
+                    modality=header["modality"],
+                    series_number=frames[0].series_number,
+                    study_uid=header["study_uid"],
+                    frame_of_reference_uid=header["for_uid"],
+                    rows=frames[0].rows,
+                    columns=frames[0].columns,
+                    _header=header,
+                )
+            info.files.append(str(path))
+            info._frames.extend(frames)
+            if pkey:
+                info._patient_keys.add(pkey)
+    out = SeriesList(folder=str(root), n_non_dicom=n_non_dicom, n_non_image=n_non_image)
+    for info in groups.values():
+        _classify(info)
+        out.append(info)
+    out.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
+    log.debug(
+        "%s: %d series, %d non-DICOM files, %d non-image DICOM",
+        root,
+        len(out),
+        n_non_dicom,
+        n_non_image,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# geometry of a set of frames
+
+
+@dataclass
+class _Stack:
+    row: np.ndarray
+    col: np.ndarray
+    normal: np.ndarray
+    slices: list[list[_Frame]]  # sorted along the normal
+    positions: list[float]  # projection of IPP on the normal, per slice
+
+
+class _GeometryProblem(Exception):
+    pass
+
+
+def _direction_cosines(iop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    row = iop[:3] / max(np.linalg.norm(iop[:3]), 1e-12)
+    col = iop[3:] - np.dot(iop[3:], row) * row
+    col = col / max(np.linalg.norm(col), 1e-12)
+    return row, col, np.cross(row, col)
+
+
+def _stack(frames: list[_Frame]) -> _Stack:
+    """Group frames into slices sorted along the slice normal.
+
+    Raises:
+        _GeometryProblem: Missing or degenerate position/orientation, or non-parallel images.
+    """
+    if not frames:
+        raise _GeometryProblem("no images")
+    if any(f.orientation is None or f.position is None for f in frames):
+        raise _GeometryProblem("missing ImagePositionPatient/ImageOrientationPatient")
+    ref = frames[0].orientation
+    assert ref is not None
+    if (
+        np.linalg.norm(ref[:3]) < 0.5
+        or np.linalg.norm(ref[3:]) < 0.5
+        or abs(np.dot(ref[:3], ref[3:])) > 0.1
+    ):
+        raise _GeometryProblem("invalid ImageOrientationPatient")
+    for f in frames:
+        if np.max(np.abs(f.orientation - ref)) > ORIENTATION_TOL:  # type: ignore[operator]
+            raise _GeometryProblem("images with different orientations")
+    row, col, normal = _direction_cosines(ref)
+    d = np.array([float(np.dot(f.position, normal)) for f in frames])  # type: ignore[arg-type]
+    order = np.argsort(d, kind="stable")
+    slices: list[list[int]] = []
+    start = None
+    for idx in order:
+        if start is None or d[idx] - start > POSITION_TOL_MM:
+            start = d[idx]
+            slices.append([])
+        slices[-1].append(int(idx))
+    positions = [float(np.mean(d[s])) for s in slices]
+    return _Stack(row, col, normal, [[frames[i] for i in s] for s in slices], positions)
+
+
+def _dedupe_sop(frames: list[_Frame]) -> tuple[list[_Frame], int]:
+    seen: set[tuple[str, int | None]] = set()
+    out = []
+    for f in frames:
+        key = (f.sop_uid or f"{f.path}", f.frame)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(f)
+    return out, len(frames) - len(out)
+
+
+def _use_trigger_time(frames: list[_Frame]) -> bool:
+    tts = [f.trigger_time for f in frames]
+    return all(t is not None for t in tts) and any(t != 0.0 for t in tts)
+
+
+def _phase_count(slice_frames: list[_Frame], trigger: bool) -> int:
+    if trigger:
+        return len({round(float(f.trigger_time), 2) for f in slice_frames})  # type: ignore[arg-type]
+    return len(slice_frames)
+
+
+def _classify(info: SeriesInfo) -> None:
+    """Fill n_images / n_positions / n_phases / orientation / is_cine_sa / reason / score."""
+    frames, _ = _dedupe_sop(info._frames)
+    info.n_images = len(frames)
+    if frames and frames[0].orientation is not None:
+        info.orientation = tuple(float(v) for v in frames[0].orientation)
+    problems: list[str] = []
+    try:
+        st = _stack(frames)
+        trigger = _use_trigger_time(frames)
+        counts = [_phase_count(s, trigger) for s in st.slices]
+        info.n_positions = len(st.slices)
+        info.n_phases = int(np.median(counts)) if counts else 0
+    except _GeometryProblem as exc:
+        problems.append(str(exc))
+        info.n_positions = len(
+            {tuple(np.round(f.position, 1)) for f in frames if f.position is not None}
+        )
+        info.n_phases = 0
+    if info.modality != "MR":
+        problems.append(f"modality {info.modality or 'unknown'}, not MR")
+    if not problems and info.n_phases < MIN_PHASES:
+        problems.append(f"not a cine ({info.n_phases} phase per position)")
+    if not problems and info.n_positions < MIN_SLICES:
+        problems.append(f"only {info.n_positions} slice position(s), need >= {MIN_SLICES}")
+    if any(
+        t in ("LOCALIZER", "T1 MAP", "T2 MAP", "T2* MAP")
+        for t in info._header.get("image_type", [])
+    ):
+        problems.append("image type " + "\\".join(info._header["image_type"]))
+    toks = _tokens(info.description)
+    sa, cine = bool(toks & set(SA_HINTS)), bool(toks & set(CINE_HINTS))
+    lax, non_cine = bool(toks & set(LAX_HINTS)), bool(toks & set(NON_CINE_HINTS))
+    if lax and not sa:
+        problems.append("description suggests a long-axis view")
+    if non_cine and not cine:
+        problems.append("description suggests a non-cine sequence")
+    info._problems = problems
+    info.is_cine_sa = not problems
+    info.reason = "; ".join(problems) if problems else "short-axis cine candidate"
+    info.score = (
+        3.0 * sa
+        + 2.0 * cine
+        - 3.0 * lax
+        - 2.0 * non_cine
+        + min(info.n_positions, 20) / 10.0
+        + min(info.n_phases, 40) / 40.0
+        - 0.5 * bool(info.merged_from)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# selection
+
+
+def _single_slice_cine(info: SeriesInfo) -> bool:
+    """A series that could be one slice of a one-series-per-slice stack."""
+    if info.modality != "MR" or info.n_positions != 1 or info.n_phases < MIN_PHASES:
+        return False
+    # the lack of other slices must be the only objection (no long-axis/non-cine description)
+    return (
+        info.orientation is not None
+        and len(info._problems) == 1
+        and info._problems[0].startswith("only 1 slice")
+    )
+
+
+def _same_spacing(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(np.allclose(a, b, rtol=1e-3, atol=1e-4))
+
+
+def _merge_single_slice_series(series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """Merge single-slice cine series of one study with parallel planes into stacks."""
+    singles = [s for s in series if _single_slice_cine(s)]
+    groups: list[list[SeriesInfo]] = []
+    for s in singles:
+        ori = np.asarray(s.orientation)
+        for g in groups:
+            ref = g[0]
+            if (
+                ref.study_uid == s.study_uid
+                and ref.frame_of_reference_uid == s.frame_of_reference_uid
+                and (ref.rows, ref.columns) == (s.rows, s.columns)
+                and _same_spacing(ref._frames[0].pixel_spacing, s._frames[0].pixel_spacing)
+                and np.max(np.abs(np.asarray(ref.orientation) - ori)) <= ORIENTATION_TOL
+            ):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    merged = []
+    for g in groups:
+        med = float(np.median([s.n_phases for s in g]))
+        g = [s for s in g if abs(s.n_phases - med) <= max(1.0, PHASE_COUNT_TOL * med)]
+        # one series per position: a repeated slice keeps its latest acquisition
+        by_pos: dict[float, SeriesInfo] = {}
+        _, _, normal = _direction_cosines(np.asarray(g[0].orientation, dtype=float))
+        for s in sorted(g, key=lambda x: (x.series_number or 0, x.uid)):
+            p = s._frames[0].position
+            if p is None:
+                continue
+            key = round(float(np.dot(p, normal)) / POSITION_TOL_MM) * POSITION_TOL_MM
+            near = [k for k in by_pos if abs(k - key) <= POSITION_TOL_MM]
+            for k in near:
+                del by_pos[k]
+            by_pos[key] = s
+        comps = [by_pos[k] for k in sorted(by_pos)]
+        if len(comps) < MIN_SLICES:
+            continue
+        first = comps[0]
+        descs = {c.description for c in comps}
+        info = SeriesInfo(
+            uid=first.uid,
+            description=descs.pop() if len(descs) == 1 else first.description,
+            n_images=0,
+            n_positions=0,
+            n_phases=0,
+            orientation=first.orientation,
+            modality=first.modality,
+            series_number=first.series_number,
+            study_uid=first.study_uid,
+            frame_of_reference_uid=first.frame_of_reference_uid,
+            rows=first.rows,
+            columns=first.columns,
+            merged_from=[c.uid for c in comps],
+            files=[f for c in comps for f in c.files],
+            _frames=[f for c in comps for f in c._frames],
+            _header=dict(first._header),
+            _patient_keys=set().union(*(c._patient_keys for c in comps)),
+        )
+        _classify(info)
+        if len(comps) < len(g):
+            info._header["merge_note"] = (
+                f"{len(g) - len(comps)} repeated single-slice series ignored "
+                "(kept the latest at each position)"
+            )
+        merged.append(info)
+    return merged
+
+
+def _summary(series: list[SeriesInfo], n_non_dicom: int = 0, limit: int = 6) -> str:
+    if not series:
+        text = "no DICOM images"
+    else:
+        parts = [s.summary() for s in series[:limit]]
+        if len(series) > limit:
+            parts.append(f"... and {len(series) - limit} more")
+        text = f"found {len(series)} series: " + "; ".join(parts)
+    if n_non_dicom:
+        text += f"; {n_non_dicom} non-DICOM file(s) skipped"
+    return text
+
+
+def select_short_axis_cine(
+    series: list[SeriesInfo], folder: str | Path | None = None
+) -> SeriesInfo:
+    """Choose the short-axis cine stack among the series of a study.
+
+    A candidate is an MR series with >= 3 parallel slice positions and >= 2 phases whose
+    description does not suggest a long-axis view (2ch/3ch/4ch/lax/la...) or a non-cine sequence
+    (perfusion, LGE, mapping...) unless it also carries a short-axis (resp. cine) hint.
+    Single-slice cine series of one study with the same orientation and image size (one series
+    per slice location, common on GE/Siemens) are merged into one stack. Among candidates the
+    highest score wins: short-axis hints (sa, sax, short) and cine hints (cine, bssfp, trufi,
+    fiesta, balanced) add, long-axis hints subtract, more slices and phases add a little, and
+    merged stacks lose a little against a genuine multi-slice series.
+
+    Args:
+        series: Output of :func:`find_series`.
+        folder: Path used in error messages (defaults to the scanned folder).
+
+    Returns:
+        The chosen series (a merged :class:`SeriesInfo` with ``merged_from`` for per-slice
+        series).
+
+    Raises:
+        CardiosegError: No candidate; the message summarises what was found.
+    """
+    where = folder if folder is not None else getattr(series, "folder", None)
+    candidates = [s for s in series if s.is_cine_sa]
+    candidates += [m for m in _merge_single_slice_series(list(series)) if m.is_cine_sa]
+    if not candidates:
+        n_skipped = getattr(series, "n_non_dicom", 0)
+        raise CardiosegError(
+            where, f"no short-axis cine series found ({_summary(list(series), n_skipped)})"
+        )
+    best = max(candidates, key=lambda s: (s.score, s.n_positions, s.n_images))
+    log.info(
+        "selected series %r: %d positions x %d phases (%d candidates)",
+        best.description,
+        best.n_positions,
+        best.n_phases,
+        len(candidates),
+    )
+    return best
