@@ -149,3 +149,26 @@ def test_bad_model_and_config(tmp_path):
     img = write_nifti(tmp_path / "i.nii.gz", image_from_labels(disc_labels()))
     _one_line_error(_run(["segment", img, "-o", tmp_path / "o.nii.gz", "--model", junk]), "junk.pt")
     _one_line_error(_run(["train", "--config", tmp_path / "none.yaml"]), "none.yaml")
+
+
+def test_version_and_models(tmp_path, tiny_checkpoint):
+    from cardioseg import __version__
+    from cardioseg.models.checkpoint import PACKAGED_MODELS, describe_checkpoint
+
+    res = _run(["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"cardioseg {__version__}"
+    # every packaged model and ensemble is listed with its network and training data
+    res = _run(["models"])
+    assert res.exit_code == 0, res.output
+    for name in (*PACKAGED_MODELS, "ensemble"):
+        assert f"{name}: " in res.output
+    assert "24-48-96-192-384" in res.output and "trained on acdc" in res.output
+    # a checkpoint file: its own network (4-8-16, 2 levels of 2x2 convolutions) and parameters
+    info = describe_checkpoint(tiny_checkpoint)
+    assert info["channels"] == [4, 8, 16] and 0 < info["parameters"] < 20_000
+    assert info["val_dice"] is None and info["val_on"] == "training subjects"
+    res = _run(["models", "--model", tiny_checkpoint])
+    assert res.exit_code == 0 and "U-Net 4-8-16" in res.output and "n/a" in res.output
+    # a missing file: one line naming it, exit != 0
+    res = _run(["models", "--model", tmp_path / "nope.pt"])
+    assert res.exit_code != 0 and "nope.pt" in res.output and "Traceback" not in res.output

@@ -29,6 +29,24 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cardioseg import __version__
+
+        typer.echo(f"cardioseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """Cardiac cine MRI segmentation (LV, MYO, RV) across vendors."""
+
+
 def _fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -82,6 +100,41 @@ def train(
     cfg = load_config(config, overrides)
     result = Trainer(cfg, progress=progress).run()
     typer.echo(f"done: {len(result['history'])} epochs, output in {cfg.output_dir}")
+
+
+@app.command()
+@friendly
+def models(
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Describe this checkpoint file (repeatable)"),
+    ] = None,
+) -> None:
+    """List the packaged models (or describe checkpoints): network, training data, recipe."""
+    from cardioseg.models.checkpoint import (
+        PACKAGED_ENSEMBLES,
+        PACKAGED_MODELS,
+        describe_checkpoint,
+    )
+
+    names = model or list(PACKAGED_MODELS)
+    for name in names:
+        d = describe_checkpoint(name)
+        recipe = d["augmentation"] + "".join(f" + {e}" for e in d["extra_augmentation"])
+        if d["init_checkpoint"]:
+            recipe += f", fine-tuned from {Path(d['init_checkpoint']).name}"
+        val = f"{d['val_dice']:.3f}" if d["val_dice"] is not None else "n/a"
+        typer.echo(
+            f"{name}: {Path(d['file']).name} ({d['size_mb']:.1f} MB), U-Net "
+            f"{'-'.join(map(str, d['channels']))}, {d['parameters'] / 1e6:.2f} M parameters; "
+            f"trained on {', '.join(d['datasets']) or '?'} ({d['n_train_volumes'] or '?'} "
+            f"volumes at {d['target_spacing']} mm), {d['iterations']} iterations, {recipe}; "
+            f"last monitored mean Dice {val} ({d['val_on']})"
+        )
+    if not model:
+        for name, members in PACKAGED_ENSEMBLES.items():
+            typer.echo(f"{name}: ensemble of {', '.join(members)} (softmax averaged)")
+        typer.echo("model cards: models/README.md")
 
 
 @app.command()

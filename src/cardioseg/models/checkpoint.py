@@ -149,3 +149,52 @@ def export_checkpoint(
         "export": {"source": Path(source).name, "float16": half, **(notes or {})},
     }
     return save_checkpoint(destination, payload)
+
+
+def describe_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
+    """What a checkpoint is: network, training data and recipe, validation metrics.
+
+    Args:
+        path: A checkpoint file or a packaged model's name (``None``: the default model).
+
+    Returns:
+        Plain values: ``file``, ``size_mb``, ``parameters``, ``channels``, ``datasets``,
+        ``iterations``, ``augmentation``, ``extra_augmentation``, ``init_checkpoint``,
+        ``target_spacing``, ``n_train_volumes``, ``val_dice`` (the last mean Dice the trainer
+        logged on its monitored volumes, ``None`` when absent) and ``val_on`` (what those were:
+        a held-out fold, or training subjects for a model trained on all the data).
+
+    Raises:
+        CardiosegError: Missing or unreadable checkpoint.
+
+    Example:
+        >>> info = describe_checkpoint("default")
+        >>> info["channels"], info["parameters"] > 1_000_000
+        ([24, 48, 96, 192, 384], True)
+    """
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file)
+    cfg, fp = ckpt.get("config", {}), ckpt.get("fingerprint", {})
+    train, data = cfg.get("train", {}), cfg.get("data", {})
+    extra = [
+        f"{a.get('name')} p {a.get('p')}" if isinstance(a, dict) else str(a)
+        for a in train.get("extra_augmentation", [])
+    ]
+    val = ckpt.get("metrics", {}).get("dice_mean")
+    return {
+        "file": str(file),
+        "size_mb": round(file.stat().st_size / 2**20, 2),
+        "parameters": int(sum(v.numel() for v in ckpt["model_state"].values() if v.ndim)),
+        "channels": list(cfg.get("model", {}).get("channels", [])),
+        "datasets": [Path(str(d.get("path", ""))).name for d in data.get("datasets", [])],
+        "iterations": int(train.get("epochs", 0)) * int(train.get("iterations_per_epoch", 0)),
+        "augmentation": train.get("augmentation", ""),
+        "extra_augmentation": extra,
+        "init_checkpoint": cfg.get("init_checkpoint", "") or "",
+        "target_spacing": fp.get("target_spacing", data.get("target_spacing")),
+        "n_train_volumes": fp.get("n_train_volumes"),
+        "val_dice": float(val) if val is not None else None,
+        "val_on": "training subjects"
+        if int(train.get("fold", -1)) < 0
+        else f"held-out fold {train.get('fold')}",
+    }
