@@ -67,6 +67,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+            with open(os.devnull, "w") as devnull:
+                os.dup2(devnull.fileno(), sys.stdout.fileno())
+            raise typer.Exit(1) from None
         except Exception as exc:  # last resort: still one line
             if os.environ.get("CARDIOSEG_DEBUG"):
                 raise
