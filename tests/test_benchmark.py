@@ -360,7 +360,8 @@ def _mnms_like(root: Path) -> Path:
     return root
 
 
-def test_leave_one_domain_out_expands_per_vendor(tmp_path):
+def _lodo_protocol(tmp_path: Path) -> Path:
+    """A leave-one-vendor-out protocol (strong, balanced) over a three-vendor M&Ms-like set."""
     data = _mnms_like(tmp_path / "mnms")
     values = {
         "datasets": {"mnms": {"path": str(data), "layout": "mnms"}},
@@ -372,7 +373,11 @@ def test_leave_one_domain_out_expands_per_vendor(tmp_path):
     }
     path = tmp_path / "lodo.yaml"
     path.write_text(yaml.safe_dump(values))
-    proto = load_protocol(path)
+    return path
+
+
+def test_leave_one_domain_out_expands_per_vendor(tmp_path):
+    proto = load_protocol(_lodo_protocol(tmp_path))
     runs = plan(proto, "quick", tmp_path / "out")
     assert sorted({r.experiment for r in runs}) == ["lodo-GE", "lodo-Philips", "lodo-Siemens"]
     for r in runs:
@@ -391,17 +396,7 @@ def test_leave_one_domain_out_expands_per_vendor(tmp_path):
 def test_experiment_filter_selects_one_held_out_domain(tmp_path):
     from cardioseg.benchmark.runner import _selected_runs
 
-    data = _mnms_like(tmp_path / "mnms")
-    values = {
-        "datasets": {"mnms": {"path": str(data), "layout": "mnms"}},
-        "domain_key": "vendor",
-        "methods": ["strong", "balanced"],
-        "baseline": "strong",
-        "profiles": {"quick": QUICK},
-        "experiments": [{"name": "lodo", "leave_one_out": {"datasets": ["mnms"], "key": "vendor"}}],
-    }
-    path = tmp_path / "lodo.yaml"
-    path.write_text(yaml.safe_dump(values))
+    path = _lodo_protocol(tmp_path)
     proto = load_protocol(path)
     runs = plan(proto, "quick", tmp_path / "out")
     keys = _selected_runs(proto, runs, None, ["lodo-Siemens"])

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import disc_labels, image_from_labels, write_nifti
+from conftest import REPO, disc_labels, image_from_labels, write_nifti
 
 from cardioseg.errors import CardiosegError
 from cardioseg.models import ModelConfig, build_model, load_checkpoint
@@ -163,11 +162,9 @@ def test_training_with_worker_processes(tmp_path):
         _config(tmp_path / "bad", num_workers=-1)
 
 
-@pytest.mark.parametrize(
-    "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
-)
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_training_configs_load(name):
-    cfg = load_config(Path(__file__).parents[1] / "configs" / name)
+    cfg = load_config(REPO / "configs" / name)
     assert cfg.train.epochs > 0 and cfg.data.datasets
     model = build_model(cfg.model)  # the network each config names can be built
     if cfg.init_checkpoint:  # and a fine-tuning config's start matches it

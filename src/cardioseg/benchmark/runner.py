@@ -206,12 +206,9 @@ def _selected_runs(
                 f"--experiment: unknown experiment '{unknown[0]}' "
                 f"(this protocol's experiments: {', '.join(names)})",
             )
-    keys = {
-        r.key
-        for r in runs
-        if (not only or r.method in set(only))
-        and (not experiments or r.experiment in set(experiments))
-    }
+    methods = set(only or (r.method for r in runs))
+    wanted = set(experiments or (r.experiment for r in runs))
+    keys = {r.key for r in runs if r.method in methods and r.experiment in wanted}
     by_key = {r.key: r for r in runs}
     todo = list(keys)
     while todo:
