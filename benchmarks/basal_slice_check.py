@@ -7,6 +7,8 @@ slice by slice, in the volume's own slice axis:
   (``extra``), or lacks inside it (``missing``), told apart at the base and at the apex;
 - the **volume error** split into the part on those slices (``range``, mL) and the part on the
   slices both label (``contour``, mL);
+- how many slices the basal LV slice moves towards the apex from ED to ES, in the reference
+  and in the prediction (the through-plane motion of the base, as each labels it);
 - the **LVEF** error as predicted, and with the prediction's LV restricted to the reference's
   slice range (a diagnostic only: it tells how much of the error is the choice of basal slice;
   no method sees the reference).
@@ -69,6 +71,8 @@ def slice_range_row(
         "contour_ml": 0.0,
         "base_side": "",
         "pred_base_enclosure": float("nan"),
+        "ref_base_slice": -1,
+        "pred_base_slice": -1,
     }
     if r_sl.size == 0:
         return row
@@ -81,8 +85,10 @@ def slice_range_row(
     above = [z for z in p_sl if z > hi]
     below = [z for z in p_sl if z < lo]
     row["extra_base"] = len(above if high_is_base else below)
+    row["ref_base_slice"] = int(hi if high_is_base else lo)
     if p_sl.size:
         top = p_sl[-1] if high_is_base else p_sl[0]
+        row["pred_base_slice"] = int(top)
         row["pred_base_enclosure"] = myocardial_enclosure(np.take(pred, top, axis=axis))
     row["extra_apex"] = len(below if high_is_base else above)
     row["missing"] = int(sum(1 for z in range(lo, hi + 1) if area[z] == 0 and ref_area[z] > 0))
@@ -129,6 +135,10 @@ def main() -> None:
             per_phase[ph] = row
             rows.append(row)
         ed, es = per_phase["ED"], per_phase["ES"]
+        sign = 1 if ed["base_side"] == "high" else -1
+        for who in ("ref", "pred"):
+            descent = sign * (ed[f"{who}_base_slice"] - es[f"{who}_base_slice"])
+            ed[f"{who}_base_descent"] = es[f"{who}_base_descent"] = int(descent)
         ref_ef = ef(ed["ref_lv_ml"], es["ref_lv_ml"])
         for r in (ed, es):
             r["lvef_err_pp"] = ef(ed["pred_lv_ml"], es["pred_lv_ml"]) - ref_ef
@@ -202,6 +212,17 @@ def main() -> None:
 
         lines.append(f"| {ph} | {stats(extra, 'median')} | {stats(inside, 'p5')} |")
     ed_rows = [r for r in rows if r["phase"] == "ED"]
+    lines += [
+        "",
+        "Slices the basal LV slice moves towards the apex from ED to ES (subjects per value):",
+        "",
+        "| labels | " + " | ".join(f"{d} slice(s)" for d in range(-1, 4)) + " |",
+        "|---|" + "---|" * 5,
+    ]
+    for who in ("ref", "pred"):
+        counts = [sum(r[f"{who}_base_descent"] == d for r in ed_rows) for d in range(-1, 4)]
+        name = "reference" if who == "ref" else "prediction"
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + " |")
     e1 = np.abs([r["lvef_err_pp"] for r in ed_rows])
     e2 = np.abs([r["lvef_err_in_range_pp"] for r in ed_rows])
     lines += [
