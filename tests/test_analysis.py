@@ -187,6 +187,46 @@ def test_analyze_bad_input(tmp_path, tiny_checkpoint, kind):
     assert not out.exists()
 
 
+def test_analyze_reader_exclusion(tmp_path, tiny_checkpoint):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(64, 64), spacing=3.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    base = ["analyze", "--ed", paths["p_ED"], "--es", paths["p_ES"], "--model", tiny_checkpoint]
+    res = _run([*base, "-o", tmp_path / "plain", "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain["excluded_slices"] == []
+    slices = {r["slice"]: r for r in plain["slices"]}
+    assert sum(r["lv_es_ml"] for r in slices.values()) == pytest.approx(
+        plain["lv_esv_ml"], abs=0.01
+    )
+    k = max(slices, key=lambda z: slices[z]["lv_es_ml"] + slices[z]["rv_es_ml"])
+    assert slices[k]["lv_es_ml"] + slices[k]["rv_es_ml"] > 0, "the model labelled nothing"
+    res = _run([*base, "-o", tmp_path / "cut", "--no-pdf", "--exclude", f"es:{k}"])
+    assert res.exit_code == 0, res.output
+    assert f"excluded by the reader: ES:{k}" in res.output
+    cut = json.loads((tmp_path / "cut" / "report.json").read_text())
+    assert cut["excluded_slices"] == [f"ES:{k}"]
+    assert cut["lv_esv_ml"] == pytest.approx(plain["lv_esv_ml"] - slices[k]["lv_es_ml"], abs=0.01)
+    assert cut["rv_esv_ml"] == pytest.approx(plain["rv_esv_ml"] - slices[k]["rv_es_ml"], abs=0.01)
+    assert cut["lv_edv_ml"] == plain["lv_edv_ml"]
+    mask_es = np.asarray(nib.load(str(tmp_path / "cut" / "mask_ES.nii.gz")).dataobj)
+    assert not mask_es[..., k].any()
+    assert "ES" in (tmp_path / "cut" / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("value", "needle"), [("ES:x", "whole number"), ("ES:9", "out of range")])
+def test_analyze_bad_exclusion(tmp_path, tiny_checkpoint, value, needle):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    out = tmp_path / "out"
+    res = _run(
+        ["analyze", "--ed", paths["p_ED"], "--es", paths["p_ES"], "-o", out, "--no-pdf"]
+        + ["--model", tiny_checkpoint, "--exclude", value]
+    )
+    _assert_clean_failure(res, needle, value)
+    assert not out.exists()
+
+
 def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     studies = tmp_path / "studies"
     _write_cine(studies / "a.nii.gz", seed=5, frames=4)

@@ -391,6 +391,14 @@ def analyze(
     es_frame: Annotated[int | None, typer.Option(help="Force the ES frame index")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Take a slice out of ED or ES: PHASE:SLICE (all structures), PHASE:SLICE:LV "
+            "(LV and myocardium) or PHASE:SLICE:RV; slice = index in the masks and in the "
+            "report's slice table; repeatable"
+        ),
+    ] = None,
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
     from cardioseg.clinical.analysis import analyze_study
@@ -407,6 +415,7 @@ def analyze(
         ed_frame=ed_frame,
         es_frame=es_frame,
         write_pdf=pdf,
+        exclude=exclude or (),
     )
     qc = report.get("qc", {})
     typer.echo(
@@ -416,6 +425,8 @@ def analyze(
     )
     for reason in qc.get("reasons", []):
         typer.echo(f"  - {reason}")
+    if report.get("excluded_slices"):
+        typer.echo(f"excluded by the reader: {', '.join(report['excluded_slices'])}")
     typer.echo(f"report: {output / 'report.html'}")
 
 

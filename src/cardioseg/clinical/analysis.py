@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cardioseg.clinical.slices import SliceExclusion, apply_exclusions, slice_volumes
 from cardioseg.errors import CardiosegError
 from cardioseg.io.nifti import ImageProperties, atomic_folder, is_nifti, read_image, write_label
 
@@ -89,11 +91,17 @@ def analyze_study(
     ed_frame: int | None = None,
     es_frame: int | None = None,
     write_pdf: bool = True,
+    exclude: Sequence[str | SliceExclusion] = (),
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
     Outputs are first written into a temporary sibling folder that is renamed onto ``outdir`` at
     the end, so an interrupted analysis never leaves a half-written result folder.
+
+    ``exclude`` lists slices the reader takes out of the ED or ES phase (``"ES:8"``, ``"ES:8:LV"``,
+    see :mod:`cardioseg.clinical.slices`): typically a basal slice that shows the atrium. They
+    are removed from the ED/ES masks before the indices and QC, and listed in the report next to
+    the slice-by-slice volumes (``report.json["slices"]``).
 
     Returns:
         The content of ``report.json``.
@@ -108,9 +116,22 @@ def analyze_study(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise CardiosegError(outdir, "output exists and is not a folder")
+    try:
+        exclusions = [
+            e if isinstance(e, SliceExclusion) else SliceExclusion.parse(e) for e in exclude
+        ]
+    except ValueError as err:
+        raise CardiosegError(None, str(err)) from None
     st = load_study(study, ed, es)
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
+    axis = slice_axis(spacing, st.image.shape[:3])
+    for ex in exclusions:
+        if not 0 <= ex.slice < st.image.shape[axis]:
+            raise CardiosegError(
+                st.source,
+                f"exclusion {ex}: slice out of range 0..{st.image.shape[axis] - 1} of the stack",
+            )
     labels = _segment_frames(seg, st)
     lv_curve = volume_curve(labels, spacing, 1)
     rv_curve = volume_curve(labels, spacing, 3)
@@ -143,6 +164,13 @@ def analyze_study(
             )
     finally:
         seg.tta = tta_before
+    if exclusions:
+        if ed_i == es_i:
+            raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
+        edited = apply_exclusions(
+            {"ED": labels[..., ed_i], "ES": labels[..., es_i]}, exclusions, axis
+        )
+        labels[..., ed_i], labels[..., es_i] = edited["ED"], edited["ES"]
     frames = [ed_i, es_i]
     lv_curve[frames] = volume_curve(labels[..., frames], spacing, 1)
     rv_curve[frames] = volume_curve(labels[..., frames], spacing, 3)
@@ -171,7 +199,7 @@ def analyze_study(
             "n_frames": n,
             "n_slices": int(labels.shape[2]),
             "spacing_mm": list(spacing),
-            "slice_axis": slice_axis(spacing, labels.shape[:3]),
+            "slice_axis": axis,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if dm is not None:
@@ -196,6 +224,8 @@ def analyze_study(
             spacing=spacing,
             meta=meta,
             write_pdf=write_pdf,
+            slices=slice_volumes(labels[..., ed_i], labels[..., es_i], spacing, axis),
+            exclusions=[str(e) for e in exclusions],
         )
     import json
 

@@ -290,6 +290,41 @@ def _reason_color(issue: dict[str, Any] | None, status: str) -> str:
     return "#666666"
 
 
+SLICE_COLUMNS = (
+    ("lv_ed_ml", "LV ED"),
+    ("lv_es_ml", "LV ES"),
+    ("myo_ed_ml", "Myo ED"),
+    ("rv_ed_ml", "RV ED"),
+    ("rv_es_ml", "RV ES"),
+)
+EXCLUDE_HINT = (
+    "Slice = index in the mask files. A reader who judges a slice to be outside the ventricle "
+    "(e.g. atrium above the base at end-systole) can re-run with --exclude ES:SLICE "
+    "(or ES:SLICE:LV, ES:SLICE:RV)."
+)
+
+
+def _slice_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells of the slice-by-slice volume table (notes name exclusions)."""
+    excluded: dict[int, list[str]] = {}
+    for text in report.get("excluded_slices") or []:
+        phase, index, *structures = str(text).split(":")
+        excluded.setdefault(int(index), []).append(
+            f"{phase} {structures[0]}" if structures else phase
+        )
+    header = ["Slice", "", *(name for _, name in SLICE_COLUMNS), "Excluded"]
+    cells = [
+        [
+            str(r["slice"]),
+            str(r.get("position", "")),
+            *(f"{float(r[key]):.1f}" for key, _ in SLICE_COLUMNS),
+            ", ".join(excluded.get(int(r["slice"]), [])),
+        ]
+        for r in report.get("slices") or []
+    ]
+    return header, cells
+
+
 def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str, Path]) -> str:
     e = html.escape
     qc = report["qc"]
@@ -332,6 +367,24 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     sources = sorted(
         {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
     )
+    slice_html = ""
+    header, cells = _slice_table(report)
+    if cells:
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td{' class=num' if 2 <= i < len(c) - 1 else ''}>{e(v)}</td>"
+                for i, v in enumerate(c)
+            )
+            + "</tr>"
+            for c in cells
+        )
+        slice_html = (
+            "<h2>Slice-by-slice volumes (mL, base first)</h2>"
+            f"<table><tr>{head}</tr>{body}</table>"
+            f'<p class="small">{e(EXCLUDE_HINT)}</p>'
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Cardiac cine analysis</title>
@@ -362,6 +415,7 @@ End-systole: frame {e(str(report["es_frame"]))}</p>
 <th>Flag</th></tr>{table}</table>
 <p class="small">Normal ranges: sex-pooled adult ranges (mean ± 2 SD) from
 {e("; ".join(sources))}. LV mass = myocardial volume at ED × 1.05 g/mL.</p>
+{slice_html}
 {imgs}
 <h2>Acquisition and processing</h2>
 <table>{meta_rows or "<tr><td>no details given</td></tr>"}</table>
@@ -400,6 +454,14 @@ def _write_pdf(
             0.07, y, f"ED frame {report['ed_frame']}   ES frame {report['es_frame']}", fontsize=10
         )
         y -= 0.03
+        if report.get("excluded_slices"):
+            fig.text(
+                0.07,
+                y,
+                "Slices excluded by the reader: " + ", ".join(report["excluded_slices"]),
+                fontsize=10,
+            )
+            y -= 0.03
         if rows:
             height = 0.022 * (len(rows) + 1)
             ax = fig.add_axes((0.07, y - height, 0.86, height))
@@ -454,6 +516,20 @@ def _write_pdf(
             fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
             pdf.savefig(fig)
             plt.close(fig)
+        header, cells = _slice_table(report)
+        if cells:
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.07, 0.95, "Slice-by-slice volumes (mL, base first)", fontsize=12)
+            height = min(0.8, 0.025 * (len(cells) + 1))
+            ax = fig.add_axes((0.07, 0.92 - height, 0.86, height))
+            ax.axis("off")
+            tab = ax.table(cellText=cells, colLabels=header, bbox=(0.0, 0.0, 1.0, 1.0))
+            tab.auto_set_font_size(False)
+            tab.set_fontsize(8)
+            for k, line in enumerate(textwrap.wrap(EXCLUDE_HINT, 100)):
+                fig.text(0.07, 0.9 - height - 0.02 * k, line, fontsize=8, color="#555")
+            pdf.savefig(fig)
+            plt.close(fig)
         if curves is not None:
             fig, ax = plt.subplots(figsize=(8.27, 5.8))
             _plot_curve(ax, curves[0], curves[1], int(report["ed_frame"]), int(report["es_frame"]))
@@ -481,6 +557,8 @@ def write_report(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     meta: Mapping[str, Any] | None = None,
     write_pdf: bool = True,
+    slices: Sequence[Mapping[str, Any]] | None = None,
+    exclusions: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``, ``report.html`` and
     ``report.pdf`` into ``outdir`` (every file atomically).
@@ -500,6 +578,10 @@ def write_report(
             UIDs, paths, ...) are dropped; ``meta["patient_label"]`` is the only patient-related
             text shown.
         write_pdf: Also write ``report.pdf``.
+        slices: Slice-by-slice volumes
+            (:func:`~cardioseg.clinical.slices.slice_volumes`), shown as a table.
+        exclusions: Slices the reader took out (``"ES:8"``, ``"ES:8:LV"``), listed in the
+            report.
 
     Returns:
         Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
@@ -549,6 +631,8 @@ def write_report(
             },
             "qc": _qc_dict(qc),
             "volume_curve": None if curves is None else {"lv_ml": curves[0], "rv_ml": curves[1]},
+            "slices": [dict(r) for r in slices or []],
+            "excluded_slices": [str(x) for x in exclusions],
             "meta": clean_meta,
             "disclaimer": DISCLAIMER,
         }
