@@ -126,12 +126,11 @@ def analyze_study(
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
     axis = slice_axis(spacing, st.image.shape[:3])
-    for ex in exclusions:
-        if not 0 <= ex.slice < st.image.shape[axis]:
-            raise CardiosegError(
-                st.source,
-                f"exclusion {ex}: slice out of range 0..{st.image.shape[axis] - 1} of the stack",
-            )
+    try:  # before the slow part
+        for ex in exclusions:
+            ex.check(st.image.shape[axis])
+    except ValueError as err:
+        raise CardiosegError(st.source, str(err)) from None
     labels = _segment_frames(seg, st)
     lv_curve = volume_curve(labels, spacing, 1)
     rv_curve = volume_curve(labels, spacing, 3)

@@ -65,6 +65,11 @@ class SliceExclusion:
             raise ValueError(f"exclusion {text!r}: structures must be LV, RV or all")
         return cls(parts[0].upper(), index, names[structures.lower()])
 
+    def check(self, n_slices: int) -> None:
+        """Raise ``ValueError`` when the slice is not in a stack of ``n_slices``."""
+        if not 0 <= self.slice < n_slices:
+            raise ValueError(f"exclusion {self}: slice out of range 0..{n_slices - 1} of the stack")
+
     def __str__(self) -> str:
         return f"{self.phase}:{self.slice}" + (
             "" if self.structures == "all" else f":{self.structures}"
@@ -98,10 +103,7 @@ def apply_exclusions(
         if ex.phase not in out:
             raise ValueError(f"exclusion {ex}: no {ex.phase} labels")
         moved = np.moveaxis(out[ex.phase], slice_axis, 0)  # a view: edits reach out[...]
-        if not 0 <= ex.slice < moved.shape[0]:
-            raise ValueError(
-                f"exclusion {ex}: slice out of range 0..{moved.shape[0] - 1} of the stack"
-            )
+        ex.check(moved.shape[0])
         sl = moved[ex.slice]
         sl[np.isin(sl, EXCLUDED_LABELS[ex.structures])] = 0
     return out
