@@ -28,6 +28,7 @@ from cardioseg.clinical.indices import (
     compare_to_normal,
 )
 from cardioseg.clinical.qc import QCResult
+from cardioseg.clinical.slices import SliceExclusion
 from cardioseg.io.nifti import atomic_write
 
 DISCLAIMER = (
@@ -308,10 +309,9 @@ def _slice_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and text cells of the slice-by-slice volume table (notes name exclusions)."""
     excluded: dict[int, list[str]] = {}
     for text in report.get("excluded_slices") or []:
-        phase, index, *structures = str(text).split(":")
-        excluded.setdefault(int(index), []).append(
-            f"{phase} {structures[0]}" if structures else phase
-        )
+        ex = SliceExclusion.parse(text)
+        note = ex.phase if ex.structures == "all" else f"{ex.phase} {ex.structures}"
+        excluded.setdefault(ex.slice, []).append(note)
     header = ["Slice", "", *(name for _, name in SLICE_COLUMNS), "Excluded"]
     cells = [
         [
