@@ -536,6 +536,66 @@ def test_stop_requeues_and_delete_cancels_running_jobs(tmp_path, tiny_checkpoint
         ]
 
 
+def test_reanalyze_with_reader_exclusions(tmp_path, tiny_checkpoint, studies):
+    with _client(_config(tmp_path, tiny_checkpoint)) as client:
+        up = _upload_pair(client, studies["ed"], studies["es"]).json()
+        sid = up["study"]["id"]
+        assert _wait(client, up["job"]["id"])["state"] == "done"
+        first = client.get(f"/api/studies/{sid}").json()
+        assert first["excluded_slices"] == [] and first["study"]["exclude"] == []
+        slices = {r["slice"]: r for r in first["slices"]}
+        k = max(slices, key=lambda z: slices[z]["lv_es_ml"] + slices[z]["rv_es_ml"])
+        assert slices[k]["lv_es_ml"] + slices[k]["rv_es_ml"] > 0, "the model labelled nothing"
+        before = client.get(f"/api/studies/{sid}/results").json()
+        for bad in (["ES:x"], ["ES:99"], ["MID:1"]):
+            r = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": bad})
+            assert r.status_code == 400 and bad[0] in r.json()["detail"], r.text
+        missing = client.post("/api/studies/0123456789abcdef/reanalyze", json={"exclude": []})
+        assert missing.status_code == 404
+    # queued without a worker: a second request is refused; the exclusion survives a restart
+    with _client(_config(tmp_path, tiny_checkpoint, start_worker=False)) as client:
+        r = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": [f"es:{k}"]})
+        assert r.status_code == 201, r.text
+        job = r.json()["job"]
+        assert job["state"] == "queued" and r.json()["study"]["exclude"] == [f"ES:{k}"]
+        again = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": []})
+        assert again.status_code == 409
+    with _client(_config(tmp_path, tiny_checkpoint)) as client:
+        assert _wait(client, job["id"])["state"] == "done"
+        after = client.get(f"/api/studies/{sid}/results").json()
+        detail = client.get(f"/api/studies/{sid}").json()
+    assert after["excluded_slices"] == detail["excluded_slices"] == [f"ES:{k}"]
+    assert after["lv_esv_ml"] == pytest.approx(
+        before["lv_esv_ml"] - slices[k]["lv_es_ml"], abs=0.01
+    )
+    assert after["rv_esv_ml"] == pytest.approx(
+        before["rv_esv_ml"] - slices[k]["rv_es_ml"], abs=0.01
+    )
+    assert after["lv_edv_ml"] == before["lv_edv_ml"]
+
+
+def test_database_from_version_1_gains_exclusions(tmp_path):
+    from cardioseg.app.db import Database
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript(
+        "CREATE TABLE studies (id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL,"
+        " files TEXT NOT NULL, n_frames INTEGER, size_bytes INTEGER NOT NULL, height_cm REAL,"
+        " weight_kg REAL, created_utc TEXT NOT NULL);"
+        "INSERT INTO studies VALUES ('s1', 'old', 'pair', '{}', 2, 10, NULL, NULL, 'now');"
+        "PRAGMA user_version=1;"
+    )
+    con.close()
+    db = Database(path)
+    assert db.get_study("s1")["exclude"] == []
+    assert db.reanalyze("s1", ["ES:3"], "j1")[0]["exclude"] == ["ES:3"]
+    assert db.reanalyze("s1", [], "j2") == "busy"  # j1 is still queued
+    assert db.reanalyze("nope", [], "j3") == "missing"
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_data_folder_is_locked(tmp_path, tiny_checkpoint):
     from cardioseg.errors import CardiosegError
 

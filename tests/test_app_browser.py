@@ -170,6 +170,19 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             _wait_js(page, "nvState.nv.opts.sliceType === nvState.nv.sliceTypeMultiplanar")
             page.check('input[name="viewer-mode"][value="slices"]')
             assert page.is_visible("#viewer-stage") and page.is_hidden("#nv-stage")
+
+            # the slice table, and a re-analysis with a slice taken out of ES
+            assert page.locator("#slices-rows tr").count() == len(report["slices"])
+            k = report["slices"][0]["slice"]  # stays listed once excluded, even if emptied
+            page.fill("#exclude-input", "bad")
+            page.click("#reanalyze-button")
+            _wait_js(page, "document.getElementById('exclude-status').textContent.includes('bad')")
+            page.fill("#exclude-input", f"ES:{k}")
+            page.click("#reanalyze-button")
+            _wait_js(page, "!document.getElementById('result-area').hidden", timeout=90)
+            cell = f'#slices-rows tr[data-slice="{k}"] td:last-child'
+            _wait_js(page, f"(document.querySelector('{cell}') || {{}}).textContent === 'ES'")
+            assert page.input_value("#exclude-input") == f"ES:{k}"
         finally:
             browser.close()
     assert not page_errors, page_errors

@@ -34,6 +34,11 @@ def test_slice_volumes_sum_to_the_indices_and_list_base_first(pair):
     flipped = slice_volumes(ed[..., ::-1], es[..., ::-1], SPACING)
     assert [r["slice"] for r in flipped] == list(range(8, 0, -1))
     assert flipped[0]["lv_ed_ml"] == rows[0]["lv_ed_ml"]
+    # an empty slice is listed only when asked for (a reader's exclusion stays visible)
+    listed = slice_volumes(ed, es, SPACING, include=[0])
+    assert [r["slice"] for r in listed] == list(range(9))  # slice 0 lies above the base
+    assert listed[0]["lv_ed_ml"] == 0.0 and listed[0]["position"] == ""
+    assert listed[1]["position"] == "base"
 
 
 def test_slice_volumes_along_another_axis(pair):

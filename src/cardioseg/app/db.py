@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS studies (
     size_bytes INTEGER NOT NULL,
     height_cm REAL,
     weight_kg REAL,
-    created_utc TEXT NOT NULL
+    created_utc TEXT NOT NULL,
+    exclude TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -85,7 +86,18 @@ def _study(row: sqlite3.Row | None) -> dict[str, Any] | None:
     keys = ("id", "name", "kind", "n_frames", "size_bytes", "height_cm", "weight_kg", "created_utc")
     out = {k: row[k] for k in keys}
     out["files"] = json.loads(row["files"])
+    out["exclude"] = json.loads(row["exclude"])
     return out
+
+
+def _queue_job(con: sqlite3.Connection, job_id: str, study_id: str, now: str) -> None:
+    """Insert a queued job at the end of the queue (inside the caller's transaction)."""
+    seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
+    con.execute(
+        "INSERT INTO jobs (id, study_id, state, message, created_utc, seq)"
+        " VALUES (?, ?, 'queued', 'waiting for the worker', ?, ?)",
+        (job_id, study_id, now, seq),
+    )
 
 
 class Database:
@@ -101,6 +113,9 @@ class Database:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            columns = {r["name"] for r in con.execute("PRAGMA table_info(studies)")}
+            if "exclude" not in columns:  # a version-1 database: studies had no exclusions
+                con.execute("ALTER TABLE studies ADD COLUMN exclude TEXT NOT NULL DEFAULT '[]'")
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -157,13 +172,35 @@ class Database:
                     now,
                 ),
             )
-            seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            con.execute(
-                "INSERT INTO jobs (id, study_id, state, message, created_utc, seq)"
-                " VALUES (?, ?, 'queued', 'waiting for the worker', ?, ?)",
-                (job_id, study["id"], now, seq),
-            )
+            _queue_job(con, job_id, study["id"], now)
         return self.get_study(study["id"]), self.get_job(job_id)  # type: ignore[return-value]
+
+    def reanalyze(self, study_id: str, exclude: list[str], job_id: str) -> tuple[dict, dict] | str:
+        """Queue a new analysis of a stored study with the reader's slice exclusions.
+
+        Args:
+            study_id: The study.
+            exclude: Exclusions in text form (``"ES:8"``), already validated; ``[]`` clears them.
+            job_id: Id of the new job.
+
+        Returns:
+            ``(study, job)`` as stored, or ``"missing"`` / ``"busy"`` when the study does not
+            exist or its analysis is still queued or running.
+        """
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
+                return "missing"
+            busy = con.execute(
+                "SELECT 1 FROM jobs WHERE study_id = ? AND state IN ('queued', 'running')",
+                (study_id,),
+            ).fetchone()
+            if busy is not None:
+                return "busy"
+            con.execute(
+                "UPDATE studies SET exclude = ? WHERE id = ?", (json.dumps(exclude), study_id)
+            )
+            _queue_job(con, job_id, study_id, utcnow())
+        return self.get_study(study_id), self.get_job(job_id)  # type: ignore[return-value]
 
     def get_study(self, study_id: str) -> dict[str, Any] | None:
         """The study row, or ``None``."""

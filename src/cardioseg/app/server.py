@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 
 from cardioseg import __version__
 from cardioseg.app.config import AppConfig, is_loopback
@@ -117,6 +118,18 @@ UPLOAD_OPENAPI: dict[str, Any] = {
         },
     }
 }
+
+
+class ReanalyzeRequest(BaseModel):
+    """Body of ``POST /api/studies/{id}/reanalyze``."""
+
+    exclude: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Slices to take out of a phase: 'ES:8' (all structures), 'ES:8:LV' (LV and "
+        "myocardium) or 'ES:8:RV'; slice = index in the masks and in the report's slice table. "
+        "An empty list analyses the study without exclusions.",
+    )
 
 
 def _err(status: int, message: str) -> HTTPException:
@@ -435,9 +448,44 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             out["qc"] = report.get("qc")
             out["ed_frame"], out["es_frame"] = report.get("ed_frame"), report.get("es_frame")
             out["volume_curve"] = report.get("volume_curve")
+            out["slices"] = report.get("slices") or []
+            out["excluded_slices"] = report.get("excluded_slices") or []
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()
         return out
+
+    @app.post(
+        "/api/studies/{study_id}/reanalyze",
+        status_code=201,
+        tags=["studies"],
+        summary="Analyse a study again with the reader's slice exclusions",
+        responses={
+            400: {"description": "Bad exclusion"},
+            404: {"description": "No such study"},
+            409: {"description": "Its analysis is still queued or running"},
+        },
+    )
+    def reanalyze(study_id: str, body: ReanalyzeRequest) -> JSONResponse:
+        from cardioseg.clinical.slices import SliceExclusion
+
+        study_or_404(study_id)
+        n_slices = ((db.get_result(study_id) or {}).get("meta") or {}).get("n_slices")
+        try:
+            exclusions = [SliceExclusion.parse(text) for text in body.exclude]
+            for ex in exclusions:
+                if isinstance(n_slices, int):
+                    ex.check(n_slices)
+        except ValueError as exc:
+            raise _err(400, str(exc)) from None
+        out = db.reanalyze(study_id, [str(ex) for ex in exclusions], new_id())
+        if out == "missing":
+            raise _err(404, "study not found")
+        if out == "busy":
+            raise _err(409, "the study's analysis is still queued or running")
+        study, job = out
+        worker.wake()
+        log.info("study %s: re-analysis queued as job %s", study_id, job["id"])
+        return JSONResponse({"study": study, "job": job}, status_code=201)
 
     @app.delete(
         "/api/studies/{study_id}",

@@ -239,6 +239,7 @@ class Worker:
                 height_cm=study.get("height_cm"),
                 weight_kg=study.get("weight_kg"),
                 write_pdf=self.config.write_pdf,
+                exclude=study.get("exclude") or (),
                 **inputs,
             )
             progress.report(0.92, "preparing the slice viewer")

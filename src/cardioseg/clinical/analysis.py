@@ -196,7 +196,7 @@ def analyze_study(
         meta = {
             "source_kind": st.kind,
             "n_frames": n,
-            "n_slices": int(labels.shape[2]),
+            "n_slices": int(labels.shape[axis]),
             "spacing_mm": list(spacing),
             "slice_axis": axis,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -223,7 +223,13 @@ def analyze_study(
             spacing=spacing,
             meta=meta,
             write_pdf=write_pdf,
-            slices=slice_volumes(labels[..., ed_i], labels[..., es_i], spacing, axis),
+            slices=slice_volumes(
+                labels[..., ed_i],
+                labels[..., es_i],
+                spacing,
+                axis,
+                include=[e.slice for e in exclusions],
+            ),
             exclusions=[str(e) for e in exclusions],
         )
     import json

@@ -114,10 +114,12 @@ def slice_volumes(
     es_label: np.ndarray,
     spacing: Sequence[float],
     slice_axis: int = 2,
+    include: Iterable[int] = (),
 ) -> list[dict[str, float | int | str]]:
     """Volume of each structure on each slice at ED and ES, base first.
 
-    Only slices with a label in either phase are listed. The basal end is the end of the ED
+    Only slices with a label in either phase, or named in ``include`` (e.g. the slices a reader
+    excluded, so that they stay listed), are listed. The basal end is the end of the ED
     LV stack with the larger heart (as the post-processing's basal-slice rule decides); the
     first and last listed LV slices are marked ``"base"`` and ``"apex"``.
 
@@ -126,6 +128,7 @@ def slice_volumes(
         es_label: Canonical 3D labels at end-systole (same shape).
         spacing: Voxel size in mm.
         slice_axis: Axis of the short-axis slices.
+        include: Slices listed even when empty.
 
     Returns:
         One dict per slice: ``slice`` (stored index), ``position`` (``"base"``, ``"apex"`` or
@@ -151,7 +154,8 @@ def slice_volumes(
         for name, value in (("lv", LV), ("myo", MYO), ("rv", RV))
         for phase, arr in (("ed", ed), ("es", es))
     }
-    present = [z for z in range(n) if (ed[z] > 0).any() or (es[z] > 0).any()]
+    extra = {int(z) for z in include}
+    present = [z for z in range(n) if z in extra or (ed[z] > 0).any() or (es[z] > 0).any()]
     base = basal_end(np.moveaxis(ed, 0, 2), 2)
     if base is not None and base == max(present, default=0):
         present = present[::-1]

@@ -348,6 +348,7 @@ async function showResult(d) {
   }
   renderReasons();
   renderTable(d.table);
+  renderSlices(d);
   renderDownloads(d.downloads);
   if (d.viewer) {
     try {
@@ -385,6 +386,56 @@ function renderTable(rows) {
       el("td", { text: r.unit }),
       el("td", { text: r.range }),
       el("td", { class: "flag flag-" + (r.flag || "none"), text: r.flag || "" })));
+  }
+}
+
+const SLICE_KEYS = ["lv_ed_ml", "lv_es_ml", "myo_ed_ml", "rv_ed_ml", "rv_es_ml"];
+
+function renderSlices(d) {
+  const excluded = {};
+  for (const text of d.excluded_slices || []) {
+    const [phase, index, structures] = text.split(":");
+    (excluded[index] = excluded[index] || []).push(structures ? phase + " " + structures : phase);
+  }
+  const body = $("slices-rows");
+  body.replaceChildren();
+  for (const r of d.slices || []) {
+    body.append(el("tr", { "data-slice": String(r.slice) },
+      el("td", { class: "num", text: String(r.slice) }),
+      el("td", { text: r.position || "" }),
+      ...SLICE_KEYS.map((k) => el("td", { class: "num", text: fmt(r[k]) })),
+      el("td", { text: (excluded[r.slice] || []).join(", ") })));
+  }
+  $("slices-card").hidden = !(d.slices && d.slices.length);
+  $("exclude-input").value = (d.excluded_slices || []).join(", ");
+  $("exclude-status").textContent = "";
+}
+
+async function onReanalyze(event) {
+  event.preventDefault();
+  const id = state.selected;
+  if (!id) return;
+  const exclude = $("exclude-input").value.split(/[\s,;]+/).filter((t) => t.length);
+  const status = $("exclude-status");
+  status.classList.remove("error");
+  const bad = exclude.filter((t) => !/^(ED|ES):\d+(:(LV|RV|all))?$/i.test(t));
+  if (bad.length) {  // the server checks too; this answers without a request
+    status.textContent = "Not understood: " + bad.join(", ") + " (use e.g. ES:8 or ES:8:LV)";
+    status.classList.add("error");
+    return;
+  }
+  try {
+    await api("/api/studies/" + id + "/reanalyze", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ exclude }),
+    });
+    status.textContent = "Re-analysis queued.";
+    $("result-area").hidden = true;
+    await refreshDetail();
+  } catch (e) {
+    status.textContent = e.message;
+    status.classList.add("error");
   }
 }
 
@@ -740,6 +791,7 @@ function init() {
   initToken();
   for (const r of document.querySelectorAll('input[name="mode"]')) r.addEventListener("change", onModeChange);
   $("upload-form").addEventListener("submit", onUpload);
+  $("exclude-form").addEventListener("submit", onReanalyze);
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
     state.token = $("token-input").value.trim();
