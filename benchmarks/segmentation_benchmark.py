@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cardioseg.benchmark.report import compare_paired  # noqa: E402
 from cardioseg.data.datasets import discover, load_case  # noqa: E402
 from cardioseg.errors import CardiosegError  # noqa: E402
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics  # noqa: E402
@@ -171,6 +172,34 @@ def main() -> None:
             )
     if skipped:
         lines += ["", "Cases that could not be loaded (left out): " + "; ".join(skipped)]
+    reference = next(iter(methods))
+    lines += [
+        "",
+        f"Paired per case against `{reference}` (mean Dice; Wilcoxon signed-rank):",
+        "",
+        "| dataset | method | n | median difference | better on | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ds in args.datasets:
+
+        def dice_by_case(method: str, ds: str = ds) -> dict[tuple, float]:
+            return {
+                (r["subject"], r["phase"]): r["mean_dice"]
+                for r in rows
+                if r["dataset"] == ds and r["method"] == method
+            }
+
+        ref = dice_by_case(reference)
+        for name in list(methods)[1:]:
+            own = dice_by_case(name)
+            common = sorted(set(ref) & set(own))
+            if not common:
+                continue
+            t = compare_paired([own[c] - ref[c] for c in common])
+            lines.append(
+                f"| {ds} | {name} | {t['n']} | {t['median_diff']:+.3f} | "
+                f"{t['n_better']} of {t['n']} | {t['p_value']:.2g} |"
+            )
     lines += [
         "",
         "Per vendor (M&Ms):",

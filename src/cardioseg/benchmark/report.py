@@ -7,6 +7,7 @@ import math
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,44 @@ def _per_case(rows: list[dict], exp: str, domain: str, method: str, metric: str)
     return {k: float(np.mean(v)) for k, v in vals.items()}
 
 
+def compare_paired(differences: Sequence[float]) -> dict[str, float | int]:
+    """Wilcoxon signed-rank test of paired per-case differences (method − reference).
+
+    Returns:
+        ``n``, ``median_diff``, ``n_better`` (differences > 0), ``statistic`` and ``p_value``
+        (``nan`` with fewer than two cases; 1.0 when every difference is 0).
+
+    Example:
+        >>> r = compare_paired([0.0, 0.0])
+        >>> r["n"], r["n_better"], r["p_value"]
+        (2, 0, 1.0)
+    """
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(differences, dtype=float)
+    entry: dict[str, float | int] = {
+        "n": len(d),
+        "median_diff": float(np.median(d)) if len(d) else float("nan"),
+        "n_better": int((d > 0).sum()),
+        "statistic": float("nan"),
+        "p_value": float("nan"),
+    }
+    if len(d) and np.allclose(d, 0):
+        entry.update(statistic=0.0, p_value=1.0)
+    elif len(d) >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = wilcoxon(d)
+        entry.update(statistic=float(res.statistic), p_value=float(res.pvalue))
+    return entry
+
+
 def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
     """Wilcoxon signed-rank tests of each method against its references, per target domain.
 
     References: the protocol baseline, the method's ``compare_to`` and the method it takes its
     model from. Pairs are cases (values averaged over the seeds both methods have).
     """
-    from scipy.stats import wilcoxon
-
     keys = sorted({(r["experiment"], str(r["domain"])) for r in rows})
     methods = {(r["experiment"], r["method"]) for r in rows}
     out = []
@@ -109,26 +140,18 @@ def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
                     a = _per_case(rows, exp, domain, name, metric)
                     b = _per_case(rows, exp, domain, ref, metric)
                     common = sorted(set(a) & set(b))
-                    d = np.array([a[c] - b[c] for c in common])
-                    entry = {
-                        "experiment": exp,
-                        "domain": domain,
-                        "method": name,
-                        "reference": ref,
-                        "metric": metric,
-                        "n": len(d),
-                        "median_diff": float(np.median(d)) if len(d) else float("nan"),
-                        "statistic": float("nan"),
-                        "p_value": float("nan"),
-                    }
-                    if len(d) and np.allclose(d, 0):
-                        entry.update(statistic=0.0, p_value=1.0)
-                    elif len(d) >= 2:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            res = wilcoxon(d)
-                        entry.update(statistic=float(res.statistic), p_value=float(res.pvalue))
-                    out.append(entry)
+                    test = compare_paired([a[c] - b[c] for c in common])
+                    test.pop("n_better")
+                    out.append(
+                        {
+                            "experiment": exp,
+                            "domain": domain,
+                            "method": name,
+                            "reference": ref,
+                            "metric": metric,
+                            **test,
+                        }
+                    )
     return out
 
 
