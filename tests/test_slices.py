@@ -34,6 +34,12 @@ def test_slice_volumes_sum_to_the_indices_and_list_base_first(pair):
     flipped = slice_volumes(ed[..., ::-1], es[..., ::-1], SPACING)
     assert [r["slice"] for r in flipped] == list(range(8, 0, -1))
     assert flipped[0]["lv_ed_ml"] == rows[0]["lv_ed_ml"]
+    # a slice beyond the base with RV only (outflow tract) does not turn the order round
+    ed_rv, es_rv = ed[..., ::-1].copy(), es[..., ::-1].copy()
+    ed_rv[10:20, 10:20, 9] = 3
+    beyond = slice_volumes(ed_rv, es_rv, SPACING)
+    assert [r["slice"] for r in beyond] == list(range(9, 0, -1))
+    assert beyond[1]["position"] == "base" and beyond[0]["rv_ed_ml"] > 0
     # an empty slice is listed only when asked for (a reader's exclusion stays visible)
     listed = slice_volumes(ed, es, SPACING, include=[0])
     assert [r["slice"] for r in listed] == list(range(9))  # slice 0 lies above the base

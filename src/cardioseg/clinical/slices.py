@@ -156,9 +156,9 @@ def slice_volumes(
     }
     extra = {int(z) for z in include}
     present = [z for z in range(n) if z in extra or (ed[z] > 0).any() or (es[z] > 0).any()]
-    base = basal_end(np.moveaxis(ed, 0, 2), 2)
-    if base is not None and base == max(present, default=0):
-        present = present[::-1]
+    base = basal_end(np.moveaxis(ed, 0, 2), 2)  # an end of the ED LV stack, or None
+    if base is not None and base == np.flatnonzero(counts["lv", "ed"])[-1]:
+        present = present[::-1]  # the base is the high end: list from the top
     lv_slices = [z for z in present if counts["lv", "ed"][z] > 0 or counts["lv", "es"][z] > 0]
     rows: list[dict[str, float | int | str]] = []
     for z in present:
