@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cardioseg.clinical.indices import _ef
 from cardioseg.data.datasets import discover, ed_es_pairs, load_case
 from cardioseg.inference.postprocess import basal_end, myocardial_enclosure
 from cardioseg.io.nifti import atomic_write, read_label
@@ -98,10 +99,6 @@ def slice_range_row(
     return row
 
 
-def ef(edv: float, esv: float) -> float:
-    return 100.0 * (edv - esv) / edv if edv > 0 else float("nan")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", type=Path, required=True)
@@ -139,11 +136,11 @@ def main() -> None:
         for who in ("ref", "pred"):
             descent = sign * (ed[f"{who}_base_slice"] - es[f"{who}_base_slice"])
             ed[f"{who}_base_descent"] = es[f"{who}_base_descent"] = int(descent)
-        ref_ef = ef(ed["ref_lv_ml"], es["ref_lv_ml"])
+        ref_ef = _ef(ed["ref_lv_ml"], es["ref_lv_ml"])
         for r in (ed, es):
-            r["lvef_err_pp"] = ef(ed["pred_lv_ml"], es["pred_lv_ml"]) - ref_ef
+            r["lvef_err_pp"] = _ef(ed["pred_lv_ml"], es["pred_lv_ml"]) - ref_ef
             r["lvef_err_in_range_pp"] = (
-                ef(
+                _ef(
                     ed["pred_lv_ml"] - ed["range_ml"],
                     es["pred_lv_ml"] - es["range_ml"],
                 )
