@@ -65,9 +65,33 @@ def test_one_epoch_then_resume(tmp_path):
     assert all(float(r["loss"]) > 0 for r in rows)
 
 
+def test_weight_averaging_averages_epochs_and_resumes(tmp_path):
+    cfg = _config(tmp_path, fold=-1, epochs=2, swa_start=1, swa_lr=0.01, lr=0.002)
+    Trainer(cfg, progress=False).run()
+    out = tmp_path / "run"
+    after2 = torch.load(out / "last.pt", weights_only=False)
+    assert int(after2["swa_state"]["n_averaged"]) == 1
+    cfg.train.epochs = 3
+    Trainer(cfg, progress=False).run()  # resumes the raw weights and the running average
+    after3 = torch.load(out / "last.pt", weights_only=False)
+    assert int(after3["swa_state"]["n_averaged"]) == 2
+    final = load_checkpoint(out / "final.pt")["model_state"]
+    w2, w3 = after2["model_state"], after3["model_state"]
+    weights = [k for k, v in final.items() if v.is_floating_point()]
+    assert any(not torch.equal(w2[k], w3[k]) for k in weights)
+    for k in weights:  # the saved model is the mean of the weights after epochs 2 and 3
+        torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [float(r["lr"]) for r in rows[1:]] == pytest.approx([0.01, 0.01])
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         config_from_dict({"train": {"epochz": 3}})
+    with pytest.raises(ValueError, match="swa_start"):
+        config_from_dict({"train": {"epochs": 10, "swa_start": 10}})
+    with pytest.raises(ValueError, match="swa_lr"):
+        config_from_dict({"train": {"swa_start": 1, "swa_lr": -1.0}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed")
     with pytest.raises(CardiosegError, match="YAML"):

@@ -113,6 +113,12 @@ class TrainConfig:
     processes (for a GPU, whose steps are faster than one CPU core's augmentation); each epoch's
     workers are seeded from ``(seed, rank, epoch, worker)``, so a resumed run draws the same
     batches. 0 (the default) draws them in the training process, which suits a 2-core CPU.
+
+    ``swa_start`` > 0 turns on stochastic weight averaging (Izmailov et al., 2018; for domain
+    generalisation, SWAD, Cha et al., 2021): the weights after every epoch from that epoch on are
+    averaged (``torch.optim.swa_utils.AveragedModel``), validation and the saved model use the
+    average, and from that epoch on the learning rate is held at ``swa_lr`` (``0`` keeps the
+    cosine schedule). 0 (the default) trains without averaging.
     """
 
     epochs: int = 60
@@ -134,6 +140,8 @@ class TrainConfig:
     val_interval: int = 1
     n_val_monitor: int = 6
     max_minutes: float = 0.0
+    swa_start: int = 0
+    swa_lr: float = 0.0
 
     def __post_init__(self) -> None:
         from cardioseg.augmentation.presets import STRENGTHS, extra_transforms
@@ -150,6 +158,13 @@ class TrainConfig:
             extra_transforms(spec)  # validates names and arguments
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if not 0 <= self.swa_start < max(1, self.epochs):
+            raise ValueError(
+                f"swa_start must be 0 (off) or an epoch below epochs ({self.epochs}), "
+                f"got {self.swa_start}"
+            )
+        if self.swa_lr < 0:
+            raise ValueError(f"swa_lr must be >= 0, got {self.swa_lr}")
 
 
 @dataclass

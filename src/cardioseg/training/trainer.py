@@ -305,7 +305,11 @@ class Trainer:
         total = t.epochs * t.iterations_per_epoch
         warm = t.warmup_epochs * t.iterations_per_epoch
 
+        swa_from = t.swa_start * t.iterations_per_epoch
+
         def lr_lambda(step: int) -> float:
+            if t.swa_start and t.swa_lr > 0 and step >= swa_from:
+                return t.swa_lr / t.lr
             if step < warm:
                 return (step + 1) / warm
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
@@ -314,6 +318,11 @@ class Trainer:
         # Loss scaling only for float16; bfloat16 has float32's exponent range.
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        swa = None
+        if t.swa_start:
+            from torch.optim.swa_utils import AveragedModel
+
+            swa = AveragedModel(model)
         start_epoch, best, history = 0, -1.0, []
         last = self.out / "last.pt"
         if last.exists():
@@ -328,6 +337,8 @@ class Trainer:
             history = ck.get("history", [])
             for c, state in zip(components, ck.get("components", []), strict=False):
                 c.load_state_dict(state)
+            if swa is not None and "swa_state" in ck:
+                swa.load_state_dict(ck["swa_state"])
             self._log(f"resumed from {last} at epoch {start_epoch}")
         net = model
         if self.world > 1:
@@ -388,6 +399,10 @@ class Trainer:
                 scaler.update()
                 sched.step()
                 losses.append(loss.item())
+            if swa is not None and epoch + 1 > t.swa_start:
+                swa.update_parameters(model)
+            # what is validated and saved: the weight average once it has started
+            kept = swa.module if swa is not None and int(swa.n_averaged) > 0 else model
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
@@ -399,12 +414,12 @@ class Trainer:
                 and val_cases
                 and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs)
             ):
-                row.update(validate(model, val_cases, multiple, self.device))
+                row.update(validate(kept, val_cases, multiple, self.device))
             row["elapsed_s"] = elapsed_before + time.time() - t0
             history.append(row)
             if self.rank == 0:
                 self._write_epoch(row, writer)
-                payload = self._payload(model, fingerprint, row)
+                payload = self._payload(kept, fingerprint, row)
                 score = row.get("dice_mean", -1.0)
                 if t.fold >= 0 and score > best:
                     best = score
@@ -422,6 +437,11 @@ class Trainer:
                         "components": [c.state_dict() for c in components],
                     }
                 )
+                if swa is not None:  # resume needs the raw weights and the running average
+                    payload["model_state"] = {
+                        k: v.detach().cpu() for k, v in model.state_dict().items()
+                    }
+                    payload["swa_state"] = swa.state_dict()
                 save_checkpoint(last, payload)
                 self._log(
                     " ".join(
@@ -435,7 +455,8 @@ class Trainer:
         if writer:
             writer.close()
         if self.rank == 0:
-            final = self._payload(model, fingerprint, history[-1] if history else {})
+            kept = swa.module if swa is not None and int(swa.n_averaged) > 0 else model
+            final = self._payload(kept, fingerprint, history[-1] if history else {})
             if t.fold < 0 or not (self.out / "best.pt").exists():
                 save_checkpoint(self.out / "final.pt", final)
             (self.out / "summary.json").write_text(
