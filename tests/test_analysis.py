@@ -249,6 +249,58 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert len(rows2) == 3
 
 
+def test_analyze_batch_reader_exclusions(tmp_path, tiny_checkpoint):
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=4)
+    _write_cine(studies / "b.nii.gz", seed=6, frames=4)
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    assert _run(args).exit_code == 0
+    plain = json.loads((out / "a" / "report.json").read_text())
+    stamp_b = (out / "b" / "report.json").stat().st_mtime_ns
+    k = max(plain["slices"], key=lambda r: r["lv_es_ml"] + r["rv_es_ml"])["slice"]
+    table = tmp_path / "exclusions.csv"
+    table.write_text(f"study,exclude\na,es:{k}\nb,\n")
+    res = _run([*args, "--exclusions", table])
+    assert res.exit_code == 0, res.output
+    cut = json.loads((out / "a" / "report.json").read_text())
+    assert cut["excluded_slices"] == [f"ES:{k}"]
+    assert cut["lv_esv_ml"] < plain["lv_esv_ml"] or cut["rv_esv_ml"] < plain["rv_esv_ml"]
+    assert (out / "b" / "report.json").stat().st_mtime_ns == stamp_b  # unchanged: skipped
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["a"]["excluded_slices"] == f"ES:{k}" and rows["b"]["excluded_slices"] == ""
+    assert float(rows["a"]["lv_esv_ml"]) == pytest.approx(cut["lv_esv_ml"])
+    stamp_a = (out / "a" / "report.json").stat().st_mtime_ns
+    assert _run([*args, "--exclusions", table]).exit_code == 0  # same decisions: nothing to do
+    assert (out / "a" / "report.json").stat().st_mtime_ns == stamp_a
+    table.write_text("study,exclude\n")  # the reader withdrew the exclusion
+    assert _run([*args, "--exclusions", table]).exit_code == 0
+    assert json.loads((out / "a" / "report.json").read_text())["excluded_slices"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("study,exclude\nzz,ES:1\n", "not in the folder"),
+        ("study,exclude\na,ES:x\n", "row 2"),
+        ("study,exclude\na,ES:1\na,ES:2\n", "listed twice"),
+        ("name,slices\na,ES:1\n", "columns"),
+    ],
+)
+def test_analyze_batch_bad_exclusions(tmp_path, tiny_checkpoint, content, needle):
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    table = tmp_path / "exclusions.csv"
+    table.write_text(content)
+    out = tmp_path / "batch"
+    res = _run(
+        ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+        + ["--exclusions", table]
+    )
+    _assert_clean_failure(res, needle)
+    assert not (out / "a").exists()  # refused before any analysis
+
+
 def test_analyze_batch_ray_local(tmp_path, tiny_checkpoint):
     pytest.importorskip("ray", reason="optional extra 'ray' not installed")
     studies = tmp_path / "studies"

@@ -443,11 +443,18 @@ def analyze_batch(
         str | None, typer.Option("--ray", help="Ray cluster address ('local' starts one here)")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+    exclusions: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV with columns study,exclude: the reader's slice exclusions per study "
+            "(e.g. 'ES:8 ES:9:LV'); studies whose exclusions changed are analysed again"
+        ),
+    ] = None,
 ) -> None:
     """Analyse many studies (resumable: finished studies are skipped); one CSV row per study."""
     import csv
 
-    from cardioseg.clinical.batch import run_batch
+    from cardioseg.clinical.batch import read_exclusions, run_batch
 
     table = run_batch(
         studies,
@@ -456,6 +463,7 @@ def analyze_batch(
         model=str(model) if model else None,
         ray_address=ray,
         progress=progress,
+        exclusions=read_exclusions(exclusions) if exclusions else None,
     )
     rows = list(csv.DictReader(open(table, newline="")))
     failed = [r for r in rows if r["status"] != "done"]

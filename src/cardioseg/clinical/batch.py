@@ -2,6 +2,10 @@
 
 Each study's results go to ``OUTDIR/<study name>/``; a study whose ``report.json`` exists is skipped
 on a re-run. A failing study is recorded with its error and the batch goes on.
+
+After review, a reader's slice exclusions (see :mod:`cardioseg.clinical.slices`) are given for
+many studies at once as a CSV file (:func:`read_exclusions`); a re-run then analyses again exactly
+the studies whose exclusions differ from those in their ``report.json`` and skips the others.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ ROW_KEYS = [
     "es_frame",
     "qc_status",
     "qc_reasons",
+    "excluded_slices",
     "seconds",
 ]
 
@@ -76,6 +82,7 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
         qc = report.get("qc", {})
         row["qc_status"] = qc.get("status", "")
         row["qc_reasons"] = "; ".join(qc.get("reasons", []))
+        row["excluded_slices"] = " ".join(report.get("excluded_slices") or [])
         row["seconds"] = report.get("meta", {}).get("seconds", "")
     return row
 
@@ -90,12 +97,61 @@ def _init_worker(model: str | None, threads: int) -> None:
     _SEGMENTER = Segmenter(model)
 
 
-def _analyze_one(path: str, outdir: str) -> dict[str, Any]:
+def read_exclusions(path: str | Path) -> dict[str, list[str]]:
+    """Read a reader's slice exclusions for a batch: a CSV file with columns ``study, exclude``.
+
+    ``study`` is the study's name in the batch (its folder or file name without ``.zip`` /
+    ``.nii.gz``, as in ``results.csv``); ``exclude`` lists exclusions separated by spaces or
+    semicolons (``ES:8``, ``ES:8:LV``, ``ES:9:RV``). An empty ``exclude`` means none.
+
+    Raises:
+        CardiosegError: Naming the file and the row: missing file or columns, a malformed
+            exclusion, a study listed twice.
+
+    Example:
+        >>> read_exclusions("exclusions.csv")  # doctest: +SKIP
+        {'patient007': ['ES:8'], 'patient012': ['ES:9:LV', 'ED:0:RV']}
+    """
+    from cardioseg.clinical.slices import SliceExclusion
+
+    path = Path(path)
+    if not path.is_file():
+        raise CardiosegError(path, "exclusions file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not {"study", "exclude"} <= set(reader.fieldnames or []):
+                raise CardiosegError(path, "needs the columns 'study' and 'exclude'")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CardiosegError(path, f"not a readable CSV file ({exc.__class__.__name__})") from None
+    out: dict[str, list[str]] = {}
+    for i, row in enumerate(rows, start=2):  # row 1 is the header
+        name = (row.get("study") or "").strip()
+        if not name:
+            raise CardiosegError(path, f"row {i}: empty study name")
+        if name in out:
+            raise CardiosegError(path, f"row {i}: study listed twice")
+        try:
+            specs = [
+                str(SliceExclusion.parse(t))
+                for t in re.split(r"[;\s]+", row.get("exclude") or "")
+                if t
+            ]
+        except ValueError as exc:
+            raise CardiosegError(path, f"row {i}: {exc}") from None
+        out[name] = specs
+    return out
+
+
+def _analyze_one(path: str, outdir: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
     from cardioseg.clinical.analysis import analyze_study
 
     name = study_name(Path(path))
     try:
-        report = analyze_study(Path(outdir) / name, study=path, segmenter=_SEGMENTER)
+        report = analyze_study(
+            Path(outdir) / name, study=path, segmenter=_SEGMENTER, exclude=exclude
+        )
         return _row(name, report)
     except CardiosegError as exc:
         return _row(name, None, str(exc))
@@ -118,9 +174,39 @@ def run_batch(
     model: str | None = None,
     ray_address: str | None = None,
     progress: bool = True,
+    exclusions: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """Analyse every study under ``root``; returns the path of ``results.csv``."""
+    """Analyse every study under ``root``; returns the path of ``results.csv``.
+
+    Args:
+        root: Folder of studies (DICOM folders, zips, 4D NIfTI files).
+        outdir: Output folder: one sub-folder per study and ``results.csv``.
+        workers: Parallel worker processes (or Ray actors).
+        model: Model name or checkpoint path (``None``: the default model).
+        ray_address: Run the workers on this Ray cluster (``"local"`` starts one).
+        progress: Show a progress bar.
+        exclusions: The reader's slice exclusions per study name (see
+            :func:`read_exclusions`). When given, it is the whole decision: a finished study
+            whose report lists other exclusions (or any, where the mapping has none for it) is
+            analysed again. ``None`` keeps every finished study.
+
+    Raises:
+        CardiosegError: No studies, or exclusions naming a study that is not in ``root``.
+    """
+    from cardioseg.clinical.slices import SliceExclusion
+
     studies = find_studies(root)
+    wanted: dict[str, list[str]] | None = None
+    if exclusions is not None:
+        names = {study_name(s) for s in studies}
+        unknown = sorted(set(exclusions) - names)
+        if unknown:
+            raise CardiosegError(
+                root, f"{len(unknown)} study name(s) of the exclusions are not in the folder"
+            )
+        wanted = {
+            n: sorted(str(SliceExclusion.parse(e)) for e in exclusions.get(n, ())) for n in names
+        }
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     table = outdir / "results.csv"
@@ -132,13 +218,16 @@ def run_batch(
     for s in studies:
         name = study_name(s)
         rep = outdir / name / "report.json"
-        if rep.exists():
-            rows[name] = _row(name, json.loads(rep.read_text()))
+        report = json.loads(rep.read_text()) if rep.exists() else None
+        if report is not None and (
+            wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
+        ):
+            rows[name] = _row(name, report)
         else:
             todo.append(s)
     _write_table(table, rows)
     log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
-    for row in _run(todo, outdir, workers, model, ray_address, progress):
+    for row in _run(todo, outdir, workers, model, ray_address, progress, wanted or {}):
         rows[row["study"]] = row
         _write_table(table, rows)
     return table
@@ -151,23 +240,27 @@ def _run(
     model: str | None,
     ray_address: str | None,
     progress: bool,
+    exclusions: Mapping[str, list[str]],
 ) -> Iterator[dict]:
     from tqdm import tqdm
+
+    def excl(s: Path) -> list[str]:
+        return exclusions.get(study_name(s), [])
 
     bar = tqdm(total=len(todo), disable=not progress, desc="studies")
     if not todo:
         bar.close()
         return
     if ray_address:
-        yield from _run_ray(todo, outdir, workers, model, ray_address, bar)
+        yield from _run_ray(todo, outdir, workers, model, ray_address, bar, excl)
     elif workers <= 1:
         _init_worker(model, 0)
         for s in todo:
-            yield _analyze_one(str(s), str(outdir))
+            yield _analyze_one(str(s), str(outdir), excl(s))
             bar.update()
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(model, 1)) as pool:
-            futures = [pool.submit(_analyze_one, str(s), str(outdir)) for s in todo]
+            futures = [pool.submit(_analyze_one, str(s), str(outdir), excl(s)) for s in todo]
             for f in as_completed(futures):
                 yield f.result()
                 bar.update()
@@ -175,7 +268,13 @@ def _run(
 
 
 def _run_ray(
-    todo: list[Path], outdir: Path, workers: int, model: str | None, address: str, bar: Any
+    todo: list[Path],
+    outdir: Path,
+    workers: int,
+    model: str | None,
+    address: str,
+    bar: Any,
+    excl: Any,
 ) -> Iterator[dict]:
     try:
         import ray
@@ -196,10 +295,11 @@ def _run_ray(
         def __init__(self) -> None:
             _init_worker(model, 1)
 
-        def run(self, path: str) -> dict:
-            return _analyze_one(path, str(outdir))
+        def run(self, path: str, exclude: list[str]) -> dict:
+            return _analyze_one(path, str(outdir), exclude)
 
     pool = ray.util.ActorPool([Worker.remote() for _ in range(max(1, workers))])
-    for row in pool.map_unordered(lambda a, p: a.run.remote(p), [str(s) for s in todo]):
+    jobs = [(str(s), excl(s)) for s in todo]
+    for row in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
         yield row
         bar.update()
