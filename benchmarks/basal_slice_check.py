@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from cardioseg.clinical.indices import _ef
 from cardioseg.data.datasets import discover, ed_es_pairs, load_case
@@ -45,6 +46,29 @@ def lv_slices(label: np.ndarray, axis: int) -> np.ndarray:
     """Indices of the slices (along ``axis``) that hold LV."""
     moved = np.moveaxis(label == LV, axis, 0)
     return np.flatnonzero(moved.reshape(moved.shape[0], -1).any(1))
+
+
+def wall_thickness(sl: np.ndarray) -> float:
+    """Mean myocardial wall thickness of one slice in pixels (0 without myocardium).
+
+    Myocardial area over the mean length of its inner (LV) and outer borders, the borders
+    counted as boundary pixels: a coarse estimate, used only as a ratio between slices.
+
+    Example:
+        >>> yy, xx = np.mgrid[:40, :40]; r = np.hypot(yy - 20, xx - 20)
+        >>> ring = np.where(r < 8, 1, np.where(r < 12, 2, 0))
+        >>> 3.0 < wall_thickness(ring) < 5.0
+        True
+    """
+    myo, lv = sl == 2, sl == 1
+    if not myo.any():
+        return 0.0
+    epi = ndimage.binary_fill_holes(myo | lv)
+
+    def border(m: np.ndarray) -> float:
+        return float((m & ~ndimage.binary_erosion(m)).sum())
+
+    return float(myo.sum()) / max(0.5 * (border(lv) + border(epi)), 1.0)
 
 
 def slice_range_row(
@@ -72,6 +96,7 @@ def slice_range_row(
         "contour_ml": 0.0,
         "base_side": "",
         "pred_base_enclosure": float("nan"),
+        "pred_base_wall_rel": float("nan"),
         "ref_base_slice": -1,
         "pred_base_slice": -1,
     }
@@ -91,6 +116,9 @@ def slice_range_row(
         top = p_sl[-1] if high_is_base else p_sl[0]
         row["pred_base_slice"] = int(top)
         row["pred_base_enclosure"] = myocardial_enclosure(np.take(pred, top, axis=axis))
+        walls = [wall_thickness(np.take(pred, z, axis=axis)) for z in p_sl]
+        if np.median(walls) > 0:
+            row["pred_base_wall_rel"] = walls[list(p_sl).index(top)] / float(np.median(walls))
     row["extra_apex"] = len(below if high_is_base else above)
     row["missing"] = int(sum(1 for z in range(lo, hi + 1) if area[z] == 0 and ref_area[z] > 0))
     outside = float(area[:lo].sum() + area[hi + 1 :].sum())
@@ -189,25 +217,28 @@ def main() -> None:
         )
     lines += [
         "",
-        "Myocardial enclosure of the predicted basal LV slice (fraction of its LV border on "
-        "myocardium; the post-processing drops basal slices below 0.50):",
+        "Features of the predicted basal LV slice, for slices beyond the reference's base and "
+        "within it: myocardial enclosure (fraction of its LV border on myocardium; the "
+        "post-processing drops basal slices below 0.50) and wall thickness relative to the "
+        "median over the volume's LV slices:",
         "",
-        "| phase | basal slice beyond the reference's: n, min, median "
-        "| within it: n, min, 5th pct |",
-        "|---|---|---|",
+        "| phase | feature | beyond the reference's base: n, min, median "
+        "| within it: n, min, 5th pct, 10th pct |",
+        "|---|---|---|---|",
     ]
     for ph in ("ED", "ES"):
-        sel = [r for r in rows if r["phase"] == ph and np.isfinite(r["pred_base_enclosure"])]
-        extra = [r["pred_base_enclosure"] for r in sel if r["extra_base"] > 0]
-        inside = [r["pred_base_enclosure"] for r in sel if r["extra_base"] == 0]
-
-        def stats(v: list[float], q: str) -> str:
-            if not v:
-                return "0"
-            second = np.median(v) if q == "median" else np.percentile(v, 5)
-            return f"{len(v)}, {min(v):.2f}, {second:.2f}"
-
-        lines.append(f"| {ph} | {stats(extra, 'median')} | {stats(inside, 'p5')} |")
+        for key, name in (("pred_base_enclosure", "enclosure"), ("pred_base_wall_rel", "wall")):
+            sel = [r for r in rows if r["phase"] == ph and np.isfinite(r[key])]
+            extra = [r[key] for r in sel if r["extra_base"] > 0]
+            inside = [r[key] for r in sel if r["extra_base"] == 0]
+            e = f"{len(extra)}, {min(extra):.2f}, {np.median(extra):.2f}" if extra else "0"
+            i = (
+                f"{len(inside)}, {min(inside):.2f}, {np.percentile(inside, 5):.2f}, "
+                f"{np.percentile(inside, 10):.2f}"
+                if inside
+                else "0"
+            )
+            lines.append(f"| {ph} | {name} | {e} | {i} |")
     ed_rows = [r for r in rows if r["phase"] == "ED"]
     lines += [
         "",
