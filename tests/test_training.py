@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -83,6 +84,7 @@ def test_weight_averaging_averages_epochs_and_resumes(tmp_path):
         torch.testing.assert_close(final[k], (w2[k] + w3[k]) / 2)
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [float(r["lr"]) for r in rows[1:]] == pytest.approx([0.01, 0.01])
+    assert json.loads((out / "summary.json").read_text())["weights_averaged"] == 2
 
 
 def test_config_errors(tmp_path):

@@ -323,6 +323,7 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel
 
             swa = AveragedModel(model)
+            self._log(f"averaging the weights after every epoch from epoch {t.swa_start + 1}")
         start_epoch, best, history = 0, -1.0, []
         last = self.out / "last.pt"
         if last.exists():
@@ -465,6 +466,7 @@ class Trainer:
                         "best_val_dice": best,
                         "epochs_done": len(history),
                         "train_time_s": history[-1]["elapsed_s"] if history else 0.0,
+                        "weights_averaged": int(swa.n_averaged) if swa is not None else 0,
                         "last": history[-1] if history else {},
                     },
                     indent=2,
