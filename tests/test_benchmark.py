@@ -322,6 +322,23 @@ def test_fine_tuning_with_the_sources_replayed(tmp_path, vendors):
         plan(load_protocol(bad), "quick", tmp_path / "out2")
 
 
+def test_weight_averaging_method_follows_the_profile_epochs(tmp_path, vendors):
+    from cardioseg.benchmark.protocol import load_protocol, plan
+    from cardioseg.training.config import config_from_dict
+
+    quick = {**QUICK, "config": {**QUICK["config"], "train": {**QUICK["config"]["train"]}}}
+    quick["config"]["train"]["epochs"] = 8
+    proto = _protocol(tmp_path, vendors, methods=["baseline", "upright-swa"])
+    values = yaml.safe_load(proto.read_text())
+    values["profiles"] = {"quick": quick}
+    proto.write_text(yaml.safe_dump(values, sort_keys=False))
+    runs = {r.method: r for r in plan(load_protocol(proto), "quick", tmp_path / "out")}
+    train = config_from_dict(runs["upright-swa"].config).train
+    assert (train.epochs, train.swa_epochs_before, train.swa_lr) == (8, 6, 5e-4)
+    assert not train.orientation_augmentation
+    assert config_from_dict(runs["baseline"].config).train.swa_start == 0
+
+
 def test_cli_refuses_missing_protocol(tmp_path):
     r = runner.invoke(app, ["benchmark", str(tmp_path / "none.yaml"), "-o", str(tmp_path)])
     assert r.exit_code == 1 and "protocol file not found" in r.output

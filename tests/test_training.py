@@ -92,6 +92,15 @@ def test_config_errors(tmp_path):
         config_from_dict({"train": {"epochz": 3}})
     with pytest.raises(ValueError, match="swa_start"):
         config_from_dict({"train": {"epochs": 10, "swa_start": 10}})
+    with pytest.raises(ValueError, match="swa_start"):
+        config_from_dict({"train": {"epochs": 10, "swa_start": 2.5}})
+    with pytest.raises(ValueError, match="swa_start"):
+        config_from_dict({"train": {"swa_start": -1}})
+    assert (
+        config_from_dict({"train": {"epochs": 20, "swa_start": 0.75}}).train.swa_epochs_before == 15
+    )
+    assert config_from_dict({"train": {"epochs": 20, "swa_start": 4}}).train.swa_epochs_before == 4
+    assert config_from_dict({"train": {"epochs": 1, "swa_start": 0.9}}).train.swa_epochs_before == 0
     with pytest.raises(ValueError, match="swa_lr"):
         config_from_dict({"train": {"swa_start": 1, "swa_lr": -1.0}})
     bad = tmp_path / "bad.yaml"

@@ -64,6 +64,18 @@ BUILTIN_METHODS: dict[str, dict[str, Any]] = {
         "description": "light without the random 90° turns and flips",
         "config": {"train": {"augmentation": "light", "orientation_augmentation": False}},
     },
+    "upright-swa": {
+        "description": "upright, with the weights of the last quarter of the epochs averaged (SWA) "
+        "at a constant learning rate of 5e-4",
+        "config": {
+            "train": {
+                "augmentation": "strong",
+                "orientation_augmentation": False,
+                "swa_start": 0.75,
+                "swa_lr": 5e-4,
+            }
+        },
+    },
     "mri-artefacts": {
         "description": "strong + MRI artefacts (ghosting, motion, spikes, Gibbs, anisotropy, "
         "bias field)",

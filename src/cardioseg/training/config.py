@@ -115,10 +115,13 @@ class TrainConfig:
     batches. 0 (the default) draws them in the training process, which suits a 2-core CPU.
 
     ``swa_start`` > 0 turns on stochastic weight averaging (Izmailov et al., 2018; for domain
-    generalisation, SWAD, Cha et al., 2021): the weights after every epoch from that epoch on are
+    generalisation, SWAD, Cha et al., 2021): the weights after every epoch from then on are
     averaged (``torch.optim.swa_utils.AveragedModel``), validation and the saved model use the
-    average, and from that epoch on the learning rate is held at ``swa_lr`` (``0`` keeps the
-    cosine schedule). 0 (the default) trains without averaging.
+    average, and the learning rate is held at ``swa_lr`` (``0`` keeps the cosine schedule).
+    ``swa_start`` is the number of epochs trained before averaging starts (a whole number below
+    ``epochs``) or, below 1, a fraction of ``epochs`` (``0.75``: average the last quarter), which
+    keeps its meaning when a benchmark profile changes ``epochs``. 0 (the default) trains without
+    averaging.
     """
 
     epochs: int = 60
@@ -140,8 +143,15 @@ class TrainConfig:
     val_interval: int = 1
     n_val_monitor: int = 6
     max_minutes: float = 0.0
-    swa_start: int = 0
+    swa_start: float = 0
     swa_lr: float = 0.0
+
+    @property
+    def swa_epochs_before(self) -> int:
+        """Epochs trained before weight averaging starts (see ``swa_start``)."""
+        if self.swa_start < 1:  # at least the last epoch is kept
+            return min(int(round(self.swa_start * self.epochs)), max(0, self.epochs - 1))
+        return int(self.swa_start)
 
     def __post_init__(self) -> None:
         from cardioseg.augmentation.presets import STRENGTHS, extra_transforms
@@ -158,10 +168,13 @@ class TrainConfig:
             extra_transforms(spec)  # validates names and arguments
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if not 0 <= self.swa_start < max(1, self.epochs):
+        if self.swa_start < 0 or (
+            self.swa_start >= 1
+            and (self.swa_start != int(self.swa_start) or self.swa_start >= self.epochs)
+        ):
             raise ValueError(
-                f"swa_start must be 0 (off) or an epoch below epochs ({self.epochs}), "
-                f"got {self.swa_start}"
+                f"swa_start must be 0 (off), a fraction below 1 or a whole number of epochs "
+                f"below epochs ({self.epochs}), got {self.swa_start}"
             )
         if self.swa_lr < 0:
             raise ValueError(f"swa_lr must be >= 0, got {self.swa_lr}")

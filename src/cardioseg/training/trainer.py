@@ -305,10 +305,11 @@ class Trainer:
         total = t.epochs * t.iterations_per_epoch
         warm = t.warmup_epochs * t.iterations_per_epoch
 
-        swa_from = t.swa_start * t.iterations_per_epoch
+        swa_before = t.swa_epochs_before
+        swa_from = swa_before * t.iterations_per_epoch
 
         def lr_lambda(step: int) -> float:
-            if t.swa_start and t.swa_lr > 0 and step >= swa_from:
+            if t.swa_start > 0 and t.swa_lr > 0 and step >= swa_from:
                 return t.swa_lr / t.lr
             if step < warm:
                 return (step + 1) / warm
@@ -319,11 +320,11 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
         swa = None
-        if t.swa_start:
+        if t.swa_start > 0:
             from torch.optim.swa_utils import AveragedModel
 
             swa = AveragedModel(model)
-            self._log(f"averaging the weights after every epoch from epoch {t.swa_start + 1}")
+            self._log(f"averaging the weights after every epoch from epoch {swa_before + 1}")
         start_epoch, best, history = 0, -1.0, []
         last = self.out / "last.pt"
         if last.exists():
@@ -400,7 +401,7 @@ class Trainer:
                 scaler.update()
                 sched.step()
                 losses.append(loss.item())
-            if swa is not None and epoch + 1 > t.swa_start:
+            if swa is not None and epoch + 1 > swa_before:
                 swa.update_parameters(model)
             # what is validated and saved: the weight average once it has started
             kept = swa.module if swa is not None and int(swa.n_averaged) > 0 else model
