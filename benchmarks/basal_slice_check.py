@@ -31,8 +31,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
+from cardioseg.clinical.features import slice_thickness_samples
 from cardioseg.clinical.indices import _ef
 from cardioseg.data.datasets import discover, ed_es_pairs, load_case
 from cardioseg.inference.postprocess import basal_end, myocardial_enclosure
@@ -46,29 +46,6 @@ def lv_slices(label: np.ndarray, axis: int) -> np.ndarray:
     """Indices of the slices (along ``axis``) that hold LV."""
     moved = np.moveaxis(label == LV, axis, 0)
     return np.flatnonzero(moved.reshape(moved.shape[0], -1).any(1))
-
-
-def wall_thickness(sl: np.ndarray) -> float:
-    """Mean myocardial wall thickness of one slice in pixels (0 without myocardium).
-
-    Myocardial area over the mean length of its inner (LV) and outer borders, the borders
-    counted as boundary pixels: a coarse estimate, used only as a ratio between slices.
-
-    Example:
-        >>> yy, xx = np.mgrid[:40, :40]; r = np.hypot(yy - 20, xx - 20)
-        >>> ring = np.where(r < 8, 1, np.where(r < 12, 2, 0))
-        >>> 3.0 < wall_thickness(ring) < 5.0
-        True
-    """
-    myo, lv = sl == 2, sl == 1
-    if not myo.any():
-        return 0.0
-    epi = ndimage.binary_fill_holes(myo | lv)
-
-    def border(m: np.ndarray) -> float:
-        return float((m & ~ndimage.binary_erosion(m)).sum())
-
-    return float(myo.sum()) / max(0.5 * (border(lv) + border(epi)), 1.0)
 
 
 def slice_range_row(
@@ -116,7 +93,9 @@ def slice_range_row(
         top = p_sl[-1] if high_is_base else p_sl[0]
         row["pred_base_slice"] = int(top)
         row["pred_base_enclosure"] = myocardial_enclosure(np.take(pred, top, axis=axis))
-        walls = [wall_thickness(np.take(pred, z, axis=axis)) for z in p_sl]
+        # median local wall thickness per LV slice (pixels; only the ratio is reported)
+        samples = [slice_thickness_samples(np.take(pred, z, axis=axis) == 2) for z in p_sl]
+        walls = [float(np.median(v)) if v.size else 0.0 for v in samples]
         if np.median(walls) > 0:
             row["pred_base_wall_rel"] = walls[list(p_sl).index(top)] / float(np.median(walls))
     row["extra_apex"] = len(below if high_is_base else above)
