@@ -14,7 +14,7 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -274,7 +274,7 @@ def _run_ray(
     model: str | None,
     address: str,
     bar: Any,
-    excl: Any,
+    excl: Callable[[Path], list[str]],
 ) -> Iterator[dict]:
     try:
         import ray

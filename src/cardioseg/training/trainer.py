@@ -325,6 +325,11 @@ class Trainer:
 
             swa = AveragedModel(model)
             self._log(f"averaging the weights after every epoch from epoch {swa_before + 1}")
+
+        def kept() -> torch.nn.Module:
+            """What is validated and saved: the weight average once it has started."""
+            return swa.module if swa is not None and int(swa.n_averaged) > 0 else model
+
         start_epoch, best, history = 0, -1.0, []
         last = self.out / "last.pt"
         if last.exists():
@@ -403,8 +408,6 @@ class Trainer:
                 losses.append(loss.item())
             if swa is not None and epoch + 1 > swa_before:
                 swa.update_parameters(model)
-            # what is validated and saved: the weight average once it has started
-            kept = swa.module if swa is not None and int(swa.n_averaged) > 0 else model
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "loss": float(np.mean(losses)),
@@ -416,12 +419,12 @@ class Trainer:
                 and val_cases
                 and ((epoch + 1) % t.val_interval == 0 or epoch + 1 == t.epochs)
             ):
-                row.update(validate(kept, val_cases, multiple, self.device))
+                row.update(validate(kept(), val_cases, multiple, self.device))
             row["elapsed_s"] = elapsed_before + time.time() - t0
             history.append(row)
             if self.rank == 0:
                 self._write_epoch(row, writer)
-                payload = self._payload(kept, fingerprint, row)
+                payload = self._payload(kept(), fingerprint, row)
                 score = row.get("dice_mean", -1.0)
                 if t.fold >= 0 and score > best:
                     best = score
@@ -457,8 +460,7 @@ class Trainer:
         if writer:
             writer.close()
         if self.rank == 0:
-            kept = swa.module if swa is not None and int(swa.n_averaged) > 0 else model
-            final = self._payload(kept, fingerprint, history[-1] if history else {})
+            final = self._payload(kept(), fingerprint, history[-1] if history else {})
             if t.fold < 0 or not (self.out / "best.pt").exists():
                 save_checkpoint(self.out / "final.pt", final)
             (self.out / "summary.json").write_text(
