@@ -36,6 +36,13 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tta", action="store_true", help="test-time augmentation")
+    ap.add_argument(
+        "--roi",
+        choices=["on", "off"],
+        default=None,
+        help="segment in a heart-centred window (on) or the whole image (off); default: the "
+        "model's setting",
+    )
     ap.add_argument("--tag", default="", help="suffix for the output file names (e.g. wide)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,19 +58,23 @@ def main() -> None:
             continue
         cfg = load_config(fold_dir / "config.yaml")
         _, val = split_records(collect_records(cfg), cfg)
-        seg = Segmenter(ckpt, tta=args.tta)
+        seg = Segmenter(ckpt, tta=args.tta, roi=None if args.roi is None else args.roi == "on")
         folds_done.append(fold_dir.name)
         for r in val:
             image, ref, props = load_case(r)
             pred = seg.predict(image, props).labels
             write_label(
-                runs / f"predictions{suffix}" / Path(r.image).name,
+                runs
+                / f"predictions{suffix}{'_roi' if args.roi == 'on' else ''}"
+                / Path(r.image).name,
                 pred,
                 ImageProperties(props.affine, props.spacing, pred.shape, r.image),
             )
             m = compute_metrics(pred, ref, props.spacing)
             acc.add(r.case_id, m, fold=fold_dir.name, phase=r.phase, group=r.group, vendor=r.vendor)
             print(f"{fold_dir.name} {r.case_id} {m['mean_dice']:.3f}", flush=True)
+        if seg.roi:
+            print(f"{fold_dir.name} heart-window outcomes: {seg.roi_counts}", flush=True)
     if not folds_done:
         sys.exit("no finished folds")
     out = Path(args.output)

@@ -108,8 +108,9 @@ def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
     return lines
 
 
-def _cv_models(cv_runs: Path | None) -> dict[str, Segmenter]:
-    """Map ACDC ``dataset/subject`` → the fold model that did not see it."""
+def _cv_models(cv_runs: Path | None, roi: bool | None = None) -> dict[str, Segmenter]:
+    """Map ACDC ``dataset/subject`` → the fold model that did not see it (``roi``: see
+    ``Segmenter``)."""
     if cv_runs is None or not cv_runs.exists():
         return {}
     from cardioseg.training.config import load_config
@@ -120,7 +121,7 @@ def _cv_models(cv_runs: Path | None) -> dict[str, Segmenter]:
         if not (fold / "best.pt").exists():
             continue
         cfg = load_config(fold / "config.yaml")
-        seg = Segmenter(fold / "best.pt")
+        seg = Segmenter(fold / "best.pt", roi=roi)
         for r in split_records(collect_records(cfg), cfg)[1]:
             out[r.subject] = seg
     return out
@@ -134,7 +135,7 @@ def qc_study_rows(
     calibration that :data:`cardioseg.clinical.qc.ENTROPY_HEART_REVIEW` documents). Returns the
     rows and the threshold used."""
     studies = []
-    cv = _cv_models(cv_runs)
+    cv = _cv_models(cv_runs, roi=seg.roi)
     groups: dict[tuple[str, str], dict[str, object]] = {}
     for ds in ("acdc", "mnms", "mscmr_lge"):
         if not (data / ds).exists():
@@ -336,6 +337,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", nargs="+", default=["sunnybrook", "qc", "speed"])
     ap.add_argument(
+        "--roi",
+        choices=["on", "off"],
+        default=None,
+        help="segment in a heart-centred window (on) or the whole image (off); default: the "
+        "model's (measurements before 2026-11-30 ran the whole image)",
+    )
+    ap.add_argument(
         "--calibrate-entropy",
         action="store_true",
         help="set the QC heart-entropy review threshold to the 90th percentile over the "
@@ -345,7 +353,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(args.model)
+    seg = Segmenter(args.model, roi=None if args.roi is None else args.roi == "on")
     lines = [
         "# Clinical analysis benchmark",
         "",

@@ -46,9 +46,10 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=[],
-        choices=["tta", "tent", "histogram", "bf16"],
-        help="also run the model with test-time augmentation, TENT, histogram matching or "
-        "bfloat16 inference",
+        choices=["tta", "tent", "histogram", "bf16", "roi", "roi-tta", "full", "full-tta"],
+        help="also run the model with test-time augmentation, TENT, histogram matching, "
+        "bfloat16 inference, in a heart-centred window (roi; roi-tta with TTA) or on the whole "
+        "image (full; full-tta with TTA)",
     )
     ap.add_argument(
         "--ensemble",
@@ -70,6 +71,13 @@ def main() -> None:
         choices=["auto", "float32", "bfloat16"],
         help="network precision of the cardioseg methods (default: each model's, i.e. auto)",
     )
+    ap.add_argument(
+        "--roi",
+        choices=["on", "off"],
+        default=None,
+        help="heart-centred window (on) or whole image (off) for the cardioseg methods "
+        "(default: each model's; measurements before 2026-11-30 ran the whole image)",
+    )
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
 
@@ -78,13 +86,18 @@ def main() -> None:
     data = Path(args.data)
     if not data.exists():
         sys.exit(f"skip: {data} not found (needs ../shared/data)")
-    p = {"precision": args.precision}  # the bf16 variant overrides it
+    # the variants override these
+    p = {"precision": args.precision, "roi": None if args.roi is None else args.roi == "on"}
     methods: dict[str, object] = {"cardioseg": Segmenter(args.model, tta=args.tta, **p)}
     variant_kwargs = {
         "tta": {"tta": True},
         "tent": {"adaptation": "tent"},
         "histogram": {"harmonization": "histogram"},
         "bf16": {"precision": "bfloat16"},
+        "roi": {"roi": True},
+        "roi-tta": {"roi": True, "tta": True},
+        "full": {"roi": False},
+        "full-tta": {"roi": False, "tta": True},
     }
     for v in args.variants:
         methods[f"cardioseg+{v}"] = Segmenter(args.model, **{**p, **variant_kwargs[v]})
@@ -170,6 +183,9 @@ def main() -> None:
                 f"{f('LV_dice'):.3f} | {f('MYO_dice'):.3f} | {f('RV_dice'):.3f} | "
                 f"{hd:.1f} | {statistics.median(r['seconds'] for r in rs):.3f} |"
             )
+    roi = [f"{n} {m.roi_counts}" for n, m in methods.items() if getattr(m, "roi", False)]
+    if roi:
+        lines += ["", "Heart-window outcomes (volumes x repeats): " + "; ".join(roi)]
     if skipped:
         lines += ["", "Cases that could not be loaded (left out): " + "; ".join(skipped)]
     reference = next(iter(methods))

@@ -21,6 +21,16 @@ MODEL_HELP = (
     "v3 = the previous default)"
 )
 
+#: ``--roi/--whole-image`` of the commands that run a model.
+RoiOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--roi/--whole-image",
+        help="Segment a heart-centred window (found on the middle slice) or the whole field "
+        "of view; default: the model's (heart window for the packaged models)",
+    ),
+]
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -229,6 +239,7 @@ def segment(
             "or auto (bfloat16 where native); default: the model's"
         ),
     ] = None,
+    roi: RoiOption = None,
 ) -> None:
     """Segment volumes; labels (1 LV, 2 MYO, 3 RV) are written in the input's native geometry."""
     from cardioseg.errors import CardiosegError
@@ -247,6 +258,7 @@ def segment(
         adaptation=adapt,
         harmonization=harmonize,
         precision=precision,
+        roi=roi,
     )
     failures = 0
     for f in files:
@@ -287,6 +299,7 @@ def evaluate(
     tta: Annotated[
         bool, typer.Option(help="Test-time augmentation (flips or small rotations, as trained)")
     ] = False,
+    roi: RoiOption = None,
 ) -> None:
     """Dice, Jaccard, precision, recall, HD, HD95, ASSD (3D, spacing-aware) per structure."""
     import json
@@ -319,7 +332,7 @@ def evaluate(
     if predictions is None:
         from cardioseg.inference import Segmenter
 
-        seg = Segmenter(model or None, tta=tta or None)
+        seg = Segmenter(model or None, tta=tta or None, roi=roi)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     skipped: list[tuple[str, str]] = []
     acc = evaluate_records(records, predict=predict, pred_dir=predictions, skipped=skipped)
@@ -399,6 +412,7 @@ def analyze(
             "report's slice table; repeatable"
         ),
     ] = None,
+    roi: RoiOption = None,
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
     from cardioseg.clinical.analysis import analyze_study
@@ -409,7 +423,7 @@ def analyze(
         study=study,
         ed=ed,
         es=es,
-        segmenter=Segmenter(model),
+        segmenter=Segmenter(model, roi=roi),
         height_cm=height,
         weight_kg=weight,
         ed_frame=ed_frame,
@@ -483,6 +497,7 @@ def agreement(
     layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, folder or auto")] = "auto",
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("agreement"),
+    roi: RoiOption = None,
 ) -> None:
     """Clinical indices from predictions vs. reference: Bland–Altman, r, MAE, plots."""
     from cardioseg.data.datasets import discover
@@ -493,7 +508,7 @@ def agreement(
     if predictions is None:
         from cardioseg.inference import Segmenter
 
-        seg = Segmenter(model)
+        seg = Segmenter(model, roi=roi)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     rows = paired_indices(records, predict=predict, pred_dir=predictions)
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,21 @@ def load_study(
     return Study(image, props, str(path), "dicom", dicom_meta=meta)
 
 
+def _sharing_window(segmenter: Any) -> AbstractContextManager:
+    """The segmenter's :meth:`~cardioseg.inference.Segmenter.sharing_window` (the frames of
+    one study share a heart window), or nothing for segmenters without it."""
+    share = getattr(segmenter, "sharing_window", None)
+    return share() if callable(share) else nullcontext()
+
+
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
-    labels = [
-        segmenter.predict_volume(
-            study.image[..., t], study.properties.spacing, affine=study.properties.affine
-        )[0]
-        for t in range(study.image.shape[-1])
-    ]
+    with _sharing_window(segmenter):
+        labels = [
+            segmenter.predict_volume(
+                study.image[..., t], study.properties.spacing, affine=study.properties.affine
+            )[0]
+            for t in range(study.image.shape[-1])
+        ]
     return np.stack(labels, axis=-1)
 
 

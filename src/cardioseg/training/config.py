@@ -241,6 +241,9 @@ class InferenceConfig:
         precision: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 where the device has native
             bfloat16 kernels), the precision of the network's forward pass; see
             ``Segmenter(precision=...)``.
+        roi: Segment a heart-centred window found on the middle slice rather than the whole
+            field of view (``None``: the Segmenter's ``DEFAULT_ROI``); see
+            ``Segmenter(roi=...)``.
     """
 
     harmonization: str = "none"
@@ -249,6 +252,7 @@ class InferenceConfig:
     tent_lr: float = 1e-3
     tta: bool = False
     precision: str = "auto"
+    roi: bool | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
