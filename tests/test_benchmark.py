@@ -7,7 +7,9 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -471,3 +473,33 @@ def test_protocol_checkpoint_file_wins_over_packaged_name(tmp_path):
     assert _checkpoint_path("ensemble", proto, "pre") == str((tmp_path / "ensemble").resolve())
     with pytest.raises(CardiosegError, match="is an ensemble"):
         _checkpoint_path("ensemble", tmp_path / "elsewhere" / "p.yaml", "pre")
+
+
+@pytest.mark.parametrize("roi", [False, True, None])
+def test_evaluation_follows_the_methods_heart_window_setting(tmp_path, vendors, monkeypatch, roi):
+    """A method's ``inference.roi`` reaches the Segmenter that evaluates it (``None``: the
+    model's own setting), so whole-image lab results stay reproducible."""
+    import cardioseg.inference as inference
+    from cardioseg.benchmark.runner import evaluate_run
+
+    inf = {} if roi is None else {"roi": roi}
+    proto_path = _protocol(
+        tmp_path, vendors, methods=["baseline", {"name": "w", "config": {"inference": inf}}]
+    )
+    proto = load_protocol(proto_path)
+    run = {r.method: r for r in plan(proto, "quick", tmp_path / "out")}["w"]
+    seen: dict = {}
+
+    class Spy:
+        """Records its options; predicts background everywhere."""
+
+        def __init__(self, checkpoint, **kwargs):
+            seen.update(kwargs)
+
+        def predict(self, volume, properties):
+            return SimpleNamespace(labels=np.zeros(volume.shape, dtype=np.uint8))
+
+    monkeypatch.setattr(inference, "Segmenter", Spy)
+    rows = evaluate_run(proto, run, tmp_path / "unused.pt")
+    assert seen["roi"] is roi
+    assert len(rows) == 2 * 2 and all(r["method"] == "w" for r in rows)  # 2 subjects x ED/ES

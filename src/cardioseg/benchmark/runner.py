@@ -101,6 +101,7 @@ def evaluate_run(
         harmonization=inf.get("harmonization", "none"),
         adaptation=adaptation,
         adaptation_options=options,
+        roi=inf.get("roi"),
     )
     rows: list[dict] = []
     for ref in run.targets:
