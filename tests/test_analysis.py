@@ -249,6 +249,19 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert len(rows2) == 3
 
 
+@pytest.mark.parametrize(("flag", "roi"), [("--whole-image", False), ("--roi", True)])
+def test_analyze_batch_heart_window_option(tmp_path, tiny_checkpoint, flag, roi):
+    """``--roi/--whole-image`` reaches the batch workers' segmenter."""
+    from cardioseg.clinical import batch
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    args = ["analyze-batch", studies, "-o", tmp_path / "batch", "--model", tiny_checkpoint]
+    res = _run([*args, "--no-progress", flag])
+    assert res.exit_code == 0, res.output
+    assert batch._SEGMENTER.roi is roi
+
+
 def test_analyze_batch_reader_exclusions(tmp_path, tiny_checkpoint):
     studies = tmp_path / "studies"
     _write_cine(studies / "a.nii.gz", seed=5, frames=4)

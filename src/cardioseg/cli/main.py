@@ -464,6 +464,7 @@ def analyze_batch(
             "(e.g. 'ES:8 ES:9:LV'); studies whose exclusions changed are analysed again"
         ),
     ] = None,
+    roi: RoiOption = None,
 ) -> None:
     """Analyse many studies (resumable: finished studies are skipped); one CSV row per study."""
     import csv
@@ -478,6 +479,7 @@ def analyze_batch(
         ray_address=ray,
         progress=progress,
         exclusions=read_exclusions(exclusions) if exclusions else None,
+        roi=roi,
     )
     rows = list(csv.DictReader(open(table, newline="")))
     failed = [r for r in rows if r["status"] != "done"]

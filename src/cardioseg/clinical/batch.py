@@ -87,14 +87,15 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
     return row
 
 
-def _init_worker(model: str | None, threads: int) -> None:
+def _init_worker(options: dict[str, Any], threads: int) -> None:
+    """Build the worker's segmenter from ``Segmenter`` keyword arguments."""
     global _SEGMENTER
     import torch
 
     from cardioseg.inference import Segmenter
 
     torch.set_num_threads(max(1, threads))
-    _SEGMENTER = Segmenter(model)
+    _SEGMENTER = Segmenter(**options)
 
 
 def read_exclusions(path: str | Path) -> dict[str, list[str]]:
@@ -175,6 +176,7 @@ def run_batch(
     ray_address: str | None = None,
     progress: bool = True,
     exclusions: Mapping[str, Sequence[str]] | None = None,
+    roi: bool | None = None,
 ) -> Path:
     """Analyse every study under ``root``; returns the path of ``results.csv``.
 
@@ -189,6 +191,7 @@ def run_batch(
             :func:`read_exclusions`). When given, it is the whole decision: a finished study
             whose report lists other exclusions (or any, where the mapping has none for it) is
             analysed again. ``None`` keeps every finished study.
+        roi: Heart-window inference (see ``Segmenter(roi=...)``; ``None``: the model's).
 
     Raises:
         CardiosegError: No studies, or exclusions naming a study that is not in ``root``.
@@ -227,7 +230,8 @@ def run_batch(
             todo.append(s)
     _write_table(table, rows)
     log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
-    for row in _run(todo, outdir, workers, model, ray_address, progress, wanted or {}):
+    options = {"checkpoint": model, "roi": roi}
+    for row in _run(todo, outdir, workers, options, ray_address, progress, wanted or {}):
         rows[row["study"]] = row
         _write_table(table, rows)
     return table
@@ -237,7 +241,7 @@ def _run(
     todo: list[Path],
     outdir: Path,
     workers: int,
-    model: str | None,
+    options: dict[str, Any],
     ray_address: str | None,
     progress: bool,
     exclusions: Mapping[str, list[str]],
@@ -252,14 +256,14 @@ def _run(
         bar.close()
         return
     if ray_address:
-        yield from _run_ray(todo, outdir, workers, model, ray_address, bar, excl)
+        yield from _run_ray(todo, outdir, workers, options, ray_address, bar, excl)
     elif workers <= 1:
-        _init_worker(model, 0)
+        _init_worker(options, 0)
         for s in todo:
             yield _analyze_one(str(s), str(outdir), excl(s))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(model, 1)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(options, 1)) as pool:
             futures = [pool.submit(_analyze_one, str(s), str(outdir), excl(s)) for s in todo]
             for f in as_completed(futures):
                 yield f.result()
@@ -271,7 +275,7 @@ def _run_ray(
     todo: list[Path],
     outdir: Path,
     workers: int,
-    model: str | None,
+    options: dict[str, Any],
     address: str,
     bar: Any,
     excl: Callable[[Path], list[str]],
@@ -293,7 +297,7 @@ def _run_ray(
     @ray.remote(num_cpus=1)
     class Worker:
         def __init__(self) -> None:
-            _init_worker(model, 1)
+            _init_worker(options, 1)
 
         def run(self, path: str, exclude: list[str]) -> dict:
             return _analyze_one(path, str(outdir), exclude)
