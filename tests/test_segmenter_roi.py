@@ -12,7 +12,7 @@ from cardioseg.inference import Segmenter
 from cardioseg.inference.segmenter import (
     ROI_MARGIN,
     _heart_mask,
-    _reaches_inner_edge,
+    _inner_edges,
     _window,
 )
 
@@ -35,15 +35,15 @@ def test_window_covers_the_heart_with_margins_inside_the_image(lo, hi, n, expect
         assert start <= max(lo - ROI_MARGIN, 0) and end >= min(hi + 1 + ROI_MARGIN, n)
 
 
-def test_inner_edge_counts_only_window_edges_inside_the_image():
+def test_inner_edges_count_only_window_edges_inside_the_image():
     heart = np.zeros((2, 32, 32), dtype=bool)
     heart[1, 0, 10] = True  # on the window's top row
-    assert _reaches_inner_edge(heart, (8, 40, 8, 40), (64, 64))
-    assert not _reaches_inner_edge(heart, (0, 32, 8, 40), (64, 64))  # top row = image edge
+    assert _inner_edges(heart, (8, 40, 8, 40), (64, 64)) == (True, False, False, False)
+    assert not any(_inner_edges(heart, (0, 32, 8, 40), (64, 64)))  # top row = image edge
     heart[1, 0, 10] = False
     heart[0, 5, -1] = True  # right column
-    assert _reaches_inner_edge(heart, (0, 32, 0, 32), (32, 64))
-    assert not _reaches_inner_edge(heart, (0, 32, 32, 64), (32, 64))
+    assert _inner_edges(heart, (0, 32, 0, 32), (32, 64)) == (False, False, False, True)
+    assert not any(_inner_edges(heart, (0, 32, 32, 64), (32, 64)))
 
 
 def test_heart_mask_drops_small_fragments_only():

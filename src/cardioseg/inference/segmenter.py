@@ -104,14 +104,6 @@ def _inner_edges(
     )
 
 
-def _reaches_inner_edge(
-    heart: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]
-) -> bool:
-    """Whether an ``(N, h, w)`` mask seen in the window ``box`` touches an edge of the window
-    that lies inside the image of ``size``."""
-    return any(_inner_edges(heart, box, size))
-
-
 @dataclass
 class Segmentation:
     """Result for one file: canonical labels in native geometry (3D, or 4D with time last)."""
@@ -129,8 +121,8 @@ DEFAULT_PRECISION = "auto"
 
 #: Whether checkpoints whose config does not say segment a heart-centred window (``roi``; all
 #: packaged models). With the v4-recipe CV folds it raised mean Dice on the held-out ACDC
-#: volumes (0.903 -> 0.905, 160 volumes, p < 0.001), and with the shipped v4 on M&Ms (0.876 ->
-#: 0.890) and LGE (0.690 -> 0.732), while taking less time per volume (``docs/benchmarks.md``).
+#: volumes (0.903 -> 0.907, 160 volumes, p = 1e-5), and with the shipped v4 on M&Ms (0.876 ->
+#: 0.890) and LGE (0.690 -> 0.738), while taking less time per volume (``docs/benchmarks.md``).
 DEFAULT_ROI = True
 
 
@@ -191,10 +183,10 @@ class Segmenter:
             least the training patch size, the scale the network was trained on). Where the
             predicted heart reaches an edge of the window inside the image, the window is grown
             once (around the heart, and to the image's border on the sides it crossed); where
-            it still does, or the middle slice shows no heart, the whole
-            field of view is segmented (:attr:`roi_counts` counts each outcome). The frames of
-            one cine share a window (:meth:`sharing_window`). ``None`` uses the checkpoint
-            config's ``inference.roi``, else ``DEFAULT_ROI``.
+            it still does, or the middle slice shows no heart, the whole field of view is
+            segmented (:attr:`roi_counts` counts each outcome). The frames of one cine share a
+            window (:meth:`sharing_window`). ``None`` uses the checkpoint config's
+            ``inference.roi``, else ``DEFAULT_ROI``.
 
     Example:
         >>> seg = Segmenter()  # doctest: +SKIP
@@ -336,7 +328,8 @@ class Segmenter:
             y0, y1, x0, x1 = box
             p = self._probabilities(x[..., y0:y1, x0:x1])
             heart = _heart_mask(p.argmax(1))
-            if not _reaches_inner_edge(heart, box, size):
+            crossed = _inner_edges(heart, box, size)
+            if not any(crossed):
                 self.roi_counts["window"] += 1
                 if self._study_window is not None:
                     self._study_window[size] = box
@@ -344,7 +337,7 @@ class Segmenter:
                 out[:, 0] = 1.0
                 out[..., y0:y1, x0:x1] = p
                 return out
-            box = self._window_around(heart, box, size, open_edges=_inner_edges(heart, box, size))
+            box = self._window_around(heart, box, size, open_edges=crossed)
             if box is None:
                 break
         self.roi_counts["fallback"] += 1
