@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roi_option import add_roi_argument, roi_value
 
 from cardioseg.data.datasets import load_case
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics
@@ -36,13 +37,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tta", action="store_true", help="test-time augmentation")
-    ap.add_argument(
-        "--roi",
-        choices=["on", "off"],
-        default=None,
-        help="segment in a heart-centred window (on) or the whole image (off); default: the "
-        "model's setting",
-    )
+    add_roi_argument(ap)
     ap.add_argument("--tag", default="", help="suffix for the output file names (e.g. wide)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,7 +53,7 @@ def main() -> None:
             continue
         cfg = load_config(fold_dir / "config.yaml")
         _, val = split_records(collect_records(cfg), cfg)
-        seg = Segmenter(ckpt, tta=args.tta, roi=None if args.roi is None else args.roi == "on")
+        seg = Segmenter(ckpt, tta=args.tta, roi=roi_value(args))
         folds_done.append(fold_dir.name)
         for r in val:
             image, ref, props = load_case(r)

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from roi_option import add_roi_argument, roi_value
 
 from cardioseg.clinical.features import slice_thickness_samples
 from cardioseg.clinical.indices import _ef
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="packaged model name or checkpoint")
     ap.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tag", default=None)
+    add_roi_argument(ap)
     args = ap.parse_args()
     if not args.dataset.is_dir():
         sys.exit(f"error: {args.dataset}: no such dataset folder")
@@ -121,7 +123,7 @@ def main() -> None:
     if args.predictions is None:
         from cardioseg.inference.segmenter import Segmenter
 
-        segmenter = Segmenter(args.model) if args.model else Segmenter()
+        segmenter = Segmenter(args.model, roi=roi_value(args))
 
     rows = []
     for (dataset, subject), phases in ed_es_pairs(discover(args.dataset, args.layout)).items():

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from roi_option import add_roi_argument, roi_value
 from scipy import stats
 
 from cardioseg.clinical.analysis import analyze_study
@@ -336,13 +337,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", nargs="+", default=["sunnybrook", "qc", "speed"])
-    ap.add_argument(
-        "--roi",
-        choices=["on", "off"],
-        default=None,
-        help="segment in a heart-centred window (on) or the whole image (off); default: the "
-        "model's (measurements before 2026-11-30 ran the whole image)",
-    )
+    add_roi_argument(ap)
     ap.add_argument(
         "--calibrate-entropy",
         action="store_true",
@@ -353,7 +348,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(args.model, roi=None if args.roi is None else args.roi == "on")
+    seg = Segmenter(args.model, roi=roi_value(args))
     lines = [
         "# Clinical analysis benchmark",
         "",

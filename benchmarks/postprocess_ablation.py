@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roi_option import add_roi_argument, roi_value
 
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.evaluation.metrics import compute_overlap
@@ -77,12 +78,18 @@ def _jobs(args) -> list[tuple[Segmenter, list, str]]:
                 continue
             cfg = load_config(fold_dir / "config.yaml")
             _, val = split_records(collect_records(cfg), cfg)
-            jobs.append((Segmenter(fold_dir / "best.pt", postprocess=False), val, fold_dir.name))
+            jobs.append(
+                (
+                    Segmenter(fold_dir / "best.pt", postprocess=False, roi=roi_value(args)),
+                    val,
+                    fold_dir.name,
+                )
+            )
         return jobs
     recs = [r for r in discover(args.dataset, args.layout) if r.label]
     if args.exclude:
         recs = [r for r in recs if r.subject not in set(args.exclude)]
-    return [(Segmenter(args.model, postprocess=False), recs, "model")]
+    return [(Segmenter(args.model, postprocess=False, roi=roi_value(args)), recs, "model")]
 
 
 def main() -> None:
@@ -95,6 +102,7 @@ def main() -> None:
     ap.add_argument("--tag", default="acdc_cv")
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--threads", type=int, default=2)
+    add_roi_argument(ap)
     args = ap.parse_args()
     if not args.cv_runs and not args.dataset:
         sys.exit("give --cv-runs or --dataset")

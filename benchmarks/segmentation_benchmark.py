@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from roi_option import add_roi_argument, roi_value  # noqa: E402
+
 from cardioseg.benchmark.report import compare_paired  # noqa: E402
 from cardioseg.data.datasets import discover, load_case  # noqa: E402
 from cardioseg.errors import CardiosegError  # noqa: E402
@@ -71,13 +73,7 @@ def main() -> None:
         choices=["auto", "float32", "bfloat16"],
         help="network precision of the cardioseg methods (default: each model's, i.e. auto)",
     )
-    ap.add_argument(
-        "--roi",
-        choices=["on", "off"],
-        default=None,
-        help="heart-centred window (on) or whole image (off) for the cardioseg methods "
-        "(default: each model's; measurements before 2026-11-30 ran the whole image)",
-    )
+    add_roi_argument(ap)
     ap.add_argument("--tag", default="", help="suffix for output file names")
     args = ap.parse_args()
 
@@ -87,7 +83,7 @@ def main() -> None:
     if not data.exists():
         sys.exit(f"skip: {data} not found (needs ../shared/data)")
     # the variants override these
-    p = {"precision": args.precision, "roi": None if args.roi is None else args.roi == "on"}
+    p = {"precision": args.precision, "roi": roi_value(args)}
     methods: dict[str, object] = {"cardioseg": Segmenter(args.model, tta=args.tta, **p)}
     variant_kwargs = {
         "tta": {"tta": True},

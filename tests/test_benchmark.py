@@ -503,3 +503,24 @@ def test_evaluation_follows_the_methods_heart_window_setting(tmp_path, vendors, 
     rows = evaluate_run(proto, run, tmp_path / "unused.pt")
     assert seen["roi"] is roi
     assert len(rows) == 2 * 2 and all(r["method"] == "w" for r in rows)  # 2 subjects x ED/ES
+
+
+def test_benchmark_whole_image_flag_overrides_every_method(tmp_path, vendors, monkeypatch):
+    """``cardioseg benchmark --whole-image`` evaluates every method on the whole image."""
+    import cardioseg.inference as inference
+
+    seen: list = []
+
+    class Spy:
+        def __init__(self, checkpoint, **kwargs):
+            seen.append(kwargs["roi"])
+
+        def predict(self, volume, properties):
+            return SimpleNamespace(labels=np.zeros(volume.shape, dtype=np.uint8))
+
+    monkeypatch.setattr(inference, "Segmenter", Spy)
+    proto = _protocol(tmp_path, vendors)
+    args = ["benchmark", str(proto), "-o", str(tmp_path / "out"), "--whole-image"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert seen == [False, False]  # baseline and tent

@@ -229,6 +229,7 @@ def run_benchmark(
     only: Sequence[str] | None = None,
     report_only: bool = False,
     experiments: Sequence[str] | None = None,
+    roi: bool | None = None,
 ) -> BenchmarkResult:
     """Validate the protocol, run every unfinished run, then write the report.
 
@@ -248,6 +249,9 @@ def run_benchmark(
         experiments: Run only these experiments of the matrix (e.g. ``lodo-Siemens`` of a
             leave-one-domain-out protocol), plus the runs they depend on; combines with
             ``only``.
+        roi: Evaluate every method in a heart window (``True``) or on the whole image
+            (``False``), overriding the methods' ``inference.roi``; ``None`` keeps them
+            (results measured before 2026-11-30 used the whole image).
 
     Raises:
         CardiosegError: Invalid protocol (before any training starts).
@@ -257,6 +261,9 @@ def run_benchmark(
     proto = load_protocol(protocol)
     out = Path(out_dir)
     runs = plan(proto, profile, out)
+    if roi is not None:
+        for run in runs:
+            run.config.setdefault("inference", {})["roi"] = roi
     selected = set() if report_only else _selected_runs(proto, runs, only, experiments)
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)

@@ -599,6 +599,7 @@ def benchmark(
             "combines with --only",
         ),
     ] = None,
+    roi: RoiOption = None,
 ) -> None:
     """Run a generalisation protocol: train/test matrix, metrics, Wilcoxon tests, report."""
     _setup_logging(True)
@@ -613,6 +614,7 @@ def benchmark(
         only=only,
         report_only=report_only,
         experiments=experiment,
+        roi=roi,
     )
     for key, status in result.status.items():
         typer.echo(f"{status:8s} {key} {result.errors.get(key, '')}".rstrip())
