@@ -146,6 +146,31 @@ def test_frames_of_one_study_share_the_window(tiny_checkpoint):
     assert len([s for s in net.shapes if s[0] == 1]) == 2
 
 
+def test_test_time_adaptation_adapts_to_the_window(tiny_checkpoint):
+    """TENT and the like adapt the network to the slices it will segment: the window."""
+    from contextlib import contextmanager
+
+    seg, net = _roi_segmenter(tiny_checkpoint)
+    seg.roi_size = 64
+    seen: list[tuple[int, ...]] = []
+
+    class Adapter:
+        @contextmanager
+        def adapted(self, model, x):
+            seen.append(tuple(x.shape))
+            yield model
+
+    seg.adapter = Adapter()
+    x = _stack()
+    vol = x[:, 0].permute(1, 2, 0).numpy()  # (H, W, Z) at the model's 1.25 mm spacing
+    seg.preprocessor.forward = lambda volume, spacing, affine=None: (x, None)
+    seg.preprocessor.inverse_labels = lambda probs, state: probs.argmax(1).numpy()
+    seg.do_postprocess = False
+    labels, _ = seg.predict_volume(vol, (1.25, 1.25, 8.0))
+    assert seen == [net.shapes[-1]] and seen[0][2] * seen[0][3] < 256 * 288 / 2
+    assert seg.roi_counts["window"] == 1 and labels.shape == (6, 256, 288)
+
+
 def test_roi_off_never_probes(tiny_checkpoint):
     seg, net = _roi_segmenter(tiny_checkpoint)
     seg.roi = False

@@ -313,14 +313,16 @@ class Segmenter:
             return model(x).float()
 
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities for a ``(N, 1, H, W)`` stack (in a heart window if ``roi``)."""
+    def _forward(
+        self, x: torch.Tensor, box: tuple[int, int, int, int] | None = None
+    ) -> torch.Tensor:
+        """Softmax probabilities for a ``(N, 1, H, W)`` stack (in a heart window if ``roi``:
+        ``box``, else the one :meth:`_window_for` finds)."""
         if not self.roi:
             return self._probabilities(x)
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        box = self._study_window.get(size) if self._study_window is not None else None
         if box is None:
-            box = self._heart_window(x)
+            box = self._window_for(x)
             if box is None:
                 self.roi_counts["full"] += 1
                 return self._probabilities(x)
@@ -387,6 +389,14 @@ class Segmenter:
             return None
         return y0, y1, x0, x1
 
+    @torch.inference_mode()
+    def _window_for(self, x: torch.Tensor) -> tuple[int, int, int, int] | None:
+        """The window of a stack: the study's (:meth:`sharing_window`), else a new one."""
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if self._study_window is not None and size in self._study_window:
+            return self._study_window[size]
+        return self._heart_window(x)
+
     def _heart_window(self, x: torch.Tensor) -> tuple[int, int, int, int] | None:
         """``(y0, y1, x0, x1)`` of the heart window of a ``(N, 1, H, W)`` stack, found on its
         middle slice; ``None`` where that slice shows too little heart or the window would be
@@ -424,9 +434,11 @@ class Segmenter:
         :func:`~cardioseg.preprocessing.geometry.is_mirrored_view`).
         """
         x, state = self.preprocessor.forward(volume, spacing, affine)
-        if self.adapter is not None:
-            with self.adapter.adapted(self.model, x.to(self.device)):
-                probs = self._forward(x)
+        if self.adapter is not None:  # adapt to what the network will see: the window
+            box = self._window_for(x) if self.roi else None
+            seen = x if box is None else x[..., box[0] : box[1], box[2] : box[3]]
+            with self.adapter.adapted(self.model, seen.to(self.device)):
+                probs = self._forward(x, box)
         else:
             probs = self._forward(x)
         labels = self.preprocessor.inverse_labels(probs, state)
