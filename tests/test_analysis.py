@@ -150,6 +150,9 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     }
     assert referenced and referenced <= sources
     assert report["meta"]["source_kind"] == "dicom"
+    # every frame, plus ED and ES again with TTA, went through the heart window or the whole image
+    window = report["meta"]["heart_window"]
+    assert sum(window.values()) == report["meta"]["n_frames"] + 2
 
 
 @pytest.mark.parametrize("kind", ["missing", "no_cine", "three_d", "corrupt_zip", "blank_dicom"])

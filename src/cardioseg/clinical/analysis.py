@@ -140,6 +140,7 @@ def analyze_study(
             ex.check(st.image.shape[axis])
     except ValueError as err:
         raise CardiosegError(st.source, str(err)) from None
+    counts_before = dict(getattr(seg, "roi_counts", None) or {})
     labels = _segment_frames(seg, st)
     lv_curve = volume_curve(labels, spacing, 1)
     rv_curve = volume_curve(labels, spacing, 3)
@@ -210,6 +211,14 @@ def analyze_study(
             "slice_axis": axis,
             "seconds": round(time.perf_counter() - t0, 3),
         }
+        counts = getattr(seg, "roi_counts", None)
+        if isinstance(counts, dict) and getattr(seg, "roi", False):
+            # volumes segmented in the heart window / on the whole image (no heart on the
+            # middle slice, or the heart reached the window's edge): a pipeline can spot studies
+            # whose anatomy the window did not fit
+            meta["heart_window"] = {
+                k: int(v) - int(counts_before.get(k, 0)) for k, v in counts.items()
+            }
         if dm is not None:
             meta.update(
                 {
