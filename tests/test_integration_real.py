@@ -55,7 +55,7 @@ def test_vendor_affines_keep_slice_axis():
 #: Regression guard for the shipped model on the 3 M&Ms subjects (6 volumes): the issue's bar for
 #: this test, 0.85. The shipped model measures 0.857 (models/README.md); raise the guard with every
 #: model that does better.
-MNMS_MEAN_DICE_GUARD = 0.85
+MNMS_MEAN_DICE_GUARD = 0.87  # measured 0.890 in the heart window (0.876 on the whole image)
 
 
 def test_shipped_model_on_mnms():
@@ -75,6 +75,24 @@ def test_shipped_model_on_mnms():
         scores.append(compute_metrics(pred, ref, props.spacing)["mean_dice"])
     assert len(scores) == 6
     assert float(np.mean(scores)) >= MNMS_MEAN_DICE_GUARD, scores
+
+
+def test_heart_window_on_real_unseen_vendors():
+    """On the real M&Ms volumes the heart window is used for every volume (no fallback to the
+    whole image) and is not worse than the whole image (measured: 0.890 vs 0.876)."""
+    root = shared_or_skip("mnms")
+    from cardioseg.evaluation.metrics import compute_metrics
+    from cardioseg.inference import Segmenter
+
+    window, whole = Segmenter(roi=True), Segmenter(roi=False)
+    scores: dict[str, list[float]] = {"window": [], "whole": []}
+    for r in discover(root):
+        image, ref, props = load_case(r)
+        for name, seg in (("window", window), ("whole", whole)):
+            pred, _ = seg.predict_volume(image, props.spacing, affine=props.affine)
+            scores[name].append(compute_metrics(pred, ref, props.spacing)["mean_dice"])
+    assert window.roi_counts == {"window": 6, "full": 0, "fallback": 0}
+    assert np.mean(scores["window"]) >= np.mean(scores["whole"]) - 0.005, scores
 
 
 def test_lge_stacks_are_mirrored_and_segmented_in_the_canonical_view():
