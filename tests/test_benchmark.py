@@ -475,11 +475,28 @@ def test_protocol_checkpoint_file_wins_over_packaged_name(tmp_path):
         _checkpoint_path("ensemble", tmp_path / "elsewhere" / "p.yaml", "pre")
 
 
+def _spy_segmenter(monkeypatch) -> list[dict]:
+    """Replace the Segmenter the lab evaluates with by one that records its options (returned,
+    one dict per Segmenter built) and predicts background everywhere."""
+    import cardioseg.inference as inference
+
+    seen: list[dict] = []
+
+    class Spy:
+        def __init__(self, checkpoint, **kwargs):
+            seen.append(kwargs)
+
+        def predict(self, volume, properties):
+            return SimpleNamespace(labels=np.zeros(volume.shape, dtype=np.uint8))
+
+    monkeypatch.setattr(inference, "Segmenter", Spy)
+    return seen
+
+
 @pytest.mark.parametrize("roi", [False, True, None])
 def test_evaluation_follows_the_methods_heart_window_setting(tmp_path, vendors, monkeypatch, roi):
     """A method's ``inference.roi`` reaches the Segmenter that evaluates it (``None``: the
     model's own setting), so whole-image lab results stay reproducible."""
-    import cardioseg.inference as inference
     from cardioseg.benchmark.runner import evaluate_run
 
     inf = {} if roi is None else {"roi": roi}
@@ -488,39 +505,17 @@ def test_evaluation_follows_the_methods_heart_window_setting(tmp_path, vendors, 
     )
     proto = load_protocol(proto_path)
     run = {r.method: r for r in plan(proto, "quick", tmp_path / "out")}["w"]
-    seen: dict = {}
-
-    class Spy:
-        """Records its options; predicts background everywhere."""
-
-        def __init__(self, checkpoint, **kwargs):
-            seen.update(kwargs)
-
-        def predict(self, volume, properties):
-            return SimpleNamespace(labels=np.zeros(volume.shape, dtype=np.uint8))
-
-    monkeypatch.setattr(inference, "Segmenter", Spy)
+    seen = _spy_segmenter(monkeypatch)
     rows = evaluate_run(proto, run, tmp_path / "unused.pt")
-    assert seen["roi"] is roi
+    assert [o["roi"] for o in seen] == [roi]
     assert len(rows) == 2 * 2 and all(r["method"] == "w" for r in rows)  # 2 subjects x ED/ES
 
 
 def test_benchmark_whole_image_flag_overrides_every_method(tmp_path, vendors, monkeypatch):
     """``cardioseg benchmark --whole-image`` evaluates every method on the whole image."""
-    import cardioseg.inference as inference
-
-    seen: list = []
-
-    class Spy:
-        def __init__(self, checkpoint, **kwargs):
-            seen.append(kwargs["roi"])
-
-        def predict(self, volume, properties):
-            return SimpleNamespace(labels=np.zeros(volume.shape, dtype=np.uint8))
-
-    monkeypatch.setattr(inference, "Segmenter", Spy)
+    seen = _spy_segmenter(monkeypatch)
     proto = _protocol(tmp_path, vendors)
     args = ["benchmark", str(proto), "-o", str(tmp_path / "out"), "--whole-image"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert seen == [False, False]  # baseline and tent
+    assert [o["roi"] for o in seen] == [False, False]  # baseline and tent
