@@ -41,6 +41,7 @@ from scipy import stats
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
 from cardioseg.clinical.qc import (
+    DISAGREEMENT_REVIEW,
     ENTROPY_HEART_REVIEW,
     MINOR_REVIEW_SCORE,
     REVIEW_SCORE,
@@ -130,11 +131,12 @@ def _cv_models(cv_runs: Path | None, roi: bool | None = None) -> dict[str, Segme
 
 def qc_study_rows(
     data: Path, seg: Segmenter, cv_runs: Path | None, calibrate: bool = False
-) -> tuple[list[dict], float]:
-    """One row per labelled study; with ``calibrate``, the heart-entropy review threshold is
-    first set to the 90th percentile over the held-out ACDC CV studies (the in-domain
-    calibration that :data:`cardioseg.clinical.qc.ENTROPY_HEART_REVIEW` documents). Returns the
-    rows and the threshold used."""
+) -> tuple[list[dict], tuple[float, float]]:
+    """One row per labelled study; with ``calibrate``, the heart-entropy and disagreement
+    review thresholds are first set to their 90th percentiles over the held-out ACDC CV
+    studies (the in-domain calibration that :data:`cardioseg.clinical.qc.ENTROPY_HEART_REVIEW`
+    documents). Each row also has the QC status without the disagreement check (for the
+    ablation). Returns the rows and the two thresholds used."""
     studies = []
     cv = _cv_models(cv_runs, roi=seg.roi)
     groups: dict[tuple[str, str], dict[str, object]] = {}
@@ -149,7 +151,7 @@ def qc_study_rows(
             groups.setdefault((ds, r.subject), {})[r.phase] = r
     for (ds, subject), phases in sorted(groups.items()):
         model = cv.get(subject, seg) if ds == "acdc" else seg
-        labs, refs, probs, dices = {}, {}, {}, []
+        labs, refs, probs, spreads, dices = {}, {}, {}, {}, []
         spacing = None
         try:
             loaded = {ph: load_case(r) for ph, r in sorted(phases.items())}  # type: ignore[arg-type]
@@ -161,38 +163,60 @@ def qc_study_rows(
             tta = model.tta
             model.tta = True
             try:
-                pred, p = model.predict_volume(
-                    image, props.spacing, return_probabilities=True, affine=props.affine
+                pred, p, spread = model.predict_volume(
+                    image,
+                    props.spacing,
+                    return_probabilities=True,
+                    affine=props.affine,
+                    return_disagreement=True,
                 )
             finally:
                 model.tta = tta
-            labs[ph], refs[ph], probs[ph] = pred, ref, p
+            labs[ph], refs[ph], probs[ph], spreads[ph] = pred, ref, p, spread
             dices.append(compute_metrics(pred, ref, props.spacing)["mean_dice"])
         names = [p for p in ("ED", "ES") if p in labs] or list(labs)
-        studies.append((ds, subject, phases, names, labs, refs, probs, dices, spacing))
+        studies.append((ds, subject, phases, names, labs, refs, probs, spreads, dices, spacing))
         print(f"predicted {ds} {subject} dice {np.mean(dices):.3f}", flush=True)
 
-    def assess(study: tuple, threshold: float | None = None) -> Any:
-        _, _, _, names, labs, _, probs, _, spacing = study
+    def assess(
+        study: tuple, thresholds: tuple[float, float] | None = None, spread: bool = True
+    ) -> Any:
+        _, _, _, names, labs, _, probs, spreads, _, spacing = study
+        if not spread:
+            spreads = {}
         first, second = names[0], (names[1] if len(names) > 1 else None)
         return assess_quality(
             labs[first],
             labs[second] if second else None,
             spacing,
             probabilities={"ED": probs[first], **({"ES": probs[second]} if second else {})},
-            heart_entropy_review=threshold,
+            heart_entropy_review=thresholds[0] if thresholds else None,
+            disagreement={
+                "ED": spreads.get(first),
+                **({"ES": spreads.get(second)} if second else {}),
+            },
+            disagreement_review=thresholds[1] if thresholds else None,
         )
 
-    threshold = ENTROPY_HEART_REVIEW
+    thresholds = (ENTROPY_HEART_REVIEW, DISAGREEMENT_REVIEW)
     if calibrate:
-        entropies = [assess(st).metrics["heart_entropy"] for st in studies if st[0] == "acdc"]
-        if entropies:
-            threshold = float(np.percentile(entropies, 90))
-            print(f"calibrated heart-entropy review threshold: {threshold:.4f}", flush=True)
+        found = [assess(st).metrics for st in studies if st[0] == "acdc"]
+        if found:
+            # rounded as the shipped constants are written
+            thresholds = (
+                round(float(np.percentile([m["heart_entropy"] for m in found], 90)), 4),
+                round(float(np.percentile([m["disagreement"] for m in found], 90)), 4),
+            )
+            print(
+                "calibrated review thresholds: heart entropy {:.4f}, disagreement {:.4f}".format(
+                    *thresholds
+                ),
+                flush=True,
+            )
     rows = []
     for study in studies:
-        ds, subject, phases, names, labs, refs, _, dices, spacing = study
-        qc = assess(study, threshold)
+        ds, subject, phases, names, labs, refs, _, _, dices, spacing = study
+        qc = assess(study, thresholds)
         first, second = names[0], (names[1] if len(names) > 1 else None)
         row = {
             "dataset": ds,
@@ -205,6 +229,8 @@ def qc_study_rows(
             # raw QC evidence, so thresholds and weights can be re-calibrated offline
             "qc_mean_entropy": qc.metrics.get("mean_entropy", float("nan")),
             "qc_heart_entropy": qc.metrics.get("heart_entropy", float("nan")),
+            "qc_disagreement": qc.metrics.get("disagreement", float("nan")),
+            "qc_status_without_disagreement": assess(study, thresholds, spread=False).status,
             "qc_issues": ";".join(f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]),
         }
         if second:
@@ -217,7 +243,7 @@ def qc_study_rows(
             f"qc {ds} {subject} dice {row['mean_dice']:.3f} qc {qc.score:.2f} {qc.status}",
             flush=True,
         )
-    return rows, threshold
+    return rows, thresholds
 
 
 #: Review cut-offs tried in the QC sweep.
@@ -229,7 +255,7 @@ def _worst(dice: np.ndarray) -> np.ndarray:
     return np.argsort(dice)[: max(1, int(round(0.2 * len(dice))))]
 
 
-def qc_summary(rows: list[dict], threshold: float, calibrated: bool) -> list[str]:
+def qc_summary(rows: list[dict], thresholds: tuple[float, float], calibrated: bool) -> list[str]:
     how = (
         "calibrated in this run: the 90th percentile over the held-out ACDC CV studies"
         if calibrated
@@ -239,8 +265,9 @@ def qc_summary(rows: list[dict], threshold: float, calibrated: bool) -> list[str
         "## Quality control vs. real errors",
         "",
         "One row per study (ACDC: held-out fold model; M&Ms and LGE: shipped model). "
-        "Flagged = QC status review or fail. Worst 20 % = lowest mean Dice. Heart-entropy "
-        f"review threshold {threshold:.3f} ({how}).",
+        "Flagged = QC status review or fail. Worst 20 % = lowest mean Dice. Review "
+        f"thresholds: heart entropy {thresholds[0]:.4f}, disagreement of the test-time "
+        f"predictions {thresholds[1]:.4f} ({how}).",
         "",
         "| studies | n | Spearman rho (QC score, 1 - Dice) | worst 20 % flagged | "
         "all flagged | status ok / review / fail |",
@@ -264,6 +291,15 @@ def qc_summary(rows: list[dict], threshold: float, calibrated: bool) -> list[str
             f"({flagged[worst].mean():.0%}) | {flagged.sum()}/{len(rs)} ({flagged.mean():.0%}) | "
             f"{' / '.join(map(str, counts))} |"
         )
+    d = np.array([r["mean_dice"] for r in rows])
+    worst = _worst(d)
+    without = np.array([r["qc_status_without_disagreement"] != "ok" for r in rows])
+    lines += [
+        "",
+        "Without the disagreement check (ablation, same predictions and other thresholds): "
+        f"worst 20 % flagged {without[worst].sum()}/{len(worst)}, all flagged "
+        f"{without.sum()}/{len(rows)} ({without.mean():.0%}).",
+    ]
     lines += [
         "",
         "Single cut-off sweep (all studies), for comparison with the shipped two-tier rule "
@@ -341,7 +377,8 @@ def main() -> None:
     ap.add_argument(
         "--calibrate-entropy",
         action="store_true",
-        help="set the QC heart-entropy review threshold to the 90th percentile over the "
+        help="set the QC heart-entropy and disagreement review thresholds to their 90th "
+        "percentiles over the "
         "held-out ACDC CV studies of --cv-runs before scoring (for a new model)",
     )
     args = ap.parse_args()
@@ -359,7 +396,7 @@ def main() -> None:
     if "sunnybrook" in args.parts:
         lines += sunnybrook(data, seg, out)
     if "qc" in args.parts and data.exists():
-        rows, threshold = qc_study_rows(
+        rows, thresholds = qc_study_rows(
             data, seg, Path(args.cv_runs) if args.cv_runs else None, args.calibrate_entropy
         )
         keys = sorted(
@@ -370,7 +407,7 @@ def main() -> None:
             w = csv.DictWriter(fh, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-        lines += qc_summary(rows, threshold, args.calibrate_entropy)
+        lines += qc_summary(rows, thresholds, args.calibrate_entropy)
     if "speed" in args.parts:
         lines += speed(seg, args.repeats)
     text = "\n".join(lines)

@@ -490,10 +490,10 @@ class _SlowSegmenter:
         self.inner, self.delay = Segmenter(checkpoint, num_threads=1), delay
         self.tta = False
 
-    def predict_volume(self, volume, spacing, return_probabilities=False, affine=None):
+    def predict_volume(self, volume, spacing, return_probabilities=False, affine=None, **options):
         time.sleep(self.delay)
         self.inner.tta = self.tta
-        return self.inner.predict_volume(volume, spacing, return_probabilities, affine)
+        return self.inner.predict_volume(volume, spacing, return_probabilities, affine, **options)
 
 
 def _wait_running(client, job_id: str, timeout: float = 30.0) -> dict:

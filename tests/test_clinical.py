@@ -19,7 +19,12 @@ from cardioseg.clinical import (
     volume_ml,
     write_report,
 )
-from cardioseg.clinical.qc import MINOR_REVIEW_SCORE, REVIEW_SCORE
+from cardioseg.clinical.qc import (
+    DISAGREEMENT_FAIL,
+    DISAGREEMENT_REVIEW,
+    MINOR_REVIEW_SCORE,
+    REVIEW_SCORE,
+)
 from cardioseg.errors import CardiosegError
 
 SPACING = (1.5, 1.5, 8.0)
@@ -229,6 +234,34 @@ def test_qc_uncertainty_from_probabilities(heart_pair):
     assert not any("uncertainty" in r for r in assess_quality(ed, es, SPACING, p).reasons)
     strict = assess_quality(ed, es, SPACING, p, heart_entropy_review=0.0)
     assert strict.status == "review" and any("uncertainty" in r for r in strict.reasons)
+
+
+def test_qc_disagreement_of_the_test_time_predictions(heart_pair):
+    """A study whose test-time predictions disagree around the heart is sent to review (a
+    major issue), more strongly the more they disagree; the threshold can be re-calibrated."""
+    ed, es = heart_pair
+    calm = {"ED": np.zeros(ed.shape, np.float32), "ES": np.zeros(es.shape, np.float32)}
+    qc = assess_quality(ed, es, SPACING, disagreement=calm)
+    assert qc.status == "ok" and qc.metrics["disagreement"] == 0.0
+    # above the review level in ES only: the worst phase counts
+    some = dict(calm, ES=np.full(es.shape, DISAGREEMENT_REVIEW * 1.5, np.float32))
+    qc = assess_quality(ed, es, SPACING, disagreement=some)
+    assert qc.status == "review" and qc.metrics["major_score"] >= REVIEW_SCORE
+    assert qc.metrics["disagreement"] == pytest.approx(DISAGREEMENT_REVIEW * 1.5, abs=1e-4)
+    assert any("disagree" in r for r in qc.reasons)
+    rows = [r for r in qc.per_slice if r["phase"] == "ES" and r["lv_mm2"] > 0]
+    assert rows and all(r["disagreement"] > 0 for r in rows)
+    # only the heart and a band around it count: disagreement far away does not
+    far = np.zeros(ed.shape, np.float32)
+    far[:5, :5] = 1.0
+    assert assess_quality(ed, None, SPACING, disagreement=far).status == "ok"
+    # far above the fail level: a failed study
+    wild = {"ED": np.full(ed.shape, DISAGREEMENT_FAIL * 2, np.float32)}
+    assert assess_quality(ed, es, SPACING, disagreement=wild).status == "fail"
+    lenient = assess_quality(ed, es, SPACING, disagreement=some, disagreement_review=0.5)
+    assert lenient.status == "ok"
+    with pytest.raises(ValueError, match="disagreement"):
+        assess_quality(ed, es, SPACING, disagreement=np.zeros((4, 4, 4)))
 
 
 def test_qc_swapped_frames_fail(heart_pair):

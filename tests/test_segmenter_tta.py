@@ -162,3 +162,68 @@ def test_auto_precision_resolves_per_device(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "native_bfloat16", lambda device: False)
     assert Segmenter(path, precision="auto").precision == "float32"
     assert Segmenter(path, precision="bfloat16").precision == "bfloat16"  # asked: always
+
+
+class _PixelNet(torch.nn.Module):
+    """Logits from each pixel's intensity, plus ``tilt`` times its column position: with
+    ``tilt=0`` a flipped image gets the flipped prediction (the TTA views agree), otherwise
+    the views disagree where the tilt moves a pixel across the decision boundary."""
+
+    def __init__(self, tilt: float = 0.0) -> None:
+        super().__init__()
+        self.tilt = tilt
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1, 1, x.shape[-1]).expand_as(x[:, 0])
+        fg = 4 * (x[:, 0] - 0.5) + self.tilt * ramp
+        zero = torch.zeros_like(fg)
+        return torch.stack([-fg, fg, zero, zero], 1)
+
+
+def _square_volume() -> np.ndarray:
+    vol = np.zeros((64, 64, 3), np.float32)
+    vol[20:44, 16:48] = 1.0
+    return vol
+
+
+@pytest.mark.parametrize("tilt", [0.0, 3.0])
+def test_disagreement_of_the_tta_views(tmp_path, tilt):
+    """The disagreement map is the views' mutual information: 0 where they agree, > 0 where
+    they do not; ``None`` without TTA (a single prediction)."""
+    seg = Segmenter(_checkpoint(tmp_path / "m.pt", True), tta=True, postprocess=False, roi=False)
+    seg.models = [_PixelNet(tilt)]
+    vol = _square_volume()
+    labels, probs, spread = seg.predict_volume(
+        vol, (1.5, 1.5, 8.0), return_probabilities=True, return_disagreement=True
+    )
+    assert spread.shape == labels.shape == vol.shape and probs.shape == (4, *vol.shape)
+    assert spread.min() >= 0.0 and spread.max() <= 1.0
+    if tilt == 0.0:
+        assert spread.max() < 1e-4
+    else:
+        assert spread.max() > 0.05
+        # the tilt pushes the left and right halves opposite ways: the views disagree there
+        cols = spread[:, :, 1].mean(0)
+        assert cols[:8].mean() > 10 * cols[28:36].mean()
+    seg.tta = False
+    out = seg.predict_volume(vol, (1.5, 1.5, 8.0), return_disagreement=True)
+    assert len(out) == 3 and out[2] is None and out[1] is None
+    assert len(seg.predict_volume(vol, (1.5, 1.5, 8.0))) == 2
+
+
+def test_disagreement_in_the_heart_window_is_zero_outside_it(tmp_path):
+    """Outside the heart window nothing is predicted, so nothing disagrees; on the whole image
+    the tilted stand-in's views disagree in the far corners too."""
+    vol = np.zeros((160, 160, 3), np.float32)
+    vol[70:90, 60:100] = 1.0
+    spreads = {}
+    for roi in (True, False):
+        seg = Segmenter(_checkpoint(tmp_path / "m.pt", True), tta=True, postprocess=False, roi=roi)
+        seg.models = [_PixelNet(3.0)]
+        seg.roi_size = 16
+        spreads[roi] = seg.predict_volume(vol, (1.5, 1.5, 8.0), return_disagreement=True)[2]
+        assert seg.roi_counts["window"] == int(roi)
+    corners = (slice(0, 10), slice(0, 10))
+    assert spreads[False][corners].min() > 0.05
+    assert spreads[True][corners].max() == 0.0
+    assert spreads[True].max() > 0.05  # inside the window it is measured

@@ -99,3 +99,36 @@ def test_packaged_ensemble_averages_its_members(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ensemble").write_text("x")
     assert checkpoint_members("ensemble") == [Path("ensemble")]
+
+
+def test_analysis_shares_one_window_and_measures_the_tta_disagreement(tmp_path):
+    """``analyze_study`` (the shipped model, a phantom cine) finds the heart window once for
+    the whole study, the ED/ES pass with test-time augmentation included, and passes the
+    disagreement of its test-time predictions to the QC, which reports it per study and per
+    slice."""
+    import nibabel as nib
+
+    from cardioseg.clinical.analysis import analyze_study
+    from cardioseg.data.synthetic import make_cine
+    from cardioseg.inference import Segmenter
+
+    cine = make_cine(PhantomConfig(seed=5, n_slices=6), n_frames=4)
+    path = tmp_path / "cine.nii.gz"
+    nib.save(nib.Nifti1Image(cine.image.astype(np.float32), cine.affine), str(path))
+    seg = Segmenter(roi=True)
+    probes = []
+    find = seg._heart_window
+
+    def spy(x):
+        probes.append(tuple(x.shape))
+        return find(x)
+
+    seg._heart_window = spy
+    report = analyze_study(tmp_path / "out", study=path, segmenter=seg, write_pdf=False)
+    assert len(probes) == 1
+    assert report["meta"]["heart_window"] == {"window": 4 + 2, "full": 0, "fallback": 0}
+    qc = report["qc"]
+    assert 0.0 <= qc["metrics"]["disagreement"] < 1.0
+    measured = [r for r in qc["per_slice"] if r["disagreement"] is not None]
+    assert {r["phase"] for r in measured} == {"ED", "ES"}
+    assert max(r["disagreement"] for r in measured) > 0.0

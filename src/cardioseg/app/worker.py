@@ -112,11 +112,12 @@ class ProgressSegmenter:
         spacing: tuple[float, float, float],
         return_probabilities: bool = False,
         affine: np.ndarray | None = None,
+        **options: Any,
     ) -> Any:
         """Report progress, then segment like the wrapped segmenter."""
         self._progress.before_call(return_probabilities)
         return self._inner.predict_volume(
-            volume, spacing, return_probabilities=return_probabilities, affine=affine
+            volume, spacing, return_probabilities=return_probabilities, affine=affine, **options
         )
 
     def __getattr__(self, name: str) -> Any:

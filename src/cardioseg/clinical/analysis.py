@@ -79,14 +79,35 @@ def _sharing_window(segmenter: Any) -> AbstractContextManager:
 
 
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
-    with _sharing_window(segmenter):
-        labels = [
-            segmenter.predict_volume(
-                study.image[..., t], study.properties.spacing, affine=study.properties.affine
-            )[0]
-            for t in range(study.image.shape[-1])
-        ]
+    labels = [
+        segmenter.predict_volume(
+            study.image[..., t], study.properties.spacing, affine=study.properties.affine
+        )[0]
+        for t in range(study.image.shape[-1])
+    ]
     return np.stack(labels, axis=-1)
+
+
+def _segment_with_tta(
+    segmenter: Any, study: Study, frames: dict[str, int], labels: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """Segment the named frames again with test-time augmentation, into ``labels``; return
+    their probabilities and the disagreement of the averaged predictions (QC uncertainty)."""
+    probs, spread = {}, {}
+    tta_before = segmenter.tta
+    segmenter.tta = True
+    try:
+        for name, t in frames.items():
+            labels[..., t], probs[name], spread[name] = segmenter.predict_volume(
+                study.image[..., t],
+                study.properties.spacing,
+                return_probabilities=True,
+                affine=study.properties.affine,
+                return_disagreement=True,
+            )
+    finally:
+        segmenter.tta = tta_before
+    return probs, spread
 
 
 def analyze_study(
@@ -111,6 +132,10 @@ def analyze_study(
     see :mod:`cardioseg.clinical.slices`): typically a basal slice that shows the atrium. They
     are removed from the ED/ES masks before the indices and QC, and listed in the report next to
     the slice-by-slice volumes (``report.json["slices"]``).
+
+    ``segmenter`` defaults to the shipped :class:`~cardioseg.inference.Segmenter`; another
+    object works if its ``predict_volume`` takes the Segmenter's arguments (the ED/ES pass asks
+    for ``return_probabilities`` and ``return_disagreement``).
 
     Returns:
         The content of ``report.json``.
@@ -141,38 +166,32 @@ def analyze_study(
     except ValueError as err:
         raise CardiosegError(st.source, str(err)) from None
     counts_before = dict(getattr(seg, "roi_counts", None) or {})
-    labels = _segment_frames(seg, st)
-    lv_curve = volume_curve(labels, spacing, 1)
-    rv_curve = volume_curve(labels, spacing, 3)
-    n = labels.shape[-1]
-    if st.given_ed_es is not None:
-        ed_i, es_i = st.given_ed_es
-    else:
-        ed_i, es_i = detect_ed_es(lv_curve)
-    if ed_frame is not None:
-        ed_i = ed_frame
-    if es_frame is not None:
-        es_i = es_frame
-    for name, v in (("ED", ed_i), ("ES", es_i)):
-        if not 0 <= v < n:
-            raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n - 1}")
+    # the frames and the ED/ES pass with TTA share one heart window
+    with _sharing_window(seg):
+        labels = _segment_frames(seg, st)
+        lv_curve = volume_curve(labels, spacing, 1)
+        rv_curve = volume_curve(labels, spacing, 3)
+        n = labels.shape[-1]
+        if st.given_ed_es is not None:
+            ed_i, es_i = st.given_ed_es
+        else:
+            ed_i, es_i = detect_ed_es(lv_curve)
+        if ed_frame is not None:
+            ed_i = ed_frame
+        if es_frame is not None:
+            es_i = es_frame
+        for name, v in (("ED", ed_i), ("ES", es_i)):
+            if not 0 <= v < n:
+                raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n - 1}")
+        # the reported ED and ES frames are segmented again with test-time augmentation: their
+        # labels come from the averaged prediction; its entropy and the disagreement of the
+        # averaged predictions are the QC uncertainty
+        probs, spread = _segment_with_tta(seg, st, {"ED": ed_i, "ES": es_i}, labels)
     dm = st.dicom_meta
     if height_cm is None and dm is not None and getattr(dm, "patient_height_m", None):
         height_cm = float(dm.patient_height_m) * 100
     if weight_kg is None and dm is not None and getattr(dm, "patient_weight_kg", None):
         weight_kg = float(dm.patient_weight_kg)
-    # the reported ED and ES frames are segmented again with test-time augmentation: their
-    # labels come from the averaged prediction, and its spread is the QC uncertainty
-    probs = {}
-    tta_before = seg.tta
-    seg.tta = True
-    try:
-        for name, t in (("ED", ed_i), ("ES", es_i)):
-            labels[..., t], probs[name] = seg.predict_volume(
-                st.image[..., t], spacing, return_probabilities=True, affine=st.properties.affine
-            )
-    finally:
-        seg.tta = tta_before
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -189,6 +208,7 @@ def analyze_study(
         labels[..., es_i],
         spacing,
         probabilities={"ED": probs["ED"], "ES": probs["ES"]},
+        disagreement=spread,
     )
     with atomic_folder(outdir) as tmp:
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)

@@ -3,8 +3,10 @@
 Three families of checks, each producing *issues* with a weight in (0, 1]:
 
 * **uncertainty** - mean normalised predictive entropy inside the predicted heart per study
-  (calibrated on held-out in-domain studies) and in a band around it per slice, and the
-  fraction of uncertain voxels (needs probability maps);
+  (calibrated on held-out in-domain studies) and in a band around it per slice, the fraction
+  of uncertain voxels (needs probability maps), and the disagreement between the test-time
+  predictions around the heart per study (calibrated the same way; needs the disagreement
+  map);
 * **anatomical plausibility** - myocardium enclosing the LV, RV adjacent to the myocardium,
   fragments (per slice and detached 3D pieces), structures missing between slices, abrupt area
   changes between neighbouring slices, ED/ES consistency and plausible volume ranges;
@@ -23,8 +25,8 @@ notes are still listed as reasons. The reported score combines both tiers (it ra
 
 Thresholds are named module constants. The anatomical ones are checked against expert labels by
 ``benchmarks/qc_reference_check.py`` (80 ACDC + 3 M&Ms ED/ES pairs: all 83 "ok"). The
-study-level entropy threshold is the 90th percentile of held-out ACDC cross-validation studies;
-the per-slice one is a hand-set initial value.
+study-level entropy and disagreement thresholds are the 90th percentiles of held-out ACDC
+cross-validation studies; the per-slice entropy threshold is a hand-set initial value.
 """
 
 from __future__ import annotations
@@ -64,11 +66,23 @@ MINOR_KINDS = frozenset(
 #: ``benchmarks/clinical_benchmark.py --calibrate-entropy``, ``qc_heart_entropy``), i.e.
 #: calibrated in-domain so that 1 in 10 studies like the training data is sent to review (v3's
 #: folds gave 0.154; v4 on the whole image 0.132, in the heart window, the default since
-#: 2026-11-30, 0.133). (It replaced a hand-set 0.20 on the entropy of a 5 mm band around the
-#: heart, which ranked the real errors less well.)
-ENTROPY_HEART_REVIEW = 0.133
+#: 2026-11-30, 0.1331, rounded to 4 decimals like the per-study values). (It replaced a
+#: hand-set 0.20 on the entropy of a 5 mm band around the heart, which ranked the real errors
+#: less well.)
+ENTROPY_HEART_REVIEW = 0.1331
 #: ... and from about which it fails.
 ENTROPY_HEART_FAIL = 0.35
+#: Mean disagreement of the averaged predictions (TTA views x ensemble members: their mutual
+#: information, see :meth:`cardioseg.inference.Segmenter.predict_volume`) over the predicted
+#: heart and a 5 mm band around it (worst phase) from which the study needs review. Calibrated
+#: like :data:`ENTROPY_HEART_REVIEW`: the 90th percentile over the 80 held-out ACDC CV studies
+#: (``benchmarks/clinical_benchmark.py --calibrate-entropy``, ``qc_disagreement``).
+#: The entropy of the average mixes what is ambiguous in any image (partial volume at edges)
+#: with what the model has not learned; the disagreement is the latter, which is what grows
+#: on a scanner, protocol or sequence unlike the training data.
+DISAGREEMENT_REVIEW = 0.0172
+#: ... and from about which it fails (hand-set: about five times the review level).
+DISAGREEMENT_FAIL = 0.085
 #: In-plane dilation (mm) of the predicted heart that defines the region for the per-slice
 #: entropy statistics.
 ENTROPY_DILATION_MM = 5.0
@@ -241,6 +255,7 @@ def _phase_checks(
     dz_mm: float,
     prob: np.ndarray | None,
     out: _Collector,
+    spread: np.ndarray | None = None,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Per-slice and 3D checks of one phase; ``lab`` is (Z, A, B) with the slice axis first."""
     nz = lab.shape[0]
@@ -258,6 +273,7 @@ def _phase_checks(
             "fragments": {},
             "mean_entropy": None,
             "uncertain_fraction": None,
+            "disagreement": None,
             "flags": [],
         }
         for z in range(nz)
@@ -406,6 +422,13 @@ def _phase_checks(
                         f"{phase} slice {z}: high uncertainty (mean entropy {mean_h:.2f})",
                     )
                     rows[z]["flags"].append("uncertain")
+    if spread is not None:
+        band = _dilate2d(fg, ENTROPY_DILATION_MM, min(pix_mm))
+        if band.any():
+            metrics["disagreement"] = round(float(spread[band].mean()), 4)
+            for z in range(nz):
+                if band[z].any():
+                    rows[z]["disagreement"] = round(float(spread[z][band[z]].mean()), 4)
     metrics["areas_mm2"] = {_SHORT[s]: [float(v) for v in areas[s]] for s in areas}
     return rows, metrics
 
@@ -427,6 +450,11 @@ def assess_quality(
     | np.ndarray
     | None = None,
     heart_entropy_review: float | None = None,
+    disagreement: Mapping[str, np.ndarray | None]
+    | Sequence[np.ndarray | None]
+    | np.ndarray
+    | None = None,
+    disagreement_review: float | None = None,
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -439,6 +467,12 @@ def assess_quality(
         heart_entropy_review: Study-level heart entropy from which a review is asked
             (``None``: :data:`ENTROPY_HEART_REVIEW`, calibrated for the shipped model); a model
             calibrated on its own held-out data passes its value.
+        disagreement: Per-voxel disagreement of the averaged predictions, in the shape of
+            the labels (the third item of
+            :meth:`~cardioseg.inference.Segmenter.predict_volume` with
+            ``return_disagreement``), given like ``probabilities``.
+        disagreement_review: Study-level disagreement from which a review is asked (``None``:
+            :data:`DISAGREEMENT_REVIEW`).
 
     Returns:
         :class:`QCResult`.
@@ -468,13 +502,19 @@ def assess_quality(
                 f"{name} probabilities have shape {p.shape}, expected (C, *{ed_label.shape})"
             )
 
+    spreads = _normalise_probabilities(disagreement, list(phases))
+    for name, d in spreads.items():
+        if d.shape != ed_label.shape:
+            raise ValueError(f"{name} disagreement has shape {d.shape}, expected {ed_label.shape}")
+
     out = _Collector()
     per_slice: list[dict] = []
     metrics: dict[str, Any] = {"slice_axis": axis}
     moved = {name: _slices(lab, axis) for name, lab in phases.items()}
     for name, lab in moved.items():
         prob = np.moveaxis(probs[name], axis + 1, 1) if name in probs else None
-        rows, m = _phase_checks(name, lab, pix, dz, prob, out)  # type: ignore[arg-type]
+        spread = _slices(spreads[name], axis) if name in spreads else None
+        rows, m = _phase_checks(name, lab, pix, dz, prob, out, spread)  # type: ignore[arg-type]
         per_slice.extend(rows)
         metrics[name] = m
 
@@ -497,6 +537,24 @@ def assess_quality(
                     f"high segmentation uncertainty (mean entropy {heart:.2f} inside the "
                     f"heart; {review:.2f} is exceeded by 1 in 10 held-out "
                     "in-domain studies)",
+                    w,
+                )
+            )
+
+    spread_values = [metrics[n]["disagreement"] for n in phases if "disagreement" in metrics[n]]
+    if spread_values:
+        worst = max(spread_values)
+        metrics["disagreement"] = worst
+        review = DISAGREEMENT_REVIEW if disagreement_review is None else disagreement_review
+        if worst >= review:
+            span = max(DISAGREEMENT_FAIL - review, 1e-6)
+            w = 0.3 + 0.5 * min(1.0, (worst - review) / span)
+            out.issues.append(
+                _Issue(
+                    "disagreement_study",
+                    f"the test-time predictions disagree (mean disagreement {worst:.3f} "
+                    f"around the heart; {review:.3f} is exceeded by 1 in 10 held-out in-domain "
+                    "studies): the images may be unlike the training data",
                     w,
                 )
             )

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +89,11 @@ def _heart_mask(labels: torch.Tensor) -> np.ndarray:
         return components > 0
     sizes = np.bincount(components.ravel())[1:]
     return np.isin(components, np.flatnonzero(sizes >= ROI_COMPONENT_SHARE * sizes.max()) + 1)
+
+
+def _normalised_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the class axis (1) of ``(N, C, ...)`` probabilities, divided by log C."""
+    return -(p * torch.log(p.clamp_min(1e-8))).sum(1) / math.log(p.shape[1])
 
 
 def _inner_edges(
@@ -314,36 +320,46 @@ class Segmenter:
 
     @torch.inference_mode()
     def _forward(
-        self, x: torch.Tensor, box: tuple[int, int, int, int] | None = None
+        self,
+        x: torch.Tensor,
+        box: tuple[int, int, int, int] | None = None,
+        member_entropy: bool = False,
     ) -> torch.Tensor:
         """Softmax probabilities for a ``(N, 1, H, W)`` stack (in a heart window if ``roi``:
-        ``box``, else the one :meth:`_window_for` finds)."""
+        ``box``, else the one :meth:`_window_for` finds); with ``member_entropy``, followed by
+        one channel: see :meth:`_probabilities`."""
+
+        def probabilities(stack: torch.Tensor) -> torch.Tensor:
+            if member_entropy:
+                return self._probabilities(stack, member_entropy=True)
+            return self._probabilities(stack)
+
         if not self.roi:
-            return self._probabilities(x)
+            return probabilities(x)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if box is None:
             box = self._window_for(x)
             if box is None:
                 self.roi_counts["full"] += 1
-                return self._probabilities(x)
+                return probabilities(x)
         for _ in range(2):  # the window, then once a window grown to the heart it cut
             y0, y1, x0, x1 = box
-            p = self._probabilities(x[..., y0:y1, x0:x1])
-            heart = _heart_mask(p.argmax(1))
+            p = probabilities(x[..., y0:y1, x0:x1])
+            heart = _heart_mask((p[:, :-1] if member_entropy else p).argmax(1))
             crossed = _inner_edges(heart, box, size)
             if not any(crossed):
                 self.roi_counts["window"] += 1
                 if self._study_window is not None:
                     self._study_window[size] = box
                 out = torch.zeros((x.shape[0], p.shape[1], *size), dtype=p.dtype)
-                out[:, 0] = 1.0
+                out[:, 0] = 1.0  # background (and no member entropy) outside the window
                 out[..., y0:y1, x0:x1] = p
                 return out
             box = self._window_around(heart, box, size, open_edges=crossed)
             if box is None:
                 break
         self.roi_counts["fallback"] += 1
-        return self._probabilities(x)
+        return probabilities(x)
 
     @contextmanager
     def sharing_window(self) -> Iterator[None]:
@@ -406,18 +422,30 @@ class Segmenter:
             return None
         return self._window_around(fg, (0, 0, 0, 0), (int(x.shape[-2]), int(x.shape[-1])))
 
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities of the model (or ensemble, with TTA if set) for a stack."""
+    def _probabilities(self, x: torch.Tensor, member_entropy: bool = False) -> torch.Tensor:
+        """Softmax probabilities of the model (or ensemble, with TTA if set) for a stack.
+
+        With ``member_entropy``, one more channel follows the classes: the mean over the
+        averaged predictions (models x TTA views) of their own normalised entropy, from which
+        :meth:`predict_volume` computes their disagreement.
+        """
         outs = []
         for i in range(0, x.shape[0], self.batch_size):
             xb = x[i : i + self.batch_size].to(self.device)
             views = self._tta_views(xb) if self.tta else []
-            p = torch.zeros(())
+            p, h = torch.zeros(()), torch.zeros(())
             for model in self.models:
-                p = p + torch.softmax(self._logits(model, xb), 1)
-                for view, back in views:
-                    p += back(torch.softmax(self._logits(model, view), 1))
-            outs.append((p / (len(self.models) * (1 + len(views)))).cpu())
+                members = [torch.softmax(self._logits(model, xb), 1)]
+                members += [back(torch.softmax(self._logits(model, v), 1)) for v, back in views]
+                for q in members:
+                    p = p + q
+                    if member_entropy:
+                        h = h + _normalised_entropy(q)
+            n = len(self.models) * (1 + len(views))
+            p = p / n
+            if member_entropy:
+                p = torch.cat([p, (h / n).unsqueeze(1)], 1)
+            outs.append(p.cpu())
         return torch.cat(outs)
 
     def predict_volume(
@@ -426,21 +454,38 @@ class Segmenter:
         spacing: tuple[float, float, float],
         return_probabilities: bool = False,
         affine: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
+        return_disagreement: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None] | tuple[np.ndarray, np.ndarray | None, Any]:
         """Segment one 3D volume given its voxel spacing; returns native-grid labels.
 
         Give the volume's ``affine`` (as read, RAS+) so that stacks stored as mirror images of
         the canonical short-axis view are segmented in that view (see
         :func:`~cardioseg.preprocessing.geometry.is_mirrored_view`).
+
+        Returns ``(labels, probabilities)`` (``None`` unless ``return_probabilities``; shape
+        ``(C, *labels.shape)``); with ``return_disagreement`` a third item: the
+        disagreement of the averaged predictions (TTA views x ensemble members) per voxel, in
+        the shape of the labels, or ``None`` where only one prediction is made (no TTA, one
+        model). It is their mutual information, the normalised entropy of the average minus
+        the mean of their own normalised entropies (0..1; 0 where they all agree), the part
+        of the uncertainty that comes from the model rather than from the image, which grows
+        on images unlike the training data.
         """
         x, state = self.preprocessor.forward(volume, spacing, affine)
+        spread = return_disagreement and (self.tta or len(self.models) > 1)
         if self.adapter is not None:  # adapt to what the network will see: the window
             box = self._window_for(x) if self.roi else None
             seen = x if box is None else x[..., box[0] : box[1], box[2] : box[3]]
             with self.adapter.adapted(self.model, seen.to(self.device)):
-                probs = self._forward(x, box)
+                probs = self._forward(x, box, member_entropy=spread)
         else:
-            probs = self._forward(x)
+            probs = self._forward(x, member_entropy=spread)
+        disagreement = None
+        if spread:
+            probs, member = probs[:, :-1], probs[:, -1:]
+            mi = (_normalised_entropy(probs).unsqueeze(1) - member).clamp_min(0.0)
+            native_mi = self.preprocessor.inverse_probabilities(mi, state)[:, 0]
+            disagreement = np.moveaxis(native_mi.numpy(), 0, state.axis)
         labels = self.preprocessor.inverse_labels(probs, state)
         if self.do_postprocess:
             labels = _postprocess(labels, state.axis)
@@ -448,6 +493,8 @@ class Segmenter:
         if return_probabilities:
             native = self.preprocessor.inverse_probabilities(probs, state)
             p = np.moveaxis(native.permute(1, 0, 2, 3).numpy(), 1, state.axis + 1)
+        if return_disagreement:
+            return labels, p, disagreement
         return labels, p
 
     def predict(self, image: np.ndarray, properties: ImageProperties) -> Segmentation:
