@@ -244,6 +244,10 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert rows["a"]["status"] == rows["b"]["status"] == "done"
     assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
     assert float(rows["a"]["lv_edv_ml"]) >= 0
+    qc = json.loads((out / "a" / "report.json").read_text())["qc"]
+    assert float(rows["a"]["qc_score"]) == pytest.approx(qc["score"])
+    for key in ("heart_entropy", "disagreement"):  # the uncertainties, to rank a batch by
+        assert rows["a"][f"qc_{key}"] == str(qc["metrics"].get(key, ""))
     stamp = (out / "a" / "report.json").stat().st_mtime_ns
     res = _run(args)  # resume: finished studies are skipped, the failed one is retried
     assert res.exit_code == 0, res.output

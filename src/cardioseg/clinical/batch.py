@@ -40,6 +40,9 @@ ROW_KEYS = [
     "ed_frame",
     "es_frame",
     "qc_status",
+    "qc_score",
+    "qc_heart_entropy",
+    "qc_disagreement",
     "qc_reasons",
     "excluded_slices",
     "seconds",
@@ -81,6 +84,11 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
             row[k] = report.get(k, "")
         qc = report.get("qc", {})
         row["qc_status"] = qc.get("status", "")
+        row["qc_score"] = qc.get("score", "")
+        # the study-level uncertainties, for ranking a batch's studies for review
+        metrics = qc.get("metrics") or {}
+        row["qc_heart_entropy"] = metrics.get("heart_entropy", "")
+        row["qc_disagreement"] = metrics.get("disagreement", "")
         row["qc_reasons"] = "; ".join(qc.get("reasons", []))
         row["excluded_slices"] = " ".join(report.get("excluded_slices") or [])
         row["seconds"] = report.get("meta", {}).get("seconds", "")
