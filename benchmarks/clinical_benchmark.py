@@ -42,6 +42,7 @@ from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
 from cardioseg.clinical.qc import (
     DISAGREEMENT_REVIEW,
+    DISAGREEMENT_SLICE_NOTE,
     ENTROPY_HEART_REVIEW,
     MINOR_REVIEW_SCORE,
     REVIEW_SCORE,
@@ -199,18 +200,25 @@ def qc_study_rows(
         )
 
     thresholds = (ENTROPY_HEART_REVIEW, DISAGREEMENT_REVIEW)
+    slice_note = DISAGREEMENT_SLICE_NOTE
     if calibrate:
-        found = [assess(st).metrics for st in studies if st[0] == "acdc"]
+        found = [assess(st) for st in studies if st[0] == "acdc"]
         if found:
             # rounded as the shipped constants are written
             thresholds = (
-                round(float(np.percentile([m["heart_entropy"] for m in found], 90)), 4),
-                round(float(np.percentile([m["disagreement"] for m in found], 90)), 4),
+                round(float(np.percentile([q.metrics["heart_entropy"] for q in found], 90)), 4),
+                round(float(np.percentile([q.metrics["disagreement"] for q in found], 90)), 4),
             )
+            per_slice = [
+                r["disagreement"]
+                for q in found
+                for r in q.per_slice
+                if r.get("disagreement") is not None
+            ]
+            slice_note = round(float(np.percentile(per_slice, 95)), 4)
             print(
-                "calibrated review thresholds: heart entropy {:.4f}, disagreement {:.4f}".format(
-                    *thresholds
-                ),
+                "calibrated review thresholds: heart entropy {:.4f}, disagreement {:.4f}; "
+                "per-slice disagreement note {:.4f}".format(*thresholds, slice_note),
                 flush=True,
             )
     rows = []
@@ -233,6 +241,7 @@ def qc_study_rows(
             "qc_status_without_disagreement": assess(study, thresholds, spread=False).status,
             "qc_issues": ";".join(f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]),
         }
+        row.update(_slice_hints(qc, names, labs, refs, spacing, slice_note))
         if second:
             ip = compute_indices(labs["ED"], labs["ES"], spacing)  # type: ignore[arg-type]
             ir = compute_indices(refs["ED"], refs["ES"], spacing)  # type: ignore[arg-type]
@@ -243,7 +252,34 @@ def qc_study_rows(
             f"qc {ds} {subject} dice {row['mean_dice']:.3f} qc {qc.score:.2f} {qc.status}",
             flush=True,
         )
-    return rows, thresholds
+    return rows, (*thresholds, slice_note)
+
+
+def _slice_hints(
+    qc: Any, names: list[str], labs: dict, refs: dict, spacing: Any, note: float
+) -> dict[str, Any]:
+    """Per-slice disagreement hints of one study: how many measured slices reach ``note``, and
+    for each phase of an ED/ES pair whether the predicted basal LV slice lies beyond the
+    reference's base (``extra``) and its disagreement."""
+    from basal_slice_check import slice_range_row
+
+    measured = [r for r in qc.per_slice if r.get("disagreement") is not None]
+    out: dict[str, Any] = {
+        "slices_measured": len(measured),
+        "slices_noted": sum(r["disagreement"] >= note for r in measured),
+    }
+    if len(names) < 2:
+        return out
+    for qc_phase, name in zip(("ED", "ES"), names, strict=False):
+        rr = slice_range_row(labs[name], refs[name], spacing)
+        base = rr["pred_base_slice"]
+        value = next(
+            (r["disagreement"] for r in measured if r["phase"] == qc_phase and r["slice"] == base),
+            float("nan"),
+        )
+        out[f"base_extra_{qc_phase.lower()}"] = int(rr["extra_base"] > 0)
+        out[f"base_disagreement_{qc_phase.lower()}"] = value
+    return out
 
 
 #: Review cut-offs tried in the QC sweep.
@@ -255,7 +291,9 @@ def _worst(dice: np.ndarray) -> np.ndarray:
     return np.argsort(dice)[: max(1, int(round(0.2 * len(dice))))]
 
 
-def qc_summary(rows: list[dict], thresholds: tuple[float, float], calibrated: bool) -> list[str]:
+def qc_summary(
+    rows: list[dict], thresholds: tuple[float, float, float], calibrated: bool
+) -> list[str]:
     how = (
         "calibrated in this run: the 90th percentile over the held-out ACDC CV studies"
         if calibrated
@@ -300,6 +338,7 @@ def qc_summary(rows: list[dict], thresholds: tuple[float, float], calibrated: bo
         f"worst 20 % flagged {without[worst].sum()}/{len(worst)}, all flagged "
         f"{without.sum()}/{len(rows)} ({without.mean():.0%}).",
     ]
+    lines += _hint_summary(rows, thresholds[2])
     lines += [
         "",
         "Single cut-off sweep (all studies), for comparison with the shipped two-tier rule "
@@ -336,6 +375,38 @@ def qc_summary(rows: list[dict], thresholds: tuple[float, float], calibrated: bo
                 f"{mae('rv_ef_pct'):.1f} | {mae('rv_edv_ml'):.1f} |"
             )
     return lines + [""]
+
+
+def _hint_summary(rows: list[dict], note: float) -> list[str]:
+    """Table of the per-slice disagreement hint at the predicted basal LV slice."""
+    base = [
+        (r[f"base_extra_{ph}"], r[f"base_disagreement_{ph}"])
+        for r in rows
+        for ph in ("ed", "es")
+        if f"base_extra_{ph}" in r and not np.isnan(r[f"base_disagreement_{ph}"])
+    ]
+    if not base:
+        return []
+    extra = [v for e, v in base if e]
+    other = [v for e, v in base if not e]
+    measured = sum(r["slices_measured"] for r in rows)
+    noted = sum(r["slices_noted"] for r in rows)
+    return [
+        "",
+        f"Per-slice disagreement hint (slices at or above {note:.4f}, the 95th percentile over "
+        "the held-out ACDC CV slices; a note for the reader, no effect on the status), at the "
+        "predicted basal LV slice of the ED/ES volumes (ACDC CV and M&Ms):",
+        "",
+        "| predicted basal LV slice | volumes | hint shown | median disagreement |",
+        "|---|---|---|---|",
+        f"| beyond the reference's base (an extra slice) | {len(extra)} | "
+        f"{sum(v >= note for v in extra)} | {np.median(extra) if extra else float('nan'):.4f} |",
+        f"| within the reference's range | {len(other)} | {sum(v >= note for v in other)} | "
+        f"{np.median(other) if other else float('nan'):.4f} |",
+        "",
+        f"All measured slices of all studies: {noted}/{measured} ({noted / max(measured, 1):.0%}) "
+        "carry the hint.",
+    ]
 
 
 def speed(seg: Segmenter, repeats: int) -> list[str]:

@@ -119,3 +119,30 @@ def test_report_shows_slices_and_exclusions(tmp_path, pair):
     assert "Slice-by-slice volumes" in html_text and "ES LV" in html_text
     assert f"{rows[1]['lv_ed_ml']:.1f}" in html_text
     assert files["pdf"].read_bytes().startswith(b"%PDF")
+
+
+def test_report_slice_table_points_at_slices_where_the_predictions_disagree(tmp_path, pair):
+    """Slices whose test-time predictions disagree beyond the per-slice note level are named,
+    with their phase, in the table's Check column; the others are not."""
+    from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE
+    from cardioseg.clinical.report import _slice_table
+
+    ed, es = pair
+    spread = np.zeros(es.shape, np.float32)
+    spread[..., 1] = 2 * DISAGREEMENT_SLICE_NOTE  # the basal slice, at ES only
+    qc = assess_quality(ed, es, SPACING, disagreement={"ES": spread})
+    marked = [(r["phase"], r["slice"]) for r in qc.per_slice if "disagreement" in r["flags"]]
+    assert marked == [("ES", 1)]
+    assert qc.status == "ok"  # a hint for the reader, not a QC issue
+    files = write_report(
+        tmp_path / "r",
+        compute_indices(ed, es, SPACING),
+        qc,
+        slices=slice_volumes(ed, es, SPACING),
+        write_pdf=False,
+    )
+    report = json.loads(files["json"].read_text())
+    header, cells = _slice_table(report)
+    check = {int(c[0]): c[header.index("Check")] for c in cells}
+    assert check[1] == "ES" and not any(v for z, v in check.items() if z != 1)
+    assert "Check" in files["html"].read_text()

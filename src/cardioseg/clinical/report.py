@@ -299,9 +299,11 @@ SLICE_COLUMNS = (
     ("rv_es_ml", "RV ES"),
 )
 EXCLUDE_HINT = (
-    "Slice = index in the mask files. A reader who judges a slice to be outside the ventricle "
-    "(e.g. atrium above the base at end-systole) can re-run with --exclude ES:SLICE "
-    "(or ES:SLICE:LV, ES:SLICE:RV)."
+    "Slice = index in the mask files. Check = phases in which the test-time predictions "
+    "disagree on the slice (more than on 95 % of the slices of held-out training-like "
+    "studies): look at it first, at the base above all. A reader who judges a slice to be "
+    "outside the ventricle (e.g. atrium above the base at end-systole) can re-run with "
+    "--exclude ES:SLICE (or ES:SLICE:LV, ES:SLICE:RV)."
 )
 
 
@@ -312,12 +314,17 @@ def _slice_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ex = SliceExclusion.parse(text)
         note = ex.phase if ex.structures == "all" else f"{ex.phase} {ex.structures}"
         excluded.setdefault(ex.slice, []).append(note)
-    header = ["Slice", "", *(name for _, name in SLICE_COLUMNS), "Excluded"]
+    check: dict[int, list[str]] = {}
+    for row in (report.get("qc") or {}).get("per_slice") or []:
+        if "disagreement" in (row.get("flags") or []):
+            check.setdefault(int(row["slice"]), []).append(str(row["phase"]))
+    header = ["Slice", "", *(name for _, name in SLICE_COLUMNS), "Check", "Excluded"]
     cells = [
         [
             str(r["slice"]),
             str(r.get("position", "")),
             *(f"{float(r[key]):.1f}" for key, _ in SLICE_COLUMNS),
+            ", ".join(sorted(check.get(int(r["slice"]), []))),
             ", ".join(excluded.get(int(r["slice"]), [])),
         ]
         for r in report.get("slices") or []
@@ -374,7 +381,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
         body = "".join(
             "<tr>"
             + "".join(
-                f"<td{' class=num' if 2 <= i < len(c) - 1 else ''}>{e(v)}</td>"
+                f"<td{' class=num' if 2 <= i < 2 + len(SLICE_COLUMNS) else ''}>{e(v)}</td>"
                 for i, v in enumerate(c)
             )
             + "</tr>"
