@@ -45,3 +45,32 @@ def test_agreement_command(tmp_path):
     text = (tmp_path / "ag" / "agreement.md").read_text()
     assert "| lv_ef_pct | 1 | +0.0 |" in text  # identical labels: zero bias
     assert (tmp_path / "ag" / "agreement.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("flag", "tta"), [([], False), (["--tta"], True)])
+def test_agreement_runs_the_model_with_or_without_tta(tmp_path, monkeypatch, flag, tta):
+    """Without ``--predictions`` the command segments with the model; ``--tta`` segments as
+    ``analyze`` does its ED and ES frames (the indices it reports)."""
+    import types
+
+    import cardioseg.inference
+
+    lab = disc_labels((48, 40, 6), r_lv=9, r_myo=12)
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"s1_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"s1_{ph}_gt.nii.gz", lab)
+    built = []
+
+    class Recorder:
+        def __init__(self, checkpoint=None, **options):
+            built.append(options)
+
+        def predict(self, volume, properties):
+            return types.SimpleNamespace(labels=lab)
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", Recorder)
+    args = ["agreement", "--dataset", str(tmp_path / "ds"), "-o", str(tmp_path / "ag"), *flag]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert built == [{"roi": None, "tta": tta}]
+    assert "| lv_edv_ml | 1 | +0.0 |" in (tmp_path / "ag" / "agreement.md").read_text()

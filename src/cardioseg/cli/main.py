@@ -500,6 +500,13 @@ def agreement(
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("agreement"),
     roi: RoiOption = None,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            help="Test-time augmentation, as `analyze` segments its ED and ES frames (the "
+            "indices it reports)"
+        ),
+    ] = False,
 ) -> None:
     """Clinical indices from predictions vs. reference: Bland–Altman, r, MAE, plots."""
     from cardioseg.data.datasets import discover
@@ -510,7 +517,7 @@ def agreement(
     if predictions is None:
         from cardioseg.inference import Segmenter
 
-        seg = Segmenter(model, roi=roi)
+        seg = Segmenter(model, roi=roi, tta=tta)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     rows = paired_indices(records, predict=predict, pred_dir=predictions)
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
