@@ -532,41 +532,36 @@ def assess_quality(
     if ents:
         worst = max(ents)
         metrics["mean_entropy"] = worst
-    hearts = [metrics[n]["heart_entropy"] for n in phases if "heart_entropy" in metrics[n]]
-    if hearts:
-        heart = max(hearts)
-        metrics["heart_entropy"] = heart
-        review = ENTROPY_HEART_REVIEW if heart_entropy_review is None else heart_entropy_review
-        if heart >= review:
-            span = ENTROPY_HEART_FAIL - review
-            w = 0.3 + 0.5 * min(1.0, (heart - review) / span)
-            out.issues.append(
-                _Issue(
-                    "entropy_study",
-                    f"high segmentation uncertainty (mean entropy {heart:.2f} inside the "
-                    f"heart; {review:.2f} is exceeded by 1 in 10 held-out "
-                    "in-domain studies)",
-                    w,
-                )
-            )
-
-    spread_values = [metrics[n]["disagreement"] for n in phases if "disagreement" in metrics[n]]
-    if spread_values:
-        worst = max(spread_values)
-        metrics["disagreement"] = worst
-        review = DISAGREEMENT_REVIEW if disagreement_review is None else disagreement_review
-        if worst >= review:
-            span = max(DISAGREEMENT_FAIL - review, 1e-6)
-            w = 0.3 + 0.5 * min(1.0, (worst - review) / span)
-            out.issues.append(
-                _Issue(
-                    "disagreement_study",
-                    f"the test-time predictions disagree (mean disagreement {worst:.3f} "
-                    f"around the heart; {review:.3f} is exceeded by 1 in 10 held-out in-domain "
-                    "studies): the images may be unlike the training data",
-                    w,
-                )
-            )
+    # the heart entropy, and the disagreement of the test-time predictions: each is a major
+    # issue from its in-domain review level, graded up to its fail level (worst phase counts)
+    entropy_review = ENTROPY_HEART_REVIEW if heart_entropy_review is None else heart_entropy_review
+    spread_review = DISAGREEMENT_REVIEW if disagreement_review is None else disagreement_review
+    for key, kind, review, fail, text in (
+        (
+            "heart_entropy",
+            "entropy_study",
+            entropy_review,
+            ENTROPY_HEART_FAIL,
+            "high segmentation uncertainty (mean entropy {value:.2f} inside the heart; "
+            "{review:.2f} is exceeded by 1 in 10 held-out in-domain studies)",
+        ),
+        (
+            "disagreement",
+            "disagreement_study",
+            spread_review,
+            DISAGREEMENT_FAIL,
+            "the test-time predictions disagree (mean disagreement {value:.3f} around the "
+            "heart; {review:.3f} is exceeded by 1 in 10 held-out in-domain studies): the "
+            "images may be unlike the training data",
+        ),
+    ):
+        values = [metrics[n][key] for n in phases if key in metrics[n]]
+        if not values:
+            continue
+        value = metrics[key] = max(values)
+        if value >= review:
+            w = 0.3 + 0.5 * min(1.0, (value - review) / max(fail - review, 1e-6))
+            out.issues.append(_Issue(kind, text.format(value=value, review=review), w))
 
     # volumes
     lv_edv = volume_ml(ed_label, spacing, LV)
