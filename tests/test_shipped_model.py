@@ -132,3 +132,11 @@ def test_analysis_shares_one_window_and_measures_the_tta_disagreement(tmp_path):
     measured = [r for r in qc["per_slice"] if r["disagreement"] is not None]
     assert {r["phase"] for r in measured} == {"ED", "ES"}
     assert max(r["disagreement"] for r in measured) > 0.0
+    # the maps are written next to the masks, in their geometry
+    mask = nib.load(str(tmp_path / "out" / "mask_ED.nii.gz"))
+    for phase in ("ED", "ES"):
+        spread = nib.load(str(tmp_path / "out" / f"disagreement_{phase}.nii.gz"))
+        assert spread.shape == mask.shape
+        np.testing.assert_allclose(spread.affine, mask.affine, atol=1e-5)
+        values = np.asarray(spread.dataobj)
+        assert 0.0 <= values.min() and 0.0 < values.max() <= 1.0

@@ -17,7 +17,14 @@ import numpy as np
 
 from cardioseg.clinical.slices import SliceExclusion, apply_exclusions, slice_volumes
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import ImageProperties, atomic_folder, is_nifti, read_image, write_label
+from cardioseg.io.nifti import (
+    ImageProperties,
+    atomic_folder,
+    is_nifti,
+    read_image,
+    write_image,
+    write_label,
+)
 
 log = logging.getLogger("cardioseg.analyze")
 
@@ -125,6 +132,12 @@ def analyze_study(
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
+    Outputs: ``report.json``, ``report.html`` (and ``report.pdf``), the masks ``mask_ED.nii.gz``
+    and ``mask_ES.nii.gz`` (and ``masks_cine.nii.gz`` for a cine) in the input's geometry,
+    ``disagreement_ED.nii.gz`` / ``disagreement_ES.nii.gz`` (float maps, 0..1: where the
+    test-time predictions disagree, the QC's uncertainty; view them over the image), and
+    ``segmentation.dcm`` (DICOM-SEG) for DICOM input.
+
     Outputs are first written into a temporary sibling folder that is renamed onto ``outdir`` at
     the end, so an interrupted analysis never leaves a half-written result folder.
 
@@ -214,6 +227,9 @@ def analyze_study(
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
         write_label(tmp / "mask_ED.nii.gz", labels[..., ed_i], props3)
         write_label(tmp / "mask_ES.nii.gz", labels[..., es_i], props3)
+        for name, spread_map in spread.items():  # where the test-time predictions disagree
+            if spread_map is not None:
+                write_image(tmp / f"disagreement_{name}.nii.gz", spread_map, props3)
         if st.kind != "pair":
             props4 = ImageProperties(st.properties.affine, spacing, labels.shape, st.source)
             write_label(tmp / "masks_cine.nii.gz", labels, props4)
