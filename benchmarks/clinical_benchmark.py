@@ -329,6 +329,7 @@ def qc_summary(
             f"({flagged[worst].mean():.0%}) | {flagged.sum()}/{len(rs)} ({flagged.mean():.0%}) | "
             f"{' / '.join(map(str, counts))} |"
         )
+    lines += _bootstrap_bar(rows)
     d = np.array([r["mean_dice"] for r in rows])
     worst = _worst(d)
     without = np.array([r["qc_status_without_disagreement"] != "ok" for r in rows])
@@ -377,6 +378,41 @@ def qc_summary(
     return lines + [""]
 
 
+def _bootstrap_bar(rows: list[dict], n: int = 2000, seed: int = 0) -> list[str]:
+    """How robust the QC bar is to the choice of studies: studies resampled with replacement
+    (the same resamples for the shipped rule and the ablation), the worst 20 % and the flagged
+    share recomputed in each resample."""
+    dice = np.array([r["mean_dice"] for r in rows])
+    rules = {
+        "shipped": np.array([r["qc_status"] != "ok" for r in rows]),
+        "without the disagreement check": np.array(
+            [r["qc_status_without_disagreement"] != "ok" for r in rows]
+        ),
+    }
+    parts = []
+    for name, flagged in rules.items():
+        rng = np.random.default_rng(seed)
+        met, share, caught = 0, [], []
+        for _ in range(n):
+            idx = rng.integers(0, len(rows), len(rows))
+            d, f = dice[idx], flagged[idx]
+            worst = _worst(d)
+            share.append(f.mean())
+            caught.append(f[worst].mean())
+            met += bool(f[worst].all() and f.mean() <= 0.40)
+        lo, hi = np.percentile(share, [2.5, 97.5])
+        parts.append(
+            f"{name}: the bar holds in {met / n:.0%} of them, flagged share 95 % interval "
+            f"{lo:.0%}-{hi:.0%}, share of the worst 20 % flagged {np.median(caught):.0%} "
+            f"(2.5th percentile {np.percentile(caught, 2.5):.0%})"
+        )
+    return [
+        "",
+        f"Bootstrap over studies ({n} resamples with replacement, seed {seed}; the bar: all of "
+        "the worst 20 % flagged, at most 40 % flagged): " + "; ".join(parts) + ".",
+    ]
+
+
 def _hint_summary(rows: list[dict], note: float) -> list[str]:
     """Table of the per-slice disagreement hint at the predicted basal LV slice."""
     base = [
@@ -389,8 +425,8 @@ def _hint_summary(rows: list[dict], note: float) -> list[str]:
         return []
     extra = [v for e, v in base if e]
     other = [v for e, v in base if not e]
-    measured = sum(r["slices_measured"] for r in rows)
-    noted = sum(r["slices_noted"] for r in rows)
+    measured = int(sum(r["slices_measured"] for r in rows))
+    noted = int(sum(r["slices_noted"] for r in rows))
     return [
         "",
         f"Per-slice disagreement hint (slices at or above {note:.4f}, the 95th percentile over "
@@ -407,6 +443,19 @@ def _hint_summary(rows: list[dict], note: float) -> list[str]:
         f"All measured slices of all studies: {noted}/{measured} ({noted / max(measured, 1):.0%}) "
         "carry the hint.",
     ]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a ``clinical_qc_cases.csv``, numbers as floats (empty cells dropped)."""
+
+    def value(text: str) -> Any:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="") as fh:
+        return [{k: value(v) for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
 
 
 def speed(seg: Segmenter, repeats: int) -> list[str]:
@@ -452,7 +501,30 @@ def main() -> None:
         "percentiles over the "
         "held-out ACDC CV studies of --cv-runs before scoring (for a new model)",
     )
+    ap.add_argument(
+        "--summarize",
+        metavar="CSV",
+        help="write the QC summary of an earlier run's clinical_qc_cases.csv (no prediction; "
+        "thresholds as shipped in cardioseg.clinical.qc)",
+    )
     args = ap.parse_args()
+    if args.summarize:
+        rows = _read_rows(Path(args.summarize))
+        thresholds = (ENTROPY_HEART_REVIEW, DISAGREEMENT_REVIEW, DISAGREEMENT_SLICE_NOTE)
+        text = "\n".join(
+            [
+                "# QC summary",
+                "",
+                f"Command: `python benchmarks/clinical_benchmark.py {' '.join(sys.argv[1:])}`",
+                "",
+                *qc_summary(rows, thresholds, calibrated=False),
+            ]
+        )
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "clinical_qc_summary.md").write_text(text)
+        print(text)
+        return
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
