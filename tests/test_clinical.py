@@ -333,6 +333,31 @@ def test_report_files(tmp_path, heart_pair):
     assert not list((tmp_path / "out").glob(".*")), "temporary files left behind"
 
 
+def test_report_shows_where_the_predictions_disagree(tmp_path, heart_pair):
+    """With disagreement maps the report adds a heat montage (HTML and PDF page); without
+    them it has none."""
+    ed, es = heart_pair[0][16:88, 12:84, 3:6], heart_pair[1][16:88, 12:84, 3:6]
+    images = {"ED": (image_for(ed), ed), "ES": (image_for(es, 1), es)}
+    spread = np.zeros(ed.shape, np.float32)
+    spread[20:40, 20:40] = 0.08
+    common = {"images": images, "spacing": SPACING, "ed_frame": 0, "es_frame": 2}
+    indices = compute_indices(heart_pair[0], heart_pair[1], SPACING)
+    qc = assess_quality(heart_pair[0], heart_pair[1], SPACING)
+    plain = write_report(tmp_path / "plain", indices, qc, **common)
+    heat = write_report(
+        tmp_path / "heat", indices, qc, disagreement={"ED": spread, "ES": spread}, **common
+    )
+    assert (
+        "disagreement" not in plain and not (tmp_path / "plain" / "disagreement_ed_es.png").exists()
+    )
+    png = heat["disagreement"]
+    assert png.name == "disagreement_ed_es.png"
+    assert png.read_bytes() != heat["overlay"].read_bytes()
+    assert "Where the test-time predictions disagree" in heat["html"].read_text()
+    assert "Where the test-time predictions disagree" not in plain["html"].read_text()
+    assert heat["pdf"].stat().st_size > plain["pdf"].stat().st_size
+
+
 def test_report_patient_label_and_minimal_inputs(tmp_path):
     indices = {"lv_edv_ml": 150.0, "lv_esv_ml": 60.0, "lv_ef_pct": 60.0, "rv_ef_pct": float("nan")}
     qc = {"status": "review", "score": 0.4, "reasons": ["slice 3: something odd"]}

@@ -285,6 +285,7 @@ def analyze_study(
                 include=[e.slice for e in exclusions],
             ),
             exclusions=[str(e) for e in exclusions],
+            disagreement=spread,
         )
     import json
 

@@ -232,8 +232,11 @@ def _write_montage(
     spacing: Sequence[float],
     ed_frame: int,
     es_frame: int,
+    heat: Mapping[str, np.ndarray | None] | None = None,
 ) -> Path:
-    """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG."""
+    """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
+    ``heat``, each phase's disagreement map as a heat overlay under the contours."""
+    from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE
     from cardioseg.reporting.overlays import overlay_montage
 
     plt = _plt()
@@ -241,16 +244,24 @@ def _write_montage(
     parts = []
     with tempfile.TemporaryDirectory(prefix=".montage.", dir=path.parent) as tmpdir:
         for phase in ("ED", "ES"):
-            if phase not in images:
+            if phase not in images or (heat is not None and heat.get(phase) is None):
                 continue
             image, label = images[phase]
             part = Path(tmpdir) / f"{phase}.png"
+            title = f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
+            if heat is not None:
+                title = (
+                    f"{phase} (frame {frames[phase]}): where the test-time predictions disagree "
+                    f"(yellow: {2 * DISAGREEMENT_SLICE_NOTE:.2f} and more)"
+                )
             overlay_montage(
                 np.asarray(image),
                 np.asarray(label),
                 part,
                 tuple(float(s) for s in spacing[:3]),
-                title=f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue",
+                title=title,
+                heat=None if heat is None else np.asarray(heat[phase]),
+                heat_max=2 * DISAGREEMENT_SLICE_NOTE,
             )
             parts.append(plt.imread(part)[..., :3])
     if not parts:
@@ -304,6 +315,14 @@ EXCLUDE_HINT = (
     "studies): look at it first, at the base above all. A reader who judges a slice to be "
     "outside the ventricle (e.g. atrium above the base at end-systole) can re-run with "
     "--exclude ES:SLICE (or ES:SLICE:LV, ES:SLICE:RV)."
+)
+
+
+DISAGREEMENT_HINT = (
+    "Heat: the disagreement of the test-time predictions (the image and its flips, segmented "
+    "separately), the QC's uncertainty. Where it is bright the model is unsure: check the "
+    "contours there first. A bright band along a whole border is common at the base and the "
+    "apex; bright areas across the heart suggest an image unlike the training data."
 )
 
 
@@ -368,6 +387,12 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
         imgs += (
             "<h2>ED / ES segmentation</h2>"
             f'<img alt="ED/ES overlay montage" src="{_data_uri(figures["overlay"])}">'
+        )
+    if "disagreement" in figures:
+        imgs += (
+            "<h2>Where the test-time predictions disagree</h2>"
+            f'<img alt="disagreement montage" src="{_data_uri(figures["disagreement"])}">'
+            f'<p class="small">{e(DISAGREEMENT_HINT)}</p>'
         )
     if "curve" in figures:
         imgs += f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
@@ -523,6 +548,19 @@ def _write_pdf(
             fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
             pdf.savefig(fig)
             plt.close(fig)
+        if "disagreement" in figures:
+            img = plt.imread(figures["disagreement"])
+            fig = plt.figure(figsize=(8.27, 11.69))
+            ax = fig.add_axes((0.04, 0.1, 0.92, 0.84))
+            ax.imshow(img, interpolation="none")
+            ax.axis("off")
+            fig.text(
+                0.5, 0.96, "Where the test-time predictions disagree", ha="center", fontsize=12
+            )
+            for k, line in enumerate(textwrap.wrap(DISAGREEMENT_HINT, 110)):
+                fig.text(0.06, 0.08 - 0.014 * k, line, fontsize=7, color="#555")
+            pdf.savefig(fig)
+            plt.close(fig)
         header, cells = _slice_table(report)
         if cells:
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -566,6 +604,7 @@ def write_report(
     write_pdf: bool = True,
     slices: Sequence[Mapping[str, Any]] | None = None,
     exclusions: Sequence[str] = (),
+    disagreement: Mapping[str, np.ndarray | None] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``, ``report.html`` and
     ``report.pdf`` into ``outdir`` (every file atomically).
@@ -589,10 +628,13 @@ def write_report(
             (:func:`~cardioseg.clinical.slices.slice_volumes`), shown as a table.
         exclusions: Slices the reader took out (``"ES:8"``, ``"ES:8:LV"``), listed in the
             report.
+        disagreement: ``{"ED": map, "ES": map}``, the disagreement of the test-time
+            predictions in the shape of the images; with ``images``, shown as a heat montage
+            (``disagreement_ed_es.png``).
 
     Returns:
-        Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
-        ``pdf``.
+        Written files by kind: ``json``, ``html`` and, when produced, ``overlay``,
+        ``disagreement``, ``curve``, ``pdf``.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -604,6 +646,15 @@ def write_report(
         files["overlay"] = _write_montage(
             outdir / "overlay_ed_es.png", images, spacing, ed_frame, es_frame
         )
+        if disagreement and any(disagreement.get(p) is not None for p in images):
+            files["disagreement"] = _write_montage(
+                outdir / "disagreement_ed_es.png",
+                images,
+                spacing,
+                ed_frame,
+                es_frame,
+                heat=disagreement,
+            )
     if curves is not None:
         files["curve"] = _write_curve_png(
             outdir / "volume_curve.png", curves[0], curves[1], ed_frame, es_frame

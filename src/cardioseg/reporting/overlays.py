@@ -20,6 +20,8 @@ def overlay_montage(
     reference: np.ndarray | None = None,
     title: str = "",
     max_slices: int = 12,
+    heat: np.ndarray | None = None,
+    heat_max: float = 0.1,
 ) -> Path:
     """Write a PNG montage: each slice with predicted contours (and reference dashed).
 
@@ -30,6 +32,10 @@ def overlay_montage(
         reference: Optional reference labels drawn as dashed contours.
         title: Figure title.
         max_slices: Show at most this many slices (evenly chosen).
+        heat: Optional map of the same shape (e.g. the disagreement of the test-time
+            predictions) shown as a heat overlay, transparent at 0 and most opaque from
+            ``heat_max``.
+        heat_max: Value of full heat colour.
     """
     import matplotlib
 
@@ -40,6 +46,7 @@ def overlay_montage(
     img = np.moveaxis(image, axis, 0)
     lab = np.moveaxis(label, axis, 0)
     ref = np.moveaxis(reference, axis, 0) if reference is not None else None
+    hot = np.moveaxis(np.asarray(heat, np.float32), axis, 0) if heat is not None else None
     zs = np.unique(np.linspace(0, img.shape[0] - 1, min(max_slices, img.shape[0])).astype(int))
     cols = min(6, len(zs))
     rows = int(np.ceil(len(zs) / cols))
@@ -50,6 +57,11 @@ def overlay_montage(
         ax.axis("off")
     for ax, z in zip(axes.flat, zs, strict=False):
         ax.imshow(img[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=sp[1] / sp[0])
+        if hot is not None:
+            level = np.clip(hot[z].T / heat_max, 0.0, 1.0)
+            rgba = plt.get_cmap("hot")(0.25 + 0.75 * level)
+            rgba[..., 3] = level * 0.85
+            ax.imshow(rgba, origin="lower", aspect=sp[1] / sp[0])
         for value, color in COLORS.items():
             if (lab[z] == value).any():
                 ax.contour(
