@@ -334,28 +334,32 @@ def test_report_files(tmp_path, heart_pair):
 
 
 def test_report_shows_where_the_predictions_disagree(tmp_path, heart_pair):
-    """With disagreement maps the report adds a heat montage (HTML and PDF page); without
-    them it has none."""
+    """With disagreement maps the overlay montage shows them (in yellow) and the report says
+    what the yellow means; without them it does not."""
     ed, es = heart_pair[0][16:88, 12:84, 3:6], heart_pair[1][16:88, 12:84, 3:6]
     images = {"ED": (image_for(ed), ed), "ES": (image_for(es, 1), es)}
     spread = np.zeros(ed.shape, np.float32)
     spread[20:40, 20:40] = 0.08
     common = {"images": images, "spacing": SPACING, "ed_frame": 0, "es_frame": 2}
-    indices = compute_indices(heart_pair[0], heart_pair[1], SPACING)
-    qc = assess_quality(heart_pair[0], heart_pair[1], SPACING)
-    plain = write_report(tmp_path / "plain", indices, qc, **common)
-    heat = write_report(
-        tmp_path / "heat", indices, qc, disagreement={"ED": spread, "ES": spread}, **common
-    )
-    assert (
-        "disagreement" not in plain and not (tmp_path / "plain" / "disagreement_ed_es.png").exists()
-    )
-    png = heat["disagreement"]
-    assert png.name == "disagreement_ed_es.png"
-    assert png.read_bytes() != heat["overlay"].read_bytes()
-    assert "Where the test-time predictions disagree" in heat["html"].read_text()
-    assert "Where the test-time predictions disagree" not in plain["html"].read_text()
-    assert heat["pdf"].stat().st_size > plain["pdf"].stat().st_size
+    hint = "Yellow: where the test-time predictions"
+    written = {}
+    for name, maps in (("plain", None), ("yellow", {"ED": spread, "ES": spread})):
+        qc = assess_quality(ed, es, SPACING, disagreement=maps)
+        indices = compute_indices(ed, es, SPACING)
+        written[name] = write_report(tmp_path / name, indices, qc, disagreement=maps, **common)
+    from matplotlib.pyplot import imread
+
+    plain, yellow = (imread(written[k]["overlay"])[..., :3] for k in ("plain", "yellow"))
+    assert plain.shape == yellow.shape
+
+    # yellow pixels (red and green high, blue low) appear only with the maps
+    def n_yellow(img):
+        return int(((img[..., 0] > 0.8) & (img[..., 1] > 0.6) & (img[..., 2] < 0.3)).sum())
+
+    assert n_yellow(yellow) > n_yellow(plain) + 100
+    assert hint in written["yellow"]["html"].read_text()
+    assert hint not in written["plain"]["html"].read_text()
+    assert written["yellow"]["pdf"].read_bytes().startswith(b"%PDF")
 
 
 def test_report_patient_label_and_minimal_inputs(tmp_path):

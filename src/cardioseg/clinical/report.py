@@ -235,7 +235,7 @@ def _write_montage(
     heat: Mapping[str, np.ndarray | None] | None = None,
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
-    ``heat``, each phase's disagreement map as a heat overlay under the contours."""
+    ``heat``, each phase's disagreement map (where given) in yellow under the contours."""
     from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE
     from cardioseg.reporting.overlays import overlay_montage
 
@@ -244,23 +244,21 @@ def _write_montage(
     parts = []
     with tempfile.TemporaryDirectory(prefix=".montage.", dir=path.parent) as tmpdir:
         for phase in ("ED", "ES"):
-            if phase not in images or (heat is not None and heat.get(phase) is None):
+            if phase not in images:
                 continue
             image, label = images[phase]
             part = Path(tmpdir) / f"{phase}.png"
+            spread = None if heat is None else heat.get(phase)
             title = f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
-            if heat is not None:
-                title = (
-                    f"{phase} (frame {frames[phase]}): where the test-time predictions disagree "
-                    f"(yellow: {2 * DISAGREEMENT_SLICE_NOTE:.2f} and more)"
-                )
+            if spread is not None:
+                title += ", yellow: the test-time predictions disagree"
             overlay_montage(
                 np.asarray(image),
                 np.asarray(label),
                 part,
                 tuple(float(s) for s in spacing[:3]),
                 title=title,
-                heat=None if heat is None else np.asarray(heat[phase]),
+                heat=None if spread is None else np.asarray(spread),
                 heat_max=2 * DISAGREEMENT_SLICE_NOTE,
             )
             parts.append(plt.imread(part)[..., :3])
@@ -319,10 +317,10 @@ EXCLUDE_HINT = (
 
 
 DISAGREEMENT_HINT = (
-    "Heat: the disagreement of the test-time predictions (the image and its flips, segmented "
-    "separately), the QC's uncertainty. Where it is bright the model is unsure: check the "
-    "contours there first. A bright band along a whole border is common at the base and the "
-    "apex; bright areas across the heart suggest an image unlike the training data."
+    "Yellow: where the test-time predictions (the image and its flips, segmented separately) "
+    "disagree, the QC's uncertainty; the brighter, the less sure the model. Check the contours "
+    "there first. Yellow across the heart, not only along its borders, suggests an image "
+    "unlike the training data."
 )
 
 
@@ -383,16 +381,12 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     score = qc.get("score")
     score_txt = f" (score {score:.2f})" if isinstance(score, int | float) else ""
     imgs = ""
+    shows_spread = "disagreement" in (qc.get("metrics") or {})
     if "overlay" in figures:
         imgs += (
             "<h2>ED / ES segmentation</h2>"
             f'<img alt="ED/ES overlay montage" src="{_data_uri(figures["overlay"])}">'
-        )
-    if "disagreement" in figures:
-        imgs += (
-            "<h2>Where the test-time predictions disagree</h2>"
-            f'<img alt="disagreement montage" src="{_data_uri(figures["disagreement"])}">'
-            f'<p class="small">{e(DISAGREEMENT_HINT)}</p>'
+            + (f'<p class="small">{e(DISAGREEMENT_HINT)}</p>' if shows_spread else "")
         )
     if "curve" in figures:
         imgs += f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
@@ -545,20 +539,10 @@ def _write_pdf(
             ax.imshow(img, interpolation="none")
             ax.axis("off")
             fig.text(0.5, 0.96, "ED / ES segmentation", ha="center", fontsize=12)
+            if "disagreement" in (report["qc"].get("metrics") or {}):
+                for k, line in enumerate(textwrap.wrap(DISAGREEMENT_HINT, 120)):
+                    fig.text(0.05, 0.065 - 0.012 * k, line, fontsize=6.5, color="#555")
             fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
-        if "disagreement" in figures:
-            img = plt.imread(figures["disagreement"])
-            fig = plt.figure(figsize=(8.27, 11.69))
-            ax = fig.add_axes((0.04, 0.1, 0.92, 0.84))
-            ax.imshow(img, interpolation="none")
-            ax.axis("off")
-            fig.text(
-                0.5, 0.96, "Where the test-time predictions disagree", ha="center", fontsize=12
-            )
-            for k, line in enumerate(textwrap.wrap(DISAGREEMENT_HINT, 110)):
-                fig.text(0.06, 0.08 - 0.014 * k, line, fontsize=7, color="#555")
             pdf.savefig(fig)
             plt.close(fig)
         header, cells = _slice_table(report)
@@ -629,12 +613,12 @@ def write_report(
         exclusions: Slices the reader took out (``"ES:8"``, ``"ES:8:LV"``), listed in the
             report.
         disagreement: ``{"ED": map, "ES": map}``, the disagreement of the test-time
-            predictions in the shape of the images; with ``images``, shown as a heat montage
-            (``disagreement_ed_es.png``).
+            predictions in the shape of the images; with ``images``, shown in yellow in the
+            overlay montage.
 
     Returns:
-        Written files by kind: ``json``, ``html`` and, when produced, ``overlay``,
-        ``disagreement``, ``curve``, ``pdf``.
+        Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
+        ``pdf``.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -644,17 +628,8 @@ def write_report(
     files: dict[str, Path] = {}
     if images:
         files["overlay"] = _write_montage(
-            outdir / "overlay_ed_es.png", images, spacing, ed_frame, es_frame
+            outdir / "overlay_ed_es.png", images, spacing, ed_frame, es_frame, disagreement
         )
-        if disagreement and any(disagreement.get(p) is not None for p in images):
-            files["disagreement"] = _write_montage(
-                outdir / "disagreement_ed_es.png",
-                images,
-                spacing,
-                ed_frame,
-                es_frame,
-                heat=disagreement,
-            )
     if curves is not None:
         files["curve"] = _write_curve_png(
             outdir / "volume_curve.png", curves[0], curves[1], ed_frame, es_frame

@@ -33,8 +33,7 @@ def overlay_montage(
         title: Figure title.
         max_slices: Show at most this many slices (evenly chosen).
         heat: Optional map of the same shape (e.g. the disagreement of the test-time
-            predictions) shown as a heat overlay, transparent at 0 and most opaque from
-            ``heat_max``.
+            predictions) shown in yellow, transparent at 0 and most opaque from ``heat_max``.
         heat_max: Value of full heat colour.
     """
     import matplotlib
@@ -57,10 +56,11 @@ def overlay_montage(
         ax.axis("off")
     for ax, z in zip(axes.flat, zs, strict=False):
         ax.imshow(img[z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=sp[1] / sp[0])
-        if hot is not None:
+        if hot is not None:  # yellow, more opaque where higher (apart from the contours' colours)
             level = np.clip(hot[z].T / heat_max, 0.0, 1.0)
-            rgba = plt.get_cmap("hot")(0.25 + 0.75 * level)
-            rgba[..., 3] = level * 0.85
+            rgba = np.zeros((*level.shape, 4), np.float32)
+            rgba[..., :3] = (1.0, 0.85, 0.0)
+            rgba[..., 3] = 0.9 * level
             ax.imshow(rgba, origin="lower", aspect=sp[1] / sp[0])
         for value, color in COLORS.items():
             if (lab[z] == value).any():
