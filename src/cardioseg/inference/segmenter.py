@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -455,7 +454,10 @@ class Segmenter:
         return_probabilities: bool = False,
         affine: np.ndarray | None = None,
         return_disagreement: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray | None] | tuple[np.ndarray, np.ndarray | None, Any]:
+    ) -> (
+        tuple[np.ndarray, np.ndarray | None]
+        | tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+    ):
         """Segment one 3D volume given its voxel spacing; returns native-grid labels.
 
         Give the volume's ``affine`` (as read, RAS+) so that stacks stored as mirror images of
