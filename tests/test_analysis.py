@@ -248,6 +248,9 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert float(rows["a"]["qc_score"]) == pytest.approx(qc["score"])
     for key in ("heart_entropy", "disagreement"):  # the uncertainties, to rank a batch by
         assert rows["a"][f"qc_{key}"] == str(qc["metrics"].get(key, ""))
+    from cardioseg.clinical.qc import slices_to_check
+
+    assert rows["a"]["qc_check_slices"] == " ".join(slices_to_check(qc))
     stamp = (out / "a" / "report.json").stat().st_mtime_ns
     res = _run(args)  # resume: finished studies are skipped, the failed one is retried
     assert res.exit_code == 0, res.output
@@ -357,3 +360,31 @@ def test_demo_synthetic(tmp_path, tiny_checkpoint):
     assert len(list((out / "overlays").glob("*.png"))) == 6
     assert len(list((out / "masks").glob("*.nii.gz"))) == 6
     assert "mean Dice" in res.output
+
+
+def test_analyze_prints_the_slices_to_check_first(tmp_path, tiny_checkpoint, monkeypatch):
+    """The command's summary names the slices where the test-time predictions disagree, in
+    the form ``--exclude`` takes."""
+    import cardioseg.clinical.analysis
+
+    def fake(outdir, **kwargs):
+        return {
+            "lv_ef_pct": 55.0,
+            "ed_frame": 0,
+            "es_frame": 3,
+            "qc": {
+                "status": "ok",
+                "reasons": [],
+                "per_slice": [
+                    {"phase": "ES", "slice": 8, "flags": ["disagreement"]},
+                    {"phase": "ED", "slice": 9, "flags": ["uncertain", "disagreement"]},
+                    {"phase": "ED", "slice": 4, "flags": []},
+                ],
+            },
+        }
+
+    monkeypatch.setattr(cardioseg.clinical.analysis, "analyze_study", fake)
+    cine_path, _ = _write_cine(tmp_path / "cine.nii.gz")
+    res = _run(["analyze", cine_path, "-o", tmp_path / "out", "--model", tiny_checkpoint])
+    assert res.exit_code == 0, res.output
+    assert "check first (the test-time predictions disagree): ED:9, ES:8" in res.output

@@ -124,7 +124,7 @@ def test_report_shows_slices_and_exclusions(tmp_path, pair):
 def test_report_slice_table_points_at_slices_where_the_predictions_disagree(tmp_path, pair):
     """Slices whose test-time predictions disagree beyond the per-slice note level are named,
     with their phase, in the table's Check column; the others are not."""
-    from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE
+    from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE, slices_to_check
     from cardioseg.clinical.report import _slice_table
 
     ed, es = pair
@@ -133,6 +133,8 @@ def test_report_slice_table_points_at_slices_where_the_predictions_disagree(tmp_
     qc = assess_quality(ed, es, SPACING, disagreement={"ES": spread})
     marked = [(r["phase"], r["slice"]) for r in qc.per_slice if "disagreement" in r["flags"]]
     assert marked == [("ES", 1)]
+    assert slices_to_check(qc) == ["ES:1"] == slices_to_check(qc.to_dict())
+    assert SliceExclusion.parse(slices_to_check(qc)[0]).slice == 1  # what --exclude takes
     assert qc.status == "ok"  # a hint for the reader, not a QC issue
     files = write_report(
         tmp_path / "r",

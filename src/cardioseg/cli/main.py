@@ -439,6 +439,11 @@ def analyze(
     )
     for reason in qc.get("reasons", []):
         typer.echo(f"  - {reason}")
+    from cardioseg.clinical.qc import slices_to_check
+
+    check = slices_to_check(qc)
+    if check:
+        typer.echo(f"check first (the test-time predictions disagree): {', '.join(check)}")
     if report.get("excluded_slices"):
         typer.echo(f"excluded by the reader: {', '.join(report['excluded_slices'])}")
     typer.echo(f"report: {output / 'report.html'}")

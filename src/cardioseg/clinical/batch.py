@@ -43,6 +43,7 @@ ROW_KEYS = [
     "qc_score",
     "qc_heart_entropy",
     "qc_disagreement",
+    "qc_check_slices",
     "qc_reasons",
     "excluded_slices",
     "seconds",
@@ -89,6 +90,9 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
         metrics = qc.get("metrics") or {}
         row["qc_heart_entropy"] = metrics.get("heart_entropy", "")
         row["qc_disagreement"] = metrics.get("disagreement", "")
+        from cardioseg.clinical.qc import slices_to_check
+
+        row["qc_check_slices"] = " ".join(slices_to_check(qc))
         row["qc_reasons"] = "; ".join(qc.get("reasons", []))
         row["excluded_slices"] = " ".join(report.get("excluded_slices") or [])
         row["seconds"] = report.get("meta", {}).get("seconds", "")

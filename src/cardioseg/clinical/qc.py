@@ -442,6 +442,21 @@ def _phase_checks(
     return rows, metrics
 
 
+def slices_to_check(qc: QCResult | Mapping[str, Any]) -> list[str]:
+    """The slices where the test-time predictions disagree (per-slice flag ``disagreement``),
+    as ``"PHASE:SLICE"`` in the form ``--exclude`` takes, ED first, then by slice.
+
+    Example:
+        >>> slices_to_check({"per_slice": [{"phase": "ES", "slice": 8, "flags": ["disagreement"]}]})
+        ['ES:8']
+    """
+    rows = qc.per_slice if isinstance(qc, QCResult) else (qc.get("per_slice") or [])
+    marked = {
+        (str(r["phase"]), int(r["slice"])) for r in rows if "disagreement" in (r.get("flags") or [])
+    }
+    return [f"{phase}:{z}" for phase, z in sorted(marked)]
+
+
 def _border_slices(lab: np.ndarray) -> list[int]:
     fg = lab > 0
     edge = np.zeros(fg.shape[1:], bool)
