@@ -400,12 +400,16 @@ def _phase_checks(
                     rows[int(z)]["flags"].append("detached_fragment")
         metrics["n_components"] = int(n)
 
-    # uncertainty
+    # uncertainty: inside the predicted heart, and in it plus a band around it (``roi``)
+    roi = (
+        _dilate2d(fg, ENTROPY_DILATION_MM, min(pix_mm))
+        if prob is not None or spread is not None
+        else None
+    )
     if prob is not None:
         h = _entropy(prob)
         if fg.any():  # inside the predicted heart only (no boundary band)
             metrics["heart_entropy"] = round(float(h[fg].mean()), 4)
-        roi = _dilate2d(fg, ENTROPY_DILATION_MM, min(pix_mm))
         if roi.any():
             h_roi = h[roi]
             metrics["mean_entropy"] = round(float(h_roi.mean()), 4)
@@ -428,16 +432,14 @@ def _phase_checks(
                         f"{phase} slice {z}: high uncertainty (mean entropy {mean_h:.2f})",
                     )
                     rows[z]["flags"].append("uncertain")
-    if spread is not None:
-        band = _dilate2d(fg, ENTROPY_DILATION_MM, min(pix_mm))
-        if band.any():
-            metrics["disagreement"] = round(float(spread[band].mean()), 4)
-            for z in range(nz):
-                if band[z].any():
-                    value = round(float(spread[z][band[z]].mean()), 4)
-                    rows[z]["disagreement"] = value
-                    if value >= DISAGREEMENT_SLICE_NOTE:
-                        rows[z]["flags"].append("disagreement")
+    if spread is not None and roi.any():
+        metrics["disagreement"] = round(float(spread[roi].mean()), 4)
+        for z in range(nz):
+            if roi[z].any():
+                value = round(float(spread[z][roi[z]].mean()), 4)
+                rows[z]["disagreement"] = value
+                if value >= DISAGREEMENT_SLICE_NOTE:
+                    rows[z]["flags"].append("disagreement")
     metrics["areas_mm2"] = {_SHORT[s]: [float(v) for v in areas[s]] for s in areas}
     return rows, metrics
 

@@ -27,7 +27,7 @@ from cardioseg.clinical.indices import (
     UNITS,
     compare_to_normal,
 )
-from cardioseg.clinical.qc import QCResult
+from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE, QCResult, slices_to_check
 from cardioseg.clinical.slices import SliceExclusion
 from cardioseg.io.nifti import atomic_write
 
@@ -236,7 +236,6 @@ def _write_montage(
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
     ``heat``, each phase's disagreement map (where given) in yellow under the contours."""
-    from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE
     from cardioseg.reporting.overlays import overlay_montage
 
     plt = _plt()
@@ -332,16 +331,16 @@ def _slice_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         note = ex.phase if ex.structures == "all" else f"{ex.phase} {ex.structures}"
         excluded.setdefault(ex.slice, []).append(note)
     check: dict[int, list[str]] = {}
-    for row in (report.get("qc") or {}).get("per_slice") or []:
-        if "disagreement" in (row.get("flags") or []):
-            check.setdefault(int(row["slice"]), []).append(str(row["phase"]))
+    for item in slices_to_check(report.get("qc") or {}):  # "PHASE:SLICE", ED first
+        phase, z = item.split(":")
+        check.setdefault(int(z), []).append(phase)
     header = ["Slice", "", *(name for _, name in SLICE_COLUMNS), "Check", "Excluded"]
     cells = [
         [
             str(r["slice"]),
             str(r.get("position", "")),
             *(f"{float(r[key]):.1f}" for key, _ in SLICE_COLUMNS),
-            ", ".join(sorted(check.get(int(r["slice"]), []))),
+            ", ".join(check.get(int(r["slice"]), [])),
             ", ".join(excluded.get(int(r["slice"]), [])),
         ]
         for r in report.get("slices") or []

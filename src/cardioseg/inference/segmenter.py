@@ -329,9 +329,7 @@ class Segmenter:
         one channel: see :meth:`_probabilities`."""
 
         def probabilities(stack: torch.Tensor) -> torch.Tensor:
-            if member_entropy:
-                return self._probabilities(stack, member_entropy=True)
-            return self._probabilities(stack)
+            return self._probabilities(stack, member_entropy=member_entropy)
 
         if not self.roi:
             return probabilities(x)
