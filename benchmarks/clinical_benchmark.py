@@ -47,6 +47,7 @@ from cardioseg.clinical.qc import (
     MINOR_REVIEW_SCORE,
     REVIEW_SCORE,
     assess_quality,
+    status_from_issues,
 )
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
@@ -339,6 +340,7 @@ def qc_summary(
         f"worst 20 % flagged {without[worst].sum()}/{len(worst)}, all flagged "
         f"{without.sum()}/{len(rows)} ({without.mean():.0%}).",
     ]
+    lines += _dropped_kinds(rows, worst)
     lines += _hint_summary(rows, thresholds[2])
     lines += [
         "",
@@ -376,6 +378,42 @@ def qc_summary(
                 f"{mae('rv_ef_pct'):.1f} | {mae('rv_edv_ml'):.1f} |"
             )
     return lines + [""]
+
+
+def _dropped_kinds(rows: list[dict], worst: np.ndarray) -> list[str]:
+    """The status rule re-applied to each study's listed issues (``qc_issues``) with the
+    study-level uncertainty issues left out, one kind or both: what each contributes."""
+    issues = [
+        [
+            (k, float(w))
+            for k, w in (x.split(":") for x in str(r.get("qc_issues", "")).split(";") if x)
+        ]
+        for r in rows
+    ]
+    same = sum(
+        status_from_issues(i)[0] == r["qc_status"] for i, r in zip(issues, rows, strict=True)
+    )
+    lines = [
+        "",
+        f"Statuses re-applied from the listed issues (weights as written, 3 decimals; "
+        f"{same}/{len(rows)} equal to the run's statuses with nothing left out):",
+        "",
+        "| left out | worst 20 % flagged | all flagged |",
+        "|---|---|---|",
+    ]
+    for drop in (
+        ("entropy_study",),
+        ("disagreement_study",),
+        ("entropy_study", "disagreement_study"),
+    ):
+        flagged = np.array(
+            [status_from_issues([(k, w) for k, w in i if k not in drop])[0] != "ok" for i in issues]
+        )
+        lines.append(
+            f"| {' and '.join(drop)} | {flagged[worst].sum()}/{len(worst)} | "
+            f"{flagged.sum()}/{len(rows)} ({flagged.mean():.0%}) |"
+        )
+    return lines
 
 
 def _bootstrap_bar(rows: list[dict], n: int = 2000, seed: int = 0) -> list[str]:

@@ -211,6 +211,26 @@ def test_qc_minor_notes_alone_do_not_ask_for_review(heart_pair):
     assert qc.status == "review" and qc.metrics["minor_score"] >= MINOR_REVIEW_SCORE
 
 
+def test_qc_status_from_its_issues(heart_pair):
+    """The status rule recomputed from a result's listed issues gives the result's status;
+    leaving a kind out shows what it contributed."""
+    from cardioseg.clinical.qc import status_from_issues
+
+    ed, es = heart_pair
+    spread = {"ED": np.full(ed.shape, 0.05, np.float32)}
+    qc = assess_quality(_gap(ed, severe=False), es, SPACING, disagreement=spread)
+    issues = [(i["kind"], i["weight"]) for i in qc.metrics["issues"]]
+    assert status_from_issues(issues) == (
+        qc.status,
+        qc.metrics["major_score"],
+        qc.metrics["minor_score"],
+    )
+    assert qc.status == "review"
+    without = [(k, w) for k, w in issues if k != "disagreement_study"]
+    assert status_from_issues(without)[0] == "ok"
+    assert status_from_issues([("entropy_study", 0.8)])[0] == "fail"
+
+
 def test_qc_uncertainty_from_probabilities(heart_pair):
     ed, es = heart_pair
     confident = np.stack([(ed == k).astype(np.float32) for k in range(4)])

@@ -444,6 +444,26 @@ def _phase_checks(
     return rows, metrics
 
 
+def status_from_issues(issues: Sequence[tuple[str, float]]) -> tuple[str, float, float]:
+    """The two-tier status rule (module docstring) for issues given as ``(kind, weight)``
+    (e.g. the ``metrics["issues"]`` of a :class:`QCResult`, with some kinds left out to see
+    what they contribute). Returns ``(status, major score, minor score)``.
+
+    Example:
+        >>> status_from_issues([("enclosure", 0.3), ("entropy_study", 0.3)])
+        ('review', 0.3, 0.3)
+    """
+    major = _combine([_Issue(k, "", w) for k, w in issues if k not in MINOR_KINDS])
+    minor = _combine([_Issue(k, "", w) for k, w in issues if k in MINOR_KINDS])
+    if major >= FAIL_SCORE:
+        status = "fail"
+    elif major >= REVIEW_SCORE or minor >= MINOR_REVIEW_SCORE:
+        status = "review"
+    else:
+        status = "ok"
+    return status, major, minor
+
+
 def slices_to_check(qc: QCResult | Mapping[str, Any]) -> list[str]:
     """The slices where the test-time predictions disagree (per-slice flag ``disagreement``),
     as ``"PHASE:SLICE"`` in the form ``--exclude`` takes, ED first, then by slice.
@@ -661,15 +681,9 @@ def assess_quality(
                 row["flags"].append("touches_border")
 
     score = _combine(out.issues)
-    major = _combine([i for i in out.issues if i.kind not in MINOR_KINDS])
-    minor = _combine([i for i in out.issues if i.kind in MINOR_KINDS])
-    metrics["major_score"], metrics["minor_score"] = major, minor
-    if major >= FAIL_SCORE:
-        status = "fail"
-    elif major >= REVIEW_SCORE or minor >= MINOR_REVIEW_SCORE:
-        status = "review"
-    else:
-        status = "ok"
+    status, metrics["major_score"], metrics["minor_score"] = status_from_issues(
+        [(i.kind, i.weight) for i in out.issues]
+    )
     ordered = sorted(out.issues, key=lambda i: -i.weight)
     metrics["issues"] = [{"kind": i.kind, "weight": i.weight} for i in ordered]
     return QCResult(status, score, [i.text for i in ordered], per_slice, metrics)
