@@ -341,6 +341,7 @@ def qc_summary(
         f"{without.sum()}/{len(rows)} ({without.mean():.0%}).",
     ]
     lines += _dropped_kinds(rows, worst)
+    lines += _signal_summary(rows)
     lines += _hint_summary(rows, thresholds[2])
     lines += [
         "",
@@ -479,8 +480,47 @@ def _hint_summary(rows: list[dict], note: float) -> list[str]:
         f"{np.median(other) if other else float('nan'):.4f} |",
         "",
         f"All measured slices of all studies: {noted}/{measured} ({noted / max(measured, 1):.0%}) "
-        "carry the hint.",
+        "carry the hint; by dataset: "
+        + ", ".join(
+            f"{ds} {int(sum(r['slices_noted'] for r in rs))}/"
+            f"{int(sum(r['slices_measured'] for r in rs))}"
+            for ds, rs in _by_dataset(rows).items()
+        )
+        + ".",
     ]
+
+
+def _by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
+    return {
+        ds: [r for r in rows if r["dataset"] == ds] for ds in sorted({r["dataset"] for r in rows})
+    }
+
+
+def _signal_summary(rows: list[dict]) -> list[str]:
+    """Each study-level uncertainty alone: Spearman's rho with 1 - Dice, and its range per
+    dataset."""
+    lines = [
+        "",
+        "Each study-level uncertainty alone:",
+        "",
+        "| signal | Spearman rho with 1 - Dice, all | ... ACDC only | range per dataset |",
+        "|---|---|---|---|",
+    ]
+    acdc = [r for r in rows if r["dataset"] == "acdc"]
+    for key in ("qc_heart_entropy", "qc_disagreement"):
+
+        def rho(rs: list[dict], key: str = key) -> float:
+            rs = [r for r in rs if key in r]
+            if len(rs) < 3:
+                return float("nan")
+            return stats.spearmanr([r[key] for r in rs], [1 - r["mean_dice"] for r in rs]).statistic
+
+        ranges = ", ".join(
+            f"{ds} {min(r[key] for r in rs):.4f}-{max(r[key] for r in rs):.4f}"
+            for ds, rs in _by_dataset([r for r in rows if key in r]).items()
+        )
+        lines.append(f"| {key[3:]} | {rho(rows):.2f} | {rho(acdc):.2f} | {ranges} |")
+    return lines
 
 
 def _read_rows(path: Path) -> list[dict]:
