@@ -370,7 +370,7 @@ def test_tent_on_instance_norm_model_adds_identity_affine(tiny_checkpoint):
 def test_segment_cli_adapt(tmp_path, tiny_checkpoint):
     from cardioseg.cli.main import app
 
-    img = write_nifti(tmp_path / "a.nii.gz", image_from_labels(disc_labels((40, 36, 4))))
+    img = write_nifti(tmp_path / "a.nii.gz", image_from_labels(disc_labels((48, 44, 4))))
     runner = CliRunner()
     res = runner.invoke(
         app,

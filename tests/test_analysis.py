@@ -190,6 +190,29 @@ def test_analyze_bad_input(tmp_path, tiny_checkpoint, kind):
     assert not out.exists()
 
 
+def test_analyze_refuses_a_field_of_view_no_heart_fits(tmp_path, tiny_checkpoint):
+    # a DICOM cine whose 20 x 24 images cover 30 x 30 mm: refused before any segmentation
+    target = tmp_path / "small"
+    study, uid = new_study(), pydicom.uid.generate_uid()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        for t in range(3):
+            write_image(
+                target / f"IM{k}{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                instance=3 * k + t + 1,
+                trigger=40.0 * t,
+                pixels=rng.integers(0, 500, (20, 24)).astype(np.uint16),
+            )
+    out = tmp_path / "out"
+    res = _run(["analyze", target, "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    _assert_clean_failure(res, "small", "field of view 30 x 30 mm is too small")
+    assert not out.exists()
+
+
 def test_analyze_reader_exclusion(tmp_path, tiny_checkpoint):
     ph = make_phantom(PhantomConfig(seed=2, shape=(64, 64), spacing=3.0, n_slices=4))
     paths = write_phantom(ph, tmp_path / "in", name="p")

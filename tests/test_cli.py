@@ -126,7 +126,10 @@ def _one_line_error(res, name):
     assert len(text.splitlines()) == 1, text
 
 
-@pytest.mark.parametrize("kind", ["missing", "text", "corrupt", "2d", "5d", "nan", "zeros"])
+@pytest.mark.parametrize(
+    "kind",
+    ["missing", "text", "corrupt", "2d", "5d", "nan", "zeros", "complex", "tiny_fov", "metres"],
+)
 def test_segment_bad_input(tmp_path, tiny_checkpoint, kind):
     p = tmp_path / f"{kind}.nii.gz"
     if kind == "text":
@@ -142,6 +145,12 @@ def test_segment_bad_input(tmp_path, tiny_checkpoint, kind):
         write_nifti(p, np.full((8, 8, 3), np.nan, np.float32))
     elif kind == "zeros":
         write_nifti(p, np.zeros((8, 8, 3), np.float32))
+    elif kind == "complex":
+        write_nifti(p, np.ones((40, 40, 3), np.complex64))
+    elif kind == "tiny_fov":  # 6 x 6 mm: no heart fits (the network would fail on it)
+        write_nifti(p, np.ones((4, 4, 2), np.float32), np.diag([1.5, 1.5, 8.0, 1.0]))
+    elif kind == "metres":  # spacing in metres read as millimetres: a 64-km image
+        write_nifti(p, np.ones((40, 40, 3), np.float32), np.diag([1600.0, 1600.0, 8000.0, 1.0]))
     out = tmp_path / "out" / "seg.nii.gz"
     res = _run(["segment", p, "-o", out, "--model", tiny_checkpoint])
     _one_line_error(res, p.name)

@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from conftest import shared_or_skip
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -586,6 +587,19 @@ def test_different_sizes_and_single_phase_slice(tmp_path):
                 tmp_path / "p" / f"{k}_{t}", study, k=k, t=t, series_uid=uid, trigger=30.0 * t
             )
     _refused(tmp_path / "p", "only 1 phase")
+
+
+def test_corrupt_number_of_frames_skips_the_file(tmp_path):
+    # NumberOfFrames = 1e9 in one classic image: that file is skipped (it cannot hold so many
+    # frames), not described as a billion frames (which exhausted the memory)
+    siemens_like(tmp_path / "s")
+    bad = sorted((tmp_path / "s").rglob("IM*"))[0]
+    ds = pydicom.dcmread(bad)
+    ds.NumberOfFrames = "1e9"
+    ds.save_as(bad)
+    img, _, meta = load_cine(tmp_path / "s")
+    assert img.shape == (COLS, ROWS, N_SLICES, N_PHASES - 1)
+    assert any("truncated" in w for w in meta.warnings)
 
 
 def test_long_axis_only(tmp_path):

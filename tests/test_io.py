@@ -67,6 +67,12 @@ def test_bad_inputs(tmp_path):
     img.header.set_qform(None, code=0)
     nib.save(img, str(tmp_path / "sp.nii.gz"))
     _expect(tmp_path / "sp.nii.gz", "spacing")
+    cplx = (np.ones((8, 8, 3)) + 1j).astype(np.complex64)
+    _expect(write_nifti(tmp_path / "complex.nii.gz", cplx), "complex-valued")
+    tiny = write_nifti(
+        tmp_path / "tiny_sp.nii.gz", np.ones((8, 8, 3), np.float32), np.diag([1e-7, 1e-7, 1e-7, 1])
+    )
+    _expect(tiny, r"spacing \(1e-07, 1e-07, 1e-07\) mm is too small")
 
 
 def test_label_checks(tmp_path):

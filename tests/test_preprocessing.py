@@ -7,7 +7,13 @@ import pytest
 import torch
 from conftest import disc_labels, image_from_labels
 
-from cardioseg.preprocessing import Preprocessor, normalize_intensity, slice_axis
+from cardioseg.errors import CardiosegError
+from cardioseg.preprocessing import (
+    Preprocessor,
+    check_inplane_geometry,
+    normalize_intensity,
+    slice_axis,
+)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -45,6 +51,21 @@ def test_preprocessor_validates():
         Preprocessor(target_spacing=0)
     with pytest.raises(ValueError):
         Preprocessor().forward(np.zeros((4, 4)), (1, 1, 1))
+    with pytest.raises(CardiosegError, match="too small"):
+        Preprocessor().forward(np.ones((6, 6, 3), np.float32), (1.5, 1.5, 8.0))
+
+
+def test_inplane_geometry_bounds():
+    # the in-plane axes are the two left by the slice axis, wherever it is
+    check_inplane_geometry((200, 10, 180), (1.4, 10.0, 1.4))
+    check_inplane_geometry((256, 256, 12, 25), (1.25, 1.25, 8.0), "cine.nii.gz")  # time ignored
+    with pytest.raises(CardiosegError, match=r"small\.nii\.gz: .* 30 x 300 mm is too small"):
+        check_inplane_geometry((20, 200, 8), (1.5, 1.5, 8.0), "small.nii.gz")
+    with pytest.raises(CardiosegError, match="implausibly large .* check the voxel spacing"):
+        check_inplane_geometry((256, 256, 10), (1400.0, 1400.0, 8000.0), "metres.nii.gz")
+    with pytest.raises(CardiosegError) as info:  # an API call without a file names none
+        check_inplane_geometry((4, 4, 2), (1.5, 1.5, 8.0))
+    assert info.value.path is None
 
 
 def _mirror_pair(seed: int = 0):

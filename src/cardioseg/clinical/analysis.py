@@ -157,7 +157,7 @@ def analyze_study(
     from cardioseg.clinical.qc import assess_quality
     from cardioseg.clinical.report import write_report
     from cardioseg.inference import Segmenter
-    from cardioseg.preprocessing import slice_axis
+    from cardioseg.preprocessing import check_inplane_geometry, slice_axis
 
     t0 = time.perf_counter()
     outdir = Path(outdir)
@@ -172,6 +172,7 @@ def analyze_study(
     st = load_study(study, ed, es)
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
+    check_inplane_geometry(st.image.shape, spacing, st.source)
     axis = slice_axis(spacing, st.image.shape[:3])
     try:  # before the slow part
         for ex in exclusions:

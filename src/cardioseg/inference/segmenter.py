@@ -19,6 +19,7 @@ from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint
 from cardioseg.models.factory import ModelConfig, build_model
+from cardioseg.preprocessing.geometry import check_inplane_geometry
 from cardioseg.preprocessing.pipeline import Preprocessor
 from cardioseg.training.config import PRECISIONS
 
@@ -500,6 +501,7 @@ class Segmenter:
     def predict(self, image: np.ndarray, properties: ImageProperties) -> Segmentation:
         """Segment a 3D volume or every frame of a 4D cine (time last)."""
         t0 = time.perf_counter()
+        check_inplane_geometry(image.shape, properties.spacing, properties.path or None)
         if image.ndim == 3:
             labels, _ = self.predict_volume(image, properties.spacing, affine=properties.affine)
         elif image.ndim == 4:

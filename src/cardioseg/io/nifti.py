@@ -72,6 +72,8 @@ def _load(path: Path) -> nib.Nifti1Image:
 
 
 def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    if img.get_data_dtype().kind == "c":
+        raise CardiosegError(path, "complex-valued image: give a magnitude image")
     try:
         return np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
@@ -103,9 +105,13 @@ def _check_spacing(img: nib.Nifti1Image, path: Path) -> tuple[float, float, floa
     spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
     if not np.all(np.isfinite(img.affine)):
         raise CardiosegError(path, "affine contains NaN/Inf")
-    if np.any(np.asarray(zooms, dtype=float) <= 0) or np.any(spacing <= 1e-6):
+    if np.any(np.asarray(zooms, dtype=float) <= 0):
         raise CardiosegError(
             path, f"zero or negative voxel spacing {tuple(float(z) for z in zooms)}"
+        )
+    if np.any(spacing <= 1e-6):
+        raise CardiosegError(
+            path, f"voxel spacing ({', '.join(f'{s:.3g}' for s in spacing)}) mm is too small"
         )
     return tuple(float(s) for s in spacing)  # type: ignore[return-value]
 

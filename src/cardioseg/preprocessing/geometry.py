@@ -11,9 +11,21 @@ way out of a mirror image.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from cardioseg.errors import CardiosegError
+
+#: Smallest in-plane field of view (mm) along either axis that can hold a heart's short-axis
+#: section (LV and RV together span about 100 mm); smaller images are refused.
+MIN_FIELD_OF_VIEW_MM = 40.0
+#: Largest in-plane field of view (mm): a whole adult torso is about 500 mm wide, so larger values
+#: come from a wrong spacing (e.g. metres written as millimetres), which would also make the
+#: resampled image too large to segment.
+MAX_FIELD_OF_VIEW_MM = 2000.0
 
 
 def slice_axis(spacing: tuple[float, float, float], shape: tuple[int, ...] | None = None) -> int:
@@ -42,6 +54,48 @@ def slice_axis(spacing: tuple[float, float, float], shape: tuple[int, ...] | Non
 #: Base-to-apex direction of the heart's long axis in RAS+ world coordinates: towards the
 #: patient's left, anterior and inferior (unit vector).
 APEX_DIRECTION_RAS = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
+
+
+def check_inplane_geometry(
+    shape: tuple[int, ...], spacing: tuple[float, float, float], path: str | Path | None = None
+) -> None:
+    """Refuse a volume whose in-plane field of view cannot be a short-axis image of a heart.
+
+    The in-plane axes are those left by :func:`slice_axis`; their field of view (voxels x
+    spacing) must lie within :data:`MIN_FIELD_OF_VIEW_MM` and :data:`MAX_FIELD_OF_VIEW_MM`.
+
+    Args:
+        shape: The volume's spatial shape (3 axes; further axes, e.g. time, are ignored).
+        spacing: Voxel spacing (mm) of the three spatial axes.
+        path: The file or study the volume came from, named in the error.
+
+    Raises:
+        CardiosegError: The field of view is too small or too large.
+
+    Example:
+        >>> check_inplane_geometry((256, 256, 10), (1.4, 1.4, 8.0))
+        >>> check_inplane_geometry((4, 4, 2), (1.5, 1.5, 8.0), "tiny.nii.gz")
+        Traceback (most recent call last):
+        ...
+        cardioseg.errors.CardiosegError: tiny.nii.gz: in-plane field of view 6 x 6 mm is too \
+small for a short-axis image of the heart (at least 40 mm)
+    """
+    shape3 = tuple(int(n) for n in shape[:3])
+    axis = slice_axis(spacing, shape3)
+    fov = [n * float(s) for i, (n, s) in enumerate(zip(shape3, spacing, strict=True)) if i != axis]
+    text = " x ".join(f"{v:.3g}" for v in fov)
+    if min(fov) < MIN_FIELD_OF_VIEW_MM:
+        raise CardiosegError(
+            path,
+            f"in-plane field of view {text} mm is too small for a short-axis image of the heart "
+            f"(at least {MIN_FIELD_OF_VIEW_MM:.0f} mm)",
+        )
+    if max(fov) > MAX_FIELD_OF_VIEW_MM:
+        raise CardiosegError(
+            path,
+            f"in-plane field of view {text} mm is implausibly large (at most "
+            f"{MAX_FIELD_OF_VIEW_MM:.0f} mm): check the voxel spacing",
+        )
 
 
 def is_mirrored_view(affine: np.ndarray, axis: int, threshold: float = 0.3) -> bool:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cardioseg.preprocessing.geometry import (
+    check_inplane_geometry,
     from_slices,
     inplane_size,
     is_mirrored_view,
@@ -79,9 +80,14 @@ class Preprocessor:
 
         ``affine`` (voxel-to-world, RAS+) lets mirrored stacks be flipped to the canonical view;
         without it the slices keep their stored orientation.
+
+        Raises:
+            CardiosegError: The in-plane field of view cannot hold a heart, or is implausibly
+                large (:func:`~cardioseg.preprocessing.geometry.check_inplane_geometry`).
         """
         if volume.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+        check_inplane_geometry(volume.shape, spacing)
         axis = slice_axis(spacing, volume.shape)
         norm = normalize_intensity(volume, self.lower_percentile, self.upper_percentile)
         if self.histogram_reference is not None:

@@ -364,9 +364,41 @@ def _dcmread(path: Path, stop_before_pixels: bool) -> Any:
     return None
 
 
+#: Transfer syntaxes whose pixel data is stored uncompressed (implicit / explicit VR little
+#: endian, explicit VR big endian): every frame takes Rows x Columns x BitsAllocated / 8 bytes.
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+
+
+def _frame_count(ds: Any, path: str) -> int:
+    """``NumberOfFrames``, checked against what the file can hold.
+
+    A corrupt value (``1e9``) would otherwise make the reader describe a billion frames. Each
+    frame takes at least one byte, and ``Rows x Columns x BitsAllocated / 8`` bytes when the
+    pixel data is not compressed.
+
+    Raises:
+        ValueError: The file is too small for that many frames.
+    """
+    n_frames = max(1, _int(ds.get("NumberOfFrames", 1)) or 1)
+    if n_frames == 1:
+        return 1
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return n_frames
+    ts = _str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    per_frame = 1
+    if ts in _NATIVE_SYNTAXES:
+        bits = _int(ds.get("BitsAllocated")) or 8
+        per_frame = max(1, (_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * bits // 8)
+    if n_frames * per_frame > size:
+        raise ValueError(f"NumberOfFrames {n_frames} does not fit in a file of {size} bytes")
+    return n_frames
+
+
 def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     """All 2D frames described by a header (classic single-frame or enhanced multi-frame)."""
-    n_frames = max(1, _int(ds.get("NumberOfFrames", 1)) or 1)
+    n_frames = _frame_count(ds, path)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = _item(ds.get("SharedFunctionalGroupsSequence"))
     sop_class = _str(ds.get("SOPClassUID", ""))
