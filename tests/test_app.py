@@ -314,6 +314,10 @@ def _traversal_zip() -> bytes:
     return buf.getvalue()
 
 
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    return gzip.compress(nib.Nifti1Image(array, affine).to_bytes())
+
+
 def test_bad_uploads_are_refused_cleanly(tmp_path, tiny_checkpoint, studies):
     config = _config(tmp_path, tiny_checkpoint, max_upload_bytes=300_000, start_worker=False)
     cine_bytes = studies["cine"].read_bytes()
@@ -321,6 +325,8 @@ def test_bad_uploads_are_refused_cleanly(tmp_path, tiny_checkpoint, studies):
     rng = np.random.default_rng(0)
     other = make_phantom(PhantomConfig(seed=5, shape=(40, 36), spacing=4.0, n_slices=3))
     mismatched = write_phantom(other, tmp_path / "other", "o")["o_ES"]
+    tiny_fov = _nifti_bytes(np.ones((4, 4, 2), np.float32), np.diag([1.5, 1.5, 8.0, 1.0]))
+    complex_cine = _nifti_bytes(np.ones((48, 48, 3, 4), np.complex64), np.diag([1.5, 1.5, 8, 1]))
     cases = [
         ({"file": ("x.nii.gz", rng.bytes(5000))}, 415, "unsupported file type"),
         ({"file": ("x.nii.gz", gzip.compress(rng.bytes(5000)))}, 415, "does not hold a NIfTI"),
@@ -344,6 +350,12 @@ def test_bad_uploads_are_refused_cleanly(tmp_path, tiny_checkpoint, studies):
             "either one",
         ),
         ({"other": ("c.nii.gz", cine_bytes)}, 400, "unexpected file field"),
+        (
+            {"ed": ("a.nii.gz", tiny_fov), "es": ("b.nii.gz", tiny_fov)},
+            400,
+            "field of view 6 x 6 mm is too small",
+        ),
+        ({"file": ("c.nii.gz", complex_cine)}, 400, "complex-valued"),
     ]
     with _client(config) as client:
         for files, status, text in cases:

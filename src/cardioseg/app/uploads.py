@@ -155,12 +155,16 @@ def sniff(path: Path) -> str:
 
 
 def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
-    """Check a NIfTI file completely: gzip integrity, header, data size, dimensionality.
+    """Check a NIfTI file completely: gzip integrity, header, data size, dimensionality, real
+    values, and an in-plane field of view that can hold a heart.
 
     ``path`` must end in ``.nii`` or ``.nii.gz`` (matching ``compressed``) for nibabel.
     """
     import nibabel as nib
     import numpy as np
+
+    from cardioseg.errors import CardiosegError
+    from cardioseg.preprocessing.geometry import check_inplane_geometry
 
     limit = max_voxels * 8 + (1 << 20)
     size = _gzip_size(path, limit) if compressed else path.stat().st_size
@@ -187,6 +191,13 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
         raise UploadError(400, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
     if not np.all(np.isfinite(affine)):
         raise UploadError(400, "NIfTI affine contains NaN/Inf")
+    if np.dtype(img.get_data_dtype()).kind == "c":
+        raise UploadError(400, "complex-valued image: upload a magnitude image")
+    spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+    try:
+        check_inplane_geometry(shape[:3], tuple(float(v) for v in spacing))
+    except CardiosegError as exc:
+        raise UploadError(400, exc.problem) from None
     return CheckedFile("nifti", compressed, shape, np.asarray(affine, float).tolist())
 
 
