@@ -246,6 +246,31 @@ def philips_like(root: Path, study: dict | None = None) -> dict:
     return study
 
 
+def canon_like(root: Path, study: dict | None = None) -> dict:
+    """Canon (Toshiba) style: one series, no TriggerTime, InstanceNumber phase-major (every slice
+    of phase 1, then phase 2, ...), orientation and position with rounding jitter, flat folder
+    of files named by InstanceNumber."""
+    study = study or new_study(vendor="CANON_MEC")
+    uid = generate_uid()
+    rng = np.random.default_rng(3)
+    for t in range(N_PHASES):
+        for k in range(N_SLICES):
+            inst = t * N_SLICES + k + 1
+            jitter = rng.uniform(-2e-6, 2e-6, 6)
+            write_image(
+                root / f"{inst:06d}.dcm",
+                study,
+                k=k + float(rng.uniform(-2e-4, 2e-4)),  # 1.6 micrometre position jitter
+                t=t,
+                series_uid=uid,
+                instance=inst,
+                value_k=k,
+                orientation=[v + d for v, d in zip(IOP, jitter, strict=True)],
+                description="Cine_SAX_BH",
+            )
+    return study
+
+
 def enhanced_like(path: Path, study: dict | None = None) -> dict:
     """One Enhanced MR Image Storage object with all frames in shuffled order."""
     study = study or new_study(vendor="Philips")
@@ -367,6 +392,14 @@ def test_philips_like_instance_order_and_rescale(tmp_path):
     check_cine(img, props, meta, slope=2.0, intercept=-5.0)
     assert meta.phase_order == "InstanceNumber"
     assert meta.trigger_times_ms == [None] * N_PHASES
+
+
+def test_canon_like_phase_major_numbering_without_trigger_time(tmp_path):
+    canon_like(tmp_path / "canon")
+    img, props, meta = load_cine(tmp_path / "canon")
+    check_cine(img, props, meta)
+    assert meta.phase_order == "InstanceNumber"
+    assert meta.vendor == "CANON_MEC"
 
 
 def test_enhanced_multiframe(tmp_path):
