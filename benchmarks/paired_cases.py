@@ -3,11 +3,20 @@
 Usage (from the repository root):
 
     python benchmarks/paired_cases.py REFERENCE.csv OTHER.csv -o OUT.md [--by phase group]
+    python benchmarks/paired_cases.py REF.csv OTHER.csv -o OUT.md --key subject --by \
+        --indices lv_ef_pct lv_edv_ml lv_esv_ml rv_ef_pct
 
-Both CSVs need ``case_id`` and ``mean_dice`` (and the ``--by`` columns); the cases they share are
-paired. Writes a Markdown table: per group, the two means, the median paired difference
-(other − reference), how many cases improved, and the Wilcoxon signed-rank p-value, for mean
-Dice and per structure.
+Both CSVs need ``case_id`` (or the ``--key`` column) and ``mean_dice`` (and the ``--by``
+columns); the cases they share are paired. Writes a Markdown table: per group, the two means, the
+median paired difference (other − reference), how many cases improved, and the Wilcoxon
+signed-rank p-value, for mean Dice and per structure.
+
+With ``--indices`` the tables are per-study clinical indices with ``<index>_pred`` and
+``<index>_ref`` columns (``cardioseg agreement``'s ``agreement_cases.csv``, the clinical
+benchmark's per-study QC table) and the metric is each index's absolute error: the table gives
+the two mean and median absolute errors, and a case counts as better when its error is smaller
+(the paired difference is reference error − other error). The two tables must share the
+reference values.
 """
 
 from __future__ import annotations
@@ -24,12 +33,35 @@ from cardioseg.benchmark.report import compare_paired
 METRICS = ("mean_dice", "LV_dice", "MYO_dice", "RV_dice")
 
 
-def _read(path: Path) -> dict[str, dict[str, str]]:
+def _read(path: Path, key: str, dataset: str | None) -> dict[str, dict[str, str]]:
     try:
         with open(path, newline="") as fh:
-            return {r["case_id"]: r for r in csv.DictReader(fh)}
+            rows = list(csv.DictReader(fh))
+        return {r[key]: r for r in rows if dataset is None or r.get("dataset") == dataset}
     except (OSError, KeyError) as exc:
-        sys.exit(f"error: {path}: cannot read a per-case table with case_id ({exc})")
+        sys.exit(f"error: {path}: cannot read a per-case table with {key} ({exc})")
+
+
+def _abs_error(row: dict[str, str], index: str) -> float:
+    return abs(float(row[f"{index}_pred"] or "nan") - float(row[f"{index}_ref"] or "nan"))
+
+
+def _index_rows(name, members, ref, other, indices: list[str]) -> list[str]:
+    lines = []
+    for m in indices:
+        a = np.array([_abs_error(ref[c], m) for c in members])
+        b = np.array([_abs_error(other[c], m) for c in members])
+        refs = [(float(ref[c][f"{m}_ref"]), float(other[c][f"{m}_ref"])) for c in members]
+        if not all(np.isclose(x, y) or (np.isnan(x) and np.isnan(y)) for x, y in refs):
+            sys.exit(f"error: the two tables have different reference values of {m}")
+        ok = np.isfinite(a) & np.isfinite(b)
+        t = compare_paired(list(a[ok] - b[ok]))
+        lines.append(
+            f"| {name} | abs. error {m} | {t['n']} | {a[ok].mean():.2f} / {np.median(a[ok]):.2f}"
+            f" | {b[ok].mean():.2f} / {np.median(b[ok]):.2f} | {-t['median_diff']:+.2f} | "
+            f"{t['n_better']} of {t['n']} | {t['p_value']:.2g} |"
+        )
+    return lines
 
 
 def main() -> None:
@@ -38,8 +70,14 @@ def main() -> None:
     ap.add_argument("other", type=Path)
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--by", nargs="*", default=["phase"], help="columns to group by")
+    ap.add_argument("--key", default="case_id", help="column naming a case")
+    ap.add_argument("--dataset", help="only rows whose dataset column has this value")
+    ap.add_argument(
+        "--indices", nargs="+", help="compare these indices' absolute errors instead of Dice"
+    )
     args = ap.parse_args()
-    ref, other = _read(args.reference), _read(args.other)
+    ref = _read(args.reference, args.key, args.dataset)
+    other = _read(args.other, args.key, args.dataset)
     cases = sorted(set(ref) & set(other))
     if not cases:
         sys.exit(f"error: {args.other}: no case in common with {args.reference}")
@@ -55,7 +93,17 @@ def main() -> None:
         "| group | metric | n | reference | other | median difference | better on | p |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if args.indices:
+        lines[-2] = lines[-2].replace(
+            "reference | other", "reference mean / median | other mean / median"
+        )
+        lines.insert(
+            4, "Absolute errors; a case is better where the other table's error is smaller.\n"
+        )
     for name, members in groups.items():
+        if args.indices:
+            lines += _index_rows(name, members, ref, other, args.indices)
+            continue
         for m in METRICS:
             a = np.array([float(ref[c][m]) for c in members])
             b = np.array([float(other[c][m]) for c in members])
