@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -77,6 +78,13 @@ def test_analyze_4d_nifti(tmp_path, tiny_checkpoint):
     assert set(np.unique(np.asarray(masks.dataobj))) <= {0, 1, 2, 3}
     assert (out / "report.html").exists() and (out / "mask_ED.nii.gz").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp left
+    # the summary line shows the indices to one decimal, as they are reported clinically
+    shown = re.search(r"LVEF (\S+) %  LVEDV (\S+) mL", res.output)
+    assert shown and shown.group(2) == f"{report['lv_edv_ml']:.1f}", res.output
+    # processing details are readable: spacing to 4 significant digits, not a JSON dump
+    html = (out / "report.html").read_text()
+    spacing = ", ".join(f"{v:.4g}" for v in report["meta"]["spacing_mm"])
+    assert f"<td>spacing_mm</td><td>{spacing}</td>" in html
 
 
 def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):

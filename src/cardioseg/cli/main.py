@@ -432,9 +432,14 @@ def analyze(
         exclude=exclude or (),
     )
     qc = report.get("qc", {})
+
+    def shown(key: str) -> str:  # one decimal, as reported clinically (report.json keeps more)
+        value = report.get(key)
+        return "n/a" if value is None else f"{float(value):.1f}"
+
     typer.echo(
-        f"LVEF {report.get('lv_ef_pct')} %  LVEDV {report.get('lv_edv_ml')} mL  "
-        f"RVEF {report.get('rv_ef_pct')} %  LV mass {report.get('lv_mass_g')} g  "
+        f"LVEF {shown('lv_ef_pct')} %  LVEDV {shown('lv_edv_ml')} mL  "
+        f"RVEF {shown('rv_ef_pct')} %  LV mass {shown('lv_mass_g')} g  "
         f"ED {report.get('ed_frame')} ES {report.get('es_frame')}  QC {qc.get('status')}"
     )
     for reason in qc.get("reasons", []):

@@ -273,6 +273,31 @@ def _write_montage(
     return path
 
 
+def _meta_text(value: Any) -> str:
+    """A readable cell for one processing detail: numbers to 4 significant digits, lists
+    joined with commas, mappings as ``key: value`` pairs.
+
+    Example:
+        >>> _meta_text([1.4843997089478314, 1.4843992848648457, 10.000000018660014])
+        '1.484, 1.484, 10'
+        >>> _meta_text({"window": 4, "full": 0})
+        'window: 4, full: 0'
+    """
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}: {_meta_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(
+            f"({_meta_text(v)})" if isinstance(v, list | tuple) else _meta_text(v) for v in value
+        )
+    return json.dumps(value, default=str)
+
+
 def _data_uri(path: Path | None) -> str:
     if path is None:
         return ""
@@ -316,8 +341,9 @@ EXCLUDE_HINT = (
 
 
 DISAGREEMENT_HINT = (
-    "Yellow: where the test-time predictions (the image and its flips, segmented separately) "
-    "disagree, the QC's uncertainty; the brighter, the less sure the model. Check the contours "
+    "Yellow: where the test-time predictions (the image and slightly rotated copies of it, or "
+    "its flips for models trained with flips, segmented separately) disagree, the QC's "
+    "uncertainty; the brighter, the less sure the model. Check the contours "
     "there first. Yellow across the heart, not only along its borders, suggests an image "
     "unlike the training data."
 )
@@ -371,7 +397,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     )
     meta = report.get("meta") or {}
     meta_rows = "".join(
-        f"<tr><td>{e(str(k))}</td><td>{e(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
+        f"<tr><td>{e(str(k))}</td><td>{e(_meta_text(v))}</td></tr>"
         for k, v in meta.items()
         if k != "patient_label"
     )

@@ -49,7 +49,11 @@ def overlay_montage(
     zs = np.unique(np.linspace(0, img.shape[0] - 1, min(max_slices, img.shape[0])).astype(int))
     cols = min(6, len(zs))
     rows = int(np.ceil(len(zs) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.4 * rows + 0.4), squeeze=False)
+    # constrained layout keeps each slice's title clear of the row above (tight_layout let
+    # the images of one row cover the titles of the next)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols, 2.5 * rows + 0.4), squeeze=False, layout="constrained"
+    )
     lo, hi = np.percentile(img, [0.5, 99.5])
     sp = [s for i, s in enumerate(spacing[:3]) if i != axis]
     for ax in axes.flat:
@@ -62,7 +66,8 @@ def overlay_montage(
             rgba[..., :3] = (1.0, 0.85, 0.0)
             rgba[..., 3] = 0.9 * level
             ax.imshow(rgba, origin="lower", aspect=sp[1] / sp[0])
-        for value, color in COLORS.items():
+        for value in (2, 3, 1):  # the LV contour last: it would hide under the MYO's inner edge
+            color = COLORS[value]
             if (lab[z] == value).any():
                 ax.contour(
                     (lab[z] == value).T.astype(float), levels=[0.5], colors=color, linewidths=1.0
@@ -79,7 +84,6 @@ def overlay_montage(
     fig.suptitle(
         title + ("  (solid: prediction, dashed: reference)" if ref is not None else ""), fontsize=9
     )
-    fig.tight_layout()
     path = Path(path)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
