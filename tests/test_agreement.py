@@ -74,3 +74,31 @@ def test_agreement_runs_the_model_with_or_without_tta(tmp_path, monkeypatch, fla
     assert res.exit_code == 0, res.output
     assert built == [{"roi": None, "tta": tta}]
     assert "| lv_edv_ml | 1 | +0.0 |" in (tmp_path / "ag" / "agreement.md").read_text()
+
+
+def test_agreement_on_analyze_batch_reports(tmp_path):
+    """``--analyzed`` compares the indices the reports give (what ``analyze`` tells the reader)
+    with those of the reference labels; subjects without a report are left out."""
+    import json
+
+    from cardioseg.clinical.indices import compute_indices
+
+    ed = disc_labels((48, 40, 6), r_lv=9, r_myo=12)
+    es = disc_labels((48, 40, 6), r_lv=6, r_myo=10)
+    for subject in ("s1", "s2"):
+        for ph, lab in (("ED", ed), ("ES", es)):
+            write_nifti(tmp_path / "ds" / f"{subject}_{ph}.nii.gz", image_from_labels(lab))
+            write_nifti(tmp_path / "ds" / f"{subject}_{ph}_gt.nii.gz", lab)
+    reference = compute_indices(ed, es, (1.0, 1.0, 1.0))
+    report = {k: v for k, v in reference.items() if isinstance(v, float)}
+    report["lv_edv_ml"] += 5.0  # the report over-estimates LVEDV by 5 mL
+    (tmp_path / "batch" / "s1").mkdir(parents=True)
+    (tmp_path / "batch" / "s1" / "report.json").write_text(json.dumps(report))
+    base = ["agreement", "--dataset", str(tmp_path / "ds"), "-o", str(tmp_path / "ag")]
+    res = CliRunner().invoke(app, [*base, "--analyzed", str(tmp_path / "batch")])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "ag" / "agreement.md").read_text()
+    assert "1 subjects" in text  # s2 has no report
+    assert "| lv_edv_ml | 1 | +5.0 |" in text and "| lv_esv_ml | 1 | +0.0 |" in text
+    res = CliRunner().invoke(app, [*base, "--analyzed", str(tmp_path / "nothing")])
+    assert res.exit_code != 0 and "not a folder of analyze-batch results" in res.output

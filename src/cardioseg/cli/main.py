@@ -391,7 +391,11 @@ def demo(
 @friendly
 def analyze(
     study: Annotated[
-        Path | None, typer.Argument(help="DICOM folder, zip of one, or 4D cine NIfTI")
+        Path | None,
+        typer.Argument(
+            help="DICOM folder, zip of one, 4D cine NIfTI, or a folder holding a 4D cine or "
+            "an *_ED / *_ES pair of NIfTI files (ACDC: Info.cfg names the frames)"
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
         "cardioseg-analysis"
@@ -457,7 +461,9 @@ def analyze(
 @app.command("analyze-batch")
 @friendly
 def analyze_batch(
-    studies: Annotated[Path, typer.Argument(help="Folder of studies (folders, zips, 4D NIfTI)")],
+    studies: Annotated[
+        Path, typer.Argument(help="Folder of studies (DICOM or NIfTI folders, zips, 4D NIfTI)")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
         "cardioseg-batch"
     ),
@@ -517,19 +523,33 @@ def agreement(
             "indices it reports)"
         ),
     ] = False,
+    analyzed: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output folder of `analyze-batch` over the dataset: compare the indices its "
+            "reports give (exactly what `analyze` tells the reader) instead of running the model"
+        ),
+    ] = None,
 ) -> None:
     """Clinical indices from predictions vs. reference: Bland–Altman, r, MAE, plots."""
     from cardioseg.data.datasets import discover
+    from cardioseg.errors import CardiosegError
     from cardioseg.evaluation.agreement import paired_indices, write_agreement
 
+    if analyzed is not None and predictions is not None:
+        raise CardiosegError(analyzed, "give --analyzed or --predictions, not both")
+    if analyzed is not None and not analyzed.is_dir():
+        raise CardiosegError(analyzed, "not a folder of analyze-batch results")
     records = discover(dataset, layout)
     predict = None
-    if predictions is None:
+    if predictions is None and analyzed is None:
         from cardioseg.inference import Segmenter
 
         seg = Segmenter(model, roi=roi, tta=tta)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
-    rows = paired_indices(records, predict=predict, pred_dir=predictions)
+    rows = paired_indices(records, predict=predict, pred_dir=predictions, analyzed_dir=analyzed)
+    if not rows:
+        raise CardiosegError(analyzed or dataset, "no subject with both predictions and labels")
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
     typer.echo(md.read_text())
 

@@ -45,37 +45,60 @@ class Study:
 def load_study(
     study: str | Path | None = None, ed: str | Path | None = None, es: str | Path | None = None
 ) -> Study:
-    """Load a DICOM folder/zip, a 4D cine NIfTI, or an ED/ES pair of 3D NIfTI volumes."""
+    """Load a DICOM folder/zip, a 4D cine NIfTI, an ED/ES pair of 3D NIfTI volumes, or a
+    folder of NIfTI files holding either (see :func:`~cardioseg.clinical.nifti_folder.
+    find_nifti_study`; height and weight from an ACDC ``Info.cfg`` go into ``Study.meta``)."""
     if ed is not None or es is not None:
         if ed is None or es is None:
             raise CardiosegError(ed or es, "give both --ed and --es")
-        ed_img, ed_props = read_image(ed, allow_4d=False)
-        es_img, es_props = read_image(es, allow_4d=False)
-        if ed_img.shape != es_img.shape:
-            raise CardiosegError(es, f"ES shape {es_img.shape} does not match ED {ed_img.shape}")
-        if not np.allclose(ed_props.affine, es_props.affine, atol=1e-3):
-            raise CardiosegError(es, "ES affine does not match the ED affine")
-        image = np.stack([ed_img, es_img], axis=-1)
-        props = ImageProperties(ed_props.affine, ed_props.spacing, image.shape, str(ed))
-        return Study(image, props, str(ed), "pair", given_ed_es=(0, 1))
+        return _load_pair(ed, es)
     if study is None:
         raise CardiosegError(None, "give a STUDY (DICOM folder, zip, 4D NIfTI) or --ed/--es")
     path = Path(study)
     if not path.exists():
         raise CardiosegError(path, "not found")
     if path.is_file() and is_nifti(path):
-        image, props = read_image(path)
-        if image.ndim != 4 or image.shape[-1] < 2:
-            raise CardiosegError(
-                path,
-                "expected a 4D cine NIfTI (x, y, z, t) with >= 2 frames; "
-                "use --ed/--es for a pair of 3D volumes",
-            )
-        return Study(image, props, str(path), "nifti4d")
+        return _load_cine_nifti(path)
+    if path.is_dir():
+        from cardioseg.clinical.nifti_folder import find_nifti_study
+
+        found = find_nifti_study(path)
+        if found is not None:
+            if found.kind == "pair":
+                st = _load_pair(found.ed, found.es)
+            else:
+                st = _load_cine_nifti(found.cine)
+                st.given_ed_es = found.frames
+            st.source = str(path)
+            st.meta.update(found.info)
+            return st
     from cardioseg.io.dicom import load_cine
 
     image, props, meta = load_cine(path)
     return Study(image, props, str(path), "dicom", dicom_meta=meta)
+
+
+def _load_pair(ed: str | Path, es: str | Path) -> Study:
+    ed_img, ed_props = read_image(ed, allow_4d=False)
+    es_img, es_props = read_image(es, allow_4d=False)
+    if ed_img.shape != es_img.shape:
+        raise CardiosegError(es, f"ES shape {es_img.shape} does not match ED {ed_img.shape}")
+    if not np.allclose(ed_props.affine, es_props.affine, atol=1e-3):
+        raise CardiosegError(es, "ES affine does not match the ED affine")
+    image = np.stack([ed_img, es_img], axis=-1)
+    props = ImageProperties(ed_props.affine, ed_props.spacing, image.shape, str(ed))
+    return Study(image, props, str(ed), "pair", given_ed_es=(0, 1))
+
+
+def _load_cine_nifti(path: Path) -> Study:
+    image, props = read_image(path)
+    if image.ndim != 4 or image.shape[-1] < 2:
+        raise CardiosegError(
+            path,
+            "expected a 4D cine NIfTI (x, y, z, t) with >= 2 frames; "
+            "use --ed/--es for a pair of 3D volumes",
+        )
+    return Study(image, props, str(path), "nifti4d")
 
 
 def _sharing_window(segmenter: Any) -> AbstractContextManager:
@@ -206,6 +229,10 @@ def analyze_study(
         height_cm = float(dm.patient_height_m) * 100
     if weight_kg is None and dm is not None and getattr(dm, "patient_weight_kg", None):
         weight_kg = float(dm.patient_weight_kg)
+    if height_cm is None:  # e.g. an ACDC Info.cfg next to NIfTI files
+        height_cm = st.meta.get("height_cm")
+    if weight_kg is None:
+        weight_kg = st.meta.get("weight_kg")
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")

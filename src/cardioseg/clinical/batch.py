@@ -53,7 +53,8 @@ _SEGMENTER: Any = None
 
 
 def find_studies(root: str | Path) -> list[Path]:
-    """Studies under ``root``: 4D NIfTI files, zips, and folders holding DICOM files."""
+    """Studies under ``root``: 4D NIfTI files, zips, and folders (DICOM, or NIfTI files that
+    :func:`~cardioseg.clinical.nifti_folder.find_nifti_study` recognises)."""
     root = Path(root)
     if not root.is_dir():
         raise CardiosegError(root, "batch input must be a folder of studies")
@@ -193,7 +194,7 @@ def run_batch(
     """Analyse every study under ``root``; returns the path of ``results.csv``.
 
     Args:
-        root: Folder of studies (DICOM folders, zips, 4D NIfTI files).
+        root: Folder of studies (DICOM or NIfTI study folders, zips, 4D NIfTI files).
         outdir: Output folder: one sub-folder per study and ``results.csv``.
         workers: Parallel worker processes (or Ray actors).
         model: Model name or checkpoint path (``None``: the default model).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,17 +62,32 @@ def paired_indices(
     records: list[CaseRecord],
     predict: Callable[[np.ndarray, ImageProperties], np.ndarray] | None = None,
     pred_dir: str | Path | None = None,
+    analyzed_dir: str | Path | None = None,
 ) -> list[dict]:
-    """Indices from predicted and reference ED/ES labels, one row per subject."""
+    """Indices from predicted and reference ED/ES labels, one row per subject.
+
+    With ``analyzed_dir`` (the output of ``cardioseg analyze-batch``: one folder per study,
+    named like the subject, with its ``report.json``) the predicted indices are those the
+    reports give, exactly what ``analyze`` tells its reader; subjects without a finished
+    report are left out.
+    """
     from cardioseg.clinical.indices import compute_indices
 
     rows = []
     for (dataset, subject), phases in ed_es_pairs(records).items():
         labs: dict[str, dict[str, np.ndarray]] = {"pred": {}, "ref": {}}
         spacing = None
+        reported = None
+        if analyzed_dir is not None:
+            reported = _reported_indices(Path(analyzed_dir) / subject / "report.json")
+            if reported is None:
+                continue
         for ph, r in phases.items():
             image, ref, props = load_case(r)
             spacing = props.spacing
+            if reported is not None:
+                labs["ref"][ph] = ref
+                continue
             if pred_dir is not None:
                 pred = read_label(Path(pred_dir) / Path(r.image).name)
                 if pred.ndim == 4 and r.frame >= 0:
@@ -79,7 +95,10 @@ def paired_indices(
             else:
                 pred = predict(image, props)
             labs["pred"][ph], labs["ref"][ph] = pred, ref
-        ip = compute_indices(labs["pred"]["ED"], labs["pred"]["ES"], spacing)
+        if reported is not None:
+            ip = reported
+        else:
+            ip = compute_indices(labs["pred"]["ED"], labs["pred"]["ES"], spacing)
         ir = compute_indices(labs["ref"]["ED"], labs["ref"]["ES"], spacing)
         row = {
             "dataset": dataset,
@@ -91,6 +110,15 @@ def paired_indices(
             row[f"{k}_pred"], row[f"{k}_ref"] = ip[k], ir[k]
         rows.append(row)
     return rows
+
+
+def _reported_indices(path: Path) -> dict[str, float] | None:
+    """The indices of one ``report.json`` (``None`` if missing or without them)."""
+    try:
+        report = json.loads(path.read_text())
+        return {k: float(report[k]) if report[k] is not None else float("nan") for k in INDICES}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreement") -> Path:
