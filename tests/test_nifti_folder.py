@@ -8,6 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from test_dicom import siemens_like
 from typer.testing import CliRunner
 
 from cardioseg.cli.main import app
@@ -75,6 +76,11 @@ def test_folders_that_are_not_nifti_studies(tmp_path):
     _pair_folder(tmp_path / "amb", name="b", seed=4)  # two ED and two ES images
     with pytest.raises(CardiosegError, match=r"4 NIfTI image\(s\) .* no ED/ES pair"):
         find_nifti_study(tmp_path / "amb")
+    with pytest.raises(CardiosegError, match="no ED/ES pair"):  # the reason, not "no DICOM"
+        load_study(tmp_path / "amb")
+    # NIfTI files that form no study next to a DICOM cine: the DICOM cine is analysed
+    siemens_like(tmp_path / "amb")
+    assert load_study(tmp_path / "amb").kind == "dicom"
 
 
 def test_analyze_a_pair_folder_uses_info_cfg_body_size(tmp_path, tiny_checkpoint):

@@ -59,10 +59,14 @@ def load_study(
         raise CardiosegError(path, "not found")
     if path.is_file() and is_nifti(path):
         return _load_cine_nifti(path)
+    nifti_problem = None
     if path.is_dir():
         from cardioseg.clinical.nifti_folder import find_nifti_study
 
-        found = find_nifti_study(path)
+        try:
+            found = find_nifti_study(path)
+        except CardiosegError as err:  # NIfTI files that form no study: maybe DICOM is there
+            found, nifti_problem = None, err
         if found is not None:
             if found.kind == "pair":
                 st = _load_pair(found.ed, found.es)
@@ -74,7 +78,12 @@ def load_study(
             return st
     from cardioseg.io.dicom import load_cine
 
-    image, props, meta = load_cine(path)
+    try:
+        image, props, meta = load_cine(path)
+    except CardiosegError as err:
+        if nifti_problem is not None and "no DICOM images" in str(err):
+            raise nifti_problem from None
+        raise
     return Study(image, props, str(path), "dicom", dicom_meta=meta)
 
 
