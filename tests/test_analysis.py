@@ -163,6 +163,24 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     assert sum(window.values()) == report["meta"]["n_frames"] + 2
 
 
+def _dicom_cine_3x3(folder: Path, pixels) -> Path:
+    """A 3-slice x 3-phase DICOM cine of 20 x 24 images (30 x 30 mm), ``pixels()`` each."""
+    study, uid = new_study(), pydicom.uid.generate_uid()
+    for k in range(3):
+        for t in range(3):
+            write_image(
+                folder / f"IM{k}{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                instance=3 * k + t + 1,
+                trigger=40.0 * t,
+                pixels=pixels(),
+            )
+    return folder
+
+
 @pytest.mark.parametrize("kind", ["missing", "no_cine", "three_d", "corrupt_zip", "blank_dicom"])
 def test_analyze_bad_input(tmp_path, tiny_checkpoint, kind):
     if kind == "missing":
@@ -175,20 +193,7 @@ def test_analyze_bad_input(tmp_path, tiny_checkpoint, kind):
         ph = make_phantom(PhantomConfig(seed=4, shape=(32, 32), spacing=4.0, n_slices=3))
         target = write_phantom(ph, tmp_path / "in", name="v")["v_ED"]
     elif kind == "blank_dicom":
-        target = tmp_path / "blank"
-        study, uid = new_study(), pydicom.uid.generate_uid()
-        for k in range(3):
-            for t in range(3):
-                write_image(
-                    target / f"IM{k}{t}",
-                    study,
-                    k=k,
-                    t=t,
-                    series_uid=uid,
-                    instance=3 * k + t + 1,
-                    trigger=40.0 * t,
-                    pixels=np.zeros((20, 24), np.uint16),
-                )
+        target = _dicom_cine_3x3(tmp_path / "blank", lambda: np.zeros((20, 24), np.uint16))
     else:
         target = tmp_path / "study.zip"
         target.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
@@ -200,21 +205,10 @@ def test_analyze_bad_input(tmp_path, tiny_checkpoint, kind):
 
 def test_analyze_refuses_a_field_of_view_no_heart_fits(tmp_path, tiny_checkpoint):
     # a DICOM cine whose 20 x 24 images cover 30 x 30 mm: refused before any segmentation
-    target = tmp_path / "small"
-    study, uid = new_study(), pydicom.uid.generate_uid()
     rng = np.random.default_rng(0)
-    for k in range(3):
-        for t in range(3):
-            write_image(
-                target / f"IM{k}{t}",
-                study,
-                k=k,
-                t=t,
-                series_uid=uid,
-                instance=3 * k + t + 1,
-                trigger=40.0 * t,
-                pixels=rng.integers(0, 500, (20, 24)).astype(np.uint16),
-            )
+    target = _dicom_cine_3x3(
+        tmp_path / "small", lambda: rng.integers(0, 500, (20, 24)).astype(np.uint16)
+    )
     out = tmp_path / "out"
     res = _run(["analyze", target, "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
     _assert_clean_failure(res, "small", "field of view 30 x 30 mm is too small")
