@@ -1,0 +1,145 @@
+"""Fuzz the DICOM study reader with corrupted headers: it must refuse cleanly or load, fast.
+
+Writes the tests' synthetic cines (Siemens-, GE-, Philips-, Canon-style classic images and an
+enhanced multi-frame object, from ``tests/test_dicom.py``), then, per trial, copies one, corrupts
+one, two or all of its files (a random header element deleted or set to junk such as ``1e9``,
+``nan``, ``0\\0``; the pixel data cut; or the file truncated) and loads it with
+:func:`cardioseg.clinical.analysis.load_study`. A trial passes when the study loads or is refused
+with a ``CardiosegError`` (the one-line error the CLI prints) within ``--limit`` seconds; any other
+exception, or a slower load, is counted and printed.
+
+Usage (from the repository root; a few seconds per 100 trials):
+
+    python benchmarks/dicom_fuzz.py --trials 300 --seed 1 -o benchmarks/results/dicom_fuzz.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import pydicom  # noqa: E402
+from test_dicom import canon_like, enhanced_like, ge_like, philips_like, siemens_like  # noqa: E402
+
+from cardioseg.clinical.analysis import load_study  # noqa: E402
+from cardioseg.errors import CardiosegError  # noqa: E402
+
+ELEMENTS = [
+    "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "TriggerTime",
+    "InstanceNumber", "Rows", "Columns", "BitsAllocated", "PixelRepresentation",
+    "SamplesPerPixel", "RescaleSlope", "RescaleIntercept", "SeriesInstanceUID",
+    "PhotometricInterpretation", "PixelData", "SliceThickness", "SOPClassUID", "Modality",
+    "NumberOfFrames", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+    "StudyInstanceUID", "PatientID", "BitsStored", "HighBit",
+]  # fmt: skip
+JUNK = [None, "", "abc", "0", "-1", "1e9", "nan", "inf", "0\\0", "1\\2\\3", "0\\0\\0\\0\\0\\0"]
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _alarm(*_: object) -> None:
+    raise _TooSlow
+
+
+def _corrupt(folder: Path, rng: random.Random) -> list[str]:
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".txt")]
+    done = []
+    for f in rng.sample(files, k=min(len(files), rng.choice([1, 1, 2, len(files)]))):
+        element, junk = rng.choice(ELEMENTS), rng.choice(JUNK)
+        try:
+            ds = pydicom.dcmread(f, force=True)
+            if junk is None:
+                if element in ds:
+                    del ds[element]
+            elif element == "PixelData":
+                ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+            else:
+                setattr(ds, element, junk)
+            ds.save_as(f)
+            done.append(f"{element}={junk!r}")
+        except Exception:  # pydicom refused the value: truncate the file instead
+            data = f.read_bytes()
+            f.write_bytes(data[: rng.randrange(len(data))])
+            done.append("truncated file")
+    return done
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--limit", type=float, default=30.0, help="seconds a load may take")
+    ap.add_argument("-o", "--output", type=Path, help="Markdown summary")
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)  # the reader's notes on the corrupted studies
+    signal.signal(signal.SIGALRM, _alarm)
+    rng = random.Random(args.seed)
+    outcomes: Counter[str] = Counter()
+    failures = []
+    slowest = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        styles = {"siemens": siemens_like, "ge": ge_like, "philips": philips_like}
+        styles["canon"] = canon_like
+        for name, write in styles.items():
+            write(base / name)
+        enhanced_like(base / "enhanced" / "cine.dcm")
+        names = [*styles, "enhanced"]
+        for trial in range(args.trials):
+            style = rng.choice(names)
+            study = Path(tmp) / "trial"
+            shutil.rmtree(study, ignore_errors=True)
+            shutil.copytree(base / style, study)
+            changes = _corrupt(study, rng)
+            t0 = time.perf_counter()
+            signal.setitimer(signal.ITIMER_REAL, args.limit)
+            try:
+                load_study(study)
+                outcomes["loaded"] += 1
+            except CardiosegError:
+                outcomes["refused with a one-line error"] += 1
+            except Exception as exc:
+                kind = "too slow" if isinstance(exc, _TooSlow) else "crashed"
+                outcomes[kind] += 1
+                text = "".join(traceback.format_exception_only(exc)).strip()
+                failures.append(f"trial {trial} ({style}, {'; '.join(changes)}): {kind}: {text}")
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            slowest = max(slowest, time.perf_counter() - t0)
+    lines = [
+        "# DICOM reader fuzzing",
+        "",
+        f"Command: `python benchmarks/dicom_fuzz.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| outcome | trials |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in sorted(outcomes.items())),
+        "",
+        f"Slowest load: {slowest:.2f} s (limit {args.limit:g} s).",
+        *([""] + failures if failures else []),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
