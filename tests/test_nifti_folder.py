@@ -106,3 +106,20 @@ def test_analyze_batch_over_nifti_study_folders(tmp_path, tiny_checkpoint):
     assert rows["A1"]["status"] == rows["patient001"]["status"] == "done", rows
     assert (rows["A1"]["ed_frame"], rows["A1"]["es_frame"]) == ("0", "1")
     assert (rows["patient001"]["ed_frame"], rows["patient001"]["es_frame"]) == ("0", "2")
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_a_zip_of_a_nifti_study_folder(tmp_path, nested):
+    import zipfile
+
+    _acdc_folder(tmp_path / "patient001")
+    archive = tmp_path / "p.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in (tmp_path / "patient001").iterdir():
+            zf.write(f, f"patient001/{f.name}" if nested else f.name)
+    st = load_study(archive)
+    assert st.kind == "pair" and st.given_ed_es == (0, 1)
+    assert st.source == str(archive) and st.properties.path == str(archive)
+    assert st.meta == {"height_cm": 180.0, "weight_kg": 81.0}
+    expected = nib.load(str(tmp_path / "patient001" / "patient001_frame03.nii.gz")).get_fdata()
+    np.testing.assert_allclose(st.image[..., 1], expected, rtol=1e-6)

@@ -394,7 +394,7 @@ def analyze(
         Path | None,
         typer.Argument(
             help="DICOM folder, zip of one, 4D cine NIfTI, or a folder holding a 4D cine or "
-            "an *_ED / *_ES pair of NIfTI files (ACDC: Info.cfg names the frames)"
+            "an *_ED / *_ES pair of NIfTI files (ACDC: Info.cfg names the frames), or a zip of it"
         ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(

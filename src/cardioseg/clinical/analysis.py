@@ -59,6 +59,10 @@ def load_study(
         raise CardiosegError(path, "not found")
     if path.is_file() and is_nifti(path):
         return _load_cine_nifti(path)
+    if path.is_file() and path.suffix.lower() == ".zip" and _zip_holds_nifti(path):
+        st = _load_zipped_nifti_study(path)
+        if st is not None:
+            return st
     nifti_problem = None
     if path.is_dir():
         from cardioseg.clinical.nifti_folder import find_nifti_study
@@ -85,6 +89,44 @@ def load_study(
             raise nifti_problem from None
         raise
     return Study(image, props, str(path), "dicom", dicom_meta=meta)
+
+
+def _zip_holds_nifti(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(is_nifti(n) for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False  # the DICOM reader reports the corrupt archive
+
+
+def _load_zipped_nifti_study(path: Path) -> Study | None:
+    """A zip of a NIfTI study folder (at its top level or in its single folder), read into
+    memory; ``None`` when its NIfTI files form no study (the DICOM reader then tries)."""
+    from cardioseg.clinical.nifti_folder import find_nifti_study
+    from cardioseg.io.dicom.archive import extracted_zip
+
+    with extracted_zip(path) as (root, _):
+        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else root
+        try:
+            found = find_nifti_study(folder)
+        except CardiosegError:
+            return None
+        if found is None:
+            return None
+        if found.kind == "pair":
+            st = _load_pair(found.ed, found.es)
+        else:
+            st = _load_cine_nifti(found.cine)
+            st.given_ed_es = found.frames
+    st.source = str(path)
+    st.properties = ImageProperties(
+        st.properties.affine, st.properties.spacing, st.properties.shape, str(path)
+    )
+    st.meta.update(found.info)
+    return st
 
 
 def _load_pair(ed: str | Path, es: str | Path) -> Study:

@@ -40,7 +40,9 @@ def safe_member(name: str) -> PurePosixPath | None:
 
 
 @contextlib.contextmanager
-def _extracted_zip(path: Path, max_bytes: int) -> Iterator[tuple[Path, Callable[[str], str]]]:
+def extracted_zip(
+    path: Path, max_bytes: int = 2_000_000_000
+) -> Iterator[tuple[Path, Callable[[str], str]]]:
     """Extract a zip safely into a temporary folder; yield it and a path-to-display mapper."""
     try:
         zf = zipfile.ZipFile(path)

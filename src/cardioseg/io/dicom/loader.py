@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from cardioseg.errors import CardiosegError
-from cardioseg.io.dicom.archive import _extracted_zip
+from cardioseg.io.dicom.archive import extracted_zip
 from cardioseg.io.dicom.headers import (
     GAP_TOL,
     MIN_PHASES,
@@ -383,7 +383,7 @@ def load_cine(
         if path.is_file() and (
             path.suffix.lower() == ".zip" or (not _has_dicm(path) and zipfile.is_zipfile(path))
         ):
-            with _extracted_zip(path, max_zip_bytes) as (root, show):
+            with extracted_zip(path, max_zip_bytes) as (root, show):
                 loaded = _load_scanned(root, where, show)
         else:
             if path.is_file():
