@@ -72,14 +72,7 @@ def load_study(
         except CardiosegError as err:  # NIfTI files that form no study: maybe DICOM is there
             found, nifti_problem = None, err
         if found is not None:
-            if found.kind == "pair":
-                st = _load_pair(found.ed, found.es)
-            else:
-                st = _load_cine_nifti(found.cine)
-                st.given_ed_es = found.frames
-            st.source = str(path)
-            st.meta.update(found.info)
-            return st
+            return _load_found(found, path)
     from cardioseg.io.dicom import load_cine
 
     try:
@@ -116,15 +109,21 @@ def _load_zipped_nifti_study(path: Path) -> Study | None:
             return None
         if found is None:
             return None
-        if found.kind == "pair":
-            st = _load_pair(found.ed, found.es)
-        else:
-            st = _load_cine_nifti(found.cine)
-            st.given_ed_es = found.frames
-    st.source = str(path)
-    st.properties = ImageProperties(
+        st = _load_found(found, path)
+    st.properties = ImageProperties(  # not the temporary file's name
         st.properties.affine, st.properties.spacing, st.properties.shape, str(path)
     )
+    return st
+
+
+def _load_found(found: Any, source: Path) -> Study:
+    """Read the files :func:`~cardioseg.clinical.nifti_folder.find_nifti_study` found."""
+    if found.kind == "pair":
+        st = _load_pair(found.ed, found.es)
+    else:
+        st = _load_cine_nifti(found.cine)
+        st.given_ed_es = found.frames
+    st.source = str(source)
     st.meta.update(found.info)
     return st
 
