@@ -91,7 +91,7 @@ function fmtBytes(n) {
   return (n / 1024 ** 3).toFixed(2) + " GB";
 }
 
-const KIND_NAMES = { nifti4d: "4D NIfTI", pair: "ED/ES pair", dicom: "DICOM" };
+const KIND_NAMES = { nifti4d: "4D NIfTI", pair: "ED/ES pair", dicom: "zip (DICOM or NIfTI)" };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
