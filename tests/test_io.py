@@ -73,6 +73,18 @@ def test_bad_inputs(tmp_path):
         tmp_path / "tiny_sp.nii.gz", np.ones((8, 8, 3), np.float32), np.diag([1e-7, 1e-7, 1e-7, 1])
     )
     _expect(tiny, r"spacing \(1e-07, 1e-07, 1e-07\) mm is too small")
+    # a header announcing 90 billion voxels: refused, not a MemoryError without a file name
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.float32)
+    hdr.set_data_shape((30000, 30000, 100))
+    raw = hdr.binaryblock + bytes(4) + np.ones(100, np.float32).tobytes()
+    (tmp_path / "huge.nii").write_bytes(raw)
+    _expect(tmp_path / "huge.nii", r"too large to load \(shape \(30000, 30000, 100\), 360\.0 GB")
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(raw))
+    _expect(tmp_path / "huge.nii.gz", r"too large to load .* at most 16 GB")
+    hdr.set_data_shape((64, 64, 8))  # within the limit but longer than the file
+    (tmp_path / "short.nii").write_bytes(hdr.binaryblock + bytes(4) + bytes(400))
+    _expect(tmp_path / "short.nii", r"truncated image data \(the header announces shape")
 
 
 def test_label_checks(tmp_path):

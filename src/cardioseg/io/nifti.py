@@ -71,14 +71,37 @@ def _load(path: Path) -> nib.Nifti1Image:
         raise CardiosegError(path, f"cannot read NIfTI header ({type(exc).__name__})") from None
 
 
+#: Largest image (bytes as stored) read into memory: a 512 x 512 x 20 x 50 float32 cine is 1 GB;
+#: headers announcing far more are corrupt (or not cardiac MRI) and are refused before reading.
+MAX_IMAGE_BYTES = 16 * 10**9
+
+
 def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     if img.get_data_dtype().kind == "c":
         raise CardiosegError(path, "complex-valued image: give a magnitude image")
+    shape = tuple(int(n) for n in img.shape)
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * img.get_data_dtype().itemsize
+    offset = int(getattr(img.dataobj, "offset", 352))
+    if n_bytes > MAX_IMAGE_BYTES:
+        raise CardiosegError(
+            path,
+            f"image too large to load (shape {shape}, {n_bytes / 1e9:.1f} GB; at most "
+            f"{MAX_IMAGE_BYTES / 1e9:.0f} GB)",
+        )
+    if not str(path).lower().endswith(".gz") and offset + n_bytes > path.stat().st_size:
+        # checked before reading: numpy would first try to allocate what the header announces
+        raise CardiosegError(
+            path, f"truncated image data (the header announces shape {shape}, the file is smaller)"
+        )
     try:
         return np.asarray(img.dataobj, dtype=np.float32)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
         raise CardiosegError(
             path, f"truncated or corrupt image data ({type(exc).__name__})"
+        ) from None
+    except MemoryError:
+        raise CardiosegError(
+            path, f"image too large to load (shape {shape}, {n_bytes / 1e9:.1f} GB)"
         ) from None
 
 
