@@ -69,6 +69,10 @@ def test_bad_inputs(tmp_path):
     _expect(tmp_path / "sp.nii.gz", "spacing")
     cplx = (np.ones((8, 8, 3)) + 1j).astype(np.complex64)
     _expect(write_nifti(tmp_path / "complex.nii.gz", cplx), "complex-valued")
+    rgb = nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)).header
+    rgb["datatype"] = 2304  # RGBA32: structured voxels, not grayscale (nibabel will not write it)
+    (tmp_path / "rgba.nii").write_bytes(rgb.binaryblock + bytes(4) + bytes(8 * 8 * 3 * 4))
+    _expect(tmp_path / "rgba.nii", "unsupported voxel type")
     tiny = write_nifti(
         tmp_path / "tiny_sp.nii.gz", np.ones((8, 8, 3), np.float32), np.diag([1e-7, 1e-7, 1e-7, 1])
     )

@@ -191,8 +191,11 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
         raise UploadError(400, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
     if not np.all(np.isfinite(affine)):
         raise UploadError(400, "NIfTI affine contains NaN/Inf")
-    if np.dtype(img.get_data_dtype()).kind == "c":
+    kind = np.dtype(img.get_data_dtype()).kind
+    if kind == "c":
         raise UploadError(400, "complex-valued image: upload a magnitude image")
+    if kind not in "biuf":
+        raise UploadError(400, f"unsupported voxel type {img.get_data_dtype()}: grayscale expected")
     spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
     try:
         check_inplane_geometry(shape[:3], tuple(float(v) for v in spacing))

@@ -77,8 +77,13 @@ MAX_IMAGE_BYTES = 16 * 10**9
 
 
 def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    if img.get_data_dtype().kind == "c":
+    kind = img.get_data_dtype().kind
+    if kind == "c":
         raise CardiosegError(path, "complex-valued image: give a magnitude image")
+    if kind not in "biuf":  # RGB(A) or other structured voxels
+        raise CardiosegError(
+            path, f"unsupported voxel type {img.get_data_dtype()} (expected a grayscale image)"
+        )
     shape = tuple(int(n) for n in img.shape)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * img.get_data_dtype().itemsize
     offset = int(getattr(img.dataobj, "offset", 352))
