@@ -19,22 +19,18 @@ import argparse
 import logging
 import random
 import shutil
-import signal
 import sys
 import tempfile
-import time
-import traceback
 import warnings
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import pydicom  # noqa: E402
+from fuzzing import Trials  # noqa: E402
 from test_dicom import canon_like, enhanced_like, ge_like, philips_like, siemens_like  # noqa: E402
 
 from cardioseg.clinical.analysis import load_study  # noqa: E402
-from cardioseg.errors import CardiosegError  # noqa: E402
 
 ELEMENTS = [
     "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "TriggerTime",
@@ -45,14 +41,6 @@ ELEMENTS = [
     "StudyInstanceUID", "PatientID", "BitsStored", "HighBit",
 ]  # fmt: skip
 JUNK = [None, "", "abc", "0", "-1", "1e9", "nan", "inf", "0\\0", "1\\2\\3", "0\\0\\0\\0\\0\\0"]
-
-
-class _TooSlow(Exception):
-    pass
-
-
-def _alarm(*_: object) -> None:
-    raise _TooSlow
 
 
 def _corrupt(folder: Path, rng: random.Random) -> list[str]:
@@ -87,11 +75,8 @@ def main() -> None:
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)  # the reader's notes on the corrupted studies
-    signal.signal(signal.SIGALRM, _alarm)
     rng = random.Random(args.seed)
-    outcomes: Counter[str] = Counter()
-    failures = []
-    slowest = 0.0
+    trials = Trials(args.limit, "loaded")
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         styles = {"siemens": siemens_like, "ge": ge_like, "philips": philips_like}
@@ -106,39 +91,10 @@ def main() -> None:
             shutil.rmtree(study, ignore_errors=True)
             shutil.copytree(base / style, study)
             changes = _corrupt(study, rng)
-            t0 = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, args.limit)
-            try:
-                load_study(study)
-                outcomes["loaded"] += 1
-            except CardiosegError:
-                outcomes["refused with a one-line error"] += 1
-            except Exception as exc:
-                kind = "too slow" if isinstance(exc, _TooSlow) else "crashed"
-                outcomes[kind] += 1
-                text = "".join(traceback.format_exception_only(exc)).strip()
-                failures.append(f"trial {trial} ({style}, {'; '.join(changes)}): {kind}: {text}")
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - t0)
-    lines = [
-        "# DICOM reader fuzzing",
-        "",
-        f"Command: `python benchmarks/dicom_fuzz.py {' '.join(sys.argv[1:])}`",
-        "",
-        "| outcome | trials |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in sorted(outcomes.items())),
-        "",
-        f"Slowest load: {slowest:.2f} s (limit {args.limit:g} s).",
-        *([""] + failures if failures else []),
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    sys.exit(1 if failures else 0)
+            trials.run(
+                f"trial {trial} ({style}, {'; '.join(changes)})", lambda s=study: load_study(s)
+            )
+    sys.exit(trials.report("DICOM reader fuzzing", args.output))
 
 
 if __name__ == "__main__":

@@ -18,22 +18,19 @@ from __future__ import annotations
 import argparse
 import logging
 import random
-import signal
 import sys
 import tempfile
-import time
-import traceback
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
+from fuzzing import Trials
 
 from cardioseg.data.synthetic import PhantomConfig, make_phantom
-from cardioseg.errors import CardiosegError
 from cardioseg.inference import Segmenter
+from cardioseg.io.nifti import read_image
 
 #: Header fields and the junk values tried for them (``dim`` and ``pixdim`` get one index).
 FIELDS = {
@@ -50,14 +47,6 @@ FIELDS = {
     "srow_x": [np.nan, 0.0, 1e9],
     "magic": [b"n+2\x00", b"xxxx", b"ni1\x00"],
 }
-
-
-class _TooSlow(Exception):
-    pass
-
-
-def _alarm(*_: object) -> None:
-    raise _TooSlow
 
 
 def _corrupt(header: nib.Nifti1Header, rng: random.Random) -> list[str]:
@@ -93,18 +82,19 @@ def main() -> None:
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)  # nibabel's notes on the corrupted headers
     torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGALRM, _alarm)
     rng = random.Random(args.seed)
     phantom = make_phantom(PhantomConfig(seed=args.seed, shape=(96, 96), spacing=1.6, n_slices=6))
     image = np.asarray(phantom.images["ED"], np.float32)
     seg = Segmenter()
-    outcomes: Counter[str] = Counter()
-    failures = []
-    slowest = 0.0
+    trials = Trials(args.limit, "segmented")
+
+    def segment(path: Path) -> None:
+        volume, props = read_image(path)
+        labels = seg.predict(volume, props).labels
+        assert labels.shape == volume.shape, (labels.shape, volume.shape)
+
     with tempfile.TemporaryDirectory() as tmp:
         for trial in range(args.trials):
-            from cardioseg.io.nifti import read_image
-
             header = nib.Nifti1Image(image, phantom.affine).header.copy()
             changes = _corrupt(header, rng)
             path = Path(tmp) / f"t{trial}.nii{'.gz' if rng.random() < 0.5 else ''}"
@@ -118,42 +108,9 @@ def main() -> None:
                 data = path.read_bytes()
                 path.write_bytes(data[: rng.randrange(1, len(data))])
                 changes.append("file cut short")
-            t0 = time.perf_counter()
-            signal.setitimer(signal.ITIMER_REAL, args.limit)
-            try:
-                volume, props = read_image(path)
-                labels = seg.predict(volume, props).labels
-                assert labels.shape == volume.shape, (labels.shape, volume.shape)
-                outcomes["segmented"] += 1
-            except CardiosegError:
-                outcomes["refused with a one-line error"] += 1
-            except Exception as exc:
-                kind = "too slow" if isinstance(exc, _TooSlow) else "crashed"
-                outcomes[kind] += 1
-                text = "".join(traceback.format_exception_only(exc)).strip().splitlines()[-1]
-                failures.append(f"trial {trial} ({'; '.join(changes)}): {kind}: {text[:300]}")
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            slowest = max(slowest, time.perf_counter() - t0)
+            trials.run(f"trial {trial} ({'; '.join(changes)})", lambda p=path: segment(p))
             path.unlink(missing_ok=True)
-    lines = [
-        "# NIfTI path fuzzing",
-        "",
-        f"Command: `python benchmarks/nifti_fuzz.py {' '.join(sys.argv[1:])}`",
-        "",
-        "| outcome | trials |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in sorted(outcomes.items())),
-        "",
-        f"Slowest trial: {slowest:.2f} s (limit {args.limit:g} s).",
-        *([""] + failures if failures else []),
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-    sys.exit(1 if failures else 0)
+    sys.exit(trials.report("NIfTI path fuzzing", args.output))
 
 
 if __name__ == "__main__":
