@@ -284,6 +284,24 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert len(rows2) == 3
 
 
+def test_analyze_batch_one_worker_keeps_every_thread(tmp_path, tiny_checkpoint):
+    """One in-process worker analyses with torch's thread count as it was (every core), not one
+    thread; worker processes get one thread each."""
+    import torch
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        args = ["analyze-batch", studies, "-o", tmp_path / "batch", "--model", tiny_checkpoint]
+        res = _run([*args, "--no-progress"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(("flag", "roi"), [("--whole-image", False), ("--roi", True)])
 def test_analyze_batch_heart_window_option(tmp_path, tiny_checkpoint, flag, roi):
     """``--roi/--whole-image`` reaches the batch workers' segmenter."""

@@ -101,13 +101,16 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
 
 
 def _init_worker(options: dict[str, Any], threads: int) -> None:
-    """Build the worker's segmenter from ``Segmenter`` keyword arguments."""
+    """Build the worker's segmenter from ``Segmenter`` keyword arguments; ``threads`` > 0 sets
+    torch's thread count (one per worker process), 0 leaves it (one in-process worker uses
+    every core)."""
     global _SEGMENTER
     import torch
 
     from cardioseg.inference import Segmenter
 
-    torch.set_num_threads(max(1, threads))
+    if threads > 0:
+        torch.set_num_threads(threads)
     _SEGMENTER = Segmenter(**options)
 
 
