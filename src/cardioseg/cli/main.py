@@ -467,7 +467,13 @@ def analyze_batch(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path(
         "cardioseg-batch"
     ),
-    workers: Annotated[int, typer.Option(help="Parallel worker processes")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Parallel worker processes (one per core is fastest; each holds a model, "
+            "about 1 GB)"
+        ),
+    ] = 1,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     ray: Annotated[
         str | None, typer.Option("--ray", help="Ray cluster address ('local' starts one here)")
