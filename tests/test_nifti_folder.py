@@ -123,3 +123,18 @@ def test_a_zip_of_a_nifti_study_folder(tmp_path, nested):
     assert st.meta == {"height_cm": 180.0, "weight_kg": 81.0}
     expected = nib.load(str(tmp_path / "patient001" / "patient001_frame03.nii.gz")).get_fdata()
     np.testing.assert_allclose(st.image[..., 1], expected, rtol=1e-6)
+
+
+def test_a_zip_with_a_broken_nifti_names_the_member(tmp_path):
+    import zipfile
+
+    _acdc_folder(tmp_path / "patient001")
+    es = tmp_path / "patient001" / "patient001_frame03.nii.gz"
+    es.write_bytes(es.read_bytes()[:3000])  # cut short
+    archive = tmp_path / "p.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in (tmp_path / "patient001").iterdir():
+            zf.write(f, f"patient001/{f.name}")
+    with pytest.raises(CardiosegError, match="truncated or corrupt") as info:
+        load_study(archive)
+    assert info.value.path == f"{archive}/patient001/patient001_frame03.nii.gz"

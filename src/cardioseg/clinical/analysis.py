@@ -100,7 +100,7 @@ def _load_zipped_nifti_study(path: Path) -> Study | None:
     from cardioseg.clinical.nifti_folder import find_nifti_study
     from cardioseg.io.dicom.archive import extracted_zip
 
-    with extracted_zip(path) as (root, _):
+    with extracted_zip(path) as (root, show):
         entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
         folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else root
         try:
@@ -109,7 +109,10 @@ def _load_zipped_nifti_study(path: Path) -> Study | None:
             return None
         if found is None:
             return None
-        st = _load_found(found, path)
+        try:
+            st = _load_found(found, path)
+        except CardiosegError as err:  # name the member as "study.zip/folder/file.nii.gz"
+            raise CardiosegError(show(err.path) if err.path else path, err.problem) from None
     st.properties = ImageProperties(  # not the temporary file's name
         st.properties.affine, st.properties.spacing, st.properties.shape, str(path)
     )
