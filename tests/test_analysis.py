@@ -302,6 +302,20 @@ def test_analyze_batch_one_worker_keeps_every_thread(tmp_path, tiny_checkpoint):
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_analyze_batch_no_pdf_reaches_every_worker(tmp_path, tiny_checkpoint, workers):
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    _write_cine(studies / "b.nii.gz", seed=6, frames=3)
+    args = ["analyze-batch", studies, "--model", tiny_checkpoint, "--no-progress"]
+    for out, extra in ((tmp_path / "no_pdf", ["--no-pdf"]), (tmp_path / "pdf", [])):
+        res = _run([*args, "-o", out, "--workers", workers, *extra])
+        assert res.exit_code == 0, res.output
+        for name in ("a", "b"):
+            assert (out / name / "report.html").exists()
+            assert (out / name / "report.pdf").exists() is not bool(extra)
+
+
 @pytest.mark.parametrize(("flag", "roi"), [("--whole-image", False), ("--roi", True)])
 def test_analyze_batch_heart_window_option(tmp_path, tiny_checkpoint, flag, roi):
     """``--roi/--whole-image`` reaches the batch workers' segmenter."""

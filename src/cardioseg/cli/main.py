@@ -487,6 +487,9 @@ def analyze_batch(
         ),
     ] = None,
     roi: RoiOption = None,
+    pdf: Annotated[
+        bool, typer.Option(help="Also write each report.pdf (--no-pdf: faster, HTML kept)")
+    ] = True,
 ) -> None:
     """Analyse many studies (resumable: finished studies are skipped); one CSV row per study."""
     import csv
@@ -502,6 +505,7 @@ def analyze_batch(
         progress=progress,
         exclusions=read_exclusions(exclusions) if exclusions else None,
         roi=roi,
+        write_pdf=pdf,
     )
     rows = list(csv.DictReader(open(table, newline="")))
     failed = [r for r in rows if r["status"] != "done"]

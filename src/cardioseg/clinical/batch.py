@@ -50,6 +50,7 @@ ROW_KEYS = [
 ]
 
 _SEGMENTER: Any = None
+_WRITE_PDF = True
 
 
 def find_studies(root: str | Path) -> list[Path]:
@@ -100,11 +101,11 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
     return row
 
 
-def _init_worker(options: dict[str, Any], threads: int) -> None:
+def _init_worker(options: dict[str, Any], threads: int, write_pdf: bool = True) -> None:
     """Build the worker's segmenter from ``Segmenter`` keyword arguments; ``threads`` > 0 sets
     torch's thread count (one per worker process), 0 leaves it (one in-process worker uses
-    every core)."""
-    global _SEGMENTER
+    every core); ``write_pdf``: whether its reports include ``report.pdf``."""
+    global _SEGMENTER, _WRITE_PDF
     import torch
 
     from cardioseg.inference import Segmenter
@@ -112,6 +113,7 @@ def _init_worker(options: dict[str, Any], threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
     _SEGMENTER = Segmenter(**options)
+    _WRITE_PDF = write_pdf
 
 
 def read_exclusions(path: str | Path) -> dict[str, list[str]]:
@@ -167,7 +169,11 @@ def _analyze_one(path: str, outdir: str, exclude: Sequence[str] = ()) -> dict[st
     name = study_name(Path(path))
     try:
         report = analyze_study(
-            Path(outdir) / name, study=path, segmenter=_SEGMENTER, exclude=exclude
+            Path(outdir) / name,
+            study=path,
+            segmenter=_SEGMENTER,
+            exclude=exclude,
+            write_pdf=_WRITE_PDF,
         )
         return _row(name, report)
     except CardiosegError as exc:
@@ -193,6 +199,7 @@ def run_batch(
     progress: bool = True,
     exclusions: Mapping[str, Sequence[str]] | None = None,
     roi: bool | None = None,
+    write_pdf: bool = True,
 ) -> Path:
     """Analyse every study under ``root``; returns the path of ``results.csv``.
 
@@ -208,6 +215,8 @@ def run_batch(
             whose report lists other exclusions (or any, where the mapping has none for it) is
             analysed again. ``None`` keeps every finished study.
         roi: Heart-window inference (see ``Segmenter(roi=...)``; ``None``: the model's).
+        write_pdf: Also write each study's ``report.pdf`` (the slowest report; a large batch
+            may leave it out and keep the HTML).
 
     Raises:
         CardiosegError: No studies, or exclusions naming a study that is not in ``root``.
@@ -247,7 +256,8 @@ def run_batch(
     _write_table(table, rows)
     log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
     options = {"checkpoint": model, "roi": roi}
-    for row in _run(todo, outdir, workers, options, ray_address, progress, wanted or {}):
+    runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
+    for row in runs:
         rows[row["study"]] = row
         _write_table(table, rows)
     return table
@@ -261,6 +271,7 @@ def _run(
     ray_address: str | None,
     progress: bool,
     exclusions: Mapping[str, list[str]],
+    write_pdf: bool = True,
 ) -> Iterator[dict]:
     from tqdm import tqdm
 
@@ -272,14 +283,15 @@ def _run(
         bar.close()
         return
     if ray_address:
-        yield from _run_ray(todo, outdir, workers, options, ray_address, bar, excl)
+        yield from _run_ray(todo, outdir, workers, options, ray_address, bar, excl, write_pdf)
     elif workers <= 1:
-        _init_worker(options, 0)
+        _init_worker(options, 0, write_pdf)
         for s in todo:
             yield _analyze_one(str(s), str(outdir), excl(s))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(options, 1)) as pool:
+        init = (options, 1, write_pdf)
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
             futures = [pool.submit(_analyze_one, str(s), str(outdir), excl(s)) for s in todo]
             for f in as_completed(futures):
                 yield f.result()
@@ -295,6 +307,7 @@ def _run_ray(
     address: str,
     bar: Any,
     excl: Callable[[Path], list[str]],
+    write_pdf: bool = True,
 ) -> Iterator[dict]:
     try:
         import ray
@@ -313,7 +326,7 @@ def _run_ray(
     @ray.remote(num_cpus=1)
     class Worker:
         def __init__(self) -> None:
-            _init_worker(options, 1)
+            _init_worker(options, 1, write_pdf)
 
         def run(self, path: str, exclude: list[str]) -> dict:
             return _analyze_one(path, str(outdir), exclude)
