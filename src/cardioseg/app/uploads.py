@@ -164,6 +164,7 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
     import numpy as np
 
     from cardioseg.errors import CardiosegError
+    from cardioseg.io.nifti import affine_spacing, voxel_type_problem
     from cardioseg.preprocessing.geometry import check_inplane_geometry
 
     limit = max_voxels * 8 + (1 << 20)
@@ -191,14 +192,11 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
         raise UploadError(400, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
     if not np.all(np.isfinite(affine)):
         raise UploadError(400, "NIfTI affine contains NaN/Inf")
-    kind = np.dtype(img.get_data_dtype()).kind
-    if kind == "c":
-        raise UploadError(400, "complex-valued image: upload a magnitude image")
-    if kind not in "biuf":
-        raise UploadError(400, f"unsupported voxel type {img.get_data_dtype()}: grayscale expected")
-    spacing = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+    problem = voxel_type_problem(img.get_data_dtype())
+    if problem:
+        raise UploadError(400, problem)
     try:
-        check_inplane_geometry(shape[:3], tuple(float(v) for v in spacing))
+        check_inplane_geometry(shape[:3], tuple(float(v) for v in affine_spacing(affine)))
     except CardiosegError as exc:
         raise UploadError(400, exc.problem) from None
     return CheckedFile("nifti", compressed, shape, np.asarray(affine, float).tolist())

@@ -76,14 +76,33 @@ def _load(path: Path) -> nib.Nifti1Image:
 MAX_IMAGE_BYTES = 16 * 10**9
 
 
-def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    kind = img.get_data_dtype().kind
+def voxel_type_problem(dtype: np.dtype) -> str | None:
+    """Why voxels of ``dtype`` cannot be read as a grayscale image (``None`` if they can).
+
+    Example:
+        >>> voxel_type_problem(np.dtype(np.int16)) is None
+        True
+        >>> voxel_type_problem(np.dtype(np.complex64))
+        'complex-valued image: give a magnitude image'
+    """
+    kind = np.dtype(dtype).kind
     if kind == "c":
-        raise CardiosegError(path, "complex-valued image: give a magnitude image")
+        return "complex-valued image: give a magnitude image"
     if kind not in "biuf":  # RGB(A) or other structured voxels
-        raise CardiosegError(
-            path, f"unsupported voxel type {img.get_data_dtype()} (expected a grayscale image)"
-        )
+        return f"unsupported voxel type {dtype} (expected a grayscale image)"
+    return None
+
+
+def affine_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size along each of the three axes of a voxel-to-world ``affine`` (its column
+    norms)."""
+    return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+
+
+def _data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    problem = voxel_type_problem(img.get_data_dtype())
+    if problem:
+        raise CardiosegError(path, problem)
     shape = tuple(int(n) for n in img.shape)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * img.get_data_dtype().itemsize
     offset = int(getattr(img.dataobj, "offset", 352))
@@ -130,7 +149,7 @@ def _check_spacing(img: nib.Nifti1Image, path: Path) -> tuple[float, float, floa
     zooms = img.header.get_zooms()[:3]
     if len(zooms) < 3:
         zooms = tuple(zooms) + (1.0,) * (3 - len(zooms))
-    spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
+    spacing = affine_spacing(img.affine)
     if not np.all(np.isfinite(img.affine)):
         raise CardiosegError(path, "affine contains NaN/Inf")
     if np.any(np.asarray(zooms, dtype=float) <= 0):
