@@ -158,6 +158,8 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     }
     assert referenced and referenced <= sources
     assert report["meta"]["source_kind"] == "dicom"
+    # height and weight from the DICOM headers (PatientSize 1.72 m, PatientWeight 68 kg)
+    assert report["bsa_m2"] == pytest.approx(np.sqrt(172 * 68 / 3600), abs=0.01)
     # every frame, plus ED and ES again with TTA, went through the heart window or the whole image
     window = report["meta"]["heart_window"]
     assert sum(window.values()) == report["meta"]["n_frames"] + 2

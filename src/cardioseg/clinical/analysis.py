@@ -47,7 +47,8 @@ def load_study(
 ) -> Study:
     """Load a DICOM folder/zip, a 4D cine NIfTI, an ED/ES pair of 3D NIfTI volumes, or a
     folder of NIfTI files holding either (see :func:`~cardioseg.clinical.nifti_folder.
-    find_nifti_study`; height and weight from an ACDC ``Info.cfg`` go into ``Study.meta``)."""
+    find_nifti_study`). The patient's height and weight, from the DICOM headers or an ACDC
+    ``Info.cfg``, go into ``Study.meta`` (``height_cm``, ``weight_kg``)."""
     if ed is not None or es is not None:
         if ed is None or es is None:
             raise CardiosegError(ed or es, "give both --ed and --es")
@@ -81,7 +82,12 @@ def load_study(
         if nifti_problem is not None and "no DICOM images" in str(err):
             raise nifti_problem from None
         raise
-    return Study(image, props, str(path), "dicom", dicom_meta=meta)
+    body = {}  # the patient's height and weight, where the images record them
+    if getattr(meta, "patient_height_m", None):
+        body["height_cm"] = float(meta.patient_height_m) * 100
+    if getattr(meta, "patient_weight_kg", None):
+        body["weight_kg"] = float(meta.patient_weight_kg)
+    return Study(image, props, str(path), "dicom", dicom_meta=meta, meta=body)
 
 
 def _zip_holds_nifti(path: Path) -> bool:
@@ -278,11 +284,7 @@ def analyze_study(
         # averaged predictions are the QC uncertainty
         probs, spread = _segment_with_tta(seg, st, {"ED": ed_i, "ES": es_i}, labels)
     dm = st.dicom_meta
-    if height_cm is None and dm is not None and getattr(dm, "patient_height_m", None):
-        height_cm = float(dm.patient_height_m) * 100
-    if weight_kg is None and dm is not None and getattr(dm, "patient_weight_kg", None):
-        weight_kg = float(dm.patient_weight_kg)
-    if height_cm is None:  # e.g. an ACDC Info.cfg next to NIfTI files
+    if height_cm is None:  # from the DICOM headers or an ACDC Info.cfg, where given
         height_cm = st.meta.get("height_cm")
     if weight_kg is None:
         weight_kg = st.meta.get("weight_kg")
