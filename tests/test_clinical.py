@@ -544,6 +544,38 @@ def test_dicom_seg_one_instance_per_source_series(tmp_path):
         assert refs == {pydicom.dcmread(files[k][1]).SOPInstanceUID}
 
 
+def test_dicom_seg_anonymised_frames_of_reference_warn_once(tmp_path, caplog):
+    """Every image with its own, invalid frame-of-reference UID (as one anonymiser of the
+    Sunnybrook data wrote them): one log line, no pydicom warning flood, a valid SEG."""
+    pytest.importorskip("highdicom")
+    import warnings
+
+    import pydicom
+
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+    files = _mr_series(tmp_path / "src", 16, 16, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # writing the invalid UIDs warns here, not in the code
+        for k, row in enumerate(files):
+            for t, f in enumerate(row):
+                ds = pydicom.dcmread(f)
+                ds.FrameOfReferenceUID = f"2.16.124.113543.6006.99.0{k}{t}55"  # leading zero
+                ds.save_as(f)
+    labels = np.zeros((16, 16, 2, 2), np.uint8)
+    labels[2:9, 3:7] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level("WARNING", logger="cardioseg"):
+            out = write_dicom_seg(labels, files, tmp_path / "seg.dcm")
+    assert len(out) == 2
+    assert sum("frames of reference" in r.getMessage() for r in caplog.records) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reading the sources back meets their invalid UIDs
+        for t, path in enumerate(out):
+            _check_seg(path, labels, files, t)
+
+
 def test_report_colours_minor_notes_grey():
     from cardioseg.clinical.report import STATUS_COLORS, _reason_color
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cardioseg.errors import CardiosegError
+from cardioseg.io.dicom.headers import quiet_pydicom
 from cardioseg.io.nifti import atomic_write
 
 log = logging.getLogger("cardioseg.dicom_seg")
@@ -205,6 +206,30 @@ def write_dicom_seg(
         CardiosegError: Shapes that do not match the source images, unreadable sources, or no
             foreground at all.
     """
+    with quiet_pydicom():  # lazily read source elements may be invalid (anonymisers' UIDs)
+        return _write_dicom_seg(
+            labels,
+            sources,
+            out_path,
+            phases,
+            series_description,
+            series_number,
+            manufacturer,
+            software_version,
+        )
+
+
+def _write_dicom_seg(
+    labels: np.ndarray,
+    sources: Sequence[Any],
+    out_path: str | Path,
+    phases: Sequence[int] | None = None,
+    series_description: str = "cardioseg LV/MYO/RV segmentation",
+    series_number: int = 9901,
+    manufacturer: str = "cardioseg",
+    software_version: str | None = None,
+) -> list[Path]:
+    """:func:`write_dicom_seg` without the pydicom warnings silenced."""
     hd = _require_highdicom()
     if software_version is None:
         from cardioseg import __version__ as software_version
@@ -247,12 +272,15 @@ def write_dicom_seg(
     descriptions = segment_descriptions(software_version)
     series_uid = hd.UID()
     segs = []
+    warned_frames = False
     for number, (t, s) in enumerate(keys, start=1):
         items = groups[(t, s)]
         fors = {str(ds.get("FrameOfReferenceUID", "")) for _, ds in items}
         if len(fors) > 1:
             # some anonymisers give every image its own frame of reference; one series shares one
-            log.warning("source series has %d frames of reference; using the first", len(fors))
+            if not warned_frames:
+                log.warning("source series has %d frames of reference; using the first", len(fors))
+                warned_frames = True
             first = str(items[0][1].get("FrameOfReferenceUID", ""))
             items = [(k, copy.deepcopy(ds)) for k, ds in items]
             for _, ds in items:
