@@ -279,7 +279,11 @@ def _write_dicom_seg(
         if len(fors) > 1:
             # some anonymisers give every image its own frame of reference; one series shares one
             if not warned_frames:
-                log.warning("source series has %d frames of reference; using the first", len(fors))
+                log.warning(
+                    "DICOM-SEG: the source series has %d frames of reference (anonymised?); "
+                    "the SEG uses the first",
+                    len(fors),
+                )
                 warned_frames = True
             first = str(items[0][1].get("FrameOfReferenceUID", ""))
             items = [(k, copy.deepcopy(ds)) for k, ds in items]
