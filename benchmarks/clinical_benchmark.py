@@ -41,18 +41,22 @@ from scipy import stats
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
 from cardioseg.clinical.qc import (
+    CALIBRATION_SUFFIX,
     DISAGREEMENT_REVIEW,
     DISAGREEMENT_SLICE_NOTE,
     ENTROPY_HEART_REVIEW,
     MINOR_REVIEW_SCORE,
     REVIEW_SCORE,
+    QCCalibration,
     assess_quality,
+    calibration_for,
     status_from_issues,
 )
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import compute_metrics
 from cardioseg.inference import Segmenter
+from cardioseg.io.nifti import atomic_write
 
 
 def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
@@ -132,13 +136,20 @@ def _cv_models(cv_runs: Path | None, roi: bool | None = None) -> dict[str, Segme
 
 
 def qc_study_rows(
-    data: Path, seg: Segmenter, cv_runs: Path | None, calibrate: bool = False
-) -> tuple[list[dict], tuple[float, float]]:
+    data: Path,
+    seg: Segmenter,
+    cv_runs: Path | None,
+    calibrate: bool = False,
+    write_calibration: Path | None = None,
+) -> tuple[list[dict], tuple[float, float, float]]:
     """One row per labelled study; with ``calibrate``, the heart-entropy and disagreement
     review thresholds are first set to their 90th percentiles over the held-out ACDC CV
     studies (the in-domain calibration that :data:`cardioseg.clinical.qc.ENTROPY_HEART_REVIEW`
     documents). Each row also has the QC status without the disagreement check (for the
-    ablation). Returns the rows and the two thresholds used."""
+    ablation). Returns the rows and the three thresholds used (the model's own calibration,
+    :func:`cardioseg.clinical.qc.calibration_for`, unless ``calibrate``). ``write_calibration``
+    saves the calibrated thresholds there (``model.qc.json`` next to the checkpoint, where
+    ``cardioseg analyze`` finds them)."""
     studies = []
     cv = _cv_models(cv_runs, roi=seg.roi)
     groups: dict[tuple[str, str], dict[str, object]] = {}
@@ -180,9 +191,7 @@ def qc_study_rows(
         studies.append((ds, subject, phases, names, labs, refs, probs, spreads, dices, spacing))
         print(f"predicted {ds} {subject} dice {np.mean(dices):.3f}", flush=True)
 
-    def assess(
-        study: tuple, thresholds: tuple[float, float] | None = None, spread: bool = True
-    ) -> Any:
+    def assess(study: tuple, cal: QCCalibration, spread: bool = True) -> Any:
         _, _, _, names, labs, _, probs, spreads, _, spacing = study
         if not spread:
             spreads = {}
@@ -192,40 +201,48 @@ def qc_study_rows(
             labs[second] if second else None,
             spacing,
             probabilities={"ED": probs[first], **({"ES": probs[second]} if second else {})},
-            heart_entropy_review=thresholds[0] if thresholds else None,
             disagreement={
                 "ED": spreads.get(first),
                 **({"ES": spreads.get(second)} if second else {}),
             },
-            disagreement_review=thresholds[1] if thresholds else None,
+            calibration=cal,
         )
 
-    thresholds = (ENTROPY_HEART_REVIEW, DISAGREEMENT_REVIEW)
-    slice_note = DISAGREEMENT_SLICE_NOTE
+    cal = calibration_for(seg.checkpoint_paths)
+    calibrated_here = False
     if calibrate:
-        found = [assess(st) for st in studies if st[0] == "acdc"]
+        found = [assess(st, cal) for st in studies if st[0] == "acdc"]
         if found:
-            # rounded as the shipped constants are written
-            thresholds = (
-                round(float(np.percentile([q.metrics["heart_entropy"] for q in found], 90)), 4),
-                round(float(np.percentile([q.metrics["disagreement"] for q in found], 90)), 4),
-            )
             per_slice = [
                 r["disagreement"]
                 for q in found
                 for r in q.per_slice
                 if r.get("disagreement") is not None
             ]
-            slice_note = round(float(np.percentile(per_slice, 95)), 4)
+            # rounded as the shipped constants are written
+            cal = QCCalibration(
+                round(float(np.percentile([q.metrics["heart_entropy"] for q in found], 90)), 4),
+                round(float(np.percentile([q.metrics["disagreement"] for q in found], 90)), 4),
+                round(float(np.percentile(per_slice, 95)), 4),
+                model=" + ".join(p.name for p in seg.checkpoint_paths),
+                source=f"{len(found)} held-out ACDC CV studies (fold models of {cv_runs}): "
+                "90th percentiles of the study-level heart entropy and disagreement, 95th of "
+                "the per-slice disagreement (benchmarks/clinical_benchmark.py "
+                "--calibrate-entropy)",
+            )
+            calibrated_here = True
             print(
-                "calibrated review thresholds: heart entropy {:.4f}, disagreement {:.4f}; "
-                "per-slice disagreement note {:.4f}".format(*thresholds, slice_note),
+                f"calibrated review thresholds: heart entropy {cal.heart_entropy_review:.4f}, "
+                f"disagreement {cal.disagreement_review:.4f}; per-slice disagreement note "
+                f"{cal.disagreement_slice_note:.4f}",
                 flush=True,
             )
+    thresholds = (cal.heart_entropy_review, cal.disagreement_review)
+    slice_note = cal.disagreement_slice_note
     rows = []
     for study in studies:
         ds, subject, phases, names, labs, refs, _, _, dices, spacing = study
-        qc = assess(study, thresholds)
+        qc = assess(study, cal)
         first, second = names[0], (names[1] if len(names) > 1 else None)
         row = {
             "dataset": ds,
@@ -239,7 +256,7 @@ def qc_study_rows(
             "qc_mean_entropy": qc.metrics.get("mean_entropy", float("nan")),
             "qc_heart_entropy": qc.metrics.get("heart_entropy", float("nan")),
             "qc_disagreement": qc.metrics.get("disagreement", float("nan")),
-            "qc_status_without_disagreement": assess(study, thresholds, spread=False).status,
+            "qc_status_without_disagreement": assess(study, cal, spread=False).status,
             "qc_issues": ";".join(f"{i['kind']}:{i['weight']:.3f}" for i in qc.metrics["issues"]),
         }
         row.update(_slice_hints(qc, names, labs, refs, spacing, slice_note))
@@ -253,6 +270,13 @@ def qc_study_rows(
             f"qc {ds} {subject} dice {row['mean_dice']:.3f} qc {qc.score:.2f} {qc.status}",
             flush=True,
         )
+    if write_calibration is not None and calibrated_here:
+        with atomic_write(write_calibration) as tmp:
+            tmp.write_text(
+                json.dumps({k: v for k, v in cal.to_dict().items() if k != "calibrated"}, indent=2)
+                + "\n"
+            )
+        print(f"wrote {write_calibration}", flush=True)
     return rows, (*thresholds, slice_note)
 
 
@@ -580,6 +604,12 @@ def main() -> None:
         "held-out ACDC CV studies of --cv-runs before scoring (for a new model)",
     )
     ap.add_argument(
+        "--write-calibration",
+        action="store_true",
+        help="with --calibrate-entropy: save the thresholds next to the --model checkpoint "
+        "(model.qc.json), where cardioseg analyze reads them as that model's QC calibration",
+    )
+    ap.add_argument(
         "--summarize",
         metavar="CSV",
         help="write the QC summary of an earlier run's clinical_qc_cases.csv (no prediction; "
@@ -617,8 +647,19 @@ def main() -> None:
     if "sunnybrook" in args.parts:
         lines += sunnybrook(data, seg, out)
     if "qc" in args.parts and data.exists():
+        write_to = None
+        if args.write_calibration:
+            if not (args.calibrate_entropy and args.cv_runs):
+                sys.exit("--write-calibration needs --calibrate-entropy and --cv-runs")
+            if len(seg.checkpoint_paths) != 1:
+                sys.exit("--write-calibration: give one model (an ensemble's is not written)")
+            write_to = seg.checkpoint_paths[0].with_suffix(CALIBRATION_SUFFIX)
         rows, thresholds = qc_study_rows(
-            data, seg, Path(args.cv_runs) if args.cv_runs else None, args.calibrate_entropy
+            data,
+            seg,
+            Path(args.cv_runs) if args.cv_runs else None,
+            args.calibrate_entropy,
+            write_to,
         )
         keys = sorted(
             {k for r in rows for k in r},

@@ -24,6 +24,8 @@ from cardioseg.clinical.qc import (
     DISAGREEMENT_REVIEW,
     MINOR_REVIEW_SCORE,
     REVIEW_SCORE,
+    QCCalibration,
+    calibration_for,
 )
 from cardioseg.errors import CardiosegError
 
@@ -252,7 +254,7 @@ def test_qc_uncertainty_from_probabilities(heart_pair):
     # a model calibrated on its own held-out data passes its review threshold
     p = {"ED": confident}
     assert not any("uncertainty" in r for r in assess_quality(ed, es, SPACING, p).reasons)
-    strict = assess_quality(ed, es, SPACING, p, heart_entropy_review=0.0)
+    strict = assess_quality(ed, es, SPACING, p, calibration=QCCalibration(heart_entropy_review=0.0))
     assert strict.status == "review" and any("uncertainty" in r for r in strict.reasons)
 
 
@@ -278,10 +280,55 @@ def test_qc_disagreement_of_the_test_time_predictions(heart_pair):
     # far above the fail level: a failed study
     wild = {"ED": np.full(ed.shape, DISAGREEMENT_FAIL * 2, np.float32)}
     assert assess_quality(ed, es, SPACING, disagreement=wild).status == "fail"
-    lenient = assess_quality(ed, es, SPACING, disagreement=some, disagreement_review=0.5)
+    lenient = assess_quality(
+        ed, es, SPACING, disagreement=some, calibration=QCCalibration(disagreement_review=0.5)
+    )
     assert lenient.status == "ok"
     with pytest.raises(ValueError, match="disagreement"):
         assess_quality(ed, es, SPACING, disagreement=np.zeros((4, 4, 4)))
+
+
+def test_qc_calibration_per_model(heart_pair, tmp_path):
+    """The packaged default model has its calibrated thresholds; a model with a ``.qc.json``
+    next to it gets its own; any other model (or an ensemble) gets the default's, and the QC
+    says so without changing the status."""
+    import json
+
+    from cardioseg.models.checkpoint import checkpoint_members, default_checkpoint_path
+
+    assert calibration_for([default_checkpoint_path()]) == QCCalibration()
+    other = calibration_for(checkpoint_members("contrast"))
+    assert not other.calibrated and "contrast" in other.model
+    assert other.heart_entropy_review == QCCalibration().heart_entropy_review
+    assert not calibration_for(checkpoint_members("ensemble")).calibrated
+    assert not calibration_for(None).calibrated
+
+    ckpt = tmp_path / "mine.pt"
+    ckpt.write_bytes(b"")
+    own = {"heart_entropy_review": 0.2, "disagreement_review": 0.03}
+    (tmp_path / "mine.qc.json").write_text(json.dumps({**own, "disagreement_slice_note": 0.06}))
+    mine = calibration_for([ckpt])
+    assert mine.calibrated and mine.disagreement_slice_note == 0.06
+    (tmp_path / "mine.qc.json").write_text(json.dumps(own))  # the slice note is missing
+    with pytest.raises(CardiosegError, match="mine.qc.json.*disagreement_slice_note"):
+        calibration_for([ckpt])
+    (tmp_path / "mine.qc.json").write_text("{not json")
+    with pytest.raises(CardiosegError, match="invalid QC calibration"):
+        calibration_for([ckpt])
+
+    # the per-slice hint follows the model's own level; an uncalibrated model gets a note
+    ed, es = heart_pair
+    some = {"ED": np.full(ed.shape, 0.045, np.float32), "ES": np.zeros(es.shape, np.float32)}
+    hinted = assess_quality(ed, es, SPACING, disagreement=some)
+    assert any("disagreement" in r["flags"] for r in hinted.per_slice)
+    assert hinted.metrics["calibration"]["calibrated"] is True
+    assert not any("calibrated for" in r for r in hinted.reasons)
+    quiet = assess_quality(ed, es, SPACING, disagreement=some, calibration=mine)
+    assert not any("disagreement" in r["flags"] for r in quiet.per_slice)
+    noted = assess_quality(ed, es, SPACING, disagreement=some, calibration=other)
+    assert noted.status == hinted.status and noted.score == hinted.score
+    assert noted.reasons[-1].startswith("the uncertainty thresholds were calibrated for")
+    assert noted.metrics["calibration"]["calibrated"] is False
 
 
 def test_qc_swapped_frames_fail(heart_pair):

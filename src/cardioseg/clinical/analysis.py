@@ -236,9 +236,10 @@ def analyze_study(
         The content of ``report.json``.
     """
     from cardioseg.clinical.indices import compute_indices, detect_ed_es, volume_curve
-    from cardioseg.clinical.qc import assess_quality
+    from cardioseg.clinical.qc import assess_quality, calibration_for
     from cardioseg.clinical.report import write_report
     from cardioseg.inference import Segmenter
+    from cardioseg.models.checkpoint import model_description
     from cardioseg.preprocessing import check_inplane_geometry, slice_axis
 
     t0 = time.perf_counter()
@@ -299,12 +300,15 @@ def analyze_study(
     lv_curve[frames] = volume_curve(labels[..., frames], spacing, 1)
     rv_curve[frames] = volume_curve(labels[..., frames], spacing, 3)
     indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
+    model_files = getattr(seg, "checkpoint_paths", None)
+    calibration = calibration_for(model_files)
     qc = assess_quality(
         labels[..., ed_i],
         labels[..., es_i],
         spacing,
         probabilities={"ED": probs["ED"], "ES": probs["ES"]},
         disagreement=spread,
+        calibration=calibration,
     )
     with atomic_folder(outdir) as tmp:
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
@@ -329,6 +333,10 @@ def analyze_study(
             "spacing_mm": list(spacing),
             "slice_axis": axis,
             "seconds": round(time.perf_counter() - t0, 3),
+            "model": model_description(model_files),
+            "qc_calibration": calibration.model
+            if calibration.calibrated
+            else "none for this model (the default model's thresholds were used)",
         }
         counts = getattr(seg, "roi_counts", None)
         if isinstance(counts, dict) and getattr(seg, "roi", False):

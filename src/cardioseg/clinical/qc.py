@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,15 @@ FAIL_SCORE = 0.75
 MINOR_REVIEW_SCORE = 0.80
 #: Issue kinds that are minor notes (see the module docstring).
 MINOR_KINDS = frozenset(
-    {"entropy_slice", "enclosure", "fragment_slice", "fragment_slice_rv", "area_jump", "es_area"}
+    {
+        "entropy_slice",
+        "enclosure",
+        "fragment_slice",
+        "fragment_slice_rv",
+        "area_jump",
+        "es_area",
+        "uncalibrated",
+    }
 )
 
 # --- uncertainty --------------------------------------------------------------------------------
@@ -89,6 +98,102 @@ DISAGREEMENT_FAIL = 0.085
 #: studies (``benchmarks/clinical_benchmark.py --calibrate-entropy``). At the base it points at
 #: the slice whose membership of the ventricle readers decide (``--exclude``).
 DISAGREEMENT_SLICE_NOTE = 0.0387
+#: Suffix of the file next to a checkpoint (``model.pt`` -> ``model.qc.json``) that holds that
+#: model's own calibrated thresholds (:class:`QCCalibration`).
+CALIBRATION_SUFFIX = ".qc.json"
+
+
+@dataclass(frozen=True)
+class QCCalibration:
+    """A model's uncertainty thresholds, calibrated on held-out in-domain studies.
+
+    The uncertainty of a prediction depends on the model (its width, training, ensemble
+    members), so its review levels are calibrated per model: the 90th percentile of the
+    study-level heart entropy and disagreement, and the 95th percentile of the per-slice
+    disagreement, over held-out studies like the training data
+    (``benchmarks/clinical_benchmark.py --calibrate-entropy --write-calibration``). They are saved
+    next to the checkpoint (``model.qc.json``, see :func:`calibration_for`), like the data
+    fingerprint inside it, so a model's QC is self-contained. The default instance holds the
+    shipped default model's values.
+
+    Attributes:
+        heart_entropy_review: Study-level heart entropy from which a review is asked.
+        disagreement_review: Study-level disagreement from which a review is asked.
+        disagreement_slice_note: Per-slice disagreement from which a slice is hinted.
+        model: The model the values were calibrated for.
+        source: How they were measured.
+        calibrated: ``False`` when these are another model's values, used for lack of the
+            model's own; the QC then says so.
+
+    Example:
+        >>> QCCalibration().heart_entropy_review == ENTROPY_HEART_REVIEW
+        True
+        >>> QCCalibration.from_dict({"heart_entropy_review": 0.2, "disagreement_review": 0.03,
+        ...     "disagreement_slice_note": 0.05, "model": "mine"}).model
+        'mine'
+    """
+
+    heart_entropy_review: float = ENTROPY_HEART_REVIEW
+    disagreement_review: float = DISAGREEMENT_REVIEW
+    disagreement_slice_note: float = DISAGREEMENT_SLICE_NOTE
+    model: str = "cardioseg_unet2d_acdc_v4 (packaged default)"
+    source: str = (
+        "80 held-out ACDC studies of the 5-fold cross-validation of the v4 recipe "
+        "(benchmarks/clinical_benchmark.py --calibrate-entropy, runs/acdc_cv_full90)"
+    )
+    calibrated: bool = True
+
+    _THRESHOLDS = ("heart_entropy_review", "disagreement_review", "disagreement_slice_note")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> QCCalibration:
+        """From a ``model.qc.json`` dict; ``ValueError`` unless the three thresholds are > 0."""
+        values: dict[str, Any] = {}
+        for key in cls._THRESHOLDS:
+            try:
+                value = float(data[key])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{key} missing or not a number") from None
+            if not 0 < value < 1:
+                raise ValueError(f"{key} must be in (0, 1), got {value}")
+            values[key] = value
+        return cls(**values, model=str(data.get("model", "")), source=str(data.get("source", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (what ``model.qc.json`` holds, plus ``calibrated``)."""
+        return {k: getattr(self, k) for k in (*self._THRESHOLDS, "model", "source", "calibrated")}
+
+
+def calibration_for(checkpoints: Sequence[str | Path] | None) -> QCCalibration:
+    """The QC calibration of a model given by its checkpoint file(s).
+
+    A single checkpoint with a ``model.qc.json`` next to it gets those values; the packaged
+    default model gets :class:`QCCalibration`'s defaults. Anything else (another model
+    without its own file, an ensemble, whose disagreement also counts its members'
+    differences) gets the default model's values marked ``calibrated=False``.
+
+    Raises:
+        CardiosegError: A ``model.qc.json`` that cannot be read or is invalid.
+    """
+    import json
+
+    from cardioseg.errors import CardiosegError
+    from cardioseg.models.checkpoint import default_checkpoint_path
+
+    paths = [Path(c) for c in checkpoints or []]
+    if len(paths) == 1:
+        side = paths[0].with_suffix(CALIBRATION_SUFFIX)
+        if side.is_file():
+            try:
+                return QCCalibration.from_dict(json.loads(side.read_text()))
+            except (OSError, ValueError, AttributeError, TypeError) as exc:
+                raise CardiosegError(side, f"invalid QC calibration: {exc}") from None
+        if paths[0].resolve() == default_checkpoint_path().resolve():
+            return QCCalibration()
+    names = " + ".join(p.stem for p in paths) or "unknown model"
+    return replace(QCCalibration(), model=names, calibrated=False)
+
+
 #: In-plane dilation (mm) of the predicted heart that defines the region for the per-slice
 #: entropy statistics.
 ENTROPY_DILATION_MM = 5.0
@@ -168,6 +273,8 @@ WEIGHTS: dict[str, float] = {
     "rv_absent": 0.40,
     "coverage": 0.30,
     "border": 0.35,
+    # a note, not evidence: the model's uncertainty thresholds are another model's
+    "uncalibrated": 0.0,
 }
 
 NAMES = {LV: "LV", MYO: "myocardium", RV: "RV"}
@@ -262,6 +369,7 @@ def _phase_checks(
     prob: np.ndarray | None,
     out: _Collector,
     spread: np.ndarray | None = None,
+    slice_note: float = DISAGREEMENT_SLICE_NOTE,
 ) -> tuple[list[dict], dict[str, Any]]:
     """Per-slice and 3D checks of one phase; ``lab`` is (Z, A, B) with the slice axis first."""
     nz = lab.shape[0]
@@ -438,7 +546,7 @@ def _phase_checks(
             if roi[z].any():
                 value = round(float(spread[z][roi[z]].mean()), 4)
                 rows[z]["disagreement"] = value
-                if value >= DISAGREEMENT_SLICE_NOTE:
+                if value >= slice_note:
                     rows[z]["flags"].append("disagreement")
     metrics["areas_mm2"] = {_SHORT[s]: [float(v) for v in areas[s]] for s in areas}
     return rows, metrics
@@ -495,12 +603,11 @@ def assess_quality(
     | Sequence[np.ndarray | None]
     | np.ndarray
     | None = None,
-    heart_entropy_review: float | None = None,
     disagreement: Mapping[str, np.ndarray | None]
     | Sequence[np.ndarray | None]
     | np.ndarray
     | None = None,
-    disagreement_review: float | None = None,
+    calibration: QCCalibration | None = None,
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -510,15 +617,13 @@ def assess_quality(
         spacing: Voxel size in mm (the slice axis is found with :func:`slice_axis`).
         probabilities: Softmax maps of shape (4, *label.shape) for uncertainty: a mapping
             ``{"ED": p, "ES": p}``, a sequence ``(p_ed, p_es)`` or one array for ED.
-        heart_entropy_review: Study-level heart entropy from which a review is asked
-            (``None``: :data:`ENTROPY_HEART_REVIEW`, calibrated for the shipped model); a model
-            calibrated on its own held-out data passes its value.
         disagreement: Per-voxel disagreement of the averaged predictions, in the shape of
             the labels (the third item of
             :meth:`~cardioseg.inference.Segmenter.predict_volume` with
             ``return_disagreement``), given like ``probabilities``.
-        disagreement_review: Study-level disagreement from which a review is asked (``None``:
-            :data:`DISAGREEMENT_REVIEW`).
+        calibration: The model's uncertainty thresholds (:func:`calibration_for`; ``None``:
+            the shipped default model's). With ``calibrated=False`` a note in the reasons says
+            that they were calibrated for another model (it does not change the status).
 
     Returns:
         :class:`QCResult`.
@@ -549,6 +654,7 @@ def assess_quality(
             )
 
     spreads = _normalise_probabilities(disagreement, list(phases))
+    calibration = QCCalibration() if calibration is None else calibration
     for name, d in spreads.items():
         if d.shape != ed_label.shape:
             raise ValueError(f"{name} disagreement has shape {d.shape}, expected {ed_label.shape}")
@@ -560,7 +666,16 @@ def assess_quality(
     for name, lab in moved.items():
         prob = np.moveaxis(probs[name], axis + 1, 1) if name in probs else None
         spread = _slices(spreads[name], axis) if name in spreads else None
-        rows, m = _phase_checks(name, lab, pix, dz, prob, out, spread)  # type: ignore[arg-type]
+        rows, m = _phase_checks(
+            name,
+            lab,
+            pix,
+            dz,
+            prob,  # type: ignore[arg-type]
+            out,
+            spread,
+            calibration.disagreement_slice_note,
+        )
         per_slice.extend(rows)
         metrics[name] = m
 
@@ -571,8 +686,8 @@ def assess_quality(
         metrics["mean_entropy"] = worst
     # the heart entropy, and the disagreement of the test-time predictions: each is a major
     # issue from its in-domain review level, graded up to its fail level (worst phase counts)
-    entropy_review = ENTROPY_HEART_REVIEW if heart_entropy_review is None else heart_entropy_review
-    spread_review = DISAGREEMENT_REVIEW if disagreement_review is None else disagreement_review
+    entropy_review = calibration.heart_entropy_review
+    spread_review = calibration.disagreement_review
     for key, kind, review, fail, text in (
         (
             "heart_entropy",
@@ -599,6 +714,13 @@ def assess_quality(
         if value >= review:
             w = 0.3 + 0.5 * min(1.0, (value - review) / max(fail - review, 1e-6))
             out.issues.append(_Issue(kind, text.format(value=value, review=review), w))
+    metrics["calibration"] = calibration.to_dict()
+    if not calibration.calibrated and (ents or spreads):
+        out.add(
+            "uncalibrated",
+            f"the uncertainty thresholds were calibrated for {QCCalibration().model}, not for "
+            f"this model ({calibration.model}): read the uncertainty findings as indicative",
+        )
 
     # volumes
     lv_edv = volume_ml(ed_label, spacing, LV)

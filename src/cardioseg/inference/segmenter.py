@@ -219,6 +219,8 @@ class Segmenter:
         if not paths:  # an empty sequence
             raise ValueError("checkpoint: give a path, a sequence of paths or None")
         ckpts = [load_checkpoint(p) for p in paths]
+        #: The checkpoint files of the model (several for an ensemble).
+        self.checkpoint_paths = list(paths)
         ckpt = ckpts[0]
         cfg = ckpt["config"]
         for path, other in zip(paths[1:], ckpts[1:], strict=True):

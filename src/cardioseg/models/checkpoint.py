@@ -87,6 +87,27 @@ def checkpoint_members(
     return members
 
 
+def model_description(paths: Sequence[str | Path] | None) -> str:
+    """File names and short SHA-256 digests of a model's checkpoint files, for the record of
+    which model produced a result (``"unknown"`` without files).
+
+    Example:
+        >>> model_description([default_checkpoint_path()])  # doctest: +ELLIPSIS
+        'cardioseg_unet2d_acdc_v4.pt (sha256 ...)'
+    """
+    import hashlib
+
+    parts = []
+    for path in paths or []:
+        p = Path(path)
+        try:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+        except OSError:
+            digest = "unreadable"
+        parts.append(f"{p.name} (sha256 {digest})")
+    return " + ".join(parts) or "unknown"
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Save atomically (a crash never leaves a truncated checkpoint)."""
     with atomic_write(path) as tmp:
