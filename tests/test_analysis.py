@@ -284,6 +284,29 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert (out / "a" / "report.json").stat().st_mtime_ns == stamp
     rows2 = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows2) == 3
+    assert rows2[0]["model"].startswith("tiny.pt (sha256 ")
+
+
+def test_analyze_batch_resumed_with_another_model_analyses_again(tmp_path, tiny_checkpoint):
+    """One table, one model: finished studies that another model analysed are not kept when
+    the batch is resumed with a different model."""
+    import shutil
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=4)
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--no-progress", "--no-pdf"]
+    assert _run([*args, "--model", tiny_checkpoint]).exit_code == 0
+    stamp = (out / "a" / "report.json").stat().st_mtime_ns
+    other = tmp_path / "other" / "tiny_copy.pt"  # same weights, another file: another model
+    other.parent.mkdir()
+    shutil.copy(tiny_checkpoint, other)
+    res = _run([*args, "--model", other])
+    assert res.exit_code == 0, res.output
+    assert (out / "a" / "report.json").stat().st_mtime_ns != stamp
+    (row,) = csv.DictReader(open(out / "results.csv"))
+    assert row["model"].startswith("tiny_copy.pt (sha256 ")
+    assert json.loads((out / "a" / "report.json").read_text())["meta"]["model"] == row["model"]
 
 
 def test_analyze_batch_one_worker_keeps_every_thread(tmp_path, tiny_checkpoint):

@@ -491,7 +491,8 @@ def analyze_batch(
         bool, typer.Option(help="Also write each report.pdf (--no-pdf: faster, HTML kept)")
     ] = True,
 ) -> None:
-    """Analyse many studies (resumable: finished studies are skipped); one CSV row per study."""
+    """Analyse many studies; one CSV row per study. Resumable: finished studies are skipped,
+    unless another model analysed them (one table, one model)."""
     import csv
 
     from cardioseg.clinical.batch import read_exclusions, run_batch

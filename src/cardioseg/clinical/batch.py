@@ -1,7 +1,8 @@
 """Batch analysis of many studies: resumable, parallel, one CSV row per study.
 
 Each study's results go to ``OUTDIR/<study name>/``; a study whose ``report.json`` exists is skipped
-on a re-run. A failing study is recorded with its error and the batch goes on.
+on a re-run, unless another model wrote it (``results.csv`` lists each row's model: one table,
+one model). A failing study is recorded with its error and the batch goes on.
 
 After review, a reader's slice exclusions (see :mod:`cardioseg.clinical.slices`) are given for
 many studies at once as a CSV file (:func:`read_exclusions`); a re-run then analyses again exactly
@@ -47,6 +48,7 @@ ROW_KEYS = [
     "qc_reasons",
     "excluded_slices",
     "seconds",
+    "model",
 ]
 
 _SEGMENTER: Any = None
@@ -98,6 +100,7 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
         row["qc_reasons"] = "; ".join(qc.get("reasons", []))
         row["excluded_slices"] = " ".join(report.get("excluded_slices") or [])
         row["seconds"] = report.get("meta", {}).get("seconds", "")
+        row["model"] = report.get("meta", {}).get("model", "")
     return row
 
 
@@ -235,6 +238,9 @@ def run_batch(
         wanted = {
             n: sorted(str(SliceExclusion.parse(e)) for e in exclusions.get(n, ())) for n in names
         }
+    from cardioseg.models.checkpoint import checkpoint_members, model_description
+
+    current_model = model_description(checkpoint_members(model))
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     table = outdir / "results.csv"
@@ -242,12 +248,14 @@ def run_batch(
     if table.exists():
         with open(table, newline="") as fh:
             rows = {r["study"]: r for r in csv.DictReader(fh)}
-    todo = []
+    todo, other_model = [], 0
     for s in studies:
         name = study_name(s)
         rep = outdir / name / "report.json"
         report = json.loads(rep.read_text()) if rep.exists() else None
-        if report is not None and (
+        same_model = report is not None and (report.get("meta") or {}).get("model") == current_model
+        other_model += report is not None and not same_model
+        if same_model and (
             wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
         ):
             rows[name] = _row(name, report)
@@ -255,6 +263,14 @@ def run_batch(
             todo.append(s)
     _write_table(table, rows)
     log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
+    if other_model:
+        # one table, one model: a resumed batch never mixes results of two models
+        log.warning(
+            "%d finished studies were analysed with another model (or a version that did not "
+            "record it): analysed again with %s",
+            other_model,
+            current_model,
+        )
     options = {"checkpoint": model, "roi": roi}
     runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
     for row in runs:
