@@ -84,7 +84,12 @@ def test_analyze_4d_nifti(tmp_path, tiny_checkpoint):
     # processing details are readable: spacing to 4 significant digits, not a JSON dump
     html = (out / "report.html").read_text()
     spacing = ", ".join(f"{v:.4g}" for v in report["meta"]["spacing_mm"])
-    assert f"<td>spacing_mm</td><td>{spacing}</td>" in html
+    assert f"<td>voxel size (mm)</td><td>{spacing}</td>" in html
+    # which model produced the result, and that its QC thresholds are another model's
+    assert report["meta"]["model"].startswith("tiny.pt (sha256 ")
+    assert f"<td>model</td><td>{report['meta']['model']}</td>" in html
+    assert report["meta"]["qc_calibration"].startswith("none for this model")
+    assert report["qc"]["reasons"][-1].startswith("the uncertainty thresholds were calibrated")
 
 
 def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):

@@ -273,6 +273,24 @@ def _write_montage(
     return path
 
 
+#: Readable names of the processing details (``report.json["meta"]``) in the HTML report;
+#: other keys are shown as they are.
+META_NAMES = {
+    "source_kind": "input",
+    "n_frames": "frames",
+    "n_slices": "slices",
+    "spacing_mm": "voxel size (mm)",
+    "slice_axis": "slice axis",
+    "seconds": "analysis time (s)",
+    "model": "model",
+    "qc_calibration": "QC thresholds calibrated for",
+    "heart_window": "heart window (volumes: window, whole image, fallback)",
+    "vendor": "vendor",
+    "series_description": "series description",
+    "warnings": "input warnings",
+}
+
+
 def _meta_text(value: Any) -> str:
     """A readable cell for one processing detail: numbers to 4 significant digits, lists
     joined with commas, mappings as ``key: value`` pairs.
@@ -397,7 +415,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     )
     meta = report.get("meta") or {}
     meta_rows = "".join(
-        f"<tr><td>{e(str(k))}</td><td>{e(_meta_text(v))}</td></tr>"
+        f"<tr><td>{e(META_NAMES.get(str(k), str(k)))}</td><td>{e(_meta_text(v))}</td></tr>"
         for k, v in meta.items()
         if k != "patient_label"
     )
