@@ -174,6 +174,7 @@ def _output_names(out_path: Path, keys: list[tuple[int, int]], n_phases: int) ->
     return names
 
 
+@quiet_pydicom()  # lazily read source elements may be invalid (anonymisers' UIDs)
 def write_dicom_seg(
     labels: np.ndarray,
     sources: Sequence[Any],
@@ -206,30 +207,6 @@ def write_dicom_seg(
         CardiosegError: Shapes that do not match the source images, unreadable sources, or no
             foreground at all.
     """
-    with quiet_pydicom():  # lazily read source elements may be invalid (anonymisers' UIDs)
-        return _write_dicom_seg(
-            labels,
-            sources,
-            out_path,
-            phases,
-            series_description,
-            series_number,
-            manufacturer,
-            software_version,
-        )
-
-
-def _write_dicom_seg(
-    labels: np.ndarray,
-    sources: Sequence[Any],
-    out_path: str | Path,
-    phases: Sequence[int] | None = None,
-    series_description: str = "cardioseg LV/MYO/RV segmentation",
-    series_number: int = 9901,
-    manufacturer: str = "cardioseg",
-    software_version: str | None = None,
-) -> list[Path]:
-    """:func:`write_dicom_seg` without the pydicom warnings silenced."""
     hd = _require_highdicom()
     if software_version is None:
         from cardioseg import __version__ as software_version
