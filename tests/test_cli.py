@@ -188,12 +188,17 @@ def test_version_and_models(tmp_path, tiny_checkpoint):
     for name in (*PACKAGED_MODELS, "ensemble"):
         assert f"{name}: " in res.output
     assert "24-48-96-192-384" in res.output and "trained on acdc" in res.output
+    # whose QC thresholds were calibrated for it: the default's only
+    lines = {line.split(":")[0]: line for line in res.output.splitlines()}
+    assert lines["default"].endswith("QC thresholds calibrated")
+    assert lines["contrast"].endswith("QC thresholds not calibrated")
     # a checkpoint file: its own network (4-8-16, 2 levels of 2x2 convolutions) and parameters
     info = describe_checkpoint(tiny_checkpoint)
     assert info["channels"] == [4, 8, 16] and 0 < info["parameters"] < 20_000
     assert info["val_dice"] is None and info["val_on"] == "training subjects"
     res = _run(["models", "--model", tiny_checkpoint])
     assert res.exit_code == 0 and "U-Net 4-8-16" in res.output and "n/a" in res.output
+    assert "QC thresholds not calibrated" in res.output
     # a missing file: one line naming it, exit != 0
     res = _run(["models", "--model", tmp_path / "nope.pt"])
     assert res.exit_code != 0 and "nope.pt" in res.output and "Traceback" not in res.output

@@ -125,6 +125,7 @@ def models(
     ] = None,
 ) -> None:
     """List the packaged models (or describe checkpoints): network, training data, recipe."""
+    from cardioseg.clinical.qc import calibration_for
     from cardioseg.models.checkpoint import (
         PACKAGED_ENSEMBLES,
         PACKAGED_MODELS,
@@ -143,11 +144,15 @@ def models(
             f"{'-'.join(map(str, d['channels']))}, {d['parameters'] / 1e6:.2f} M parameters; "
             f"trained on {', '.join(d['datasets']) or '?'} ({d['n_train_volumes'] or '?'} "
             f"volumes at {d['target_spacing']} mm), {d['iterations']} iterations, {recipe}; "
-            f"last monitored mean Dice {val} ({d['val_on']})"
+            f"last monitored mean Dice {val} ({d['val_on']}); QC thresholds "
+            + ("calibrated" if calibration_for([d["file"]]).calibrated else "not calibrated")
         )
     if not model:
         for name, members in PACKAGED_ENSEMBLES.items():
-            typer.echo(f"{name}: ensemble of {', '.join(members)} (softmax averaged)")
+            typer.echo(
+                f"{name}: ensemble of {', '.join(members)} (softmax averaged); QC thresholds "
+                "not calibrated"
+            )
         typer.echo("model cards: models/README.md")
 
 
