@@ -41,7 +41,6 @@ from scipy import stats
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
 from cardioseg.clinical.qc import (
-    CALIBRATION_SUFFIX,
     DISAGREEMENT_REVIEW,
     DISAGREEMENT_SLICE_NOTE,
     ENTROPY_HEART_REVIEW,
@@ -50,6 +49,7 @@ from cardioseg.clinical.qc import (
     QCCalibration,
     assess_quality,
     calibration_for,
+    calibration_path,
     status_from_issues,
 )
 from cardioseg.data.datasets import discover, load_case
@@ -116,29 +116,38 @@ def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
     return lines
 
 
-def _cv_models(cv_runs: Path | None, roi: bool | None = None) -> dict[str, Segmenter]:
+def _cv_models(cv_runs: list[Path] | None, roi: bool | None = None) -> dict[str, Segmenter]:
     """Map ACDC ``dataset/subject`` → the fold model that did not see it (``roi``: see
-    ``Segmenter``)."""
-    if cv_runs is None or not cv_runs.exists():
+    ``Segmenter``). With several CV runs on the same folds, each fold's model is the ensemble
+    of their fold-k models (to calibrate an ensemble's QC)."""
+    runs = [r for r in cv_runs or [] if r.exists()]
+    if not runs:
         return {}
     from cardioseg.training.config import load_config
     from cardioseg.training.trainer import collect_records, split_records
 
     out: dict[str, Segmenter] = {}
-    for fold in sorted(cv_runs.glob("fold*")):
-        if not (fold / "best.pt").exists():
+    for fold in sorted(runs[0].glob("fold*")):
+        members = [r / fold.name / "best.pt" for r in runs]
+        if not all(m.exists() for m in members):
             continue
-        cfg = load_config(fold / "config.yaml")
-        seg = Segmenter(fold / "best.pt", roi=roi)
-        for r in split_records(collect_records(cfg), cfg)[1]:
-            out[r.subject] = seg
+        held: set[str] | None = None
+        for run in runs:
+            cfg = load_config(run / fold.name / "config.yaml")
+            subjects = {r.subject for r in split_records(collect_records(cfg), cfg)[1]}
+            if held is not None and subjects != held:
+                sys.exit(f"{run / fold.name}: other held-out patients than {runs[0] / fold.name}")
+            held = subjects
+        seg = Segmenter(members if len(members) > 1 else members[0], roi=roi)
+        for subject in held or ():
+            out[subject] = seg
     return out
 
 
 def qc_study_rows(
     data: Path,
     seg: Segmenter,
-    cv_runs: Path | None,
+    cv_runs: list[Path] | None,
     calibrate: bool = False,
     write_calibration: Path | None = None,
 ) -> tuple[list[dict], tuple[float, float, float]]:
@@ -225,7 +234,8 @@ def qc_study_rows(
                 round(float(np.percentile([q.metrics["disagreement"] for q in found], 90)), 4),
                 round(float(np.percentile(per_slice, 95)), 4),
                 model=" + ".join(p.name for p in seg.checkpoint_paths),
-                source=f"{len(found)} held-out ACDC CV studies (fold models of {cv_runs}): "
+                source=f"{len(found)} held-out ACDC CV studies (fold models of "
+                f"{' + '.join(map(str, cv_runs or []))}): "
                 "90th percentiles of the study-level heart entropy and disagreement, 95th of "
                 "the per-slice disagreement (benchmarks/clinical_benchmark.py "
                 "--calibrate-entropy)",
@@ -589,7 +599,13 @@ def speed(seg: Segmenter, repeats: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--cv-runs", default="runs/acdc_cv")
+    ap.add_argument(
+        "--cv-runs",
+        nargs="+",
+        default=["runs/acdc_cv"],
+        help="CV run folder(s) with fold*/best.pt; several: each fold's model is the ensemble "
+        "of their fold models (for an ensemble's calibration)",
+    )
     ap.add_argument("-o", "--output", default="benchmarks/results")
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
@@ -607,7 +623,8 @@ def main() -> None:
         "--write-calibration",
         action="store_true",
         help="with --calibrate-entropy: save the thresholds next to the --model checkpoint "
-        "(model.qc.json), where cardioseg analyze reads them as that model's QC calibration",
+        "(model.qc.json; an ensemble's next to its first member, a+b.qc.json), where "
+        "cardioseg analyze reads them as that model's QC calibration",
     )
     ap.add_argument(
         "--summarize",
@@ -651,13 +668,11 @@ def main() -> None:
         if args.write_calibration:
             if not (args.calibrate_entropy and args.cv_runs):
                 sys.exit("--write-calibration needs --calibrate-entropy and --cv-runs")
-            if len(seg.checkpoint_paths) != 1:
-                sys.exit("--write-calibration: give one model (an ensemble's is not written)")
-            write_to = seg.checkpoint_paths[0].with_suffix(CALIBRATION_SUFFIX)
+            write_to = calibration_path(seg.checkpoint_paths)
         rows, thresholds = qc_study_rows(
             data,
             seg,
-            Path(args.cv_runs) if args.cv_runs else None,
+            [Path(r) for r in args.cv_runs] if args.cv_runs else None,
             args.calibrate_entropy,
             write_to,
         )

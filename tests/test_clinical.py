@@ -309,6 +309,13 @@ def test_qc_calibration_per_model(heart_pair, tmp_path):
     (tmp_path / "mine.qc.json").write_text(json.dumps({**own, "disagreement_slice_note": 0.06}))
     mine = calibration_for([ckpt])
     assert mine.calibrated and mine.disagreement_slice_note == 0.06
+    # an ensemble's calibration sits next to its first member, named after all members
+    pair = [ckpt, tmp_path / "other" / "second.pt"]
+    assert not calibration_for(pair).calibrated
+    (tmp_path / "mine+second.qc.json").write_text(
+        json.dumps({**own, "disagreement_slice_note": 0.07, "model": "mine + second"})
+    )
+    assert calibration_for(pair).calibrated and calibration_for(pair).model == "mine + second"
     (tmp_path / "mine.qc.json").write_text(json.dumps(own))  # the slice note is missing
     with pytest.raises(CardiosegError, match="mine.qc.json.*disagreement_slice_note"):
         calibration_for([ckpt])

@@ -129,6 +129,7 @@ def models(
     from cardioseg.models.checkpoint import (
         PACKAGED_ENSEMBLES,
         PACKAGED_MODELS,
+        checkpoint_members,
         describe_checkpoint,
     )
 
@@ -149,9 +150,10 @@ def models(
         )
     if not model:
         for name, members in PACKAGED_ENSEMBLES.items():
+            cal = calibration_for(checkpoint_members(name))
             typer.echo(
                 f"{name}: ensemble of {', '.join(members)} (softmax averaged); QC thresholds "
-                "not calibrated"
+                + ("calibrated" if cal.calibrated else "not calibrated")
             )
         typer.echo("model cards: models/README.md")
 

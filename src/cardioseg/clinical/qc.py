@@ -112,7 +112,7 @@ class QCCalibration:
     study-level heart entropy and disagreement, and the 95th percentile of the per-slice
     disagreement, over held-out studies like the training data
     (``benchmarks/clinical_benchmark.py --calibrate-entropy --write-calibration``). They are saved
-    next to the checkpoint (``model.qc.json``, see :func:`calibration_for`), like the data
+    next to the checkpoint (``model.qc.json``, see :func:`calibration_path`), like the data
     fingerprint inside it, so a model's QC is self-contained. The default instance holds the
     shipped default model's values.
 
@@ -164,16 +164,30 @@ class QCCalibration:
         return {k: getattr(self, k) for k in (*self._THRESHOLDS, "model", "source", "calibrated")}
 
 
+def calibration_path(checkpoints: Sequence[str | Path]) -> Path:
+    """Where a model's QC calibration lives: ``model.qc.json`` next to a single checkpoint;
+    for an ensemble, next to its first member, named by the members' stems joined with ``+``
+    (``a+b.qc.json``), since its disagreement also counts the members' differences.
+
+    Example:
+        >>> calibration_path(["w/a.pt", "w/b.pt"]).as_posix()
+        'w/a+b.qc.json'
+    """
+    paths = [Path(c) for c in checkpoints]
+    if not paths:
+        raise ValueError("no checkpoint given")
+    return paths[0].with_name("+".join(p.stem for p in paths) + CALIBRATION_SUFFIX)
+
+
 def calibration_for(checkpoints: Sequence[str | Path] | None) -> QCCalibration:
     """The QC calibration of a model given by its checkpoint file(s).
 
-    A single checkpoint with a ``model.qc.json`` next to it gets those values; the packaged
-    default model gets :class:`QCCalibration`'s defaults. Anything else (another model
-    without its own file, an ensemble, whose disagreement also counts its members'
-    differences) gets the default model's values marked ``calibrated=False``.
+    A model with its file (:func:`calibration_path`) gets those values; the packaged default
+    model gets :class:`QCCalibration`'s defaults. Anything else gets the default model's values
+    marked ``calibrated=False``.
 
     Raises:
-        CardiosegError: A ``model.qc.json`` that cannot be read or is invalid.
+        CardiosegError: A calibration file that cannot be read or is invalid.
     """
     import json
 
@@ -181,14 +195,14 @@ def calibration_for(checkpoints: Sequence[str | Path] | None) -> QCCalibration:
     from cardioseg.models.checkpoint import default_checkpoint_path
 
     paths = [Path(c) for c in checkpoints or []]
-    if len(paths) == 1:
-        side = paths[0].with_suffix(CALIBRATION_SUFFIX)
+    if paths:
+        side = calibration_path(paths)
         if side.is_file():
             try:
                 return QCCalibration.from_dict(json.loads(side.read_text()))
             except (OSError, ValueError, AttributeError, TypeError) as exc:
                 raise CardiosegError(side, f"invalid QC calibration: {exc}") from None
-        if paths[0].resolve() == default_checkpoint_path().resolve():
+        if len(paths) == 1 and paths[0].resolve() == default_checkpoint_path().resolve():
             return QCCalibration()
     names = " + ".join(p.stem for p in paths) or "unknown model"
     return replace(QCCalibration(), model=names, calibrated=False)
