@@ -178,6 +178,9 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
             job = _wait(client, up["job"]["id"])
             assert job["state"] == "done", job
             assert job["progress"] == 1.0 and job["attempts"] == 1
+            health = client.get("/api/health").json()  # the loaded model, for an admin
+            assert health["model"].startswith("tiny.pt (sha256 ")
+            assert health["qc_calibrated"] is False
             on_disk = json.loads(
                 (config.data_dir / "studies" / sid / "result" / "report.json").read_text()
             )

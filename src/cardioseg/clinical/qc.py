@@ -147,7 +147,7 @@ class QCCalibration:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> QCCalibration:
-        """From a ``model.qc.json`` dict; ``ValueError`` unless the three thresholds are > 0."""
+        """From a ``model.qc.json`` dict; ``ValueError`` unless its thresholds are in (0, 1)."""
         values: dict[str, Any] = {}
         for key in cls._THRESHOLDS:
             try:
