@@ -41,8 +41,10 @@ from scipy import stats
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
 from cardioseg.clinical.qc import (
+    DISAGREEMENT_FAIL,
     DISAGREEMENT_REVIEW,
     DISAGREEMENT_SLICE_NOTE,
+    ENTROPY_HEART_FAIL,
     ENTROPY_HEART_REVIEW,
     MINOR_REVIEW_SCORE,
     REVIEW_SCORE,
@@ -51,6 +53,7 @@ from cardioseg.clinical.qc import (
     calibration_for,
     calibration_path,
     status_from_issues,
+    uncertainty_issue_weight,
 )
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
@@ -415,6 +418,38 @@ def qc_summary(
     return lines + [""]
 
 
+def _reapplied_thresholds(rows: list[dict], heart_entropy: float, disagreement: float) -> list[str]:
+    """The statuses with other study-level review thresholds: each study's heart-entropy and
+    disagreement issues recomputed from its raw values (``qc_heart_entropy``,
+    ``qc_disagreement``), its other listed issues kept."""
+    worst = _worst(np.array([r["mean_dice"] for r in rows]))
+    flagged = []
+    for r in rows:
+        issues = [
+            (k, float(w))
+            for k, w in (x.split(":") for x in str(r.get("qc_issues", "")).split(";") if x)
+            if k not in ("entropy_study", "disagreement_study")
+        ]
+        for kind, key, review, fail in (
+            ("entropy_study", "qc_heart_entropy", heart_entropy, ENTROPY_HEART_FAIL),
+            ("disagreement_study", "qc_disagreement", disagreement, DISAGREEMENT_FAIL),
+        ):
+            value = r.get(key)
+            w = uncertainty_issue_weight(value, review, fail) if isinstance(value, float) else None
+            if w is not None:
+                issues.append((kind, w))
+        flagged.append(status_from_issues(issues)[0] != "ok")
+    f = np.array(flagged)
+    return [
+        "",
+        f"With the review thresholds heart entropy {heart_entropy:.4f} and disagreement "
+        f"{disagreement:.4f} instead (re-applied to each study's raw values, its other listed "
+        f"issues kept): worst 20 % flagged {f[worst].sum()}/{len(worst)}, all flagged "
+        f"{f.sum()}/{len(rows)} ({f.mean():.0%}).",
+        "",
+    ]
+
+
 def _dropped_kinds(rows: list[dict], worst: np.ndarray) -> list[str]:
     """The status rule re-applied to each study's listed issues (``qc_issues``) with the
     study-level uncertainty issues left out, one kind or both: what each contributes."""
@@ -627,6 +662,14 @@ def main() -> None:
         "cardioseg analyze reads them as that model's QC calibration",
     )
     ap.add_argument(
+        "--review-thresholds",
+        nargs=2,
+        type=float,
+        metavar=("HEART_ENTROPY", "DISAGREEMENT"),
+        help="with --summarize: also the statuses with these study-level review thresholds, "
+        "re-applied to each study's raw values (e.g. another model's calibration)",
+    )
+    ap.add_argument(
         "--summarize",
         metavar="CSV",
         help="write the QC summary of an earlier run's clinical_qc_cases.csv (no prediction; "
@@ -643,6 +686,11 @@ def main() -> None:
                 f"Command: `python benchmarks/clinical_benchmark.py {' '.join(sys.argv[1:])}`",
                 "",
                 *qc_summary(rows, thresholds, calibrated=False),
+                *(
+                    _reapplied_thresholds(rows, *args.review_thresholds)
+                    if args.review_thresholds
+                    else []
+                ),
             ]
         )
         out = Path(args.output)

@@ -188,10 +188,11 @@ def test_version_and_models(tmp_path, tiny_checkpoint):
     for name in (*PACKAGED_MODELS, "ensemble"):
         assert f"{name}: " in res.output
     assert "24-48-96-192-384" in res.output and "trained on acdc" in res.output
-    # whose QC thresholds were calibrated for it: the default's only
+    # whose QC thresholds were calibrated for it (v3 has none of its own)
     lines = {line.split(":")[0]: line for line in res.output.splitlines()}
-    assert lines["default"].endswith("QC thresholds calibrated")
-    assert lines["contrast"].endswith("QC thresholds not calibrated")
+    for name in ("default", "contrast", "ensemble"):
+        assert lines[name].endswith("QC thresholds calibrated")
+    assert lines["v3"].endswith("QC thresholds not calibrated")
     # a checkpoint file: its own network (4-8-16, 2 levels of 2x2 convolutions) and parameters
     info = describe_checkpoint(tiny_checkpoint)
     assert info["channels"] == [4, 8, 16] and 0 < info["parameters"] < 20_000

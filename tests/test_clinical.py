@@ -290,17 +290,20 @@ def test_qc_disagreement_of_the_test_time_predictions(heart_pair):
 
 def test_qc_calibration_per_model(heart_pair, tmp_path):
     """The packaged default model has its calibrated thresholds; a model with a ``.qc.json``
-    next to it gets its own; any other model (or an ensemble) gets the default's, and the QC
-    says so without changing the status."""
+    next to it gets its own (the packaged contrast model and ensemble ship one); any other
+    model gets the default's, and the QC says so without changing the status."""
     import json
 
     from cardioseg.models.checkpoint import checkpoint_members, default_checkpoint_path
 
     assert calibration_for([default_checkpoint_path()]) == QCCalibration()
-    other = calibration_for(checkpoint_members("contrast"))
-    assert not other.calibrated and "contrast" in other.model
+    for name in ("contrast", "ensemble"):
+        own = calibration_for(checkpoint_members(name))
+        assert own.calibrated and own.heart_entropy_review != QCCalibration().heart_entropy_review
+    other = calibration_for(checkpoint_members("v3"))
+    assert not other.calibrated and "v3" in other.model
     assert other.heart_entropy_review == QCCalibration().heart_entropy_review
-    assert not calibration_for(checkpoint_members("ensemble")).calibrated
+    assert not calibration_for(checkpoint_members(["default", "v3"])).calibrated
     assert not calibration_for(None).calibrated
 
     ckpt = tmp_path / "mine.pt"

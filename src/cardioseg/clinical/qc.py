@@ -566,6 +566,19 @@ def _phase_checks(
     return rows, metrics
 
 
+def uncertainty_issue_weight(value: float, review: float, fail: float) -> float | None:
+    """Weight of a study-level uncertainty issue (heart entropy, disagreement): ``None`` below
+    its review level, 0.3 at it, rising linearly to 0.8 at its fail level.
+
+    Example:
+        >>> uncertainty_issue_weight(0.01, 0.02, 0.1), uncertainty_issue_weight(0.2, 0.02, 0.1)
+        (None, 0.8)
+    """
+    if not value >= review:  # NaN too
+        return None
+    return 0.3 + 0.5 * min(1.0, (value - review) / max(fail - review, 1e-6))
+
+
 def status_from_issues(issues: Sequence[tuple[str, float]]) -> tuple[str, float, float]:
     """The two-tier status rule (module docstring) for issues given as ``(kind, weight)``
     (e.g. the ``metrics["issues"]`` of a :class:`QCResult`, with some kinds left out to see
@@ -725,8 +738,8 @@ def assess_quality(
         if not values:
             continue
         value = metrics[key] = max(values)
-        if value >= review:
-            w = 0.3 + 0.5 * min(1.0, (value - review) / max(fail - review, 1e-6))
+        w = uncertainty_issue_weight(value, review, fail)
+        if w is not None:
             out.issues.append(_Issue(kind, text.format(value=value, review=review), w))
     metrics["calibration"] = calibration.to_dict()
     if not calibration.calibrated and (ents or spreads):
