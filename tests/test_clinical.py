@@ -341,6 +341,19 @@ def test_qc_calibration_per_model(heart_pair, tmp_path):
     assert noted.metrics["calibration"]["calibrated"] is False
 
 
+def test_report_heat_scale_follows_the_models_calibration(heart_pair):
+    """The overlay's yellow saturates at twice the model's own per-slice hint level (an
+    ensemble's disagreement runs higher), else at the default model's."""
+    from cardioseg.clinical.report import _heat_max, _qc_dict
+
+    ed, es = heart_pair
+    own = QCCalibration(disagreement_slice_note=0.09)
+    assert _heat_max(_qc_dict(assess_quality(ed, es, SPACING, calibration=own))) == 0.18
+    default = 2 * QCCalibration().disagreement_slice_note
+    assert _heat_max(_qc_dict(assess_quality(ed, es, SPACING))) == default
+    assert _heat_max(_qc_dict(None)) == default
+
+
 def test_qc_swapped_frames_fail(heart_pair):
     ed, es = heart_pair
     qc = assess_quality(es, ed, SPACING)

@@ -125,6 +125,18 @@ def _qc_dict(qc: QCResult | Mapping[str, Any] | None) -> dict[str, Any]:
     return _clean(d)
 
 
+def _heat_max(qc: Mapping[str, Any]) -> float:
+    """Disagreement shown in full yellow: twice the per-slice hint level of the model's own QC
+    calibration (``qc["metrics"]["calibration"]``), else of the default model's.
+
+    Example:
+        >>> _heat_max({"metrics": {"calibration": {"disagreement_slice_note": 0.05}}})
+        0.1
+    """
+    calibration = (qc.get("metrics") or {}).get("calibration") or {}
+    return 2 * float(calibration.get("disagreement_slice_note", DISAGREEMENT_SLICE_NOTE))
+
+
 def _curves(curve: Any) -> tuple[list[float], list[float] | None] | None:
     """Accept ``{"lv_ml": [...], "rv_ml": [...]}``, a list of LV volumes or of (LV, RV) pairs."""
     if curve is None:
@@ -233,9 +245,11 @@ def _write_montage(
     ed_frame: int,
     es_frame: int,
     heat: Mapping[str, np.ndarray | None] | None = None,
+    heat_max: float = 2 * DISAGREEMENT_SLICE_NOTE,
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
-    ``heat``, each phase's disagreement map (where given) in yellow under the contours."""
+    ``heat``, each phase's disagreement map (where given) in yellow under the contours, full
+    yellow from ``heat_max``."""
     from cardioseg.reporting.overlays import overlay_montage
 
     plt = _plt()
@@ -258,7 +272,7 @@ def _write_montage(
                 tuple(float(s) for s in spacing[:3]),
                 title=title,
                 heat=None if spread is None else np.asarray(spread),
-                heat_max=2 * DISAGREEMENT_SLICE_NOTE,
+                heat_max=heat_max,
             )
             parts.append(plt.imread(part)[..., :3])
     if not parts:
@@ -671,7 +685,13 @@ def write_report(
     files: dict[str, Path] = {}
     if images:
         files["overlay"] = _write_montage(
-            outdir / "overlay_ed_es.png", images, spacing, ed_frame, es_frame, disagreement
+            outdir / "overlay_ed_es.png",
+            images,
+            spacing,
+            ed_frame,
+            es_frame,
+            disagreement,
+            _heat_max(_qc_dict(qc)),
         )
     if curves is not None:
         files["curve"] = _write_curve_png(
