@@ -328,25 +328,21 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
 
     # --- API -------------------------------------------------------------------------------
 
-    model_info: dict[str, Any] = {}
-
     @app.get("/api/health", tags=["server"], summary="Server and model status")
     def health() -> dict[str, Any]:
-        if worker.segmenter is not None and not model_info:  # once the model is loaded
-            from cardioseg.clinical.qc import calibration_for
-            from cardioseg.models.checkpoint import model_description
+        from cardioseg.clinical.qc import calibration_for
 
-            files = getattr(worker.segmenter, "checkpoint_paths", None)
-            model_info["model"] = model_description(files)
-            model_info["qc_calibrated"] = calibration_for(files).calibrated
+        seg = worker.segmenter
         return {
             "status": "ok",
             "version": __version__,
             "worker": "running" if worker.alive else "stopped",
             "model_ready": worker.segmenter is not None,
             "model_error": worker.model_error,
-            "model": model_info.get("model"),
-            "qc_calibrated": model_info.get("qc_calibrated"),
+            "model": None if seg is None else seg.description,
+            "qc_calibrated": None
+            if seg is None
+            else calibration_for(seg.checkpoint_paths).calibrated,
             "token_required": config.token_required,
             "max_upload_bytes": config.max_upload_bytes,
         }

@@ -333,7 +333,7 @@ def analyze_study(
             "spacing_mm": list(spacing),
             "slice_axis": axis,
             "seconds": round(time.perf_counter() - t0, 3),
-            "model": model_description(model_files),
+            "model": getattr(seg, "description", None) or model_description(model_files),
             "qc_calibration": calibration.model
             if calibration.calibrated
             else "none for this model (the default model's thresholds were used)",

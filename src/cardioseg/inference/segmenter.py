@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from cardioseg.adaptation.tta import build_adapter
 from cardioseg.errors import CardiosegError
 from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
-from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint
+from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint, model_description
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.geometry import check_inplane_geometry
 from cardioseg.preprocessing.pipeline import Preprocessor
@@ -360,6 +361,13 @@ class Segmenter:
                 break
         self.roi_counts["fallback"] += 1
         return probabilities(x)
+
+    @cached_property
+    def description(self) -> str:
+        """The model's checkpoint files with short SHA-256 digests, for the record of which
+        model produced a result (:func:`~cardioseg.models.checkpoint.model_description`; read
+        once per segmenter, not per study)."""
+        return model_description(self.checkpoint_paths)
 
     @contextmanager
     def sharing_window(self) -> Iterator[None]:
