@@ -418,6 +418,12 @@ def qc_summary(
     return lines + [""]
 
 
+def _listed_issues(row: dict) -> list[tuple[str, float]]:
+    """A study's QC issues as ``(kind, weight)`` from its ``qc_issues`` cell."""
+    cells = (x.split(":") for x in str(row.get("qc_issues", "")).split(";") if x)
+    return [(kind, float(weight)) for kind, weight in cells]
+
+
 def _reapplied_thresholds(rows: list[dict], heart_entropy: float, disagreement: float) -> list[str]:
     """The statuses with other study-level review thresholds: each study's heart-entropy and
     disagreement issues recomputed from its raw values (``qc_heart_entropy``,
@@ -426,9 +432,7 @@ def _reapplied_thresholds(rows: list[dict], heart_entropy: float, disagreement: 
     flagged = []
     for r in rows:
         issues = [
-            (k, float(w))
-            for k, w in (x.split(":") for x in str(r.get("qc_issues", "")).split(";") if x)
-            if k not in ("entropy_study", "disagreement_study")
+            (k, w) for k, w in _listed_issues(r) if k not in ("entropy_study", "disagreement_study")
         ]
         for kind, key, review, fail in (
             ("entropy_study", "qc_heart_entropy", heart_entropy, ENTROPY_HEART_FAIL),
@@ -453,13 +457,7 @@ def _reapplied_thresholds(rows: list[dict], heart_entropy: float, disagreement: 
 def _dropped_kinds(rows: list[dict], worst: np.ndarray) -> list[str]:
     """The status rule re-applied to each study's listed issues (``qc_issues``) with the
     study-level uncertainty issues left out, one kind or both: what each contributes."""
-    issues = [
-        [
-            (k, float(w))
-            for k, w in (x.split(":") for x in str(r.get("qc_issues", "")).split(";") if x)
-        ]
-        for r in rows
-    ]
+    issues = [_listed_issues(r) for r in rows]
     same = sum(
         status_from_issues(i)[0] == r["qc_status"] for i, r in zip(issues, rows, strict=True)
     )
