@@ -112,8 +112,9 @@ def write_image(
     pixels: np.ndarray | None = None,
     value_k: int | None = None,
     sop_uid: str | None = None,
+    position: np.ndarray | None = None,
 ) -> Path:
-    """Write one classic MR Image Storage file."""
+    """Write one classic MR Image Storage file (at ``ipp(k)`` unless ``position`` is given)."""
     sop_uid = sop_uid or generate_uid()
     ds = FileDataset(str(path), Dataset(), file_meta=_file_meta(MR, sop_uid), preamble=b"\0" * 128)
     _base(ds, study, MR, sop_uid)
@@ -124,7 +125,7 @@ def write_image(
         ds.InstanceNumber = instance
     if trigger is not None:
         ds.TriggerTime = f"{trigger:.3f}"
-    ds.ImagePositionPatient = [f"{v:.4f}" for v in ipp(k)]
+    ds.ImagePositionPatient = [f"{v:.4f}" for v in (ipp(k) if position is None else position)]
     ds.ImageOrientationPatient = [f"{v:.6f}" for v in (orientation or IOP)]
     if pixel_spacing:
         ds.PixelSpacing = [str(v) for v in PIXEL_SPACING]
@@ -145,7 +146,11 @@ def new_study(**kw) -> dict:
 
 
 def siemens_like(
-    root: Path, study: dict | None = None, n_slices: int = N_SLICES, n_phases: int = N_PHASES
+    root: Path,
+    study: dict | None = None,
+    n_slices: int = N_SLICES,
+    n_phases: int = N_PHASES,
+    series_number: int = 10,
 ) -> dict:
     """One series, TriggerTime present, InstanceNumber unrelated to phase order, nested folders,
     shuffled file names, a README.txt."""
@@ -164,6 +169,7 @@ def siemens_like(
             series_uid=uid,
             instance=n + 1,
             trigger=35.0 * t + 12.0,
+            series_number=series_number,
         )
     (root / "docs").mkdir(parents=True, exist_ok=True)
     (root / "docs" / "README.txt").write_text("exported by a scanner\n")
@@ -451,6 +457,90 @@ def test_selection_among_several_series(tmp_path):
     assert select_short_axis_cine(series).uid == study["series_uid"]
     img, props, meta = load_cine(root)
     check_cine(img, props, meta)
+
+
+def _stack_with_geometry(
+    folder: Path, study: dict, *, orientation, positions, series_number: int
+) -> str:
+    """A cine stack described like the real one, at the given orientation and positions."""
+    uid = generate_uid()
+    for k, pos in enumerate(positions):
+        for t in range(N_PHASES):
+            write_image(
+                folder / f"{k}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                trigger=35.0 * t + 12.0,
+                series_number=series_number,
+                orientation=[float(v) for v in orientation],
+                position=np.asarray(pos, dtype=float),
+                value_k=9,
+            )
+    return uid
+
+
+TRANSVERSE_IOP = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_selection_prefers_a_straight_oblique_stack(tmp_path):
+    root = tmp_path / "s"
+    study = siemens_like(root)
+    # a transverse cine stack with more slices and the same description (it would win on counts)
+    transverse = _stack_with_geometry(
+        root / "tra",
+        study,
+        orientation=TRANSVERSE_IOP,
+        positions=[ORIGIN + [0.0, 0.0, 8.0 * k] for k in range(8)],
+        series_number=20,
+    )
+    # the real positions under a wrong (but oblique) orientation, exported later
+    wrong = _rotation(a=1.0)
+    fake = _stack_with_geometry(
+        root / "fake",
+        study,
+        orientation=[*wrong[:, 0], *wrong[:, 1]],
+        positions=[ipp(k) for k in range(N_SLICES)],
+        series_number=30,
+    )
+    series = {s.uid: s for s in find_series(root)}
+    assert series[transverse].plane == "transverse"
+    assert series[transverse].is_cine_sa and "transverse plane" in series[transverse].reason
+    assert series[fake].plane == "oblique"
+    assert series[fake].inplane_shift_mm > 10.0 and "drift in-plane" in series[fake].reason
+    assert series[study["series_uid"]].inplane_shift_mm < 0.01
+    assert select_short_axis_cine(list(series.values())).uid == study["series_uid"]
+    img, props, meta = load_cine(root)
+    check_cine(img, props, meta)
+
+
+def test_transverse_stack_alone_is_analysed_with_a_warning(tmp_path):
+    study = new_study()
+    uid = _stack_with_geometry(
+        tmp_path / "tra",
+        study,
+        orientation=TRANSVERSE_IOP,
+        positions=[ORIGIN + [0.0, 0.0, 8.0 * k] for k in range(N_SLICES)],
+        series_number=20,
+    )
+    _, props, meta = load_cine(tmp_path / "tra")
+    assert meta.series_uid == uid
+    assert any("transverse plane" in w for w in meta.warnings), meta.warnings
+    np.testing.assert_allclose(props.spacing[2], 8.0, atol=1e-3)
+
+
+def test_equal_stacks_take_the_latest_series(tmp_path):
+    root = tmp_path / "s"
+    first = siemens_like(root / "a", series_number=7)
+    repeat = siemens_like(root / "b", study=dict(first), series_number=12)
+    assert repeat["series_uid"] != first["series_uid"]
+    _, _, meta = load_cine(root)
+    assert meta.series_uid == repeat["series_uid"]
+    assert any(
+        "2 short-axis cine series qualify equally (series numbers 7, 12)" in w
+        for w in meta.warnings
+    ), meta.warnings
 
 
 def test_cine_to_nifti(tmp_path):

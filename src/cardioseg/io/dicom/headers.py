@@ -33,6 +33,13 @@ ORIENTATION_TOL = 0.01
 GAP_TOL = 0.10
 #: Phase counts may differ by this fraction of the largest count (truncated to the minimum).
 PHASE_COUNT_TOL = 0.25
+#: A stack whose slice positions drift in-plane by more than this (mm) is not a straight stack
+#: (e.g. an export with a wrong orientation); it loses against straight ones.
+INPLANE_SHIFT_TOL_MM = 5.0
+#: A slice normal within this angle (degrees) of a patient axis is a transverse, coronal or
+#: sagittal plane; short-axis planes are double-oblique, so such a stack loses against oblique
+#: ones.
+AXIS_ALIGNED_DEG = 10.0
 
 #: Description tokens (lower case) suggesting a short-axis stack.
 SA_HINTS = ("sa", "sax", "short", "shortaxis", "short_axis")
@@ -114,6 +121,10 @@ class SeriesInfo:
         columns: Columns of the first image.
         merged_from: Component SeriesInstanceUIDs when one series per slice was merged.
         score: Selection score (higher is better), meaningful only when ``is_cine_sa``.
+        inplane_shift_mm: Largest in-plane distance between the positions of two slices (0 for
+            a straight stack).
+        plane: ``"oblique"``, or ``"transverse"``/``"coronal"``/``"sagittal"`` when the slice
+            normal is within :data:`AXIS_ALIGNED_DEG` of a patient axis; ``""`` if unknown.
     """
 
     uid: str
@@ -133,6 +144,8 @@ class SeriesInfo:
     columns: int = 0
     merged_from: list[str] = field(default_factory=list)
     score: float = 0.0
+    inplane_shift_mm: float = 0.0
+    plane: str = ""
     _frames: list[_Frame] = field(default_factory=list, repr=False, compare=False)
     _header: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _patient_keys: set[str] = field(default_factory=set, repr=False, compare=False)

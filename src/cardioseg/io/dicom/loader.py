@@ -208,6 +208,7 @@ def _assemble(
     warn: list[str] = []
     if chosen._header.get("merge_note"):
         warn.append(chosen._header["merge_note"])
+    warn.extend(chosen._header.get("selection_notes", []))
     frames, n_dup = _dedupe_sop(chosen._frames)
     if n_dup:
         warn.append(f"{n_dup} duplicate file(s) (same SOPInstanceUID) ignored")

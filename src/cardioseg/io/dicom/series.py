@@ -11,7 +11,9 @@ import numpy as np
 
 from cardioseg.errors import CardiosegError
 from cardioseg.io.dicom.headers import (
+    AXIS_ALIGNED_DEG,
     CINE_HINTS,
+    INPLANE_SHIFT_TOL_MM,
     LAX_HINTS,
     MEDIA_STORAGE_DIRECTORY,
     MIN_PHASES,
@@ -173,6 +175,28 @@ def _stack(frames: list[_Frame]) -> _Stack:
     return _Stack(row, col, normal, [[frames[i] for i in s] for s in slices], positions)
 
 
+def _inplane_shift(st: _Stack) -> float:
+    """Largest in-plane distance (mm) between the positions of the stack's slices."""
+    pts = np.array(
+        [
+            [float(np.dot(f.position, st.row)), float(np.dot(f.position, st.col))]  # type: ignore[arg-type]
+            for s in st.slices
+            for f in s[:1]
+        ]
+    )
+    if len(pts) < 2:
+        return 0.0
+    return float(np.max(np.linalg.norm(pts[:, None, :] - pts[None, :, :], axis=-1)))
+
+
+def _plane(normal: np.ndarray) -> str:
+    """Name of the plane: oblique, or the patient plane its normal is close to."""
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(float(normal[axis])) < np.cos(np.deg2rad(AXIS_ALIGNED_DEG)):
+        return "oblique"
+    return ("sagittal", "coronal", "transverse")[axis]  # LPS: x left, y posterior, z superior
+
+
 def _dedupe_sop(frames: list[_Frame]) -> tuple[list[_Frame], int]:
     seen: set[tuple[str, int | None]] = set()
     out = []
@@ -209,6 +233,8 @@ def _classify(info: SeriesInfo) -> None:
         counts = [_phase_count(s, trigger) for s in st.slices]
         info.n_positions = len(st.slices)
         info.n_phases = int(np.median(counts)) if counts else 0
+        info.inplane_shift_mm = _inplane_shift(st)
+        info.plane = _plane(st.normal)
     except _GeometryProblem as exc:
         problems.append(str(exc))
         info.n_positions = len(
@@ -233,9 +259,23 @@ def _classify(info: SeriesInfo) -> None:
         problems.append("description suggests a long-axis view")
     if non_cine and not cine:
         problems.append("description suggests a non-cine sequence")
+    # geometry that a short-axis stack rarely has: not a reason to refuse, but a penalty
+    shifted = info.inplane_shift_mm > INPLANE_SHIFT_TOL_MM
+    axis_plane = info.plane not in ("", "oblique")
+    notes = []
+    if shifted:
+        notes.append(
+            f"slice positions drift in-plane by up to {info.inplane_shift_mm:.1f} mm, "
+            "not a straight stack"
+        )
+    if axis_plane:
+        notes.append(f"{info.plane} plane, short-axis stacks are oblique")
     info._problems = problems
     info.is_cine_sa = not problems
-    info.reason = "; ".join(problems) if problems else "short-axis cine candidate"
+    if problems:
+        info.reason = "; ".join(problems)
+    else:
+        info.reason = "short-axis cine candidate" + (f" ({'; '.join(notes)})" if notes else "")
     info.score = (
         3.0 * sa
         + 2.0 * cine
@@ -244,6 +284,8 @@ def _classify(info: SeriesInfo) -> None:
         + min(info.n_positions, 20) / 10.0
         + min(info.n_phases, 40) / 40.0
         - 0.5 * bool(info.merged_from)
+        - 2.0 * shifted
+        - 2.0 * axis_plane
     )
 
 
@@ -384,7 +426,33 @@ def select_short_axis_cine(
         raise CardiosegError(
             where, f"no short-axis cine series found ({_summary(list(series), n_skipped)})"
         )
-    best = max(candidates, key=lambda s: (s.score, s.n_positions, s.n_images))
+    ranked = sorted(
+        candidates,
+        key=lambda s: (s.score, s.n_positions, s.n_images, s.series_number or 0),
+        reverse=True,
+    )
+    best = ranked[0]
+    notes = []
+    alike = [s for s in ranked[1:] if s.score == best.score and s.n_positions == best.n_positions]
+    if alike:
+        numbers = sorted(s.series_number for s in [best, *alike] if s.series_number is not None)
+        which = (
+            f"series number {best.series_number}, the latest"
+            if best.series_number is not None and len(numbers) == len(alike) + 1
+            else "the first found"
+        )
+        notes.append(
+            f"{len(alike) + 1} short-axis cine series qualify equally"
+            + (f" (series numbers {', '.join(map(str, numbers))})" if numbers else "")
+            + f"; analysed {which}"
+        )
+    if best.plane not in ("", "oblique"):
+        notes.append(
+            f"the selected stack is a {best.plane} plane, not the usual double-oblique short "
+            "axis: check that it is a short-axis cine"
+        )
+    if notes:
+        best._header = {**best._header, "selection_notes": notes}
     log.info(
         "selected series %r: %d positions x %d phases (%d candidates)",
         best.description,
