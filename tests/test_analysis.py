@@ -146,12 +146,18 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     seg_files = sorted(out.glob("segmentation*.dcm"))
-    assert len(seg_files) == len({report["ed_frame"], report["es_frame"]})  # one per phase
+    assert report["ed_frame"] != report["es_frame"]
+    # one instance per phase, named by phase, in one SEG series
+    assert [f.name for f in seg_files] == ["segmentation_ED.dcm", "segmentation_ES.dcm"]
     referenced = set()
-    for f in seg_files:
+    series_uids = set()
+    for f, name in zip(seg_files, ("ED", "ES"), strict=True):
         seg = pydicom.dcmread(str(f))
         assert seg.Modality == "SEG"
         assert seg.StudyInstanceUID == study["study_uid"]
+        frame = report[f"{name.lower()}_frame"]
+        assert seg.ContentDescription == f"LV/MYO/RV, {name} (cardiac phase {frame})"
+        series_uids.add(seg.SeriesInstanceUID)
         referenced |= {
             ref.ReferencedSOPInstanceUID
             for item in seg.ReferencedSeriesSequence
@@ -162,6 +168,7 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
         for p in (tmp_path / "dcm").iterdir()
     }
     assert referenced and referenced <= sources
+    assert len(series_uids) == 1
     assert report["meta"]["source_kind"] == "dicom"
     # height and weight from the DICOM headers (PatientSize 1.72 m, PatientWeight 68 kg)
     assert report["bsa_m2"] == pytest.approx(np.sqrt(172 * 68 / 3600), abs=0.01)

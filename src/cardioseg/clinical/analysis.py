@@ -218,7 +218,8 @@ def analyze_study(
     and ``mask_ES.nii.gz`` (and ``masks_cine.nii.gz`` for a cine) in the input's geometry,
     ``disagreement_ED.nii.gz`` / ``disagreement_ES.nii.gz`` (float maps, 0..1: where the
     test-time predictions disagree, the QC's uncertainty; view them over the image), and
-    ``segmentation.dcm`` (DICOM-SEG) for DICOM input.
+    ``segmentation_ED.dcm`` and ``segmentation_ES.dcm`` (DICOM-SEG, one series of two
+    instances referencing the source images) for DICOM input.
 
     Outputs are first written into a temporary sibling folder that is renamed onto ``outdir`` at
     the end, so an interrupted analysis never leaves a half-written result folder.
@@ -324,7 +325,11 @@ def analyze_study(
             from cardioseg.clinical.dicom_seg import write_dicom_seg
 
             write_dicom_seg(
-                labels, dm.source_headers, tmp / "segmentation.dcm", phases=sorted({ed_i, es_i})
+                labels,
+                dm.source_headers,
+                tmp / "segmentation.dcm",
+                phases=sorted({ed_i, es_i}),
+                phase_names={ed_i: "ED", es_i: "ES"} if ed_i != es_i else None,
             )
         meta = {
             "source_kind": st.kind,

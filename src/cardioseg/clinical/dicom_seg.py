@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,12 @@ def _nested(sources: Sequence[Any], n_slices: int, n_phases: int) -> list[list[A
     return nested
 
 
-def _output_names(out_path: Path, keys: list[tuple[int, int]], n_phases: int) -> list[Path]:
+def _output_names(
+    out_path: Path,
+    keys: list[tuple[int, int]],
+    n_phases: int,
+    phase_names: Mapping[int, str] | None = None,
+) -> list[Path]:
     if len(keys) == 1:
         return [out_path]
     per_phase: dict[int, int] = {}
@@ -168,7 +173,10 @@ def _output_names(out_path: Path, keys: list[tuple[int, int]], n_phases: int) ->
     names = []
     for t, s in keys:
         stem = out_path.name[: -len(out_path.suffix)] if out_path.suffix else out_path.name
-        part = stem + (f"_t{t:02d}" if n_phases > 1 else "")
+        if phase_names and t in phase_names:
+            part = f"{stem}_{phase_names[t]}"
+        else:
+            part = stem + (f"_t{t:02d}" if n_phases > 1 else "")
         part += f"_s{s:02d}" if per_phase[t] > 1 else ""
         names.append(out_path.with_name(part + (out_path.suffix or ".dcm")))
     return names
@@ -184,6 +192,7 @@ def write_dicom_seg(
     series_number: int = 9901,
     manufacturer: str = "cardioseg",
     software_version: str | None = None,
+    phase_names: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """Write the labels as DICOM SEG referencing the source images.
 
@@ -199,6 +208,9 @@ def write_dicom_seg(
         series_number: SeriesNumber of the SEG series.
         manufacturer: Manufacturer of the SEG instances.
         software_version: Defaults to the cardioseg version.
+        phase_names: Names of phases, e.g. ``{8: "ED", 19: "ES"}``: files are then called
+            ``<stem>_ED.dcm`` instead of ``<stem>_t08.dcm``, and each instance's content
+            description names its phase.
 
     Returns:
         Paths written, in phase order. Phases without any foreground are skipped.
@@ -245,7 +257,7 @@ def write_dicom_seg(
         raise CardiosegError(out_path, "no foreground labels to export as DICOM SEG")
 
     keys = list(groups)
-    paths = _output_names(Path(out_path), keys, n_phases)
+    paths = _output_names(Path(out_path), keys, n_phases, phase_names)
     descriptions = segment_descriptions(software_version)
     series_uid = hd.UID()
     segs = []
@@ -285,7 +297,11 @@ def write_dicom_seg(
                     software_versions=str(software_version),
                     device_serial_number="0",
                     content_label="CARDIOSEG",
-                    content_description=f"LV/MYO/RV, cardiac phase {t}"[:64],
+                    content_description=(
+                        f"LV/MYO/RV, {phase_names[t]} (cardiac phase {t})"
+                        if phase_names and t in phase_names
+                        else f"LV/MYO/RV, cardiac phase {t}"
+                    )[:64],
                     omit_empty_frames=True,
                 )
         except ValueError as exc:
