@@ -11,7 +11,7 @@ from cardioseg.data.datasets import CaseRecord, discover, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics
 from cardioseg.io.nifti import ImageProperties, write_label
-from cardioseg.reporting.overlays import overlay_montage
+from cardioseg.reporting.overlays import foreground_window, overlay_montage
 
 log = logging.getLogger("cardioseg.demo")
 
@@ -106,6 +106,7 @@ def run_demo(
             out / "overlays" / f"{stem}.png",
             props.spacing,
             reference=ref,
+            window=foreground_window([pred, ref], props.spacing),
             title=f"{r.case_id}  Dice LV {m['LV_dice']:.2f} "
             f"MYO {m['MYO_dice']:.2f} RV {m['RV_dice']:.2f}",
         )

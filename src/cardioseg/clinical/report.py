@@ -249,11 +249,14 @@ def _write_montage(
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
     ``heat``, each phase's disagreement map (where given) in yellow under the contours, full
-    yellow from ``heat_max``."""
-    from cardioseg.reporting.overlays import overlay_montage
+    yellow from ``heat_max``. Both phases show the same window around the segmented heart
+    (the whole image when nothing was segmented)."""
+    from cardioseg.reporting.overlays import foreground_window, overlay_montage
 
     plt = _plt()
     frames = {"ED": ed_frame, "ES": es_frame}
+    spacing3 = tuple(float(s) for s in spacing[:3])
+    window = foreground_window([np.asarray(lab) for _, lab in images.values()], spacing3)
     parts = []
     with tempfile.TemporaryDirectory(prefix=".montage.", dir=path.parent) as tmpdir:
         for phase in ("ED", "ES"):
@@ -269,10 +272,11 @@ def _write_montage(
                 np.asarray(image),
                 np.asarray(label),
                 part,
-                tuple(float(s) for s in spacing[:3]),
+                spacing3,
                 title=title,
                 heat=None if spread is None else np.asarray(spread),
                 heat_max=heat_max,
+                window=window,
             )
             parts.append(plt.imread(part)[..., :3])
     if not parts:

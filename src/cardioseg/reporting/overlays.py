@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,60 @@ from cardioseg.io.nifti import atomic_write
 from cardioseg.preprocessing.geometry import slice_axis as _slice_axis
 
 COLORS = {1: "#e4572e", 2: "#29bf12", 3: "#2e86de"}  # LV red, MYO green, RV blue
+
+
+def foreground_window(
+    labels: Sequence[np.ndarray],
+    spacing: tuple[float, float, float],
+    margin_mm: float = 25.0,
+    min_size_mm: float = 90.0,
+) -> tuple[slice, slice] | None:
+    """In-plane window around the labelled structures of one or more volumes.
+
+    The window is square in millimetres: the larger in-plane extent of the foreground (over
+    all slices of all volumes) plus ``margin_mm`` on each side, at least ``min_size_mm`` wide,
+    clipped to the image. Use it to show the heart rather than the whole field of view.
+
+    Args:
+        labels: 3D label volumes of the same shape (e.g. ED and ES).
+        spacing: Voxel spacing; the slice axis is the one with the largest spacing.
+        margin_mm: Margin around the foreground.
+        min_size_mm: Smallest window width.
+
+    Returns:
+        ``(slice, slice)`` over the two in-plane axes (in array order, the slice axis left
+        out), or ``None`` when no volume has any foreground.
+
+    Example:
+        >>> lab = np.zeros((100, 120, 4), np.uint8)
+        >>> lab[40:60, 50:70, 1:3] = 1
+        >>> foreground_window([lab], (1.0, 1.0, 8.0))
+        (slice(5, 95), slice(15, 105))
+    """
+    if not labels:
+        return None
+    shape = labels[0].shape
+    axis = _slice_axis(spacing, shape)
+    fg = np.zeros([n for i, n in enumerate(shape) if i != axis], bool)
+    for lab in labels:
+        fg |= (np.moveaxis(np.asarray(lab), axis, 0) > 0).any(axis=0)
+    if not fg.any():
+        return None
+    sp = [float(s) for i, s in enumerate(spacing[:3]) if i != axis]
+    bounds = []
+    for d in range(2):
+        idx = np.flatnonzero(fg.any(axis=1 - d))
+        bounds.append((idx[0], idx[-1] + 1))
+    half_mm = max(
+        max((hi - lo) * sp[d] / 2.0 for d, (lo, hi) in enumerate(bounds)) + margin_mm,
+        min_size_mm / 2.0,
+    )
+    window = []
+    for d, (lo, hi) in enumerate(bounds):
+        centre, half = (lo + hi) / 2.0, half_mm / sp[d]
+        start = max(0, int(np.floor(centre - half)))
+        window.append(slice(start, min(fg.shape[d], int(np.ceil(centre + half)))))
+    return window[0], window[1]
 
 
 def overlay_montage(
@@ -22,6 +77,7 @@ def overlay_montage(
     max_slices: int = 12,
     heat: np.ndarray | None = None,
     heat_max: float = 0.1,
+    window: tuple[slice, slice] | None = None,
 ) -> Path:
     """Write a PNG montage: each slice with predicted contours (and reference dashed).
 
@@ -35,6 +91,8 @@ def overlay_montage(
         heat: Optional map of the same shape (e.g. the disagreement of the test-time
             predictions) shown in yellow, transparent at 0 and most opaque from ``heat_max``.
         heat_max: Value of full heat colour.
+        window: Show only this in-plane region (two slices over the in-plane axes, slice
+            axis left out), e.g. from :func:`foreground_window`; default: the whole image.
     """
     import matplotlib
 
@@ -46,6 +104,10 @@ def overlay_montage(
     lab = np.moveaxis(label, axis, 0)
     ref = np.moveaxis(reference, axis, 0) if reference is not None else None
     hot = np.moveaxis(np.asarray(heat, np.float32), axis, 0) if heat is not None else None
+    if window is not None:
+        img, lab = img[:, window[0], window[1]], lab[:, window[0], window[1]]
+        ref = ref[:, window[0], window[1]] if ref is not None else None
+        hot = hot[:, window[0], window[1]] if hot is not None else None
     zs = np.unique(np.linspace(0, img.shape[0] - 1, min(max_slices, img.shape[0])).astype(int))
     cols = min(6, len(zs))
     rows = int(np.ceil(len(zs) / cols))

@@ -1,0 +1,57 @@
+"""Overlay montages: the window around the heart and the written figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cardioseg.reporting.overlays import foreground_window, overlay_montage
+
+
+def _box(shape=(100, 120, 4), where=(slice(40, 60), slice(50, 70), slice(1, 3))) -> np.ndarray:
+    lab = np.zeros(shape, np.uint8)
+    lab[where] = 1
+    return lab
+
+
+def test_window_is_square_in_mm_around_the_foreground():
+    # 20 x 20 voxels of 1 mm: 10 mm half extent + 25 mm margin -> 35 mm, below the 45 mm minimum
+    assert foreground_window([_box()], (1.0, 1.0, 8.0)) == (slice(5, 95), slice(15, 105))
+    # in-plane spacing differs between the axes: the window is square in millimetres
+    lab = _box(where=(slice(40, 70), slice(50, 60), slice(0, 4)))
+    w0, w1 = foreground_window([lab], (1.0, 2.0, 8.0), margin_mm=10.0, min_size_mm=0.0)
+    assert (w0.stop - w0.start) * 1.0 == pytest.approx((w1.stop - w1.start) * 2.0, abs=2.0)
+    assert w0.start <= 40 and w0.stop >= 70 and w1.start <= 50 and w1.stop >= 60
+
+
+def test_window_covers_every_volume_and_is_clipped():
+    ed = _box(where=(slice(2, 10), slice(5, 15), slice(0, 1)))  # at the image's edge
+    es = _box(where=(slice(30, 40), slice(60, 80), slice(3, 4)))
+    w0, w1 = foreground_window([ed, es], (1.5, 1.5, 10.0))
+    assert w0.start == 0 and w0.stop >= 40  # clipped at 0, reaches the ES box
+    assert w1.start <= 5 and w1.stop >= 80
+    assert foreground_window([np.zeros((10, 10, 3), np.uint8)], (1.0, 1.0, 5.0)) is None
+    assert foreground_window([], (1.0, 1.0, 5.0)) is None
+
+
+def test_window_with_the_slice_axis_first():
+    lab = np.moveaxis(_box(), 2, 0)  # (slices, x, y): the largest spacing says which is which
+    assert foreground_window([lab], (8.0, 1.0, 1.0)) == (slice(5, 95), slice(15, 105))
+
+
+def test_montage_in_the_window(tmp_path):
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(100, 120, 4)).astype(np.float32)
+    label = _box()
+    heat = np.zeros_like(image)
+    window = foreground_window([label], (1.0, 1.0, 8.0))
+    whole = overlay_montage(image, label, tmp_path / "whole.png", (1.0, 1.0, 8.0), heat=heat)
+    cut = overlay_montage(
+        image, label, tmp_path / "cut.png", (1.0, 1.0, 8.0), heat=heat, window=window
+    )
+    a, b = plt.imread(whole), plt.imread(cut)
+    assert a.shape == b.shape  # the same panels, the same figure size
+    assert not np.array_equal(a, b)  # but another field of view
+    assert not list(tmp_path.glob(".*")), "temporary files left behind"
