@@ -112,7 +112,8 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             n_reasons = len(report["qc"]["reasons"])
             assert page.locator("#qc-reasons li").count() == min(max(n_reasons, 1), 8)
             assert page.locator("#curve polyline").count() == 2  # LV and RV volume curves
-            assert page.text_content("#frame-label").startswith(f"{report['ed_frame'] + 1} / 6")
+            # numbered from 0, like the report, the slice table and the exclusions
+            assert page.text_content("#frame-label").startswith(f"{report['ed_frame']} (0–5)")
             for link in ("report-html", "report-json", "mask-ed", "mask-es", "mask-cine"):
                 assert page.locator(f"#download-{link}").count() == 1, link
 
@@ -126,6 +127,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             )
             _wait_js(page, IMAGES_LOADED)
             assert "(ES)" in page.text_content("#frame-label")
+            assert page.text_content("#slice-label") == f"0 (0–{report['meta']['n_slices'] - 1})"
 
             # opacity toggle and cine play
             page.uncheck("#overlay-toggle")

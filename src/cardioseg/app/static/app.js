@@ -460,6 +460,12 @@ function renderDownloads(links) {
 
 // --- viewer -------------------------------------------------------------------------------
 
+// slices and frames are numbered from 0, as in the report, the slice table, the mask files
+// and the exclusions (PHASE:SLICE): the viewer must name a slice the way they do
+function indexLabel(i, n) {
+  return i + " (0–" + (n - 1) + ")";
+}
+
 function sliceUrl(layer, frame, slice) {
   return withToken("/api/studies/" + state.selected + "/slices/" + frame + "/" + slice + ".png?layer=" + layer);
 }
@@ -494,11 +500,11 @@ function updateViewer() {
     $("viewer-image").src = sliceUrl("image", state.frame, state.slice);
     $("viewer-labels").src = sliceUrl("labels", state.frame, state.slice);
   }
-  $("slice-label").textContent = (state.slice + 1) + " / " + v.n_slices;
+  $("slice-label").textContent = indexLabel(state.slice, v.n_slices);
   let tag = "";
   if (state.frame === v.ed_frame) tag = " (ED)";
   else if (state.frame === v.es_frame) tag = " (ES)";
-  $("frame-label").textContent = (state.frame + 1) + " / " + v.n_frames + tag;
+  $("frame-label").textContent = indexLabel(state.frame, v.n_frames) + tag;
   updateOverlay();
   drawCurveMarker();
 }
@@ -616,7 +622,7 @@ async function ensureNiivue() {
     if (s >= 0 && s < state.viewer.n_slices && s !== state.slice) {
       state.slice = s;
       $("slice-slider").value = s;
-      $("slice-label").textContent = (s + 1) + " / " + state.viewer.n_slices;
+      $("slice-label").textContent = indexLabel(s, state.viewer.n_slices);
     }
   };
   nvState.nv = nv;
@@ -737,7 +743,7 @@ function drawCurve() {
   }
   const step = Math.max(1, Math.ceil(n / 12));
   for (let i = 0; i < n; i += step) {
-    box.append(svg("text", { x: x(i), y: bottom + 16, class: "tick", "text-anchor": "middle" }, String(i + 1)));
+    box.append(svg("text", { x: x(i), y: bottom + 16, class: "tick", "text-anchor": "middle" }, String(i)));
   }
   box.append(svg("text", { x: (CURVE.left + CURVE.w) / 2, y: CURVE.h - 4, class: "axis-label", "text-anchor": "middle" }, "frame"));
   box.append(svg("text", { x: 12, y: CURVE.top + 90, class: "axis-label", transform: "rotate(-90 12 " + (CURVE.top + 90) + ")", "text-anchor": "middle" }, "volume (mL)"));
@@ -754,7 +760,7 @@ function drawCurve() {
     box.append(svg("polyline", { points: pts, class: "line-" + name }));
     values.forEach((v, i) => {
       const dot = svg("circle", { cx: x(i), cy: y(v || 0), r: 3.5, class: "dot-" + name });
-      dot.append(svg("title", {}, name.toUpperCase() + " frame " + (i + 1) + ": " + fmt(v) + " mL"));
+      dot.append(svg("title", {}, name.toUpperCase() + " frame " + i + ": " + fmt(v) + " mL"));
       box.append(dot);
     });
   }
