@@ -169,6 +169,12 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     }
     assert referenced and referenced <= sources
     assert len(series_uids) == 1
+    # ED and ES are the largest and smallest LV volume of the curve the report shows
+    curve = report["volume_curve"]["lv_ml"]
+    assert (report["ed_frame"], report["es_frame"]) == (
+        int(np.argmax(curve)),
+        int(np.argmin(curve)),
+    )
     assert report["meta"]["source_kind"] == "dicom"
     # height and weight from the DICOM headers (PatientSize 1.72 m, PatientWeight 68 kg)
     assert report["bsa_m2"] == pytest.approx(np.sqrt(172 * 68 / 3600), abs=0.01)

@@ -55,3 +55,36 @@ def test_montage_in_the_window(tmp_path):
     assert a.shape == b.shape  # the same panels, the same figure size
     assert not np.array_equal(a, b)  # but another field of view
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
+
+
+def test_volume_curve_marks_reported_volumes_where_they_differ():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cardioseg.clinical.report import _plot_curve, _reported_volumes
+
+    lv, rv = [70.0, 60.0, 40.0, 55.0], [60.0, 50.0, 45.0, 58.0]
+    indices = {"lv_edv_ml": 70.0, "rv_edv_ml": 60.0, "lv_esv_ml": 46.5, "rv_esv_ml": 45.0}
+    reported = _reported_volumes(indices)
+    assert reported == {"ED": (70.0, 60.0), "ES": (46.5, 45.0)}
+
+    def diamonds(rep) -> tuple[list[tuple[float, float]], list[str]]:
+        fig, ax = plt.subplots()
+        _plot_curve(ax, lv, rv, 0, 2, rep)
+        found = [
+            (float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+            for line in ax.get_lines()
+            if line.get_marker() == "D"
+        ]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        plt.close(fig)
+        return found, legend
+
+    found, legend = diamonds(reported)
+    assert found == [(2.0, 46.5)]  # only the ES LV differs from the per-frame curve
+    assert "as reported at ED/ES" in legend
+    found, legend = diamonds(_reported_volumes({"lv_edv_ml": 70.0, "lv_esv_ml": 40.0}))
+    assert found == [] and "as reported at ED/ES" not in legend
+    assert _reported_volumes({"lv_edv_ml": float("nan")})["ED"] == (None, None)

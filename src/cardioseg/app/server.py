@@ -434,7 +434,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         summary="One study: job, summary, indices table, QC, download links",
     )
     def get_study(study_id: str) -> dict[str, Any]:
-        from cardioseg.clinical.report import _table_rows
+        from cardioseg.clinical.report import REPORTED_VOLUME_KEYS, _table_rows
 
         study = study_or_404(study_id)
         job = db.job_for_study(study_id)
@@ -455,6 +455,11 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             out["qc"] = report.get("qc")
             out["ed_frame"], out["es_frame"] = report.get("ed_frame"), report.get("es_frame")
             out["volume_curve"] = report.get("volume_curve")
+            # the reported ED/ES volumes (refined pass): marked on the curve where they differ
+            out["reported_volumes"] = {
+                phase: {"lv": report.get(lv), "rv": report.get(rv)}
+                for phase, (lv, rv) in REPORTED_VOLUME_KEYS.items()
+            }
             out["slices"] = report.get("slices") or []
             out["excluded_slices"] = report.get("excluded_slices") or []
             out["downloads"] = downloads(study_id)

@@ -297,9 +297,8 @@ def analyze_study(
             {"ED": labels[..., ed_i], "ES": labels[..., es_i]}, exclusions, axis
         )
         labels[..., ed_i], labels[..., es_i] = edited["ED"], edited["ES"]
-    frames = [ed_i, es_i]
-    lv_curve[frames] = volume_curve(labels[..., frames], spacing, 1)
-    rv_curve[frames] = volume_curve(labels[..., frames], spacing, 3)
+    # the curve stays the per-frame pass that ED and ES were chosen on; the reported ED/ES
+    # volumes (test-time augmentation, exclusions) are the indices, marked on the plot
     indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
     model_files = getattr(seg, "checkpoint_paths", None)
     calibration = calibration_for(model_files)

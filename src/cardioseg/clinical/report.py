@@ -202,11 +202,58 @@ def _plt():
     return plt
 
 
-def _plot_curve(ax: Any, lv: list[float], rv: list[float] | None, ed: int, es: int) -> None:
+#: Index keys of the reported LV/RV volume at ED and ES.
+REPORTED_VOLUME_KEYS = {
+    "ED": ("lv_edv_ml", "rv_edv_ml"),
+    "ES": ("lv_esv_ml", "rv_esv_ml"),
+}
+
+
+def _reported_volumes(indices: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+    """``{"ED": (LV mL, RV mL), "ES": (...)}`` from the indices (``None`` where missing)."""
+
+    def value(key: str) -> float | None:
+        v = indices.get(key)
+        return None if v is None or not np.isfinite(float(v)) else float(v)
+
+    return {ph: (value(lv), value(rv)) for ph, (lv, rv) in REPORTED_VOLUME_KEYS.items()}
+
+
+def _plot_curve(
+    ax: Any,
+    lv: list[float],
+    rv: list[float] | None,
+    ed: int,
+    es: int,
+    reported: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> None:
     frames = np.arange(len(lv))
     ax.plot(frames, lv, "o-", color="#e4572e", label="LV", markersize=3)
     if rv is not None and len(rv) == len(lv):
         ax.plot(frames, rv, "s-", color="#2e86de", label="RV", markersize=3)
+    # the reported ED/ES volumes, where they differ from the per-frame pass
+    marked = False
+    for phase, frame in (("ED", ed), ("ES", es)):
+        if not reported or phase not in reported or not 0 <= frame < len(lv):
+            continue
+        pairs = zip(reported[phase], (lv, rv), ("#e4572e", "#2e86de"), strict=True)
+        for value, curve, color in pairs:
+            if value is None or curve is None or len(curve) != len(lv):
+                continue
+            if abs(value - float(curve[frame])) < 0.05:
+                continue
+            ax.plot(
+                [frame],
+                [value],
+                marker="D",
+                markersize=6,
+                markerfacecolor="white",
+                markeredgecolor=color,
+                markeredgewidth=1.5,
+                linestyle="none",
+                label=None if marked else "as reported at ED/ES",
+            )
+            marked = True
     for frame, name, style in ((ed, "ED", "--"), (es, "ES", ":")):
         if 0 <= frame < len(lv):
             ax.axvline(frame, color="k", linestyle=style, linewidth=1)
@@ -224,13 +271,20 @@ def _plot_curve(ax: Any, lv: list[float], rv: list[float] | None, ed: int, es: i
     ax.set_xlabel("frame")
     ax.set_ylabel("volume (mL)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
 
 
-def _write_curve_png(path: Path, lv: list[float], rv: list[float] | None, ed: int, es: int) -> Path:
+def _write_curve_png(
+    path: Path,
+    lv: list[float],
+    rv: list[float] | None,
+    ed: int,
+    es: int,
+    reported: Mapping[str, tuple[float | None, float | None]] | None = None,
+) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    _plot_curve(ax, lv, rv, ed, es)
+    _plot_curve(ax, lv, rv, ed, es, reported)
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -375,6 +429,13 @@ EXCLUDE_HINT = (
     "--exclude ES:SLICE (or ES:SLICE:LV, ES:SLICE:RV)."
 )
 
+CURVE_HINT = (
+    "LV and RV volume of every frame; ED is the frame with the largest LV volume, ES the one "
+    "with the smallest. The reported ED and ES volumes come from those two frames segmented "
+    "again with test-time augmentation (and the reader's exclusions); where they differ from "
+    "the curve, they are marked with open diamonds."
+)
+
 
 DISAGREEMENT_HINT = (
     "Yellow: where the test-time predictions (the image and slightly rotated copies of it, or "
@@ -450,7 +511,10 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             + (f'<p class="small">{e(DISAGREEMENT_HINT)}</p>' if shows_spread else "")
         )
     if "curve" in figures:
-        imgs += f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
+        imgs += (
+            f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
+            f'<p class="small">{e(CURVE_HINT)}</p>'
+        )
     sources = sorted(
         {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
     )
@@ -622,7 +686,14 @@ def _write_pdf(
             plt.close(fig)
         if curves is not None:
             fig, ax = plt.subplots(figsize=(8.27, 5.8))
-            _plot_curve(ax, curves[0], curves[1], int(report["ed_frame"]), int(report["es_frame"]))
+            _plot_curve(
+                ax,
+                curves[0],
+                curves[1],
+                int(report["ed_frame"]),
+                int(report["es_frame"]),
+                _reported_volumes(report),
+            )
             ax.set_title("Ventricular volume over the cardiac cycle")
             fig.tight_layout()
             pdf.savefig(fig)
@@ -659,7 +730,9 @@ def write_report(
         indices: Output of :func:`~cardioseg.clinical.indices.compute_indices`.
         qc: :class:`~cardioseg.clinical.qc.QCResult` (or its dict), ``None`` if not assessed.
         curve: Volumes per frame: ``{"lv_ml": [...], "rv_ml": [...]}``, a list of LV volumes or
-            a list of (LV, RV) pairs. ``None`` skips the curve figure.
+            a list of (LV, RV) pairs. ``None`` skips the curve figure. Where the reported ED/ES
+            volumes (the indices) differ from the curve at those frames (``analyze`` chooses
+            ED/ES on a per-frame pass and reports a refined one), the plot marks them.
         ed_frame: End-diastolic frame index.
         es_frame: End-systolic frame index.
         images: ``{"ED": (image3d, label3d), "ES": (image3d, label3d)}`` for the overlay
@@ -699,7 +772,12 @@ def write_report(
         )
     if curves is not None:
         files["curve"] = _write_curve_png(
-            outdir / "volume_curve.png", curves[0], curves[1], ed_frame, es_frame
+            outdir / "volume_curve.png",
+            curves[0],
+            curves[1],
+            ed_frame,
+            es_frame,
+            _reported_volumes(indices),
         )
     flags = compare_to_normal(indices)
     rows = _table_rows(indices, flags)

@@ -764,6 +764,22 @@ function drawCurve() {
       box.append(dot);
     });
   }
+  // the reported ED/ES volumes (those frames segmented again with test-time augmentation)
+  const reported = d.reported_volumes || {};
+  for (const [name, frame] of [["ED", d.ed_frame], ["ES", d.es_frame]]) {
+    const r = reported[name];
+    if (!r || frame === null || frame === undefined) continue;
+    for (const [kind, values] of series) {
+      const v = r[kind];
+      if (v === null || v === undefined || !values || values.length !== n) continue;
+      if (Math.abs(v - (values[frame] || 0)) < 0.05) continue;
+      const cx = x(frame), cy = y(v), s = 5;
+      const points = [[cx, cy - s], [cx + s, cy], [cx, cy + s], [cx - s, cy]].map((p) => p.join(",")).join(" ");
+      const mark = svg("polygon", { points, class: "reported-" + kind });
+      mark.append(svg("title", {}, kind.toUpperCase() + " at " + name + " as reported: " + fmt(v) + " mL"));
+      box.append(mark);
+    }
+  }
   box.append(svg("text", { x: CURVE.w - CURVE.right - 80, y: CURVE.h - 4, class: "legend-lv" }, "● LV"));
   box.append(svg("text", { x: CURVE.w - CURVE.right - 36, y: CURVE.h - 4, class: "legend-rv" }, "● RV"));
   const marker = svg("line", { id: "curve-current", x1: 0, y1: CURVE.top, x2: 0, y2: bottom, class: "marker-current" });
