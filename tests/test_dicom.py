@@ -543,6 +543,21 @@ def test_equal_stacks_take_the_latest_series(tmp_path):
     ), meta.warnings
 
 
+def test_original_images_win_over_a_derived_copy(tmp_path):
+    root = tmp_path / "s"
+    original = siemens_like(root / "a", series_number=7)
+    copy = siemens_like(root / "b", study=dict(original), series_number=12)  # later, so it
+    for path in (root / "b").rglob("IM*"):  # would win the tie without the image type
+        ds = pydicom.dcmread(str(path))
+        ds.ImageType = ["DERIVED", "SECONDARY", "M"]
+        ds.save_as(str(path), enforce_file_format=True)
+    series = {s.uid: s for s in find_series(root)}
+    assert "derived images" in series[copy["series_uid"]].reason
+    _, _, meta = load_cine(root)
+    assert meta.series_uid == original["series_uid"]
+    assert not meta.warnings, meta.warnings  # not a tie: no "qualify equally" warning
+
+
 def test_cine_to_nifti(tmp_path):
     siemens_like(tmp_path / "study")
     out = tmp_path / "out" / "cine.nii.gz"

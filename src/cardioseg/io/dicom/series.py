@@ -262,7 +262,12 @@ def _classify(info: SeriesInfo) -> None:
     # geometry that a short-axis stack rarely has: not a reason to refuse, but a penalty
     shifted = info.inplane_shift_mm > INPLANE_SHIFT_TOL_MM
     axis_plane = info.plane not in ("", "oblique")
+    # a derived copy (reformatted, resampled, re-saved by a workstation) loses against the
+    # scanner's original images
+    derived = "DERIVED" in info._header.get("image_type", [])[:1]
     notes = []
+    if derived:
+        notes.append("derived images")
     if shifted:
         notes.append(
             f"slice positions drift in-plane by up to {info.inplane_shift_mm:.1f} mm, "
@@ -286,6 +291,7 @@ def _classify(info: SeriesInfo) -> None:
         - 0.5 * bool(info.merged_from)
         - 2.0 * shifted
         - 2.0 * axis_plane
+        - 0.5 * derived
     )
 
 
