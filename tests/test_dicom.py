@@ -543,6 +543,37 @@ def test_equal_stacks_take_the_latest_series(tmp_path):
     ), meta.warnings
 
 
+def test_series_with_two_orientations_is_split(tmp_path):
+    root = tmp_path / "s"
+    study = siemens_like(root)
+    # long-axis images of two positions x all phases inside the same series (an export that
+    # put the planning views in the cine series); before, the whole series was refused
+    for k in (1, 2):
+        for t in range(N_PHASES):
+            write_image(
+                root / "lax" / f"{k}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=study["series_uid"],
+                trigger=35.0 * t + 12.0,
+                orientation=LAX_IOP,
+            )
+    series = find_series(root)
+    parts = [s for s in series if s.uid == study["series_uid"]]
+    assert [p.part for p in parts] == [(1, 2), (2, 2)]
+    assert [p.n_images for p in parts] == [N_SLICES * N_PHASES, 2 * N_PHASES]
+    assert "orientation 1 of 2" in parts[0].summary()
+    img, props, meta = load_cine(root)
+    assert meta.series_uid == study["series_uid"]
+    assert meta.warnings == [
+        f"the series holds images in 2 orientations; analysed {N_SLICES * N_PHASES} parallel "
+        f"images, ignored {2 * N_PHASES}"
+    ]
+    meta.warnings.clear()
+    check_cine(img, props, meta)
+
+
 def test_original_images_win_over_a_derived_copy(tmp_path):
     root = tmp_path / "s"
     original = siemens_like(root / "a", series_number=7)

@@ -125,6 +125,8 @@ class SeriesInfo:
             a straight stack).
         plane: ``"oblique"``, or ``"transverse"``/``"coronal"``/``"sagittal"`` when the slice
             normal is within :data:`AXIS_ALIGNED_DEG` of a patient axis; ``""`` if unknown.
+        part: ``(k, n)`` when the series holds images in ``n`` orientations and this is the
+            ``k``-th group of parallel images (1-based); ``None`` for a one-orientation series.
     """
 
     uid: str
@@ -146,6 +148,7 @@ class SeriesInfo:
     score: float = 0.0
     inplane_shift_mm: float = 0.0
     plane: str = ""
+    part: tuple[int, int] | None = None
     _frames: list[_Frame] = field(default_factory=list, repr=False, compare=False)
     _header: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _patient_keys: set[str] = field(default_factory=set, repr=False, compare=False)
@@ -155,6 +158,8 @@ class SeriesInfo:
         """One line for error messages: description, modality, positions x phases, verdict."""
         desc = self.description or "(no description)"
         kind = f"{len(self.merged_from)} merged single-slice series, " if self.merged_from else ""
+        if self.part is not None:
+            kind += f"orientation {self.part[0]} of {self.part[1]}, "
         return (
             f"'{desc}' {self.modality or '?'} {kind}{self.n_positions} position(s) x "
             f"{self.n_phases} phase(s): {self.reason}"

@@ -206,8 +206,9 @@ def _assemble(
     chosen: SeriesInfo, where: str, show: Callable[[str], str]
 ) -> tuple[np.ndarray, ImageProperties, CineMeta]:
     warn: list[str] = []
-    if chosen._header.get("merge_note"):
-        warn.append(chosen._header["merge_note"])
+    for note in ("split_note", "merge_note"):
+        if chosen._header.get(note):
+            warn.append(chosen._header[note])
     warn.extend(chosen._header.get("selection_notes", []))
     frames, n_dup = _dedupe_sop(chosen._frames)
     if n_dup:

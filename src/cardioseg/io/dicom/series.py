@@ -4,7 +4,7 @@ short-axis cine."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +103,9 @@ def find_series(folder: str | Path) -> SeriesList:
                 info._patient_keys.add(pkey)
     out = SeriesList(folder=str(root), n_non_dicom=n_non_dicom, n_non_image=n_non_image)
     for info in groups.values():
-        _classify(info)
-        out.append(info)
+        for part in _split_by_orientation(info):
+            _classify(part)
+            out.append(part)
     out.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
     log.debug(
         "%s: %d series, %d non-DICOM files, %d non-image DICOM",
@@ -114,6 +115,49 @@ def find_series(folder: str | Path) -> SeriesList:
         n_non_image,
     )
     return out
+
+
+def _split_by_orientation(info: SeriesInfo) -> list[SeriesInfo]:
+    """One series per group of parallel images.
+
+    Some exports put several stacks in one series (a short-axis stack with a few long-axis
+    images, or several packages of a multi-stack acquisition); each group of parallel images
+    becomes a candidate of its own instead of the whole series being refused.
+    """
+    if any(f.orientation is None for f in info._frames):
+        return [info]
+    clusters: list[list[_Frame]] = []
+    for f in info._frames:
+        for c in clusters:
+            if np.max(np.abs(f.orientation - c[0].orientation)) <= ORIENTATION_TOL:  # type: ignore[operator]
+                c.append(f)
+                break
+        else:
+            clusters.append([f])
+    # only worth it where a group could be a cine stack (not, e.g., a three-plane localizer)
+    if len(clusters) == 1 or max(map(len, clusters)) < MIN_SLICES * MIN_PHASES:
+        return [info]
+    clusters.sort(key=len, reverse=True)
+    parts = []
+    for k, frames in enumerate(clusters, start=1):
+        paths = {f.path for f in frames}
+        part = replace(
+            info,
+            files=[p for p in info.files if p in paths],
+            part=(k, len(clusters)),
+            _frames=frames,
+            _header={
+                **info._header,
+                "split_note": (
+                    f"the series holds images in {len(clusters)} orientations; analysed "
+                    f"{len(frames)} parallel images, ignored {len(info._frames) - len(frames)}"
+                ),
+            },
+            _patient_keys=set(info._patient_keys),
+            _problems=[],
+        )
+        parts.append(part)
+    return parts
 
 
 # --------------------------------------------------------------------------------------------
