@@ -76,7 +76,8 @@ class Compose:
 
     Example:
         >>> aug = Compose([RandomGamma(p=1.0)], seed=0)  # doctest: +SKIP
-        >>> img, lab = aug(torch.rand(2, 1, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long))
+        >>> x, y = torch.rand(2, 1, 32, 32), torch.zeros(2, 32, 32, dtype=torch.long)
+        >>> img, lab = aug(x, y)  # doctest: +SKIP
     """
 
     def __init__(self, transforms: list[RandomTransform], seed: int | None = None):

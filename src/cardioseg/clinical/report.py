@@ -372,6 +372,8 @@ def _meta_text(value: Any) -> str:
         '1.484, 1.484, 10'
         >>> _meta_text({"window": 4, "full": 0})
         'window: 4, full: 0'
+        >>> _meta_text(["irregular slice gaps (8, 10 mm)", "a note"]), _meta_text([])
+        ('irregular slice gaps (8, 10 mm); a note', 'none')
     """
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
@@ -382,6 +384,10 @@ def _meta_text(value: Any) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k}: {_meta_text(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
+        if not value:
+            return "none"
+        if all(isinstance(v, str) for v in value):  # sentences (warnings) may hold commas
+            return "; ".join(value)
         return ", ".join(
             f"({_meta_text(v)})" if isinstance(v, list | tuple) else _meta_text(v) for v in value
         )

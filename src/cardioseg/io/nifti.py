@@ -179,7 +179,7 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
 
     Example:
         >>> arr, props = read_image("case.nii.gz")  # doctest: +SKIP
-        >>> props.spacing
+        >>> props.spacing  # doctest: +SKIP
         (1.25, 1.25, 10.0)
     """
     path = Path(path)

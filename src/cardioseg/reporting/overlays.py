@@ -39,7 +39,7 @@ def foreground_window(
         >>> lab = np.zeros((100, 120, 4), np.uint8)
         >>> lab[40:60, 50:70, 1:3] = 1
         >>> foreground_window([lab], (1.0, 1.0, 8.0))
-        (slice(5, 95), slice(15, 105))
+        (slice(5, 95, None), slice(15, 105, None))
     """
     if not labels:
         return None

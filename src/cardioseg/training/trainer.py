@@ -154,7 +154,8 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     Example:
         >>> stream = BatchStream(sampler, aug, 16, 100, [12345, 0, epoch])  # doctest: +SKIP
-        >>> loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=3)
+        >>> from torch.utils.data import DataLoader
+        >>> loader = DataLoader(stream, batch_size=None, num_workers=3)  # doctest: +SKIP
     """
 
     def __init__(

@@ -374,7 +374,7 @@ def load_cine(
 
     Example:
         >>> img, props, meta = load_cine("study.zip")  # doctest: +SKIP
-        >>> img.shape, meta.n_phases
+        >>> img.shape, meta.n_phases  # doctest: +SKIP
         ((256, 208, 12, 25), 25)
     """
     path = Path(folder_or_zip)
