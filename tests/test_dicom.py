@@ -543,6 +543,45 @@ def test_equal_stacks_take_the_latest_series(tmp_path):
     ), meta.warnings
 
 
+def _recompressed(src: Path, dst: Path, syntax: str) -> None:
+    """Copy a folder of DICOM files, re-encoding the pixel data with GDCM."""
+    import gdcm
+
+    for path in (p for p in src.rglob("*") if p.is_file() and p.suffix != ".txt"):
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(path))
+        assert reader.Read(), path
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+        change.SetInput(reader.GetImage())
+        assert change.Change(), syntax
+        out = dst / path.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(out))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write(), out
+
+
+@pytest.mark.parametrize(
+    "syntax, uid",
+    [
+        ("JPEGLosslessProcess14_1", "1.2.840.10008.1.2.4.70"),  # PACS exports, most often
+        ("JPEGLSLossless", "1.2.840.10008.1.2.4.80"),
+        ("JPEG2000Lossless", "1.2.840.10008.1.2.4.90"),
+        ("RLELossless", "1.2.840.10008.1.2.5"),
+    ],
+)
+def test_compressed_transfer_syntaxes(tmp_path, syntax, uid):
+    siemens_like(tmp_path / "raw")
+    _recompressed(tmp_path / "raw", tmp_path / "packed", syntax)
+    one = next((tmp_path / "packed").rglob("IM*"))
+    assert pydicom.dcmread(one, stop_before_pixels=True).file_meta.TransferSyntaxUID == uid
+    img, props, meta = load_cine(tmp_path / "packed")
+    check_cine(img, props, meta)  # the same pixels as the uncompressed images
+
+
 def test_series_with_two_orientations_is_split(tmp_path):
     root = tmp_path / "s"
     study = siemens_like(root)
