@@ -178,6 +178,9 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     assert report["meta"]["source_kind"] == "dicom"
     # height and weight from the DICOM headers (PatientSize 1.72 m, PatientWeight 68 kg)
     assert report["bsa_m2"] == pytest.approx(np.sqrt(172 * 68 / 3600), abs=0.01)
+    # and the sex (PatientSex F) for the normal ranges
+    assert report["normal_ranges_for"] == "women"
+    assert report["normal_ranges"]["lv_edv_ml"]["high"] == 178.0
     # every frame, plus ED and ES again with TTA, went through the heart window or the whole image
     window = report["meta"]["heart_window"]
     assert sum(window.values()) == report["meta"]["n_frames"] + 2
@@ -273,6 +276,26 @@ def test_analyze_bad_exclusion(tmp_path, tiny_checkpoint, value, needle):
     )
     _assert_clean_failure(res, needle, value)
     assert not out.exists()
+
+
+def test_analyze_sex_option(tmp_path, tiny_checkpoint):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    base = ["analyze", "--ed", paths["p_ED"], "--es", paths["p_ES"], "--no-pdf"]
+    base += ["--model", tiny_checkpoint]
+    res = _run([*base, "-o", tmp_path / "bad", "--sex", "unknown"])
+    _assert_clean_failure(res, "sex must be M or F", "unknown")
+    assert not (tmp_path / "bad").exists()
+    res = _run([*base, "-o", tmp_path / "m", "--sex", "m"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert report["normal_ranges_for"] == "men"
+    assert report["normal_ranges"]["lv_mass_g"] == {
+        "low": 92.0,
+        "high": 176.0,
+        "unit": "g",
+        "source": "Kawel-Boehm et al., JCMR 2015;17:29",
+    }
 
 
 def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):

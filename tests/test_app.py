@@ -163,7 +163,13 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
         assert client.get("/api/openapi.json").json()["paths"]["/api/studies"]["post"]
         assert client.get("/").text.startswith("<!DOCTYPE html>")
         r_pair = _upload_pair(
-            client, studies["ed"], studies["es"], height_cm="172", weight_kg="70", name="pair study"
+            client,
+            studies["ed"],
+            studies["es"],
+            height_cm="172",
+            weight_kg="70",
+            sex="F",
+            name="pair study",
         )
         assert r_pair.status_code == 201, r_pair.text
         # a 4D NIfTI whose name says zip: the type comes from the content
@@ -172,6 +178,7 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
         pair, cine = r_pair.json(), r_cine.json()
         assert pair["study"]["kind"] == "pair" and cine["study"]["kind"] == "nifti4d"
         assert pair["job"]["state"] == "queued" and cine["study"]["n_frames"] == 5
+        assert pair["study"]["sex"] == "F" and cine["study"]["sex"] is None
 
         for up, n_frames in ((pair, 2), (cine, 5)):
             sid = up["study"]["id"]
@@ -192,6 +199,9 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
             ef_row = [r for r in detail["table"] if r["key"] == "lv_ef_pct"][0]
             assert ef_row["value"] == f"{on_disk['lv_ef_pct']:.1f}"
             assert detail["qc"]["status"] == on_disk["qc"]["status"]
+            # the normal ranges of the sex given at upload (none: sex-pooled)
+            assert on_disk["normal_ranges_for"] == ("women" if up is pair else "sex-pooled")
+            assert detail["ranges_for"] == ("adult women" if up is pair else "adult, sex-pooled")
             assert detail["volume_curve"]["lv_ml"] == on_disk["volume_curve"]["lv_ml"]
             assert len(on_disk["volume_curve"]["lv_ml"]) == n_frames
 
@@ -373,6 +383,12 @@ def test_bad_uploads_are_refused_cleanly(tmp_path, tiny_checkpoint, studies):
             data={"height_cm": "tall"},
         )
         assert r.status_code == 400 and "height_cm must be a number" in r.json()["detail"]
+        r = client.post(
+            "/api/studies",
+            files={"ed": ("a", ed3d.read_bytes()), "es": ("b", ed3d.read_bytes())},
+            data={"sex": "X"},
+        )
+        assert r.status_code == 400 and "sex must be M or F" in r.json()["detail"]
         r = client.post("/api/studies", content=b"raw", headers={"content-type": "text/plain"})
         assert r.status_code == 415
         r = client.post(
@@ -589,7 +605,7 @@ def test_reanalyze_with_reader_exclusions(tmp_path, tiny_checkpoint, studies):
     assert after["lv_edv_ml"] == before["lv_edv_ml"]
 
 
-def test_database_from_version_1_gains_exclusions(tmp_path):
+def test_database_from_version_1_gains_exclusions_and_sex(tmp_path):
     from cardioseg.app.db import Database
 
     path = tmp_path / "old.sqlite"
@@ -604,11 +620,16 @@ def test_database_from_version_1_gains_exclusions(tmp_path):
     con.close()
     db = Database(path)
     assert db.get_study("s1")["exclude"] == []
+    assert db.get_study("s1")["sex"] is None
     assert db.reanalyze("s1", ["ES:3"], "j1")[0]["exclude"] == ["ES:3"]
     assert db.reanalyze("s1", [], "j2") == "busy"  # j1 is still queued
     assert db.reanalyze("nope", [], "j3") == "missing"
+    study = {"id": "s2", "name": "new", "kind": "pair", "files": {}, "size_bytes": 1, "sex": "F"}
+    assert db.add_study(study, "j4")[0]["sex"] == "F"
     with sqlite3.connect(path) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+        with pytest.raises(sqlite3.IntegrityError):  # the migrated column keeps its check
+            con.execute("UPDATE studies SET sex = 'X' WHERE id = 's1'")
 
 
 def test_data_folder_is_locked(tmp_path, tiny_checkpoint):

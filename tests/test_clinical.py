@@ -130,6 +130,50 @@ def test_normal_ranges_and_flags():
     assert compare_to_normal({"lv_ef_pct": float("nan"), "unknown": 1.0}) == {}
 
 
+#: The sex-pooled ranges as published in the reports until sex-specific ranges were added: the
+#: per-sex statistics must reproduce them exactly (their union).
+POOLED_AS_SHIPPED = {
+    "lv_edv_ml": (86.0, 214.0),
+    "lv_esv_ml": (22.0, 82.0),
+    "lv_sv_ml": (57.0, 144.0),
+    "lv_ef_pct": (57.0, 77.0),
+    "lv_mass_g": (56.0, 176.0),
+    "lvedv_index_ml_m2": (56.0, 105.0),
+    "lvesv_index_ml_m2": (14.0, 38.0),
+    "lvsv_index_ml_m2": (38.0, 66.0),
+    "lv_mass_index_g_m2": (41.0, 85.0),
+    "rv_edv_ml": (78.0, 256.0),
+    "rv_esv_ml": (20.0, 118.0),
+    "rv_sv_ml": (54.0, 150.0),
+    "rv_ef_pct": (47.0, 74.0),
+    "rvedv_index_ml_m2": (48.0, 114.0),
+}
+
+
+def test_sex_specific_normal_ranges():
+    from cardioseg.clinical.indices import normal_ranges, normalize_sex
+
+    assert NORMAL_RANGES == normal_ranges() == normal_ranges(None) == POOLED_AS_SHIPPED
+    men, women = normal_ranges("M"), normal_ranges("female")
+    assert men["lv_edv_ml"] == (106.0, 214.0) and women["lv_edv_ml"] == (86.0, 178.0)
+    assert men["rv_edv_ml"] == (124.0, 256.0) and women["rv_edv_ml"] == (78.0, 218.0)
+    for k, (lo, hi) in POOLED_AS_SHIPPED.items():
+        assert lo <= men[k][0] < men[k][1] <= hi and lo <= women[k][0] < women[k][1] <= hi
+    # an LVEDV of 190 mL is normal for a man and too large for a woman
+    assert compare_to_normal({"lv_edv_ml": 190.0}, sex="M") == {"lv_edv_ml": "normal"}
+    assert compare_to_normal({"lv_edv_ml": 190.0}, sex="F") == {"lv_edv_ml": "high"}
+    assert compare_to_normal({"lv_edv_ml": 95.0}, sex="M") == {"lv_edv_ml": "low"}
+    assert [normalize_sex(v) for v in ("m", " F ", "female", "O", "", None, "x")] == [
+        "M",
+        "F",
+        "F",
+        None,
+        None,
+        None,
+        None,
+    ]
+
+
 # --- quality control ------------------------------------------------------------------------------
 
 
@@ -421,6 +465,30 @@ def test_report_files(tmp_path, heart_pair):
         data = path.read_bytes()
         assert b"Doe^Jane" not in data and b"SECRET42" not in data
     assert not list((tmp_path / "out").glob(".*")), "temporary files left behind"
+    assert report["normal_ranges_for"] == "sex-pooled"
+    assert "Normal range (adult, sex-pooled)" in html_text
+
+
+def test_report_with_sex_specific_ranges(tmp_path):
+    from cardioseg.clinical.report import report_table
+
+    indices = {"lv_edv_ml": 190.0, "lv_esv_ml": 70.0, "lv_sv_ml": 120.0, "lv_ef_pct": 63.2}
+    written = {}
+    for sex in ("F", "M", None):
+        files = write_report(tmp_path / str(sex), indices, None, write_pdf=False, sex=sex)
+        written[sex] = json.loads(files["json"].read_text()), files["html"].read_text()
+    women, men = written["F"][0], written["M"][0]
+    assert women["normal_ranges_for"] == "women" and men["normal_ranges_for"] == "men"
+    assert women["normal_ranges"]["lv_edv_ml"]["high"] == 178.0
+    assert men["normal_ranges"]["lv_edv_ml"]["high"] == 214.0
+    assert women["normal_flags"]["lv_edv_ml"] == "high"
+    assert men["normal_flags"]["lv_edv_ml"] == "normal"
+    assert "Normal range (adult women)" in written["F"][1] and "86–178" in written["F"][1]
+    # the web app's table of a stored report shows the report's own ranges
+    rows, who = report_table(women)
+    assert who == "adult women"
+    assert [r["range"] for r in rows if r["key"] == "lv_edv_ml"] == ["86–178"]
+    assert report_table(written[None][0])[1] == "adult, sex-pooled"
 
 
 def test_report_shows_where_the_predictions_disagree(tmp_path, heart_pair):

@@ -83,6 +83,7 @@ def _base(ds: Dataset, study: dict, sop_class: str, sop_uid: str) -> None:
     ds.PatientID = study.get("patient_id", "PID-0001")
     ds.PatientSize = "1.72"
     ds.PatientWeight = "68"
+    ds.PatientSex = study.get("sex", "F")
     ds.StudyInstanceUID = study["study_uid"]
     ds.FrameOfReferenceUID = study["for_uid"]
     ds.Rows, ds.Columns = ROWS, COLS

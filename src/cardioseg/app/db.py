@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS studies (
     size_bytes INTEGER NOT NULL,
     height_cm REAL,
     weight_kg REAL,
+    sex TEXT CHECK (sex IN ('M', 'F')),
     created_utc TEXT NOT NULL,
     exclude TEXT NOT NULL DEFAULT '[]'
 );
@@ -83,7 +84,17 @@ def _job(row: sqlite3.Row | None) -> dict[str, Any] | None:
 def _study(row: sqlite3.Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
-    keys = ("id", "name", "kind", "n_frames", "size_bytes", "height_cm", "weight_kg", "created_utc")
+    keys = (
+        "id",
+        "name",
+        "kind",
+        "n_frames",
+        "size_bytes",
+        "height_cm",
+        "weight_kg",
+        "sex",
+        "created_utc",
+    )
     out = {k: row[k] for k in keys}
     out["files"] = json.loads(row["files"])
     out["exclude"] = json.loads(row["exclude"])
@@ -116,6 +127,8 @@ class Database:
             columns = {r["name"] for r in con.execute("PRAGMA table_info(studies)")}
             if "exclude" not in columns:  # a version-1 database: studies had no exclusions
                 con.execute("ALTER TABLE studies ADD COLUMN exclude TEXT NOT NULL DEFAULT '[]'")
+            if "sex" not in columns:  # version 1 or 2: no sex for the normal ranges
+                con.execute("ALTER TABLE studies ADD COLUMN sex TEXT CHECK (sex IN ('M', 'F'))")
             con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextlib.contextmanager
@@ -149,7 +162,7 @@ class Database:
 
         Args:
             study: ``id``, ``name``, ``kind``, ``files`` (role → file name), ``size_bytes`` and
-                optional ``n_frames``, ``height_cm``, ``weight_kg``.
+                optional ``n_frames``, ``height_cm``, ``weight_kg``, ``sex`` (``"M"``/``"F"``).
             job_id: Id of the new job.
 
         Returns:
@@ -159,7 +172,7 @@ class Database:
         with self.transaction() as con:
             con.execute(
                 "INSERT INTO studies (id, name, kind, files, n_frames, size_bytes, height_cm,"
-                " weight_kg, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " weight_kg, sex, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     study["id"],
                     study["name"],
@@ -169,6 +182,7 @@ class Database:
                     int(study["size_bytes"]),
                     study.get("height_cm"),
                     study.get("weight_kg"),
+                    study.get("sex"),
                     now,
                 ),
             )

@@ -83,7 +83,7 @@ DEID_REMOVE = (
     "PatientWeight",
 )
 UPLOAD_FIELDS = {"file", "ed", "es"}
-TEXT_FIELDS = {"name", "height_cm", "weight_kg"}
+TEXT_FIELDS = {"name", "height_cm", "weight_kg", "sex"}
 
 UPLOAD_OPENAPI: dict[str, Any] = {
     "requestBody": {
@@ -112,6 +112,12 @@ UPLOAD_OPENAPI: dict[str, Any] = {
                         "name": {"type": "string", "description": "Display label (optional)."},
                         "height_cm": {"type": "number", "description": "For BSA indexing."},
                         "weight_kg": {"type": "number", "description": "For BSA indexing."},
+                        "sex": {
+                            "type": "string",
+                            "enum": ["M", "F"],
+                            "description": "For sex-specific normal ranges (DICOM: "
+                            "PatientSex when not given).",
+                        },
                     },
                 }
             }
@@ -168,6 +174,17 @@ def _optional_float(value: Any, name: str, lo: float, hi: float) -> float | None
     if not lo <= out <= hi:
         raise UploadError(400, f"{name} must lie between {lo:g} and {hi:g}")
     return out
+
+
+def _optional_sex(value: Any) -> str | None:
+    from cardioseg.clinical.indices import normalize_sex
+
+    if value is None or str(value).strip() == "":
+        return None
+    sex = normalize_sex(value)
+    if sex is None:
+        raise UploadError(400, "sex must be M or F")
+    return sex
 
 
 def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
@@ -434,7 +451,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         summary="One study: job, summary, indices table, QC, download links",
     )
     def get_study(study_id: str) -> dict[str, Any]:
-        from cardioseg.clinical.report import REPORTED_VOLUME_KEYS, _table_rows
+        from cardioseg.clinical.report import REPORTED_VOLUME_KEYS, report_table
 
         study = study_or_404(study_id)
         job = db.job_for_study(study_id)
@@ -451,7 +468,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         if report is not None:
             out["summary"] = summarize(report)
             # the same rows (names, formatted values, ranges, flags) as the HTML/PDF report
-            out["table"] = _table_rows(report, report.get("normal_flags") or {})
+            out["table"], out["ranges_for"] = report_table(report)
             out["qc"] = report.get("qc")
             out["ed_frame"], out["es_frame"] = report.get("ed_frame"), report.get("es_frame")
             out["volume_curve"] = report.get("volume_curve")
@@ -772,6 +789,7 @@ def _register(
         kind, n_frames = "pair", 2
     height = _optional_float(fields.get("height_cm"), "height_cm", 30, 272)
     weight = _optional_float(fields.get("weight_kg"), "weight_kg", 1, 700)
+    sex = _optional_sex(fields.get("sex"))
     label = display_name(fields.get("name") or parts.get("file", parts.get("ed"))[1] or "study")
     study_id, job_id = new_id(), new_id()
     store.commit_staged(staged, study_id)
@@ -786,6 +804,7 @@ def _register(
                 "size_bytes": size,
                 "height_cm": height,
                 "weight_kg": weight,
+                "sex": sex,
             },
             job_id,
         )

@@ -239,6 +239,7 @@ class Worker:
                 segmenter=ProgressSegmenter(self.segmenter, progress),
                 height_cm=study.get("height_cm"),
                 weight_kg=study.get("weight_kg"),
+                sex=study.get("sex"),
                 write_pdf=self.config.write_pdf,
                 exclude=study.get("exclude") or (),
                 **inputs,

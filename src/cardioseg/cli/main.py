@@ -411,6 +411,13 @@ def analyze(
     es: Annotated[Path | None, typer.Option(help="ES volume (3D NIfTI), with --ed")] = None,
     height: Annotated[float | None, typer.Option(help="Height in cm (for BSA indexing)")] = None,
     weight: Annotated[float | None, typer.Option(help="Weight in kg (for BSA indexing)")] = None,
+    sex: Annotated[
+        str | None,
+        typer.Option(
+            help="M or F: compare the indices with that sex's normal ranges (default: the "
+            "DICOM PatientSex; sex-pooled ranges when unknown)"
+        ),
+    ] = None,
     ed_frame: Annotated[int | None, typer.Option(help="Force the ED frame index")] = None,
     es_frame: Annotated[int | None, typer.Option(help="Force the ES frame index")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
@@ -441,6 +448,7 @@ def analyze(
         es_frame=es_frame,
         write_pdf=pdf,
         exclude=exclude or (),
+        sex=sex,
     )
     qc = report.get("qc", {})
 

@@ -82,11 +82,13 @@ def load_study(
         if nifti_problem is not None and "no DICOM images" in str(err):
             raise nifti_problem from None
         raise
-    body = {}  # the patient's height and weight, where the images record them
+    body: dict[str, Any] = {}  # the patient's height, weight and sex, where the images say
     if getattr(meta, "patient_height_m", None):
         body["height_cm"] = float(meta.patient_height_m) * 100
     if getattr(meta, "patient_weight_kg", None):
         body["weight_kg"] = float(meta.patient_weight_kg)
+    if getattr(meta, "patient_sex", None):
+        body["sex"] = meta.patient_sex
     return Study(image, props, str(path), "dicom", dicom_meta=meta, meta=body)
 
 
@@ -211,6 +213,7 @@ def analyze_study(
     es_frame: int | None = None,
     write_pdf: bool = True,
     exclude: Sequence[str | SliceExclusion] = (),
+    sex: str | None = None,
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
@@ -229,6 +232,9 @@ def analyze_study(
     are removed from the ED/ES masks before the indices and QC, and listed in the report next to
     the slice-by-slice volumes (``report.json["slices"]``).
 
+    ``sex`` (``"M"``/``"F"``; for DICOM input PatientSex when not given) selects that sex's
+    normal ranges in the report; without it the ranges are sex-pooled.
+
     ``segmenter`` defaults to the shipped :class:`~cardioseg.inference.Segmenter`; another
     object works if its ``predict_volume`` takes the Segmenter's arguments (the ED/ES pass asks
     for ``return_probabilities`` and ``return_disagreement``).
@@ -236,7 +242,12 @@ def analyze_study(
     Returns:
         The content of ``report.json``.
     """
-    from cardioseg.clinical.indices import compute_indices, detect_ed_es, volume_curve
+    from cardioseg.clinical.indices import (
+        compute_indices,
+        detect_ed_es,
+        normalize_sex,
+        volume_curve,
+    )
     from cardioseg.clinical.qc import assess_quality, calibration_for
     from cardioseg.clinical.report import write_report
     from cardioseg.inference import Segmenter
@@ -253,6 +264,8 @@ def analyze_study(
         ]
     except ValueError as err:
         raise CardiosegError(None, str(err)) from None
+    if sex is not None and normalize_sex(sex) is None:
+        raise CardiosegError(None, f"sex must be M or F, got {sex!r}")
     st = load_study(study, ed, es)
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
@@ -290,6 +303,8 @@ def analyze_study(
         height_cm = st.meta.get("height_cm")
     if weight_kg is None:
         weight_kg = st.meta.get("weight_kg")
+    if sex is None:
+        sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -381,6 +396,7 @@ def analyze_study(
             ),
             exclusions=[str(e) for e in exclusions],
             disagreement=spread,
+            sex=sex,
         )
     import json
 

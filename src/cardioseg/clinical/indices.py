@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,22 +81,81 @@ DISPLAY_NAMES: dict[str, str] = {
 # SDs (SV 19 mL, EF 6 %) and are therefore approximate. No limits for RV ESV/SV indices.
 # LV mass here is myocardium without papillary muscles (they are part of the blood pool in the
 # training labels), which biases the mass slightly low compared to [KB15].
-NORMAL_RANGES: dict[str, tuple[float, float]] = {
-    "lv_edv_ml": (86.0, 214.0),  # [KB15]
-    "lv_esv_ml": (22.0, 82.0),  # [KB15]
-    "lv_sv_ml": (57.0, 144.0),  # [KB15]
-    "lv_ef_pct": (57.0, 77.0),  # [KB15]
-    "lv_mass_g": (56.0, 176.0),  # [KB15]
-    "lvedv_index_ml_m2": (56.0, 105.0),  # [KB15]
-    "lvesv_index_ml_m2": (14.0, 38.0),  # [KB15]
-    "lvsv_index_ml_m2": (38.0, 66.0),  # [KB15]
-    "lv_mass_index_g_m2": (41.0, 85.0),  # [KB15]
-    "rv_edv_ml": (78.0, 256.0),  # [H05]
-    "rv_esv_ml": (20.0, 118.0),  # [H05]
-    "rv_sv_ml": (54.0, 150.0),  # derived from [H05], approximate
-    "rv_ef_pct": (47.0, 74.0),  # derived from [H05], approximate
-    "rvedv_index_ml_m2": (48.0, 114.0),  # [A03]
+#: Published reference statistics (mean, SD) per sex, from the sources above. The RV stroke
+#: volume and EF rows are derived from the [H05] means with the assumed SDs.
+REFERENCE_STATS: dict[str, dict[str, tuple[float, float]]] = {
+    "M": {
+        "lv_edv_ml": (160.0, 27.0),  # [KB15]
+        "lv_esv_ml": (54.0, 14.0),
+        "lv_sv_ml": (108.0, 18.0),
+        "lv_ef_pct": (67.0, 5.0),
+        "lv_mass_g": (134.0, 21.0),
+        "lvedv_index_ml_m2": (81.0, 12.0),
+        "lvesv_index_ml_m2": (26.0, 6.0),
+        "lvsv_index_ml_m2": (54.0, 6.0),
+        "lv_mass_index_g_m2": (67.0, 9.0),
+        "rv_edv_ml": (190.0, 33.0),  # [H05]
+        "rv_esv_ml": (78.0, 20.0),
+        "rv_sv_ml": (190.0 - 78.0, 19.0),  # derived, approximate
+        "rv_ef_pct": (100.0 * (190.0 - 78.0) / 190.0, 6.0),  # derived, approximate
+        "rvedv_index_ml_m2": (86.2, 14.1),  # [A03]
+    },
+    "F": {
+        "lv_edv_ml": (132.0, 23.0),  # [KB15]
+        "lv_esv_ml": (44.0, 11.0),
+        "lv_sv_ml": (87.0, 15.0),
+        "lv_ef_pct": (67.0, 5.0),
+        "lv_mass_g": (98.0, 21.0),
+        "lvedv_index_ml_m2": (76.0, 10.0),
+        "lvesv_index_ml_m2": (24.0, 5.0),
+        "lvsv_index_ml_m2": (52.0, 7.0),
+        "lv_mass_index_g_m2": (61.0, 10.0),
+        "rv_edv_ml": (148.0, 35.0),  # [H05]
+        "rv_esv_ml": (56.0, 18.0),
+        "rv_sv_ml": (148.0 - 56.0, 19.0),  # derived, approximate
+        "rv_ef_pct": (100.0 * (148.0 - 56.0) / 148.0, 6.0),  # derived, approximate
+        "rvedv_index_ml_m2": (75.2, 13.8),  # [A03]
+    },
 }
+
+#: Words for the ``sex`` a range applies to (``None``: both sexes pooled).
+SEX_NAMES = {"M": "men", "F": "women", None: "sex-pooled"}
+
+
+def normalize_sex(value: Any) -> str | None:
+    """``"M"``, ``"F"`` or ``None`` (unknown, other) from a DICOM PatientSex or a user's entry.
+
+    Example:
+        >>> normalize_sex("f"), normalize_sex("Male"), normalize_sex("O"), normalize_sex(None)
+        ('F', 'M', None, None)
+    """
+    text = str(value or "").strip().upper()
+    return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}.get(text)
+
+
+def normal_ranges(sex: str | None = None) -> dict[str, tuple[float, float]]:
+    """Adult normal ranges (low, high) for men (``"M"``), women (``"F"``) or both pooled.
+
+    A sex's range is its mean ± 2 SD (:data:`REFERENCE_STATS`), rounded to whole units; the
+    pooled range is the union of the two, i.e. the lower of the lower limits and the higher of
+    the upper limits.
+
+    Example:
+        >>> normal_ranges("F")["lv_edv_ml"], normal_ranges()["lv_edv_ml"]
+        ((86.0, 178.0), (86.0, 214.0))
+    """
+    sex = normalize_sex(sex)
+    if sex is not None:
+        return {
+            k: (float(round(m - 2 * sd)), float(round(m + 2 * sd)))
+            for k, (m, sd) in REFERENCE_STATS[sex].items()
+        }
+    men, women = normal_ranges("M"), normal_ranges("F")
+    return {k: (min(men[k][0], women[k][0]), max(men[k][1], women[k][1])) for k in men}
+
+
+#: Sex-pooled adult normal ranges (see :func:`normal_ranges`).
+NORMAL_RANGES: dict[str, tuple[float, float]] = normal_ranges()
 
 #: Short citation of the source of each normal range (for reports).
 NORMAL_RANGE_SOURCES: dict[str, str] = {
@@ -252,7 +312,9 @@ def detect_ed_es(lv_curve: Sequence[float] | np.ndarray) -> tuple[int, int]:
 
 
 def compare_to_normal(
-    indices: Mapping[str, float], ranges: Mapping[str, tuple[float, float]] | None = None
+    indices: Mapping[str, float],
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    sex: str | None = None,
 ) -> dict[str, str]:
     """Flag each index that has a normal range as ``"low"``, ``"normal"`` or ``"high"``.
 
@@ -260,7 +322,8 @@ def compare_to_normal(
 
     Args:
         indices: Output of :func:`compute_indices`.
-        ranges: Alternative ranges (default :data:`NORMAL_RANGES`).
+        ranges: Alternative ranges (default: :func:`normal_ranges` of ``sex``).
+        sex: ``"M"`` or ``"F"`` for that sex's ranges; ``None`` for the sex-pooled ones.
 
     Returns:
         Mapping index name to flag.
@@ -269,7 +332,7 @@ def compare_to_normal(
         >>> compare_to_normal({"lv_ef_pct": 45.0, "lv_edv_ml": 150.0})
         {'lv_ef_pct': 'low', 'lv_edv_ml': 'normal'}
     """
-    ranges = NORMAL_RANGES if ranges is None else ranges
+    ranges = normal_ranges(sex) if ranges is None else ranges
     flags: dict[str, str] = {}
     for name, value in indices.items():
         if name not in ranges or value is None:

@@ -24,8 +24,11 @@ from cardioseg.clinical.indices import (
     DISPLAY_NAMES,
     NORMAL_RANGE_SOURCES,
     NORMAL_RANGES,
+    SEX_NAMES,
     UNITS,
     compare_to_normal,
+    normal_ranges,
+    normalize_sex,
 )
 from cardioseg.clinical.qc import DISAGREEMENT_SLICE_NOTE, QCResult, slices_to_check
 from cardioseg.clinical.slices import SliceExclusion
@@ -165,14 +168,34 @@ def _fmt(name: str, value: Any) -> str:
     return f"{float(value):.2f}" if name == "bsa_m2" else f"{float(value):.1f}"
 
 
-def _range_text(name: str) -> str:
-    if name not in NORMAL_RANGES:
+def _range_text(name: str, ranges: Mapping[str, Sequence[float]] | None = None) -> str:
+    ranges = NORMAL_RANGES if ranges is None else ranges
+    if name not in ranges:
         return ""
-    lo, hi = NORMAL_RANGES[name]
+    lo, hi = ranges[name]
     return f"{lo:g}–{hi:g}"
 
 
-def _table_rows(indices: Mapping[str, Any], flags: Mapping[str, str]) -> list[dict[str, str]]:
+def report_table(report: Mapping[str, Any]) -> tuple[list[dict[str, str]], str]:
+    """The indices table of a written ``report.json`` (rows as in the HTML/PDF report, with the
+    report's own normal ranges) and whom the ranges are for (e.g. ``"adult women"``)."""
+    stored = report.get("normal_ranges") or {}
+    ranges = {k: (v["low"], v["high"]) for k, v in stored.items()} if stored else None
+    return _table_rows(report, report.get("normal_flags") or {}, ranges), _ranges_for(report)
+
+
+def _ranges_for(report: Mapping[str, Any]) -> str:
+    """Whom the report's normal ranges are for, as a table header says it."""
+    who = str(report.get("normal_ranges_for") or SEX_NAMES[None])
+    return f"adult {who}" if who in ("men", "women") else f"adult, {who}"
+
+
+def _table_rows(
+    indices: Mapping[str, Any],
+    flags: Mapping[str, str],
+    ranges: Mapping[str, Sequence[float]] | None = None,
+) -> list[dict[str, str]]:
+    """Rows of the indices table; ``ranges`` default to the sex-pooled normal ranges."""
     rows = []
     for name in TABLE_ORDER:
         if name not in indices:
@@ -183,7 +206,7 @@ def _table_rows(indices: Mapping[str, Any], flags: Mapping[str, str]) -> list[di
                 "name": DISPLAY_NAMES.get(name, name),
                 "value": _fmt(name, indices[name]),
                 "unit": UNITS.get(name, ""),
-                "range": _range_text(name),
+                "range": _range_text(name, ranges),
                 "flag": flags.get(name, ""),
             }
         )
@@ -498,6 +521,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
         f'font-weight:bold">{e(r["flag"])}</td></tr>'
         for r in rows
     )
+    who = _ranges_for(report)
     meta = report.get("meta") or {}
     meta_rows = "".join(
         f"<tr><td>{e(META_NAMES.get(str(k), str(k)))}</td><td>{e(_meta_text(v))}</td></tr>"
@@ -568,9 +592,9 @@ End-systole: frame {e(str(report["es_frame"]))}</p>
 <div class="qc"><p>Status: <span class="status">{e(status)}</span>{e(score_txt)}</p>
 <ul>{reason_items}</ul></div>
 <h2>Indices</h2>
-<table><tr><th>Index</th><th>Value</th><th>Unit</th><th>Normal range (adult)</th>
+<table><tr><th>Index</th><th>Value</th><th>Unit</th><th>Normal range ({e(who)})</th>
 <th>Flag</th></tr>{table}</table>
-<p class="small">Normal ranges: sex-pooled adult ranges (mean ± 2 SD) from
+<p class="small">Normal ranges: {e(who)} (mean ± 2 SD) from
 {e("; ".join(sources))}. LV mass = myocardial volume at ED × 1.05 g/mL.</p>
 {slice_html}
 {imgs}
@@ -626,7 +650,13 @@ def _write_pdf(
             cells = [[r["name"], r["value"], r["unit"], r["range"], r["flag"]] for r in rows]
             tab = ax.table(
                 cellText=cells,
-                colLabels=["Index", "Value", "Unit", "Normal range", "Flag"],
+                colLabels=[
+                    "Index",
+                    "Value",
+                    "Unit",
+                    f"Normal range ({_ranges_for(report)})",
+                    "Flag",
+                ],
                 bbox=(0.0, 0.0, 1.0, 1.0),
                 colWidths=[0.42, 0.12, 0.12, 0.2, 0.14],
             )
@@ -727,6 +757,7 @@ def write_report(
     slices: Sequence[Mapping[str, Any]] | None = None,
     exclusions: Sequence[str] = (),
     disagreement: Mapping[str, np.ndarray | None] | None = None,
+    sex: str | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``, ``report.html`` and
     ``report.pdf`` into ``outdir`` (every file atomically).
@@ -755,6 +786,8 @@ def write_report(
         disagreement: ``{"ED": map, "ES": map}``, the disagreement of the test-time
             predictions in the shape of the images; with ``images``, shown in yellow in the
             overlay montage.
+        sex: ``"M"`` or ``"F"`` (also ``"male"``, ``"female"``) compares the indices with
+            that sex's normal ranges; otherwise with the sex-pooled ones.
 
     Returns:
         Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
@@ -785,8 +818,10 @@ def write_report(
             es_frame,
             _reported_volumes(indices),
         )
-    flags = compare_to_normal(indices)
-    rows = _table_rows(indices, flags)
+    sex = normalize_sex(sex)
+    ranges = normal_ranges(sex)
+    flags = compare_to_normal(indices, ranges)
+    rows = _table_rows(indices, flags, ranges)
     report: dict[str, Any] = {
         "software": "cardioseg",
         "software_version": _version(),
@@ -803,15 +838,16 @@ def write_report(
             "es_frame": int(es_frame),
             "units": {k: UNITS[k] for k in indices if k in UNITS},
             "normal_flags": flags,
+            "normal_ranges_for": SEX_NAMES[sex],
             "normal_ranges": {
                 k: {
-                    "low": NORMAL_RANGES[k][0],
-                    "high": NORMAL_RANGES[k][1],
+                    "low": ranges[k][0],
+                    "high": ranges[k][1],
                     "unit": UNITS.get(k, ""),
                     "source": NORMAL_RANGE_SOURCES.get(k, ""),
                 }
                 for k in indices
-                if k in NORMAL_RANGES
+                if k in ranges
             },
             "qc": _qc_dict(qc),
             "volume_curve": None if curves is None else {"lv_ml": curves[0], "rv_ml": curves[1]},

@@ -176,6 +176,7 @@ function onUpload(event) {
     const v = $(key + "-input").value.trim();
     if (v) form.append(key === "name" ? "name" : key + (key === "height" ? "_cm" : "_kg"), v);
   }
+  if ($("sex-input").value) form.append("sex", $("sex-input").value);
   const xhr = new XMLHttpRequest();
   const bar = $("upload-progress");
   const button = $("upload-button");
@@ -348,6 +349,7 @@ async function showResult(d) {
   }
   renderReasons();
   renderTable(d.table);
+  $("range-header").textContent = "Normal range (" + (d.ranges_for || "adult") + ")";
   renderSlices(d);
   renderDownloads(d.downloads);
   if (d.viewer) {

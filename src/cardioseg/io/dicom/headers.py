@@ -218,6 +218,7 @@ class CineMeta:
         rr_interval_ms: NominalInterval (R-R interval) if present.
         patient_height_m: PatientSize in metres, if present and plausible.
         patient_weight_kg: PatientWeight in kg, if present and plausible.
+        patient_sex: PatientSex as recorded (``"M"``, ``"F"``, ``"O"``) or ``None``.
         source_headers: ``[k][t]`` pydicom datasets without pixel data (for DICOM SEG).
     """
 
@@ -247,6 +248,7 @@ class CineMeta:
     rr_interval_ms: float | None = None
     patient_height_m: float | None = field(default=None, repr=False)
     patient_weight_kg: float | None = field(default=None, repr=False)
+    patient_sex: str | None = field(default=None, repr=False)
     source_headers: list[list[Any]] = field(default_factory=list, repr=False, compare=False)
 
 
@@ -532,6 +534,7 @@ def _header_values(ds: Any) -> dict[str, Any]:
         "rr_interval": _float(ds.get("NominalInterval")),
         "height": _float(ds.get("PatientSize")),
         "weight": _float(ds.get("PatientWeight")),
+        "sex": _str(ds.get("PatientSex", "")).strip().upper() or None,
         "image_type": [str(v).upper() for v in (ds.get("ImageType") or [])],
     }
 

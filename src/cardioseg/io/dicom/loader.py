@@ -299,6 +299,7 @@ def _assemble(
         rr_interval_ms=hdr.get("rr_interval"),
         patient_height_m=_plausible(height, 0.3, 2.8),
         patient_weight_kg=_plausible(hdr.get("weight"), 1.0, 400.0),
+        patient_sex=hdr.get("sex"),
         source_headers=headers,
     )
     props = ImageProperties(
