@@ -178,6 +178,9 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     assert report["meta"]["source_kind"] == "dicom"
     # height and weight from the DICOM headers (PatientSize 1.72 m, PatientWeight 68 kg)
     assert report["bsa_m2"] == pytest.approx(np.sqrt(172 * 68 / 3600), abs=0.01)
+    # the heart rate from the R-R interval (857 ms), for the cardiac output
+    assert report["heart_rate_bpm"] == pytest.approx(60000 / 857, abs=1e-3)
+    assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 60 / 857, abs=0.01)
     # and the sex (PatientSex F) for the normal ranges
     assert report["normal_ranges_for"] == "women"
     assert report["normal_ranges"]["lv_edv_ml"]["high"] == 178.0
@@ -278,7 +281,7 @@ def test_analyze_bad_exclusion(tmp_path, tiny_checkpoint, value, needle):
     assert not out.exists()
 
 
-def test_analyze_sex_option(tmp_path, tiny_checkpoint):
+def test_analyze_sex_and_heart_rate_options(tmp_path, tiny_checkpoint):
     ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
     paths = write_phantom(ph, tmp_path / "in", name="p")
     base = ["analyze", "--ed", paths["p_ED"], "--es", paths["p_ES"], "--no-pdf"]
@@ -286,10 +289,15 @@ def test_analyze_sex_option(tmp_path, tiny_checkpoint):
     res = _run([*base, "-o", tmp_path / "bad", "--sex", "unknown"])
     _assert_clean_failure(res, "sex must be M or F", "unknown")
     assert not (tmp_path / "bad").exists()
-    res = _run([*base, "-o", tmp_path / "m", "--sex", "m"])
+    res = _run([*base, "-o", tmp_path / "bad", "--heart-rate", "500"])
+    _assert_clean_failure(res, "heart rate must lie between 20 and 250")
+    assert not (tmp_path / "bad").exists()
+    res = _run([*base, "-o", tmp_path / "m", "--sex", "m", "--heart-rate", "64"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "m" / "report.json").read_text())
     assert report["normal_ranges_for"] == "men"
+    assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 64 / 1000, abs=0.01)
+    assert "LV cardiac output" in (tmp_path / "m" / "report.html").read_text()
     assert report["normal_ranges"]["lv_mass_g"] == {
         "low": 92.0,
         "high": 176.0,

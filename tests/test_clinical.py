@@ -105,6 +105,14 @@ def test_indices_exact_on_boxes():
     assert volume_ml(ed, SPACING, 2) == pytest.approx(300 * VOXEL_ML)
     assert "bsa_m2" not in compute_indices(ed, es, SPACING)
     assert math.isnan(compute_indices(es * 0, es * 0, SPACING)["lv_ef_pct"])
+    # with the heart rate: cardiac output = stroke volume x rate, index = output / BSA
+    hr = compute_indices(ed, es, SPACING, height_cm=180, weight_kg=80, heart_rate_bpm=75.0)
+    assert hr["heart_rate_bpm"] == 75.0
+    assert hr["lv_co_l_min"] == pytest.approx(300 * VOXEL_ML * 75.0 / 1000.0)
+    assert hr["lv_ci_l_min_m2"] == pytest.approx(hr["lv_co_l_min"] / 2.0)
+    no_bsa = compute_indices(ed, es, SPACING, heart_rate_bpm=75.0)
+    assert "lv_co_l_min" in no_bsa and "lv_ci_l_min_m2" not in no_bsa
+    assert "lv_co_l_min" not in res
 
 
 def test_volume_curve_and_ed_es_detection():

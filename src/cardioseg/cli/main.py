@@ -418,6 +418,13 @@ def analyze(
             "DICOM PatientSex; sex-pooled ranges when unknown)"
         ),
     ] = None,
+    heart_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Heart rate (/min) during the scan, for the cardiac output (default: the "
+            "DICOM HeartRate or R-R interval)"
+        ),
+    ] = None,
     ed_frame: Annotated[int | None, typer.Option(help="Force the ED frame index")] = None,
     es_frame: Annotated[int | None, typer.Option(help="Force the ES frame index")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
@@ -449,6 +456,7 @@ def analyze(
         write_pdf=pdf,
         exclude=exclude or (),
         sex=sex,
+        heart_rate_bpm=heart_rate,
     )
     qc = report.get("qc", {})
 

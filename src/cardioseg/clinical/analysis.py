@@ -89,6 +89,8 @@ def load_study(
         body["weight_kg"] = float(meta.patient_weight_kg)
     if getattr(meta, "patient_sex", None):
         body["sex"] = meta.patient_sex
+    if getattr(meta, "heart_rate_bpm", None):
+        body["heart_rate_bpm"] = float(meta.heart_rate_bpm)
     return Study(image, props, str(path), "dicom", dicom_meta=meta, meta=body)
 
 
@@ -214,6 +216,7 @@ def analyze_study(
     write_pdf: bool = True,
     exclude: Sequence[str | SliceExclusion] = (),
     sex: str | None = None,
+    heart_rate_bpm: float | None = None,
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
@@ -233,7 +236,9 @@ def analyze_study(
     the slice-by-slice volumes (``report.json["slices"]``).
 
     ``sex`` (``"M"``/``"F"``; for DICOM input PatientSex when not given) selects that sex's
-    normal ranges in the report; without it the ranges are sex-pooled.
+    normal ranges in the report; without it the ranges are sex-pooled. ``heart_rate_bpm``
+    (for DICOM input HeartRate or the R-R interval when not given) adds the heart rate and the
+    LV cardiac output and index.
 
     ``segmenter`` defaults to the shipped :class:`~cardioseg.inference.Segmenter`; another
     object works if its ``predict_volume`` takes the Segmenter's arguments (the ED/ES pass asks
@@ -266,6 +271,10 @@ def analyze_study(
         raise CardiosegError(None, str(err)) from None
     if sex is not None and normalize_sex(sex) is None:
         raise CardiosegError(None, f"sex must be M or F, got {sex!r}")
+    if heart_rate_bpm is not None and not 20.0 <= float(heart_rate_bpm) <= 250.0:
+        raise CardiosegError(
+            None, f"heart rate must lie between 20 and 250 /min, got {heart_rate_bpm:g}"
+        )
     st = load_study(study, ed, es)
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
@@ -305,6 +314,8 @@ def analyze_study(
         weight_kg = st.meta.get("weight_kg")
     if sex is None:
         sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
+    if heart_rate_bpm is None:
+        heart_rate_bpm = st.meta.get("heart_rate_bpm")
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -314,7 +325,9 @@ def analyze_study(
         labels[..., ed_i], labels[..., es_i] = edited["ED"], edited["ES"]
     # the curve stays the per-frame pass that ED and ES were chosen on; the reported ED/ES
     # volumes (test-time augmentation, exclusions) are the indices, marked on the plot
-    indices = compute_indices(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg)
+    indices = compute_indices(
+        labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg, heart_rate_bpm
+    )
     model_files = getattr(seg, "checkpoint_paths", None)
     calibration = calibration_for(model_files)
     qc = assess_quality(

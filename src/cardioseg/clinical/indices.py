@@ -37,6 +37,9 @@ UNITS: dict[str, str] = {
     "rvesv_index_ml_m2": "mL/m²",
     "rvsv_index_ml_m2": "mL/m²",
     "lv_mass_index_g_m2": "g/m²",
+    "heart_rate_bpm": "/min",
+    "lv_co_l_min": "L/min",
+    "lv_ci_l_min_m2": "L/min/m²",
 }
 
 #: Human-readable names for reports.
@@ -58,6 +61,9 @@ DISPLAY_NAMES: dict[str, str] = {
     "rvesv_index_ml_m2": "RV ESV index",
     "rvsv_index_ml_m2": "RV SV index",
     "lv_mass_index_g_m2": "LV mass index",
+    "heart_rate_bpm": "Heart rate (acquisition)",
+    "lv_co_l_min": "LV cardiac output",
+    "lv_ci_l_min_m2": "LV cardiac index",
 }
 
 # Adult normal ranges (low, high), sex-pooled: for each index the union of the male and female
@@ -215,6 +221,7 @@ def compute_indices(
     spacing: Sequence[float],
     height_cm: float | None = None,
     weight_kg: float | None = None,
+    heart_rate_bpm: float | None = None,
 ) -> dict[str, float]:
     """Ventricular volumes, stroke volumes, ejection fractions and LV mass.
 
@@ -224,6 +231,9 @@ def compute_indices(
         spacing: Voxel size in mm.
         height_cm: Patient height; with ``weight_kg`` adds BSA and indexed values.
         weight_kg: Patient weight.
+        heart_rate_bpm: Heart rate during the acquisition; adds ``heart_rate_bpm``, the LV
+            cardiac output ``lv_co_l_min`` (stroke volume × heart rate) and, with height and
+            weight, the cardiac index ``lv_ci_l_min_m2``.
 
     Returns:
         ``lv_edv_ml, lv_esv_ml, lv_sv_ml, lv_ef_pct, rv_edv_ml, rv_esv_ml, rv_sv_ml, rv_ef_pct,
@@ -264,6 +274,11 @@ def compute_indices(
         out["rvesv_index_ml_m2"] = out["rv_esv_ml"] / bsa
         out["rvsv_index_ml_m2"] = out["rv_sv_ml"] / bsa
         out["lv_mass_index_g_m2"] = out["lv_mass_g"] / bsa
+    if heart_rate_bpm is not None and math.isfinite(float(heart_rate_bpm)):
+        out["heart_rate_bpm"] = float(heart_rate_bpm)
+        out["lv_co_l_min"] = out["lv_sv_ml"] * float(heart_rate_bpm) / 1000.0
+        if "bsa_m2" in out:
+            out["lv_ci_l_min_m2"] = out["lv_co_l_min"] / out["bsa_m2"]
     return out
 
 

@@ -58,6 +58,9 @@ TABLE_ORDER = (
     "rvedv_index_ml_m2",
     "rvesv_index_ml_m2",
     "rvsv_index_ml_m2",
+    "heart_rate_bpm",
+    "lv_co_l_min",
+    "lv_ci_l_min_m2",
 )
 
 #: Meta keys matching this pattern are never written (patient or site identifiers, file paths).
@@ -165,6 +168,8 @@ def _curves(curve: Any) -> tuple[list[float], list[float] | None] | None:
 def _fmt(name: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
+    if name == "heart_rate_bpm":
+        return f"{float(value):.0f}"
     return f"{float(value):.2f}" if name == "bsa_m2" else f"{float(value):.1f}"
 
 

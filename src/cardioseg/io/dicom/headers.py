@@ -216,6 +216,7 @@ class CineMeta:
         model: ManufacturerModelName.
         field_strength_t: MagneticFieldStrength in tesla.
         rr_interval_ms: NominalInterval (R-R interval) if present.
+        heart_rate_bpm: HeartRate, or 60000 / NominalInterval, if present and plausible.
         patient_height_m: PatientSize in metres, if present and plausible.
         patient_weight_kg: PatientWeight in kg, if present and plausible.
         patient_sex: PatientSex as recorded (``"M"``, ``"F"``, ``"O"``) or ``None``.
@@ -246,6 +247,7 @@ class CineMeta:
     model: str = ""
     field_strength_t: float | None = None
     rr_interval_ms: float | None = None
+    heart_rate_bpm: float | None = None
     patient_height_m: float | None = field(default=None, repr=False)
     patient_weight_kg: float | None = field(default=None, repr=False)
     patient_sex: str | None = field(default=None, repr=False)
@@ -532,6 +534,7 @@ def _header_values(ds: Any) -> dict[str, Any]:
         "model": _str(ds.get("ManufacturerModelName", "")),
         "field_strength": _float(ds.get("MagneticFieldStrength")),
         "rr_interval": _float(ds.get("NominalInterval")),
+        "heart_rate": _float(ds.get("HeartRate")),
         "height": _float(ds.get("PatientSize")),
         "weight": _float(ds.get("PatientWeight")),
         "sex": _str(ds.get("PatientSex", "")).strip().upper() or None,

@@ -202,6 +202,14 @@ def _plausible(value: float | None, lo: float, hi: float) -> float | None:
     return value if value is not None and lo <= value <= hi else None
 
 
+def _heart_rate(heart_rate: float | None, rr_interval_ms: float | None) -> float | None:
+    """Beats per minute from HeartRate, else from the R-R interval; ``None`` if implausible."""
+    hr = _plausible(heart_rate, 20.0, 250.0)
+    if hr is None and _plausible(rr_interval_ms, 240.0, 3000.0) is not None:
+        hr = 60000.0 / float(rr_interval_ms)  # type: ignore[arg-type]
+    return hr
+
+
 def _assemble(
     chosen: SeriesInfo, where: str, show: Callable[[str], str]
 ) -> tuple[np.ndarray, ImageProperties, CineMeta]:
@@ -297,6 +305,7 @@ def _assemble(
         model=hdr.get("model", ""),
         field_strength_t=hdr.get("field_strength"),
         rr_interval_ms=hdr.get("rr_interval"),
+        heart_rate_bpm=_heart_rate(hdr.get("heart_rate"), hdr.get("rr_interval")),
         patient_height_m=_plausible(height, 0.3, 2.8),
         patient_weight_kg=_plausible(hdr.get("weight"), 1.0, 400.0),
         patient_sex=hdr.get("sex"),
