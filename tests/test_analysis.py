@@ -320,6 +320,9 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert rows["a"]["status"] == rows["b"]["status"] == "done"
     assert rows["broken"]["status"] == "failed" and "broken.nii.gz" in rows["broken"]["error"]
     assert float(rows["a"]["lv_edv_ml"]) >= 0
+    # no height, weight or heart rate for a bare NIfTI: those columns stay empty
+    assert rows["a"]["bsa_m2"] == rows["a"]["lv_co_l_min"] == ""
+    assert rows["a"]["normal_ranges_for"] == "sex-pooled"
     qc = json.loads((out / "a" / "report.json").read_text())["qc"]
     assert float(rows["a"]["qc_score"]) == pytest.approx(qc["score"])
     for key in ("heart_entropy", "disagreement"):  # the uncertainties, to rank a batch by

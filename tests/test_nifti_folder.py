@@ -106,6 +106,10 @@ def test_analyze_batch_over_nifti_study_folders(tmp_path, tiny_checkpoint):
     assert rows["A1"]["status"] == rows["patient001"]["status"] == "done", rows
     assert (rows["A1"]["ed_frame"], rows["A1"]["es_frame"]) == ("0", "1")
     assert (rows["patient001"]["ed_frame"], rows["patient001"]["es_frame"]) == ("0", "2")
+    # Info.cfg's height and weight give the indexed values, in the table as in the report
+    report = json.loads((out / "patient001" / "report.json").read_text())
+    for key in ("bsa_m2", "lvedv_index_ml_m2", "lv_mass_index_g_m2"):
+        assert float(rows["patient001"][key]) == pytest.approx(report[key]), key
 
 
 @pytest.mark.parametrize("nested", [True, False])

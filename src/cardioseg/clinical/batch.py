@@ -25,10 +25,9 @@ from cardioseg.io.nifti import atomic_write, is_nifti
 
 log = logging.getLogger("cardioseg.batch")
 
-ROW_KEYS = [
-    "study",
-    "status",
-    "error",
+#: Values copied from ``report.json`` into a study's row (empty where the report has none:
+#: the indexed values need height and weight, the cardiac output the heart rate).
+REPORT_KEYS = [
     "lv_edv_ml",
     "lv_esv_ml",
     "lv_sv_ml",
@@ -38,8 +37,25 @@ ROW_KEYS = [
     "rv_sv_ml",
     "rv_ef_pct",
     "lv_mass_g",
+    "bsa_m2",
+    "lvedv_index_ml_m2",
+    "lvesv_index_ml_m2",
+    "rvedv_index_ml_m2",
+    "rvesv_index_ml_m2",
+    "lv_mass_index_g_m2",
+    "heart_rate_bpm",
+    "lv_co_l_min",
+    "lv_ci_l_min_m2",
+    "normal_ranges_for",
     "ed_frame",
     "es_frame",
+]
+
+ROW_KEYS = [
+    "study",
+    "status",
+    "error",
+    *REPORT_KEYS,
     "qc_status",
     "qc_score",
     "qc_heart_entropy",
@@ -85,8 +101,9 @@ def study_name(path: Path) -> str:
 def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
     row: dict[str, Any] = {"study": name, "status": "done" if report else "failed", "error": error}
     if report:
-        for k in ROW_KEYS[3:15]:
-            row[k] = report.get(k, "")
+        for k in REPORT_KEYS:
+            value = report.get(k)
+            row[k] = "" if value is None else value
         qc = report.get("qc", {})
         row["qc_status"] = qc.get("status", "")
         row["qc_score"] = qc.get("score", "")
