@@ -717,6 +717,48 @@ def test_missing_middle_phase_keeps_phases_aligned(tmp_path):
             np.testing.assert_allclose(img[:, :, k, t_out], expected(k, t_in))
 
 
+@pytest.mark.parametrize("numbering", ["phase-major", "slice-major", "temporal-position"])
+def test_missing_image_without_trigger_times_keeps_phases_aligned(tmp_path, numbering):
+    """No TriggerTime: the phase of each image comes from InstanceNumber (phase by phase, or
+    slice by slice) or TemporalPositionIdentifier; slice 1 lacks phase 2 (an export lost it)."""
+    study, uid = new_study(), generate_uid()
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            if (k, t) == (1, 2):
+                continue
+            inst = t * N_SLICES + k + 1 if numbering == "phase-major" else k * N_PHASES + t + 1
+            path = write_image(
+                tmp_path / "m" / f"{inst:04d}", study, k=k, t=t, series_uid=uid, instance=inst
+            )
+            if numbering == "temporal-position":  # numbers that say nothing of the phase
+                ds = pydicom.dcmread(path)
+                ds.InstanceNumber = (7 * inst) % 101 + 1
+                ds.TemporalPositionIdentifier = t + 1
+                ds.save_as(path, enforce_file_format=True)
+    img, _, meta = load_cine(tmp_path / "m")
+    assert img.shape[-1] == N_PHASES - 1
+    assert "matched by phase number" in " ".join(meta.warnings), meta.warnings
+    assert meta.phase_order == "InstanceNumber"
+    for k in range(N_SLICES):
+        for t_out, t_in in enumerate([0, 1, 3, 4]):
+            np.testing.assert_allclose(img[:, :, k, t_out], expected(k, t_in))
+
+
+@pytest.mark.parametrize("keep_bytes", [150, 400])
+def test_damaged_file_is_named_in_a_warning(tmp_path, keep_bytes):
+    """A truncated image of the cine (no image left in it) is left out, and the user hears
+    which file, instead of it being skipped like a README."""
+    siemens_like(tmp_path / "s")
+    victim = sorted((tmp_path / "s").rglob("IM*"))[3]
+    victim.write_bytes(victim.read_bytes()[:keep_bytes])
+    img, _, meta = load_cine(tmp_path / "s")
+    assert img.shape[-1] == N_PHASES - 1  # the slice lacking a phase: matched by trigger time
+    assert meta.warnings[0] == (
+        f"1 DICOM file(s) could not be read and were left out (first: {victim})"
+    )
+    assert not any("README" in w for w in meta.warnings)
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input
 

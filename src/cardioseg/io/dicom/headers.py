@@ -171,15 +171,25 @@ class SeriesList(list):
 
     Attributes:
         folder: The folder (or file) that was scanned.
-        n_non_dicom: Files that are not DICOM (silently skipped).
+        n_non_dicom: Files that are not DICOM or could not be read (skipped).
         n_non_image: DICOM files without image data (DICOMDIR, SR, presentation states...).
+        unreadable: Those of the skipped files that look like DICOM (a ``DICM`` preamble, or
+            parsed but with malformed elements): damaged files the user should hear about.
     """
 
-    def __init__(self, items=(), folder: str = "", n_non_dicom: int = 0, n_non_image: int = 0):
+    def __init__(
+        self,
+        items=(),
+        folder: str = "",
+        n_non_dicom: int = 0,
+        n_non_image: int = 0,
+        unreadable: list[str] | None = None,
+    ):
         super().__init__(items)
         self.folder = folder
         self.n_non_dicom = n_non_dicom
         self.n_non_image = n_non_image
+        self.unreadable = list(unreadable or [])
 
 
 @dataclass
@@ -362,6 +372,15 @@ def _group_attr(per_frame: Any, shared: Any, seq_name: str, attr: str) -> Any:
 # header reading
 
 
+def _has_dicm(path: Path) -> bool:
+    """Whether the file has the DICOM preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def _dcmread(path: Path, stop_before_pixels: bool) -> Any:
     """Read a DICOM file or return ``None`` if it is not DICOM (never raises pydicom errors)."""
     import pydicom
@@ -508,7 +527,9 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
         frames.append(
             _Frame(
                 frame=f if n_frames > 1 else None,
-                temporal_index=f + 1 if n_frames > 1 else None,
+                temporal_index=f + 1
+                if n_frames > 1
+                else _int(ds.get("TemporalPositionIdentifier")),
                 position=top_pos,
                 orientation=top_ori,
                 pixel_spacing=tuple(top_ps) if top_ps is not None else None,

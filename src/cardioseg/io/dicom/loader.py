@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from cardioseg.io.dicom.headers import (
     SeriesInfo,
     _dcmread,
     _Frame,
+    _has_dicm,
     _int,
     _str,
     quiet_pydicom,
@@ -47,7 +48,9 @@ def _phase_key(mode: str) -> Callable[[_Frame], tuple]:
     if mode == "TriggerTime":
         return lambda f: (f.trigger_time, f.instance_number or 0, f.path, f.frame or 0)
     if mode == "InstanceNumber":
-        return lambda f: (f.instance_number or 0, f.temporal_index or 0, f.frame or 0, f.path)
+        # the temporal position first where the headers give one (a constant one leaves the
+        # order to the instance numbers)
+        return lambda f: (f.temporal_index or 0, f.instance_number or 0, f.frame or 0, f.path)
     if mode == "AcquisitionTime":
         return lambda f: (f.acquisition_time, f.path, f.frame or 0)
     return lambda f: (f.path, f.frame or 0)
@@ -107,10 +110,62 @@ def _order_phases(st: _Stack, where: str, warn: list[str]) -> tuple[list[list[_F
             ordered = [s if len(s) == nmin else _match_trigger_times(s, ref) for s in ordered]
             how = "matched by trigger time"
         else:
-            ordered = [s[:nmin] for s in ordered]
-            how = "last phases dropped"
-        warn.append(f"slices have {nmin} to {nmax} phases: truncated to {nmin} ({how})")
+            ordered, how = _drop_unmatched_phases(ordered, mode, nmin)
+        n_kept = len(ordered[0])
+        warn.append(f"slices have {nmin} to {nmax} phases: truncated to {n_kept} ({how})")
     return ordered, mode
+
+
+def _phase_numbers(ordered: list[list[_Frame]]) -> list[list[int]] | None:
+    """Each frame's phase number from its headers, without trigger times; ``None`` if unsure.
+
+    TemporalPositionIdentifier/Index where every frame has a distinct one in its slice; else
+    instance numbers on a regular grid: one step between the phases of the complete slices
+    (1 when numbered slice by slice, the slice count when phase by phase) and a first number
+    linear in the slice index. Used to keep phases aligned when a slice lacks an image.
+    """
+    if all(f.temporal_index is not None for s in ordered for f in s):
+        numbers = [[int(f.temporal_index) for f in s] for s in ordered]  # type: ignore[arg-type]
+        if all(len(set(n)) == len(n) for n in numbers):
+            return numbers
+    if any(f.instance_number is None for s in ordered for f in s):
+        return None
+    insts = [sorted(int(f.instance_number) for f in s) for s in ordered]  # type: ignore[arg-type]
+    n_max = max(len(s) for s in insts)
+    full = [k for k, s in enumerate(insts) if len(s) == n_max]
+    steps = {b - a for k in full for a, b in zip(insts[k], insts[k][1:], strict=False)}
+    if len(full) < 2 or len(steps) != 1 or min(steps) <= 0:
+        return None
+    step = steps.pop()
+    ks = np.asarray(full, dtype=float)
+    firsts = np.asarray([insts[k][0] for k in full], dtype=float)
+    slope, offset = np.polyfit(ks, firsts, 1)
+    if np.max(np.abs(slope * ks + offset - firsts)) > 0.01:
+        return None
+    numbers = []
+    for k, s in enumerate(ordered):
+        t = [(int(f.instance_number) - (slope * k + offset)) / step for f in s]  # type: ignore[arg-type]
+        if any(abs(v - round(v)) > 0.01 or not 0 <= round(v) < n_max for v in t):
+            return None
+        numbers.append([int(round(v)) for v in t])
+    return numbers
+
+
+def _drop_unmatched_phases(
+    ordered: list[list[_Frame]], mode: str, n_min: int
+) -> tuple[list[list[_Frame]], str]:
+    """Keep the phases every slice has (by phase number), or truncate every slice to the
+    shortest one's length when the headers do not number the phases."""
+    numbers = _phase_numbers(ordered) if mode == "InstanceNumber" else None
+    if numbers is not None:
+        common = set.intersection(*(set(n) for n in numbers))
+        if len(common) >= MIN_PHASES:
+            kept = [
+                [f for f, t in sorted(zip(s, n, strict=True), key=lambda p: p[1]) if t in common]
+                for s, n in zip(ordered, numbers, strict=True)
+            ]
+            return kept, "matched by phase number"
+    return [s[:n_min] for s in ordered], "last phases dropped"
 
 
 def _match_trigger_times(frames: list[_Frame], ref: np.ndarray) -> list[_Frame]:
@@ -211,9 +266,9 @@ def _heart_rate(heart_rate: float | None, rr_interval_ms: float | None) -> float
 
 
 def _assemble(
-    chosen: SeriesInfo, where: str, show: Callable[[str], str]
+    chosen: SeriesInfo, where: str, show: Callable[[str], str], notes: Sequence[str] = ()
 ) -> tuple[np.ndarray, ImageProperties, CineMeta]:
-    warn: list[str] = []
+    warn: list[str] = list(notes)
     for note in ("split_note", "merge_note"):
         if chosen._header.get(note):
             warn.append(chosen._header[note])
@@ -349,15 +404,13 @@ def _load_scanned(
     if n_images == 1:
         raise CardiosegError(where, "a single image is not a cine")
     chosen = select_short_axis_cine(series, where)
-    return _assemble(chosen, where, show)
-
-
-def _has_dicm(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
+    notes = []
+    if series.unreadable:
+        notes.append(
+            f"{len(series.unreadable)} DICOM file(s) could not be read and were left out "
+            f"(first: {show(series.unreadable[0])})"
+        )
+    return _assemble(chosen, where, show, notes)
 
 
 def load_cine(

@@ -28,6 +28,7 @@ from cardioseg.io.dicom.headers import (
     _dcmread,
     _Frame,
     _frames_from_dataset,
+    _has_dicm,
     _header_values,
     _iter_files,
     _patient_key,
@@ -37,6 +38,13 @@ from cardioseg.io.dicom.headers import (
 )
 
 log = logging.getLogger("cardioseg.io.dicom")
+
+
+def _is_image_class(sop_class: str) -> bool:
+    """Whether a SOP Class UID names an image storage class (MR Image Storage, ...)."""
+    from pydicom.uid import UID
+
+    return "Image Storage" in UID(sop_class).name if sop_class else False
 
 
 def find_series(folder: str | Path) -> SeriesList:
@@ -60,18 +68,26 @@ def find_series(folder: str | Path) -> SeriesList:
     if not root.exists():
         raise CardiosegError(root, "not found")
     n_non_dicom = n_non_image = 0
+    unreadable: list[str] = []
     groups: dict[str, SeriesInfo] = {}
     with quiet_pydicom():
         for path in _iter_files(root):
             ds = _dcmread(path, stop_before_pixels=True)
             if ds is None:
                 n_non_dicom += 1
+                if _has_dicm(path):
+                    unreadable.append(str(path))
                 continue
             try:
                 sop_class = _str(ds.get("SOPClassUID", ""))
                 uid = _str(ds.get("SeriesInstanceUID", ""))
                 if sop_class == MEDIA_STORAGE_DIRECTORY or not uid or "Rows" not in ds:
-                    n_non_image += 1
+                    # an image class without the image, or no class at all: a damaged file
+                    if not sop_class or _is_image_class(sop_class):
+                        n_non_dicom += 1
+                        unreadable.append(str(path))
+                    else:
+                        n_non_image += 1
                     continue
                 frames = _frames_from_dataset(ds, str(path))
                 header = _header_values(ds)
@@ -79,6 +95,7 @@ def find_series(folder: str | Path) -> SeriesList:
             except Exception as exc:  # malformed elements: treat the file as unreadable
                 log.debug("skipping %s: %s", path, type(exc).__name__)
                 n_non_dicom += 1
+                unreadable.append(str(path))
                 continue
             info = groups.get(uid)
             if info is None:
@@ -101,7 +118,9 @@ def find_series(folder: str | Path) -> SeriesList:
             info._frames.extend(frames)
             if pkey:
                 info._patient_keys.add(pkey)
-    out = SeriesList(folder=str(root), n_non_dicom=n_non_dicom, n_non_image=n_non_image)
+    out = SeriesList(
+        folder=str(root), n_non_dicom=n_non_dicom, n_non_image=n_non_image, unreadable=unreadable
+    )
     for info in groups.values():
         for part in _split_by_orientation(info):
             _classify(part)
