@@ -129,6 +129,27 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             assert "(ES)" in page.text_content("#frame-label")
             assert page.text_content("#slice-label") == f"0 (0–{report['meta']['n_slices'] - 1})"
 
+            # the slice view zooms to the heart box of the viewer's geometry; unticked, it
+            # shows the whole field of view
+            box = page.evaluate("() => state.viewer.heart_box")
+            width = "e => parseFloat(e.style.width)"
+            for layer in ("#viewer-image", "#viewer-labels"):
+                shown = page.eval_on_selector(layer, width)
+                assert shown == pytest.approx(100 / (box[2] - box[0]) if box else 100, rel=1e-3)
+            assert page.is_disabled("#zoom-toggle") == (box is None)
+            page.evaluate("() => { $('zoom-toggle').checked = false; applyZoom(); }")
+            assert page.eval_on_selector("#viewer-image", width) == 100
+            page.evaluate("() => { $('zoom-toggle').checked = true; applyZoom(); }")
+            # a box in the middle half: both layers twice as large, shifted by a quarter
+            page.evaluate(
+                "() => { state.viewer.heart_box = [0.25, 0.25, 0.75, 0.75]; applyZoom(); }"
+            )
+            for layer in ("#viewer-image", "#viewer-labels"):
+                style = page.eval_on_selector(
+                    layer, "e => [e.style.width, e.style.height, e.style.left, e.style.top]"
+                )
+                assert style == ["200%", "200%", "-50%", "-50%"]
+
             # opacity toggle and cine play
             page.uncheck("#overlay-toggle")
             assert page.eval_on_selector("#viewer-labels", "e => e.style.opacity") == "0"

@@ -54,3 +54,27 @@ def test_display_volume_names_are_checked(tmp_path):
     (folder / "labels.nii.gz").unlink()
     with pytest.raises(FileNotFoundError):
         display_volume(folder, "labels")
+
+
+def test_heart_box_frames_every_label_of_the_png_slices(tmp_path):
+    shape = (120, 100, 4, 3)  # 1.5 x 1.25 mm pixels: 180 x 125 mm
+    image = np.random.default_rng(1).normal(100, 10, size=shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[50:62, 40:52, 1:3, 0] = 1  # one frame only: the box covers every frame
+    labels[64:70, 44:50, 2, 2] = 3
+    folder = build_viewer_cache(tmp_path / "viewer", image, labels, (1.5, 1.25, 8.0), 0, 2)
+    meta = viewer_meta(folder)
+    x0, y0, x1, y1 = meta["heart_box"]
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert (x1 - x0, y1 - y0) != (1, 1)  # a zoom, not the whole field of view
+    # square in millimetres (the displayed slice is width x height in proportion to mm)
+    assert (x1 - x0) * meta["width"] == pytest.approx((y1 - y0) * meta["height"], rel=0.05)
+    for t, s in ((0, 1), (0, 2), (2, 2)):
+        png = Image.open(io.BytesIO(render_slice(folder, t, s, layer="labels")))
+        alpha = np.asarray(png)[..., 3] > 0
+        rows, cols = np.nonzero(alpha)
+        h, w = alpha.shape
+        assert x0 * w <= cols.min() and cols.max() < x1 * w
+        assert y0 * h <= rows.min() and rows.max() < y1 * h
+    empty = build_viewer_cache(tmp_path / "empty", image, labels * 0, (1.5, 1.25, 8.0), 0, 2)
+    assert viewer_meta(empty)["heart_box"] is None

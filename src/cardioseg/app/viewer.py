@@ -100,6 +100,7 @@ def build_viewer_cache(
         "labels_per_frame": [bool(lab[t].any()) for t in range(n_frames)],
         "slice_spacing_mm": float(spacing[axis]),
         "volumes": list(VOLUMES),
+        "heart_box": _heart_box(lab, in_plane, float(spacing[axis])),
     }
     with atomic_folder(target) as tmp:
         np.save(tmp / "image.npy", img8)
@@ -110,6 +111,25 @@ def build_viewer_cache(
         (tmp / "png").mkdir()
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return target
+
+
+def _heart_box(
+    labels: np.ndarray, in_plane: list[float], slice_spacing: float
+) -> list[float] | None:
+    """Where the slice view zooms: ``[left, top, right, bottom]`` as fractions of the displayed
+    slice, the report montage's square window around every segmented voxel of every frame;
+    ``None`` when nothing was segmented."""
+    from cardioseg.reporting.overlays import foreground_window
+
+    rows, cols = labels.shape[2:]
+    # (slices, rows, cols): rows run along the second in-plane axis, columns along the first
+    window = foreground_window(
+        [labels.any(axis=0)], (slice_spacing, in_plane[1], in_plane[0]), axis=0
+    )
+    if window is None:
+        return None
+    r, c = window
+    return [c.start / cols, r.start / rows, c.stop / cols, r.stop / rows]
 
 
 def _save_display_nifti(path: Path, stack: np.ndarray, zooms: tuple[float, ...]) -> None:

@@ -18,6 +18,7 @@ def foreground_window(
     spacing: tuple[float, float, float],
     margin_mm: float = 25.0,
     min_size_mm: float = 90.0,
+    axis: int | None = None,
 ) -> tuple[slice, slice] | None:
     """In-plane window around the labelled structures of one or more volumes.
 
@@ -30,6 +31,7 @@ def foreground_window(
         spacing: Voxel spacing; the slice axis is the one with the largest spacing.
         margin_mm: Margin around the foreground.
         min_size_mm: Smallest window width.
+        axis: The slice axis, if known (default: the one with the largest spacing).
 
     Returns:
         ``(slice, slice)`` over the two in-plane axes (in array order, the slice axis left
@@ -44,7 +46,7 @@ def foreground_window(
     if not labels:
         return None
     shape = labels[0].shape
-    axis = _slice_axis(spacing, shape)
+    axis = _slice_axis(spacing, shape) if axis is None else axis
     fg = np.zeros([n for i, n in enumerate(shape) if i != axis], bool)
     for lab in labels:
         fg |= (np.moveaxis(np.asarray(lab), axis, 0) > 0).any(axis=0)

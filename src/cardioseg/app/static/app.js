@@ -481,8 +481,8 @@ function setupViewer() {
   state.frame = v.ed_frame;
   $("slice-slider").value = state.slice;
   $("frame-slider").value = state.frame;
-  const stage = $("viewer-stage");
-  stage.style.aspectRatio = v.width + " / " + v.height;
+  $("zoom-toggle").disabled = !v.heart_box;
+  applyZoom();
   $("play-button").disabled = v.n_frames < 2;
   const hasVolumes = Array.isArray(v.volumes) && v.volumes.includes("labels");
   $("viewer-mode-webgl").disabled = !hasVolumes;
@@ -509,6 +509,24 @@ function updateViewer() {
   $("frame-label").textContent = indexLabel(state.frame, v.n_frames) + tag;
   updateOverlay();
   drawCurveMarker();
+}
+
+// the slice view shows the window around the heart (as the report's montage) or the whole
+// field of view; both layers are scaled and shifted alike inside the clipping stage
+function applyZoom() {
+  const v = state.viewer;
+  if (!v) return;
+  const box = $("zoom-toggle").checked && v.heart_box ? v.heart_box : [0, 0, 1, 1];
+  const [x0, y0, x1, y1] = box;
+  const w = x1 - x0, h = y1 - y0;
+  $("viewer-stage").style.aspectRatio = (v.width * w) + " / " + (v.height * h);
+  for (const id of ["viewer-image", "viewer-labels"]) {
+    const img = $(id);
+    img.style.width = (100 / w) + "%";
+    img.style.height = (100 / h) + "%";
+    img.style.left = (-100 * x0 / w) + "%";
+    img.style.top = (-100 * y0 / h) + "%";
+  }
 }
 
 function overlayOpacity() {
@@ -827,6 +845,7 @@ function init() {
   $("slice-slider").addEventListener("input", (e) => { state.slice = Number(e.target.value); updateViewer(); if (state.playing) preload(state.slice); });
   $("frame-slider").addEventListener("input", (e) => { state.frame = Number(e.target.value); updateViewer(); });
   $("overlay-toggle").addEventListener("change", updateOverlay);
+  $("zoom-toggle").addEventListener("change", applyZoom);
   $("opacity-slider").addEventListener("input", updateOverlay);
   $("play-button").addEventListener("click", togglePlay);
   $("ed-button").addEventListener("click", () => { stopPlay(); state.frame = state.viewer.ed_frame; $("frame-slider").value = state.frame; updateViewer(); });
