@@ -112,6 +112,17 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             n_reasons = len(report["qc"]["reasons"])
             assert page.locator("#qc-reasons li").count() == min(max(n_reasons, 1), 8)
             assert page.locator("#curve polyline").count() == 2  # LV and RV volume curves
+            # volume ticks at a round step (1, 2 or 5 times a power of ten) from 0
+            ticks = [
+                float(t)
+                for t in page.eval_on_selector_all(
+                    "#curve text.tick[text-anchor='end']", "els => els.map(e => e.textContent)"
+                )
+            ]
+            steps = {b - a for a, b in zip(ticks, ticks[1:], strict=False)}
+            assert ticks[0] == 0 and len(steps) == 1 and len(ticks) >= 3, ticks
+            (step,) = steps
+            assert step / 10 ** np.floor(np.log10(step)) in (1, 2, 5), ticks
             # numbered from 0, like the report, the slice table and the exclusions
             assert page.text_content("#frame-label").startswith(f"{report['ed_frame']} (0–5)")
             for link in ("report-html", "report-json", "mask-ed", "mask-es", "mask-cine"):

@@ -743,6 +743,13 @@ function curveScales() {
   return { lv, rv, max, n, x, y };
 }
 
+// a round tick step (1, 2 or 5 times a power of ten) of at least ``raw`` mL
+function niceStep(raw) {
+  const p = Math.pow(10, Math.floor(Math.log10(Math.max(raw, 1e-9))));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return m * p;
+  return 10 * p;
+}
+
 function drawCurve() {
   const box = $("curve");
   box.replaceChildren();
@@ -756,10 +763,10 @@ function drawCurve() {
   const bottom = CURVE.h - CURVE.bottom;
   box.append(svg("line", { x1: CURVE.left, y1: bottom, x2: CURVE.w - CURVE.right, y2: bottom, class: "axis" }));
   box.append(svg("line", { x1: CURVE.left, y1: CURVE.top, x2: CURVE.left, y2: bottom, class: "axis" }));
-  for (let k = 0; k <= 4; k++) {
-    const v = (max / 1.08) * k / 4;
+  const yStep = niceStep(max / 4);
+  for (let v = 0; v <= max; v += yStep) {
     box.append(svg("line", { x1: CURVE.left, y1: y(v), x2: CURVE.w - CURVE.right, y2: y(v), class: "grid" }));
-    box.append(svg("text", { x: CURVE.left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, v.toFixed(0)));
+    box.append(svg("text", { x: CURVE.left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, String(v)));
   }
   const step = Math.max(1, Math.ceil(n / 12));
   for (let i = 0; i < n; i += step) {
