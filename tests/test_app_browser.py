@@ -116,7 +116,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             ticks = [
                 float(t)
                 for t in page.eval_on_selector_all(
-                    "#curve text.tick[text-anchor='end']", "els => els.map(e => e.textContent)"
+                    "#curve text.ytick", "els => els.map(e => e.textContent)"
                 )
             ]
             steps = {b - a for a, b in zip(ticks, ticks[1:], strict=False)}

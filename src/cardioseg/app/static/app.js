@@ -766,7 +766,7 @@ function drawCurve() {
   const yStep = niceStep(max / 4);
   for (let v = 0; v <= max; v += yStep) {
     box.append(svg("line", { x1: CURVE.left, y1: y(v), x2: CURVE.w - CURVE.right, y2: y(v), class: "grid" }));
-    box.append(svg("text", { x: CURVE.left - 6, y: y(v) + 4, class: "tick", "text-anchor": "end" }, String(v)));
+    box.append(svg("text", { x: CURVE.left - 6, y: y(v) + 4, class: "tick ytick", "text-anchor": "end" }, String(v)));
   }
   const step = Math.max(1, Math.ceil(n / 12));
   for (let i = 0; i < n; i += step) {
