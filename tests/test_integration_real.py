@@ -143,7 +143,12 @@ def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):
     assert default_checkpoint_path().exists(), "shipped weights missing from the package"
     report = analyze_study(tmp_path / "sb", study=folder, write_pdf=False)
     assert report["qc"]["status"] in ("ok", "review", "fail")
-    assert list((tmp_path / "sb").glob("segmentation*.dcm")), "no DICOM-SEG written"
+    names = sorted(p.name for p in (tmp_path / "sb").glob("segmentation*.dcm"))
+    assert names == ["segmentation_ED.dcm", "segmentation_ES.dcm"], names
+    # the scanner recorded the heart rate (HeartRate 80, R-R 750 ms) but not the sex
+    assert report["heart_rate_bpm"] == pytest.approx(80.0)
+    assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 0.08, abs=0.01)
+    assert report["normal_ranges_for"] == "sex-pooled"
     cine = np.asarray(nib.load(str(tmp_path / "sb" / "masks_cine.nii.gz")).dataobj)
     _, props, meta = load_cine(folder)
     c = load_sunnybrook_contours(cdir, meta)
