@@ -615,6 +615,17 @@ def test_series_with_two_orientations_is_split(tmp_path):
     check_cine(img, props, meta)
 
 
+def test_two_studies_of_one_patient_are_named_in_a_warning(tmp_path):
+    first = siemens_like(tmp_path / "s" / "first", series_number=7)
+    later = siemens_like(tmp_path / "s" / "follow-up", series_number=7)  # another study
+    assert first["study_uid"] != later["study_uid"]
+    _, _, meta = load_cine(tmp_path / "s")
+    assert meta.study_uid in (first["study_uid"], later["study_uid"])
+    assert any("the folder holds 2 studies of this patient" in w for w in meta.warnings)
+    _, _, one = load_cine(tmp_path / "s" / "first")
+    assert not one.warnings
+
+
 def test_original_images_win_over_a_derived_copy(tmp_path):
     root = tmp_path / "s"
     original = siemens_like(root / "a", series_number=7)

@@ -515,6 +515,12 @@ def select_short_axis_cine(
             + (f" (series numbers {', '.join(map(str, numbers))})" if numbers else "")
             + f"; analysed {which}"
         )
+    studies = {s.study_uid for s in series if s.study_uid}
+    if len(studies) > 1:
+        notes.append(
+            f"the folder holds {len(studies)} studies of this patient; analysed a series of "
+            "one of them (give one study per folder to choose)"
+        )
     if best.plane not in ("", "oblique"):
         notes.append(
             f"the selected stack is a {best.plane} plane, not the usual double-oblique short "
