@@ -7,10 +7,12 @@ Usage (from the repository root, after the shipped model and the ACDC CV folds e
 
 Parts (each written to ``<out>/clinical_*.{csv,md}``):
 
-1. **Sunnybrook** (real GE DICOM cine, expert LV contours on the ED and ES images):
-   ``analyze_study`` end to end on the DICOM folder; LV EDV/ESV/EF from the automatic masks vs.
-   from the expert contours. The contours cover only some slices, so volumes are compared on
-   the annotated slices (same phases) and, for information, over the whole predicted heart.
+1. **Sunnybrook** (real GE DICOM cines, expert LV contours on the ED and ES images; every
+   case that ``sunnybrook/link.csv`` pairs with a contour folder): ``analyze_study`` end to end
+   on the DICOM folder; LV EDV/ESV/EF from the automatic masks vs. from the expert contours. The
+   contours cover only some slices, so volumes are compared on the annotated slices (same
+   phases) and, for information, over the whole predicted heart. With several cases, a summary
+   (median absolute LVEF error, mean per-image Dice) follows.
 2. **QC vs. real errors**: for every labelled ED/ES study (ACDC held-out CV predictions, M&Ms
    and, as single volumes, MS-CMRSeg LGE with the shipped model) the QC score/status from
    :func:`cardioseg.clinical.qc.assess_quality` (with TTA probabilities) next to the real Dice.
@@ -62,14 +64,28 @@ from cardioseg.inference import Segmenter
 from cardioseg.io.nifti import atomic_write
 
 
-def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
+def sunnybrook_cases(data: Path) -> list[tuple[str, Path, Path]]:
+    """``(case, DICOM folder, contour folder)`` of every Sunnybrook case with both, from
+    ``link.csv`` (``patient_id`` = DICOM folder name, ``original_id`` = contour folder)."""
+    root = data / "sunnybrook"
+    link = root / "link.csv"
+    pairs = [("SCD0000101", "SC-HF-I-1")]
+    if link.exists():
+        with open(link, newline="") as fh:
+            pairs = [(r["patient_id"], r["original_id"]) for r in csv.DictReader(fh)]
+    cases = []
+    for pid, oid in pairs:
+        folder, cdir = root / "dicoms" / pid, root / "contourfiles" / oid
+        if folder.is_dir() and cdir.is_dir():
+            cases.append((oid, folder, cdir))
+    return cases
+
+
+def _sunnybrook_case(folder: Path, cdir: Path, seg: Segmenter) -> dict[str, Any]:
+    """Analyse one Sunnybrook cine and compare the LV with the expert contours."""
     from cardioseg.io.dicom import load_cine
     from cardioseg.io.sunnybrook import endocardial_volumes_ml, load_sunnybrook_contours
 
-    folder = data / "sunnybrook" / "dicoms" / "SCD0000101"
-    cdir = data / "sunnybrook" / "contourfiles" / "SC-HF-I-1"
-    if not folder.exists():
-        return ["Sunnybrook: skipped (data absent)"]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         report = analyze_study(Path(tmp) / "sb", study=folder, segmenter=seg)
@@ -96,26 +112,65 @@ def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
     for (k, t), endo in c["endocardium"].items():
         p = cine[:, :, k, t] == 1
         dice.append(2 * (p & endo).sum() / max(1, p.sum() + endo.sum()))
-    lines = [
-        "## Sunnybrook SC-HF-I-1 (GE Signa 1.5 T cine DICOM, 20 phases x 12 slices)",
-        "",
-        f"`analyze_study` on the DICOM folder: {seconds:.1f} s end to end (incl. DICOM-SEG, "
-        f"HTML and PDF report). Detected ED/ES frames: {report['ed_frame']}/{report['es_frame']}"
-        f" (expert-contoured phases: ED {ed_t}, ES {es_t}). QC: {report['qc']['status']}.",
-        "",
-        "| LV | expert contours | cardioseg, annotated slices | cardioseg, all slices |",
-        "|---|---|---|---|",
-        f"| EDV (mL, phase {ed_t}) | {ref[ed_t]:.1f} | {pred_annot[ed_t]:.1f} | "
-        f"{pred_all[ed_t]:.1f} |",
-        f"| ESV (mL, phase {es_t}) | {ref[es_t]:.1f} | {pred_annot[es_t]:.1f} | "
-        f"{pred_all[es_t]:.1f} |",
-        f"| EF (%) | {ef(ref):.1f} | {ef(pred_annot):.1f} | {ef(pred_all):.1f} |",
-        "",
-        f"Per-image LV blood-pool Dice vs. the expert endocardial contours: mean "
-        f"{np.mean(dice):.3f} (n = {len(dice)} images, median {np.median(dice):.3f}).",
-        f"Report's LV EF (its own ED/ES frames, all slices): {report['lv_ef_pct']:.1f} %.",
-        "",
-    ]
+    return {
+        "report": report,
+        "seconds": seconds,
+        "shape": cine.shape,
+        "vendor": meta.vendor,
+        "ed_t": ed_t,
+        "es_t": es_t,
+        "ref": ref,
+        "pred_annot": pred_annot,
+        "pred_all": pred_all,
+        "ef": {"ref": ef(ref), "annot": ef(pred_annot), "all": ef(pred_all)},
+        "dice": dice,
+    }
+
+
+def sunnybrook(data: Path, seg: Segmenter, out: Path) -> list[str]:
+    cases = sunnybrook_cases(data)
+    if not cases:
+        return ["Sunnybrook: skipped (data absent)"]
+    lines: list[str] = []
+    results = {}
+    for case, folder, cdir in cases:
+        r = _sunnybrook_case(folder, cdir, seg)
+        results[case] = r
+        report, ed_t, es_t = r["report"], r["ed_t"], r["es_t"]
+        ref, annot, whole = r["ref"], r["pred_annot"], r["pred_all"]
+        nx, ny, nz, nt = r["shape"]
+        lines += [
+            f"## Sunnybrook {case} ({r['vendor'] or 'unknown vendor'} cine DICOM, {nt} phases x "
+            f"{nz} slices)",
+            "",
+            f"`analyze_study` on the DICOM folder: {r['seconds']:.1f} s end to end (incl. "
+            f"DICOM-SEG, HTML and PDF report). Detected ED/ES frames: {report['ed_frame']}/"
+            f"{report['es_frame']} (expert-contoured phases: ED {ed_t}, ES {es_t}). QC: "
+            f"{report['qc']['status']}.",
+            "",
+            "| LV | expert contours | cardioseg, annotated slices | cardioseg, all slices |",
+            "|---|---|---|---|",
+            f"| EDV (mL, phase {ed_t}) | {ref[ed_t]:.1f} | {annot[ed_t]:.1f} | {whole[ed_t]:.1f} |",
+            f"| ESV (mL, phase {es_t}) | {ref[es_t]:.1f} | {annot[es_t]:.1f} | {whole[es_t]:.1f} |",
+            f"| EF (%) | {r['ef']['ref']:.1f} | {r['ef']['annot']:.1f} | {r['ef']['all']:.1f} |",
+            "",
+            f"Per-image LV blood-pool Dice vs. the expert endocardial contours: mean "
+            f"{np.mean(r['dice']):.3f} (n = {len(r['dice'])} images, median "
+            f"{np.median(r['dice']):.3f}).",
+            f"Report's LV EF (its own ED/ES frames, all slices): {report['lv_ef_pct']:.1f} %.",
+            "",
+        ]
+    if len(results) > 1:
+        errors = [abs(r["ef"]["annot"] - r["ef"]["ref"]) for r in results.values()]
+        dices = [float(np.mean(r["dice"])) for r in results.values()]
+        lines += [
+            f"## Sunnybrook, all {len(results)} cases",
+            "",
+            f"LVEF on the contoured slices and phases, absolute error vs. the experts: median "
+            f"{np.median(errors):.1f} pp (mean {np.mean(errors):.1f}, max {np.max(errors):.1f}). "
+            f"Per-image LV Dice, mean of the cases: {np.mean(dices):.3f}.",
+            "",
+        ]
     return lines
 
 
