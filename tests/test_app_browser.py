@@ -207,6 +207,24 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
 
             # the slice table, and a re-analysis with a slice taken out of ES
             assert page.locator("#slices-rows tr").count() == len(report["slices"])
+            from cardioseg.clinical.qc import slices_to_check
+
+            flagged = slices_to_check(report["qc"])
+            shown = page.eval_on_selector_all(
+                "#slices-rows td.check",
+                "els => els.map(e => [e.parentElement.dataset.slice, e.textContent])",
+            )
+            expected = {
+                str(r["slice"]): ", ".join(
+                    p for p in ("ED", "ES") if f"{p}:{r['slice']}" in flagged
+                )
+                for r in report["slices"]
+            }
+            assert dict(shown) == expected
+            # a click on a row shows that slice in the viewer
+            last = report["slices"][-1]["slice"]
+            page.click(f'#slices-rows tr[data-slice="{last}"]')
+            assert page.text_content("#slice-label").startswith(f"{last} (")
             k = report["slices"][0]["slice"]  # stays listed once excluded, even if emptied
             page.fill("#exclude-input", "bad")
             page.click("#reanalyze-button")

@@ -451,6 +451,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         summary="One study: job, summary, indices table, QC, download links",
     )
     def get_study(study_id: str) -> dict[str, Any]:
+        from cardioseg.clinical.qc import slices_to_check
         from cardioseg.clinical.report import REPORTED_VOLUME_KEYS, report_table
 
         study = study_or_404(study_id)
@@ -478,6 +479,8 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
                 for phase, (lv, rv) in REPORTED_VOLUME_KEYS.items()
             }
             out["slices"] = report.get("slices") or []
+            # where the test-time predictions disagree, as in the report's "Check" column
+            out["check_slices"] = slices_to_check(report.get("qc") or {})
             out["excluded_slices"] = report.get("excluded_slices") or []
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()

@@ -399,18 +399,38 @@ function renderSlices(d) {
     const [phase, index, structures] = text.split(":");
     (excluded[index] = excluded[index] || []).push(structures ? phase + " " + structures : phase);
   }
+  const check = {};  // the phases where the test-time predictions disagree on the slice
+  for (const text of d.check_slices || []) {
+    const [phase, index] = text.split(":");
+    (check[index] = check[index] || []).push(phase);
+  }
   const body = $("slices-rows");
   body.replaceChildren();
   for (const r of d.slices || []) {
-    body.append(el("tr", { "data-slice": String(r.slice) },
+    const row = el("tr", { "data-slice": String(r.slice), class: "clickable", title: "show this slice in the viewer" },
       el("td", { class: "num", text: String(r.slice) }),
       el("td", { text: r.position || "" }),
       ...SLICE_KEYS.map((k) => el("td", { class: "num", text: fmt(r[k]) })),
-      el("td", { text: (excluded[r.slice] || []).join(", ") })));
+      el("td", { class: "check", text: (check[r.slice] || []).join(", ") }),
+      el("td", { text: (excluded[r.slice] || []).join(", ") }));
+    row.addEventListener("click", () => showSlice(r.slice, check[r.slice] || []));
+    body.append(row);
   }
   $("slices-card").hidden = !(d.slices && d.slices.length);
   $("exclude-input").value = (d.excluded_slices || []).join(", ");
   $("exclude-status").textContent = "";
+}
+
+// a row of the slice table shows its slice in the viewer, at the phase to check if any
+function showSlice(slice, phases) {
+  const v = state.viewer;
+  if (!v) return;
+  state.slice = Math.min(slice, v.n_slices - 1);
+  if (phases.length === 1) state.frame = phases[0] === "ES" ? v.es_frame : v.ed_frame;
+  $("slice-slider").value = state.slice;
+  $("frame-slider").value = state.frame;
+  updateViewer();
+  $("viewer-card").scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
 async function onReanalyze(event) {
