@@ -584,6 +584,56 @@ def test_compressed_transfer_syntaxes(tmp_path, syntax, uid):
     check_cine(img, props, meta)  # the same pixels as the uncompressed images
 
 
+def _partial_stack(folder: Path, study: dict, ks, series_number: int, value_k=None) -> str:
+    """One series holding the slices at positions ``ks`` (e.g. one breath-hold's slices)."""
+    uid = generate_uid()
+    for k in ks:
+        for t in range(N_PHASES):
+            write_image(
+                folder / f"{k}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                trigger=35.0 * t + 12.0,
+                series_number=series_number,
+                value_k=value_k,
+            )
+    return uid
+
+
+def test_stack_acquired_as_several_multi_slice_series_is_merged(tmp_path):
+    """Two breath-holds of two slices each, one series each: neither is a stack on its own."""
+    study = new_study()
+    a = _partial_stack(tmp_path / "s" / "bh1", study, [0, 1], 21)
+    b = _partial_stack(tmp_path / "s" / "bh2", study, [2, 3], 22)
+    img, props, meta = load_cine(tmp_path / "s")
+    assert sorted(meta.merged_series_uids) == sorted([a, b])
+    check_cine(img, props, meta)
+
+
+def test_top_up_slices_complete_a_stack(tmp_path):
+    """A full stack of 3 slices and a later series with the 4th (more coverage at the base):
+    the merged stack of 4 wins over the stack of 3 alone."""
+    study = new_study()
+    full = _partial_stack(tmp_path / "s" / "main", study, [0, 1, 2], 30)
+    extra = _partial_stack(tmp_path / "s" / "extra", study, [3], 31)
+    img, props, meta = load_cine(tmp_path / "s")
+    assert meta.merged_series_uids == [full, extra]
+    check_cine(img, props, meta)
+
+
+def test_interleaved_stacks_are_not_merged(tmp_path):
+    """A second full stack shifted by half a slice gap is another acquisition, not more
+    slices of the first: the two are not combined into one stack."""
+    study = new_study()
+    _partial_stack(tmp_path / "s" / "a", study, [0, 1, 2, 3], 40)
+    later = _partial_stack(tmp_path / "s" / "b", study, [0.5, 1.5, 2.5, 3.5], 41, value_k=0)
+    _, _, meta = load_cine(tmp_path / "s")
+    assert meta.merged_series_uids == [] and meta.series_uid == later
+    assert meta.n_slices == N_SLICES
+
+
 def test_series_with_two_orientations_is_split(tmp_path):
     root = tmp_path / "s"
     study = siemens_like(root)

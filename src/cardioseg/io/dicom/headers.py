@@ -157,7 +157,7 @@ class SeriesInfo:
     def summary(self) -> str:
         """One line for error messages: description, modality, positions x phases, verdict."""
         desc = self.description or "(no description)"
-        kind = f"{len(self.merged_from)} merged single-slice series, " if self.merged_from else ""
+        kind = f"{len(self.merged_from)} merged series, " if self.merged_from else ""
         if self.part is not None:
             kind += f"orientation {self.part[0]} of {self.part[1]}, "
         return (

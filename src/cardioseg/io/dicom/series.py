@@ -13,6 +13,7 @@ from cardioseg.errors import CardiosegError
 from cardioseg.io.dicom.headers import (
     AXIS_ALIGNED_DEG,
     CINE_HINTS,
+    GAP_TOL,
     INPLANE_SHIFT_TOL_MM,
     LAX_HINTS,
     MEDIA_STORAGE_DIRECTORY,
@@ -52,8 +53,9 @@ def find_series(folder: str | Path) -> SeriesList:
 
     Only headers are read. Non-DICOM files are skipped silently and counted
     (``result.n_non_dicom``); DICOM objects without an image (DICOMDIR, reports...) are counted in
-    ``result.n_non_image``. Single-slice series of one study that can be merged into a stack
-    are NOT merged here (see :func:`select_short_axis_cine`).
+    ``result.n_non_image``. Series that hold parts of one stack are NOT merged here (see
+    :func:`select_short_axis_cine`); a series that mixes orientations is split into groups of
+    parallel images.
 
     Args:
         folder: Study folder (any nesting) or a single DICOM file.
@@ -351,7 +353,7 @@ def _classify(info: SeriesInfo) -> None:
         - 2.0 * non_cine
         + min(info.n_positions, 20) / 10.0
         + min(info.n_phases, 40) / 40.0
-        - 0.5 * bool(info.merged_from)
+        - 0.05 * bool(info.merged_from)  # a tie-break: more slices (+0.1 each) win
         - 2.0 * shifted
         - 2.0 * axis_plane
         - 0.5 * derived
@@ -362,15 +364,14 @@ def _classify(info: SeriesInfo) -> None:
 # selection
 
 
-def _single_slice_cine(info: SeriesInfo) -> bool:
-    """A series that could be one slice of a one-series-per-slice stack."""
-    if info.modality != "MR" or info.n_positions != 1 or info.n_phases < MIN_PHASES:
+def _stack_part(info: SeriesInfo) -> bool:
+    """A series that could be part of a stack split over several series: one series per slice
+    (GE, Siemens), or per breath-hold of a few slices. An MR cine of parallel images whose only
+    objection, if any, is having too few slice positions."""
+    if info.modality != "MR" or info.n_positions < 1 or info.n_phases < MIN_PHASES:
         return False
-    # the lack of other slices must be the only objection (no long-axis/non-cine description)
-    return (
-        info.orientation is not None
-        and len(info._problems) == 1
-        and info._problems[0].startswith("only 1 slice")
+    return info.orientation is not None and all(
+        p.startswith("only ") and "slice position" in p for p in info._problems
     )
 
 
@@ -380,11 +381,29 @@ def _same_spacing(a: tuple[float, float] | None, b: tuple[float, float] | None) 
     return bool(np.allclose(a, b, rtol=1e-3, atol=1e-4))
 
 
-def _merge_single_slice_series(series: list[SeriesInfo]) -> list[SeriesInfo]:
-    """Merge single-slice cine series of one study with parallel planes into stacks."""
-    singles = [s for s in series if _single_slice_cine(s)]
+def _positions(info: SeriesInfo, normal: np.ndarray) -> dict[float, list[_Frame]]:
+    """The series' frames by slice position along ``normal`` (rounded to POSITION_TOL_MM)."""
+    out: dict[float, list[_Frame]] = {}
+    for f in info._frames:
+        if f.position is None:
+            continue
+        key = round(float(np.dot(f.position, normal)) / POSITION_TOL_MM) * POSITION_TOL_MM
+        near = [k for k in out if abs(k - key) <= POSITION_TOL_MM]
+        out.setdefault(near[0] if near else key, []).append(f)
+    return out
+
+
+def _merge_stack_parts(series: list[SeriesInfo]) -> list[SeriesInfo]:
+    """Merge the parts of a stack acquired as several series (one per slice or per breath-hold)
+    into one candidate stack: series of one study with parallel planes and the same image grid.
+
+    At a position that several series cover, the latest series is kept (a repeated slice). A
+    merged stack is offered only if it has more positions than its largest part, and not when
+    the parts interleave (positions closer than a part's own slice gap: another stack, shifted).
+    """
+    parts = [s for s in series if _stack_part(s)]
     groups: list[list[SeriesInfo]] = []
-    for s in singles:
+    for s in parts:
         ori = np.asarray(s.orientation)
         for g in groups:
             ref = g[0]
@@ -401,25 +420,39 @@ def _merge_single_slice_series(series: list[SeriesInfo]) -> list[SeriesInfo]:
             groups.append([s])
     merged = []
     for g in groups:
+        if len(g) < 2:
+            continue
         med = float(np.median([s.n_phases for s in g]))
         g = [s for s in g if abs(s.n_phases - med) <= max(1.0, PHASE_COUNT_TOL * med)]
-        # one series per position: a repeated slice keeps its latest acquisition
-        by_pos: dict[float, SeriesInfo] = {}
         _, _, normal = _direction_cosines(np.asarray(g[0].orientation, dtype=float))
+        # each position from the latest series that has it (a repeated slice)
+        by_pos: dict[float, tuple[SeriesInfo, list[_Frame]]] = {}
+        n_repeated = 0
+        own_gaps = []
         for s in sorted(g, key=lambda x: (x.series_number or 0, x.uid)):
-            p = s._frames[0].position
-            if p is None:
-                continue
-            key = round(float(np.dot(p, normal)) / POSITION_TOL_MM) * POSITION_TOL_MM
-            near = [k for k in by_pos if abs(k - key) <= POSITION_TOL_MM]
-            for k in near:
-                del by_pos[k]
-            by_pos[key] = s
-        comps = [by_pos[k] for k in sorted(by_pos)]
-        if len(comps) < MIN_SLICES:
+            positions = _positions(s, normal)
+            if len(positions) > 1:
+                own_gaps.append(float(np.median(np.diff(sorted(positions)))))
+            for key, frames in positions.items():
+                near = [k for k in by_pos if abs(k - key) <= POSITION_TOL_MM]
+                for k in near:
+                    del by_pos[k]
+                n_repeated += bool(near)
+                by_pos[key] = (s, frames)
+        keys = sorted(by_pos)
+        if len(keys) < MIN_SLICES or len(keys) <= max(s.n_positions for s in g):
             continue
+        if own_gaps and np.min(np.diff(keys)) < (1.0 - GAP_TOL) * min(own_gaps):
+            log.debug("not merging %d series: their slice positions interleave", len(g))
+            continue
+        comps: list[SeriesInfo] = []
+        for k in keys:
+            if by_pos[k][0] not in comps:
+                comps.append(by_pos[k][0])
         first = comps[0]
         descs = {c.description for c in comps}
+        frames = [f for k in keys for f in by_pos[k][1]]
+        paths = {f.path for f in frames}
         info = SeriesInfo(
             uid=first.uid,
             description=descs.pop() if len(descs) == 1 else first.description,
@@ -434,16 +467,16 @@ def _merge_single_slice_series(series: list[SeriesInfo]) -> list[SeriesInfo]:
             rows=first.rows,
             columns=first.columns,
             merged_from=[c.uid for c in comps],
-            files=[f for c in comps for f in c.files],
-            _frames=[f for c in comps for f in c._frames],
+            files=[f for c in comps for f in c.files if f in paths],
+            _frames=frames,
             _header=dict(first._header),
             _patient_keys=set().union(*(c._patient_keys for c in comps)),
         )
         _classify(info)
-        if len(comps) < len(g):
+        if n_repeated:
             info._header["merge_note"] = (
-                f"{len(g) - len(comps)} repeated single-slice series ignored "
-                "(kept the latest at each position)"
+                f"{n_repeated} repeated slice position(s) ignored (kept the latest series at "
+                "each position)"
             )
         merged.append(info)
     return merged
@@ -470,11 +503,14 @@ def select_short_axis_cine(
     A candidate is an MR series with >= 3 parallel slice positions and >= 2 phases whose
     description does not suggest a long-axis view (2ch/3ch/4ch/lax/la...) or a non-cine sequence
     (perfusion, LGE, mapping...) unless it also carries a short-axis (resp. cine) hint.
-    Single-slice cine series of one study with the same orientation and image size (one series
-    per slice location, common on GE/Siemens) are merged into one stack. Among candidates the
-    highest score wins: short-axis hints (sa, sax, short) and cine hints (cine, bssfp, trufi,
-    fiesta, balanced) add, long-axis hints subtract, more slices and phases add a little, and
-    merged stacks lose a little against a genuine multi-slice series.
+    Cine series of one study with the same orientation and image grid that each hold part of a
+    stack (one series per slice location, common on GE/Siemens, or per breath-hold of a few
+    slices, or a later series adding slices at the base) are also merged into one candidate
+    stack. Among candidates the highest score wins: short-axis hints (sa, sax, short) and cine
+    hints (cine, bssfp, trufi, fiesta, balanced) add, long-axis hints subtract, more slices and
+    phases add a little, a transverse/coronal/sagittal plane, positions drifting in-plane or
+    derived images subtract, and a merged stack loses a tie against a genuine multi-slice
+    series (but wins with one more slice).
 
     Args:
         series: Output of :func:`find_series`.
@@ -489,7 +525,7 @@ def select_short_axis_cine(
     """
     where = folder if folder is not None else getattr(series, "folder", None)
     candidates = [s for s in series if s.is_cine_sa]
-    candidates += [m for m in _merge_single_slice_series(list(series)) if m.is_cine_sa]
+    candidates += [m for m in _merge_stack_parts(list(series)) if m.is_cine_sa]
     if not candidates:
         n_skipped = getattr(series, "n_non_dicom", 0)
         raise CardiosegError(
