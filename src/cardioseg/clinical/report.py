@@ -663,7 +663,7 @@ def _write_pdf(
                     "Flag",
                 ],
                 bbox=(0.0, 0.0, 1.0, 1.0),
-                colWidths=[0.42, 0.12, 0.12, 0.2, 0.14],
+                colWidths=[0.38, 0.1, 0.1, 0.28, 0.14],
             )
             tab.auto_set_font_size(False)
             tab.set_fontsize(8)
@@ -736,7 +736,9 @@ def _write_pdf(
                 _reported_volumes(report),
             )
             ax.set_title("Ventricular volume over the cardiac cycle")
-            fig.tight_layout()
+            fig.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))
+            for k, line in enumerate(textwrap.wrap(CURVE_HINT, 110)):
+                fig.text(0.07, 0.06 - 0.025 * k, line, fontsize=8, color="#555")
             pdf.savefig(fig)
             plt.close(fig)
     return path
