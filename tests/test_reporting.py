@@ -88,3 +88,19 @@ def test_volume_curve_marks_reported_volumes_where_they_differ():
     found, legend = diamonds(_reported_volumes({"lv_edv_ml": 70.0, "lv_esv_ml": 40.0}))
     assert found == [] and "as reported at ED/ES" not in legend
     assert _reported_volumes({"lv_edv_ml": float("nan")})["ED"] == (None, None)
+
+
+def test_montage_marks_the_slices_to_check(tmp_path):
+    import matplotlib.pyplot as plt
+
+    image = np.random.default_rng(2).normal(size=(60, 60, 4)).astype(np.float32)
+    label = _box((60, 60, 4), (slice(20, 40), slice(20, 40), slice(0, 4)))
+
+    def orange_pixels(marked) -> int:
+        path = overlay_montage(image, label, tmp_path / f"m{len(marked)}.png", marked=marked)
+        rgb = (plt.imread(path)[..., :3] * 255).astype(int)
+        near = np.abs(rgb - np.array([211, 84, 0])).max(axis=-1) < 25  # the "check" colour
+        return int(near.sum())
+
+    assert orange_pixels([]) == 0
+    assert orange_pixels([2]) > 20

@@ -328,11 +328,13 @@ def _write_montage(
     es_frame: int,
     heat: Mapping[str, np.ndarray | None] | None = None,
     heat_max: float = 2 * DISAGREEMENT_SLICE_NOTE,
+    check: Sequence[str] = (),
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
     ``heat``, each phase's disagreement map (where given) in yellow under the contours, full
     yellow from ``heat_max``. Both phases show the same window around the segmented heart
-    (the whole image when nothing was segmented)."""
+    (the whole image when nothing was segmented). The slices of ``check`` (``"ES:8"``, as
+    :func:`~cardioseg.clinical.qc.slices_to_check` gives them) are marked "check"."""
     from cardioseg.reporting.overlays import foreground_window, overlay_montage
 
     plt = _plt()
@@ -359,6 +361,7 @@ def _write_montage(
                 heat=None if spread is None else np.asarray(spread),
                 heat_max=heat_max,
                 window=window,
+                marked=[int(c.split(":")[1]) for c in check if c.split(":")[0] == phase],
             )
             parts.append(plt.imread(part)[..., :3])
     if not parts:
@@ -815,6 +818,7 @@ def write_report(
             es_frame,
             disagreement,
             _heat_max(_qc_dict(qc)),
+            slices_to_check(_qc_dict(qc)),
         )
     if curves is not None:
         files["curve"] = _write_curve_png(

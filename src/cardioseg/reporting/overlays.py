@@ -80,6 +80,7 @@ def overlay_montage(
     heat: np.ndarray | None = None,
     heat_max: float = 0.1,
     window: tuple[slice, slice] | None = None,
+    marked: Sequence[int] = (),
 ) -> Path:
     """Write a PNG montage: each slice with predicted contours (and reference dashed).
 
@@ -95,6 +96,8 @@ def overlay_montage(
         heat_max: Value of full heat colour.
         window: Show only this in-plane region (two slices over the in-plane axes, slice
             axis left out), e.g. from :func:`foreground_window`; default: the whole image.
+        marked: Slices to point out (e.g. where the QC asks the reader to look first): their
+            title says "check" and is drawn in orange.
     """
     import matplotlib
 
@@ -144,7 +147,10 @@ def overlay_montage(
                     linewidths=0.8,
                     linestyles="dashed",
                 )
-        ax.set_title(f"slice {z}", fontsize=8)
+        if z in marked:
+            ax.set_title(f"slice {z}: check", fontsize=8, color="#d35400", weight="bold")
+        else:
+            ax.set_title(f"slice {z}", fontsize=8)
     fig.suptitle(
         title + ("  (solid: prediction, dashed: reference)" if ref is not None else ""), fontsize=9
     )
