@@ -225,6 +225,14 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             last = report["slices"][-1]["slice"]
             page.click(f'#slices-rows tr[data-slice="{last}"]')
             assert page.text_content("#slice-label").startswith(f"{last} (")
+            # the viewer names a slice to check at ED/ES as such
+            page.evaluate(
+                "() => { state.detail.check_slices = ['ED:1']; state.slice = 1;"
+                " state.frame = state.viewer.ed_frame; updateViewer(); }"
+            )
+            assert page.text_content("#slice-label").endswith("· check")
+            page.evaluate("() => { state.frame = state.viewer.es_frame; updateViewer(); }")
+            assert "check" not in page.text_content("#slice-label")
             k = report["slices"][0]["slice"]  # stays listed once excluded, even if emptied
             page.fill("#exclude-input", "bad")
             page.click("#reanalyze-button")

@@ -522,10 +522,13 @@ function updateViewer() {
     $("viewer-image").src = sliceUrl("image", state.frame, state.slice);
     $("viewer-labels").src = sliceUrl("labels", state.frame, state.slice);
   }
-  $("slice-label").textContent = indexLabel(state.slice, v.n_slices);
   let tag = "";
   if (state.frame === v.ed_frame) tag = " (ED)";
   else if (state.frame === v.es_frame) tag = " (ES)";
+  // the QC's "check first" slices (where the test-time predictions disagree) at ED/ES
+  const phase = tag.slice(2, 4);
+  const check = phase && ((state.detail && state.detail.check_slices) || []).includes(phase + ":" + state.slice);
+  $("slice-label").textContent = indexLabel(state.slice, v.n_slices) + (check ? " · check" : "");
   $("frame-label").textContent = indexLabel(state.frame, v.n_frames) + tag;
   updateOverlay();
   drawCurveMarker();
