@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -475,6 +476,17 @@ def test_report_files(tmp_path, heart_pair):
     assert not list((tmp_path / "out").glob(".*")), "temporary files left behind"
     assert report["normal_ranges_for"] == "sex-pooled"
     assert "Normal range (adult, sex-pooled)" in html_text
+    assert "About the input" not in html_text  # no input warnings given
+
+
+def test_report_shows_input_warnings_up_front(tmp_path):
+    notes = ["the selected stack is a transverse plane, not the usual double-oblique short axis"]
+    files = write_report(tmp_path, {"lv_ef_pct": 55.0}, None, meta={"warnings": notes})
+    html_text = files["html"].read_text()
+    box = html_text.index("About the input")
+    assert html.escape(notes[0]) in html_text[box:]
+    assert box < html_text.index("<h2>Indices</h2>")  # above the indices, not at the bottom
+    assert files["pdf"].read_bytes().startswith(b"%PDF")
 
 
 def test_report_with_sex_specific_ranges(tmp_path):

@@ -531,6 +531,15 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     )
     who = _ranges_for(report)
     meta = report.get("meta") or {}
+    # what the reader should know about the input (series choice, damaged files...), up front
+    warnings = [str(w) for w in meta.get("warnings") or []]
+    input_notes = (
+        '<div class="notes"><p><b>About the input</b></p><ul>'
+        + "".join(f"<li>{e(w)}</li>" for w in warnings)
+        + "</ul></div>"
+        if warnings
+        else ""
+    )
     meta_rows = "".join(
         f"<tr><td>{e(META_NAMES.get(str(k), str(k)))}</td><td>{e(_meta_text(v))}</td></tr>"
         for k, v in meta.items()
@@ -585,6 +594,8 @@ td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 th {{ background: #f2f2f2; }}
 td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .qc {{ border-left: 0.5em solid {color}; padding: 0.3em 1em; background: #fafafa; }}
+.notes {{ border-left: 0.5em solid #b9770e; padding: 0.3em 1em; background: #fdf6e3;
+  margin-top: 0.8em; }}
 .status {{ color: {color}; font-weight: bold; text-transform: uppercase; }}
 img {{ max-width: 100%; }}
 footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0392b;
@@ -599,6 +610,7 @@ End-systole: frame {e(str(report["es_frame"]))}</p>
 <h2>Quality control</h2>
 <div class="qc"><p>Status: <span class="status">{e(status)}</span>{e(score_txt)}</p>
 <ul>{reason_items}</ul></div>
+{input_notes}
 <h2>Indices</h2>
 <table><tr><th>Index</th><th>Value</th><th>Unit</th><th>Normal range ({e(who)})</th>
 <th>Flag</th></tr>{table}</table>
@@ -697,6 +709,18 @@ def _write_pdf(
                 break
         if len(reasons) > 25:
             fig.text(0.09, y, f"... and {len(reasons) - 25} more (see report.json)", fontsize=8)
+            y -= 0.016
+        notes = [str(w) for w in (report.get("meta") or {}).get("warnings") or []]
+        if notes and y > 0.15:
+            y -= 0.015
+            fig.text(0.07, y, "About the input", fontsize=10, weight="bold", color="#b9770e")
+            y -= 0.02
+            for note in notes[:10]:
+                for k, line in enumerate(textwrap.wrap(note, 100)):
+                    fig.text(0.09, y, ("• " if k == 0 else "  ") + line, fontsize=8)
+                    y -= 0.016
+                if y < 0.1:
+                    break
         for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
             fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
         pdf.savefig(fig)
