@@ -290,8 +290,13 @@ def test_dicom_zip_seg_and_deidentification(tmp_path, tiny_checkpoint, studies, 
         job = _wait(client, up.json()["job"]["id"])
         assert job["state"] == "done", job
         sid = up.json()["study"]["id"]
-        links = client.get(f"/api/studies/{sid}").json()["downloads"]
+        detail = client.get(f"/api/studies/{sid}").json()
+        links = detail["downloads"]
         assert "dicom_seg" in links and "mask_cine" in links
+        # the synthetic series is transverse (identity orientation): the reader is told, and the
+        # DICOM PatientSex (F) chose the normal ranges
+        assert any("transverse plane" in w for w in detail["input_warnings"])
+        assert detail["ranges_for"] == "adult women"
 
         def datasets(resp):
             if resp.headers["content-type"] == "application/dicom":

@@ -112,6 +112,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             n_reasons = len(report["qc"]["reasons"])
             assert page.locator("#qc-reasons li").count() == min(max(n_reasons, 1), 8)
             assert page.locator("#curve polyline").count() == 2  # LV and RV volume curves
+            assert page.is_hidden("#input-notes")  # a NIfTI cine: nothing to say about the input
             # volume ticks at a round step (1, 2 or 5 times a power of ten) from 0
             ticks = [
                 float(t)

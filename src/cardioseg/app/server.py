@@ -481,6 +481,8 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             out["slices"] = report.get("slices") or []
             # where the test-time predictions disagree, as in the report's "Check" column
             out["check_slices"] = slices_to_check(report.get("qc") or {})
+            # what the loader noted about the input (series choice, damaged files, ...)
+            out["input_warnings"] = list((report.get("meta") or {}).get("warnings") or [])
             out["excluded_slices"] = report.get("excluded_slices") or []
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()

@@ -348,6 +348,9 @@ async function showResult(d) {
     $(id).className = "qc-badge qc-" + qcStatus;
   }
   renderReasons();
+  const notes = d.input_warnings || [];
+  $("input-notes").hidden = !notes.length;
+  $("input-notes-list").replaceChildren(...notes.map((w) => el("li", { text: w })));
   renderTable(d.table);
   $("range-header").textContent = "Normal range (" + (d.ranges_for || "adult") + ")";
   renderSlices(d);
