@@ -691,6 +691,31 @@ def test_original_images_win_over_a_derived_copy(tmp_path):
     assert not meta.warnings, meta.warnings  # not a tie: no "qualify equally" warning
 
 
+def test_survey_and_series_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from cardioseg.cli.main import app
+    from cardioseg.io.dicom import survey_study
+
+    ge_like(tmp_path / "ge")
+    found, chosen, problem = survey_study(tmp_path / "ge")
+    assert problem == "" and chosen is not None and len(chosen.merged_from) == N_SLICES
+    assert sum(bool(s.merged_from) for s in found) == 1 and len(found) == N_SLICES + 2
+    res = CliRunner().invoke(app, ["series", str(tmp_path / "ge")])
+    assert res.exit_code == 0, res.output
+    chosen_rows = [line for line in res.output.splitlines() if line.startswith("->")]
+    assert (
+        len(chosen_rows) == 1 and "merged" in chosen_rows[0] and f"{N_SLICES} x 5" in chosen_rows[0]
+    )
+    assert "description suggests a long-axis view" in res.output  # the 4CH series' verdict
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    found, chosen, problem = survey_study(tmp_path / "empty")
+    assert chosen is None and "no DICOM images" in problem
+    res = CliRunner().invoke(app, ["series", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "no short-axis cine" in res.output
+
+
 def test_cine_to_nifti(tmp_path):
     siemens_like(tmp_path / "study")
     out = tmp_path / "out" / "cine.nii.gz"

@@ -481,6 +481,41 @@ def analyze(
     typer.echo(f"report: {output / 'report.html'}")
 
 
+@app.command()
+@friendly
+def series(
+    study: Annotated[Path, typer.Argument(help="DICOM folder, zip of one, or a DICOM file")],
+) -> None:
+    """List a DICOM study's series and which one analyze would use, and why (no pixels read)."""
+    from cardioseg.io.dicom import survey_study
+
+    found, chosen, problem = survey_study(study)
+
+    def key(s: Any) -> tuple:
+        return (s.uid, tuple(s.merged_from), s.part)
+
+    typer.echo(
+        f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  {'plane':<10} verdict"
+    )
+    for s in found:
+        mark = "->" if chosen is not None and key(s) == key(chosen) else ""
+        number = "merged" if s.merged_from else str(s.series_number or "")
+        desc = s.description or "(no description)"
+        if s.merged_from:
+            desc = f"{len(s.merged_from)} series: {desc}"
+        elif s.part:
+            desc = f"{desc} [orientation {s.part[0]}/{s.part[1]}]"
+        size = f"{s.n_positions} x {s.n_phases}"
+        typer.echo(
+            f"{mark:2}{number:>6}  {desc[:28]:<28} {size:>15}  {s.plane or '?':<10} {s.reason}"
+        )
+    if chosen is None:
+        typer.echo(f"no short-axis cine: {problem}")
+        raise typer.Exit(1)
+    for note in chosen._header.get("selection_notes", []):
+        typer.echo(f"note: {note}")
+
+
 @app.command("analyze-batch")
 @friendly
 def analyze_batch(

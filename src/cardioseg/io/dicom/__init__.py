@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from cardioseg.io.dicom.archive import MAX_ZIP_MEMBERS, safe_member
 from cardioseg.io.dicom.headers import CineMeta, SeriesInfo, SeriesList, quiet_pydicom
-from cardioseg.io.dicom.loader import cine_to_nifti, load_cine
+from cardioseg.io.dicom.loader import cine_to_nifti, load_cine, survey_study
 from cardioseg.io.dicom.series import find_series, select_short_axis_cine
 
 __all__ = [
@@ -40,4 +40,5 @@ __all__ = [
     "quiet_pydicom",
     "safe_member",
     "select_short_axis_cine",
+    "survey_study",
 ]

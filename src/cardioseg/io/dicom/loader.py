@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -413,6 +413,55 @@ def _load_scanned(
     return _assemble(chosen, where, show, notes)
 
 
+@contextlib.contextmanager
+def _study_root(path: Path, max_zip_bytes: int) -> Iterator[tuple[Path, Callable[[str], str]]]:
+    """The folder to scan (a zip extracted to a temporary folder) and how to name its files."""
+    if path.is_file() and (
+        path.suffix.lower() == ".zip" or (not _has_dicm(path) and zipfile.is_zipfile(path))
+    ):
+        with extracted_zip(path, max_zip_bytes) as (root, show):
+            yield root, show
+        return
+    if path.is_file():
+        with quiet_pydicom():
+            is_dicom = _dcmread(path, stop_before_pixels=True) is not None
+        if not is_dicom:
+            raise CardiosegError(path, "not a DICOM file, DICOM folder or zip archive")
+    yield path, lambda p: p
+
+
+def survey_study(
+    folder_or_zip: str | Path, max_zip_bytes: int = 2_000_000_000
+) -> tuple[list[SeriesInfo], SeriesInfo | None, str]:
+    """What :func:`load_cine` finds in a study, without reading any pixels.
+
+    Returns:
+        ``(series, chosen, problem)``: every series (a series that mixes orientations as its
+        groups of parallel images), then the stacks merged from several series; the one
+        ``load_cine`` would analyse (``None`` if none qualifies); and why none does (``""``
+        otherwise). ``chosen._header["selection_notes"]`` holds the warnings of the choice.
+
+    Raises:
+        CardiosegError: A missing path, or a file that is neither DICOM nor a zip.
+
+    Example:
+        >>> series, chosen, problem = survey_study("study.zip")  # doctest: +SKIP
+    """
+    from cardioseg.io.dicom.series import _merge_stack_parts
+
+    path = Path(folder_or_zip)
+    if not path.exists():
+        raise CardiosegError(path, "not found")
+    with _study_root(path, max_zip_bytes) as (root, _):
+        series = find_series(root)
+        merged = _merge_stack_parts(list(series))
+        try:
+            chosen, problem = select_short_axis_cine(series, str(path)), ""
+        except CardiosegError as err:
+            chosen, problem = None, err.problem
+    return [*series, *merged], chosen, problem
+
+
 def load_cine(
     folder_or_zip: str | Path, max_zip_bytes: int = 2_000_000_000
 ) -> tuple[np.ndarray, ImageProperties, CineMeta]:
@@ -445,18 +494,8 @@ def load_cine(
         raise CardiosegError(path, "not found")
     where = str(path)
     try:
-        if path.is_file() and (
-            path.suffix.lower() == ".zip" or (not _has_dicm(path) and zipfile.is_zipfile(path))
-        ):
-            with extracted_zip(path, max_zip_bytes) as (root, show):
-                loaded = _load_scanned(root, where, show)
-        else:
-            if path.is_file():
-                with quiet_pydicom():
-                    is_dicom = _dcmread(path, stop_before_pixels=True) is not None
-                if not is_dicom:
-                    raise CardiosegError(path, "not a DICOM file, DICOM folder or zip archive")
-            loaded = _load_scanned(path, where, lambda p: p)
+        with _study_root(path, max_zip_bytes) as (root, show):
+            loaded = _load_scanned(root, where, show)
     except CardiosegError:
         raise
     except MemoryError:
