@@ -443,9 +443,6 @@ def survey_study(
 
     Raises:
         CardiosegError: A missing path, or a file that is neither DICOM nor a zip.
-
-    Example:
-        >>> series, chosen, problem = survey_study("study.zip")  # doctest: +SKIP
     """
     from cardioseg.io.dicom.series import _merge_stack_parts
 
