@@ -121,7 +121,8 @@ def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):
     assert not (out / "masks_cine.nii.gz").exists()  # a pair has no cine
 
 
-def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
+def _dicom_phantom_cine(folder: Path) -> dict:
+    """A 4-slice x 5-phase DICOM cine of the synthetic phantom (Siemens style)."""
     cine = _small_cine(seed=3, frames=5)
     study = new_study(vendor="SIEMENS")
     uid = pydicom.uid.generate_uid()
@@ -132,7 +133,7 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
             n += 1
             pixels = np.clip(scaled[:, :, k, t].T, 0, 4000).astype(np.uint16)
             write_image(
-                tmp_path / "dcm" / f"IM{n:04d}",
+                folder / f"IM{n:04d}",
                 study,
                 k=k,
                 t=t,
@@ -141,6 +142,26 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
                 trigger=40.0 * t,
                 pixels=pixels,
             )
+    return study
+
+
+def test_analyze_batch_lists_input_warnings(tmp_path, tiny_checkpoint):
+    _dicom_phantom_cine(tmp_path / "studies" / "clean")
+    _dicom_phantom_cine(tmp_path / "studies" / "damaged")
+    victim = sorted((tmp_path / "studies" / "damaged").iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:300])  # a truncated image: left out, with a warning
+    out = tmp_path / "batch"
+    args = ["analyze-batch", tmp_path / "studies", "-o", out, "--model", tiny_checkpoint]
+    res = _run([*args, "--no-pdf", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["clean"]["input_warnings"] == ""
+    assert "1 DICOM file(s) could not be read" in rows["damaged"]["input_warnings"]
+    assert rows["damaged"]["status"] == "done"
+
+
+def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
+    study = _dicom_phantom_cine(tmp_path / "dcm")
     out = tmp_path / "dout"
     res = _run(["analyze", tmp_path / "dcm", "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
     assert res.exit_code == 0, res.output

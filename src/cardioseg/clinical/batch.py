@@ -63,6 +63,7 @@ ROW_KEYS = [
     "qc_check_slices",
     "qc_reasons",
     "excluded_slices",
+    "input_warnings",
     "seconds",
     "model",
 ]
@@ -116,6 +117,8 @@ def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
         row["qc_check_slices"] = " ".join(slices_to_check(qc))
         row["qc_reasons"] = "; ".join(qc.get("reasons", []))
         row["excluded_slices"] = " ".join(report.get("excluded_slices") or [])
+        # the loader's notes (series choice, damaged files...): a study to look at in a batch
+        row["input_warnings"] = "; ".join(report.get("meta", {}).get("warnings") or [])
         row["seconds"] = report.get("meta", {}).get("seconds", "")
         row["model"] = report.get("meta", {}).get("model", "")
     return row
