@@ -623,6 +623,31 @@ def test_top_up_slices_complete_a_stack(tmp_path):
     check_cine(img, props, meta)
 
 
+@pytest.mark.parametrize("extra_positions", [(5,), (5, 6)])
+def test_single_slices_with_other_phase_counts_are_not_merged(tmp_path, extra_positions):
+    """A stack of 4 slices (5 phases) next to single-slice cines of 12 phases (real-time cines,
+    say) at other positions: they are not parts of the stack (before, with one of them, the
+    median phase count dropped both series and the merge failed with an internal error)."""
+    study = new_study()
+    main = _partial_stack(tmp_path / "s" / "main", study, [0, 1, 2, 3], 10)
+    for n, k in enumerate(extra_positions):
+        uid = generate_uid()
+        for t in range(12):
+            write_image(
+                tmp_path / "s" / f"rt{k}" / f"{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                trigger=20.0 * t,
+                series_number=50 + n,
+                value_k=0,
+            )
+    img, props, meta = load_cine(tmp_path / "s")
+    assert meta.series_uid == main and meta.merged_series_uids == []
+    check_cine(img, props, meta)
+
+
 def test_interleaved_stacks_are_not_merged(tmp_path):
     """A second full stack shifted by half a slice gap is another acquisition, not more
     slices of the first: the two are not combined into one stack."""

@@ -422,8 +422,11 @@ def _merge_stack_parts(series: list[SeriesInfo]) -> list[SeriesInfo]:
     for g in groups:
         if len(g) < 2:
             continue
-        med = float(np.median([s.n_phases for s in g]))
-        g = [s for s in g if abs(s.n_phases - med) <= max(1.0, PHASE_COUNT_TOL * med)]
+        # parts of one stack have about the phase count of its largest part
+        ref = max(g, key=lambda x: (x.n_positions, x.series_number or 0)).n_phases
+        g = [s for s in g if abs(s.n_phases - ref) <= max(1.0, PHASE_COUNT_TOL * ref)]
+        if len(g) < 2:
+            continue
         _, _, normal = _direction_cosines(np.asarray(g[0].orientation, dtype=float))
         # each position from the latest series that has it (a repeated slice)
         by_pos: dict[float, tuple[SeriesInfo, list[_Frame]]] = {}
