@@ -461,12 +461,19 @@ def test_selection_among_several_series(tmp_path):
     check_cine(img, props, meta)
 
 
-def _stack_with_geometry(
-    folder: Path, study: dict, *, orientation, positions, series_number: int
+def _partial_stack(
+    folder: Path,
+    study: dict,
+    ks,
+    series_number: int,
+    value_k: int | None = None,
+    orientation=None,
+    positions=None,
 ) -> str:
-    """A cine stack described like the real one, at the given orientation and positions."""
+    """One cine series holding the slices ``ks`` (e.g. one breath-hold's slices), at
+    ``ipp(k)`` and the stack's orientation unless ``positions``/``orientation`` are given."""
     uid = generate_uid()
-    for k, pos in enumerate(positions):
+    for n, k in enumerate(ks):
         for t in range(N_PHASES):
             write_image(
                 folder / f"{k}_{t}",
@@ -476,11 +483,26 @@ def _stack_with_geometry(
                 series_uid=uid,
                 trigger=35.0 * t + 12.0,
                 series_number=series_number,
-                orientation=[float(v) for v in orientation],
-                position=np.asarray(pos, dtype=float),
-                value_k=9,
+                orientation=None if orientation is None else [float(v) for v in orientation],
+                position=None if positions is None else np.asarray(positions[n], dtype=float),
+                value_k=value_k,
             )
     return uid
+
+
+def _stack_with_geometry(
+    folder: Path, study: dict, *, orientation, positions, series_number: int
+) -> str:
+    """A cine stack described like the real one, at the given orientation and positions."""
+    return _partial_stack(
+        folder,
+        study,
+        range(len(positions)),
+        series_number,
+        value_k=9,
+        orientation=orientation,
+        positions=positions,
+    )
 
 
 TRANSVERSE_IOP = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -582,24 +604,6 @@ def test_compressed_transfer_syntaxes(tmp_path, syntax, uid):
     assert pydicom.dcmread(one, stop_before_pixels=True).file_meta.TransferSyntaxUID == uid
     img, props, meta = load_cine(tmp_path / "packed")
     check_cine(img, props, meta)  # the same pixels as the uncompressed images
-
-
-def _partial_stack(folder: Path, study: dict, ks, series_number: int, value_k=None) -> str:
-    """One series holding the slices at positions ``ks`` (e.g. one breath-hold's slices)."""
-    uid = generate_uid()
-    for k in ks:
-        for t in range(N_PHASES):
-            write_image(
-                folder / f"{k}_{t}",
-                study,
-                k=k,
-                t=t,
-                series_uid=uid,
-                trigger=35.0 * t + 12.0,
-                series_number=series_number,
-                value_k=value_k,
-            )
-    return uid
 
 
 def test_stack_acquired_as_several_multi_slice_series_is_merged(tmp_path):
