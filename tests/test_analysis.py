@@ -160,6 +160,37 @@ def test_analyze_batch_lists_input_warnings(tmp_path, tiny_checkpoint):
     assert rows["damaged"]["status"] == "done"
 
 
+class _SeesNothing:
+    """A segmenter that finds no heart anywhere (wraps a real one for everything else)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def predict_volume(self, *args, **kwargs):
+        out = self._inner.predict_volume(*args, **kwargs)
+        if isinstance(out, tuple):
+            return (np.zeros_like(out[0]), *out[1:])
+        return np.zeros_like(out)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_analyze_dicom_where_nothing_is_segmented(tmp_path, tiny_checkpoint):
+    """No heart found: the analysis still ends with a report whose QC fails, and no DICOM-SEG
+    (a SEG without any segment is not valid DICOM; it used to abort the whole analysis)."""
+    from cardioseg.clinical.analysis import analyze_study
+    from cardioseg.inference import Segmenter
+
+    _dicom_phantom_cine(tmp_path / "dcm")
+    seg = _SeesNothing(Segmenter(tiny_checkpoint))
+    report = analyze_study(tmp_path / "out", study=tmp_path / "dcm", segmenter=seg, write_pdf=False)
+    assert report["qc"]["status"] == "fail"
+    assert report["lv_edv_ml"] == 0.0
+    assert (tmp_path / "out" / "report.html").exists()
+    assert not list((tmp_path / "out").glob("segmentation*.dcm"))
+
+
 def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     study = _dicom_phantom_cine(tmp_path / "dcm")
     out = tmp_path / "dout"

@@ -348,7 +348,11 @@ def analyze_study(
         if st.kind != "pair":
             props4 = ImageProperties(st.properties.affine, spacing, labels.shape, st.source)
             write_label(tmp / "masks_cine.nii.gz", labels, props4)
-        if st.kind == "dicom" and dm is not None:
+        if st.kind == "dicom" and dm is not None and not labels[..., [ed_i, es_i]].any():
+            # nothing segmented (not a heart, or images unlike any the model knows): the report
+            # and its QC verdict say so; a SEG without a segment would not be valid DICOM
+            log.warning("%s: nothing segmented at ED or ES: no DICOM-SEG written", st.source)
+        elif st.kind == "dicom" and dm is not None:
             from cardioseg.clinical.dicom_seg import write_dicom_seg
 
             write_dicom_seg(
