@@ -490,15 +490,11 @@ def series(
     from cardioseg.io.dicom import survey_study
 
     found, chosen, problem = survey_study(study)
-
-    def key(s: Any) -> tuple:
-        return (s.uid, tuple(s.merged_from), s.part)
-
     typer.echo(
         f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  {'plane':<10} verdict"
     )
     for s in found:
-        mark = "->" if chosen is not None and key(s) == key(chosen) else ""
+        mark = "->" if s is chosen else ""
         number = "merged" if s.merged_from else str(s.series_number or "")
         desc = s.description or "(no description)"
         if s.merged_from:

@@ -438,8 +438,9 @@ def survey_study(
     Returns:
         ``(series, chosen, problem)``: every series (a series that mixes orientations as its
         groups of parallel images), then the stacks merged from several series; the one
-        ``load_cine`` would analyse (``None`` if none qualifies); and why none does (``""``
-        otherwise). ``chosen._header["selection_notes"]`` holds the warnings of the choice.
+        ``load_cine`` would analyse (one of ``series``; ``None`` if none qualifies); and why
+        none does (``""`` otherwise). ``chosen._header["selection_notes"]`` holds the warnings
+        of the choice.
 
     Raises:
         CardiosegError: A missing path, or a file that is neither DICOM nor a zip.
@@ -453,7 +454,7 @@ def survey_study(
         series = find_series(root)
         merged = _merge_stack_parts(list(series))
         try:
-            chosen, problem = select_short_axis_cine(series, str(path)), ""
+            chosen, problem = select_short_axis_cine(series, str(path), merged), ""
         except CardiosegError as err:
             chosen, problem = None, err.problem
     return [*series, *merged], chosen, problem

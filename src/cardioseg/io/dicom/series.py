@@ -499,7 +499,9 @@ def _summary(series: list[SeriesInfo], n_non_dicom: int = 0, limit: int = 6) -> 
 
 
 def select_short_axis_cine(
-    series: list[SeriesInfo], folder: str | Path | None = None
+    series: list[SeriesInfo],
+    folder: str | Path | None = None,
+    merged: list[SeriesInfo] | None = None,
 ) -> SeriesInfo:
     """Choose the short-axis cine stack among the series of a study.
 
@@ -518,6 +520,8 @@ def select_short_axis_cine(
     Args:
         series: Output of :func:`find_series`.
         folder: Path used in error messages (defaults to the scanned folder).
+        merged: The stacks merged from several series, if already made (by default they are
+            made here); the chosen stack is then one of these objects.
 
     Returns:
         The chosen series (a merged :class:`SeriesInfo` with ``merged_from`` for per-slice
@@ -528,7 +532,9 @@ def select_short_axis_cine(
     """
     where = folder if folder is not None else getattr(series, "folder", None)
     candidates = [s for s in series if s.is_cine_sa]
-    candidates += [m for m in _merge_stack_parts(list(series)) if m.is_cine_sa]
+    if merged is None:
+        merged = _merge_stack_parts(list(series))
+    candidates += [m for m in merged if m.is_cine_sa]
     if not candidates:
         n_skipped = getattr(series, "n_non_dicom", 0)
         raise CardiosegError(
