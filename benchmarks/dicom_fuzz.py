@@ -15,7 +15,6 @@ Usage (from the repository root; a few seconds per 100 trials):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import pydicom  # noqa: E402
-from fuzzing import Trials  # noqa: E402
+from fuzzing import Trials, fuzz_parser  # noqa: E402
 from test_dicom import canon_like, enhanced_like, ge_like, philips_like, siemens_like  # noqa: E402
 
 from cardioseg.clinical.analysis import load_study  # noqa: E402
@@ -67,12 +66,7 @@ def _corrupt(folder: Path, rng: random.Random) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--limit", type=float, default=30.0, help="seconds a load may take")
-    ap.add_argument("-o", "--output", type=Path, help="Markdown summary")
-    args = ap.parse_args()
+    args = fuzz_parser(__doc__, 30.0, "seconds a load may take").parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)  # the reader's notes on the corrupted studies
     rng = random.Random(args.seed)

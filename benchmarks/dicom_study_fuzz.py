@@ -17,7 +17,6 @@ Usage (from the repository root; about a minute per 300 trials):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import shutil
@@ -29,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import numpy as np  # noqa: E402
-from fuzzing import Trials  # noqa: E402
+from fuzzing import Trials, fuzz_parser  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from test_dicom import IOP, LAX_IOP, N_PHASES, ORIGIN, _rotation, ipp, new_study, write_image  # noqa: E402
 
@@ -97,12 +96,7 @@ def _load(folder: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--limit", type=float, default=30.0, help="seconds a load may take")
-    ap.add_argument("-o", "--output", type=Path, help="Markdown summary")
-    args = ap.parse_args()
+    args = fuzz_parser(__doc__, 30.0, "seconds a load may take").parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)  # the reader's notes on the studies
     rng = random.Random(args.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import time
@@ -11,6 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cardioseg.errors import CardiosegError
+
+
+def fuzz_parser(doc: str, limit: float, limit_help: str) -> argparse.ArgumentParser:
+    """The fuzzers' common options: ``--trials``, ``--seed``, ``--limit`` (seconds, default
+    ``limit``) and ``-o/--output``; the description is the first line of ``doc``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--trials", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--limit", type=float, default=limit, help=limit_help)
+    ap.add_argument("-o", "--output", type=Path, help="Markdown summary")
+    return ap
 
 
 class _TooSlow(Exception):

@@ -15,7 +15,6 @@ Usage (from the repository root):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from fuzzing import Trials
+from fuzzing import Trials, fuzz_parser
 
 from cardioseg.data.synthetic import PhantomConfig, make_phantom
 from cardioseg.inference import Segmenter
@@ -72,12 +71,8 @@ def _corrupt(header: nib.Nifti1Header, rng: random.Random) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--trials", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--limit", type=float, default=60.0, help="seconds a trial may take")
+    ap = fuzz_parser(__doc__, 60.0, "seconds a trial may take")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("-o", "--output", type=Path, help="Markdown summary")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     logging.disable(logging.CRITICAL)  # nibabel's notes on the corrupted headers
