@@ -254,6 +254,7 @@ def analyze_study(
         volume_curve,
     )
     from cardioseg.clinical.qc import assess_quality, calibration_for
+    from cardioseg.io.dicom.headers import HEART_RATE_BPM_RANGE
     from cardioseg.clinical.report import write_report
     from cardioseg.inference import Segmenter
     from cardioseg.models.checkpoint import model_description
@@ -271,9 +272,10 @@ def analyze_study(
         raise CardiosegError(None, str(err)) from None
     if sex is not None and normalize_sex(sex) is None:
         raise CardiosegError(None, f"sex must be M or F, got {sex!r}")
-    if heart_rate_bpm is not None and not 20.0 <= float(heart_rate_bpm) <= 250.0:
+    lo, hi = HEART_RATE_BPM_RANGE
+    if heart_rate_bpm is not None and not lo <= float(heart_rate_bpm) <= hi:
         raise CardiosegError(
-            None, f"heart rate must lie between 20 and 250 /min, got {heart_rate_bpm:g}"
+            None, f"heart rate must lie between {lo:g} and {hi:g} /min, got {heart_rate_bpm:g}"
         )
     st = load_study(study, ed, es)
     seg = segmenter or Segmenter()

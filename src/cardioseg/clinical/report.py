@@ -832,6 +832,7 @@ def write_report(
     clean_meta = sanitize_meta(meta)
     patient_label = clean_meta.pop("patient_label", None)
     curves = _curves(curve)
+    qc_dict = _qc_dict(qc)
     files: dict[str, Path] = {}
     if images:
         files["overlay"] = _write_montage(
@@ -841,8 +842,8 @@ def write_report(
             ed_frame,
             es_frame,
             disagreement,
-            _heat_max(_qc_dict(qc)),
-            slices_to_check(_qc_dict(qc)),
+            _heat_max(qc_dict),
+            slices_to_check(qc_dict),
         )
     if curves is not None:
         files["curve"] = _write_curve_png(
@@ -884,7 +885,7 @@ def write_report(
                 for k in indices
                 if k in ranges
             },
-            "qc": _qc_dict(qc),
+            "qc": qc_dict,
             "volume_curve": None if curves is None else {"lv_ml": curves[0], "rv_ml": curves[1]},
             "slices": [dict(r) for r in slices or []],
             "excluded_slices": [str(x) for x in exclusions],

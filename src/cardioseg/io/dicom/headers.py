@@ -33,6 +33,8 @@ ORIENTATION_TOL = 0.01
 GAP_TOL = 0.10
 #: Phase counts may differ by this fraction of the largest count (truncated to the minimum).
 PHASE_COUNT_TOL = 0.25
+#: Plausible heart rates (beats per minute) during a cine acquisition.
+HEART_RATE_BPM_RANGE = (20.0, 250.0)
 #: A stack whose slice positions drift in-plane by more than this (mm) is not a straight stack
 #: (e.g. an export with a wrong orientation); it loses against straight ones.
 INPLANE_SHIFT_TOL_MM = 5.0

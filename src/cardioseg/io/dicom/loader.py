@@ -15,6 +15,7 @@ from cardioseg.errors import CardiosegError
 from cardioseg.io.dicom.archive import extracted_zip
 from cardioseg.io.dicom.headers import (
     GAP_TOL,
+    HEART_RATE_BPM_RANGE,
     MIN_PHASES,
     PHASE_COUNT_TOL,
     CineMeta,
@@ -259,7 +260,7 @@ def _plausible(value: float | None, lo: float, hi: float) -> float | None:
 
 def _heart_rate(heart_rate: float | None, rr_interval_ms: float | None) -> float | None:
     """Beats per minute from HeartRate, else from the R-R interval; ``None`` if implausible."""
-    hr = _plausible(heart_rate, 20.0, 250.0)
+    hr = _plausible(heart_rate, *HEART_RATE_BPM_RANGE)
     if hr is None and _plausible(rr_interval_ms, 240.0, 3000.0) is not None:
         hr = 60000.0 / float(rr_interval_ms)  # type: ignore[arg-type]
     return hr
