@@ -254,9 +254,9 @@ def analyze_study(
         volume_curve,
     )
     from cardioseg.clinical.qc import assess_quality, calibration_for
-    from cardioseg.io.dicom.headers import HEART_RATE_BPM_RANGE
     from cardioseg.clinical.report import write_report
     from cardioseg.inference import Segmenter
+    from cardioseg.io.dicom.headers import HEART_RATE_BPM_RANGE
     from cardioseg.models.checkpoint import model_description
     from cardioseg.preprocessing import check_inplane_geometry, slice_axis
 
