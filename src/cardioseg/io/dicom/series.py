@@ -205,8 +205,9 @@ def _direction_cosines(iop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return row, col, np.cross(row, col)
 
 
-def _stack(frames: list[_Frame]) -> _Stack:
-    """Group frames into slices sorted along the slice normal.
+def _stack(frames: list[_Frame], normal: np.ndarray | None = None) -> _Stack:
+    """Group frames into slices sorted along the slice normal (``normal`` if given, e.g. one
+    shared by several series whose positions are compared; else the frames' own).
 
     Raises:
         _GeometryProblem: Missing or degenerate position/orientation, or non-parallel images.
@@ -226,7 +227,8 @@ def _stack(frames: list[_Frame]) -> _Stack:
     for f in frames:
         if np.max(np.abs(f.orientation - ref)) > ORIENTATION_TOL:  # type: ignore[operator]
             raise _GeometryProblem("images with different orientations")
-    row, col, normal = _direction_cosines(ref)
+    row, col, own_normal = _direction_cosines(ref)
+    normal = own_normal if normal is None else normal
     d = np.array([float(np.dot(f.position, normal)) for f in frames])  # type: ignore[arg-type]
     order = np.argsort(d, kind="stable")
     slices: list[list[int]] = []
@@ -381,18 +383,6 @@ def _same_spacing(a: tuple[float, float] | None, b: tuple[float, float] | None) 
     return bool(np.allclose(a, b, rtol=1e-3, atol=1e-4))
 
 
-def _positions(info: SeriesInfo, normal: np.ndarray) -> dict[float, list[_Frame]]:
-    """The series' frames by slice position along ``normal`` (rounded to POSITION_TOL_MM)."""
-    out: dict[float, list[_Frame]] = {}
-    for f in info._frames:
-        if f.position is None:
-            continue
-        key = round(float(np.dot(f.position, normal)) / POSITION_TOL_MM) * POSITION_TOL_MM
-        near = [k for k in out if abs(k - key) <= POSITION_TOL_MM]
-        out.setdefault(near[0] if near else key, []).append(f)
-    return out
-
-
 def _merge_stack_parts(series: list[SeriesInfo]) -> list[SeriesInfo]:
     """Merge the parts of a stack acquired as several series (one per slice or per breath-hold)
     into one candidate stack: series of one study with parallel planes and the same image grid.
@@ -433,7 +423,8 @@ def _merge_stack_parts(series: list[SeriesInfo]) -> list[SeriesInfo]:
         n_repeated = 0
         own_gaps = []
         for s in sorted(g, key=lambda x: (x.series_number or 0, x.uid)):
-            positions = _positions(s, normal)
+            st = _stack(s._frames, normal)  # a part is a stack of its own (classified so)
+            positions = dict(zip(st.positions, st.slices, strict=True))
             if len(positions) > 1:
                 own_gaps.append(float(np.median(np.diff(sorted(positions)))))
             for key, frames in positions.items():
