@@ -57,17 +57,17 @@ def test_montage_in_the_window(tmp_path):
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
 
 
-def test_volume_curve_marks_reported_volumes_where_they_differ():
+def test_volume_curve_marksreported_volumes_where_they_differ():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cardioseg.clinical.report import _plot_curve, _reported_volumes
+    from cardioseg.clinical.report import _plot_curve, reported_volumes
 
     lv, rv = [70.0, 60.0, 40.0, 55.0], [60.0, 50.0, 45.0, 58.0]
     indices = {"lv_edv_ml": 70.0, "rv_edv_ml": 60.0, "lv_esv_ml": 46.5, "rv_esv_ml": 45.0}
-    reported = _reported_volumes(indices)
+    reported = reported_volumes(indices)
     assert reported == {"ED": (70.0, 60.0), "ES": (46.5, 45.0)}
 
     def diamonds(rep) -> tuple[list[tuple[float, float]], list[str]]:
@@ -85,9 +85,9 @@ def test_volume_curve_marks_reported_volumes_where_they_differ():
     found, legend = diamonds(reported)
     assert found == [(2.0, 46.5)]  # only the ES LV differs from the per-frame curve
     assert "as reported at ED/ES" in legend
-    found, legend = diamonds(_reported_volumes({"lv_edv_ml": 70.0, "lv_esv_ml": 40.0}))
+    found, legend = diamonds(reported_volumes({"lv_edv_ml": 70.0, "lv_esv_ml": 40.0}))
     assert found == [] and "as reported at ED/ES" not in legend
-    assert _reported_volumes({"lv_edv_ml": float("nan")})["ED"] == (None, None)
+    assert reported_volumes({"lv_edv_ml": float("nan")})["ED"] == (None, None)
 
 
 def test_montage_marks_the_slices_to_check(tmp_path):

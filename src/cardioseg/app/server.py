@@ -452,7 +452,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
     )
     def get_study(study_id: str) -> dict[str, Any]:
         from cardioseg.clinical.qc import slices_to_check
-        from cardioseg.clinical.report import REPORTED_VOLUME_KEYS, report_table
+        from cardioseg.clinical.report import report_table, reported_volumes
 
         study = study_or_404(study_id)
         job = db.job_for_study(study_id)
@@ -475,8 +475,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             out["volume_curve"] = report.get("volume_curve")
             # the reported ED/ES volumes (refined pass): marked on the curve where they differ
             out["reported_volumes"] = {
-                phase: {"lv": report.get(lv), "rv": report.get(rv)}
-                for phase, (lv, rv) in REPORTED_VOLUME_KEYS.items()
+                phase: {"lv": lv, "rv": rv} for phase, (lv, rv) in reported_volumes(report).items()
             }
             out["slices"] = report.get("slices") or []
             # where the test-time predictions disagree, as in the report's "Check" column

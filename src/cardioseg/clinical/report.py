@@ -237,7 +237,7 @@ REPORTED_VOLUME_KEYS = {
 }
 
 
-def _reported_volumes(indices: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
+def reported_volumes(indices: Mapping[str, Any]) -> dict[str, tuple[float | None, float | None]]:
     """``{"ED": (LV mL, RV mL), "ES": (...)}`` from the indices (``None`` where missing)."""
 
     def value(key: str) -> float | None:
@@ -760,7 +760,7 @@ def _write_pdf(
                 curves[1],
                 int(report["ed_frame"]),
                 int(report["es_frame"]),
-                _reported_volumes(report),
+                reported_volumes(report),
             )
             ax.set_title("Ventricular volume over the cardiac cycle")
             fig.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))
@@ -852,7 +852,7 @@ def write_report(
             curves[1],
             ed_frame,
             es_frame,
-            _reported_volumes(indices),
+            reported_volumes(indices),
         )
     sex = normalize_sex(sex)
     ranges = normal_ranges(sex)
