@@ -659,6 +659,23 @@ def test_failed_job_reports_the_reason(tmp_path, tiny_checkpoint, studies):
         assert r.status_code == 409 and "failed" in r.json()["detail"]
 
 
+def test_zipped_nifti_cine_is_shown_as_what_it_held(tmp_path, tiny_checkpoint, studies):
+    """A zip is a "dicom" study until analysed; then its kind and frames are what it held."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("case/cine.nii.gz", studies["cine"].read_bytes())
+    config = _config(tmp_path, tiny_checkpoint)
+    with _client(config) as client:
+        up = _upload_file(client, studies["dicom"], content=buf.getvalue())
+        assert up.status_code == 201, up.text
+        assert up.json()["study"]["kind"] == "dicom"
+        assert up.json()["study"]["n_frames"] is None
+        assert _wait(client, up.json()["job"]["id"])["state"] == "done"
+        study = client.get(f"/api/studies/{up.json()['study']['id']}").json()["study"]
+        n_frames = nib.load(str(studies["cine"])).shape[3]
+        assert (study["kind"], study["n_frames"]) == ("nifti4d", n_frames)
+
+
 def _traversal_free_non_dicom_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

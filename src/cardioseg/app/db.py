@@ -304,7 +304,11 @@ class Database:
         return cur.rowcount > 0
 
     def finish(self, job_id: str, study_id: str, report: dict[str, Any]) -> bool:
-        """Store the result and mark the job done (one transaction); ``False`` if deleted."""
+        """Store the result and mark the job done (one transaction); ``False`` if deleted.
+
+        A zipped study's kind (``dicom`` until analysed) and frame count are set from what the
+        analysis found in it (``report["meta"]``).
+        """
         now = utcnow()
         with self.transaction() as con:
             if con.execute("SELECT 1 FROM studies WHERE id = ?", (study_id,)).fetchone() is None:
@@ -314,6 +318,13 @@ class Database:
                 " VALUES (?, ?, ?, ?)",
                 (study_id, job_id, json.dumps(report, allow_nan=False), now),
             )
+            meta = report.get("meta") or {}
+            if meta.get("source_kind") in ("dicom", "nifti4d") and meta.get("n_frames"):
+                # a zip holds DICOM or a NIfTI cine: only the analysis knows which
+                con.execute(
+                    "UPDATE studies SET kind = ?, n_frames = ? WHERE id = ? AND kind != 'pair'",
+                    (meta["source_kind"], int(meta["n_frames"]), study_id),
+                )
             con.execute(
                 "UPDATE jobs SET state = 'done', progress = 1, message = 'done', error = NULL,"
                 " finished_utc = ? WHERE id = ?",

@@ -91,7 +91,9 @@ function fmtBytes(n) {
   return (n / 1024 ** 3).toFixed(2) + " GB";
 }
 
-const KIND_NAMES = { nifti4d: "4D NIfTI", pair: "ED/ES pair", dicom: "zip (DICOM or NIfTI)" };
+const KIND_NAMES = { nifti4d: "4D NIfTI", pair: "ED/ES pair", dicom: "DICOM" };
+// A zip is stored as "dicom" until its analysis says what it held (and how many frames).
+const kindName = (s) => (s.kind === "dicom" && s.n_frames == null ? "zip" : KIND_NAMES[s.kind] || s.kind);
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -253,7 +255,7 @@ function renderStudies() {
     del.addEventListener("click", (ev) => { ev.stopPropagation(); deleteStudy(s); });
     const row = el("tr", { "data-id": s.id, class: s.id === state.selected ? "selected" : "" },
       el("td", { class: "name", text: s.name, title: s.created_utc }),
-      el("td", { text: KIND_NAMES[s.kind] || s.kind }),
+      el("td", { text: kindName(s) }),
       statusCell,
       el("td", { class: "num", text: sum.lv_ef_pct !== undefined ? fmt(sum.lv_ef_pct) + " %" : "" }),
       el("td", {}, qc ? el("span", { class: "qc-badge qc-" + qc, text: qc }) : ""),
@@ -313,7 +315,7 @@ async function refreshDetail() {
   state.detail = d;
   const s = d.study;
   $("detail-title").textContent = s.name;
-  $("detail-meta").textContent = (KIND_NAMES[s.kind] || s.kind) + " · " + fmtBytes(s.size_bytes) + " · uploaded " + s.created_utc.replace("T", " ").replace("Z", " UTC");
+  $("detail-meta").textContent = kindName(s) + " · " + fmtBytes(s.size_bytes) + " · uploaded " + s.created_utc.replace("T", " ").replace("Z", " UTC");
   const job = d.job;
   const bar = $("job-progress");
   $("job-error").hidden = true;
