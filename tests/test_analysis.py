@@ -574,3 +574,126 @@ def test_analyze_prints_the_slices_to_check_first(tmp_path, tiny_checkpoint, mon
     res = _run(["analyze", cine_path, "-o", tmp_path / "out", "--model", tiny_checkpoint])
     assert res.exit_code == 0, res.output
     assert "check first (the test-time predictions disagree): ED:9, ES:8" in res.output
+
+
+def test_analyze_never_replaces_the_input_or_unrelated_files(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    study = tmp_path / "study"
+    paths = write_phantom(ph, study, name="p")  # p_ED / p_ES: a pair folder
+    before = sorted(p.name for p in study.iterdir())
+    base = ["--model", tiny_checkpoint, "--no-pdf"]
+    # the input folder itself, a folder holding it, a folder inside it
+    for out, needle in (
+        (study, "holds the input"),
+        (tmp_path, "holds the input"),
+        (study / "result", "lies inside the input"),
+    ):
+        res = _run(["analyze", study, "-o", out, *base])
+        _assert_clean_failure(res, "output folder", needle)
+    res = _run(["analyze", "--ed", paths["p_ED"], "--es", paths["p_ES"], "-o", study, *base])
+    _assert_clean_failure(res, "holds the input")
+    assert sorted(p.name for p in study.iterdir()) == before
+    # a folder of other files is not replaced; an empty one or a previous result is
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    res = _run(["analyze", study, "-o", other, *base])
+    _assert_clean_failure(res, "not empty and holds no previous cardioseg result")
+    assert (other / "keep.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _run(["analyze", study, "-o", empty, *base]).exit_code == 0
+    res = _run(["analyze", study, "-o", empty, *base])  # a previous result: replaced
+    assert res.exit_code == 0, res.output
+    # the current folder is never the output folder
+    monkeypatch.chdir(empty)
+    res = _run(["analyze", study, "-o", ".", *base])
+    _assert_clean_failure(res, "would replace the current folder")
+    assert (empty / "report.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [
+        (["--height", "1.75", "--weight", "70"], "height must lie between 30 and 272 cm, got 1.75"),
+        (["--height", "175", "--weight", "0"], "weight must lie between 1 and 400 kg, got 0"),
+        (["--height", "nan", "--weight", "70"], "height must lie between"),
+        (["--ed-frame", "2", "--es-frame", "2"], "the ED and ES frames are the same (2)"),
+        (["--es-frame", "9"], "ES frame 9 out of range 0..5"),
+    ],
+)
+def test_analyze_refuses_implausible_options_before_segmenting(
+    tmp_path, tiny_checkpoint, monkeypatch, option, needle
+):
+    from cardioseg.clinical import analysis
+
+    def fail(*_a, **_k):
+        raise AssertionError("segmented before the options were checked")
+
+    monkeypatch.setattr(analysis, "_segment_frames", fail)
+    cine, _ = _write_cine(tmp_path / "cine.nii.gz")
+    out = tmp_path / "out"
+    res = _run(["analyze", cine, "-o", out, "--model", tiny_checkpoint, "--no-pdf", *option])
+    _assert_clean_failure(res, needle)
+    assert not out.exists()
+
+
+def test_analyze_refuses_a_stack_too_short_for_volumes(tmp_path, tiny_checkpoint):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    short = {}
+    for phase in ("ED", "ES"):
+        img = nib.load(str(paths[f"p_{phase}"]))
+        data = np.asarray(img.dataobj)[..., 1:3]
+        short[phase] = tmp_path / f"short_{phase}.nii.gz"
+        nib.save(nib.Nifti1Image(data, img.affine), str(short[phase]))
+    out = tmp_path / "out"
+    res = _run(
+        ["analyze", "--ed", short["ED"], "--es", short["ES"], "-o", out]
+        + ["--model", tiny_checkpoint, "--no-pdf"]
+    )
+    _assert_clean_failure(res, "a stack of 2 short-axis slices cannot measure ventricular volumes")
+    res = _run(["analyze", "--ed", short["ED"], "--es", short["ED"], "-o", out])
+    _assert_clean_failure(res, "ED and ES are the same file")
+    assert not out.exists()
+
+
+def test_cine_masks_keep_the_time_between_frames(tmp_path, tiny_checkpoint):
+    cine, _ = _write_cine(tmp_path / "cine.nii.gz")
+    img = nib.load(str(cine))
+    img.header.set_zooms((*img.header.get_zooms()[:3], 32.5))
+    img.header.set_xyzt_units("mm", "msec")
+    nib.save(img, str(cine))
+    out = tmp_path / "out"
+    res = _run(["analyze", cine, "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    masks = nib.load(str(out / "masks_cine.nii.gz"))
+    assert masks.header.get_zooms()[3] == pytest.approx(32.5)
+    assert masks.header.get_xyzt_units() == ("mm", "msec")
+    html = (out / "report.html").read_text()
+    assert "(frames counted from 0)" in html
+
+
+def test_analyze_batch_keeps_studies_apart_and_its_output_out_of_the_studies(
+    tmp_path, tiny_checkpoint
+):
+    studies = tmp_path / "studies"
+    _write_cine(studies / "x.nii.gz", seed=5, frames=3)
+    _write_cine(studies / "x" / "cine.nii.gz", seed=6, frames=4)  # a folder of the same name
+    out = studies / "results"  # inside the studies folder: not a study itself
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    for _ in range(2):  # the re-run skips both and does not take results/ for a study
+        res = _run(args)
+        assert res.exit_code == 0, res.output
+        rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+        assert set(rows) == {"x", "x.nii.gz"}
+        assert {r["status"] for r in rows.values()} == {"done"}
+    frames = {
+        name: json.loads((out / name / "report.json").read_text())["meta"]["n_frames"]
+        for name in rows
+    }
+    assert frames == {"x": 4, "x.nii.gz": 3}
+    res = _run(["analyze-batch", studies, "-o", studies, "--model", tiny_checkpoint])
+    _assert_clean_failure(res, "the output folder is the studies folder")

@@ -791,8 +791,10 @@ def _register(
         if not np.allclose(ed.affine, es.affine, atol=1e-3):
             raise UploadError(400, "ES affine (geometry) does not match the ED affine")
         kind, n_frames = "pair", 2
-    height = _optional_float(fields.get("height_cm"), "height_cm", 30, 272)
-    weight = _optional_float(fields.get("weight_kg"), "weight_kg", 1, 700)
+    from cardioseg.io.dicom.headers import HEIGHT_CM_RANGE, WEIGHT_KG_RANGE
+
+    height = _optional_float(fields.get("height_cm"), "height_cm", *HEIGHT_CM_RANGE)
+    weight = _optional_float(fields.get("weight_kg"), "weight_kg", *WEIGHT_KG_RANGE)
     sex = _optional_sex(fields.get("sex"))
     label = display_name(fields.get("name") or parts.get("file", parts.get("ed"))[1] or "study")
     study_id, job_id = new_id(), new_id()

@@ -467,7 +467,12 @@ def analyze(
     typer.echo(
         f"LVEF {shown('lv_ef_pct')} %  LVEDV {shown('lv_edv_ml')} mL  "
         f"RVEF {shown('rv_ef_pct')} %  LV mass {shown('lv_mass_g')} g  "
-        f"ED {report.get('ed_frame')} ES {report.get('es_frame')}  QC {qc.get('status')}"
+        + (
+            "ED/ES pair"
+            if (report.get("meta") or {}).get("source_kind") == "pair"
+            else f"ED {report.get('ed_frame')} ES {report.get('es_frame')}"
+        )
+        + f"  QC {qc.get('status')}"
     )
     for reason in qc.get("reasons", []):
         typer.echo(f"  - {reason}")

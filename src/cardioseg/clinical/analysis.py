@@ -28,6 +28,9 @@ from cardioseg.io.nifti import (
 
 log = logging.getLogger("cardioseg.analyze")
 
+#: Fewest short-axis slices from which ventricular volumes are measured.
+MIN_SLICES = 3
+
 
 @dataclass
 class Study:
@@ -94,6 +97,81 @@ def load_study(
     return Study(image, props, str(path), "dicom", dicom_meta=meta, meta=body)
 
 
+def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Refuse an output folder whose replacement would destroy what it should not.
+
+    A result folder is replaced as a whole (:func:`~cardioseg.io.nifti.atomic_folder`), so it
+    must be new, empty, or a previous result (it holds ``report.json``), and neither the
+    current folder nor the input, a folder holding the input, or a folder inside the input.
+
+    Raises:
+        CardiosegError: Naming the folder and the problem.
+
+    Example:
+        >>> import tempfile
+        >>> study = Path(tempfile.mkdtemp()) / "study"
+        >>> try:
+        ...     check_output_folder(study / "result", [study])
+        ... except CardiosegError as err:
+        ...     print(err.problem)
+        the output folder lies inside the input; name a folder outside it
+    """
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise CardiosegError(outdir, "output exists and is not a folder")
+    out = outdir.resolve()
+    if out == Path.cwd().resolve() or out.parent == out:
+        raise CardiosegError(
+            outdir, "the output folder would replace the current folder; name a new folder"
+        )
+    for src in inputs:
+        if src is None:
+            continue
+        source = Path(src).resolve()
+        if out == source or out in source.parents:
+            raise CardiosegError(
+                outdir, "the output folder holds the input and would replace it; name a new folder"
+            )
+        if source in out.parents:
+            raise CardiosegError(
+                outdir, "the output folder lies inside the input; name a folder outside it"
+            )
+    if out.is_dir() and not (out / "report.json").is_file() and any(out.iterdir()):
+        raise CardiosegError(
+            outdir,
+            "output folder is not empty and holds no previous cardioseg result (it would be "
+            "replaced); name a new or empty folder",
+        )
+
+
+def check_body_size(height_cm: float | None, weight_kg: float | None) -> None:
+    """Refuse a height or weight outside the plausible adult and child range (wrong units).
+
+    Raises:
+        CardiosegError: For example a height given in metres.
+
+    Example:
+        >>> try:
+        ...     check_body_size(1.7, 70)
+        ... except CardiosegError as err:
+        ...     print(err.problem)
+        height must lie between 30 and 272 cm, got 1.7 (a height in metres?)
+    """
+    from cardioseg.io.dicom.headers import HEIGHT_CM_RANGE, WEIGHT_KG_RANGE
+
+    for name, value, (lo, hi), unit in (
+        ("height", height_cm, HEIGHT_CM_RANGE, "cm"),
+        ("weight", weight_kg, WEIGHT_KG_RANGE, "kg"),
+    ):
+        if value is None:
+            continue
+        if not (np.isfinite(value) and lo <= float(value) <= hi):
+            hint = " (a height in metres?)" if name == "height" and 0 < value < 3 else ""
+            raise CardiosegError(
+                None, f"{name} must lie between {lo:g} and {hi:g} {unit}, got {value:g}{hint}"
+            )
+
+
 def _zip_holds_nifti(path: Path) -> bool:
     import zipfile
 
@@ -124,7 +202,11 @@ def _load_zipped_nifti_study(path: Path) -> Study | None:
         except CardiosegError as err:  # name the member as "study.zip/folder/file.nii.gz"
             raise CardiosegError(show(err.path) if err.path else path, err.problem) from None
     st.properties = ImageProperties(  # not the temporary file's name
-        st.properties.affine, st.properties.spacing, st.properties.shape, str(path)
+        st.properties.affine,
+        st.properties.spacing,
+        st.properties.shape,
+        str(path),
+        st.properties.extra,
     )
     return st
 
@@ -142,6 +224,8 @@ def _load_found(found: Any, source: Path) -> Study:
 
 
 def _load_pair(ed: str | Path, es: str | Path) -> Study:
+    if Path(ed).resolve() == Path(es).resolve():
+        raise CardiosegError(es, "ED and ES are the same file")
     ed_img, ed_props = read_image(ed, allow_4d=False)
     es_img, es_props = read_image(es, allow_4d=False)
     if ed_img.shape != es_img.shape:
@@ -262,8 +346,8 @@ def analyze_study(
 
     t0 = time.perf_counter()
     outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise CardiosegError(outdir, "output exists and is not a folder")
+    check_output_folder(outdir, [study, ed, es])
+    check_body_size(height_cm, weight_kg)
     try:
         exclusions = [
             e if isinstance(e, SliceExclusion) else SliceExclusion.parse(e) for e in exclude
@@ -282,6 +366,19 @@ def analyze_study(
     spacing = st.properties.spacing
     check_inplane_geometry(st.image.shape, spacing, st.source)
     axis = slice_axis(spacing, st.image.shape[:3])
+    n_slices = st.image.shape[axis]
+    if n_slices < MIN_SLICES:
+        raise CardiosegError(
+            st.source,
+            f"a stack of {n_slices} short-axis slice{'s' if n_slices > 1 else ''} cannot "
+            f"measure ventricular volumes (at least {MIN_SLICES} needed)",
+        )
+    n_frames = st.image.shape[-1]
+    for name, v in (("ED", ed_frame), ("ES", es_frame)):
+        if v is not None and not 0 <= v < n_frames:
+            raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n_frames - 1}")
+    if ed_frame is not None and ed_frame == es_frame:
+        raise CardiosegError(st.source, f"the ED and ES frames are the same ({ed_frame})")
     try:  # before the slow part
         for ex in exclusions:
             ex.check(st.image.shape[axis])
@@ -348,7 +445,9 @@ def analyze_study(
             if spread_map is not None:
                 write_image(tmp / f"disagreement_{name}.nii.gz", spread_map, props3)
         if st.kind != "pair":
-            props4 = ImageProperties(st.properties.affine, spacing, labels.shape, st.source)
+            props4 = ImageProperties(
+                st.properties.affine, spacing, labels.shape, st.source, st.properties.extra
+            )
             write_label(tmp / "masks_cine.nii.gz", labels, props4)
         if st.kind == "dicom" and dm is not None and not labels[..., [ed_i, es_i]].any():
             # nothing segmented (not a heart, or images unlike any the model knows): the report

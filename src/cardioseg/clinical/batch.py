@@ -15,7 +15,7 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -72,15 +72,17 @@ _SEGMENTER: Any = None
 _WRITE_PDF = True
 
 
-def find_studies(root: str | Path) -> list[Path]:
+def find_studies(root: str | Path, skip: str | Path | None = None) -> list[Path]:
     """Studies under ``root``: 4D NIfTI files, zips, and folders (DICOM, or NIfTI files that
-    :func:`~cardioseg.clinical.nifti_folder.find_nifti_study` recognises)."""
+    :func:`~cardioseg.clinical.nifti_folder.find_nifti_study` recognises); ``skip`` is left
+    out (the batch's own output folder, when it lies in ``root``)."""
     root = Path(root)
     if not root.is_dir():
         raise CardiosegError(root, "batch input must be a folder of studies")
+    skipped = Path(skip).resolve() if skip is not None else None
     out = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or (skipped is not None and p.resolve() == skipped):
             continue
         if p.is_file() and (is_nifti(p) or p.suffix.lower() == ".zip"):
             out.append(p)
@@ -92,11 +94,24 @@ def find_studies(root: str | Path) -> list[Path]:
 
 
 def study_name(path: Path) -> str:
+    """A study's name in a batch: its folder or file name without ``.zip`` / ``.nii(.gz)``."""
     name = path.name
     for suffix in (".nii.gz", ".nii", ".zip"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def study_names(studies: Sequence[Path]) -> list[str]:
+    """The studies' names (:func:`study_name`), except that studies whose names would clash
+    (``x/`` and ``x.nii.gz``) keep their whole file names, so no result replaces another's.
+
+    Example:
+        >>> study_names([Path("x"), Path("x.nii.gz"), Path("y.zip")])
+        ['x', 'x.nii.gz', 'y']
+    """
+    short = [study_name(p) for p in studies]
+    return [p.name if short.count(n) > 1 else n for p, n in zip(studies, short, strict=True)]
 
 
 def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
@@ -186,10 +201,9 @@ def read_exclusions(path: str | Path) -> dict[str, list[str]]:
     return out
 
 
-def _analyze_one(path: str, outdir: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
+def _analyze_one(name: str, path: str, outdir: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
     from cardioseg.clinical.analysis import analyze_study
 
-    name = study_name(Path(path))
     try:
         report = analyze_study(
             Path(outdir) / name,
@@ -246,10 +260,16 @@ def run_batch(
     """
     from cardioseg.clinical.slices import SliceExclusion
 
-    studies = find_studies(root)
+    outdir = Path(outdir)
+    if outdir.resolve() == Path(root).resolve():
+        raise CardiosegError(
+            outdir, "the output folder is the studies folder; name another folder for the results"
+        )
+    found = find_studies(root, skip=outdir)
+    studies = dict(zip(study_names(found), found, strict=True))
     wanted: dict[str, list[str]] | None = None
     if exclusions is not None:
-        names = {study_name(s) for s in studies}
+        names = set(studies)
         unknown = sorted(set(exclusions) - names)
         if unknown:
             raise CardiosegError(
@@ -261,16 +281,15 @@ def run_batch(
     from cardioseg.models.checkpoint import checkpoint_members, model_description
 
     current_model = model_description(checkpoint_members(model))
-    outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     table = outdir / "results.csv"
     rows: dict[str, dict] = {}
     if table.exists():
         with open(table, newline="") as fh:
             rows = {r["study"]: r for r in csv.DictReader(fh)}
-    todo, other_model = [], 0
-    for s in studies:
-        name = study_name(s)
+    todo: list[tuple[str, Path]] = []
+    other_model = 0
+    for name, s in studies.items():
         rep = outdir / name / "report.json"
         report = json.loads(rep.read_text()) if rep.exists() else None
         same_model = report is not None and (report.get("meta") or {}).get("model") == current_model
@@ -280,7 +299,7 @@ def run_batch(
         ):
             rows[name] = _row(name, report)
         else:
-            todo.append(s)
+            todo.append((name, s))
     _write_table(table, rows)
     log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
     if other_model:
@@ -300,7 +319,7 @@ def run_batch(
 
 
 def _run(
-    todo: list[Path],
+    todo: list[tuple[str, Path]],
     outdir: Path,
     workers: int,
     options: dict[str, Any],
@@ -311,24 +330,25 @@ def _run(
 ) -> Iterator[dict]:
     from tqdm import tqdm
 
-    def excl(s: Path) -> list[str]:
-        return exclusions.get(study_name(s), [])
+    def job(name: str, path: Path) -> tuple[str, str, str, list[str]]:
+        return name, str(path), str(outdir), list(exclusions.get(name, []))
 
     bar = tqdm(total=len(todo), disable=not progress, desc="studies")
     if not todo:
         bar.close()
         return
     if ray_address:
-        yield from _run_ray(todo, outdir, workers, options, ray_address, bar, excl, write_pdf)
+        jobs = [job(*t) for t in todo]
+        yield from _run_ray(jobs, workers, options, ray_address, bar, write_pdf)
     elif workers <= 1:
         _init_worker(options, 0, write_pdf)
-        for s in todo:
-            yield _analyze_one(str(s), str(outdir), excl(s))
+        for t in todo:
+            yield _analyze_one(*job(*t))
             bar.update()
     else:
         init = (options, 1, write_pdf)
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
-            futures = [pool.submit(_analyze_one, str(s), str(outdir), excl(s)) for s in todo]
+            futures = [pool.submit(_analyze_one, *job(*t)) for t in todo]
             for f in as_completed(futures):
                 yield f.result()
                 bar.update()
@@ -336,15 +356,14 @@ def _run(
 
 
 def _run_ray(
-    todo: list[Path],
-    outdir: Path,
+    jobs: list[tuple[str, str, str, list[str]]],
     workers: int,
     options: dict[str, Any],
     address: str,
     bar: Any,
-    excl: Callable[[Path], list[str]],
     write_pdf: bool = True,
 ) -> Iterator[dict]:
+    """Run :func:`_analyze_one` of each job (its arguments) on Ray actors."""
     try:
         import ray
     except ImportError:
@@ -364,11 +383,10 @@ def _run_ray(
         def __init__(self) -> None:
             _init_worker(options, 1, write_pdf)
 
-        def run(self, path: str, exclude: list[str]) -> dict:
-            return _analyze_one(path, str(outdir), exclude)
+        def run(self, *job: Any) -> dict:
+            return _analyze_one(*job)
 
     pool = ray.util.ActorPool([Worker.remote() for _ in range(max(1, workers))])
-    jobs = [(str(s), excl(s)) for s in todo]
     for row in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
         yield row
         bar.update()

@@ -333,7 +333,8 @@ def compare_to_normal(
 ) -> dict[str, str]:
     """Flag each index that has a normal range as ``"low"``, ``"normal"`` or ``"high"``.
 
-    Indices without a published range (or with a non-finite value) are left out.
+    Indices without a published range (or with a non-finite value) are left out. Values are
+    compared as the reports show them (one decimal), so a value shown on a limit is normal.
 
     Args:
         indices: Output of :func:`compute_indices`.
@@ -346,6 +347,9 @@ def compare_to_normal(
     Example:
         >>> compare_to_normal({"lv_ef_pct": 45.0, "lv_edv_ml": 150.0})
         {'lv_ef_pct': 'low', 'lv_edv_ml': 'normal'}
+        >>> low = normal_ranges()["lv_ef_pct"][0]
+        >>> compare_to_normal({"lv_ef_pct": low - 0.04})  # shown as the limit itself
+        {'lv_ef_pct': 'normal'}
     """
     ranges = normal_ranges(sex) if ranges is None else ranges
     flags: dict[str, str] = {}
@@ -355,6 +359,7 @@ def compare_to_normal(
         v = float(value)
         if not math.isfinite(v):
             continue
+        v = round(v, 1)
         low, high = ranges[name]
         flags[name] = "low" if v < low else "high" if v > high else "normal"
     return flags

@@ -320,6 +320,24 @@ def _write_curve_png(
     return path
 
 
+def frames_text(report: Mapping[str, Any]) -> str:
+    """Which frames are ED and ES, in words: frame numbers count from 0 (as in the volume
+    curve, the masks and the slice exclusions); an ED/ES pair has no frame numbers.
+
+    Example:
+        >>> frames_text({"ed_frame": 0, "es_frame": 9, "meta": {"source_kind": "dicom"}})
+        'End-diastole: frame 0 · End-systole: frame 9 (frames counted from 0)'
+        >>> frames_text({"ed_frame": 0, "es_frame": 1, "meta": {"source_kind": "pair"}})
+        'End-diastole and end-systole: the two given volumes (ED/ES pair)'
+    """
+    if (report.get("meta") or {}).get("source_kind") == "pair":
+        return "End-diastole and end-systole: the two given volumes (ED/ES pair)"
+    return (
+        f"End-diastole: frame {report.get('ed_frame')} · End-systole: frame "
+        f"{report.get('es_frame')} (frames counted from 0)"
+    )
+
+
 def _write_montage(
     path: Path,
     images: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -605,8 +623,7 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 <body>
 <h1>Cardiac cine MRI analysis</h1>
 {header_label}
-<p>End-diastole: frame {e(str(report["ed_frame"]))} &nbsp;·&nbsp;
-End-systole: frame {e(str(report["es_frame"]))}</p>
+<p>{e(frames_text(report))}</p>
 <h2>Quality control</h2>
 <div class="qc"><p>Status: <span class="status">{e(status)}</span>{e(score_txt)}</p>
 <ul>{reason_items}</ul></div>
@@ -651,9 +668,7 @@ def _write_pdf(
         if report.get("patient_label"):
             fig.text(0.07, y, f"Study label: {report['patient_label']}", fontsize=10)
             y -= 0.022
-        fig.text(
-            0.07, y, f"ED frame {report['ed_frame']}   ES frame {report['es_frame']}", fontsize=10
-        )
+        fig.text(0.07, y, frames_text(report), fontsize=10)
         y -= 0.03
         if report.get("excluded_slices"):
             fig.text(

@@ -202,6 +202,11 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
     if not np.any(data):
         raise CardiosegError(path, "image is all zeros")
     props = ImageProperties(img.affine.copy(), spacing, shape, str(path))
+    if len(shape) == 4:  # the time between frames, carried into the cine masks
+        step = float(img.header.get_zooms()[3]) if len(img.header.get_zooms()) > 3 else 0.0
+        if np.isfinite(step) and step > 0:
+            props.extra["frame_time"] = step
+            props.extra["time_unit"] = img.header.get_xyzt_units()[1]
     return data, props
 
 
@@ -304,6 +309,10 @@ def write_image(
     img = nib.Nifti1Image(arr, properties.affine)
     img.set_qform(properties.affine, code=1)
     img.set_sform(properties.affine, code=1)
+    if arr.ndim == 4 and properties.extra.get("frame_time"):
+        zooms = img.header.get_zooms()[:3]
+        img.header.set_zooms((*zooms, float(properties.extra["frame_time"])))
+        img.header.set_xyzt_units("mm", properties.extra.get("time_unit") or "unknown")
     with atomic_write(path) as tmp:
         nib.save(img, str(tmp))
     return path

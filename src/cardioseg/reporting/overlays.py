@@ -69,6 +69,19 @@ def foreground_window(
     return window[0], window[1]
 
 
+def montage_slices(n_slices: int, max_slices: int, marked: Sequence[int] = ()) -> list[int]:
+    """The slices a montage shows: up to ``max_slices`` evenly spaced, and every marked one.
+
+    Example:
+        >>> montage_slices(16, 12)
+        [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 15]
+        >>> montage_slices(16, 12, marked=[3, 14])
+        [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 12, 13, 14, 15]
+    """
+    even = np.linspace(0, n_slices - 1, min(max_slices, n_slices)).astype(int)
+    return sorted({int(z) for z in even} | {int(z) for z in marked if 0 <= z < n_slices})
+
+
 def overlay_montage(
     image: np.ndarray,
     label: np.ndarray,
@@ -90,7 +103,7 @@ def overlay_montage(
         spacing: Voxel spacing (the slice axis is the largest spacing).
         reference: Optional reference labels drawn as dashed contours.
         title: Figure title.
-        max_slices: Show at most this many slices (evenly chosen).
+        max_slices: Show this many slices, evenly chosen, and every marked one.
         heat: Optional map of the same shape (e.g. the disagreement of the test-time
             predictions) shown in yellow, transparent at 0 and most opaque from ``heat_max``.
         heat_max: Value of full heat colour.
@@ -113,7 +126,7 @@ def overlay_montage(
         img, lab = img[:, window[0], window[1]], lab[:, window[0], window[1]]
         ref = ref[:, window[0], window[1]] if ref is not None else None
         hot = hot[:, window[0], window[1]] if hot is not None else None
-    zs = np.unique(np.linspace(0, img.shape[0] - 1, min(max_slices, img.shape[0])).astype(int))
+    zs = montage_slices(img.shape[0], max_slices, marked)
     cols = min(6, len(zs))
     rows = int(np.ceil(len(zs) / cols))
     # constrained layout keeps each slice's title clear of the row above (tight_layout let

@@ -35,6 +35,10 @@ GAP_TOL = 0.10
 PHASE_COUNT_TOL = 0.25
 #: Plausible heart rates (beats per minute) during a cine acquisition.
 HEART_RATE_BPM_RANGE = (20.0, 250.0)
+#: Plausible body height (cm) and weight (kg), children included; outside them the value is
+#: taken as an error (e.g. a height in metres).
+HEIGHT_CM_RANGE = (30.0, 272.0)
+WEIGHT_KG_RANGE = (1.0, 400.0)
 #: A stack whose slice positions drift in-plane by more than this (mm) is not a straight stack
 #: (e.g. an export with a wrong orientation); it loses against straight ones.
 INPLANE_SHIFT_TOL_MM = 5.0

@@ -16,8 +16,10 @@ from cardioseg.io.dicom.archive import extracted_zip
 from cardioseg.io.dicom.headers import (
     GAP_TOL,
     HEART_RATE_BPM_RANGE,
+    HEIGHT_CM_RANGE,
     MIN_PHASES,
     PHASE_COUNT_TOL,
+    WEIGHT_KG_RANGE,
     CineMeta,
     SeriesInfo,
     _dcmread,
@@ -333,7 +335,7 @@ def _assemble(
 
     hdr = chosen._header
     height = hdr.get("height")
-    if height is not None and 30.0 <= height <= 280.0:  # entered in cm instead of metres
+    if height is not None and HEIGHT_CM_RANGE[0] <= height <= HEIGHT_CM_RANGE[1]:  # cm, not m
         warn.append("PatientSize looks like centimetres; converted to metres")
         height = height / 100.0
     meta = CineMeta(
@@ -362,8 +364,8 @@ def _assemble(
         field_strength_t=hdr.get("field_strength"),
         rr_interval_ms=hdr.get("rr_interval"),
         heart_rate_bpm=_heart_rate(hdr.get("heart_rate"), hdr.get("rr_interval")),
-        patient_height_m=_plausible(height, 0.3, 2.8),
-        patient_weight_kg=_plausible(hdr.get("weight"), 1.0, 400.0),
+        patient_height_m=_plausible(height, *(h / 100.0 for h in HEIGHT_CM_RANGE)),
+        patient_weight_kg=_plausible(hdr.get("weight"), *WEIGHT_KG_RANGE),
         patient_sex=hdr.get("sex"),
         source_headers=headers,
     )
@@ -382,6 +384,10 @@ def _assemble(
             "warnings": list(warn),
         },
     )
+    known = [t for t in trig if t is not None]
+    if len(known) == len(trig) > 1 and np.all(np.diff(known) > 0):
+        props.extra["frame_time"] = float(np.median(np.diff(known)))
+        props.extra["time_unit"] = "msec"
     for w in warn:
         log.warning("%s: %s", where, w)
     return array, props, meta
