@@ -676,6 +676,32 @@ def test_zipped_nifti_cine_is_shown_as_what_it_held(tmp_path, tiny_checkpoint, s
         assert (study["kind"], study["n_frames"]) == ("nifti4d", n_frames)
 
 
+def test_zipped_study_is_extracted_inside_the_data_folder(
+    tmp_path, tiny_checkpoint, studies, monkeypatch
+):
+    """Never in the system's temporary folder: a killed server would leave patients' images
+    there, out of reach of the start-up clean-up."""
+    import tempfile
+
+    from cardioseg.io.dicom import archive
+
+    used: list = []
+    real = tempfile.TemporaryDirectory
+
+    def spy(*args, **kwargs):
+        if kwargs.get("prefix") == "cardioseg-zip-":
+            used.append(kwargs.get("dir"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(archive.tempfile, "TemporaryDirectory", spy)
+    config = _config(tmp_path, tiny_checkpoint)
+    with _client(config) as client:
+        up = _upload_file(client, studies["dicom"])
+        assert _wait(client, up.json()["job"]["id"])["state"] == "done"
+    assert used and all(Path(d) == config.data_dir / "tmp" for d in used), used
+    assert not list((config.data_dir / "tmp").iterdir())
+
+
 def _traversal_free_non_dicom_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:

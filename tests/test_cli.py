@@ -203,3 +203,16 @@ def test_version_and_models(tmp_path, tiny_checkpoint):
     # a missing file: one line naming it, exit != 0
     res = _run(["models", "--model", tmp_path / "nope.pt"])
     assert res.exit_code != 0 and "nope.pt" in res.output and "Traceback" not in res.output
+
+
+def test_segment_never_writes_over_an_input(tmp_path, tiny_checkpoint):
+    lab = disc_labels((50, 44, 5))
+    aff = oblique_affine(spacing=(1.4, 1.4, 9.0))
+    a = write_nifti(tmp_path / "in" / "img.nii.gz", image_from_labels(lab), aff)
+    b = write_nifti(tmp_path / "other" / "img.nii.gz", image_from_labels(lab, seed=2), aff)
+    before = a.read_bytes()
+    base = ["--model", tiny_checkpoint]
+    _one_line_error(_run(["segment", a, "-o", a, *base]), "would replace an input")
+    _one_line_error(_run(["segment", tmp_path / "in", "-o", tmp_path / "in", *base]), "img.nii.gz")
+    _one_line_error(_run(["segment", a, b, "-o", tmp_path / "out", *base]), "same file name")
+    assert a.read_bytes() == before and not (tmp_path / "out").exists()

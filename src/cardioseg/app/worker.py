@@ -212,7 +212,17 @@ class Worker:
                 release_memory()
 
     def process(self, job: dict[str, Any]) -> None:
-        """Run one claimed job to its end state (done, failed, or back to the queue)."""
+        """Run one claimed job to its end state (done, failed, or back to the queue).
+
+        A zipped study is extracted inside the data folder (``tmp/``), never into the
+        system's temporary folder: what a killed server leaves there is removed at start-up.
+        """
+        from cardioseg.io.dicom.archive import extraction_folder
+
+        with extraction_folder(self.store.tmp):
+            self._process(job)
+
+    def _process(self, job: dict[str, Any]) -> None:
         from cardioseg.clinical.analysis import analyze_study
 
         study_id = job["study_id"]

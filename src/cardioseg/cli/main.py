@@ -257,6 +257,17 @@ def segment(
     single = len(files) == 1 and is_nifti(output) and not output.is_dir()
     if not single and is_nifti(output):
         raise CardiosegError(output, "several inputs need an output folder, not a file name")
+    dests = [output if single else output / f.name for f in files]
+    sources = {f.resolve() for f in files}
+    for dest in dests:
+        if dest.resolve() in sources:
+            raise CardiosegError(dest, "the output would replace an input image; name another -o")
+    clash = {d for d in dests if dests.count(d) > 1}
+    if clash:
+        raise CardiosegError(
+            sorted(clash)[0],
+            "several inputs have the same file name: segment them into separate -o folders",
+        )
     seg = Segmenter(
         model or None,
         tta=tta or None,
@@ -268,8 +279,7 @@ def segment(
         roi=roi,
     )
     failures = 0
-    for f in files:
-        dest = output if single else output / f.name
+    for f, dest in zip(files, dests, strict=True):
         try:
             res = seg.segment_file(f, dest)
             typer.echo(f"{f} -> {dest} ({res.timings['predict_s']:.2f} s)")

@@ -10,6 +10,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 
 from cardioseg.errors import CardiosegError
@@ -18,6 +19,27 @@ log = logging.getLogger("cardioseg.io.dicom")
 
 #: Largest number of members a zipped study may have.
 MAX_ZIP_MEMBERS = 200_000
+
+_EXTRACT_DIR: ContextVar[Path | None] = ContextVar("cardioseg_extract_dir", default=None)
+
+
+@contextlib.contextmanager
+def extraction_folder(folder: str | Path) -> Iterator[Path]:
+    """Extract zipped studies into ``folder`` (not the system's temporary folder) within this
+    block, in this thread: the web app keeps patients' images inside its data folder, whose
+    temporary files it removes at start-up, also after a crash.
+
+    Example:
+        >>> import tempfile
+        >>> with extraction_folder(tempfile.gettempdir()) as folder:
+        ...     folder.is_dir()
+        True
+    """
+    token = _EXTRACT_DIR.set(Path(folder))
+    try:
+        yield Path(folder)
+    finally:
+        _EXTRACT_DIR.reset(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +70,8 @@ def extracted_zip(
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         raise CardiosegError(path, "not a valid zip archive (corrupt or truncated)") from None
-    with zf, tempfile.TemporaryDirectory(prefix="cardioseg-zip-") as tmp:
+    where = _EXTRACT_DIR.get()
+    with zf, tempfile.TemporaryDirectory(prefix="cardioseg-zip-", dir=where) as tmp:
         dest = Path(tmp).resolve()
         try:
             infos = zf.infolist()
