@@ -460,6 +460,23 @@ def test_loopback_needs_no_token_but_checks_host_and_origin(tmp_path, tiny_check
         r = client.get("/")
         assert "default-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
+    # another loopback address it was told to bind to is its own name
+    config = _config(tmp_path / "b", tiny_checkpoint, start_worker=False, host="127.0.0.2")
+    with _client(config) as client:
+        assert client.get("/api/studies", headers={"host": "127.0.0.2:8000"}).status_code == 200
+        assert client.get("/api/studies", headers={"host": "127.0.0.3"}).status_code == 400
+
+
+def test_upload_label_is_kept_as_typed(tmp_path, tiny_checkpoint, studies):
+    config = _config(tmp_path, tiny_checkpoint, start_worker=False)
+    with _client(config) as client:
+        up = _upload_pair(client, studies["ed"], studies["es"], name="Patient 12/03/2024 follow-up")
+        assert up.json()["study"]["name"] == "Patient 12/03/2024 follow-up"
+        up = client.post(
+            "/api/studies",
+            files={"file": ("Müller, %22Hans%22.nii.gz", studies["cine"].read_bytes())},
+        )
+        assert up.json()["study"]["name"] == 'Müller, "Hans".nii.gz'
 
 
 def test_serve_command_errors_are_one_line(tmp_path):
@@ -583,6 +600,7 @@ def test_reanalyze_with_reader_exclusions(tmp_path, tiny_checkpoint, studies):
         k = max(slices, key=lambda z: slices[z]["lv_es_ml"] + slices[z]["rv_es_ml"])
         assert slices[k]["lv_es_ml"] + slices[k]["rv_es_ml"] > 0, "the model labelled nothing"
         before = client.get(f"/api/studies/{sid}/results").json()
+        version = client.get(f"/api/studies/{sid}/viewer").json()["version"]
         for bad in (["ES:x"], ["ES:99"], ["MID:1"]):
             r = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": bad})
             assert r.status_code == 400 and bad[0] in r.json()["detail"], r.text
@@ -600,6 +618,8 @@ def test_reanalyze_with_reader_exclusions(tmp_path, tiny_checkpoint, studies):
         assert _wait(client, job["id"])["state"] == "done"
         after = client.get(f"/api/studies/{sid}/results").json()
         detail = client.get(f"/api/studies/{sid}").json()
+        # the browser's cached slices of the first analysis are not reused: new URLs
+        assert client.get(f"/api/studies/{sid}/viewer").json()["version"] != version
     assert after["excluded_slices"] == detail["excluded_slices"] == [f"ES:{k}"]
     assert after["lv_esv_ml"] == pytest.approx(
         before["lv_esv_ml"] - slices[k]["lv_es_ml"], abs=0.01

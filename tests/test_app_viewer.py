@@ -78,3 +78,11 @@ def test_heart_box_frames_every_label_of_the_png_slices(tmp_path):
         assert y0 * h <= rows.min() and rows.max() < y1 * h
     empty = build_viewer_cache(tmp_path / "empty", image, labels * 0, (1.5, 1.25, 8.0), 0, 2)
     assert viewer_meta(empty)["heart_box"] is None
+
+
+def test_overlay_opacities_are_not_confused_in_the_png_cache(tmp_path):
+    image, labels = _volumes()
+    folder = build_viewer_cache(tmp_path / "viewer", image, labels, (1.5, 1.25, 8.0), 0, 2)
+    pngs = {a: render_slice(folder, 0, 2, layer="overlay", alpha=a) for a in (0.28, 0.29)}
+    assert pngs[0.28] != pngs[0.29]  # 0.29 * 100 is 28.999...: it once shared 0.28's file
+    assert render_slice(folder, 0, 2, layer="overlay", alpha=0.29) == pngs[0.29]

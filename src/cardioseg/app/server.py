@@ -33,7 +33,14 @@ from cardioseg import __version__
 from cardioseg.app.config import AppConfig, is_loopback
 from cardioseg.app.db import Database, summarize
 from cardioseg.app.store import Store, new_id, valid_id
-from cardioseg.app.uploads import UploadError, check_nifti, check_zip, display_name, sniff
+from cardioseg.app.uploads import (
+    UploadError,
+    check_nifti,
+    check_zip,
+    display_name,
+    sniff,
+    study_label,
+)
 from cardioseg.app.worker import Worker
 
 log = logging.getLogger("cardioseg.app")
@@ -202,7 +209,11 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
     store = Store(config.data_dir)
     db = Database(store.db_path)
     worker = Worker(config, db, store)
-    allowed_hosts = {"127.0.0.1", "localhost", "::1"} if config.loopback else None
+    allowed_hosts = (
+        {"127.0.0.1", "localhost", "::1", config.host.strip().strip("[]").lower()}
+        if config.loopback
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -796,7 +807,10 @@ def _register(
     height = _optional_float(fields.get("height_cm"), "height_cm", *HEIGHT_CM_RANGE)
     weight = _optional_float(fields.get("weight_kg"), "weight_kg", *WEIGHT_KG_RANGE)
     sex = _optional_sex(fields.get("sex"))
-    label = display_name(fields.get("name") or parts.get("file", parts.get("ed"))[1] or "study")
+    if (fields.get("name") or "").strip():  # the reader's label as typed ("12/03 follow-up")
+        label = study_label(fields["name"])
+    else:  # the uploaded file's base name
+        label = display_name(parts.get("file", parts.get("ed"))[1] or "study")
     study_id, job_id = new_id(), new_id()
     store.commit_staged(staged, study_id)
     try:

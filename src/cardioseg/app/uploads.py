@@ -64,10 +64,23 @@ def display_name(filename: str | None, fallback: str = "study") -> str:
         >>> display_name("../../etc/passwd"), display_name("C:\\\\scans\\\\cine.nii.gz")
         ('passwd', 'cine.nii.gz')
     """
-    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = (filename or "").replace("%22", '"').replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C").strip()
     name = re.sub(r"\s+", " ", name)[:120]
     return name if name and name not in (".", "..") else fallback
+
+
+def study_label(text: str, fallback: str = "study") -> str:
+    """A study's label as the reader typed it: control characters removed, spaces collapsed,
+    at most 120 characters; slashes are kept (a label is never used as a path).
+
+    Example:
+        >>> study_label("Patient 12/03/2024\tfollow-up")
+        'Patient 12/03/2024 follow-up'
+    """
+    text = "".join(c if unicodedata.category(c)[0] != "C" else " " for c in text)
+    text = re.sub(r"\s+", " ", text).strip()[:120]
+    return text or fallback
 
 
 def _nifti_magic(head: bytes) -> str | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,9 @@ def build_viewer_cache(
         "ed_frame": int(ed_frame),
         "es_frame": int(es_frame),
         "labels_per_frame": [bool(lab[t].any()) for t in range(n_frames)],
+        # new with every analysis: the browser asks for the slices and volumes with it, so a
+        # re-analysis (e.g. with exclusions) is never shown from its cache of the previous one
+        "version": uuid.uuid4().hex[:12],
         "slice_spacing_mm": float(spacing[axis]),
         "volumes": list(VOLUMES),
         "heart_box": _heart_box(lab, in_plane, float(spacing[axis])),
@@ -210,7 +214,7 @@ def render_slice(
     if not 0 <= index < meta["n_slices"]:
         raise IndexError(f"slice {index} out of range 0..{meta['n_slices'] - 1}")
     alpha = round(alpha, 2)
-    tag = f"{layer}_{frame}_{index}" + (f"_{int(alpha * 100)}" if layer == "overlay" else "")
+    tag = f"{layer}_{frame}_{index}" + (f"_{round(alpha * 100)}" if layer == "overlay" else "")
     cached = folder / "png" / f"{tag}.png"
     if cached.exists():
         return cached.read_bytes()

@@ -31,6 +31,8 @@ from cardioseg.io.dicom.headers import quiet_pydicom
 from cardioseg.io.nifti import atomic_write
 
 log = logging.getLogger("cardioseg.dicom_seg")
+# highdicom's INFO messages quote the source images' UIDs: logs hold no identifiers
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 #: (segment number = canonical label, label, SNOMED CT property type keyword, RGB colour)
 SEGMENTS: tuple[tuple[int, str, str, tuple[int, int, int]], ...] = (

@@ -20,7 +20,9 @@ const state = {
 };
 
 // Interactive WebGL viewer (Niivue, vendored under /static/vendor, loaded on first use).
-const nvState = { nv: null, study: null }; // study: the id whose volumes are loaded
+const nvState = { nv: null, study: null, version: null }; // the study and analysis whose volumes are loaded
+// Changes with every analysis of a study (viewer meta): cached slices of an earlier one are not reused.
+const viewerVersion = () => (state.viewer && state.viewer.version) || "";
 const LABEL_LUT = {
   R: [0, 228, 41, 46], G: [0, 87, 191, 134], B: [0, 46, 18, 222], A: [0, 255, 255, 255],
   I: [0, 1, 2, 3], labels: ["background", "LV blood pool", "myocardium", "RV blood pool"],
@@ -494,7 +496,7 @@ function indexLabel(i, n) {
 }
 
 function sliceUrl(layer, frame, slice) {
-  return withToken("/api/studies/" + state.selected + "/slices/" + frame + "/" + slice + ".png?layer=" + layer);
+  return withToken("/api/studies/" + state.selected + "/slices/" + frame + "/" + slice + ".png?layer=" + layer + "&v=" + viewerVersion());
 }
 
 function setupViewer() {
@@ -638,7 +640,9 @@ function loadScript(src) {
 }
 
 function nvReady() {
-  return Boolean(nvState.nv && nvState.study === state.selected && nvState.nv.volumes.length === 2);
+  return Boolean(
+    nvState.nv && nvState.study === state.selected && nvState.version === viewerVersion() && nvState.nv.volumes.length === 2
+  );
 }
 
 function setWebglStatus(text, isError = false) {
@@ -680,17 +684,20 @@ async function ensureNiivue() {
 async function loadNiivueStudy() {
   const id = state.selected;
   const nv = await ensureNiivue();
-  if (nvState.study === id && nv.volumes.length === 2) return;
+  const version = viewerVersion();
+  if (nvState.study === id && nvState.version === version && nv.volumes.length === 2) return;
   const base = "/api/studies/" + id + "/volumes/";
+  const query = "?v=" + version;
   nvState.study = null;
   await nv.loadVolumes([
-    { url: withToken(base + "image.nii.gz"), name: "image.nii.gz", colormap: "gray", cal_min: 0, cal_max: 255 },
-    { url: withToken(base + "labels.nii.gz"), name: "labels.nii.gz", opacity: overlayOpacity() },
+    { url: withToken(base + "image.nii.gz" + query), name: "image.nii.gz", colormap: "gray", cal_min: 0, cal_max: 255 },
+    { url: withToken(base + "labels.nii.gz" + query), name: "labels.nii.gz", opacity: overlayOpacity() },
   ]);
   if (state.selected !== id) return; // another study was chosen meanwhile
   nv.volumes[1].setColormapLabel(LABEL_LUT);
   nv.updateGLVolume();
   nvState.study = id;
+  nvState.version = version;
 }
 
 function applyNiivueLayout() {

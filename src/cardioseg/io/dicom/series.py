@@ -564,11 +564,13 @@ def select_short_axis_cine(
         )
     if notes:
         best._header = {**best._header, "selection_notes": notes}
+    # the description is free text (it may hold anything): only at debug level
     log.info(
-        "selected series %r: %d positions x %d phases (%d candidates)",
-        best.description,
+        "selected series number %s: %d positions x %d phases (%d candidates)",
+        best.series_number,
         best.n_positions,
         best.n_phases,
         len(candidates),
     )
+    log.debug("selected series description %r", best.description)
     return best
