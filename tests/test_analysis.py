@@ -15,6 +15,7 @@ from test_dicom import new_study, write_image
 from typer.testing import CliRunner
 
 from cardioseg.cli.main import app
+from cardioseg.clinical.batch import _analyze_one as _REAL_ANALYZE_ONE
 from cardioseg.data.synthetic import PhantomConfig, make_cine, make_phantom, write_phantom
 
 runner = CliRunner()
@@ -697,3 +698,37 @@ def test_analyze_batch_keeps_studies_apart_and_its_output_out_of_the_studies(
     assert frames == {"x": 4, "x.nii.gz": 3}
     res = _run(["analyze-batch", studies, "-o", studies, "--model", tiny_checkpoint])
     _assert_clean_failure(res, "the output folder is the studies folder")
+
+
+def _analyze_or_crash(name, *args):
+    """The batch's per-study function, except that study "crash" kills its worker process."""
+    import os
+
+    if name == "crash":
+        os._exit(3)
+    return _REAL_ANALYZE_ONE(name, *args)
+
+
+def test_analyze_batch_survives_a_worker_that_dies(tmp_path, tiny_checkpoint, monkeypatch):
+    """A study that kills its worker process (out of memory, a crash) is recorded as failed;
+    the studies that were in flight with it are analysed again, and the batch goes on."""
+    import multiprocessing
+
+    from cardioseg.clinical import batch
+
+    if multiprocessing.get_start_method() != "fork":
+        pytest.skip("the crashing worker is patched in by forking this process")
+    monkeypatch.setattr(batch, "_analyze_one", _analyze_or_crash)
+    studies = tmp_path / "studies"
+    for i, name in enumerate(("a", "crash", "b")):
+        _write_cine(studies / f"{name}.nii.gz", seed=5 + i, frames=3)
+    out = tmp_path / "batch"
+    table = batch.run_batch(studies, out, workers=2, model=str(tiny_checkpoint), progress=False)
+    rows = {r["study"]: r for r in csv.DictReader(open(table))}
+    assert rows["a"]["status"] == rows["b"]["status"] == "done"
+    assert rows["crash"]["status"] == "failed" and rows["crash"]["error"] == batch.WORKER_DIED
+    # a study removed from the folder leaves the table at the next run
+    monkeypatch.undo()  # (that run analyses in this process)
+    (studies / "b.nii.gz").unlink()
+    table = batch.run_batch(studies, out, workers=1, model=str(tiny_checkpoint), progress=False)
+    assert {r["study"] for r in csv.DictReader(open(table))} == {"a", "crash"}

@@ -577,7 +577,8 @@ def analyze_batch(
         roi=roi,
         write_pdf=pdf,
     )
-    rows = list(csv.DictReader(open(table, newline="")))
+    with open(table, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     failed = [r for r in rows if r["status"] != "done"]
     typer.echo(f"{len(rows) - len(failed)} done, {len(failed)} failed -> {table}")
     for r in failed:

@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,9 @@ ROW_KEYS = [
     "seconds",
     "model",
 ]
+
+#: The error recorded for a study whose worker process died (twice) while analysing it.
+WORKER_DIED = "the worker process died while analysing this study (out of memory, or a crash)"
 
 _SEGMENTER: Any = None
 _WRITE_PDF = True
@@ -220,7 +224,7 @@ def _analyze_one(name: str, path: str, outdir: str, exclude: Sequence[str] = ())
 
 
 def _write_table(path: Path, rows: dict[str, dict]) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=ROW_KEYS, extrasaction="ignore")
         w.writeheader()
         for name in sorted(rows):
@@ -284,9 +288,15 @@ def run_batch(
     outdir.mkdir(parents=True, exist_ok=True)
     table = outdir / "results.csv"
     rows: dict[str, dict] = {}
-    if table.exists():
-        with open(table, newline="") as fh:
-            rows = {r["study"]: r for r in csv.DictReader(fh)}
+    if table.exists():  # keep the failures of studies still there (retried below); finished
+        # studies' rows are made again from their reports, and the rows of studies no longer
+        # in the folder, or of another model's results, are dropped
+        with open(table, newline="", encoding="utf-8") as fh:
+            rows = {
+                r["study"]: r
+                for r in csv.DictReader(fh)
+                if r.get("study") in studies and r.get("status") == "failed"
+            }
     todo: list[tuple[str, Path]] = []
     other_model = 0
     for name, s in studies.items():
@@ -347,11 +357,25 @@ def _run(
             bar.update()
     else:
         init = (options, 1, write_pdf)
+        broken: list[tuple[str, Path]] = []
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
-            futures = [pool.submit(_analyze_one, *job(*t)) for t in todo]
+            futures = {pool.submit(_analyze_one, *job(*t)): t for t in todo}
             for f in as_completed(futures):
-                yield f.result()
+                try:
+                    row = f.result()
+                except BrokenProcessPool:  # a worker died (out of memory, a crash): every
+                    broken.append(futures[f])  # study not yet finished is retried below
+                    continue
+                yield row
                 bar.update()
+        for t in broken:  # each alone, so that only a study that kills its worker fails
+            with ProcessPoolExecutor(1, initializer=_init_worker, initargs=init) as pool:
+                try:
+                    row = pool.submit(_analyze_one, *job(*t)).result()
+                except BrokenProcessPool:
+                    row = _row(t[0], None, WORKER_DIED)
+            yield row
+            bar.update()
     bar.close()
 
 
