@@ -1067,3 +1067,48 @@ def test_sunnybrook_contours_on_cine_grid():
     assert np.median(contrast) > np.median(swapped) + 0.5
     vols = endocardial_volumes_ml(c, props.spacing)
     assert vols[18] > vols[7] > 10.0  # ED (phase 18) larger than ES (phase 7)
+
+
+@pytest.mark.parametrize("times", ["content", "none"])
+def test_phases_without_trigger_times_or_instance_numbers(tmp_path, times):
+    """GE-style: every phase of a slice has one AcquisitionTime. The phases follow ContentTime
+    where it differs; with nothing to order them, the file names in natural order (IM2 before
+    IM10), with a warning."""
+    study, uid = new_study(), generate_uid()
+    root = tmp_path / "study"
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            # file numbers follow the phases; the lexical order (IM1, IM10, IM11, ...) does not
+            name = f"IM{k * N_PHASES + t + 1}" if times == "none" else f"X{t * 7 % N_PHASES}_{k}"
+            path = write_image(root / name, study, k=k, t=t, series_uid=uid)
+            ds = pydicom.dcmread(str(path))
+            ds.AcquisitionTime = f"{100000 + k:06d}.000"
+            if times == "content":
+                ds.ContentTime = f"{100000 + k:06d}.{100 * (t + 1):03d}"
+            ds.save_as(str(path))
+    img, props, meta = load_cine(root)
+    if times == "content":
+        check_cine(img, props, meta)  # every image in its place, no warning
+        assert meta.phase_order == "ContentTime"
+    else:
+        assert meta.phase_order == "file order"
+        assert [w for w in meta.warnings if "no header orders the phases" in w] == meta.warnings
+        for k in range(N_SLICES):
+            for t in range(N_PHASES):
+                np.testing.assert_allclose(img[:, :, k, t], expected(k, t))
+
+
+def test_files_without_preamble_or_file_meta_load(tmp_path):
+    """Old exporters write the data set alone (implicit VR, no 128-byte preamble, no file meta
+    information): the series is found and its pixels decode."""
+    from pydicom.filewriter import dcmwrite
+
+    siemens_like(tmp_path / "study")
+    for path in (tmp_path / "study" / "DICOM").rglob("IM*"):
+        ds = pydicom.dcmread(str(path))
+        ds.preamble = None
+        del ds.file_meta
+        dcmwrite(str(path), ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert path.read_bytes()[:2] == b"\x08\x00"  # starts with group 0008, no preamble
+    img, props, meta = load_cine(tmp_path / "study")
+    check_cine(img, props, meta)

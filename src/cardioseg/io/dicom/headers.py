@@ -103,6 +103,7 @@ class _Frame:
     samples_per_pixel: int
     slope: float
     intercept: float
+    content_time: float | None = None  # ContentTime, seconds since midnight
 
 
 @dataclass
@@ -405,10 +406,33 @@ def _dcmread(path: Path, stop_before_pixels: bool) -> Any:
         if len(head) == 4 and head[1] == 0 and head[0] in (0x02, 0x08) and head[3] == 0:
             ds = pydicom.dcmread(str(path), stop_before_pixels=stop_before_pixels, force=True)
             if "SOPClassUID" in ds or "Rows" in ds:
+                _set_transfer_syntax(ds)
                 return ds
     except Exception:
         return None
     return None
+
+
+def _set_transfer_syntax(ds: Any) -> None:
+    """Give a file without file meta information (no preamble) the transfer syntax it was read
+    with, so that its pixel data can be decoded."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        return
+    syntax = (
+        ImplicitVRLittleEndian
+        if implicit
+        else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
 
 
 #: Transfer syntaxes whose pixel data is stored uncompressed (implicit / explicit VR little
@@ -477,7 +501,8 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     top_tt = _float(ds.get("TriggerTime"))
     if top_tt is None:
         top_tt = _float(ds.get("NominalCardiacTriggerDelayTime"))
-    top_acq = _tm_seconds(ds.get("AcquisitionTime")) or _tm_seconds(ds.get("ContentTime"))
+    top_content = _tm_seconds(ds.get("ContentTime"))
+    top_acq = _tm_seconds(ds.get("AcquisitionTime")) or top_content
     top_thick = _float(ds.get("SliceThickness"))
     frames = []
     if enhanced:
@@ -542,6 +567,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
                 slice_thickness=top_thick,
                 trigger_time=tt,
                 acquisition_time=top_acq,
+                content_time=top_content if n_frames == 1 else None,
                 slope=top_slope or 1.0,  # a zero slope is invalid: treat as 1
                 intercept=0.0 if top_inter is None else top_inter,
                 **common,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,6 +48,11 @@ log = logging.getLogger("cardioseg.io.dicom")
 # loading
 
 
+def _natural(text: str) -> tuple:
+    """Sort key that orders the numbers in a name by value ("IM2" before "IM10")."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text))
+
+
 def _phase_key(mode: str) -> Callable[[_Frame], tuple]:
     if mode == "TriggerTime":
         return lambda f: (f.trigger_time, f.instance_number or 0, f.path, f.frame or 0)
@@ -55,25 +61,48 @@ def _phase_key(mode: str) -> Callable[[_Frame], tuple]:
         # order to the instance numbers)
         return lambda f: (f.temporal_index or 0, f.instance_number or 0, f.frame or 0, f.path)
     if mode == "AcquisitionTime":
-        return lambda f: (f.acquisition_time, f.path, f.frame or 0)
-    return lambda f: (f.path, f.frame or 0)
+        return lambda f: (f.acquisition_time, _natural(f.path), f.frame or 0)
+    if mode == "ContentTime":
+        return lambda f: (f.content_time, _natural(f.path), f.frame or 0)
+    return lambda f: (_natural(f.path), f.frame or 0)
 
 
-def _phase_mode(frames: list[_Frame]) -> str:
-    if _use_trigger_time(frames):
+#: What orders the phases where the trigger times do not, in turn: the first whose values are
+#: known and distinct within every slice (a GE series may give all phases of a slice one
+#: AcquisitionTime, an enhanced object all its frames one InstanceNumber).
+_PHASE_ORDERS: dict[str, Callable[[_Frame], Any]] = {
+    "InstanceNumber": lambda f: (
+        None
+        if f.instance_number is None and f.temporal_index is None
+        else (f.temporal_index or 0, f.instance_number or 0)
+    ),
+    "AcquisitionTime": lambda f: f.acquisition_time,
+    "ContentTime": lambda f: f.content_time,
+}
+
+
+def _phase_mode(slices: list[list[_Frame]]) -> str:
+    """What orders each slice's frames into phases (see :data:`_PHASE_ORDERS`); ``"file
+    order"`` (file names in natural order, then the frame index) when nothing does."""
+    if _use_trigger_time([f for s in slices for f in s]):
         return "TriggerTime"
-    if all(f.instance_number is not None or f.temporal_index is not None for f in frames):
-        return "InstanceNumber"
-    if all(f.acquisition_time is not None for f in frames):
-        return "AcquisitionTime"
+    for mode, value in _PHASE_ORDERS.items():
+        per_slice = [[value(f) for f in s] for s in slices]
+        if all(None not in v and len(set(v)) == len(v) for v in per_slice):
+            return mode
     return "file order"
 
 
 def _order_phases(st: _Stack, where: str, warn: list[str]) -> tuple[list[list[_Frame]], str]:
     """Sort each slice's frames into phases, drop duplicates, equalise the phase count."""
-    all_frames = [f for s in st.slices for f in s]
-    mode = _phase_mode(all_frames)
+    mode = _phase_mode(st.slices)
     key = _phase_key(mode)
+    if mode == "file order":
+        warn.append(
+            "no header orders the phases (no distinct trigger times, instance numbers or "
+            "acquisition times within a slice): ordered by file name and frame; check the "
+            "volume curve"
+        )
     ordered: list[list[_Frame]] = []
     n_dupes = 0
     for frames in st.slices:
