@@ -732,3 +732,24 @@ def test_analyze_batch_survives_a_worker_that_dies(tmp_path, tiny_checkpoint, mo
     (studies / "b.nii.gz").unlink()
     table = batch.run_batch(studies, out, workers=1, model=str(tiny_checkpoint), progress=False)
     assert {r["study"] for r in csv.DictReader(open(table))} == {"a", "crash"}
+
+
+def test_analyze_refuses_an_unusable_output_or_info_cfg_before_segmenting(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    from cardioseg.clinical import analysis
+
+    def fail(*_a, **_k):
+        raise AssertionError("segmented before the inputs were checked")
+
+    monkeypatch.setattr(analysis, "_segment_frames", fail)
+    study = tmp_path / "patient"
+    _write_cine(study / "patient_4d.nii.gz", frames=3)
+    (study / "Info.cfg").write_text("ED: 1\nES: 12\nHeight: 170\nWeight: 70\n")
+    base = ["--model", tiny_checkpoint, "--no-pdf"]
+    res = _run(["analyze", study, "-o", tmp_path / "out", *base])
+    _assert_clean_failure(res, "Info.cfg names ES frame 12 (counted from 1)", "3 frames")
+    (tmp_path / "afile").write_text("x")
+    res = _run(["analyze", study, "-o", tmp_path / "afile" / "sub", *base, "--es-frame", "2"])
+    _assert_clean_failure(res, "cannot write the output folder there")
+    assert not (tmp_path / "out").exists()

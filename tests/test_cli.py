@@ -118,19 +118,38 @@ def test_evaluate_dataset_skips_an_unusable_case(tmp_path):
     assert not (tmp_path / "ev2").exists()
 
 
-def _one_line_error(res, name):
+def _one_line_error(res, name, needle=""):
     assert res.exit_code != 0
     text = res.output.strip()
     assert "Traceback" not in text
-    assert text.startswith("error:") and name in text, text
+    assert text.startswith("error:") and name in text and needle in text, text
     assert len(text.splitlines()) == 1, text
+
+
+#: What the message of a refused input says, where it is worth checking.
+NEEDLES = {"blank": "image is blank (every voxel is 7)", "tiny_fov": "field of view"}
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["missing", "text", "corrupt", "2d", "5d", "nan", "zeros", "complex", "tiny_fov", "metres"],
+    [
+        "missing",
+        "text",
+        "corrupt",
+        "2d",
+        "5d",
+        "nan",
+        "zeros",
+        "blank",
+        "complex",
+        "tiny_fov",
+        "metres",
+    ],
 )
 def test_segment_bad_input(tmp_path, tiny_checkpoint, kind):
+    def noise(shape):
+        return np.random.default_rng(0).random(shape).astype(np.float32)
+
     p = tmp_path / f"{kind}.nii.gz"
     if kind == "text":
         p = tmp_path / "notes.txt"
@@ -147,13 +166,15 @@ def test_segment_bad_input(tmp_path, tiny_checkpoint, kind):
         write_nifti(p, np.zeros((8, 8, 3), np.float32))
     elif kind == "complex":
         write_nifti(p, np.ones((40, 40, 3), np.complex64))
+    elif kind == "blank":
+        write_nifti(p, np.full((40, 40, 3), 7.0, np.float32))
     elif kind == "tiny_fov":  # 6 x 6 mm: no heart fits (the network would fail on it)
-        write_nifti(p, np.ones((4, 4, 2), np.float32), np.diag([1.5, 1.5, 8.0, 1.0]))
+        write_nifti(p, noise((4, 4, 2)), np.diag([1.5, 1.5, 8.0, 1.0]))
     elif kind == "metres":  # spacing in metres read as millimetres: a 64-km image
-        write_nifti(p, np.ones((40, 40, 3), np.float32), np.diag([1600.0, 1600.0, 8000.0, 1.0]))
+        write_nifti(p, noise((40, 40, 3)), np.diag([1600.0, 1600.0, 8000.0, 1.0]))
     out = tmp_path / "out" / "seg.nii.gz"
     res = _run(["segment", p, "-o", out, "--model", tiny_checkpoint])
-    _one_line_error(res, p.name)
+    _one_line_error(res, p.name, NEEDLES.get(kind, ""))
     assert not out.exists() and not list(tmp_path.glob("out/.*"))
 
 
@@ -216,3 +237,10 @@ def test_segment_never_writes_over_an_input(tmp_path, tiny_checkpoint):
     _one_line_error(_run(["segment", tmp_path / "in", "-o", tmp_path / "in", *base]), "img.nii.gz")
     _one_line_error(_run(["segment", a, b, "-o", tmp_path / "out", *base]), "same file name")
     assert a.read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_error_naming_a_file_with_a_line_break_stays_one_line(tmp_path, tiny_checkpoint):
+    odd = tmp_path / "scan\nseries 2.nii.gz"  # a legal file name on Linux
+    odd.write_bytes(b"not an image")
+    res = _run(["segment", odd, "-o", tmp_path / "out", "--model", tiny_checkpoint])
+    _one_line_error(res, "scan series 2.nii.gz")

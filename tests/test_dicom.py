@@ -912,6 +912,11 @@ def test_mixed_patients_message_has_no_ids(tmp_path, caplog):
     err = _refused(tmp_path / "a", "different patients")
     for text in (str(err), caplog.text):
         assert "PAT-A" not in text and "PAT-B" not in text and "Doe" not in text
+    # `cardioseg series` says the same instead of naming a series that analyze would refuse
+    from cardioseg.io.dicom import survey_study
+
+    _, chosen, problem = survey_study(tmp_path / "a")
+    assert chosen is None and "different patients" in problem
 
 
 def test_missing_pixel_spacing(tmp_path):

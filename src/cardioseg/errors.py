@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters shown as one space (a file name
+    or a DICOM description may hold them), so that a message stays one line.
+
+    Example:
+        >>> one_line("cine\\nSAX\\t2")
+        'cine SAX 2'
+    """
+    return _CONTROL.sub(" ", text)
 
 
 class CardiosegError(Exception):
@@ -16,4 +30,5 @@ class CardiosegError(Exception):
     def __init__(self, path: str | Path | None, problem: str):
         self.path = None if path is None else str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+        message = f"{self.path}: {problem}" if self.path else problem
+        super().__init__(one_line(message))

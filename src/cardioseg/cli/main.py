@@ -502,6 +502,7 @@ def series(
     study: Annotated[Path, typer.Argument(help="DICOM folder, zip of one, or a DICOM file")],
 ) -> None:
     """List a DICOM study's series and which one analyze would use, and why (no pixels read)."""
+    from cardioseg.errors import one_line
     from cardioseg.io.dicom import survey_study
 
     found, chosen, problem = survey_study(study)
@@ -511,7 +512,7 @@ def series(
     for s in found:
         mark = "->" if s is chosen else ""
         number = "merged" if s.merged_from else str(s.series_number or "")
-        desc = s.description or "(no description)"
+        desc = one_line(s.description) or "(no description)"
         if s.merged_from:
             desc = f"{len(s.merged_from)} series: {desc}"
         elif s.part:

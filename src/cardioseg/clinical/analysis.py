@@ -6,6 +6,7 @@ The CLI (``cardioseg analyze``), the batch runner and the web app all call :func
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -142,6 +143,12 @@ def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] 
             "output folder is not empty and holds no previous cardioseg result (it would be "
             "replaced); name a new or empty folder",
         )
+    try:  # before the slow part: the folder the result is written into can take it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CardiosegError(outdir, f"cannot write the output folder there ({reason})") from None
 
 
 def check_body_size(height_cm: float | None, weight_kg: float | None) -> None:
@@ -377,6 +384,14 @@ def analyze_study(
     for name, v in (("ED", ed_frame), ("ES", es_frame)):
         if v is not None and not 0 <= v < n_frames:
             raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n_frames - 1}")
+    if st.kind != "pair" and st.given_ed_es is not None:  # from an ACDC-style Info.cfg
+        for name, v, forced in zip(("ED", "ES"), st.given_ed_es, (ed_frame, es_frame), strict=True):
+            if forced is None and not 0 <= v < n_frames:
+                raise CardiosegError(
+                    st.source,
+                    f"Info.cfg names {name} frame {v + 1} (counted from 1), but the cine has "
+                    f"{n_frames} frames",
+                )
     if ed_frame is not None and ed_frame == es_frame:
         raise CardiosegError(st.source, f"the ED and ES frames are the same ({ed_frame})")
     try:  # before the slow part

@@ -201,6 +201,8 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
         raise CardiosegError(path, "image contains NaN or Inf voxels")
     if not np.any(data):
         raise CardiosegError(path, "image is all zeros")
+    if data.size > 1 and data.min() == data.max():
+        raise CardiosegError(path, f"image is blank (every voxel is {data.flat[0]:g})")
     props = ImageProperties(img.affine.copy(), spacing, shape, str(path))
     if len(shape) == 4:  # the time between frames, carried into the cine masks
         step = float(img.header.get_zooms()[3]) if len(img.header.get_zooms()) > 3 else 0.0

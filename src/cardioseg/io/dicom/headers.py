@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from cardioseg.errors import one_line
+
 log = logging.getLogger("cardioseg.io.dicom")
 
 
@@ -163,7 +165,7 @@ class SeriesInfo:
 
     def summary(self) -> str:
         """One line for error messages: description, modality, positions x phases, verdict."""
-        desc = self.description or "(no description)"
+        desc = one_line(self.description) or "(no description)"
         kind = f"{len(self.merged_from)} merged series, " if self.merged_from else ""
         if self.part is not None:
             kind += f"orientation {self.part[0]} of {self.part[1]}, "

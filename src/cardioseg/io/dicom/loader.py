@@ -422,10 +422,8 @@ def _assemble(
     return array, props, meta
 
 
-def _load_scanned(
-    root: Path, where: str, show: Callable[[str], str]
-) -> tuple[np.ndarray, ImageProperties, CineMeta]:
-    series = find_series(root)
+def _check_one_patient(series: Sequence[SeriesInfo], where: str) -> None:
+    """Refuse a study whose images come from several patients."""
     keys = set().union(*(s._patient_keys for s in series)) if series else set()
     if len(keys) > 1:
         raise CardiosegError(
@@ -433,6 +431,13 @@ def _load_scanned(
             f"images from {len(keys)} different patients (PatientID differs); analyse one "
             "patient at a time",
         )
+
+
+def _load_scanned(
+    root: Path, where: str, show: Callable[[str], str]
+) -> tuple[np.ndarray, ImageProperties, CineMeta]:
+    series = find_series(root)
+    _check_one_patient(series, where)
     n_images = sum(len(_dedupe_sop(s._frames)[0]) for s in series)
     if n_images == 0:
         extra = f" ({series.n_non_dicom} non-DICOM file(s) skipped)" if series.n_non_dicom else ""
@@ -490,6 +495,7 @@ def survey_study(
         series = find_series(root)
         merged = _merge_stack_parts(list(series))
         try:
+            _check_one_patient(series, str(path))  # as load_cine: never a chosen series
             chosen, problem = select_short_axis_cine(series, str(path), merged), ""
         except CardiosegError as err:
             chosen, problem = None, err.problem
