@@ -1117,3 +1117,16 @@ def test_files_without_preamble_or_file_meta_load(tmp_path):
         assert path.read_bytes()[:2] == b"\x08\x00"  # starts with group 0008, no preamble
     img, props, meta = load_cine(tmp_path / "study")
     check_cine(img, props, meta)
+
+
+def test_image_without_position_is_left_out_and_named(tmp_path):
+    siemens_like(tmp_path / "study")
+    files = sorted((tmp_path / "study" / "DICOM").rglob("IM*"))
+    extra = tmp_path / "study" / "DICOM" / "extra_image"
+    ds = pydicom.dcmread(str(files[0]))
+    ds.SOPInstanceUID = generate_uid()
+    del ds.ImagePositionPatient
+    ds.save_as(str(extra))
+    img, props, meta = load_cine(tmp_path / "study")
+    assert img.shape == (COLS, ROWS, N_SLICES, N_PHASES)
+    assert any("without ImagePositionPatient" in w and "extra_image" in w for w in meta.warnings)

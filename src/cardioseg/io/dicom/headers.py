@@ -184,6 +184,8 @@ class SeriesList(list):
         n_non_image: DICOM files without image data (DICOMDIR, SR, presentation states...).
         unreadable: Those of the skipped files that look like DICOM (a ``DICM`` preamble, or
             parsed but with malformed elements): damaged files the user should hear about.
+        no_geometry: Images left out of their series because they lack the
+            ImagePositionPatient/ImageOrientationPatient that the series' other images have.
     """
 
     def __init__(
@@ -193,12 +195,14 @@ class SeriesList(list):
         n_non_dicom: int = 0,
         n_non_image: int = 0,
         unreadable: list[str] | None = None,
+        no_geometry: list[str] | None = None,
     ):
         super().__init__(items)
         self.folder = folder
         self.n_non_dicom = n_non_dicom
         self.n_non_image = n_non_image
         self.unreadable = list(unreadable or [])
+        self.no_geometry = list(no_geometry or [])
 
 
 @dataclass

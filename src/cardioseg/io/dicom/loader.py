@@ -451,6 +451,11 @@ def _load_scanned(
             f"{len(series.unreadable)} DICOM file(s) could not be read and were left out "
             f"(first: {show(series.unreadable[0])})"
         )
+    if series.no_geometry:
+        notes.append(
+            f"{len(series.no_geometry)} image file(s) without ImagePositionPatient/"
+            f"ImageOrientationPatient were left out (first: {show(series.no_geometry[0])})"
+        )
     return _assemble(chosen, where, show, notes)
 
 

@@ -120,8 +120,21 @@ def find_series(folder: str | Path) -> SeriesList:
             info._frames.extend(frames)
             if pkey:
                 info._patient_keys.add(pkey)
+    no_geometry: list[str] = []
+    for info in groups.values():  # an image without the geometry its series' others have
+        placed = [f for f in info._frames if f.position is not None and f.orientation is not None]
+        if placed and len(placed) < len(info._frames):
+            no_geometry += sorted(
+                {f.path for f in info._frames if f.position is None or f.orientation is None}
+            )
+            info._frames = placed
+            info.files = sorted({f.path for f in placed})
     out = SeriesList(
-        folder=str(root), n_non_dicom=n_non_dicom, n_non_image=n_non_image, unreadable=unreadable
+        folder=str(root),
+        n_non_dicom=n_non_dicom,
+        n_non_image=n_non_image,
+        unreadable=unreadable,
+        no_geometry=no_geometry,
     )
     for info in groups.values():
         for part in _split_by_orientation(info):
