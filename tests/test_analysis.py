@@ -345,9 +345,13 @@ def test_analyze_sex_and_heart_rate_options(tmp_path, tiny_checkpoint):
     res = _run([*base, "-o", tmp_path / "bad", "--heart-rate", "500"])
     _assert_clean_failure(res, "heart rate must lie between 20 and 250")
     assert not (tmp_path / "bad").exists()
-    res = _run([*base, "-o", tmp_path / "m", "--sex", "m", "--heart-rate", "64"])
+    res = _run([*base, "-o", tmp_path / "m", "--sex", "m", "--heart-rate", "64", "--height", 180])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert "bsa_m2" not in report or report["bsa_m2"] is None
+    assert report["meta"]["warnings"] == [
+        "height given without weight: the volumes and mass are not indexed to body surface area"
+    ]
     assert report["normal_ranges_for"] == "men"
     assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 64 / 1000, abs=0.01)
     assert "LV cardiac output" in (tmp_path / "m" / "report.html").read_text()

@@ -430,6 +430,13 @@ def analyze_study(
         sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
+    notes = []  # for the reader, with the loader's (report "About the input")
+    if (height_cm is None) != (weight_kg is None):
+        given, missing = ("height", "weight") if weight_kg is None else ("weight", "height")
+        notes.append(
+            f"{given} given without {missing}: the volumes and mass are not indexed to body "
+            "surface area"
+        )
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -506,6 +513,10 @@ def analyze_study(
                     "warnings": list(getattr(dm, "warnings", [])),
                 }
             )
+        if notes:
+            meta["warnings"] = [*meta.get("warnings", []), *notes]
+            for note in notes:
+                log.warning("%s: %s", st.source, note)
         write_report(
             tmp,
             indices,
