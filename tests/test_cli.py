@@ -244,3 +244,22 @@ def test_error_naming_a_file_with_a_line_break_stays_one_line(tmp_path, tiny_che
     odd.write_bytes(b"not an image")
     res = _run(["segment", odd, "-o", tmp_path / "out", "--model", tiny_checkpoint])
     _one_line_error(res, "scan series 2.nii.gz")
+
+
+def test_negative_pixdim_gives_one_line_on_the_real_stderr(tmp_path, tiny_checkpoint):
+    """nibabel writes its own header fixes to stderr: the user must see only our one line."""
+    import subprocess
+    import sys
+
+    img = nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 5)).astype(np.float32), None)
+    img.header["pixdim"][1:4] = [-1.5, 1.5, 8.0]
+    path = tmp_path / "neg.nii.gz"
+    nib.save(img, str(path))
+    code = "from cardioseg.cli.main import main; main()"
+    args = ["segment", str(path), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_checkpoint)]
+    res = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode != 0
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert len(lines) == 1 and "zero or negative voxel spacing" in lines[0], lines

@@ -1130,3 +1130,24 @@ def test_image_without_position_is_left_out_and_named(tmp_path):
     img, props, meta = load_cine(tmp_path / "study")
     assert img.shape == (COLS, ROWS, N_SLICES, N_PHASES)
     assert any("without ImagePositionPatient" in w and "extra_image" in w for w in meta.warnings)
+
+
+def test_linked_folders_are_read_once(tmp_path):
+    siemens_like(tmp_path / "data")
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "images").symlink_to(tmp_path / "data" / "DICOM", target_is_directory=True)
+    (study / "again").symlink_to(tmp_path / "data" / "DICOM", target_is_directory=True)
+    (tmp_path / "data" / "DICOM" / "loop").symlink_to(study, target_is_directory=True)
+    img, props, meta = load_cine(study)
+    check_cine(img, props, meta)  # every image once: no duplicates warned about
+
+
+def test_implausible_rows_and_columns_are_named_before_allocating(tmp_path):
+    siemens_like(tmp_path / "study")
+    for path in (tmp_path / "study" / "DICOM").rglob("IM*"):
+        ds = pydicom.dcmread(str(path))
+        ds.Rows = ds.Columns = 60000  # the pixel data stays small
+        ds.save_as(str(path))
+    err = _refused(tmp_path / "study", "are Rows/Columns right")
+    assert "IM" in str(err) and "60000 x 60000 pixels" in str(err)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import tempfile
 import zlib
@@ -20,6 +21,10 @@ import numpy as np
 
 from cardioseg.errors import CardiosegError
 from cardioseg.labels import DATASET_LABEL_MAPS, UnknownLabelError, remap_labels
+
+# nibabel prints its fixes of odd headers on stderr ("pixdim[1,2,3] should be positive;
+# setting to abs..."); read_image checks the raw header itself and refuses in one line
+logging.getLogger("nibabel.global").setLevel(logging.CRITICAL + 1)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -292,9 +297,18 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        old = None
+        if path.exists():  # moved aside, not deleted first: no time without a result folder
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            path.rename(old / path.name)
+        try:
+            tmp.rename(path)
+        except BaseException:
+            if old is not None:  # put the previous folder back
+                (old / path.name).rename(path)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -602,10 +602,18 @@ def _header_values(ds: Any) -> dict[str, Any]:
 
 
 def _iter_files(root: Path) -> Iterator[Path]:
+    """Regular files under ``root`` in sorted order; linked folders are followed, each real
+    folder once (a link loop ends there)."""
     if root.is_file():
         yield root
         return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached again through a link: do not descend twice
+            dirnames.clear()
+            continue
+        seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name

@@ -243,8 +243,18 @@ def _read_pixels(
     frames: list[list[_Frame]], shape: tuple[int, int], show: Callable[[str], str]
 ) -> tuple[np.ndarray, list[list[Any]]]:
     """Read, rescale and transpose the pixel data into ``(X, Y, Z, T)``; also keep headers."""
+    from cardioseg.io.nifti import MAX_IMAGE_BYTES
+
     cols, rows = shape
     n_z, n_t = len(frames), len(frames[0])
+    n_bytes = 4 * cols * rows * n_z * n_t
+    if n_bytes > MAX_IMAGE_BYTES:  # before allocating: Rows/Columns may be corrupt
+        raise CardiosegError(
+            show(frames[0][0].path),
+            f"{rows} x {cols} pixels x {n_z} slices x {n_t} phases would take "
+            f"{n_bytes / 1e9:.0f} GB (limit {MAX_IMAGE_BYTES / 1e9:.0f} GB): are Rows/Columns "
+            "right?",
+        )
     out = np.empty((cols, rows, n_z, n_t), dtype=np.float32)
     headers: list[list[Any]] = [[None] * n_t for _ in range(n_z)]
     wanted: dict[str, list[tuple[int, int, _Frame]]] = {}
