@@ -223,7 +223,7 @@ class Worker:
             self._process(job)
 
     def _process(self, job: dict[str, Any]) -> None:
-        from cardioseg.clinical.analysis import analyze_study
+        from cardioseg.clinical.analysis import analyze_study, load_study
 
         study_id = job["study_id"]
         study = self.db.get_study(study_id)
@@ -244,6 +244,7 @@ class Worker:
         try:
             progress.report(0.02, "loading the study")
             inputs = study_inputs(self.store, study)
+            loaded = load_study(**inputs)  # once: for the analysis and the viewer
             report = analyze_study(
                 self.store.result_dir(study_id),
                 segmenter=ProgressSegmenter(self.segmenter, progress),
@@ -252,10 +253,11 @@ class Worker:
                 sex=study.get("sex"),
                 write_pdf=self.config.write_pdf,
                 exclude=study.get("exclude") or (),
+                loaded=loaded,
                 **inputs,
             )
             progress.report(0.92, "preparing the slice viewer")
-            self._viewer(study, inputs, report)
+            self._viewer(study, loaded, report)
             if not self.db.finish(job["id"], study_id, report):
                 raise Cancelled()
             log.info("job %s: done in %.1f s", job["id"], time.perf_counter() - t0)
@@ -277,17 +279,16 @@ class Worker:
         if self.db.get_study(study_id) is None:  # deleted meanwhile: drop what was written
             self.store.remove(study_id)
 
-    def _viewer(self, study: dict[str, Any], inputs: dict[str, Any], report: dict) -> None:
-        """Write the display volumes (image and labels of every frame) for the slice viewer."""
+    def _viewer(self, study: dict[str, Any], st: Any, report: dict) -> None:
+        """Write the display volumes (image and labels of every frame) for the slice viewer,
+        from the loaded study (:class:`~cardioseg.clinical.analysis.Study`) and its masks."""
         import nibabel as nib
 
         from cardioseg.app.viewer import build_viewer_cache
-        from cardioseg.clinical.analysis import load_study
 
         def mask(name: str) -> np.ndarray:  # may be all background: no read_image checks
             return np.asarray(nib.load(str(result / name)).dataobj, dtype=np.uint8)
 
-        st = load_study(**inputs)
         result = self.store.result_dir(study["id"])
         if st.kind == "pair":
             labels = np.stack([mask("mask_ED.nii.gz"), mask("mask_ES.nii.gz")], axis=-1)

@@ -308,6 +308,7 @@ def analyze_study(
     exclude: Sequence[str | SliceExclusion] = (),
     sex: str | None = None,
     heart_rate_bpm: float | None = None,
+    loaded: Study | None = None,
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
@@ -330,6 +331,9 @@ def analyze_study(
     normal ranges in the report; without it the ranges are sex-pooled. ``heart_rate_bpm``
     (for DICOM input HeartRate or the R-R interval when not given) adds the heart rate and the
     LV cardiac output and index.
+
+    ``loaded`` is the study as :func:`load_study` already read it from ``study`` (or ``ed`` /
+    ``es``), for a caller that needs the images too (the web app's viewer): not read again.
 
     ``segmenter`` defaults to the shipped :class:`~cardioseg.inference.Segmenter`; another
     object works if its ``predict_volume`` takes the Segmenter's arguments (the ED/ES pass asks
@@ -368,7 +372,7 @@ def analyze_study(
         raise CardiosegError(
             None, f"heart rate must lie between {lo:g} and {hi:g} /min, got {heart_rate_bpm:g}"
         )
-    st = load_study(study, ed, es)
+    st = loaded if loaded is not None else load_study(study, ed, es)
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
     check_inplane_geometry(st.image.shape, spacing, st.source)
