@@ -757,3 +757,25 @@ def test_analyze_refuses_an_unusable_output_or_info_cfg_before_segmenting(
     res = _run(["analyze", study, "-o", tmp_path / "afile" / "sub", *base, "--es-frame", "2"])
     _assert_clean_failure(res, "cannot write the output folder there")
     assert not (tmp_path / "out").exists()
+
+
+def test_analysis_stands_when_the_dicom_seg_cannot_be_written(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    from cardioseg.clinical import dicom_seg
+    from cardioseg.errors import CardiosegError
+
+    def refuse(*_a, **_k):
+        raise CardiosegError("segmentation.dcm", "cannot build DICOM SEG for phase 0: broken")
+
+    monkeypatch.setattr(dicom_seg, "write_dicom_seg", refuse)
+    _dicom_phantom_cine(tmp_path / "dcm")
+    out = tmp_path / "dout"
+    res = _run(["analyze", tmp_path / "dcm", "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert (
+        "no DICOM-SEG written: cannot build DICOM SEG for phase 0: broken"
+        in (report["meta"]["warnings"])
+    )
+    assert (out / "mask_ED.nii.gz").exists() and not list(out.glob("*.dcm"))

@@ -728,10 +728,83 @@ def test_dicom_seg_anonymised_frames_of_reference_warn_once(tmp_path, caplog):
             out = write_dicom_seg(labels, files, tmp_path / "seg.dcm")
     assert len(out) == 2
     assert sum("frames of reference" in r.getMessage() for r in caplog.records) == 1
+    # one SEG series, one frame of reference (the first image's), in every instance
+    fors = {pydicom.dcmread(p, stop_before_pixels=True).FrameOfReferenceUID for p in out}
+    assert fors == {"2.16.124.113543.6006.99.00055"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # reading the sources back meets their invalid UIDs
         for t, path in enumerate(out):
             _check_seg(path, labels, files, t)
+
+
+def test_dicom_seg_tolerates_rounded_orientations_and_names_a_lone_phase(tmp_path):
+    """Scanners (Canon) write ImageOrientationPatient with rounding differences between the
+    images of one series, which highdicom refuses unless they are made equal; a phase exported
+    alone keeps its name."""
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+    files = _mr_series(tmp_path / "src", 16, 16, 3, 2)
+    for k, row in enumerate(files):
+        for f in row:
+            ds = pydicom.dcmread(f)
+            ds.ImageOrientationPatient = [float(v) + 1e-6 * k for v in ds.ImageOrientationPatient]
+            ds.save_as(f)
+    labels = np.zeros((16, 16, 3, 2), np.uint8)
+    labels[2:9, 3:7, :, 0] = 1  # nothing at phase 1: only the ED instance is written
+    out = write_dicom_seg(
+        labels, files, tmp_path / "segmentation.dcm", phase_names={0: "ED", 1: "ES"}
+    )
+    assert [p.name for p in out] == ["segmentation_ED.dcm"]
+    _check_seg(out[0], labels, files, 0)
+
+
+def test_dicom_seg_of_an_enhanced_multiframe_cine(tmp_path):
+    """One multi-frame object holds every slice and phase: each SEG frame references the one
+    source frame of its slice at its phase (not every phase at that position)."""
+    pytest.importorskip("highdicom")
+    import pydicom
+    from test_dicom import enhanced_like
+
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+    from cardioseg.io.dicom import load_cine
+
+    enhanced_like(tmp_path / "enh" / "cine.dcm")
+    image, _, meta = load_cine(tmp_path / "enh")
+    labels = np.zeros(image.shape, np.uint8)
+    ed, es = 0, image.shape[3] - 1
+    labels[3:10, 2:6, :, ed] = 1
+    labels[12:18, 4:9, 1, es] = 3
+    out = write_dicom_seg(
+        labels,
+        meta.source_headers,
+        tmp_path / "segmentation.dcm",
+        phases=[ed, es],
+        phase_names={ed: "ED", es: "ES"},
+        frame_numbers=meta.frame_numbers,
+    )
+    assert [p.name for p in out] == ["segmentation_ED.dcm", "segmentation_ES.dcm"]
+    source = pydicom.dcmread(tmp_path / "enh" / "cine.dcm")
+    for t, path in zip((ed, es), out, strict=True):
+        seg = pydicom.dcmread(path)
+        pixels = seg.pixel_array.reshape(-1, labels.shape[1], labels.shape[0])
+        n_checked = 0
+        for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+            refs = item.DerivationImageSequence[0].SourceImageSequence
+            assert len(refs) == 1
+            f = int(refs[0].ReferencedFrameNumber)
+            assert f in {meta.frame_numbers[k][t] for k in range(labels.shape[2])}
+            k = [meta.frame_numbers[j][t] for j in range(labels.shape[2])].index(f)
+            content = source.PerFrameFunctionalGroupsSequence[f - 1].FrameContentSequence[0]
+            assert int(content.TemporalPositionIndex) == t + 1  # the right phase
+            number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+            np.testing.assert_array_equal(pixels[i].astype(bool), labels[:, :, k, t].T == number)
+            n_checked += 1
+        assert n_checked == sum(
+            int((labels[:, :, k, t] == v).any()) for k in range(labels.shape[2]) for v in (1, 2, 3)
+        )
 
 
 def test_report_colours_minor_notes_grey():

@@ -482,13 +482,17 @@ def analyze_study(
         elif st.kind == "dicom" and dm is not None:
             from cardioseg.clinical.dicom_seg import write_dicom_seg
 
-            write_dicom_seg(
-                labels,
-                dm.source_headers,
-                tmp / "segmentation.dcm",
-                phases=sorted({ed_i, es_i}),
-                phase_names={ed_i: "ED", es_i: "ES"} if ed_i != es_i else None,
-            )
+            try:
+                write_dicom_seg(
+                    labels,
+                    dm.source_headers,
+                    tmp / "segmentation.dcm",
+                    phases=sorted({ed_i, es_i}),
+                    phase_names={ed_i: "ED", es_i: "ES"} if ed_i != es_i else None,
+                    frame_numbers=getattr(dm, "frame_numbers", None),
+                )
+            except CardiosegError as err:  # an export: the analysis itself stands
+                notes.append(f"no DICOM-SEG written: {err.problem}")
         meta = {
             "source_kind": st.kind,
             "n_frames": n,

@@ -161,13 +161,83 @@ def _nested(sources: Sequence[Any], n_slices: int, n_phases: int) -> list[list[A
     return nested
 
 
+def _shared_geometry(
+    items: list[tuple[int, Any]], frame_of_reference: str
+) -> list[tuple[int, Any]]:
+    """The group's source images with one frame of reference and (for classic images) the
+    first image's orientation, on copies where they differ."""
+    orientation = items[0][1].get("ImageOrientationPatient")
+    out = []
+    for k, ds in items:
+        same_for = str(ds.get("FrameOfReferenceUID", "")) == frame_of_reference
+        same_ori = orientation is None or ds.get("ImageOrientationPatient") == orientation
+        if not (same_for and same_ori):
+            ds = copy.deepcopy(ds)
+            ds.FrameOfReferenceUID = frame_of_reference
+            if orientation is not None:
+                ds.ImageOrientationPatient = orientation
+        out.append((k, ds))
+    return out
+
+
+def _seg_frames(
+    arr: np.ndarray,
+    t: int,
+    items: list[tuple[int, Any]],
+    frame_numbers: Sequence[Sequence[int | None]] | None,
+    out_path: str | Path,
+) -> tuple[list[Any], np.ndarray, list[Any] | None, set[int]]:
+    """What one SEG instance is built from: its source images, one mask per slice, and for
+    one multi-frame source object the slices' plane positions and source frame numbers.
+
+    A multi-frame (enhanced) cine holds every phase of each position, so its frames are given
+    as plane positions (highdicom would otherwise take all of them) and each SEG frame is
+    then made to reference the one source frame of phase ``t`` (:func:`_keep_frames`).
+    """
+    hd = _require_highdicom()
+    masks = np.stack([arr[:, :, k, t].T for k, _ in items]).astype(np.uint8)
+    src = items[0][1]
+    n_frames = int(src.get("NumberOfFrames", 1) or 1)
+    if n_frames <= 1:
+        return [ds for _, ds in items], masks, None, set()
+    if frame_numbers is None:
+        raise CardiosegError(
+            out_path, "multi-frame source images need their frame numbers for a DICOM SEG"
+        )
+    positions, frames = [], set()
+    for k, _ in items:
+        f = frame_numbers[k][t]
+        if f is None or not 1 <= int(f) <= n_frames:
+            raise CardiosegError(out_path, f"no source frame for slice {k}, phase {t}")
+        item = src.PerFrameFunctionalGroupsSequence[int(f) - 1]
+        ipp = item.PlanePositionSequence[0].ImagePositionPatient
+        positions.append(
+            hd.PlanePositionSequence(
+                hd.CoordinateSystemNames.PATIENT, image_position=[float(v) for v in ipp]
+            )
+        )
+        frames.add(int(f))
+    return [src], masks, positions, frames
+
+
+def _keep_frames(seg: Any, frames: set[int]) -> None:
+    """Keep only the references to source frames ``frames`` in each SEG frame's derivation
+    (highdicom refers a SEG frame to every source frame at its position, i.e. every phase)."""
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence", []):
+            refs = derivation.SourceImageSequence
+            kept = [r for r in refs if int(r.get("ReferencedFrameNumber", 0)) in frames]
+            if kept and len(kept) < len(refs):
+                derivation.SourceImageSequence = kept
+
+
 def _output_names(
     out_path: Path,
     keys: list[tuple[int, int]],
     n_phases: int,
     phase_names: Mapping[int, str] | None = None,
 ) -> list[Path]:
-    if len(keys) == 1:
+    if len(keys) == 1 and not (phase_names and keys[0][0] in phase_names):
         return [out_path]
     per_phase: dict[int, int] = {}
     for t, _ in keys:
@@ -195,6 +265,7 @@ def write_dicom_seg(
     manufacturer: str = "cardioseg",
     software_version: str | None = None,
     phase_names: Mapping[int, str] | None = None,
+    frame_numbers: Sequence[Sequence[int | None]] | None = None,
 ) -> list[Path]:
     """Write the labels as DICOM SEG referencing the source images.
 
@@ -213,6 +284,14 @@ def write_dicom_seg(
         phase_names: Names of phases, e.g. ``{8: "ED", 19: "ES"}``: files are then called
             ``<stem>_ED.dcm`` instead of ``<stem>_t08.dcm``, and each instance's content
             description names its phase.
+        frame_numbers: For multi-frame (enhanced) sources, the 1-based frame of
+            ``sources[k][t]`` that holds slice ``k`` at phase ``t``
+            (:attr:`~cardioseg.io.dicom.CineMeta.frame_numbers`); the SEG then references
+            those frames of the one source object.
+
+    All instances share one frame of reference (the first source image's, where anonymisers
+    gave every image its own) and, per instance, the source images' orientation (scanners
+    write it with rounding differences that highdicom does not accept).
 
     Returns:
         Paths written, in phase order. Phases without any foreground are skipped.
@@ -238,7 +317,7 @@ def write_dicom_seg(
         if not 0 <= t < n_phases:
             raise CardiosegError(None, f"phase {t} out of range 0..{n_phases - 1}")
 
-    # group source images by (phase, source series): one SEG instance per group
+    # group source images by (phase, source series or multi-frame object): one SEG instance each
     groups: dict[tuple[int, int], list[tuple[int, Any]]] = {}
     series_index: dict[str, int] = {}
     for t in wanted:
@@ -253,7 +332,10 @@ def write_dicom_seg(
                     f"source image (slice {k}, phase {t}) is {ds.Rows}x{ds.Columns}, labels "
                     f"give {n_rows}x{n_cols} (rows x columns)",
                 )
-            s = series_index.setdefault(str(ds.SeriesInstanceUID), len(series_index))
+            source = str(ds.SeriesInstanceUID)
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1:  # an instance per multi-frame object
+                source += "/" + str(ds.SOPInstanceUID)
+            s = series_index.setdefault(source, len(series_index))
             groups.setdefault((t, s), []).append((k, ds))
     if not groups:
         raise CardiosegError(out_path, "no foreground labels to export as DICOM SEG")
@@ -262,31 +344,26 @@ def write_dicom_seg(
     paths = _output_names(Path(out_path), keys, n_phases, phase_names)
     descriptions = segment_descriptions(software_version)
     series_uid = hd.UID()
+    # one frame of reference for the whole SEG series (DICOM wants one per series)
+    frame_of_reference = str(groups[keys[0]][0][1].get("FrameOfReferenceUID", ""))
+    n_fors = len({str(ds.get("FrameOfReferenceUID", "")) for g in groups.values() for _, ds in g})
+    if n_fors > 1:
+        # some anonymisers give every image its own frame of reference
+        log.warning(
+            "DICOM-SEG: the source series has %d frames of reference (anonymised?); "
+            "the SEG uses the first",
+            n_fors,
+        )
     segs = []
-    warned_frames = False
     for number, (t, s) in enumerate(keys, start=1):
-        items = groups[(t, s)]
-        fors = {str(ds.get("FrameOfReferenceUID", "")) for _, ds in items}
-        if len(fors) > 1:
-            # some anonymisers give every image its own frame of reference; one series shares one
-            if not warned_frames:
-                log.warning(
-                    "DICOM-SEG: the source series has %d frames of reference (anonymised?); "
-                    "the SEG uses the first",
-                    len(fors),
-                )
-                warned_frames = True
-            first = str(items[0][1].get("FrameOfReferenceUID", ""))
-            items = [(k, copy.deepcopy(ds)) for k, ds in items]
-            for _, ds in items:
-                ds.FrameOfReferenceUID = first
-        masks = np.stack([arr[:, :, k, t].T for k, _ in items]).astype(np.uint8)
+        items = _shared_geometry(groups[(t, s)], frame_of_reference)
+        sources_t, masks, positions, frames = _seg_frames(arr, t, items, frame_numbers, out_path)
         try:
             with warnings.catch_warnings():
                 # highdicom/pydicom warnings may quote patient names: never let them reach logs
                 warnings.simplefilter("ignore")
                 seg = hd.seg.Segmentation(
-                    source_images=[ds for _, ds in items],
+                    source_images=sources_t,
                     pixel_array=masks,
                     segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
                     segment_descriptions=descriptions,
@@ -305,7 +382,10 @@ def write_dicom_seg(
                         else f"LV/MYO/RV, cardiac phase {t}"
                     )[:64],
                     omit_empty_frames=True,
+                    plane_positions=positions,
                 )
+                if frames:
+                    _keep_frames(seg, frames)
         except ValueError as exc:
             raise CardiosegError(out_path, f"cannot build DICOM SEG for phase {t}: {exc}") from None
         seg.SeriesDescription = series_description[:64]
