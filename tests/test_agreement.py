@@ -102,3 +102,42 @@ def test_agreement_on_analyze_batch_reports(tmp_path):
     assert "| lv_edv_ml | 1 | +5.0 |" in text and "| lv_esv_ml | 1 | +0.0 |" in text
     res = CliRunner().invoke(app, [*base, "--analyzed", str(tmp_path / "nothing")])
     assert res.exit_code != 0 and "not a folder of analyze-batch results" in res.output
+
+
+def _pair_dataset(root, subjects=("s1", "s2")):
+    """Reference ED/ES pairs, and the same labels as predictions in the ACDC convention."""
+    for i, subject in enumerate(subjects):
+        ed = disc_labels((48, 40, 6), r_lv=9 + i, r_myo=12 + i)
+        es = disc_labels((48, 40, 6), r_lv=6 + i, r_myo=10 + i)
+        for ph, lab in (("ED", ed), ("ES", es)):
+            write_nifti(root / "ds" / f"{subject}_{ph}.nii.gz", image_from_labels(lab))
+            write_nifti(root / "ds" / f"{subject}_{ph}_gt.nii.gz", lab)
+            acdc = np.where(lab == 1, 3, np.where(lab == 3, 1, lab)).astype(np.uint8)  # LV 3, RV 1
+            write_nifti(root / "acdc" / f"{subject}_{ph}.nii.gz", acdc)
+
+
+def test_agreement_prediction_labels_geometry_and_missing_subjects(tmp_path):
+    _pair_dataset(tmp_path)
+    base = ["agreement", "--dataset", str(tmp_path / "ds"), "--predictions", str(tmp_path / "acdc")]
+    res = CliRunner().invoke(app, [*base, "--prediction-labels", "acdc", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "| lv_edv_ml | 2 | +0.0 |" in (tmp_path / "a" / "agreement.md").read_text()
+    # one subject's prediction missing: left out and named, the other one measured
+    (tmp_path / "acdc" / "s2_ES.nii.gz").unlink()
+    res = CliRunner().invoke(app, [*base, "--prediction-labels", "acdc", "-o", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert "1 subject(s) without predictions left out: s2" in res.output
+    text = (tmp_path / "b" / "agreement.md").read_text()
+    assert "| lv_edv_ml | 1 | +0.0 | n/a (one subject) |" in text
+    # a prediction on another grid is refused, not measured with the image's voxel size
+    half = np.zeros((24, 20, 6), np.uint8)
+    write_nifti(tmp_path / "acdc" / "s1_ED.nii.gz", half, np.diag([2.0, 2.0, 1.0, 1.0]))
+    res = CliRunner().invoke(app, [*base, "--prediction-labels", "acdc", "-o", str(tmp_path / "c")])
+    assert res.exit_code != 0 and "s1_ED.nii.gz" in res.output and "does not match" in res.output
+    res = CliRunner().invoke(app, [*base, "--prediction-labels", "nope", "-o", str(tmp_path / "d")])
+    assert res.exit_code != 0 and "unknown --prediction-labels 'nope'" in res.output
+
+
+def test_agreement_stats_of_one_pair_have_no_limits():
+    s = agreement_stats(np.array([5.0]), np.array([3.0]))
+    assert s["bias"] == 2.0 and np.isnan(s["loa_low"]) and np.isnan(s["loa_high"])

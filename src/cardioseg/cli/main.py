@@ -597,6 +597,13 @@ def agreement(
     layout: Annotated[str, typer.Option(help="acdc, mnms, mnms2, folder or auto")] = "auto",
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     output: Annotated[Path, typer.Option("--output", "-o")] = Path("agreement"),
+    prediction_labels: Annotated[
+        str,
+        typer.Option(
+            help="Label convention of --predictions: canonical (cardioseg: 1 LV, 2 MYO, 3 RV), "
+            "acdc (1 RV, 2 MYO, 3 LV), mnms, ..."
+        ),
+    ] = "canonical",
     roi: RoiOption = None,
     tta: Annotated[
         bool,
@@ -629,9 +636,28 @@ def agreement(
 
         seg = Segmenter(model, roi=roi, tta=tta)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
-    rows = paired_indices(records, predict=predict, pred_dir=predictions, analyzed_dir=analyzed)
+    from cardioseg.labels import DATASET_LABEL_MAPS
+
+    if prediction_labels not in DATASET_LABEL_MAPS:
+        raise CardiosegError(
+            None,
+            f"unknown --prediction-labels {prediction_labels!r} "
+            f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
+        )
+    missing: list[str] = []
+    rows = paired_indices(
+        records,
+        predict=predict,
+        pred_dir=predictions,
+        analyzed_dir=analyzed,
+        pred_labels=prediction_labels,
+        missing=missing,
+    )
     if not rows:
         raise CardiosegError(analyzed or dataset, "no subject with both predictions and labels")
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        typer.echo(f"warning: {len(missing)} subject(s) without predictions left out: {shown}")
     md = write_agreement(rows, output, title=f"Agreement on {dataset.name}")
     typer.echo(md.read_text())
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from cardioseg.data.datasets import CaseRecord, ed_es_pairs, load_case
+from cardioseg.errors import CardiosegError
 from cardioseg.io.nifti import ImageProperties, atomic_write, read_label
 
 INDICES = (
@@ -40,7 +41,7 @@ def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             for k in ("n", "bias", "loa_low", "loa_high", "sd", "r", "mae", "median_ae")
         } | {"n": 0}
     d = pred - ref
-    sd = float(d.std(ddof=1)) if len(d) > 1 else 0.0
+    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")  # no spread from one pair
     r = (
         float(np.corrcoef(pred, ref)[0, 1])
         if len(d) > 2 and pred.std() and ref.std()
@@ -63,13 +64,19 @@ def paired_indices(
     predict: Callable[[np.ndarray, ImageProperties], np.ndarray] | None = None,
     pred_dir: str | Path | None = None,
     analyzed_dir: str | Path | None = None,
+    pred_labels: str = "canonical",
+    missing: list[str] | None = None,
 ) -> list[dict]:
     """Indices from predicted and reference ED/ES labels, one row per subject.
 
-    With ``analyzed_dir`` (the output of ``cardioseg analyze-batch``: one folder per study,
-    named like the subject, with its ``report.json``) the predicted indices are those the
-    reports give, exactly what ``analyze`` tells its reader; subjects without a finished
-    report are left out.
+    With ``pred_dir`` the predictions are label files named like the images, on the images'
+    grid (shape and affine are checked), in the label convention ``pred_labels`` (a key of
+    :data:`cardioseg.labels.DATASET_LABEL_MAPS`: ``canonical`` is cardioseg's 1 LV, 2 MYO,
+    3 RV; ``acdc`` is 1 RV, 2 MYO, 3 LV). With ``analyzed_dir`` (the output of
+    ``cardioseg analyze-batch``: one folder per study, named like the subject, with its
+    ``report.json``) the predicted indices are those the reports give, exactly what
+    ``analyze`` tells its reader. Subjects without a prediction or a finished report are left
+    out and named in ``missing`` (when a list is given).
     """
     from cardioseg.clinical.indices import compute_indices
 
@@ -81,7 +88,15 @@ def paired_indices(
         if analyzed_dir is not None:
             reported = _reported_indices(Path(analyzed_dir) / subject / "report.json")
             if reported is None:
+                if missing is not None:
+                    missing.append(subject)
                 continue
+        if pred_dir is not None and not all(
+            (Path(pred_dir) / Path(r.image).name).is_file() for r in phases.values()
+        ):
+            if missing is not None:
+                missing.append(subject)
+            continue
         for ph, r in phases.items():
             image, ref, props = load_case(r)
             spacing = props.spacing
@@ -89,9 +104,16 @@ def paired_indices(
                 labs["ref"][ph] = ref
                 continue
             if pred_dir is not None:
-                pred = read_label(Path(pred_dir) / Path(r.image).name)
-                if pred.ndim == 4 and r.frame >= 0:
-                    pred = pred[..., r.frame]
+                path = Path(pred_dir) / Path(r.image).name
+                if r.frame >= 0:  # a 4D prediction of a 4D image: its frame
+                    pred = read_label(path, pred_labels)
+                    if pred.shape[:3] != image.shape:
+                        raise CardiosegError(
+                            path, f"shape {pred.shape} does not match the image {image.shape}"
+                        )
+                    pred = pred[..., r.frame] if pred.ndim == 4 else pred
+                else:
+                    pred = read_label(path, pred_labels, reference=props)
             else:
                 pred = predict(image, props)
             labs["pred"][ph], labs["ref"][ph] = pred, ref
@@ -148,16 +170,21 @@ def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreemen
         p = np.array([r[f"{k}_pred"] for r in rows], float)
         q = np.array([r[f"{k}_ref"] for r in rows], float)
         s = agreement_stats(p, q)
+        limits = (
+            f"[{s['loa_low']:.1f}, {s['loa_high']:.1f}]"
+            if np.isfinite(s["loa_low"])
+            else "n/a (one subject)"
+        )
         lines.append(
-            f"| {k} | {s['n']} | {s['bias']:+.1f} | [{s['loa_low']:.1f}, "
-            f"{s['loa_high']:.1f}] | {s['r']:.3f} | {s['mae']:.1f} | "
+            f"| {k} | {s['n']} | {s['bias']:+.1f} | {limits} | {s['r']:.3f} | {s['mae']:.1f} | "
             f"{s['median_ae']:.1f} |"
         )
         ax = axes[0, j]
         mean, diff = (p + q) / 2, p - q
         ax.scatter(mean, diff, s=10)
         for y, ls in ((s["bias"], "-"), (s["loa_low"], "--"), (s["loa_high"], "--")):
-            ax.axhline(y, color="k", linestyle=ls, linewidth=0.8)
+            if np.isfinite(y):
+                ax.axhline(y, color="k", linestyle=ls, linewidth=0.8)
         ax.set_title(k, fontsize=9)
         ax.set_xlabel("mean", fontsize=8)
         ax.set_ylabel("pred − ref", fontsize=8)
