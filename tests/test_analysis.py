@@ -779,3 +779,63 @@ def test_analysis_stands_when_the_dicom_seg_cannot_be_written(
         in (report["meta"]["warnings"])
     )
     assert (out / "mask_ED.nii.gz").exists() and not list(out.glob("*.dcm"))
+
+
+def test_analyze_batch_rerun_after_a_clashing_study_is_added(tmp_path, tiny_checkpoint):
+    """A name that now stands for another input is analysed again, not reused."""
+    studies = tmp_path / "studies"
+    _write_cine(studies / "x.nii.gz", seed=5, frames=3)
+    out = tmp_path / "out"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    assert _run(args).exit_code == 0
+    _write_cine(studies / "x" / "cine.nii.gz", seed=6, frames=4)
+    res = _run(args)
+    assert res.exit_code == 0, res.output
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert {n: r["input"] for n, r in rows.items()} == {"x": "x", "x.nii.gz": "x.nii.gz"}
+    frames = {
+        n: json.loads((out / n / "report.json").read_text())["meta"]["n_frames"] for n in rows
+    }
+    assert frames == {"x": 4, "x.nii.gz": 3}
+    # an output folder that is one of the studies is refused
+    res = _run(["analyze-batch", studies, "-o", studies / "x", "--model", tiny_checkpoint])
+    _assert_clean_failure(res, "the output folder is one of the studies")
+
+
+def test_analyze_frames_and_body_size_from_the_study(tmp_path, tiny_checkpoint, monkeypatch):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    pair = ["--ed", paths["p_ED"], "--es", paths["p_ES"], "--model", tiny_checkpoint, "--no-pdf"]
+    res = _run(["analyze", *pair, "-o", tmp_path / "o1", "--ed-frame", "1"])
+    _assert_clean_failure(res, "--ed-frame/--es-frame choose frames of a cine")
+    # a cine whose Info.cfg names ED 1: --es-frame 0 is that same frame
+    study = tmp_path / "patient"
+    _write_cine(study / "patient_4d.nii.gz", frames=4)
+    (study / "Info.cfg").write_text("ED: 1\nES: 3\nHeight: 1.84\nWeight: 70\n")
+    base = ["analyze", study, "--model", tiny_checkpoint, "--no-pdf"]
+    res = _run([*base, "-o", tmp_path / "o2", "--es-frame", "0"])
+    _assert_clean_failure(res, "the ED and ES frames are the same (0)")
+    # Info.cfg's height in metres is not used, and the reader is told
+    res = _run([*base, "-o", tmp_path / "o3"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "o3" / "report.json").read_text())
+    assert report.get("bsa_m2") is None
+    assert any(
+        "height must lie between 30 and 272 cm, got 1.84" in w and "not used" in w
+        for w in report["meta"]["warnings"]
+    )
+
+
+def test_analyze_output_through_a_link_writes_its_target(tmp_path, tiny_checkpoint):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    pair = ["--ed", paths["p_ED"], "--es", paths["p_ES"], "--model", tiny_checkpoint, "--no-pdf"]
+    (tmp_path / "results").mkdir()
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "results" / "r1")  # dangling until written
+    res = _run(["analyze", *pair, "-o", link])
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and (tmp_path / "results" / "r1" / "report.json").is_file()
+    res = _run(["analyze", *pair, "-o", link])  # again: the target is replaced, the link kept
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and (link / "report.json").is_file()

@@ -115,13 +115,15 @@ def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] 
         ...     check_output_folder(study / "result", [study])
         ... except CardiosegError as err:
         ...     print(err.problem)
-        the output folder lies inside the input; name a folder outside it
+        the output folder lies inside the input; name a folder outside it (e.g. -o ../result)
     """
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise CardiosegError(outdir, "output exists and is not a folder")
     out = outdir.resolve()
-    if out == Path.cwd().resolve() or out.parent == out:
+    if out.parent == out:
+        raise CardiosegError(outdir, "the output folder cannot be the root folder")
+    if out == Path.cwd().resolve():
         raise CardiosegError(
             outdir, "the output folder would replace the current folder; name a new folder"
         )
@@ -135,7 +137,9 @@ def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] 
             )
         if source in out.parents:
             raise CardiosegError(
-                outdir, "the output folder lies inside the input; name a folder outside it"
+                outdir,
+                "the output folder lies inside the input; name a folder outside it "
+                "(e.g. -o ../result)",
             )
     if out.is_dir() and not (out / "report.json").is_file() and any(out.iterdir()):
         raise CardiosegError(
@@ -151,7 +155,7 @@ def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] 
         raise CardiosegError(outdir, f"cannot write the output folder there ({reason})") from None
 
 
-def check_body_size(height_cm: float | None, weight_kg: float | None) -> None:
+def check_body_size(height_cm: float | None = None, weight_kg: float | None = None) -> None:
     """Refuse a height or weight outside the plausible adult and child range (wrong units).
 
     Raises:
@@ -175,7 +179,7 @@ def check_body_size(height_cm: float | None, weight_kg: float | None) -> None:
         if not (np.isfinite(value) and lo <= float(value) <= hi):
             hint = " (a height in metres?)" if name == "height" and 0 < value < 3 else ""
             raise CardiosegError(
-                None, f"{name} must lie between {lo:g} and {hi:g} {unit}, got {value:g}{hint}"
+                None, f"{name} must lie between {lo:g} and {hi:g} {unit}, got {value!r}{hint}"
             )
 
 
@@ -356,8 +360,8 @@ def analyze_study(
     from cardioseg.preprocessing import check_inplane_geometry, slice_axis
 
     t0 = time.perf_counter()
-    outdir = Path(outdir)
     check_output_folder(outdir, [study, ed, es])
+    outdir = Path(outdir).resolve()  # a link is followed: its target is the result folder
     check_body_size(height_cm, weight_kg)
     try:
         exclusions = [
@@ -396,8 +400,15 @@ def analyze_study(
                     f"Info.cfg names {name} frame {v + 1} (counted from 1), but the cine has "
                     f"{n_frames} frames",
                 )
-    if ed_frame is not None and ed_frame == es_frame:
-        raise CardiosegError(st.source, f"the ED and ES frames are the same ({ed_frame})")
+    if st.kind == "pair" and (ed_frame is not None or es_frame is not None):
+        raise CardiosegError(
+            st.source, "--ed-frame/--es-frame choose frames of a cine, not of an ED/ES pair"
+        )
+    given = st.given_ed_es or (None, None)
+    chosen_ed = ed_frame if ed_frame is not None else given[0]
+    chosen_es = es_frame if es_frame is not None else given[1]
+    if chosen_ed is not None and chosen_ed == chosen_es:
+        raise CardiosegError(st.source, f"the ED and ES frames are the same ({chosen_ed})")
     try:  # before the slow part
         for ex in exclusions:
             ex.check(st.image.shape[axis])
@@ -421,20 +432,30 @@ def analyze_study(
         for name, v in (("ED", ed_i), ("ES", es_i)):
             if not 0 <= v < n:
                 raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n - 1}")
+        if ed_i == es_i and (ed_frame is not None or es_frame is not None):
+            raise CardiosegError(
+                st.source, f"the chosen frame is also the detected other one ({ed_i})"
+            )
         # the reported ED and ES frames are segmented again with test-time augmentation: their
         # labels come from the averaged prediction; its entropy and the disagreement of the
         # averaged predictions are the QC uncertainty
         probs, spread = _segment_with_tta(seg, st, {"ED": ed_i, "ES": es_i}, labels)
     dm = st.dicom_meta
-    if height_cm is None:  # from the DICOM headers or an ACDC Info.cfg, where given
-        height_cm = st.meta.get("height_cm")
-    if weight_kg is None:
-        weight_kg = st.meta.get("weight_kg")
+    notes = []  # for the reader, with the loader's (report "About the input")
+    for key, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
+        found = st.meta.get(key)
+        if value is None and found is not None:  # from the DICOM headers or an Info.cfg
+            try:
+                check_body_size(**{key: float(found)})
+            except CardiosegError as err:  # wrong units in the file: not used
+                notes.append(f"the study's {err.problem}: not used")
+            else:
+                height_cm = float(found) if key == "height_cm" else height_cm
+                weight_kg = float(found) if key == "weight_kg" else weight_kg
     if sex is None:
         sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
-    notes = []  # for the reader, with the loader's (report "About the input")
     if (height_cm is None) != (weight_kg is None):
         given, missing = ("height", "weight") if weight_kg is None else ("weight", "height")
         notes.append(

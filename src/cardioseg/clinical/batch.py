@@ -54,6 +54,7 @@ REPORT_KEYS = [
 
 ROW_KEYS = [
     "study",
+    "input",
     "status",
     "error",
     *REPORT_KEYS,
@@ -113,13 +114,22 @@ def study_names(studies: Sequence[Path]) -> list[str]:
     Example:
         >>> study_names([Path("x"), Path("x.nii.gz"), Path("y.zip")])
         ['x', 'x.nii.gz', 'y']
+        >>> study_names([Path("a"), Path("a.nii.gz"), Path("a.nii.gz.zip")])
+        ['a', 'a.nii.gz~1', 'a.nii.gz~2']
     """
     short = [study_name(p) for p in studies]
-    return [p.name if short.count(n) > 1 else n for p, n in zip(studies, short, strict=True)]
+    names = [p.name if short.count(n) > 1 else n for p, n in zip(studies, short, strict=True)]
+    equal = {n for n in names if names.count(n) > 1}  # "a.nii.gz" and "a.nii.gz.zip": numbered
+    return [f"{n}~{i}" if n in equal else n for i, n in enumerate(names)]
 
 
-def _row(name: str, report: dict | None, error: str = "") -> dict[str, Any]:
-    row: dict[str, Any] = {"study": name, "status": "done" if report else "failed", "error": error}
+def _row(name: str, report: dict | None, error: str = "", input_name: str = "") -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "study": name,
+        "input": input_name,
+        "status": "done" if report else "failed",
+        "error": error,
+    }
     if report:
         for k in REPORT_KEYS:
             value = report.get(k)
@@ -216,11 +226,12 @@ def _analyze_one(name: str, path: str, outdir: str, exclude: Sequence[str] = ())
             exclude=exclude,
             write_pdf=_WRITE_PDF,
         )
-        return _row(name, report)
+        return _row(name, report, input_name=Path(path).name)
     except CardiosegError as exc:
-        return _row(name, None, str(exc))
+        return _row(name, None, str(exc), input_name=Path(path).name)
     except Exception as exc:  # one broken study must not stop the batch
-        return _row(name, None, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return _row(name, None, error, input_name=Path(path).name)
 
 
 def _write_table(path: Path, rows: dict[str, dict]) -> None:
@@ -269,6 +280,14 @@ def run_batch(
         raise CardiosegError(
             outdir, "the output folder is the studies folder; name another folder for the results"
         )
+    if (
+        outdir.resolve().parent == Path(root).resolve()
+        and outdir.is_dir()
+        and not (outdir / "results.csv").is_file()
+    ):  # a folder in the studies folder that is not this batch's output: a study
+        raise CardiosegError(
+            outdir, "the output folder is one of the studies; name another folder for the results"
+        )
     found = find_studies(root, skip=outdir)
     studies = dict(zip(study_names(found), found, strict=True))
     wanted: dict[str, list[str]] | None = None
@@ -288,26 +307,33 @@ def run_batch(
     outdir.mkdir(parents=True, exist_ok=True)
     table = outdir / "results.csv"
     rows: dict[str, dict] = {}
+    inputs: dict[str, str] = {}  # the input each name stood for in the previous run
     if table.exists():  # keep the failures of studies still there (retried below); finished
         # studies' rows are made again from their reports, and the rows of studies no longer
         # in the folder, or of another model's results, are dropped
         with open(table, newline="", encoding="utf-8") as fh:
-            rows = {
-                r["study"]: r
-                for r in csv.DictReader(fh)
-                if r.get("study") in studies and r.get("status") == "failed"
-            }
+            old_rows = list(csv.DictReader(fh))
+        inputs = {r["study"]: r.get("input") or "" for r in old_rows if r.get("study")}
+        rows = {
+            r["study"]: r
+            for r in old_rows
+            if r.get("study") in studies
+            and r.get("status") == "failed"
+            and inputs[r["study"]] in ("", studies[r["study"]].name)
+        }
     todo: list[tuple[str, Path]] = []
     other_model = 0
     for name, s in studies.items():
         rep = outdir / name / "report.json"
         report = json.loads(rep.read_text()) if rep.exists() else None
+        if inputs.get(name) not in (None, "", s.name):  # the name now stands for another input
+            report = None
         same_model = report is not None and (report.get("meta") or {}).get("model") == current_model
         other_model += report is not None and not same_model
         if same_model and (
             wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
         ):
-            rows[name] = _row(name, report)
+            rows[name] = _row(name, report, input_name=s.name)
         else:
             todo.append((name, s))
     _write_table(table, rows)
@@ -373,7 +399,7 @@ def _run(
                 try:
                     row = pool.submit(_analyze_one, *job(*t)).result()
                 except BrokenProcessPool:
-                    row = _row(t[0], None, WORKER_DIED)
+                    row = _row(t[0], None, WORKER_DIED, input_name=t[1].name)
             yield row
             bar.update()
     bar.close()

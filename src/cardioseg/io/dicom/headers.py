@@ -105,7 +105,6 @@ class _Frame:
     samples_per_pixel: int
     slope: float
     intercept: float
-    content_time: float | None = None  # ContentTime, seconds since midnight
 
 
 @dataclass
@@ -507,8 +506,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     top_tt = _float(ds.get("TriggerTime"))
     if top_tt is None:
         top_tt = _float(ds.get("NominalCardiacTriggerDelayTime"))
-    top_content = _tm_seconds(ds.get("ContentTime"))
-    top_acq = _tm_seconds(ds.get("AcquisitionTime")) or top_content
+    top_acq = _tm_seconds(ds.get("AcquisitionTime")) or _tm_seconds(ds.get("ContentTime"))
     top_thick = _float(ds.get("SliceThickness"))
     frames = []
     if enhanced:
@@ -573,7 +571,6 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
                 slice_thickness=top_thick,
                 trigger_time=tt,
                 acquisition_time=top_acq,
-                content_time=top_content if n_frames == 1 else None,
                 slope=top_slope or 1.0,  # a zero slope is invalid: treat as 1
                 intercept=0.0 if top_inter is None else top_inter,
                 **common,

@@ -62,14 +62,14 @@ def _phase_key(mode: str) -> Callable[[_Frame], tuple]:
         return lambda f: (f.temporal_index or 0, f.instance_number or 0, f.frame or 0, f.path)
     if mode == "AcquisitionTime":
         return lambda f: (f.acquisition_time, _natural(f.path), f.frame or 0)
-    if mode == "ContentTime":
-        return lambda f: (f.content_time, _natural(f.path), f.frame or 0)
     return lambda f: (_natural(f.path), f.frame or 0)
 
 
 #: What orders the phases where the trigger times do not, in turn: the first whose values are
 #: known and distinct within every slice (a GE series may give all phases of a slice one
-#: AcquisitionTime, an enhanced object all its frames one InstanceNumber).
+#: AcquisitionTime, an enhanced object all its frames one InstanceNumber). ContentTime is not
+#: used: it is when an image was reconstructed, not acquired (on the Sunnybrook GE series it
+#: swaps neighbouring phases).
 _PHASE_ORDERS: dict[str, Callable[[_Frame], Any]] = {
     "InstanceNumber": lambda f: (
         None
@@ -77,7 +77,6 @@ _PHASE_ORDERS: dict[str, Callable[[_Frame], Any]] = {
         else (f.temporal_index or 0, f.instance_number or 0)
     ),
     "AcquisitionTime": lambda f: f.acquisition_time,
-    "ContentTime": lambda f: f.content_time,
 }
 
 
@@ -102,6 +101,11 @@ def _order_phases(st: _Stack, where: str, warn: list[str]) -> tuple[list[list[_F
             "no header orders the phases (no distinct trigger times, instance numbers or "
             "acquisition times within a slice): ordered by file name and frame; check the "
             "volume curve"
+        )
+    elif mode == "AcquisitionTime":
+        warn.append(
+            "phases ordered by AcquisitionTime (no trigger times or instance numbers): check "
+            "the volume curve"
         )
     ordered: list[list[_Frame]] = []
     n_dupes = 0
