@@ -119,6 +119,10 @@ def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):
     report = json.loads((out / "report.json").read_text())
     assert (report["ed_frame"], report["es_frame"]) == (0, 1)
     assert report["bsa_m2"] == pytest.approx(np.sqrt(175 * 70 / 3600), rel=1e-3)
+    # the research-use group suggestion (or why there is none) is in every report
+    sugg = report["diagnosis_suggestion"]
+    assert "not a diagnosis" in (sugg["text"] if sugg["shown"] else sugg["disclaimer"]).lower()
+    assert "Research-use group suggestion (not a diagnosis)" in (out / "report.html").read_text()
     assert not (out / "masks_cine.nii.gz").exists()  # a pair has no cine
 
 

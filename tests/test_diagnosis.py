@@ -228,3 +228,25 @@ def test_classification_summary():
     assert s["per_class_recall"]["A"] == 0.5
     assert math.isnan(s["per_class_recall"]["C"])
     assert s["balanced_accuracy"] == pytest.approx(0.75)
+
+
+def test_suggestion_is_made_only_where_it_can_mean_something():
+    from cardioseg.clinical.diagnosis import MAX_ABS_Z, suggest
+
+    model = load_default_model()
+    typical = dict(zip(model["feature_names"], model["means"], strict=True))
+    shown = suggest(typical, "ok", model)
+    assert shown["shown"] and shown["top_class"] in model["classes"]
+    assert shown["text"].startswith("Research-use suggestion, NOT a diagnosis")
+    assert shown["disclaimer"] == DISCLAIMER
+    # no height and weight: the indexed volumes are missing, nothing is imputed
+    no_bsa = {k: v for k, v in typical.items() if "_index_" not in k}
+    assert "height and weight" in suggest(no_bsa, "ok", model)["reason"]
+    # a failed QC, a feature that cannot be measured, one far outside the training data
+    assert suggest(typical, "fail", model)["reason"] == "the quality control failed"
+    lost = {**typical, "myo_thickening_pct": float("nan")}
+    assert suggest(lost, "review", model)["reason"].endswith(": myo_thickening_pct")
+    i = model["feature_names"].index("lv_ef_pct")
+    far = {**typical, "lv_ef_pct": model["means"][i] + (MAX_ABS_Z + 1) * model["stds"][i]}
+    assert suggest(far, "ok", model)["reason"].endswith(": lv_ef_pct")
+    assert not any(r["shown"] for r in (suggest(no_bsa), suggest(far), suggest(lost)))

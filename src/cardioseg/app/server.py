@@ -463,7 +463,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
     )
     def get_study(study_id: str) -> dict[str, Any]:
         from cardioseg.clinical.qc import slices_to_check
-        from cardioseg.clinical.report import report_table, reported_volumes
+        from cardioseg.clinical.report import report_table, reported_volumes, suggestion_line
 
         study = study_or_404(study_id)
         job = db.job_for_study(study_id)
@@ -493,6 +493,9 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             out["check_slices"] = slices_to_check(report.get("qc") or {})
             # what the loader noted about the input (series choice, damaged files, ...)
             out["input_warnings"] = list((report.get("meta") or {}).get("warnings") or [])
+            # the research-use group suggestion (not a diagnosis), or why there is none
+            sugg = report.get("diagnosis_suggestion")
+            out["suggestion"] = suggestion_line(sugg) if sugg else None
             out["excluded_slices"] = report.get("excluded_slices") or []
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()

@@ -486,6 +486,9 @@ def analyze(
     )
     for reason in qc.get("reasons", []):
         typer.echo(f"  - {reason}")
+    sugg = report.get("diagnosis_suggestion") or {}
+    if sugg.get("shown"):
+        typer.echo(sugg["text"])
     from cardioseg.clinical.qc import slices_to_check
 
     check = slices_to_check(qc)

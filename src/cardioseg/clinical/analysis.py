@@ -484,6 +484,14 @@ def analyze_study(
         disagreement=spread,
         calibration=calibration,
     )
+    # the research-use ACDC group suggestion (not a diagnosis), where it can mean something
+    from cardioseg.clinical.diagnosis import suggest
+    from cardioseg.clinical.features import shape_features
+
+    suggestion = suggest(
+        shape_features(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg),
+        qc.status,
+    )
     with atomic_folder(outdir) as tmp:
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
         write_label(tmp / "mask_ED.nii.gz", labels[..., ed_i], props3)
@@ -570,6 +578,7 @@ def analyze_study(
             exclusions=[str(e) for e in exclusions],
             disagreement=spread,
             sex=sex,
+            suggestion=suggestion,
         )
     import json
 

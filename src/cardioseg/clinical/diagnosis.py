@@ -259,6 +259,63 @@ def suggestion_text(result: Mapping[str, Any]) -> str:
     return text
 
 
+#: A feature further than this many training standard deviations from the training mean is
+#: outside what the model has seen: no suggestion is made.
+MAX_ABS_Z = 6.0
+
+#: Features that need the body surface area (height and weight).
+_INDEXED = ("_index_",)
+
+
+def suggest(
+    features: Mapping[str, Any],
+    qc_status: str | None = None,
+    model_json: Mapping[str, Any] | str | Path | None = None,
+) -> dict[str, Any]:
+    """The research-use group suggestion a report shows, or why there is none.
+
+    A suggestion is made only where it can mean something: every feature of the model is
+    measured (the BSA-indexed ones need height and weight; a missing one is not imputed here),
+    each lies within :data:`MAX_ABS_Z` training standard deviations of the training mean, and
+    the QC verdict is not ``fail``.
+
+    Args:
+        features: :func:`~cardioseg.clinical.features.shape_features` of the study.
+        qc_status: The study's QC status (``ok`` / ``review`` / ``fail``).
+        model_json: The model (default: :func:`load_default_model`).
+
+    Returns:
+        ``shown`` (bool); when shown, :func:`predict`'s keys and ``text``
+        (:func:`suggestion_text`); otherwise ``reason``. Always ``disclaimer``.
+
+    Example:
+        >>> suggest({"lv_ef_pct": 60.0})["reason"].split(" (")[0]
+        "needs the patient's height and weight"
+    """
+    model = load_default_model() if model_json is None else _as_model(model_json)
+    names = list(model["feature_names"])
+    x = _matrix([features], names)[0]
+    missing = [n for n, v in zip(names, x, strict=True) if not np.isfinite(v)]
+    z = (x - np.asarray(model["means"])) / np.asarray(model["stds"])
+    far = [n for n, v in zip(names, z, strict=True) if np.isfinite(v) and abs(v) > MAX_ABS_Z]
+    reason = None
+    if qc_status == "fail":
+        reason = "the quality control failed"
+    elif any(any(t in n for t in _INDEXED) for n in missing):
+        reason = (
+            "needs the patient's height and weight (the model uses volumes and mass indexed "
+            "to body surface area)"
+        )
+    elif missing:
+        reason = f"cannot be measured on this segmentation: {', '.join(missing)}"
+    elif far:
+        reason = f"outside the range of the training data: {', '.join(far)}"
+    if reason is not None:
+        return {"shown": False, "reason": reason, "disclaimer": DISCLAIMER}
+    result = predict(model, features)
+    return {"shown": True, **result, "text": suggestion_text(result)}
+
+
 def cross_validate(
     rows: Sequence[Mapping[str, Any]],
     labels: Sequence[str],

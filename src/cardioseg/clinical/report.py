@@ -320,6 +320,18 @@ def _write_curve_png(
     return path
 
 
+def suggestion_line(suggestion: Mapping[str, Any]) -> str:
+    """The report's one line on the research-use group suggestion, or on why there is none.
+
+    Example:
+        >>> suggestion_line({"shown": False, "reason": "the quality control failed"})
+        'No research-use group suggestion: the quality control failed.'
+    """
+    if suggestion.get("shown"):
+        return str(suggestion["text"])
+    return f"No research-use group suggestion: {suggestion.get('reason', 'not computed')}."
+
+
 def frames_text(report: Mapping[str, Any]) -> str:
     """Which frames are ED and ES, in words: frame numbers count from 0 (as in the volume
     curve, the masks and the slice exclusions); an ED/ES pair has no frame numbers.
@@ -583,6 +595,14 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     sources = sorted(
         {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
     )
+    suggestion_html = ""
+    sugg = report.get("diagnosis_suggestion")
+    if sugg:
+        said = suggestion_line(sugg)
+        suggestion_html = (
+            "<h2>Research-use group suggestion (not a diagnosis)</h2>"
+            f'<p>{e(said)}</p><p class="small">{e(sugg.get("disclaimer", ""))}</p>'
+        )
     slice_html = ""
     header, cells = _slice_table(report)
     if cells:
@@ -633,6 +653,7 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 <th>Flag</th></tr>{table}</table>
 <p class="small">Normal ranges: {e(who)} (mean ± 2 SD) from
 {e("; ".join(sources))}. LV mass = myocardial volume at ED × 1.05 g/mL.</p>
+{suggestion_html}
 {slice_html}
 {imgs}
 <h2>Acquisition and processing</h2>
@@ -736,6 +757,14 @@ def _write_pdf(
                     y -= 0.016
                 if y < 0.1:
                     break
+        sugg = report.get("diagnosis_suggestion")
+        if sugg and y > 0.13:
+            y -= 0.015
+            fig.text(0.07, y, "Research-use group suggestion (not a diagnosis)", fontsize=10)
+            y -= 0.02
+            for line in textwrap.wrap(suggestion_line(sugg), 100):
+                fig.text(0.09, y, line, fontsize=8)
+                y -= 0.016
         for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
             fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
         pdf.savefig(fig)
@@ -807,6 +836,7 @@ def write_report(
     exclusions: Sequence[str] = (),
     disagreement: Mapping[str, np.ndarray | None] | None = None,
     sex: str | None = None,
+    suggestion: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``, ``report.html`` and
     ``report.pdf`` into ``outdir`` (every file atomically).
@@ -837,6 +867,9 @@ def write_report(
             overlay montage.
         sex: ``"M"`` or ``"F"`` (also ``"male"``, ``"female"``) compares the indices with
             that sex's normal ranges; otherwise with the sex-pooled ones.
+        suggestion: The research-use ACDC group suggestion
+            (:func:`~cardioseg.clinical.diagnosis.suggest`), shown marked as not a diagnosis,
+            or why there is none; ``None`` leaves it out.
 
     Returns:
         Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
@@ -908,6 +941,8 @@ def write_report(
             "disclaimer": DISCLAIMER,
         }
     )
+    if suggestion is not None:
+        report["diagnosis_suggestion"] = dict(suggestion)
     files["json"] = outdir / "report.json"
     files["html"] = outdir / "report.html"
     if write_pdf:

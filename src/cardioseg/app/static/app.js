@@ -357,6 +357,8 @@ async function showResult(d) {
   $("input-notes-list").replaceChildren(...notes.map((w) => el("li", { text: w })));
   renderTable(d.table);
   $("range-header").textContent = "Normal range (" + (d.ranges_for || "adult") + ")";
+  $("suggestion").hidden = !d.suggestion;
+  $("suggestion").textContent = d.suggestion || "";
   renderSlices(d);
   renderDownloads(d.downloads);
   if (d.viewer) {
