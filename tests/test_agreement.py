@@ -141,3 +141,34 @@ def test_agreement_prediction_labels_geometry_and_missing_subjects(tmp_path):
 def test_agreement_stats_of_one_pair_have_no_limits():
     s = agreement_stats(np.array([5.0]), np.array([3.0]))
     assert s["bias"] == 2.0 and np.isnan(s["loa_low"]) and np.isnan(s["loa_high"])
+
+
+def test_agreement_4d_predictions_must_be_4d_on_the_image_grid(tmp_path):
+    """M&Ms-style 4D files: a prediction must be 4D with the image's affine (a 3D file would be
+    used for both phases; a shifted one measured on the wrong place)."""
+    ed = disc_labels((48, 40, 6), r_lv=9, r_myo=12)
+    es = disc_labels((48, 40, 6), r_lv=6, r_myo=10)
+    labels = np.stack([ed, es], -1).astype(np.uint8)
+    image = np.stack([image_from_labels(ed), image_from_labels(es, seed=2)], -1)
+    ds = tmp_path / "mnms"
+    write_nifti(ds / "A1" / "A1_sa.nii.gz", image)
+    mnms = np.where(labels == 1, 1, np.where(labels == 3, 3, labels)).astype(np.uint8)
+    write_nifti(ds / "A1" / "A1_sa_gt.nii.gz", mnms)
+    (ds / "mnms_info.csv").write_text("External code,VendorName,ED,ES\nA1,X,0,1\n")
+    base = ["agreement", "--dataset", str(ds), "--layout", "mnms", "--predictions"]
+
+    def run():
+        return CliRunner().invoke(app, [*base, str(tmp_path / "pred"), "-o", str(tmp_path / "o")])
+
+    write_nifti(tmp_path / "pred" / "A1_sa.nii.gz", labels)
+    res = run()
+    assert res.exit_code == 0, res.output
+    assert "| lv_ef_pct | 1 | +0.0 |" in (tmp_path / "o" / "agreement.md").read_text()
+    shifted = np.eye(4)
+    shifted[0, 3] = 50.0
+    write_nifti(tmp_path / "pred" / "A1_sa.nii.gz", labels, shifted)
+    res = run()
+    assert res.exit_code != 0 and "affine does not match" in res.output, res.output
+    write_nifti(tmp_path / "pred" / "A1_sa.nii.gz", labels[..., 0])
+    res = run()
+    assert res.exit_code != 0 and "a 4D prediction" in res.output, res.output

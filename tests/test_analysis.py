@@ -620,6 +620,10 @@ def test_analyze_never_replaces_the_input_or_unrelated_files(
     monkeypatch.chdir(empty)
     res = _run(["analyze", study, "-o", ".", *base])
     _assert_clean_failure(res, "would replace the current folder")
+    (empty / "sub").mkdir()
+    monkeypatch.chdir(empty / "sub")  # nor a folder holding it (a previous result, here)
+    res = _run(["analyze", study, "-o", "..", *base])
+    _assert_clean_failure(res, "would replace the current folder (or one holding it)")
     assert (empty / "report.json").exists()
 
 
@@ -708,13 +712,15 @@ def test_analyze_batch_keeps_studies_apart_and_its_output_out_of_the_studies(
     _assert_clean_failure(res, "the output folder is the studies folder")
 
 
-def _analyze_or_crash(name, *args):
+def _analyze_or_crash(name, *args, **kwargs):
     """The batch's per-study function, except that study "crash" kills its worker process."""
     import os
 
     if name == "crash":
+        if kwargs.get("started"):  # as the real one: known to have started
+            Path(kwargs["started"]).touch()
         os._exit(3)
-    return _REAL_ANALYZE_ONE(name, *args)
+    return _REAL_ANALYZE_ONE(name, *args, **kwargs)
 
 
 def test_analyze_batch_survives_a_worker_that_dies(tmp_path, tiny_checkpoint, monkeypatch):
@@ -763,13 +769,22 @@ def test_analyze_refuses_an_unusable_output_or_info_cfg_before_segmenting(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("raised", "note"),
+    [
+        ("ours", "no DICOM-SEG written: cannot build DICOM SEG for phase 0: broken"),
+        ("highdicom", "no DICOM-SEG written (AttributeError in highdicom)"),
+    ],
+)
 def test_analysis_stands_when_the_dicom_seg_cannot_be_written(
-    tmp_path, tiny_checkpoint, monkeypatch
+    tmp_path, tiny_checkpoint, monkeypatch, raised, note
 ):
     from cardioseg.clinical import dicom_seg
     from cardioseg.errors import CardiosegError
 
     def refuse(*_a, **_k):
+        if raised == "highdicom":  # e.g. a source without SliceThickness
+            raise AttributeError("'FileDataset' object has no attribute 'SliceThickness'")
         raise CardiosegError("segmentation.dcm", "cannot build DICOM SEG for phase 0: broken")
 
     monkeypatch.setattr(dicom_seg, "write_dicom_seg", refuse)
@@ -778,10 +793,7 @@ def test_analysis_stands_when_the_dicom_seg_cannot_be_written(
     res = _run(["analyze", tmp_path / "dcm", "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
-    assert (
-        "no DICOM-SEG written: cannot build DICOM SEG for phase 0: broken"
-        in (report["meta"]["warnings"])
-    )
+    assert note in report["meta"]["warnings"]
     assert (out / "mask_ED.nii.gz").exists() and not list(out.glob("*.dcm"))
 
 

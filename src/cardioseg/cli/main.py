@@ -486,9 +486,11 @@ def analyze(
     )
     for reason in qc.get("reasons", []):
         typer.echo(f"  - {reason}")
-    sugg = report.get("diagnosis_suggestion") or {}
-    if sugg.get("shown"):
-        typer.echo(sugg["text"])
+    sugg = report.get("diagnosis_suggestion")
+    if sugg:
+        from cardioseg.clinical.report import suggestion_line
+
+        typer.echo(suggestion_line(sugg))
     from cardioseg.clinical.qc import slices_to_check
 
     check = slices_to_check(qc)

@@ -123,9 +123,12 @@ def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] 
     out = outdir.resolve()
     if out.parent == out:
         raise CardiosegError(outdir, "the output folder cannot be the root folder")
-    if out == Path.cwd().resolve():
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
         raise CardiosegError(
-            outdir, "the output folder would replace the current folder; name a new folder"
+            outdir,
+            "the output folder would replace the current folder (or one holding it); name a "
+            "new folder",
         )
     for src in inputs:
         if src is None:
@@ -522,6 +525,8 @@ def analyze_study(
                 )
             except CardiosegError as err:  # an export: the analysis itself stands
                 notes.append(f"no DICOM-SEG written: {err.problem}")
+            except Exception as exc:  # highdicom refusing a source header it needs
+                notes.append(f"no DICOM-SEG written ({type(exc).__name__} in highdicom)")
         meta = {
             "source_kind": st.kind,
             "n_frames": n,

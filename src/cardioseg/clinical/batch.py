@@ -15,7 +15,8 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -87,8 +88,10 @@ def find_studies(root: str | Path, skip: str | Path | None = None) -> list[Path]
     skipped = Path(skip).resolve() if skip is not None else None
     out = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or (skipped is not None and p.resolve() == skipped):
+        if p.name.startswith("."):
             continue
+        if skipped is not None and (p.resolve() == skipped or p.resolve() in skipped.parents):
+            continue  # the output folder, or a folder holding it
         if p.is_file() and (is_nifti(p) or p.suffix.lower() == ".zip"):
             out.append(p)
         elif p.is_dir():
@@ -114,13 +117,21 @@ def study_names(studies: Sequence[Path]) -> list[str]:
     Example:
         >>> study_names([Path("x"), Path("x.nii.gz"), Path("y.zip")])
         ['x', 'x.nii.gz', 'y']
-        >>> study_names([Path("a"), Path("a.nii.gz"), Path("a.nii.gz.zip")])
-        ['a', 'a.nii.gz~1', 'a.nii.gz~2']
+        >>> study_names([Path("a"), Path("a.nii.gz"), Path("a.nii.gz.zip"), Path("a.nii.gz~1")])
+        ['a', 'a.nii.gz~2', 'a.nii.gz~3', 'a.nii.gz~1']
     """
     short = [study_name(p) for p in studies]
     names = [p.name if short.count(n) > 1 else n for p, n in zip(studies, short, strict=True)]
     equal = {n for n in names if names.count(n) > 1}  # "a.nii.gz" and "a.nii.gz.zip": numbered
-    return [f"{n}~{i}" if n in equal else n for i, n in enumerate(names)]
+    out: list[str] = []
+    for n in names:
+        if n in equal:
+            k = 1
+            while f"{n}~{k}" in names or f"{n}~{k}" in out:
+                k += 1
+            n = f"{n}~{k}"
+        out.append(n)
+    return out
 
 
 def _row(name: str, report: dict | None, error: str = "", input_name: str = "") -> dict[str, Any]:
@@ -215,9 +226,15 @@ def read_exclusions(path: str | Path) -> dict[str, list[str]]:
     return out
 
 
-def _analyze_one(name: str, path: str, outdir: str, exclude: Sequence[str] = ()) -> dict[str, Any]:
+def _analyze_one(
+    name: str, path: str, outdir: str, exclude: Sequence[str] = (), started: str | None = None
+) -> dict[str, Any]:
+    """Analyse one study into its row; ``started``: a file created first (a worker that then
+    dies is known to have been analysing this study)."""
     from cardioseg.clinical.analysis import analyze_study
 
+    if started is not None:
+        Path(started).touch()
     try:
         report = analyze_study(
             Path(outdir) / name,
@@ -283,6 +300,7 @@ def run_batch(
     if (
         outdir.resolve().parent == Path(root).resolve()
         and outdir.is_dir()
+        and any(outdir.iterdir())
         and not (outdir / "results.csv").is_file()
     ):  # a folder in the studies folder that is not this batch's output: a study
         raise CardiosegError(
@@ -383,26 +401,49 @@ def _run(
             bar.update()
     else:
         init = (options, 1, write_pdf)
-        broken: list[tuple[str, Path]] = []
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
-            futures = {pool.submit(_analyze_one, *job(*t)): t for t in todo}
-            for f in as_completed(futures):
-                try:
-                    row = f.result()
-                except BrokenProcessPool:  # a worker died (out of memory, a crash): every
-                    broken.append(futures[f])  # study not yet finished is retried below
-                    continue
-                yield row
-                bar.update()
-        for t in broken:  # each alone, so that only a study that kills its worker fails
-            with ProcessPoolExecutor(1, initializer=_init_worker, initargs=init) as pool:
-                try:
-                    row = pool.submit(_analyze_one, *job(*t)).result()
-                except BrokenProcessPool:
-                    row = _row(t[0], None, WORKER_DIED, input_name=t[1].name)
+        for row in _run_pool(todo, job, workers, init):
             yield row
             bar.update()
     bar.close()
+
+
+def _run_pool(
+    todo: list[tuple[str, Path]],
+    job: Callable[[str, Path], tuple],
+    workers: int,
+    init: tuple,
+) -> Iterator[dict]:
+    """Rows of ``todo`` from a pool of worker processes that survives a worker's death.
+
+    When a worker dies (out of memory, a crash), every unfinished study of the pool fails with
+    it. Those that had not started go to a new pool; those that had (the culprit among them)
+    are analysed again one by one, and one that kills its worker again is recorded as failed.
+    """
+    pending, suspects = list(todo), []
+    while pending:
+        broken: list[tuple[str, Path]] = []
+        with tempfile.TemporaryDirectory(prefix="cardioseg-batch-") as marks:
+            mark = {t[0]: str(Path(marks) / str(i)) for i, t in enumerate(pending)}
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init) as pool:
+                futures = {
+                    pool.submit(_analyze_one, *job(*t), started=mark[t[0]]): t for t in pending
+                }
+                for f in as_completed(futures):
+                    try:
+                        yield f.result()
+                    except BrokenProcessPool:
+                        broken.append(futures[f])
+            started = [t for t in broken if Path(mark[t[0]]).exists()]
+        if broken and not started:  # the pool died before any study began: one by one
+            started = broken
+        suspects += started
+        pending = [t for t in broken if t not in started]
+    for t in suspects:
+        with ProcessPoolExecutor(1, initializer=_init_worker, initargs=init) as pool:
+            try:
+                yield pool.submit(_analyze_one, *job(*t)).result()
+            except BrokenProcessPool:
+                yield _row(t[0], None, WORKER_DIED, input_name=t[1].name)
 
 
 def _run_ray(

@@ -725,6 +725,14 @@ def _write_pdf(
                 if r["flag"] in FLAG_COLORS:
                     tab[i, 4].get_text().set_color(FLAG_COLORS[r["flag"]])
             y -= height + 0.03
+        sugg = report.get("diagnosis_suggestion")
+        if sugg:  # under the indices, as in the HTML
+            fig.text(0.07, y, "Research-use group suggestion (not a diagnosis)", fontsize=10)
+            y -= 0.02
+            for line in textwrap.wrap(suggestion_line(sugg), 100):
+                fig.text(0.09, y, line, fontsize=8)
+                y -= 0.016
+            y -= 0.015
         score = qc.get("score")
         score_txt = f" (score {score:.2f})" if isinstance(score, int | float) else ""
         fig.text(
@@ -757,14 +765,6 @@ def _write_pdf(
                     y -= 0.016
                 if y < 0.1:
                     break
-        sugg = report.get("diagnosis_suggestion")
-        if sugg and y > 0.13:
-            y -= 0.015
-            fig.text(0.07, y, "Research-use group suggestion (not a diagnosis)", fontsize=10)
-            y -= 0.02
-            for line in textwrap.wrap(suggestion_line(sugg), 100):
-                fig.text(0.09, y, line, fontsize=8)
-                y -= 0.016
         for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
             fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
         pdf.savefig(fig)

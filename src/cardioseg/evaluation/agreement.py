@@ -106,12 +106,17 @@ def paired_indices(
             if pred_dir is not None:
                 path = Path(pred_dir) / Path(r.image).name
                 if r.frame >= 0:  # a 4D prediction of a 4D image: its frame
-                    pred = read_label(path, pred_labels)
-                    if pred.shape[:3] != image.shape:
+                    import nibabel as nib
+
+                    shape = tuple(nib.load(str(path)).shape)
+                    if len(shape) != 4 or shape[:3] != image.shape or r.frame >= shape[3]:
                         raise CardiosegError(
-                            path, f"shape {pred.shape} does not match the image {image.shape}"
+                            path,
+                            f"a 4D prediction with the image's grid {image.shape} and frame "
+                            f"{r.frame} is needed, got shape {shape}",
                         )
-                    pred = pred[..., r.frame] if pred.ndim == 4 else pred
+                    grid = ImageProperties(props.affine, props.spacing, shape, str(path))
+                    pred = read_label(path, pred_labels, reference=grid)[..., r.frame]
                 else:
                     pred = read_label(path, pred_labels, reference=props)
             else:
