@@ -817,3 +817,22 @@ def test_report_colours_minor_notes_grey():
     )
     assert _reason_color({"kind": "border", "weight": 0.35}, "review") == STATUS_COLORS["review"]
     assert _reason_color(None, "review") == STATUS_COLORS["review"]
+
+
+def test_qc_of_a_reader_exclusion_opens_no_gap(heart_pair):
+    """A mid-ventricular slice taken out by the reader: the QC judges the segmentation as
+    produced (no "LV missing" gap, no heart split in two) and its volumes are the counted ones."""
+    from cardioseg.clinical.qc import assess_quality
+
+    ed, es = heart_pair
+    axis = int(np.argmax(SPACING))
+    z = int(np.flatnonzero(np.any(np.moveaxis(es, axis, 0) == 1, axis=(1, 2))).mean())
+    cut = np.moveaxis(es.copy(), axis, 0)
+    cut[z] = 0
+    cut = np.moveaxis(cut, 0, axis)
+    naive = assess_quality(ed, cut, SPACING)
+    assert any(f"ES slice {z}: LV missing" in r for r in naive.reasons)
+    qc = assess_quality(ed, es, SPACING, excluded={"ES": [z]}, counted={"ED": ed, "ES": cut})
+    assert not any(f"slice {z}" in r for r in qc.reasons), qc.reasons
+    assert qc.metrics["lv_esv_ml"] == pytest.approx(compute_indices(ed, cut, SPACING)["lv_esv_ml"])
+    assert any(row.get("excluded") for row in qc.per_slice if row["slice"] == z)

@@ -465,6 +465,7 @@ def analyze_study(
             f"{given} given without {missing}: the volumes and mass are not indexed to body "
             "surface area"
         )
+    produced = {"ED": labels[..., ed_i].copy(), "ES": labels[..., es_i].copy()}
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -479,13 +480,20 @@ def analyze_study(
     )
     model_files = getattr(seg, "checkpoint_paths", None)
     calibration = calibration_for(model_files)
+    # the QC judges the segmentation as produced (a slice taken out opens no gap); what it
+    # finds on excluded slices alone is not held against it; volumes are those reported
+    excluded: dict[str, list[int]] = {}
+    for ex in exclusions:
+        excluded.setdefault(ex.phase, []).append(ex.slice)
     qc = assess_quality(
-        labels[..., ed_i],
-        labels[..., es_i],
+        produced["ED"],
+        produced["ES"],
         spacing,
         probabilities={"ED": probs["ED"], "ES": probs["ES"]},
         disagreement=spread,
         calibration=calibration,
+        excluded=excluded,
+        counted={"ED": labels[..., ed_i], "ES": labels[..., es_i]},
     )
     # the research-use ACDC group suggestion (not a diagnosis), where it can mean something
     from cardioseg.clinical.diagnosis import suggest

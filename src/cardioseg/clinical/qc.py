@@ -32,6 +32,7 @@ cross-validation studies; the per-slice entropy threshold is a hand-set initial 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -332,6 +333,30 @@ class _Collector:
 
     def add(self, kind: str, text: str, weight: float | None = None) -> None:
         self.issues.append(_Issue(kind, text, WEIGHTS[kind] if weight is None else weight))
+
+
+_SLICES_NAMED = re.compile(
+    r"^(ED|ES)(?: slices? (\d+)(?:-(\d+))?:|: detached .* in slices? (\d+)(?:-(\d+))?,)"
+)
+
+
+def _only_about(text: str, excluded: Mapping[str, Sequence[int]]) -> bool:
+    """Whether an issue names only slices the reader excluded (``"ES slice 8: ..."``,
+    ``"ES slices 7-8: ..."``, ``"ES: detached fragment ... in slice 8, ..."``).
+
+    Example:
+        >>> _only_about("ES slice 8: LV missing (present in slices 7 and 9)", {"ES": [8]})
+        True
+        >>> _only_about("ES slices 7-8: LV area changes by 60 %", {"ES": [8]})
+        False
+    """
+    m = _SLICES_NAMED.match(text)
+    if m is None:
+        return False
+    first = m.group(2) or m.group(4)
+    last = m.group(3) or m.group(5) or first
+    named = set(range(int(first), int(last) + 1))
+    return named <= set(excluded.get(m.group(1), ()))
 
 
 def _combine(issues: Sequence[_Issue]) -> float:
@@ -635,6 +660,8 @@ def assess_quality(
     | np.ndarray
     | None = None,
     calibration: QCCalibration | None = None,
+    excluded: Mapping[str, Sequence[int]] | None = None,
+    counted: Mapping[str, np.ndarray] | None = None,
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -651,6 +678,12 @@ def assess_quality(
         calibration: The model's uncertainty thresholds (:func:`calibration_for`; ``None``:
             the shipped default model's). With ``calibrated=False`` a note in the reasons says
             that they were calibrated for another model (it does not change the status).
+        excluded: Slices the reader took out, per phase (``{"ES": [8]}``): what the checks
+            find on them alone is not held against the segmentation (the reader has judged
+            them). The labels given are the segmentation as produced, so that taking a slice
+            out does not open a gap or split the heart in two.
+        counted: The labels the indices come from (after the reader's exclusions), per phase:
+            the volume checks (ranges, ESV > EDV, myocardial volume) use them.
 
     Returns:
         :class:`QCResult`.
@@ -749,7 +782,11 @@ def assess_quality(
             f"this model ({calibration.model}): read the uncertainty findings as indicative",
         )
 
-    # volumes
+    # volumes: of the labels the indices come from
+    counted = counted or {}
+    ed_label = np.asarray(counted.get("ED", ed_label))
+    if es_label is not None:
+        es_label = np.asarray(counted.get("ES", es_label))
     lv_edv = volume_ml(ed_label, spacing, LV)
     metrics["lv_edv_ml"] = lv_edv
     if lv_edv == 0:
@@ -829,6 +866,12 @@ def assess_quality(
             if row["slice"] in touching.get(row["phase"], []):
                 row["flags"].append("touches_border")
 
+    if excluded:
+        out.issues = [i for i in out.issues if not _only_about(i.text, excluded)]
+        for row in per_slice:
+            if row["slice"] in set(excluded.get(row["phase"], ())):
+                row["excluded"] = True
+                row["flags"] = []
     score = _combine(out.issues)
     status, metrics["major_score"], metrics["minor_score"] = status_from_issues(
         [(i.kind, i.weight) for i in out.issues]
