@@ -460,9 +460,9 @@ def analyze_study(
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
     if (height_cm is None) != (weight_kg is None):
-        given, missing = ("height", "weight") if weight_kg is None else ("weight", "height")
+        have, lack = ("height", "weight") if weight_kg is None else ("weight", "height")
         notes.append(
-            f"{given} given without {missing}: the volumes and mass are not indexed to body "
+            f"{have} given without {lack}: the volumes and mass are not indexed to body "
             "surface area"
         )
     produced = {"ED": labels[..., ed_i].copy(), "ES": labels[..., es_i].copy()}
