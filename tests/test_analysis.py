@@ -375,7 +375,8 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     out = tmp_path / "batch"
     args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
     res = _run(args)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output  # ran to its end, one study failed
+    assert "2 done, 1 failed" in res.output and "Traceback" not in res.output
     rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert set(rows) == {"a", "b", "broken"}
     assert rows["a"]["status"] == rows["b"]["status"] == "done"
@@ -393,7 +394,7 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert rows["a"]["qc_check_slices"] == " ".join(slices_to_check(qc))
     stamp = (out / "a" / "report.json").stat().st_mtime_ns
     res = _run(args)  # resume: finished studies are skipped, the failed one is retried
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output
     assert (out / "a" / "report.json").stat().st_mtime_ns == stamp
     rows2 = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows2) == 3

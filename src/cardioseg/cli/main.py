@@ -567,7 +567,9 @@ def analyze_batch(
     ] = True,
 ) -> None:
     """Analyse many studies; one CSV row per study. Resumable: finished studies are skipped,
-    unless another model analysed them (one table, one model)."""
+    unless another model analysed them (one table, one model). Exit status: 0 when every study
+    is done, 2 when the batch ran to its end but some studies failed (their errors are in
+    results.csv), 1 when the batch could not run."""
     import csv
 
     from cardioseg.clinical.batch import read_exclusions, run_batch
@@ -589,6 +591,8 @@ def analyze_batch(
     typer.echo(f"{len(rows) - len(failed)} done, {len(failed)} failed -> {table}")
     for r in failed:
         typer.echo(f"  failed: {r['study']}: {r['error']}")
+    if failed:  # a pipeline can tell a complete batch from one to look at
+        raise typer.Exit(2)
 
 
 @app.command()
