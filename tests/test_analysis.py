@@ -856,3 +856,26 @@ def test_analyze_output_through_a_link_writes_its_target(tmp_path, tiny_checkpoi
     res = _run(["analyze", *pair, "-o", link])  # again: the target is replaced, the link kept
     assert res.exit_code == 0, res.output
     assert link.is_symlink() and (link / "report.json").is_file()
+
+
+def test_qc_sets_aside_only_slices_taken_out_whole(tmp_path, tiny_checkpoint, monkeypatch):
+    """ES:1:RV leaves the slice's LV and myocardium counted: their QC issues stay."""
+    from cardioseg.clinical import qc
+
+    seen = {}
+    real = qc.assess_quality
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qc, "assess_quality", spy)  # analyze_study imports it when it runs
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    res = _run(
+        ["analyze", "--ed", paths["p_ED"], "--es", paths["p_ES"], "-o", tmp_path / "o"]
+        + ["--model", tiny_checkpoint, "--no-pdf", "--exclude", "ES:1:RV", "--exclude", "ES:2"]
+    )
+    assert res.exit_code == 0, res.output
+    assert seen["excluded"] == {"ES": [2]}
+    assert set(seen["counted"]) == {"ED", "ES"}

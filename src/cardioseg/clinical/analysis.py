@@ -481,10 +481,11 @@ def analyze_study(
     model_files = getattr(seg, "checkpoint_paths", None)
     calibration = calibration_for(model_files)
     # the QC judges the segmentation as produced (a slice taken out opens no gap); what it
-    # finds on excluded slices alone is not held against it; volumes are those reported
+    # finds on slices taken out whole is not held against it; volumes are those reported
     excluded: dict[str, list[int]] = {}
-    for ex in exclusions:
-        excluded.setdefault(ex.phase, []).append(ex.slice)
+    for ex in exclusions:  # whole slices only: a slice's other structures still count
+        if ex.structures == "all":
+            excluded.setdefault(ex.phase, []).append(ex.slice)
     qc = assess_quality(
         produced["ED"],
         produced["ES"],

@@ -678,10 +678,11 @@ def assess_quality(
         calibration: The model's uncertainty thresholds (:func:`calibration_for`; ``None``:
             the shipped default model's). With ``calibrated=False`` a note in the reasons says
             that they were calibrated for another model (it does not change the status).
-        excluded: Slices the reader took out, per phase (``{"ES": [8]}``): what the checks
-            find on them alone is not held against the segmentation (the reader has judged
-            them). The labels given are the segmentation as produced, so that taking a slice
-            out does not open a gap or split the heart in two.
+        excluded: Slices the reader took out whole, per phase (``{"ES": [8]}``): what the
+            checks find on them alone is not held against the segmentation (the reader has
+            judged them). A slice of which only one structure was taken out is not listed: its
+            other structures still count. The labels given are the segmentation as
+            produced, so that taking a slice out does not open a gap or split the heart in two.
         counted: The labels the indices come from (after the reader's exclusions), per phase:
             the volume checks (ranges, ESV > EDV, myocardial volume) use them.
 
