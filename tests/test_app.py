@@ -694,6 +694,19 @@ def test_zipped_nifti_cine_is_shown_as_what_it_held(tmp_path, tiny_checkpoint, s
         study = client.get(f"/api/studies/{up.json()['study']['id']}").json()["study"]
         n_frames = nib.load(str(studies["cine"])).shape[3]
         assert (study["kind"], study["n_frames"]) == ("nifti4d", n_frames)
+        # a zipped ED/ES pair becomes a pair, and can be analysed again (its files are a zip)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("case/p_ED.nii.gz", studies["ed"].read_bytes())
+            zf.writestr("case/p_ES.nii.gz", studies["es"].read_bytes())
+        up = _upload_file(client, studies["dicom"], content=buf.getvalue())
+        assert _wait(client, up.json()["job"]["id"])["state"] == "done"
+        sid = up.json()["study"]["id"]
+        study = client.get(f"/api/studies/{sid}").json()["study"]
+        assert (study["kind"], study["n_frames"]) == ("pair", 2)
+        again = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": []})
+        assert again.status_code == 201, again.text
+        assert _wait(client, again.json()["job"]["id"])["state"] == "done"
 
 
 def test_zipped_study_is_extracted_inside_the_data_folder(

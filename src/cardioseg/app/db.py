@@ -319,7 +319,7 @@ class Database:
                 (study_id, job_id, json.dumps(report, allow_nan=False), now),
             )
             meta = report.get("meta") or {}
-            if meta.get("source_kind") in ("dicom", "nifti4d") and meta.get("n_frames"):
+            if meta.get("source_kind") in ("dicom", "nifti4d", "pair") and meta.get("n_frames"):
                 # a zip holds DICOM or a NIfTI cine: only the analysis knows which
                 con.execute(
                     "UPDATE studies SET kind = ?, n_frames = ? WHERE id = ? AND kind != 'pair'",

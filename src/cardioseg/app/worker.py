@@ -131,7 +131,7 @@ def study_inputs(store: Store, study: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of :func:`~cardioseg.clinical.analysis.load_study` for a study."""
     folder = store.input_dir(study["id"])
     files = study["files"]
-    if study["kind"] == "pair":
+    if "ed" in files and "es" in files:  # uploaded as two files (a zip's kind may be "pair" too)
         return {"ed": folder / files["ed"], "es": folder / files["es"]}
     return {"study": folder / files["study"]}
 
