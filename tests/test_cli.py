@@ -116,6 +116,12 @@ def test_evaluate_dataset_skips_an_unusable_case(tmp_path):
     res = _run([*args, "-o", tmp_path / "ev2"])
     _one_line_error(res, "no case could be evaluated")
     assert not (tmp_path / "ev2").exists()
+    # all fixed and run again into the first folder: no stale list of skipped cases
+    write_nifti(tmp_path / "ds" / "c1_gt.nii.gz", lab, np.eye(4))
+    for i in (0, 2):
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab)
+    assert _run([*args, "-o", tmp_path / "ev"]).exit_code == 0
+    assert not (tmp_path / "ev" / "skipped.csv").exists()
 
 
 def _one_line_error(res, name, needle=""):
@@ -263,3 +269,31 @@ def test_negative_pixdim_gives_one_line_on_the_real_stderr(tmp_path, tiny_checkp
     assert res.returncode != 0
     lines = (res.stdout + res.stderr).strip().splitlines()
     assert len(lines) == 1 and "zero or negative voxel spacing" in lines[0], lines
+
+
+def test_evaluate_empty_masks_unknown_conventions_and_outputs(tmp_path):
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab, oblique_affine())
+    empty = write_nifti(tmp_path / "empty.nii.gz", np.zeros_like(lab), oblique_affine())
+    for pred, truth in ((empty, ref), (ref, empty)):  # an empty mask either side is a result
+        res = _run(["evaluate", pred, truth])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["LV_dice"] == 0.0
+    res = _run(["evaluate", ref, ref, "--reference-labels", "foo"])
+    _one_line_error(res, "unknown label convention 'foo'", "acdc")
+    (tmp_path / "afile").write_text("x")
+    res = _run(["evaluate", ref, ref, "-o", tmp_path / "afile"])
+    _one_line_error(res, "afile", "cannot write or read here")
+
+
+def test_export_never_replaces_its_input(tmp_path, tiny_checkpoint):
+    import shutil
+
+    ckpt = shutil.copy(tiny_checkpoint, tmp_path / "last.pt")
+    before = (tmp_path / "last.pt").read_bytes()
+    _one_line_error(_run(["export", ckpt, "-o", ckpt]), "would replace its own input")
+    _one_line_error(_run(["export", ckpt, "-o", tmp_path]), "is a folder")
+    _one_line_error(_run(["export", ckpt, "-o", tmp_path / "x.nii.gz"]), "a .pt file")
+    assert (tmp_path / "last.pt").read_bytes() == before
+    res = _run(["export", ckpt, "-o", tmp_path / "small.pt"])
+    assert res.exit_code == 0, res.output

@@ -81,6 +81,14 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             with open(os.devnull, "w") as devnull:
                 os.dup2(devnull.fileno(), sys.stdout.fileno())
             raise typer.Exit(1) from None
+        except OSError as exc:  # an output path that cannot be used: name it and the problem
+            where = exc.filename2 or exc.filename
+            if where is None or exc.strerror is None:
+                _fail(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            name = Path(str(where)).name
+            if name.startswith(".") and ".tmp" in name:  # our temporary name: the real target
+                where = Path(str(where)).parent
+            _fail(str(CardiosegError(where, f"cannot write or read here ({exc.strerror})")))
         except Exception as exc:  # last resort: still one line
             if os.environ.get("CARDIOSEG_DEBUG"):
                 raise
@@ -173,7 +181,16 @@ def export(
     ] = None,
 ) -> None:
     """Write an inference-only (optionally float16) copy of a checkpoint, e.g. for shipping."""
+    from cardioseg.errors import CardiosegError
     from cardioseg.models import export_checkpoint, load_checkpoint
+    from cardioseg.models.checkpoint import resolve_checkpoint
+
+    if output.resolve() == resolve_checkpoint(checkpoint).resolve():
+        raise CardiosegError(output, "the export would replace its own input; name another -o")
+    if output.is_dir():
+        raise CardiosegError(output, "is a folder; name the checkpoint file to write")
+    if output.suffix.lower() not in (".pt", ".pth"):
+        raise CardiosegError(output, "an exported checkpoint is a .pt file")
 
     fingerprint = None
     if reference_config is not None:
@@ -323,12 +340,12 @@ def evaluate(
 
     from cardioseg.errors import CardiosegError
     from cardioseg.evaluation.metrics import compute_metrics
-    from cardioseg.io.nifti import atomic_write, read_image, read_label
+    from cardioseg.io.nifti import atomic_write, read_geometry, read_label
 
     if dataset is None:
         if prediction is None or reference is None:
             raise CardiosegError(None, "give PREDICTION REFERENCE, or --dataset DIR")
-        _, props = read_image(reference)
+        props = read_geometry(reference)  # an empty reference is a valid label map
         ref = read_label(reference, reference_labels, reference=props)
         pred = read_label(prediction, "canonical", reference=props)
         metrics = compute_metrics(pred, ref, props.spacing)
@@ -359,6 +376,7 @@ def evaluate(
     acc.to_csv(out / "metrics.csv")
     acc.to_markdown(out / "summary.md", by=["phase", "vendor", "centre", "group"])
     typer.echo((out / "summary.md").read_text())
+    (out / "skipped.csv").unlink(missing_ok=True)  # an earlier run's list is not this one's
     if skipped:
         with atomic_write(out / "skipped.csv") as tmp:
             with tmp.open("w", newline="") as fh:

@@ -217,6 +217,17 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
     return data, props
 
 
+def read_geometry(path: str | Path) -> ImageProperties:
+    """The geometry of a NIfTI file (affine, checked spacing, shape) without judging its
+    content: a label map may be empty, an image may not (:func:`read_image`)."""
+    path = Path(path)
+    img = _load(path)
+    shape = tuple(int(v) for v in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return ImageProperties(img.affine.copy(), _check_spacing(img, path), shape, str(path))
+
+
 def read_label(
     path: str | Path,
     label_map: str | dict[int, int] = "canonical",
@@ -234,6 +245,12 @@ def read_label(
     """
     path = Path(path)
     img = _load(path)
+    if isinstance(label_map, str) and label_map not in DATASET_LABEL_MAPS:
+        raise CardiosegError(
+            None,
+            f"unknown label convention {label_map!r} "
+            f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
+        )
     mapping = DATASET_LABEL_MAPS[label_map] if isinstance(label_map, str) else label_map
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
