@@ -231,6 +231,10 @@ BAD = {
         },
         "evaluated as is",
     ),
+    "experiment name escaping -o": (
+        {"experiments": [{"name": "../../esc", "sources": ["src"], "targets": ["tgt"]}]},
+        "is not a plain folder name",
+    ),
     "dann without pool": (
         {
             "methods": ["baseline", "dann"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -103,6 +104,19 @@ def test_config_errors(tmp_path):
     assert config_from_dict({"train": {"epochs": 1, "swa_start": 0.9}}).train.swa_epochs_before == 0
     with pytest.raises(ValueError, match="swa_lr"):
         config_from_dict({"train": {"swa_start": 1, "swa_lr": -1.0}})
+    # values of the wrong type or out of range (they failed late, or were taken as true)
+    for section, values, message in (
+        ("train", {"lr": "fast"}, "'train.lr' must be a number, got 'fast'"),
+        ("train", {"epochs": "3"}, "'train.epochs' must be a whole number"),
+        ("train", {"batch_size": 2.5}, "'train.batch_size' must be a whole number"),
+        ("inference", {"tta": "false"}, "'inference.tta' must be true or false"),
+        ("train", {"epochs": 0}, "epochs must be >= 1"),
+        ("train", {"batch_size": 0}, "batch_size must be >= 1"),
+        ("train", {"lr": -1.0}, "lr and weight_decay must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            config_from_dict({section: values})
+    assert config_from_dict({"train": {"amp": False, "lr": 1}}).train.amp == "false"
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed")
     with pytest.raises(CardiosegError, match="YAML"):

@@ -494,6 +494,8 @@ def _experiments(proto: Protocol) -> list[Experiment]:
         where = f"experiments[{i}]"
         spec = _check_keys(spec, EXPERIMENT_KEYS, where, proto.path)
         name = str(spec.get("name") or f"exp{i}")
+        if "/" in name or "\\" in name or name in (".", ".."):  # a folder name under -o
+            raise proto.error(f"{where}: experiment name {name!r} is not a plain folder name")
         methods = [str(m) for m in spec.get("methods") or list(proto.methods)]
         for m in methods:
             if m not in proto.methods:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -168,6 +169,20 @@ class TrainConfig:
             extra_transforms(spec)  # validates names and arguments
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        for name, low in (
+            ("epochs", 1),
+            ("iterations_per_epoch", 1),
+            ("batch_size", 1),
+            ("patch_size", 16),
+            ("warmup_epochs", 0),
+            ("val_interval", 1),
+        ):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.lr >= 0 or self.weight_decay < 0:  # lr 0: the initial weights kept
+            raise ValueError(
+                f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}"
+            )
         if self.swa_start < 0 or (
             self.swa_start >= 1
             and (self.swa_start != int(self.swa_start) or self.swa_start >= self.epochs)
@@ -307,8 +322,45 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
                 raise ValueError(f"'{sub_where}' must be a list")
             kwargs[name] = [_build(args[0], v, sub_where) for v in value]  # type: ignore[arg-type]
         else:
+            _check_type(value, hint, sub_where)
             kwargs[name] = value
     return cls(**kwargs)
+
+
+_SCALARS: dict[type, tuple[type, ...]] = {
+    bool: (bool,),
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+}
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    """Refuse a scalar of the wrong type (``lr: fast``, ``epochs: '3'``, ``tta: 'false'``);
+    ``X | None`` also takes ``None``. Containers and other types are left to the consumers.
+
+    Example:
+        >>> _check_type("fast", float, "train.lr")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'train.lr' must be a number, got 'fast'
+    """
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return
+    if str in options and isinstance(value, bool):  # YAML's true/false for a text switch (amp)
+        return
+    scalars = [t for t in options if t in _SCALARS]
+    if not scalars or len(scalars) != len([t for t in options if t is not type(None)]):
+        return
+    allowed = tuple(a for t in scalars for a in _SCALARS[t])
+    if isinstance(value, bool) and bool not in scalars:  # True is an int in Python
+        allowed = ()
+    if not isinstance(value, allowed):
+        names = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+        raise ValueError(
+            f"'{where}' must be {' or '.join(names[t] for t in scalars)}, got {value!r}"
+        )
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainingConfig:
