@@ -95,3 +95,18 @@ def test_kfold_is_patient_level_and_seeded():
         assert not set(tr) & set(va)
     assert folds == kfold_split(subjects, 5, seed=1)
     assert folds != kfold_split(subjects, 5, seed=2)
+
+
+def test_a_folder_of_several_datasets_is_not_read_as_one(tmp_path):
+    """The parent of ACDC and M&Ms: one reader would silently leave the other dataset out."""
+    from cardioseg.data.datasets import detect_layout
+    from cardioseg.errors import CardiosegError
+
+    (tmp_path / "acdc" / "patient001").mkdir(parents=True)
+    (tmp_path / "acdc" / "patient001" / "Info.cfg").write_text("ED: 1\nES: 2\n")
+    (tmp_path / "mnms" / "A1").mkdir(parents=True)
+    (tmp_path / "mnms" / "A1" / "A1_sa_ED.nii.gz").write_bytes(b"")
+    assert detect_layout(tmp_path / "acdc") == "acdc"
+    assert detect_layout(tmp_path / "mnms") == "mnms"
+    with pytest.raises(CardiosegError, match=r"holds several datasets \(acdc, mnms\)"):
+        detect_layout(tmp_path)

@@ -317,17 +317,30 @@ READERS = {
 
 
 def detect_layout(root: str | Path) -> str:
-    """Guess which reader fits a folder."""
+    """Guess which reader fits a folder.
+
+    Raises:
+        CardiosegError: The folder holds several datasets' layouts (e.g. the parent of ACDC
+            and M&Ms): one reader would read one of them and silently leave the others out.
+    """
     root = _require_dir(root)
-    if next(root.rglob("Info.cfg"), None) is not None:
-        return "acdc"
-    if next(root.rglob("*_sa_E[DS].nii.gz"), None) or next(root.rglob("*_sa.nii.gz"), None):
-        return "mnms"
-    if next(root.rglob("*_SA_E[DS].nii.gz"), None):
-        return "mnms2"
-    if next(root.rglob("subject*_DE.nii.gz"), None):
-        return "mscmr"
-    return "folder"
+    found = [
+        name
+        for name, patterns in (
+            ("acdc", ("Info.cfg",)),
+            ("mnms", ("*_sa_E[DS].nii.gz", "*_sa.nii.gz")),
+            ("mnms2", ("*_SA_E[DS].nii.gz",)),
+            ("mscmr", ("subject*_DE.nii.gz",)),
+        )
+        if any(next(root.rglob(p), None) is not None for p in patterns)
+    ]
+    if len(found) > 1:
+        raise CardiosegError(
+            root,
+            f"holds several datasets ({', '.join(found)}); point at one dataset's folder, "
+            "or give --layout",
+        )
+    return found[0] if found else "folder"
 
 
 def discover(root: str | Path, layout: str = "auto") -> list[CaseRecord]:
