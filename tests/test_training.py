@@ -117,6 +117,17 @@ def test_config_errors(tmp_path):
         with pytest.raises(ValueError, match=re.escape(message)):
             config_from_dict({section: values})
     assert config_from_dict({"train": {"amp": False, "lr": 1}}).train.amp == "false"
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  epochs: 2\n")
+    for override, message in (
+        ("output_dir.x=1", "'output_dir' must be text"),
+        ("train.epochs.n=1", "'epochs' is not a section"),
+        ("train.lr=[unclosed", "invalid value"),
+    ):
+        with pytest.raises(CardiosegError, match=re.escape(message)):
+            load_config(good, [override])
+    with pytest.raises(CardiosegError, match="is not a config file"):
+        load_config(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed")
     with pytest.raises(CardiosegError, match="YAML"):

@@ -376,6 +376,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     path = Path(path)
     if not path.exists():
         raise CardiosegError(path, "config file not found")
+    if not path.is_file():
+        raise CardiosegError(path, "is not a config file (a folder?)")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -387,8 +389,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
         node = values
         parts = key.split(".")
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            node = node.setdefault(p, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                raise CardiosegError(
+                    path, f"override '{item}': '{p}' is not a section that holds keys"
+                )
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = f"override '{item}': invalid value ({type(exc).__name__})"
+            raise CardiosegError(path, problem) from None
     try:
         cfg = config_from_dict(values)
     except (ValueError, TypeError) as exc:
