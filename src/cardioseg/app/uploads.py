@@ -177,7 +177,7 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
     import numpy as np
 
     from cardioseg.errors import CardiosegError
-    from cardioseg.io.nifti import affine_spacing, voxel_type_problem
+    from cardioseg.io.nifti import affine_spacing, squeezed_shape, voxel_type_problem
     from cardioseg.preprocessing.geometry import check_inplane_geometry
 
     limit = max_voxels * 8 + (1 << 20)
@@ -199,8 +199,7 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
         raise UploadError(
             400, f"truncated NIfTI: header announces shape {shape} but the file holds less data"
         )
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
+    shape = squeezed_shape(shape)
     if len(shape) < 3 or len(shape) > 4:
         raise UploadError(400, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
     if not np.all(np.isfinite(affine)):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import is_nifti
+from cardioseg.io.nifti import is_nifti, squeezed_shape
 
 #: Name tokens of label maps, predictions and other non-image NIfTI files.
 LABEL_TOKENS = frozenset(
@@ -86,12 +86,10 @@ def _n_dims(path: Path) -> int:
     import nibabel as nib
 
     try:
-        shape = list(nib.load(str(path)).shape)
+        shape = nib.load(str(path)).shape
     except Exception:  # unreadable: let the reader report it if the file is chosen
         return 3
-    while len(shape) > 3 and shape[-1] == 1:
-        shape.pop()
-    return len(shape)
+    return len(squeezed_shape(shape))
 
 
 def find_nifti_study(folder: str | Path) -> NiftiStudyFiles | None:

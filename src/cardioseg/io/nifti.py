@@ -53,6 +53,20 @@ class ImageProperties:
         return "".join(nib.aff2axcodes(self.affine))
 
 
+def squeezed_shape(shape: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """A NIfTI shape without its trailing singleton dimensions beyond the third, which
+    exporters often add (``(x, y, z, 1)`` is 3D).
+
+    Example:
+        >>> squeezed_shape((64, 64, 10, 1, 1)), squeezed_shape((64, 64, 1))
+        ((64, 64, 10), (64, 64, 1))
+    """
+    out = tuple(int(s) for s in shape)
+    while len(out) > 3 and out[-1] == 1:
+        out = out[:-1]
+    return out
+
+
 def is_nifti(path: str | Path) -> bool:
     """Whether ``path`` has a NIfTI file name."""
     return str(path).lower().endswith(NIFTI_SUFFIXES)
@@ -189,10 +203,7 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
     """
     path = Path(path)
     img = _load(path)
-    shape = tuple(int(s) for s in img.shape)
-    # Trailing singleton dimensions (x, y, z, 1) are common: drop them.
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
+    shape = squeezed_shape(img.shape)
     if len(shape) < 3 or (len(shape) == 3 and min(shape) < 1):
         raise CardiosegError(path, f"expected a 3D or 4D image, got {len(shape)}D shape {shape}")
     if len(shape) > 4 or (len(shape) == 4 and not allow_4d):
@@ -222,9 +233,7 @@ def read_geometry(path: str | Path) -> ImageProperties:
     content: a label map may be empty, an image may not (:func:`read_image`)."""
     path = Path(path)
     img = _load(path)
-    shape = tuple(int(v) for v in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
+    shape = squeezed_shape(img.shape)
     return ImageProperties(img.affine.copy(), _check_spacing(img, path), shape, str(path))
 
 
@@ -252,9 +261,7 @@ def read_label(
             f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
         )
     mapping = DATASET_LABEL_MAPS[label_map] if isinstance(label_map, str) else label_map
-    shape = tuple(int(s) for s in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
+    shape = squeezed_shape(img.shape)
     if reference is not None:
         if shape != tuple(reference.shape):
             raise CardiosegError(
