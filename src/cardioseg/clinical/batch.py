@@ -235,6 +235,7 @@ def _analyze_one(
 
     if started is not None:
         Path(started).touch()
+    input_name = Path(path).name
     try:
         report = analyze_study(
             Path(outdir) / name,
@@ -243,12 +244,12 @@ def _analyze_one(
             exclude=exclude,
             write_pdf=_WRITE_PDF,
         )
-        return _row(name, report, input_name=Path(path).name)
+        return _row(name, report, input_name=input_name)
     except CardiosegError as exc:
-        return _row(name, None, str(exc), input_name=Path(path).name)
+        return _row(name, None, str(exc), input_name=input_name)
     except Exception as exc:  # one broken study must not stop the batch
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        return _row(name, None, error, input_name=Path(path).name)
+        return _row(name, None, error, input_name=input_name)
 
 
 def _write_table(path: Path, rows: dict[str, dict]) -> None:
@@ -326,25 +327,27 @@ def run_batch(
     table = outdir / "results.csv"
     rows: dict[str, dict] = {}
     inputs: dict[str, str] = {}  # the input each name stood for in the previous run
+
+    def same_input(name: str) -> bool:  # the name stands for the input it stood for last time
+        return inputs.get(name) in (None, "", studies[name].name)
+
     if table.exists():  # keep the failures of studies still there (retried below); finished
         # studies' rows are made again from their reports, and the rows of studies no longer
         # in the folder, or of another model's results, are dropped
         with open(table, newline="", encoding="utf-8") as fh:
             old_rows = list(csv.DictReader(fh))
-        inputs = {r["study"]: r.get("input") or "" for r in old_rows if r.get("study")}
+        inputs.update({r["study"]: r.get("input") or "" for r in old_rows if r.get("study")})
         rows = {
             r["study"]: r
             for r in old_rows
-            if r.get("study") in studies
-            and r.get("status") == "failed"
-            and inputs[r["study"]] in ("", studies[r["study"]].name)
+            if r.get("study") in studies and r.get("status") == "failed" and same_input(r["study"])
         }
     todo: list[tuple[str, Path]] = []
     other_model = 0
     for name, s in studies.items():
         rep = outdir / name / "report.json"
         report = json.loads(rep.read_text()) if rep.exists() else None
-        if inputs.get(name) not in (None, "", s.name):  # the name now stands for another input
+        if not same_input(name):  # the name now stands for another input
             report = None
         same_model = report is not None and (report.get("meta") or {}).get("model") == current_model
         other_model += report is not None and not same_model
