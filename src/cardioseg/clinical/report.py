@@ -668,6 +668,18 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 # --- PDF ------------------------------------------------------------------------------------------
 
 
+def _pdf_bullets(fig: Any, items: Sequence[Any], y: float) -> float:
+    """Write ``items`` as wrapped bullet points from height ``y`` down, stopping near the foot
+    of the page; return the height below them."""
+    for item in items:
+        for k, line in enumerate(textwrap.wrap(str(item), 100)):
+            fig.text(0.09, y, ("• " if k == 0 else "  ") + line, fontsize=8)
+            y -= 0.016
+        if y < 0.1:
+            break
+    return y
+
+
 def _write_pdf(
     path: Path,
     report: dict[str, Any],
@@ -745,12 +757,7 @@ def _write_pdf(
         )
         y -= 0.025
         reasons = qc.get("reasons") or ["no issues found"]
-        for reason in reasons[:25]:
-            for k, line in enumerate(textwrap.wrap(str(reason), 100)):
-                fig.text(0.09, y, ("• " if k == 0 else "  ") + line, fontsize=8)
-                y -= 0.016
-            if y < 0.1:
-                break
+        y = _pdf_bullets(fig, reasons[:25], y)
         if len(reasons) > 25:
             fig.text(0.09, y, f"... and {len(reasons) - 25} more (see report.json)", fontsize=8)
             y -= 0.016
@@ -759,12 +766,7 @@ def _write_pdf(
             y -= 0.015
             fig.text(0.07, y, "About the input", fontsize=10, weight="bold", color="#b9770e")
             y -= 0.02
-            for note in notes[:10]:
-                for k, line in enumerate(textwrap.wrap(note, 100)):
-                    fig.text(0.09, y, ("• " if k == 0 else "  ") + line, fontsize=8)
-                    y -= 0.016
-                if y < 0.1:
-                    break
+            y = _pdf_bullets(fig, notes[:10], y)
         for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
             fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
         pdf.savefig(fig)
