@@ -874,6 +874,23 @@ def test_damaged_file_is_named_in_a_warning(tmp_path, keep_bytes):
     assert not any("README" in w for w in meta.warnings)
 
 
+def test_enhanced_object_whose_frame_count_disagrees_is_named_with_the_reason(tmp_path):
+    """NumberOfFrames larger than the per-frame functional groups: the one file of the study
+    cannot be used, and the message says why instead of "no DICOM images"."""
+    path = tmp_path / "enh" / "cine.dcm"
+    enhanced_like(path)
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[-3:]
+    ds.save_as(path)
+    with pytest.raises(CardiosegError) as info:
+        load_cine(tmp_path / "enh")
+    assert str(info.value) == (
+        f"{tmp_path / 'enh'}: no readable DICOM images: 1 DICOM file(s) could not be read "
+        f"(first: {path}: {N_SLICES * N_PHASES - 3} per-frame functional group(s) for "
+        f"NumberOfFrames {N_SLICES * N_PHASES})"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input
 

@@ -110,3 +110,19 @@ def test_a_folder_of_several_datasets_is_not_read_as_one(tmp_path):
     assert detect_layout(tmp_path / "mnms") == "mnms"
     with pytest.raises(CardiosegError, match=r"holds several datasets \(acdc, mnms\)"):
         detect_layout(tmp_path)
+
+
+def test_acdc_files_without_info_cfg_are_not_read_with_canonical_labels(tmp_path):
+    """ACDC numbers RV 1 and LV 3: read as a generic folder they would swap LV and RV."""
+    from cardioseg.errors import CardiosegError
+
+    lab = disc_labels()
+    pdir = tmp_path / "patient001"
+    write_nifti(pdir / "patient001_frame01.nii.gz", image_from_labels(lab))
+    write_nifti(pdir / "patient001_frame01_gt.nii.gz", _canon_to("acdc", lab))
+    with pytest.raises(CardiosegError, match="named like an ACDC label.*no Info.cfg"):
+        discover(tmp_path)
+    (pdir / "Info.cfg").write_text("ED: 1\nES: 12\n")
+    (record,) = discover(tmp_path)
+    assert record.dataset == "acdc" and record.phase == "ED"
+    np.testing.assert_array_equal(load_case(record)[1], lab)

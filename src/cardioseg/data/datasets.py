@@ -263,6 +263,10 @@ def read_mscmr(root: str | Path) -> list[CaseRecord]:
     return records
 
 
+#: File names of the ACDC release (``patient001_frame01``), whose labels are not canonical.
+_ACDC_NAME = re.compile(r"patient\d{3}_frame\d{2}")
+
+
 def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[CaseRecord]:
     """A generic folder of ``X.nii.gz`` + ``X_gt.nii.gz`` (or ``X_seg``/``X_label``) pairs.
 
@@ -288,6 +292,14 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
                 / (re.sub(r"_\d{4}$", "", stem) + image.name[len(stem) :])
             )
             label = cand if cand.exists() else None
+        if label is not None and _ACDC_NAME.fullmatch(stem) and label_map == "canonical":
+            raise CardiosegError(
+                label,
+                "is named like an ACDC label (patientNNN_frameYY_gt) but its patient folder "
+                "has no Info.cfg; ACDC numbers RV 1 and LV 3, the generic folder layout LV 1 "
+                "and RV 3, so it would swap them: put Info.cfg back (layout acdc) or rename "
+                "the files",
+            )
         spacing, shape = _header_geometry(image)
         m = re.fullmatch(r"(.+?)[_-](ED|ES)", stem, flags=re.IGNORECASE)
         subject, phase = (m.group(1), m.group(2).upper()) if m else (stem, "NA")

@@ -83,6 +83,11 @@ NON_CINE_HINTS = (
 # data classes
 
 
+class BadHeader(ValueError):
+    """A header this reader cannot use; its message names the problem and holds no values of
+    the patient (it is shown to the user)."""
+
+
 @dataclass
 class _Frame:
     """One 2D image: a single-frame file or one frame of a multi-frame object."""
@@ -183,6 +188,8 @@ class SeriesList(list):
         n_non_image: DICOM files without image data (DICOMDIR, SR, presentation states...).
         unreadable: Those of the skipped files that look like DICOM (a ``DICM`` preamble, or
             parsed but with malformed elements): damaged files the user should hear about.
+        unreadable_reason: Why the first unreadable file could not be used, where this reader
+            knows (:class:`BadHeader`), else ``""``.
         no_geometry: Images left out of their series because they lack the
             ImagePositionPatient/ImageOrientationPatient that the series' other images have.
     """
@@ -195,6 +202,7 @@ class SeriesList(list):
         n_non_image: int = 0,
         unreadable: list[str] | None = None,
         no_geometry: list[str] | None = None,
+        unreadable_reason: str = "",
     ):
         super().__init__(items)
         self.folder = folder
@@ -202,6 +210,7 @@ class SeriesList(list):
         self.n_non_image = n_non_image
         self.unreadable = list(unreadable or [])
         self.no_geometry = list(no_geometry or [])
+        self.unreadable_reason = unreadable_reason
 
 
 @dataclass
@@ -453,7 +462,7 @@ def _frame_count(ds: Any, path: str) -> int:
     pixel data is not compressed.
 
     Raises:
-        ValueError: The file is too small for that many frames.
+        BadHeader: The file is too small for that many frames.
     """
     n_frames = max(1, _int(ds.get("NumberOfFrames", 1)) or 1)
     if n_frames == 1:
@@ -468,7 +477,7 @@ def _frame_count(ds: Any, path: str) -> int:
         bits = _int(ds.get("BitsAllocated")) or 8
         per_frame = max(1, (_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * bits // 8)
     if n_frames * per_frame > size:
-        raise ValueError(f"NumberOfFrames {n_frames} does not fit in a file of {size} bytes")
+        raise BadHeader(f"NumberOfFrames {n_frames} does not fit in a file of {size} bytes")
     return n_frames
 
 
@@ -486,6 +495,10 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
         and len(per_frame) == n_frames
         and (has_plane or (shared is not None and "PlanePositionSequence" in shared))
     )
+    if has_plane and len(per_frame) != n_frames:
+        raise BadHeader(
+            f"{len(per_frame)} per-frame functional group(s) for NumberOfFrames {n_frames}"
+        )
     if sop_class == ENHANCED_MR_IMAGE_STORAGE and not enhanced:
         log.debug("enhanced MR object without plane functional groups: %s", path)
     common = dict(

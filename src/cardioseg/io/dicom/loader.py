@@ -23,6 +23,7 @@ from cardioseg.io.dicom.headers import (
     WEIGHT_KG_RANGE,
     CineMeta,
     SeriesInfo,
+    SeriesList,
     _dcmread,
     _Frame,
     _has_dicm,
@@ -447,6 +448,15 @@ def _check_one_patient(series: Sequence[SeriesInfo], where: str) -> None:
         )
 
 
+def _unreadable_text(series: SeriesList, show: Callable[[str], str], verb: str) -> str:
+    """``"2 DICOM file(s) could not be read{verb} (first: a.dcm: why)"``."""
+    why = f": {series.unreadable_reason}" if series.unreadable_reason else ""
+    return (
+        f"{len(series.unreadable)} DICOM file(s) could not be read{verb} "
+        f"(first: {show(series.unreadable[0])}{why})"
+    )
+
+
 def _load_scanned(
     root: Path, where: str, show: Callable[[str], str]
 ) -> tuple[np.ndarray, ImageProperties, CineMeta]:
@@ -454,6 +464,10 @@ def _load_scanned(
     _check_one_patient(series, where)
     n_images = sum(len(_dedupe_sop(s._frames)[0]) for s in series)
     if n_images == 0:
+        if series.unreadable:
+            raise CardiosegError(
+                where, f"no readable DICOM images: {_unreadable_text(series, show, '')}"
+            )
         extra = f" ({series.n_non_dicom} non-DICOM file(s) skipped)" if series.n_non_dicom else ""
         raise CardiosegError(where, f"no DICOM images found{extra}")
     if n_images == 1:
@@ -461,10 +475,7 @@ def _load_scanned(
     chosen = select_short_axis_cine(series, where)
     notes = []
     if series.unreadable:
-        notes.append(
-            f"{len(series.unreadable)} DICOM file(s) could not be read and were left out "
-            f"(first: {show(series.unreadable[0])})"
-        )
+        notes.append(_unreadable_text(series, show, " and were left out"))
     if series.no_geometry:
         notes.append(
             f"{len(series.no_geometry)} image file(s) without ImagePositionPatient/"

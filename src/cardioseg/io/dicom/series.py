@@ -24,6 +24,7 @@ from cardioseg.io.dicom.headers import (
     PHASE_COUNT_TOL,
     POSITION_TOL_MM,
     SA_HINTS,
+    BadHeader,
     SeriesInfo,
     SeriesList,
     _dcmread,
@@ -71,6 +72,7 @@ def find_series(folder: str | Path) -> SeriesList:
         raise CardiosegError(root, "not found")
     n_non_dicom = n_non_image = 0
     unreadable: list[str] = []
+    reason = ""
     groups: dict[str, SeriesInfo] = {}
     with quiet_pydicom():
         for path in _iter_files(root):
@@ -97,6 +99,8 @@ def find_series(folder: str | Path) -> SeriesList:
             except Exception as exc:  # malformed elements: treat the file as unreadable
                 log.debug("skipping %s: %s", path, type(exc).__name__)
                 n_non_dicom += 1
+                if not unreadable and isinstance(exc, BadHeader):
+                    reason = str(exc)
                 unreadable.append(str(path))
                 continue
             info = groups.get(uid)
@@ -134,6 +138,7 @@ def find_series(folder: str | Path) -> SeriesList:
         n_non_dicom=n_non_dicom,
         n_non_image=n_non_image,
         unreadable=unreadable,
+        unreadable_reason=reason,
         no_geometry=no_geometry,
     )
     for info in groups.values():
