@@ -365,6 +365,13 @@ def test_analyze_sex_and_heart_rate_options(tmp_path, tiny_checkpoint):
         "unit": "g",
         "source": "Kawel-Boehm et al., JCMR 2015;17:29",
     }
+    # a child's height: the adult ranges are still shown, with a note that they do not apply
+    res = _run([*base, "-o", tmp_path / "c", "--height", 110, "--weight", 18])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert report["meta"]["warnings"] == [
+        "height 110 cm: the normal ranges in this report are adults'; they do not apply to a child"
+    ]
 
 
 def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):

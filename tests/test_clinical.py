@@ -133,10 +133,22 @@ def test_volume_curve_and_ed_es_detection():
 
 
 def test_normal_ranges_and_flags():
-    assert NORMAL_RANGES["lv_ef_pct"] == (57.0, 77.0)
+    # LVEF: UK Biobank men 58 ± 5, women 61 ± 5 % (papillary muscles in the blood pool)
+    assert NORMAL_RANGES["lv_ef_pct"] == (48.0, 71.0)
     flags = compare_to_normal({"lv_ef_pct": 35.0, "lv_edv_ml": 150.0, "rv_edv_ml": 400.0})
     assert flags == {"lv_ef_pct": "low", "lv_edv_ml": "normal", "rv_edv_ml": "high"}
     assert compare_to_normal({"lv_ef_pct": float("nan"), "unknown": 1.0}) == {}
+    # a ventricle that was not found at one phase is not "low": none of its indices is flagged
+    indices = compute_indices(*_pair_without_rv_at_es(), (1.5, 1.5, 8.0), 175, 80)
+    assert indices["rv_esv_ml"] == 0 and indices["rv_ef_pct"] == 100
+    flags = compare_to_normal(indices)
+    assert not any(k.startswith("rv") for k in flags) and "lv_ef_pct" in flags
+
+
+def _pair_without_rv_at_es() -> tuple[np.ndarray, np.ndarray]:
+    ed, es = synthetic_heart(), synthetic_heart(es=True)
+    es[es == 3] = 0
+    return ed, es
 
 
 #: The sex-pooled ranges as published in the reports until sex-specific ranges were added: the
@@ -145,12 +157,12 @@ POOLED_AS_SHIPPED = {
     "lv_edv_ml": (86.0, 214.0),
     "lv_esv_ml": (22.0, 82.0),
     "lv_sv_ml": (57.0, 144.0),
-    "lv_ef_pct": (57.0, 77.0),
+    "lv_ef_pct": (48.0, 71.0),
     "lv_mass_g": (56.0, 176.0),
     "lvedv_index_ml_m2": (56.0, 105.0),
     "lvesv_index_ml_m2": (14.0, 38.0),
     "lvsv_index_ml_m2": (38.0, 66.0),
-    "lv_mass_index_g_m2": (41.0, 85.0),
+    "lv_mass_index_g_m2": (28.0, 71.0),
     "rv_edv_ml": (78.0, 256.0),
     "rv_esv_ml": (20.0, 118.0),
     "rv_sv_ml": (54.0, 150.0),
@@ -243,6 +255,55 @@ def test_qc_flags_broken_segmentations(heart_pair, breaker, expected):
     assert qc.status in ("review", "fail")
     assert qc.score >= REVIEW_SCORE
     assert any(expected in r for r in qc.reasons), qc.reasons
+
+
+def _without(label: np.ndarray, value: int) -> np.ndarray:
+    out = label.copy()
+    out[out == value] = 0
+    return out
+
+
+def _rv_grown(label: np.ndarray) -> np.ndarray:
+    """The RV dilated into the background until it is larger than the given one."""
+    from scipy import ndimage
+
+    out = label.copy()
+    out[ndimage.binary_dilation(label == 3, iterations=6) & (label == 0)] = 3
+    return out
+
+
+@pytest.mark.parametrize(
+    ("phase", "breaker", "status", "expected"),
+    [
+        ("ES", lambda es: np.zeros_like(es), "fail", "no LV found at end-systole"),
+        ("ES", lambda es: _without(es, 3), "review", "RV not found (or nearly empty) at end-sys"),
+        ("ES", _rv_grown, "review", "RV end-systolic volume"),
+        ("ED", lambda ed: _without(ed, 3), "review", "RV not found (or nearly empty) at end-dia"),
+    ],
+    ids=["es_empty", "rv_missing_es", "rv_esv_gt_edv", "rv_missing_ed"],
+)
+def test_qc_checks_both_phases_and_the_rv(heart_pair, phase, breaker, status, expected):
+    """A phase with nothing segmented fails; an RV missing at either phase, or larger at ES
+    than at ED, asks for review (its EF would read 100 % or negative)."""
+    ed, es = heart_pair
+    ed, es = (breaker(ed), es) if phase == "ED" else (ed, breaker(es))
+    qc = assess_quality(ed, es, SPACING)
+    assert qc.status == status, qc.reasons
+    assert any(r.startswith(expected) for r in qc.reasons), qc.reasons
+
+
+def test_qc_asks_for_review_when_the_stack_has_irregular_gaps(heart_pair):
+    """The masks and volumes assume a regular stack: a missing slice (a double gap in the
+    DICOM positions) must not pass as "ok"."""
+    ed, es = heart_pair
+    regular = [8.0 * k for k in range(ed.shape[2])]
+    assert assess_quality(ed, es, SPACING, slice_positions_mm=regular).status == "ok"
+    missing = [p + (8.0 if k >= 5 else 0.0) for k, p in enumerate(regular)]
+    qc = assess_quality(ed, es, SPACING, slice_positions_mm=missing)
+    assert qc.status == "review"
+    assert qc.reasons[0].startswith(
+        "irregular slice gaps (16.0 mm between slices 4 and 5, 8.0 mm elsewhere)"
+    ), qc.reasons
 
 
 def test_qc_gap_reason_names_slice_and_fraction(heart_pair):
@@ -836,3 +897,23 @@ def test_qc_of_a_reader_exclusion_opens_no_gap(heart_pair):
     assert not any(f"slice {z}" in r for r in qc.reasons), qc.reasons
     assert qc.metrics["lv_esv_ml"] == pytest.approx(compute_indices(ed, cut, SPACING)["lv_esv_ml"])
     assert any(row.get("excluded") for row in qc.per_slice if row["slice"] == z)
+
+
+def test_report_views_show_and_flag_the_stored_value(tmp_path):
+    """report.json keeps 3 decimals; the HTML, the CLI and the web app show one. Rounding the
+    raw value for one view and the stored value for another made them differ (56.9496: HTML
+    56.9 "low", web app 57.0)."""
+    from cardioseg.clinical.indices import normal_ranges
+    from cardioseg.clinical.report import report_table
+
+    low = normal_ranges()["lv_ef_pct"][0]
+    raw = low - 0.0504  # stored as low - 0.05, shown as the limit itself
+    files = write_report(tmp_path, {"lv_ef_pct": raw, "lv_edv_ml": 150.0}, None, write_pdf=False)
+    report = json.loads(files["json"].read_text())
+    assert report["lv_ef_pct"] == round(raw, 3)
+    shown = f"{report['lv_ef_pct']:.1f}"
+    assert shown == f"{low:.1f}"
+    assert report["normal_flags"]["lv_ef_pct"] == "normal"
+    rows, _ = report_table(report)
+    assert [(r["value"], r["flag"]) for r in rows if r["key"] == "lv_ef_pct"] == [(shown, "normal")]
+    assert f'fraction</td><td class="num">{shown}</td>' in files["html"].read_text()

@@ -25,6 +25,7 @@ def test_round_trip_keeps_geometry(tmp_path, flip):
     back = nib.load(str(out))
     assert back.shape == lab.shape
     np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+    assert back.header.get_xyzt_units()[0] == "mm"
     assert nib.aff2axcodes(back.affine) == nib.aff2axcodes(aff)
     np.testing.assert_array_equal(np.asarray(back.dataobj), lab)
     assert not list((tmp_path / "out").glob(".*tmp*")), "temporary file left behind"

@@ -31,6 +31,8 @@ log = logging.getLogger("cardioseg.analyze")
 
 #: Fewest short-axis slices from which ventricular volumes are measured.
 MIN_SLICES = 3
+#: Below this height (cm) the report notes that its (adult) normal ranges do not apply.
+ADULT_MIN_HEIGHT_CM = 140.0
 
 
 @dataclass
@@ -324,7 +326,8 @@ def analyze_study(
     ``disagreement_ED.nii.gz`` / ``disagreement_ES.nii.gz`` (float maps, 0..1: where the
     test-time predictions disagree, the QC's uncertainty; view them over the image), and
     ``segmentation_ED.dcm`` and ``segmentation_ES.dcm`` (DICOM-SEG, one series of two
-    instances referencing the source images) for DICOM input.
+    instances referencing the source images; ``segmentation_ED_s00.dcm``, ... per slice where
+    the cine came as one series per slice) for DICOM input.
 
     Outputs are first written into a temporary sibling folder that is renamed onto ``outdir`` at
     the end, so an interrupted analysis never leaves a half-written result folder.
@@ -459,6 +462,11 @@ def analyze_study(
         sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
+    if height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM:
+        notes.append(
+            f"height {height_cm:.0f} cm: the normal ranges in this report are adults'; they do "
+            "not apply to a child"
+        )
     if (height_cm is None) != (weight_kg is None):
         have, lack = ("height", "weight") if weight_kg is None else ("weight", "height")
         notes.append(
@@ -495,6 +503,7 @@ def analyze_study(
         calibration=calibration,
         excluded=excluded,
         counted={"ED": labels[..., ed_i], "ES": labels[..., es_i]},
+        slice_positions_mm=getattr(st.dicom_meta, "slice_positions_mm", None),
     )
     # the research-use ACDC group suggestion (not a diagnosis), where it can mean something
     from cardioseg.clinical.diagnosis import suggest

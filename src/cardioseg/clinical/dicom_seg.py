@@ -350,8 +350,8 @@ def write_dicom_seg(
     if n_fors > 1:
         # some anonymisers give every image its own frame of reference
         log.warning(
-            "DICOM-SEG: the source series has %d frames of reference (anonymised?); "
-            "the SEG uses the first",
+            "DICOM-SEG: the source images carry %d different frames of reference "
+            "(anonymised?); the SEG uses the first",
             n_fors,
         )
     segs = []

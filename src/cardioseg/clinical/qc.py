@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from cardioseg.clinical.indices import LV, MYO, RV, volume_ml
 from cardioseg.inference.postprocess import myocardial_enclosure
+from cardioseg.io.dicom.headers import GAP_TOL
 from cardioseg.preprocessing import slice_axis
 
 # --- status -------------------------------------------------------------------------------------
@@ -256,6 +257,9 @@ LVEDV_RANGE_ML = (40.0, 400.0)
 LVEF_RANGE_PCT = (10.0, 85.0)
 #: RV volume (mL) below which the RV counts as missing.
 RV_MIN_ML = 1.0
+#: Largest plausible RV ejection fraction (%). No lower limit besides 0: severe right-heart
+#: failure reaches single digits (ACDC patients with dilated cardiomyopathy).
+RVEF_MAX_PCT = 85.0
 
 # --- coverage -----------------------------------------------------------------------------------
 #: Heart cross-section in the apical end slice, relative to the largest one, that suggests the
@@ -286,6 +290,9 @@ WEIGHTS: dict[str, float] = {
     "lvedv_range": 0.50,
     "lvef_range": 0.50,
     "rv_absent": 0.40,
+    "rv_esv_gt_edv": 0.50,
+    "slice_gaps": 0.30,
+    "rvef_range": 0.50,
     "coverage": 0.30,
     "border": 0.35,
     # a note, not evidence: the model's uncertainty thresholds are another model's
@@ -662,6 +669,7 @@ def assess_quality(
     calibration: QCCalibration | None = None,
     excluded: Mapping[str, Sequence[int]] | None = None,
     counted: Mapping[str, np.ndarray] | None = None,
+    slice_positions_mm: Sequence[float] | None = None,
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -685,6 +693,10 @@ def assess_quality(
             produced, so that taking a slice out does not open a gap or split the heart in two.
         counted: The labels the indices come from (after the reader's exclusions), per phase:
             the volume checks (ranges, ESV > EDV, myocardial volume) use them.
+        slice_positions_mm: Where the source images put each slice along the stack's normal
+            (a DICOM cine's :attr:`~cardioseg.io.dicom.CineMeta.slice_positions_mm`). The
+            labels and volumes assume a regular stack; irregular gaps (a missing slice) ask
+            for review.
 
     Returns:
         :class:`QCResult`.
@@ -783,6 +795,19 @@ def assess_quality(
             f"this model ({calibration.model}): read the uncertainty findings as indicative",
         )
 
+    gaps = np.diff(np.sort(np.asarray(slice_positions_mm or [], dtype=float)))
+    if gaps.size >= 2:
+        step = float(np.median(gaps))
+        off = np.flatnonzero(np.abs(gaps - step) > GAP_TOL * step)
+        if off.size:
+            k = int(off[np.argmax(np.abs(gaps[off] - step))])
+            out.add(
+                "slice_gaps",
+                f"irregular slice gaps ({gaps[k]:.1f} mm between slices {k} and {k + 1}, "
+                f"{step:.1f} mm elsewhere): the volumes and the mask positions assume a regular "
+                "stack; check for a missing slice",
+            )
+
     # volumes: of the labels the indices come from
     counted = counted or {}
     ed_label = np.asarray(counted.get("ED", ed_label))
@@ -798,8 +823,28 @@ def assess_quality(
             f"LV end-diastolic volume {lv_edv:.1f} mL outside the plausible range "
             f"{LVEDV_RANGE_ML[0]:.0f}-{LVEDV_RANGE_ML[1]:.0f} mL",
         )
-    if volume_ml(ed_label, spacing, RV) < RV_MIN_ML:
+    rv_edv = volume_ml(ed_label, spacing, RV)
+    if rv_edv < RV_MIN_ML:
         out.add("rv_absent", "RV not found (or nearly empty) at end-diastole")
+    if es_label is not None:
+        rv_esv = volume_ml(es_label, spacing, RV)
+        if lv_edv > 0 and volume_ml(es_label, spacing, LV) == 0:
+            out.add("lv_absent", "no LV found at end-systole")
+        if rv_esv < RV_MIN_ML <= rv_edv:
+            out.add("rv_absent", "RV not found (or nearly empty) at end-systole")
+        elif rv_edv >= RV_MIN_ML:
+            metrics["rv_ef_pct"] = rv_ef = (rv_edv - rv_esv) / rv_edv * 100
+            if rv_esv > rv_edv:
+                out.add(
+                    "rv_esv_gt_edv",
+                    f"RV end-systolic volume ({rv_esv:.0f} mL) exceeds end-diastolic volume "
+                    f"({rv_edv:.0f} mL)",
+                )
+            elif rv_ef > RVEF_MAX_PCT:
+                out.add(
+                    "rvef_range",
+                    f"RV ejection fraction {rv_ef:.1f} % above the plausible {RVEF_MAX_PCT:.0f} %",
+                )
     if es_label is not None and lv_edv > 0:
         lv_esv = volume_ml(es_label, spacing, LV)
         ef = (lv_edv - lv_esv) / lv_edv * 100

@@ -906,6 +906,9 @@ def write_report(
         )
     sex = normalize_sex(sex)
     ranges = normal_ranges(sex)
+    # every view (JSON, HTML, PDF, CLI, web app) shows and flags the value report.json stores,
+    # so that rounding it once more for display cannot make two of them differ
+    indices = {k: None if v is None else _clean(round(float(v), 3)) for k, v in indices.items()}
     flags = compare_to_normal(indices, ranges)
     rows = _table_rows(indices, flags, ranges)
     report: dict[str, Any] = {
@@ -915,9 +918,7 @@ def write_report(
     }
     if patient_label:
         report["patient_label"] = str(patient_label)
-    report.update(
-        {k: None if v is None else _clean(round(float(v), 3)) for k, v in indices.items()}
-    )
+    report.update(indices)
     report.update(
         {
             "ed_frame": int(ed_frame),

@@ -352,6 +352,7 @@ def write_image(
     img = nib.Nifti1Image(arr, properties.affine)
     img.set_qform(properties.affine, code=1)
     img.set_sform(properties.affine, code=1)
+    img.header.set_xyzt_units("mm")  # the affine is in mm (viewers read "unknown" as mm, not all)
     if arr.ndim == 4 and properties.extra.get("frame_time"):
         zooms = img.header.get_zooms()[:3]
         img.header.set_zooms((*zooms, float(properties.extra["frame_time"])))
