@@ -76,6 +76,8 @@ def _dicom_zip(path: Path, n_frames: int = 3, seed: int = 4) -> Path:
                 ds.FrameOfReferenceUID = frame_of_ref
                 ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "ACC1", ""
                 ds.StudyDate, ds.StudyTime = "20240101", "120000"
+                ds.StudyDescription = "CMR for Doe Jane"  # free text may name the patient
+                ds.InstitutionName = "Doe Memorial Hospital"
                 ds.Modality, ds.Manufacturer = "MR", "synthetic"
                 ds.SeriesDescription = "cine sax"
                 ds.SeriesNumber, ds.InstanceNumber = 1, k * nt + t + 1
@@ -309,16 +311,39 @@ def test_dicom_zip_seg_and_deidentification(tmp_path, tiny_checkpoint, studies, 
         assert all(ds.Modality == "SEG" for ds in plain)
         deid = datasets(client.get(f"/api/studies/{sid}/dicom-seg", params={"deidentify": True}))
         assert len(deid) == len(plain)
+        assert any("Doe" in str(ds) for ds in plain)  # the study description, the institution
         for ds in deid:
             assert str(ds.PatientName) == "" and str(ds.PatientID) == ""
             assert ds.PatientIdentityRemoved == "YES"
             assert ds.SOPInstanceUID in {p.SOPInstanceUID for p in plain}
+            # nowhere, nested sequences (contributing equipment) included
+            assert "Doe" not in str(ds) and "20240101" not in str(ds)
         report = client.get(f"/api/studies/{sid}/report/json").text
         assert "Doe" not in report and PATIENT_ID not in report
         html = client.get(f"/api/studies/{sid}/report/html").text
         assert PATIENT_NAME not in html and PATIENT_ID not in html
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "Doe" not in logged and PATIENT_ID not in logged
+
+
+def test_server_log_leaves_out_what_the_analysis_says_about_the_input():
+    """The loader names files inside an upload (often named after the patient): fine on the
+    CLI's terminal and in the study's report, not in the server's log."""
+    from cardioseg.app.server import InputDetailsFilter
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(
+            name, level, __file__, 1, "%s: %s", ("study.zip", "first: Doe_Jane/IM1.dcm"), None
+        )
+
+    f = InputDetailsFilter()
+    for name in ("cardioseg.io.dicom", "cardioseg.analyze"):
+        warned = record(name, logging.WARNING)
+        assert f.filter(warned) and "Doe" not in warned.getMessage()
+    debug = record("cardioseg.io.dicom", logging.DEBUG)
+    assert f.filter(debug) and "Doe_Jane" in debug.getMessage()
+    own = record("cardioseg.app", logging.WARNING)
+    assert f.filter(own) and "Doe_Jane" in own.getMessage()
 
 
 # --- refused uploads --------------------------------------------------------------------------
@@ -665,6 +690,14 @@ def test_data_folder_is_locked(tmp_path, tiny_checkpoint):
         with pytest.raises(CardiosegError, match="in use"):
             with _client(config):
                 pass
+    # a new data folder and its database are the owner's only (studies, labels, errors)
+    root = Path(config.data_dir)
+    for path, mode in (
+        (root, 0o700),
+        (root / "studies", 0o700),
+        (root / "cardioseg.sqlite3", 0o600),
+    ):
+        assert path.stat().st_mode & 0o777 == mode, path
 
 
 def test_failed_job_reports_the_reason(tmp_path, tiny_checkpoint, studies):
@@ -722,7 +755,7 @@ def test_zipped_study_is_extracted_inside_the_data_folder(
     real = tempfile.TemporaryDirectory
 
     def spy(*args, **kwargs):
-        if kwargs.get("prefix") == "cardioseg-zip-":
+        if str(kwargs.get("prefix")).startswith("cardioseg-zip-"):
             used.append(kwargs.get("dir"))
         return real(*args, **kwargs)
 

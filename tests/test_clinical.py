@@ -727,6 +727,25 @@ def test_dicom_seg_round_trip(tmp_path):
     _check_seg(single[0], labels[..., :1], [[f[0]] for f in files], 0)
 
 
+def test_dicom_seg_with_an_invalid_patient_sex(tmp_path):
+    """A PatientSex outside M/F/O made highdicom refuse the SEG, with the value in the
+    message (and so in the log): the SEG is written with it blank."""
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from cardioseg.clinical.dicom_seg import write_dicom_seg
+
+    files = _mr_series(tmp_path / "src", 16, 16, 2, 1)
+    for row in files:
+        ds = pydicom.dcmread(row[0])
+        ds.PatientSex = "Zzqx"
+        ds.save_as(row[0])
+    labels = np.zeros((16, 16, 2, 1), np.uint8)
+    labels[2:9, 3:7] = 1
+    (out,) = write_dicom_seg(labels, files, tmp_path / "seg.dcm")
+    assert pydicom.dcmread(out).PatientSex == ""
+
+
 def test_dicom_seg_rejects_mismatched_grid(tmp_path):
     pytest.importorskip("highdicom")
     from cardioseg.clinical.dicom_seg import write_dicom_seg

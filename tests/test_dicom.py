@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import zipfile
@@ -769,6 +770,40 @@ def test_zip_input(tmp_path):
     check_cine(img, props, meta)
     assert all(f.startswith(f"{zpath}/study/DICOM/") for row in meta.source_files for f in row)
     assert meta.source_headers[0][0].SOPInstanceUID == meta.sop_instance_uids[0][0]
+
+
+def test_extraction_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
+    """A run killed while it analysed a zip leaves the study's images in the temporary folder;
+    the next zip extraction removes them (only those whose process is gone)."""
+    import subprocess
+    import sys
+
+    from cardioseg.io.dicom import archive
+
+    monkeypatch.setattr(archive.tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = tmp_path / f"cardioseg-zip-{int(gone.stdout)}-abc"
+    alive = tmp_path / f"cardioseg-zip-{os.getpid()}-def"
+    other = tmp_path / "cardioseg-zip-notapid"
+    for folder in (dead, alive, other):
+        (folder / "patient").mkdir(parents=True)
+        (folder / "patient" / "IM1.dcm").write_bytes(b"x")
+    siemens_like(tmp_path / "study")
+    zpath = tmp_path / "study.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in sorted((tmp_path / "study").rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(tmp_path).as_posix())
+    load_cine(zpath)
+    assert not dead.exists() and alive.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.glob("cardioseg-zip-*")) == sorted(
+        [alive.name, other.name]
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,16 +64,25 @@ REPORT_FILES = {
 }
 MASK_FILES = {"ed": "mask_ED.nii.gz", "es": "mask_ES.nii.gz", "cine": "masks_cine.nii.gz"}
 IMAGE_FILES = {"overlay": "overlay_ed_es.png", "curve": "volume_curve.png"}
-#: Identifying DICOM attributes blanked (type 2) or removed (type 3) by ``?deidentify=true``.
+#: Identifying DICOM attributes blanked (type 2) by ``?deidentify=true``, wherever they occur
+#: (nested sequences too). Every person name (VR PN) is blanked as well.
 DEID_BLANK = (
-    "PatientName",
     "PatientID",
     "PatientBirthDate",
+    "PatientBirthTime",
     "PatientSex",
     "AccessionNumber",
-    "ReferringPhysicianName",
     "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "AcquisitionDateTime",
 )
+#: Identifying or free-text attributes removed (type 3) by ``?deidentify=true``, wherever they
+#: occur; private elements are removed too.
 DEID_REMOVE = (
     "OtherPatientIDs",
     "OtherPatientIDsSequence",
@@ -83,11 +92,18 @@ DEID_REMOVE = (
     "PatientBirthName",
     "PatientMotherBirthName",
     "IssuerOfPatientID",
-    "InstitutionName",
-    "InstitutionAddress",
     "PatientAge",
     "PatientSize",
     "PatientWeight",
+    "PatientComments",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "StudyDescription",
+    "RequestAttributesSequence",
+    "AdmissionID",
+    "IssuerOfAdmissionIDSequence",
 )
 UPLOAD_FIELDS = {"file", "ed", "es"}
 TEXT_FIELDS = {"name", "height_cm", "weight_kg", "sex"}
@@ -149,9 +165,22 @@ def _err(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
+#: Path segments the access log shows: study/job ids, frame and slice numbers, and route words
+#: or file names in lower-case letters (``dicom-seg``, ``overlay_ed_es.png``). Anything else
+#: (a mistyped URL may hold a patient's name or ID) is masked.
+_LOGGED_SEGMENT = re.compile(
+    r"[0-9a-f]{32}|\d{1,4}(?:\.png)?|[a-z]{1,24}(?:[_-][a-z]{1,24}){0,4}(?:\.[a-z]{1,8}){0,3}|"
+)
+
+
 def _safe_path_for_log(path: str) -> str:
-    """Request path for the access log: odd segments (free text) are masked."""
-    parts = [p if re.fullmatch(r"[A-Za-z0-9._-]{0,64}", p) else "*" for p in path.split("/")]
+    """Request path for the access log: segments other than :data:`_LOGGED_SEGMENT` are masked.
+
+    Example:
+        >>> _safe_path_for_log("/api/studies/Smith_PID-998877/report/html")
+        '/api/studies/*/report/html'
+    """
+    parts = [p if _LOGGED_SEGMENT.fullmatch(p) else "*" for p in path.split("/")]
     return "/".join(parts)[:200]
 
 
@@ -846,21 +875,32 @@ def _same_origin(request: Request) -> bool:
 
 
 def _deidentified(path: Path) -> bytes:
-    """A DICOM file with the patient's name, ID and other identifiers blanked."""
+    """A DICOM file without the patient's identifiers.
+
+    Person names and the :data:`DEID_BLANK` attributes are blanked, the :data:`DEID_REMOVE`
+    attributes and private elements removed, at every nesting level. UIDs are kept, so that
+    the SEG still references its source images (the Retain UIDs option of DICOM PS3.15),
+    and so are the SEG's own content date and time.
+    """
     import pydicom
 
     from cardioseg.io.dicom import quiet_pydicom
 
+    def clean(ds: Any) -> None:
+        for elem in list(ds):
+            if elem.tag.is_private or elem.keyword in DEID_REMOVE:
+                del ds[elem.tag]
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    clean(item)
+            elif elem.VR == "PN" or elem.keyword in DEID_BLANK:
+                elem.value = ""
+
     with quiet_pydicom():
         ds = pydicom.dcmread(str(path))
-        for keyword in DEID_BLANK:
-            if keyword in ds:
-                setattr(ds, keyword, "")
-        for keyword in DEID_REMOVE:
-            if keyword in ds:
-                delattr(ds, keyword)
+        clean(ds)
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "cardioseg: patient name, ID and identifiers blanked"
+        ds.DeidentificationMethod = "cardioseg: names, IDs, dates, descriptions out; UIDs kept"
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
@@ -886,6 +926,23 @@ def _lock_data_dir(root: Path) -> Any:
 # --- running ---------------------------------------------------------------------------------
 
 
+class InputDetailsFilter(logging.Filter):
+    """Keeps what the analysis says about a study's input out of the server's log.
+
+    The loader's and the analysis' warnings quote file names inside an upload (exports are often
+    named after the patient) and header text; the study's report lists them for the reader. In
+    the log each becomes one line naming its logger only. Debug records are left alone (debug
+    logging is documented to show such details).
+    """
+
+    _SOURCES = ("cardioseg.io", "cardioseg.analyze", "cardioseg.clinical")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and record.name.startswith(self._SOURCES):
+            record.msg, record.args = "a note about a study's input (its report lists it)", ()
+        return True
+
+
 def serve(config: AppConfig, log_level: str = "info") -> None:
     """Run the server in the foreground (``cardioseg serve``) until interrupted.
 
@@ -906,6 +963,8 @@ def serve(config: AppConfig, log_level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(InputDetailsFilter())
     if Path(config.data_dir).is_dir():
         _lock_data_dir(Path(config.data_dir)).close()  # a check only: the app takes the lock
     app = create_app(config)

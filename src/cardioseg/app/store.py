@@ -62,8 +62,8 @@ class Store:
         self.root = Path(root)
         self.studies = self.root / "studies"
         self.tmp = self.root / "tmp"
-        for p in (self.root, self.studies, self.tmp):
-            p.mkdir(parents=True, exist_ok=True)
+        for p in (self.root, self.studies, self.tmp):  # new folders: the owner's only
+            p.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @property
     def db_path(self) -> Path:

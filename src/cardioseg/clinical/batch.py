@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -458,6 +459,8 @@ def _run_ray(
     write_pdf: bool = True,
 ) -> Iterator[dict]:
     """Run :func:`_analyze_one` of each job (its arguments) on Ray actors."""
+    # Ray reports usage statistics unless told not to; nothing leaves this machine unasked
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError:

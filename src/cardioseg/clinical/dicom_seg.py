@@ -108,8 +108,9 @@ _TYPE2_KEYWORDS = (
 
 
 def _sanitize_source(ds: Any) -> Any:
-    """Blank invalid dates (anonymised data has e.g. '20120000'), which highdicom rejects, and
-    add missing type-2 patient/study attributes as empty values (on a copy)."""
+    """Blank invalid dates (anonymised data has e.g. '20120000') and PatientSex values other
+    than M/F/O, which highdicom rejects, and add missing type-2 patient/study attributes as
+    empty values (on a copy)."""
     import datetime
 
     fixed = None
@@ -118,6 +119,9 @@ def _sanitize_source(ds: Any) -> Any:
         fixed = copy.deepcopy(ds)
         for kw in missing:
             setattr(fixed, kw, "")
+    if str(ds.get("PatientSex", "") or "") not in ("", "M", "F", "O"):  # highdicom refuses it
+        fixed = fixed if fixed is not None else copy.deepcopy(ds)
+        fixed.PatientSex = ""
     for kw in _DATE_KEYWORDS:
         value = str(ds.get(kw, "") or "")
         if not value:
@@ -387,7 +391,13 @@ def write_dicom_seg(
                 if frames:
                     _keep_frames(seg, frames)
         except ValueError as exc:
-            raise CardiosegError(out_path, f"cannot build DICOM SEG for phase {t}: {exc}") from None
+            # highdicom's message may quote a header value of the patient: logged at debug only
+            log.debug("DICOM SEG for phase %d: %s", t, exc)
+            raise CardiosegError(
+                out_path,
+                f"cannot build DICOM SEG for phase {t}: the source headers hold a value the "
+                "standard does not allow (details at debug level)",
+            ) from None
         seg.SeriesDescription = series_description[:64]
         segs.append(seg)
 

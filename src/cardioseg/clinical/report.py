@@ -1,7 +1,9 @@
 """Report files of one analysed study: JSON, PNG figures, self-contained HTML and PDF.
 
-No patient identifiers are written: ``meta`` is filtered for identifying keys, and the only
-patient-related text that may appear is ``meta["patient_label"]``, when the caller passes it.
+Nothing of the DICOM patient module is written: ``meta`` is filtered for identifying keys, and
+the only patient-related text put in on purpose is ``meta["patient_label"]``, when the caller
+passes it. Text the input brings is shown as it is: the series description and the input
+notes (which may name files of the study).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import shutil
 import stat
 import tempfile
 import zipfile
@@ -61,6 +63,40 @@ def safe_member(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
+_PREFIX = "cardioseg-zip-"
+
+
+def remove_orphans(folder: Path) -> int:
+    """Delete extraction folders left in ``folder`` by processes that were killed (a study's
+    images must not stay in the temporary folder). A folder carries its process id in its
+    name (``cardioseg-zip-<pid>-...``); those of running processes and of other users are
+    left alone. Returns the number removed.
+    """
+    if os.name != "posix":  # os.kill(pid, 0) probes a process only there
+        return 0
+    removed = 0
+    try:
+        entries = list(folder.glob(f"{_PREFIX}*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = re.match(rf"{_PREFIX}(\d+)-", entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:  # its process is gone
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += not entry.exists()
+        except (OSError, OverflowError, ValueError):  # alive (another user's) or unreadable
+            continue
+    if removed:
+        log.info("removed %d extraction folder(s) of killed runs", removed)
+    return removed
+
+
 @contextlib.contextmanager
 def extracted_zip(
     path: Path, max_bytes: int = 2_000_000_000
@@ -71,7 +107,9 @@ def extracted_zip(
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         raise CardiosegError(path, "not a valid zip archive (corrupt or truncated)") from None
     where = _EXTRACT_DIR.get()
-    with zf, tempfile.TemporaryDirectory(prefix="cardioseg-zip-", dir=where) as tmp:
+    remove_orphans(Path(where or tempfile.gettempdir()))
+    prefix = f"{_PREFIX}{os.getpid()}-"
+    with zf, tempfile.TemporaryDirectory(prefix=prefix, dir=where) as tmp:
         dest = Path(tmp).resolve()
         try:
             infos = zf.infolist()
