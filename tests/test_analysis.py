@@ -126,14 +126,17 @@ def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):
     assert not (out / "masks_cine.nii.gz").exists()  # a pair has no cine
 
 
-def _dicom_phantom_cine(folder: Path) -> dict:
-    """A 4-slice x 5-phase DICOM cine of the synthetic phantom (Siemens style)."""
+def _dicom_phantom_cine(folder: Path, without_slice: int | None = None) -> dict:
+    """A 4-slice x 5-phase DICOM cine of the synthetic phantom (Siemens style); with
+    ``without_slice`` the files of that slice are left out (a gap in the stack)."""
     cine = _small_cine(seed=3, frames=5)
     study = new_study(vendor="SIEMENS")
     uid = pydicom.uid.generate_uid()
     scaled = cine.image / cine.image.max() * 1000.0
     n = 0
     for k in range(cine.image.shape[2]):
+        if k == without_slice:
+            continue
         for t in range(cine.image.shape[3]):
             n += 1
             pixels = np.clip(scaled[:, :, k, t].T, 0, 4000).astype(np.uint16)
@@ -194,6 +197,40 @@ def test_analyze_dicom_where_nothing_is_segmented(tmp_path, tiny_checkpoint):
     assert report["lv_edv_ml"] == 0.0
     assert (tmp_path / "out" / "report.html").exists()
     assert not list((tmp_path / "out").glob("segmentation*.dcm"))
+
+
+def test_analyze_dicom_with_a_missing_slice(tmp_path, tiny_checkpoint):
+    """No images at one position of the stack: the masks keep every slice in its place, the
+    empty slice is labelled nothing, the QC asks for review and names it, and the SEG
+    references only images that exist."""
+    import nibabel as nib
+
+    _dicom_phantom_cine(tmp_path / "dcm", without_slice=2)
+    out = tmp_path / "out"
+    res = _run(["analyze", tmp_path / "dcm", "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["n_slices"] == 4
+    assert any("no images at slice position 2" in w for w in report["meta"]["warnings"])
+    assert report["qc"]["status"] != "ok"
+    assert any(r.startswith("no images at slice 2 (a gap") for r in report["qc"]["reasons"])
+    # the empty slice is not reported as a missing structure as well, nor does the gap split
+    # the heart into "fragments"
+    assert not any("slice 2:" in r for r in report["qc"]["reasons"]), report["qc"]["reasons"]
+    assert not any("fragment" in r for r in report["qc"]["reasons"]), report["qc"]["reasons"]
+    for phase in ("ED", "ES"):
+        mask = np.asarray(nib.load(str(out / f"mask_{phase}.nii.gz")).dataobj)
+        assert mask.shape[2] == 4 and not mask[:, :, 2].any() and mask.any()
+    sources = {
+        pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID
+        for p in (tmp_path / "dcm").iterdir()
+    }
+    for f in out.glob("segmentation*.dcm"):
+        refs = {
+            item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for item in pydicom.dcmread(str(f)).PerFrameFunctionalGroupsSequence
+        }
+        assert refs <= sources
 
 
 def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):

@@ -326,26 +326,6 @@ def test_dicom_zip_seg_and_deidentification(tmp_path, tiny_checkpoint, studies, 
     assert "Doe" not in logged and PATIENT_ID not in logged
 
 
-def test_server_log_leaves_out_what_the_analysis_says_about_the_input():
-    """The loader names files inside an upload (often named after the patient): fine on the
-    CLI's terminal and in the study's report, not in the server's log."""
-    from cardioseg.app.server import InputDetailsFilter
-
-    def record(name: str, level: int) -> logging.LogRecord:
-        return logging.LogRecord(
-            name, level, __file__, 1, "%s: %s", ("study.zip", "first: Doe_Jane/IM1.dcm"), None
-        )
-
-    f = InputDetailsFilter()
-    for name in ("cardioseg.io.dicom", "cardioseg.analyze"):
-        warned = record(name, logging.WARNING)
-        assert f.filter(warned) and "Doe" not in warned.getMessage()
-    debug = record("cardioseg.io.dicom", logging.DEBUG)
-    assert f.filter(debug) and "Doe_Jane" in debug.getMessage()
-    own = record("cardioseg.app", logging.WARNING)
-    assert f.filter(own) and "Doe_Jane" in own.getMessage()
-
-
 # --- refused uploads --------------------------------------------------------------------------
 
 

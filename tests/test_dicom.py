@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -788,11 +789,15 @@ def test_extraction_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
         check=True,
     )
     dead = tmp_path / f"cardioseg-zip-{int(gone.stdout)}-abc"
+    young = tmp_path / f"cardioseg-zip-{int(gone.stdout)}-new"  # maybe another PID namespace's
     alive = tmp_path / f"cardioseg-zip-{os.getpid()}-def"
     other = tmp_path / "cardioseg-zip-notapid"
-    for folder in (dead, alive, other):
+    for folder in (dead, young, alive, other):
         (folder / "patient").mkdir(parents=True)
         (folder / "patient" / "IM1.dcm").write_bytes(b"x")
+        if folder is not young:
+            old = time.time() - archive.ORPHAN_AGE_S - 60
+            os.utime(folder, (old, old))
     siemens_like(tmp_path / "study")
     zpath = tmp_path / "study.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
@@ -800,14 +805,49 @@ def test_extraction_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
             if p.is_file():
                 zf.write(p, p.relative_to(tmp_path).as_posix())
     load_cine(zpath)
-    assert not dead.exists() and alive.exists() and other.exists()
+    assert not dead.exists() and young.exists() and alive.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.glob("cardioseg-zip-*")) == sorted(
-        [alive.name, other.name]
+        [young.name, alive.name, other.name]
     )
 
 
 # ----------------------------------------------------------------------------------------------
 # warnings
+
+
+def test_a_missing_slice_is_left_empty_on_a_regular_grid(tmp_path):
+    """A stack with no images at one position (gaps 8, 8, 16, 8 mm): the slices after the gap
+    keep their real place in the affine (they were one gap off), the missing one is empty."""
+    study = new_study()
+    uid = generate_uid()
+    ks = [0, 1, 2, 4, 5]
+    for k_idx, k in enumerate(ks):
+        for t in range(N_PHASES):
+            write_image(
+                tmp_path / "d" / f"{k_idx}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                instance=k_idx * 10 + t + 1,
+                trigger=30.0 * t,
+                value_k=k,
+            )
+    img, props, meta = load_cine(tmp_path / "d")
+    assert img.shape == (COLS, ROWS, 6, N_PHASES)
+    assert meta.missing_slices == [3] and meta.n_slices == 6 and meta.irregular_gaps == ""
+    assert "no images at slice position 3 of a regular 8.00 mm stack" in " ".join(meta.warnings)
+    assert not img[:, :, 3].any()
+    for k in (0, 1, 2, 4, 5):
+        np.testing.assert_allclose(img[:, :, k, 1], expected(k, 1))
+    # voxel (0, 0, k) of the affine is at the DICOM position of slice k (LPS -> RAS)
+    ras = np.diag([-1.0, -1.0, 1.0])
+    for k in (2, 4, 5):
+        np.testing.assert_allclose(
+            props.affine[:3, :3] @ [0, 0, k] + props.affine[:3, 3], ras @ ipp(k), atol=1e-3
+        )
+    assert meta.source_headers[3] == [None] * N_PHASES and meta.sop_instance_uids[3][0] is None
+    assert meta.source_headers[4][0].ImagePositionPatient == pytest.approx(list(ipp(4)), abs=1e-3)
 
 
 def test_duplicates_irregular_gaps_and_phase_truncation(tmp_path):
@@ -839,6 +879,7 @@ def test_duplicates_irregular_gaps_and_phase_truncation(tmp_path):
     assert "same position and trigger time" in text
     assert "truncated to 4" in text
     assert "irregular slice gaps" in text
+    assert meta.irregular_gaps.startswith("irregular slice gaps (8.00, 8.00, 14.00 mm)")
     assert meta.slice_spacing_mm == pytest.approx(STEP, abs=1e-3)
     np.testing.assert_allclose(np.diff(meta.slice_positions_mm), [8, 8, 14], atol=1e-3)
     np.testing.assert_allclose(img[:, :, 1, 2], expected(1, 2))
@@ -895,13 +936,18 @@ def test_missing_image_without_trigger_times_keeps_phases_aligned(tmp_path, numb
 
 
 @pytest.mark.parametrize("keep_bytes", [150, 400])
-def test_damaged_file_is_named_in_a_warning(tmp_path, keep_bytes):
+def test_damaged_file_is_named_in_a_warning(tmp_path, keep_bytes, caplog):
     """A truncated image of the cine (no image left in it) is left out, and the user hears
-    which file, instead of it being skipped like a README."""
+    which file, instead of it being skipped like a README. The log (a server's too) does not
+    name it: exports are often named after the patient."""
     siemens_like(tmp_path / "s")
     victim = sorted((tmp_path / "s").rglob("IM*"))[3]
     victim.write_bytes(victim.read_bytes()[:keep_bytes])
-    img, _, meta = load_cine(tmp_path / "s")
+    with caplog.at_level(logging.WARNING, logger="cardioseg"):
+        img, _, meta = load_cine(tmp_path / "s")
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "1 DICOM file(s) could not be read and were left out" in logged
+    assert victim.name not in logged
     assert img.shape[-1] == N_PHASES - 1  # the slice lacking a phase: matched by trigger time
     assert meta.warnings[0] == (
         f"1 DICOM file(s) could not be read and were left out (first: {victim})"

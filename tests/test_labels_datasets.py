@@ -122,6 +122,12 @@ def test_acdc_files_without_info_cfg_are_not_read_with_canonical_labels(tmp_path
     write_nifti(pdir / "patient001_frame01_gt.nii.gz", _canon_to("acdc", lab))
     with pytest.raises(CardiosegError, match="named like an ACDC label.*no Info.cfg"):
         discover(tmp_path)
+    # nnU-Net's conversion of ACDC keeps its label numbers too
+    nnunet = tmp_path.parent / f"{tmp_path.name}_nnunet"
+    write_nifti(nnunet / "imagesTr" / "patient001_frame01_0000.nii.gz", image_from_labels(lab))
+    write_nifti(nnunet / "labelsTr" / "patient001_frame01.nii.gz", _canon_to("acdc", lab))
+    with pytest.raises(CardiosegError, match="named like an ACDC label"):
+        discover(nnunet, "folder")
     (pdir / "Info.cfg").write_text("ED: 1\nES: 12\n")
     (record,) = discover(tmp_path)
     assert record.dataset == "acdc" and record.phase == "ED"

@@ -165,23 +165,32 @@ def _err(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-#: Path segments the access log shows: study/job ids, frame and slice numbers, and route words
-#: or file names in lower-case letters (``dicom-seg``, ``overlay_ed_es.png``). Anything else
-#: (a mistyped URL may hold a patient's name or ID) is masked.
+#: Path segments the access log shows: frame and slice numbers, and route words or file names
+#: in lower-case letters (``dicom-seg``, ``overlay_ed_es.png``). The segment after ``studies``
+#: or ``jobs`` must be an id (32 hex digits). Anything else (a mistyped URL may hold a
+#: patient's name or ID) is masked.
 _LOGGED_SEGMENT = re.compile(
-    r"[0-9a-f]{32}|\d{1,4}(?:\.png)?|[a-z]{1,24}(?:[_-][a-z]{1,24}){0,4}(?:\.[a-z]{1,8}){0,3}|"
+    r"\d{1,4}(?:\.png)?|[a-z]{1,24}(?:[_-][a-z]{1,24}){0,4}(?:\.[a-z]{1,8}){0,3}|"
 )
+_ID_SEGMENT = re.compile(r"[0-9a-f]{32}")
 
 
 def _safe_path_for_log(path: str) -> str:
-    """Request path for the access log: segments other than :data:`_LOGGED_SEGMENT` are masked.
+    """Request path for the access log, masked (:data:`_LOGGED_SEGMENT`).
 
     Example:
         >>> _safe_path_for_log("/api/studies/Smith_PID-998877/report/html")
         '/api/studies/*/report/html'
+        >>> _safe_path_for_log("/api/studies/jane-doe")
+        '/api/studies/*'
     """
-    parts = [p if _LOGGED_SEGMENT.fullmatch(p) else "*" for p in path.split("/")]
-    return "/".join(parts)[:200]
+    parts = path.split("/")
+    shown = []
+    for i, part in enumerate(parts):
+        after_collection = i > 0 and parts[i - 1] in ("studies", "jobs")
+        pattern = _ID_SEGMENT if after_collection else _LOGGED_SEGMENT
+        shown.append(part if pattern.fullmatch(part) else "*")
+    return "/".join(shown)[:200]
 
 
 def _host_name(host_header: str) -> str:
@@ -926,23 +935,6 @@ def _lock_data_dir(root: Path) -> Any:
 # --- running ---------------------------------------------------------------------------------
 
 
-class InputDetailsFilter(logging.Filter):
-    """Keeps what the analysis says about a study's input out of the server's log.
-
-    The loader's and the analysis' warnings quote file names inside an upload (exports are often
-    named after the patient) and header text; the study's report lists them for the reader. In
-    the log each becomes one line naming its logger only. Debug records are left alone (debug
-    logging is documented to show such details).
-    """
-
-    _SOURCES = ("cardioseg.io", "cardioseg.analyze", "cardioseg.clinical")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING and record.name.startswith(self._SOURCES):
-            record.msg, record.args = "a note about a study's input (its report lists it)", ()
-        return True
-
-
 def serve(config: AppConfig, log_level: str = "info") -> None:
     """Run the server in the foreground (``cardioseg serve``) until interrupted.
 
@@ -963,8 +955,6 @@ def serve(config: AppConfig, log_level: str = "info") -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(InputDetailsFilter())
     if Path(config.data_dir).is_dir():
         _lock_data_dir(Path(config.data_dir)).close()  # a check only: the app takes the lock
     app = create_app(config)

@@ -271,33 +271,76 @@ def _sharing_window(segmenter: Any) -> AbstractContextManager:
     return share() if callable(share) else nullcontext()
 
 
+def _missing_slices(study: Study) -> list[int]:
+    """Slices where a DICOM stack has no images (left empty by the loader)."""
+    return list(getattr(study.dicom_meta, "missing_slices", None) or [])
+
+
+def _present_slices(study: Study) -> list[int]:
+    missing = set(_missing_slices(study))
+    return [k for k in range(study.image.shape[2]) if k not in missing]
+
+
+def _from_neighbours(arr: np.ndarray, missing: list[int], axis: int) -> np.ndarray:
+    """A copy of ``arr`` whose ``missing`` slices along ``axis`` repeat the nearest present
+    slice: what the QC sees at a gap in the stack, so that the gap does not split the heart
+    into "fragments" (the volumes are counted without it)."""
+    out = np.array(arr, copy=True)
+    present = [k for k in range(arr.shape[axis]) if k not in set(missing)]
+    for k in missing:
+        near = min(present, key=lambda j: (abs(j - k), j))
+        index = [slice(None)] * arr.ndim
+        index[axis] = k
+        source = [slice(None)] * arr.ndim
+        source[axis] = near
+        out[tuple(index)] = arr[tuple(source)]
+    return out
+
+
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
-    labels = [
-        segmenter.predict_volume(
-            study.image[..., t], study.properties.spacing, affine=study.properties.affine
+    """Labels of every frame. Where the stack has a gap, the slices on either side are
+    segmented as neighbours (as the stack was acquired) and the gap stays empty."""
+    present = _present_slices(study)
+    out = np.zeros(study.image.shape, np.uint8)
+    for t in range(study.image.shape[-1]):
+        out[:, :, present, t] = segmenter.predict_volume(
+            study.image[:, :, present, t],
+            study.properties.spacing,
+            affine=study.properties.affine,
         )[0]
-        for t in range(study.image.shape[-1])
-    ]
-    return np.stack(labels, axis=-1)
+    return out
 
 
 def _segment_with_tta(
     segmenter: Any, study: Study, frames: dict[str, int], labels: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
     """Segment the named frames again with test-time augmentation, into ``labels``; return
-    their probabilities and the disagreement of the averaged predictions (QC uncertainty)."""
+    their probabilities and the disagreement of the averaged predictions (QC uncertainty),
+    zero at a gap in the stack."""
     probs, spread = {}, {}
+    present, missing = _present_slices(study), _missing_slices(study)
     tta_before = segmenter.tta
     segmenter.tta = True
     try:
         for name, t in frames.items():
-            labels[..., t], probs[name], spread[name] = segmenter.predict_volume(
-                study.image[..., t],
+            lab, prob, dis = segmenter.predict_volume(
+                study.image[:, :, present, t],
                 study.properties.spacing,
                 return_probabilities=True,
                 affine=study.properties.affine,
                 return_disagreement=True,
             )
+            labels[..., t] = 0
+            labels[:, :, present, t] = lab
+            if missing:  # back onto the stack's grid (empty at the gap)
+                full = np.zeros((prob.shape[0], *labels.shape[:3]), prob.dtype)
+                full[:, :, :, present] = prob
+                prob = full
+                if dis is not None:
+                    grid = np.zeros(labels.shape[:3], dis.dtype)
+                    grid[:, :, present] = dis
+                    dis = grid
+            probs[name], spread[name] = prob, dis
     finally:
         segmenter.tta = tta_before
     return probs, spread
@@ -473,7 +516,11 @@ def analyze_study(
             f"{have} given without {lack}: the volumes and mass are not indexed to body "
             "surface area"
         )
-    produced = {"ED": labels[..., ed_i].copy(), "ES": labels[..., es_i].copy()}
+    missing = _missing_slices(st)
+    produced = {  # what the QC judges: at a gap in the stack, the nearest slice again
+        "ED": _from_neighbours(labels[..., ed_i], missing, axis=axis),
+        "ES": _from_neighbours(labels[..., es_i], missing, axis=axis),
+    }
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -494,16 +541,22 @@ def analyze_study(
     for ex in exclusions:  # whole slices only: a slice's other structures still count
         if ex.structures == "all":
             excluded.setdefault(ex.phase, []).append(ex.slice)
+    for phase in ("ED", "ES") if missing else ():  # the stack's own gap, said once below
+        excluded.setdefault(phase, []).extend(missing)
     qc = assess_quality(
         produced["ED"],
         produced["ES"],
         spacing,
-        probabilities={"ED": probs["ED"], "ES": probs["ES"]},
-        disagreement=spread,
+        probabilities={k: _from_neighbours(v, missing, axis=1 + axis) for k, v in probs.items()},
+        disagreement={
+            k: None if v is None else _from_neighbours(v, missing, axis=axis)
+            for k, v in spread.items()
+        },
         calibration=calibration,
         excluded=excluded,
         counted={"ED": labels[..., ed_i], "ES": labels[..., es_i]},
-        slice_positions_mm=getattr(st.dicom_meta, "slice_positions_mm", None),
+        irregular_stack=getattr(st.dicom_meta, "irregular_gaps", ""),
+        missing_slices=missing,
     )
     # the research-use ACDC group suggestion (not a diagnosis), where it can mean something
     from cardioseg.clinical.diagnosis import suggest

@@ -329,6 +329,10 @@ def write_dicom_seg(
             log.info("phase %d has no foreground: no SEG written", t)
             continue
         for k in range(n_slices):
+            if nested[k][t] is None:  # a slice the stack has no image for (left empty)
+                if arr[:, :, k, t].any():
+                    raise CardiosegError(out_path, f"labels on slice {k}, which has no image")
+                continue
             ds = _as_dataset(nested[k][t])
             if (int(ds.Rows), int(ds.Columns)) != (n_rows, n_cols):
                 raise CardiosegError(
@@ -395,8 +399,8 @@ def write_dicom_seg(
             log.debug("DICOM SEG for phase %d: %s", t, exc)
             raise CardiosegError(
                 out_path,
-                f"cannot build DICOM SEG for phase {t}: the source headers hold a value the "
-                "standard does not allow (details at debug level)",
+                f"cannot build DICOM SEG for phase {t} (highdicom refused it; the details, "
+                "which may quote the source headers, are logged at debug level)",
             ) from None
         seg.SeriesDescription = series_description[:64]
         segs.append(seg)

@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+#: A ventricle with less volume than this (mL) at a phase counts as not found there (the QC
+#: says so; its indices get no normal-range flags).
+ABSENT_ML = 1.0
+
 #: Myocardial tissue density in g/mL used to convert myocardial volume into mass.
 MYOCARDIAL_DENSITY_G_ML = 1.05
 
@@ -356,9 +360,9 @@ def compare_to_normal(
     """Flag each index that has a normal range as ``"low"``, ``"normal"`` or ``"high"``.
 
     Indices without a published range (or with a non-finite value) are left out, and so are
-    all of a ventricle's indices when it was not found at ED or ES (a volume of 0 mL is not a
-    "low" volume) and an LV mass of 0 g. Values are compared as the reports show them (one
-    decimal), so a value shown on a limit is normal.
+    all of a ventricle's indices when it was not found at ED or ES (under :data:`ABSENT_ML`:
+    an empty ventricle is not a "low" volume) and an LV mass under 1 g. Values are compared as
+    the reports show them (one decimal), so a value shown on a limit is normal.
 
     Args:
         indices: Output of :func:`compute_indices`.
@@ -378,12 +382,15 @@ def compare_to_normal(
         {'lv_edv_ml': 'normal'}
     """
     ranges = normal_ranges(sex) if ranges is None else ranges
+
+    def absent(key: str) -> bool:
+        value = indices.get(key)
+        return value is not None and float(value) < ABSENT_ML
+
     missing = {
-        side
-        for side in ("lv", "rv")
-        if any(indices.get(f"{side}_{phase}_ml") == 0 for phase in ("edv", "esv"))
+        side for side in ("lv", "rv") if absent(f"{side}_edv_ml") or absent(f"{side}_esv_ml")
     }
-    if indices.get("lv_mass_g") == 0:
+    if absent("lv_mass_g"):
         missing.add("lv_mass")
     flags: dict[str, str] = {}
     for name, value in indices.items():

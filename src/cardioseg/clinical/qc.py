@@ -41,9 +41,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cardioseg.clinical.indices import LV, MYO, RV, volume_ml
+from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, volume_ml
 from cardioseg.inference.postprocess import myocardial_enclosure
-from cardioseg.io.dicom.headers import GAP_TOL
 from cardioseg.preprocessing import slice_axis
 
 # --- status -------------------------------------------------------------------------------------
@@ -256,10 +255,11 @@ LVEDV_RANGE_ML = (40.0, 400.0)
 #: Plausible LV ejection fraction (%).
 LVEF_RANGE_PCT = (10.0, 85.0)
 #: RV volume (mL) below which the RV counts as missing.
-RV_MIN_ML = 1.0
+RV_MIN_ML = ABSENT_ML
 #: Largest plausible RV ejection fraction (%). No lower limit besides 0: severe right-heart
-#: failure reaches single digits (ACDC patients with dilated cardiomyopathy).
-RVEF_MAX_PCT = 85.0
+#: failure reaches single digits (ACDC patients with dilated cardiomyopathy), and a
+#: hypertrophic heart 86 % on its experts' labels (ACDC patient030).
+RVEF_MAX_PCT = 90.0
 
 # --- coverage -----------------------------------------------------------------------------------
 #: Heart cross-section in the apical end slice, relative to the largest one, that suggests the
@@ -669,7 +669,8 @@ def assess_quality(
     calibration: QCCalibration | None = None,
     excluded: Mapping[str, Sequence[int]] | None = None,
     counted: Mapping[str, np.ndarray] | None = None,
-    slice_positions_mm: Sequence[float] | None = None,
+    irregular_stack: str = "",
+    missing_slices: Sequence[int] = (),
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -693,10 +694,13 @@ def assess_quality(
             produced, so that taking a slice out does not open a gap or split the heart in two.
         counted: The labels the indices come from (after the reader's exclusions), per phase:
             the volume checks (ranges, ESV > EDV, myocardial volume) use them.
-        slice_positions_mm: Where the source images put each slice along the stack's normal
-            (a DICOM cine's :attr:`~cardioseg.io.dicom.CineMeta.slice_positions_mm`). The
-            labels and volumes assume a regular stack; irregular gaps (a missing slice) ask
-            for review.
+        irregular_stack: The DICOM loader's note on a stack whose slice gaps are irregular
+            (:attr:`~cardioseg.io.dicom.CineMeta.irregular_gaps`, ``""`` when regular). The
+            labels and volumes assume a regular stack, so it asks for review.
+        missing_slices: Slices where the stack has no images (the loader's
+            :attr:`~cardioseg.io.dicom.CineMeta.missing_slices`, left empty): they ask for
+            review, since the volumes leave them out. Pass them in ``excluded`` too, so that
+            the empty slices are not also reported as missing structures.
 
     Returns:
         :class:`QCResult`.
@@ -795,18 +799,19 @@ def assess_quality(
             f"this model ({calibration.model}): read the uncertainty findings as indicative",
         )
 
-    gaps = np.diff(np.sort(np.asarray(slice_positions_mm or [], dtype=float)))
-    if gaps.size >= 2:
-        step = float(np.median(gaps))
-        off = np.flatnonzero(np.abs(gaps - step) > GAP_TOL * step)
-        if off.size:
-            k = int(off[np.argmax(np.abs(gaps[off] - step))])
-            out.add(
-                "slice_gaps",
-                f"irregular slice gaps ({gaps[k]:.1f} mm between slices {k} and {k + 1}, "
-                f"{step:.1f} mm elsewhere): the volumes and the mask positions assume a regular "
-                "stack; check for a missing slice",
-            )
+    if len(missing_slices):
+        many = len(missing_slices) > 1
+        out.add(
+            "slice_gaps",
+            f"no images at slice{'s' if many else ''} "
+            f"{', '.join(map(str, missing_slices))} (a gap in the stack): the volumes leave "
+            f"{'them' if many else 'it'} out",
+        )
+    if irregular_stack:
+        out.add(
+            "slice_gaps",
+            f"{irregular_stack}: the volumes and the mask positions assume a regular stack",
+        )
 
     # volumes: of the labels the indices come from
     counted = counted or {}

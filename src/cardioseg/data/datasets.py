@@ -292,7 +292,8 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
                 / (re.sub(r"_\d{4}$", "", stem) + image.name[len(stem) :])
             )
             label = cand if cand.exists() else None
-        if label is not None and _ACDC_NAME.fullmatch(stem) and label_map == "canonical":
+        acdc_named = _ACDC_NAME.fullmatch(re.sub(r"_\d{4}$", "", stem))  # nnU-Net: _0000
+        if label is not None and acdc_named and label_map == "canonical":
             raise CardiosegError(
                 label,
                 "is named like an ACDC label (patientNNN_frameYY_gt) but its patient folder "

@@ -9,6 +9,7 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -64,13 +65,16 @@ def safe_member(name: str) -> PurePosixPath | None:
 
 
 _PREFIX = "cardioseg-zip-"
+#: Extraction folders younger than this (seconds) are never taken for orphans.
+ORPHAN_AGE_S = 600.0
 
 
 def remove_orphans(folder: Path) -> int:
     """Delete extraction folders left in ``folder`` by processes that were killed (a study's
     images must not stay in the temporary folder). A folder carries its process id in its
-    name (``cardioseg-zip-<pid>-...``); those of running processes and of other users are
-    left alone. Returns the number removed.
+    name (``cardioseg-zip-<pid>-...``); those of running processes, of other users and those
+    younger than :data:`ORPHAN_AGE_S` (a process of another PID namespace, e.g. a container
+    sharing the folder, looks gone from here) are left alone. Returns the number removed.
     """
     if os.name != "posix":  # os.kill(pid, 0) probes a process only there
         return 0
@@ -84,7 +88,8 @@ def remove_orphans(folder: Path) -> int:
         if not match or not entry.is_dir() or entry.is_symlink():
             continue
         try:
-            if entry.stat().st_uid != os.getuid():
+            info = entry.stat()
+            if info.st_uid != os.getuid() or time.time() - info.st_mtime < ORPHAN_AGE_S:
                 continue
             os.kill(int(match.group(1)), 0)
         except ProcessLookupError:  # its process is gone

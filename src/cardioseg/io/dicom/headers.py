@@ -252,6 +252,11 @@ class CineMeta:
         patient_weight_kg: PatientWeight in kg, if present and plausible.
         patient_sex: PatientSex as recorded (``"M"``, ``"F"``, ``"O"``) or ``None``.
         source_headers: ``[k][t]`` pydicom datasets without pixel data (for DICOM SEG).
+        missing_slices: Slices of the regular grid where the stack has no images (a gap of
+            whole slice steps in the acquisition). They are empty (zero) in the array, and
+            ``None`` in the per-slice lists above.
+        irregular_gaps: For a stack whose gaps are irregular otherwise (not whole steps),
+            the warning saying so (the affine then uses the median gap); ``""`` if regular.
     """
 
     series_uid: str
@@ -283,6 +288,8 @@ class CineMeta:
     patient_weight_kg: float | None = field(default=None, repr=False)
     patient_sex: str | None = field(default=None, repr=False)
     source_headers: list[list[Any]] = field(default_factory=list, repr=False, compare=False)
+    missing_slices: list[int] = field(default_factory=list)
+    irregular_gaps: str = ""
 
 
 # --------------------------------------------------------------------------------------------

@@ -338,12 +338,34 @@ def _assemble(
     positions = np.asarray(st.positions)
     gaps = np.diff(positions)
     dz = float(np.median(gaps))
+    grid = np.arange(n_z)  # the place of each slice on the regular grid of the affine
+    irregular = ""
     if np.any(np.abs(gaps - dz) > GAP_TOL * dz):
-        warn.append(
-            "irregular slice gaps ("
-            + ", ".join(f"{g:.2f}" for g in gaps)
-            + f" mm); the affine uses the median {dz:.2f} mm"
-        )
+        # a regular stack with missing slices: its step is the median gap, or the smallest
+        # gap when the missing ones are many (8, 16 mm: the median 12 fits neither)
+        for step in (dz, float(gaps.min())):
+            places = _grid_places(positions, step)
+            if places is not None:
+                grid, dz = places, step
+                break
+        else:
+            places = None
+        if places is not None:
+            missing = sorted(set(range(int(grid[-1]) + 1)) - set(grid.tolist()))
+            warn.append(
+                f"no images at slice position{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(str, missing))} of a regular {dz:.2f} mm stack (a gap in "
+                "the acquisition): left empty in the image and the masks, not counted in the "
+                "volumes"
+            )
+        else:
+            grid = np.arange(n_z)
+            irregular = (
+                "irregular slice gaps ("
+                + ", ".join(f"{g:.2f}" for g in gaps)
+                + f" mm); the affine uses the median {dz:.2f} mm"
+            )
+            warn.append(irregular)
     ref = ordered[0][0]
     row_sp, col_sp = (float(v) for v in ref.pixel_spacing)  # type: ignore[union-attr]
     origin = np.asarray(ref.position, dtype=float)
@@ -370,6 +392,21 @@ def _assemble(
 
     rows, cols = ref.rows, ref.columns
     array, headers = _read_pixels(ordered, (cols, rows), show)
+    n_grid = int(grid[-1]) + 1
+    missing_slices = sorted(set(range(n_grid)) - set(grid.tolist()))
+    if missing_slices:  # empty slices where the stack has a gap: the affine stays right
+        full = np.zeros((*array.shape[:2], n_grid, array.shape[3]), array.dtype)
+        full[:, :, grid] = array
+        array = full
+
+    def on_grid(per_slice: list[Any], empty: Any) -> list[Any]:
+        out = [empty] * n_grid
+        for k, item in zip(grid.tolist(), per_slice, strict=True):
+            out[k] = item
+        return out
+
+    def per_phase(values: Callable[[_Frame], Any]) -> list[Any]:
+        return on_grid([[values(f) for f in s] for s in ordered], [None] * n_t)
 
     trig: list[float | None] = []
     for t in range(n_t):
@@ -385,16 +422,20 @@ def _assemble(
     meta = CineMeta(
         series_uid=chosen.uid,
         series_description=chosen.description,
-        n_slices=n_z,
+        n_slices=n_grid,
         n_phases=n_t,
         trigger_times_ms=trig,
-        slice_positions_mm=[float(p) for p in positions],
+        slice_positions_mm=[float(positions[0] + k * dz) for k in range(n_grid)]
+        if missing_slices
+        else [float(p) for p in positions],
         warnings=warn,
-        source_files=[[show(f.path) for f in s] for s in ordered],
-        sop_instance_uids=[[f.sop_uid for f in s] for s in ordered],
-        frame_numbers=[[None if f.frame is None else f.frame + 1 for f in s] for s in ordered],
-        instance_numbers=[[f.instance_number for f in s] for s in ordered],
-        series_uids=[s[0].series_uid for s in ordered],
+        source_files=per_phase(lambda f: show(f.path)),
+        sop_instance_uids=per_phase(lambda f: f.sop_uid),
+        frame_numbers=per_phase(lambda f: None if f.frame is None else f.frame + 1),
+        instance_numbers=per_phase(lambda f: f.instance_number),
+        series_uids=on_grid([s[0].series_uid for s in ordered], None),
+        missing_slices=missing_slices,
+        irregular_gaps=irregular,
         merged_series_uids=list(chosen.merged_from),
         study_uid=chosen.study_uid,
         frame_of_reference_uid=chosen.frame_of_reference_uid,
@@ -411,7 +452,7 @@ def _assemble(
         patient_height_m=_plausible(height, *(h / 100.0 for h in HEIGHT_CM_RANGE)),
         patient_weight_kg=_plausible(hdr.get("weight"), *WEIGHT_KG_RANGE),
         patient_sex=hdr.get("sex"),
-        source_headers=headers,
+        source_headers=on_grid(headers, [None] * n_t),
     )
     props = ImageProperties(
         affine=affine,
@@ -432,8 +473,8 @@ def _assemble(
     if len(known) == len(trig) > 1 and np.all(np.diff(known) > 0):
         props.extra["frame_time"] = float(np.median(np.diff(known)))
         props.extra["time_unit"] = "msec"
-    for w in warn:
-        log.warning("%s: %s", where, w)
+    for w in warn:  # the report names the files; a log (e.g. a server's) does not
+        log.warning("%s: %s", where, _FIRST_FILE.sub("", w))
     return array, props, meta
 
 
@@ -446,6 +487,33 @@ def _check_one_patient(series: Sequence[SeriesInfo], where: str) -> None:
             f"images from {len(keys)} different patients (PatientID differs); analyse one "
             "patient at a time",
         )
+
+
+#: The part of a warning that names a file of the study (``" (first: IM0001)"``): exports are
+#: often named after the patient, so logs leave it out.
+_FIRST_FILE = re.compile(r" \(first: .*\)$")
+
+
+def _grid_places(positions: np.ndarray, step: float) -> np.ndarray | None:
+    """Each slice's place on a regular grid of ``step`` when the stack is regular but for
+    missing slices (every position a whole number of steps from the first, within
+    ``GAP_TOL``); ``None`` for other irregular stacks or gaps of more than 3 slices.
+
+    Example:
+        >>> _grid_places(np.array([0.0, 8.0, 16.1, 32.0]), 8.0).tolist()
+        [0, 1, 2, 4]
+        >>> _grid_places(np.array([0.0, 8.0, 20.0]), 8.0) is None
+        True
+    """
+    if not step > 0:
+        return None
+    offsets = (positions - positions[0]) / step
+    places = np.rint(offsets).astype(int)
+    if np.any(np.abs(offsets - places) > GAP_TOL) or np.any(np.diff(places) < 1):
+        return None
+    if np.any(np.diff(places) > 4):
+        return None
+    return places
 
 
 def _unreadable_text(series: SeriesList, show: Callable[[str], str], verb: str) -> str:
