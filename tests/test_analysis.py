@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -443,6 +445,111 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     rows2 = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows2) == 3
     assert rows2[0]["model"].startswith("tiny.pt (sha256 ")
+
+
+def test_analyze_batch_survives_odd_names_damaged_reports_and_partial_folders(
+    tmp_path, tiny_checkpoint
+):
+    """A file name that is not UTF-8 (or holds a line break) stopped the whole batch when the
+    table was written; a truncated report.json of an earlier run stopped it on resume; the
+    half-written folders of a killed run stayed; a second batch could write the same folder."""
+    import os
+
+    from cardioseg.io.locking import lock_folder
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=4)
+    odd = os.fsdecode(bytes(studies) + b"/bad\xffna\nme.nii.gz")
+    _write_cine(Path(odd), seed=6, frames=4)
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    res = _run([*args, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    text = (out / "results.csv").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 3  # header and one line per study
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv", encoding="utf-8"))}
+    assert set(rows) == {"a", "bad\\xffna\\x0ame"}
+    assert rows["bad\\xffna\\x0ame"]["input"] == "bad\\xffna\\x0ame.nii.gz"
+    # a truncated report and a killed run's partial folder; the odd study is kept as done
+    (out / "a" / "report.json").write_text('{"lv_edv')
+    (out / ".a.k1ll3d").mkdir()
+    stamp = (out / "bad\\xffna\\x0ame" / "report.json").stat().st_mtime_ns
+    res = _run([*args, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "a" / "report.json").read_text())["lv_edv_ml"] >= 0
+    assert not (out / ".a.k1ll3d").exists()
+    assert (out / "bad\\xffna\\x0ame" / "report.json").stat().st_mtime_ns == stamp
+    # one batch at a time per output folder
+    held = lock_folder(out, "held by the test")
+    try:
+        res = _run([*args, "--no-pdf"])
+        _assert_clean_failure(res, "output folder in use by another analyze-batch")
+    finally:
+        held.close()
+
+
+def test_analyze_batch_stops_on_sigterm(tmp_path, tiny_checkpoint):
+    """SIGTERM (a workflow manager's stop) or Ctrl-C: the batch drops its queue instead of
+    analysing every study first, writes results.csv with every finished study, exits 130, and
+    leaves no worker behind."""
+    import signal
+    import subprocess
+    import sys
+
+    studies = tmp_path / "studies"
+    for i in range(60):
+        _write_cine(studies / f"s{i:02d}.nii.gz", seed=i, frames=3)
+    out = tmp_path / "batch"
+    cmd = [sys.executable, "-c", "from cardioseg.cli.main import main; main()"]
+    cmd += ["analyze-batch", str(studies), "-o", str(out)]
+    cmd += ["--model", str(tiny_checkpoint), "--workers", "2", "--no-pdf", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not list(out.glob("s*/report.json")) and time.monotonic() - t0 < 120:
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "error: interrupted" in output and "Traceback" not in output
+    done = {p.parent.name for p in out.glob("s*/report.json")}
+    assert 0 < len(done) < 60
+    rows = list(csv.DictReader(open(out / "results.csv", encoding="utf-8")))
+    assert {r["study"] for r in rows} == done
+    leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", "worker processes left behind"
+
+
+def test_batch_workers_end_when_the_batch_process_is_gone(tmp_path):
+    """A pool worker whose parent was killed (or stopped by a workflow manager that signals
+    only it) ends itself instead of waiting for work forever, holding its model."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "orphan.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from cardioseg.clinical.batch import _watch_parent\n"
+        "if os.fork() == 0:\n"
+        "    _watch_parent(os.getppid(), every_s=0.05)\n"
+        "    sys.stdout.write(f'{os.getpid()}\\n'); sys.stdout.flush()\n"
+        "    time.sleep(30)\n"
+        "    sys.stdout.write('still here\\n')\n"
+        "else:\n"
+        "    time.sleep(0.5)\n"
+        "    os._exit(0)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert "still here" not in proc.stdout  # it ended, within the 30 s it would have waited
+    child = int(proc.stdout.split()[0])
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"worker {child} outlived its parent")
 
 
 def test_analyze_batch_resumed_with_another_model_analyses_again(tmp_path, tiny_checkpoint):

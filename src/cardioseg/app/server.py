@@ -917,19 +917,9 @@ def _deidentified(path: Path) -> bytes:
 
 def _lock_data_dir(root: Path) -> Any:
     """Hold an exclusive lock on the data folder so that two servers never share it."""
-    from cardioseg.errors import CardiosegError
+    from cardioseg.io.locking import lock_folder
 
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        return io.BytesIO()
-    fh = open(root / ".lock", "a+")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise CardiosegError(root, "data folder in use by another cardioseg server") from None
-    return fh
+    return lock_folder(root, "data folder in use by another cardioseg server")
 
 
 # --- running ---------------------------------------------------------------------------------

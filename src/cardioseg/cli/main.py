@@ -589,20 +589,28 @@ def analyze_batch(
     is done, 2 when the batch ran to its end but some studies failed (their errors are in
     results.csv), 1 when the batch could not run."""
     import csv
+    import signal
 
     from cardioseg.clinical.batch import read_exclusions, run_batch
 
-    table = run_batch(
-        studies,
-        output,
-        workers=workers,
-        model=str(model) if model else None,
-        ray_address=ray,
-        progress=progress,
-        exclusions=read_exclusions(exclusions) if exclusions else None,
-        roi=roi,
-        write_pdf=pdf,
-    )
+    def stop(_signum: int, _frame: Any) -> None:  # a workflow manager's stop, as Ctrl-C: the
+        raise KeyboardInterrupt  # queue is dropped, results.csv written, the workers end
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        table = run_batch(
+            studies,
+            output,
+            workers=workers,
+            model=str(model) if model else None,
+            ray_address=ray,
+            progress=progress,
+            exclusions=read_exclusions(exclusions) if exclusions else None,
+            roi=roi,
+            write_pdf=pdf,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     with open(table, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     failed = [r for r in rows if r["status"] != "done"]

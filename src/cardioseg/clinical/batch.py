@@ -17,6 +17,8 @@ import logging
 import os
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -72,6 +74,9 @@ ROW_KEYS = [
     "model",
 ]
 
+#: Least time (seconds) between two writes of ``results.csv`` while a batch runs.
+TABLE_WRITE_S = 2.0
+
 #: The error recorded for a study whose worker process died (twice) while analysing it.
 WORKER_DIED = "the worker process died while analysing this study (out of memory, or a crash)"
 
@@ -102,9 +107,22 @@ def find_studies(root: str | Path, skip: str | Path | None = None) -> list[Path]
     return out
 
 
+def name_text(name: str) -> str:
+    """A file name as one line of text: bytes that are not UTF-8 (which Python keeps as
+    surrogates) and control characters (a line break) written as ``\\xNN``.
+
+    Example:
+        >>> name_text("a\\udcffb"), name_text("new\\nline")
+        ('a\\\\xffb', 'new\\\\x0aline')
+    """
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def study_name(path: Path) -> str:
-    """A study's name in a batch: its folder or file name without ``.zip`` / ``.nii(.gz)``."""
-    name = path.name
+    """A study's name in a batch: its folder or file name without ``.zip`` / ``.nii(.gz)``
+    (as :func:`name_text`: it names the result folder and a row of ``results.csv``)."""
+    name = name_text(path.name)
     for suffix in (".nii.gz", ".nii", ".zip"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -122,7 +140,9 @@ def study_names(studies: Sequence[Path]) -> list[str]:
         ['a', 'a.nii.gz~2', 'a.nii.gz~3', 'a.nii.gz~1']
     """
     short = [study_name(p) for p in studies]
-    names = [p.name if short.count(n) > 1 else n for p, n in zip(studies, short, strict=True)]
+    names = [
+        name_text(p.name) if short.count(n) > 1 else n for p, n in zip(studies, short, strict=True)
+    ]
     equal = {n for n in names if names.count(n) > 1}  # "a.nii.gz" and "a.nii.gz.zip": numbered
     out: list[str] = []
     for n in names:
@@ -165,11 +185,17 @@ def _row(name: str, report: dict | None, error: str = "", input_name: str = "") 
     return row
 
 
-def _init_worker(options: dict[str, Any], threads: int, write_pdf: bool = True) -> None:
+def _init_worker(
+    options: dict[str, Any], threads: int, write_pdf: bool = True, watch_parent: bool = False
+) -> None:
     """Build the worker's segmenter from ``Segmenter`` keyword arguments; ``threads`` > 0 sets
     torch's thread count (one per worker process), 0 leaves it (one in-process worker uses
-    every core); ``write_pdf``: whether its reports include ``report.pdf``."""
+    every core); ``write_pdf``: whether its reports include ``report.pdf``; ``watch_parent``:
+    a pool worker ends itself when the batch process is gone (killed, or stopped by a workflow
+    manager that signals only it), instead of waiting for work forever holding its model."""
     global _SEGMENTER, _WRITE_PDF
+    if watch_parent:
+        _watch_parent(os.getppid())
     import torch
 
     from cardioseg.inference import Segmenter
@@ -227,6 +253,18 @@ def read_exclusions(path: str | Path) -> dict[str, list[str]]:
     return out
 
 
+def _watch_parent(parent: int, every_s: float = 1.0) -> None:
+    """End this process when its parent process ``parent`` is gone (it is then adopted by
+    another process)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cardioseg-parent-watch", daemon=True).start()
+
+
 def _analyze_one(
     name: str, path: str, outdir: str, exclude: Sequence[str] = (), started: str | None = None
 ) -> dict[str, Any]:
@@ -236,7 +274,7 @@ def _analyze_one(
 
     if started is not None:
         Path(started).touch()
-    input_name = Path(path).name
+    input_name = name_text(Path(path).name)
     try:
         report = analyze_study(
             Path(outdir) / name,
@@ -251,6 +289,21 @@ def _analyze_one(
     except Exception as exc:  # one broken study must not stop the batch
         error = f"{type(exc).__name__}: {exc}".splitlines()[0]
         return _row(name, None, error, input_name=input_name)
+
+
+def _finished_report(path: Path) -> dict | None:
+    """A study's ``report.json`` from an earlier run, or ``None`` when there is none, or it
+    cannot be read (cut short by a crash or a full disk): the study is analysed again."""
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict):
+        log.warning("%s: unreadable report of an earlier run; the study is analysed again", path)
+        return None
+    return report
 
 
 def _write_table(path: Path, rows: dict[str, dict]) -> None:
@@ -325,12 +378,57 @@ def run_batch(
 
     current_model = model_description(checkpoint_members(model))
     outdir.mkdir(parents=True, exist_ok=True)
+    from cardioseg.io.locking import lock_folder
+
+    lock = lock_folder(outdir, "output folder in use by another analyze-batch")
+    try:
+        return _run_batch_locked(
+            studies,
+            outdir,
+            current_model,
+            workers,
+            model,
+            ray_address,
+            progress,
+            wanted,
+            roi,
+            write_pdf,
+        )
+    finally:
+        lock.close()
+
+
+def _remove_partial_results(outdir: Path, names: Sequence[str]) -> None:
+    """Delete what a killed run left of its studies' result folders (``.<name>.XXXX``, written
+    whole and then renamed into place: never a result)."""
+    import glob
+    import shutil
+
+    for name in names:
+        for partial in outdir.glob(f".{glob.escape(name)}.*"):
+            if partial.is_dir() and not partial.is_symlink():
+                shutil.rmtree(partial, ignore_errors=True)
+
+
+def _run_batch_locked(
+    studies: dict[str, Path],
+    outdir: Path,
+    current_model: str,
+    workers: int,
+    model: str | None,
+    ray_address: str | None,
+    progress: bool,
+    wanted: dict[str, list[str]] | None,
+    roi: bool | None,
+    write_pdf: bool,
+) -> Path:
+    _remove_partial_results(outdir, list(studies))
     table = outdir / "results.csv"
     rows: dict[str, dict] = {}
     inputs: dict[str, str] = {}  # the input each name stood for in the previous run
 
     def same_input(name: str) -> bool:  # the name stands for the input it stood for last time
-        return inputs.get(name) in (None, "", studies[name].name)
+        return inputs.get(name) in (None, "", name_text(studies[name].name))
 
     if table.exists():  # keep the failures of studies still there (retried below); finished
         # studies' rows are made again from their reports, and the rows of studies no longer
@@ -346,8 +444,7 @@ def run_batch(
     todo: list[tuple[str, Path]] = []
     other_model = 0
     for name, s in studies.items():
-        rep = outdir / name / "report.json"
-        report = json.loads(rep.read_text()) if rep.exists() else None
+        report = _finished_report(outdir / name / "report.json")
         if not same_input(name):  # the name now stands for another input
             report = None
         same_model = report is not None and (report.get("meta") or {}).get("model") == current_model
@@ -355,7 +452,7 @@ def run_batch(
         if same_model and (
             wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
         ):
-            rows[name] = _row(name, report, input_name=s.name)
+            rows[name] = _row(name, report, input_name=name_text(s.name))
         else:
             todo.append((name, s))
     _write_table(table, rows)
@@ -370,8 +467,25 @@ def run_batch(
         )
     options = {"checkpoint": model, "roi": roi}
     runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
-    for row in runs:
-        rows[row["study"]] = row
+    # the table is written again as studies finish, but not after every one: rewriting it
+    # costs time in proportion to its length (26 ms at 500 rows), so the writes are spaced to
+    # keep that under about 5 % of the batch; the finished studies' reports are on disk anyway
+    last, cost = time.monotonic(), 0.0
+    try:
+        for row in runs:
+            rows[row["study"]] = row
+            if time.monotonic() - last >= max(TABLE_WRITE_S, 20 * cost):
+                t0 = time.monotonic()
+                _write_table(table, rows)
+                last, cost = time.monotonic(), time.monotonic() - t0
+    finally:  # also when interrupted: the table holds every study finished so far (also
+        # those whose workers finished while the batch was stopping)
+        runs.close()
+        for name, s in todo:
+            if rows.get(name, {}).get("status") != "done":
+                report = _finished_report(outdir / name / "report.json")
+                if report is not None and (report.get("meta") or {}).get("model") == current_model:
+                    rows[name] = _row(name, report, input_name=name_text(s.name))
         _write_table(table, rows)
     return table
 
@@ -404,10 +518,14 @@ def _run(
             yield _analyze_one(*job(*t))
             bar.update()
     else:
-        init = (options, 1, write_pdf)
-        for row in _run_pool(todo, job, workers, init):
-            yield row
-            bar.update()
+        init = (options, 1, write_pdf, True)
+        rows = _run_pool(todo, job, workers, init)
+        try:
+            for row in rows:
+                yield row
+                bar.update()
+        finally:  # stopped early (interrupted): the pool drops its queue and ends
+            rows.close()
     bar.close()
 
 
@@ -432,11 +550,16 @@ def _run_pool(
                 futures = {
                     pool.submit(_analyze_one, *job(*t), started=mark[t[0]]): t for t in pending
                 }
-                for f in as_completed(futures):
-                    try:
-                        yield f.result()
-                    except BrokenProcessPool:
-                        broken.append(futures[f])
+                try:
+                    for f in as_completed(futures):
+                        try:
+                            yield f.result()
+                        except BrokenProcessPool:
+                            broken.append(futures[f])
+                except BaseException:  # interrupted (Ctrl-C, SIGTERM): the queue is dropped,
+                    # the studies in progress end (their reports are kept)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
             started = [t for t in broken if Path(mark[t[0]]).exists()]
         if broken and not started:  # the pool died before any study began: one by one
             started = broken
@@ -447,7 +570,7 @@ def _run_pool(
             try:
                 yield pool.submit(_analyze_one, *job(*t)).result()
             except BrokenProcessPool:
-                yield _row(t[0], None, WORKER_DIED, input_name=t[1].name)
+                yield _row(t[0], None, WORKER_DIED, input_name=name_text(t[1].name))
 
 
 def _run_ray(
