@@ -760,13 +760,19 @@ def test_cine_to_nifti(tmp_path):
     assert not list(out.parent.glob(".*tmp*"))
 
 
+def _zipped(folder: Path) -> Path:
+    """``folder`` as ``folder.zip`` next to it, its files under ``folder.name/``."""
+    zpath = folder.with_suffix(".zip")
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(folder.parent).as_posix())
+    return zpath
+
+
 def test_zip_input(tmp_path):
     siemens_like(tmp_path / "study")
-    zpath = tmp_path / "study.zip"
-    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted((tmp_path / "study").rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(tmp_path).as_posix())
+    zpath = _zipped(tmp_path / "study")
     img, props, meta = load_cine(zpath)
     check_cine(img, props, meta)
     assert all(f.startswith(f"{zpath}/study/DICOM/") for row in meta.source_files for f in row)
@@ -799,12 +805,7 @@ def test_extraction_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
             old = time.time() - archive.ORPHAN_AGE_S - 60
             os.utime(folder, (old, old))
     siemens_like(tmp_path / "study")
-    zpath = tmp_path / "study.zip"
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for p in sorted((tmp_path / "study").rglob("*")):
-            if p.is_file():
-                zf.write(p, p.relative_to(tmp_path).as_posix())
-    load_cine(zpath)
+    load_cine(_zipped(tmp_path / "study"))
     assert not dead.exists() and young.exists() and alive.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.glob("cardioseg-zip-*")) == sorted(
         [young.name, alive.name, other.name]
