@@ -34,7 +34,9 @@ log = logging.getLogger("cardioseg.dicom_seg")
 # highdicom's INFO messages quote the source images' UIDs: logs hold no identifiers
 logging.getLogger("highdicom").setLevel(logging.WARNING)
 
-#: (segment number = canonical label, label, SNOMED CT property type keyword, RGB colour)
+#: (segment number = canonical label, label, SNOMED CT property type keyword, RGB colour).
+#: The ventricles are coded as DICOM's cardiac segmentation value set (CID 7152) lists them,
+#: "Left ventricle" / "Right ventricle"; the segment labels say that they are the blood pools.
 SEGMENTS: tuple[tuple[int, str, str, tuple[int, int, int]], ...] = (
     (1, "LV blood pool", "LeftVentricle", (228, 87, 46)),  # SCT 87878005 Left ventricle
     (2, "LV myocardium", "LeftVentricleMyocardium", (41, 191, 18)),  # SCT 49848007
