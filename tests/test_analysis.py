@@ -396,6 +396,12 @@ def test_analyze_sex_and_heart_rate_options(tmp_path, tiny_checkpoint):
         "height given without weight: the volumes and mass are not indexed to body surface area"
     ]
     assert report["normal_ranges_for"] == "men"
+    # the thickest point of the ED myocardium, with the slice it is on
+    assert report["lv_max_wall_thickness_ed_mm"] > 0
+    assert 0 <= report["meta"]["lv_max_wall_thickness_slice"] < report["meta"]["n_slices"]
+    html = (tmp_path / "m" / "report.html").read_text()
+    assert "LV max wall thickness (ED)" in html and "hypertrophy from 15 (ESC 2014)" in html
+    assert "lv_max_wall_thickness_ed_mm" not in report["normal_flags"]
     assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 64 / 1000, abs=0.01)
     assert "LV cardiac output" in (tmp_path / "m" / "report.html").read_text()
     assert report["normal_ranges"]["lv_mass_g"] == {

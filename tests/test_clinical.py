@@ -135,6 +135,8 @@ def test_volume_curve_and_ed_es_detection():
 def test_normal_ranges_and_flags():
     # LVEF: UK Biobank men 58 ± 5, women 61 ± 5 % (papillary muscles in the blood pool)
     assert NORMAL_RANGES["lv_ef_pct"] == (48.0, 71.0)
+    # the thickest ED wall is shown with the hypertrophy criterion, not flagged (too noisy)
+    assert compare_to_normal({"lv_max_wall_thickness_ed_mm": 22.0}) == {}
     flags = compare_to_normal({"lv_ef_pct": 35.0, "lv_edv_ml": 150.0, "rv_edv_ml": 400.0})
     assert flags == {"lv_ef_pct": "low", "lv_edv_ml": "normal", "rv_edv_ml": "high"}
     assert compare_to_normal({"lv_ef_pct": float("nan"), "unknown": 1.0}) == {}

@@ -60,6 +60,14 @@ def test_ring_wall_thickness_uses_inplane_spacing_and_slice_axis():
     assert t0["max_mm"] == pytest.approx(t["max_mm"])
 
 
+def test_wall_thickness_names_the_slice_of_its_maximum():
+    lab = ring_labels(10, 14)
+    lab[:, :, 2] = ring_labels(8, 16, slices=1)[:, :, 0]  # a thicker wall (8 px) on slice 2
+    t = wall_thickness(lab, (1.0, 1.0, 8.0))
+    assert t["max_slice"] == 2 and t["max_mm"] == pytest.approx(8.0, abs=1.0)
+    assert wall_thickness(np.zeros((8, 8, 3), np.uint8), (1.0, 1.0, 8.0))["max_slice"] == -1
+
+
 def test_shape_features_ratios_and_thickening():
     ed = ring_labels(10, 14)
     es = ring_labels(8, 14)  # thicker wall at ES: 6 px

@@ -533,6 +533,12 @@ def analyze_study(
     indices = compute_indices(
         labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg, heart_rate_bpm
     )
+    # the thickest point of the ED myocardium (>= 15 mm: the adult hypertrophy criterion)
+    from cardioseg.clinical.features import wall_thickness
+
+    wall = wall_thickness(labels[..., ed_i], spacing)
+    if np.isfinite(wall["max_mm"]):
+        indices["lv_max_wall_thickness_ed_mm"] = wall["max_mm"]
     model_files = getattr(seg, "checkpoint_paths", None)
     calibration = calibration_for(model_files)
     # the QC judges the segmentation as produced (a slice taken out opens no gap); what it
@@ -602,6 +608,7 @@ def analyze_study(
             "source_kind": st.kind,
             "n_frames": n,
             "n_slices": int(labels.shape[axis]),
+            "lv_max_wall_thickness_slice": int(wall["max_slice"]),
             "spacing_mm": list(spacing),
             "slice_axis": axis,
             "seconds": round(time.perf_counter() - t0, 3),

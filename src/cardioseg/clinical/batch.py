@@ -42,6 +42,7 @@ REPORT_KEYS = [
     "rv_sv_ml",
     "rv_ef_pct",
     "lv_mass_g",
+    "lv_max_wall_thickness_ed_mm",
     "bsa_m2",
     "lvedv_index_ml_m2",
     "lvesv_index_ml_m2",

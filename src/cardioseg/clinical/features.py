@@ -116,20 +116,21 @@ def wall_thickness(label: np.ndarray, spacing: Sequence[float]) -> dict[str, flo
         spacing: Voxel size in mm of the three axes.
 
     Returns:
-        ``max_mm`` (largest local thickness over all slices), ``mean_mm`` (mean over slices of
-        the per-slice median), ``cv`` (mean over slices of the per-slice coefficient of
-        variation, a measure of regional heterogeneity) and ``n_slices``; ``nan`` values (and
-        ``n_slices`` 0) when no slice qualifies.
+        ``max_mm`` (largest local thickness over all slices) and ``max_slice`` (the slice
+        holding it, an index along the slice axis), ``mean_mm`` (mean over slices of the
+        per-slice median), ``cv`` (mean over slices of the per-slice coefficient of variation,
+        a measure of regional heterogeneity) and ``n_slices``; ``nan`` values (``max_slice``
+        -1, ``n_slices`` 0) when no slice qualifies.
     """
     lab = np.asarray(label)
-    out = {"max_mm": NAN, "mean_mm": NAN, "cv": NAN, "n_slices": 0.0}
+    out = {"max_mm": NAN, "max_slice": -1.0, "mean_mm": NAN, "cv": NAN, "n_slices": 0.0}
     if lab.ndim != 3:
         raise ValueError(f"expected a 3D label volume, got shape {lab.shape}")
     axis = slice_axis(tuple(float(s) for s in spacing[:3]), lab.shape)
     inplane = [float(spacing[i]) for i in range(3) if i != axis]
     slices = np.moveaxis(lab, axis, 0)
-    maxima, medians, cvs = [], [], []
-    for sl in slices:
+    maxima, medians, cvs, where = [], [], [], []
+    for z, sl in enumerate(slices):
         myo = sl == MYO
         if not myo.any() or not (sl == LV).any():
             continue
@@ -138,12 +139,14 @@ def wall_thickness(label: np.ndarray, spacing: Sequence[float]) -> dict[str, flo
         if t.size == 0:
             continue
         maxima.append(float(t.max()))
+        where.append(z)
         med = float(np.median(t))
         medians.append(med)
         mean = float(np.mean(t))
         cvs.append(float(np.std(t)) / mean if mean > 0 else NAN)
     if medians:
         out["max_mm"] = max(maxima)
+        out["max_slice"] = float(where[int(np.argmax(maxima))])
         out["mean_mm"] = float(np.mean(medians))
         finite_cv = [c for c in cvs if math.isfinite(c)]
         out["cv"] = float(np.mean(finite_cv)) if finite_cv else NAN

@@ -44,6 +44,7 @@ UNITS: dict[str, str] = {
     "heart_rate_bpm": "/min",
     "lv_co_l_min": "L/min",
     "lv_ci_l_min_m2": "L/min/m²",
+    "lv_max_wall_thickness_ed_mm": "mm",
 }
 
 #: Human-readable names for reports.
@@ -68,6 +69,7 @@ DISPLAY_NAMES: dict[str, str] = {
     "heart_rate_bpm": "Heart rate (acquisition)",
     "lv_co_l_min": "LV cardiac output",
     "lv_ci_l_min_m2": "LV cardiac index",
+    "lv_max_wall_thickness_ed_mm": "LV max wall thickness (ED)",
 }
 
 # Adult normal ranges (low, high), sex-pooled: for each index the union of the male and female
@@ -171,6 +173,19 @@ def normal_ranges(sex: str | None = None) -> dict[str, tuple[float, float]]:
         }
     men, women = normal_ranges("M"), normal_ranges("F")
     return {k: (min(men[k][0], women[k][0]), max(men[k][1], women[k][1])) for k in men}
+
+
+#: End-diastolic LV wall thickness (mm) from which an adult's wall counts as hypertrophied:
+#: 15 mm or more in any segment (Elliott et al., 2014 ESC Guidelines on hypertrophic
+#: cardiomyopathy, Eur Heart J 2014;35:2733). The reports show it next to the automatic value
+#: without flagging it: on ACDC the automatic maximum reaches 15 mm in 12 of the 64 patients
+#: without hypertrophic cardiomyopathy (benchmarks/wall_thickness_check.py).
+HYPERTROPHY_WALL_MM = 15.0
+
+#: What the reports show in the range column of an index without a normal range.
+RANGE_NOTES: dict[str, str] = {
+    "lv_max_wall_thickness_ed_mm": f"hypertrophy from {HYPERTROPHY_WALL_MM:g} (ESC 2014)",
+}
 
 
 #: Sex-pooled adult normal ranges (see :func:`normal_ranges`).

@@ -26,6 +26,7 @@ from cardioseg.clinical.indices import (
     DISPLAY_NAMES,
     NORMAL_RANGE_SOURCES,
     NORMAL_RANGES,
+    RANGE_NOTES,
     SEX_NAMES,
     UNITS,
     compare_to_normal,
@@ -48,6 +49,7 @@ TABLE_ORDER = (
     "lv_sv_ml",
     "lv_ef_pct",
     "lv_mass_g",
+    "lv_max_wall_thickness_ed_mm",
     "rv_edv_ml",
     "rv_esv_ml",
     "rv_sv_ml",
@@ -178,7 +180,7 @@ def _fmt(name: str, value: Any) -> str:
 def _range_text(name: str, ranges: Mapping[str, Sequence[float]] | None = None) -> str:
     ranges = NORMAL_RANGES if ranges is None else ranges
     if name not in ranges:
-        return ""
+        return RANGE_NOTES.get(name, "")
     lo, hi = ranges[name]
     return f"{lo:g}–{hi:g}"
 
