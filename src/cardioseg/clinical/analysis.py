@@ -276,8 +276,12 @@ def _missing_slices(study: Study) -> list[int]:
     return list(getattr(study.dicom_meta, "missing_slices", None) or [])
 
 
-def _present_slices(study: Study) -> list[int]:
+def _present_slices(study: Study) -> list[int] | slice:
+    """The slices that hold images (all of them, as a ``slice``, for a regular stack: the
+    frames are then passed on as views, exactly as before gaps were handled)."""
     missing = set(_missing_slices(study))
+    if not missing:
+        return slice(None)
     return [k for k in range(study.image.shape[2]) if k not in missing]
 
 
