@@ -227,12 +227,20 @@ def test_analyze_dicom_with_a_missing_slice(tmp_path, tiny_checkpoint):
         pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID
         for p in (tmp_path / "dcm").iterdir()
     }
-    for f in out.glob("segmentation*.dcm"):
+    segs = sorted(out.glob("segmentation*.dcm"))
+    assert [f.name for f in segs] == ["segmentation_ED.dcm", "segmentation_ES.dcm"]
+    for f in segs:
         refs = {
             item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
             for item in pydicom.dcmread(str(f)).PerFrameFunctionalGroupsSequence
         }
         assert refs <= sources
+    # the missing slice cannot be taken out by the reader
+    res = _run(
+        ["analyze", tmp_path / "dcm", "-o", tmp_path / "x", "--model", tiny_checkpoint]
+        + ["--no-pdf", "--exclude", "ES:2"]
+    )
+    _assert_clean_failure(res, "slice 2 has no images to take out")
 
 
 def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
@@ -400,7 +408,7 @@ def test_analyze_sex_and_heart_rate_options(tmp_path, tiny_checkpoint):
     assert report["lv_max_wall_thickness_ed_mm"] > 0
     assert 0 <= report["meta"]["lv_max_wall_thickness_slice"] < report["meta"]["n_slices"]
     html = (tmp_path / "m" / "report.html").read_text()
-    assert "LV max wall thickness (ED)" in html and "hypertrophy from 15 (ESC 2014)" in html
+    assert "LV max wall thickness (ED)" in html and "≥ 15: hypertrophy (ESC)" in html
     assert "lv_max_wall_thickness_ed_mm" not in report["normal_flags"]
     assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 64 / 1000, abs=0.01)
     assert "LV cardiac output" in (tmp_path / "m" / "report.html").read_text()
@@ -524,6 +532,45 @@ def test_analyze_batch_stops_on_sigterm(tmp_path, tiny_checkpoint):
     assert {r["study"] for r in rows} == done
     leftover = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", "worker processes left behind"
+
+
+def test_a_study_that_fails_now_is_not_shown_with_an_earlier_result(tmp_path, tiny_checkpoint):
+    """The name "a" now stands for a broken zip: its row says failed, not the old cine's
+    volumes (the end-of-batch sweep for studies finished while stopping took any report)."""
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    assert _run([*args, "--no-pdf"]).exit_code == 0
+    (studies / "a.nii.gz").unlink()
+    (studies / "a.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    res = _run([*args, "--no-pdf"])
+    assert res.exit_code == 2, res.output
+    (row,) = csv.DictReader(open(out / "results.csv", encoding="utf-8"))
+    assert (row["study"], row["input"], row["status"]) == ("a", "a.zip", "failed")
+    assert row["lv_edv_ml"] in ("", None)
+
+
+def test_analyze_batch_spaces_its_table_writes(tmp_path, tiny_checkpoint, monkeypatch):
+    """results.csv was rewritten after every study (a cost that grows with the square of the
+    batch); it is written when the batch starts, at most every TABLE_WRITE_S, and at the end."""
+    from cardioseg.clinical import batch
+
+    studies = tmp_path / "studies"
+    for i in range(3):
+        _write_cine(studies / f"s{i}.nii.gz", seed=i, frames=3)
+    writes = []
+    real = batch._write_table
+    monkeypatch.setattr(batch, "TABLE_WRITE_S", 1e9)
+    monkeypatch.setattr(
+        batch, "_write_table", lambda path, rows: (writes.append(len(rows)), real(path, rows))
+    )
+    batch.run_batch(
+        studies, tmp_path / "out", model=str(tiny_checkpoint), progress=False, write_pdf=False
+    )
+    assert writes == [0, 3]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv", encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["done"] * 3
 
 
 def test_batch_workers_end_when_the_batch_process_is_gone(tmp_path):

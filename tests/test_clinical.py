@@ -327,6 +327,17 @@ def test_qc_asks_for_review_for_an_irregular_stack_or_a_missing_slice(heart_pair
     )
     assert qc.status == "review"
     assert qc.reasons[0] == "no images at slice 5 (a gap in the stack): the volumes leave it out"
+    gap_rows = [r for r in qc.per_slice if r["slice"] == 5]
+    assert [r["flags"] for r in gap_rows] == [["no_images"]] * 2
+    assert all(r["lv_mm2"] == 0 and r["mean_entropy"] is None for r in gap_rows)
+    # no area change is measured across the gap: a jump from slice 4 to 6 is not a finding
+    jump = {k: v.copy() for k, v in (("ED", ed), ("ES", es))}
+    for label in jump.values():
+        label[:, :, 6:][label[:, :, 6:] == 1] = 2  # the LV shrinks to nothing beyond the gap
+    qc = assess_quality(
+        jump["ED"], jump["ES"], SPACING, missing_slices=[5], excluded={"ED": [5], "ES": [5]}
+    )
+    assert not any("slices 5-6" in r for r in qc.reasons), qc.reasons
 
 
 def test_qc_gap_reason_names_slice_and_fraction(heart_pair):
@@ -959,3 +970,20 @@ def test_report_views_show_and_flag_the_stored_value(tmp_path):
     rows, _ = report_table(report)
     assert [(r["value"], r["flag"]) for r in rows if r["key"] == "lv_ef_pct"] == [(shown, "normal")]
     assert f'fraction</td><td class="num">{shown}</td>' in files["html"].read_text()
+
+
+def test_pdf_never_leaves_out_the_input_notes(tmp_path):
+    """With a long list of QC findings the first page had no room left for "About the input",
+    and the notes were dropped from the PDF (they stayed in the HTML): they get a page."""
+    import re
+
+    ed, es = synthetic_heart(), synthetic_heart(es=True)
+    indices = compute_indices(ed, es, SPACING, 175, 70, 64)
+    long = "a finding that needs two lines of the report to say what it is about, " * 2
+    qc = {"status": "review", "score": 0.5, "reasons": [f"{k}: {long}" for k in range(25)]}
+
+    def pages(notes: list[str]) -> int:
+        files = write_report(tmp_path / str(len(notes)), indices, qc, meta={"warnings": notes})
+        return int(re.search(rb"/Count (\d+)", files["pdf"].read_bytes()).group(1))
+
+    assert pages(["no images at slice 6 of a regular 8.00 mm stack"]) == pages([]) + 1

@@ -851,6 +851,28 @@ def test_a_missing_slice_is_left_empty_on_a_regular_grid(tmp_path):
     assert meta.source_headers[4][0].ImagePositionPatient == pytest.approx(list(ipp(4)), abs=1e-3)
 
 
+def test_an_off_grid_slice_is_not_taken_for_a_finer_grid(tmp_path):
+    """Positions 0, 8, 16, 20, 28 mm: one slice off the 8 mm grid, not a 4 mm stack with three
+    missing slices (which would halve every volume)."""
+    study = new_study()
+    uid = generate_uid()
+    for k_idx, k in enumerate([0, 1, 2, 2.5, 3.5]):
+        for t in range(N_PHASES):
+            write_image(
+                tmp_path / "d" / f"{k_idx}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                instance=k_idx * 10 + t + 1,
+                trigger=30.0 * t,
+            )
+    img, _, meta = load_cine(tmp_path / "d")
+    assert img.shape[2] == 5 and meta.missing_slices == []
+    assert meta.slice_spacing_mm == pytest.approx(STEP, abs=1e-3)
+    assert meta.irregular_gaps.startswith("irregular slice gaps")
+
+
 def test_duplicates_irregular_gaps_and_phase_truncation(tmp_path):
     study = new_study()
     uid = generate_uid()

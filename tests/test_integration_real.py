@@ -213,3 +213,24 @@ def test_analyze_batch_on_the_mnms_folders_agrees_with_the_labels(tmp_path):
     edv = [abs(r["lv_edv_ml_pred"] - r["lv_edv_ml_ref"]) for r in pairs]
     assert np.median(edv) <= 10.0, edv
     assert np.median(ef) <= 5.0 and max(ef) <= 10.0, ef
+
+
+def test_qc_plausibility_checks_pass_the_experts_acdc_labels():
+    """The QC's plausibility limits must not flag real hearts as the experts drew them: e.g.
+    ACDC patient030 (hypertrophic cardiomyopathy) has an RVEF of 86 %, which a first limit of
+    85 % sent to review. Over all 80 patients no volume, EF or RV finding may fire."""
+    from cardioseg.clinical.qc import assess_quality
+    from cardioseg.data.datasets import ed_es_pairs, load_case, read_acdc
+
+    root = shared_or_skip("acdc", "training")
+    volume_kinds = {"lv_absent", "rv_absent", "esv_gt_edv", "rv_esv_gt_edv", "lvef_range"}
+    volume_kinds |= {"rvef_range", "lvedv_range", "slice_gaps"}
+    flagged = {}
+    for (_, subject), phases in ed_es_pairs(read_acdc(root)).items():
+        _, ed, props = load_case(phases["ED"])
+        _, es, _ = load_case(phases["ES"])
+        qc = assess_quality(ed, es, props.spacing)
+        kinds = {i["kind"] for i in qc.metrics["issues"]} & volume_kinds
+        if kinds:
+            flagged[subject] = kinds
+    assert flagged == {}

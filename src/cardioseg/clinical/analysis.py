@@ -465,6 +465,8 @@ def analyze_study(
     try:  # before the slow part
         for ex in exclusions:
             ex.check(st.image.shape[axis])
+            if ex.slice in _missing_slices(st):
+                raise ValueError(f"exclusion {ex}: slice {ex.slice} has no images to take out")
     except ValueError as err:
         raise CardiosegError(st.source, str(err)) from None
     counts_before = dict(getattr(seg, "roi_counts", None) or {})

@@ -472,21 +472,26 @@ def _run_batch_locked(
     # costs time in proportion to its length (26 ms at 500 rows), so the writes are spaced to
     # keep that under about 5 % of the batch; the finished studies' reports are on disk anyway
     last, cost = time.monotonic(), 0.0
+    started, seen = time.time(), set()
     try:
         for row in runs:
             rows[row["study"]] = row
+            seen.add(row["study"])
             if time.monotonic() - last >= max(TABLE_WRITE_S, 20 * cost):
                 t0 = time.monotonic()
                 _write_table(table, rows)
                 last, cost = time.monotonic(), time.monotonic() - t0
-    finally:  # also when interrupted: the table holds every study finished so far (also
-        # those whose workers finished while the batch was stopping)
+    finally:  # also when interrupted: the table holds every study finished so far, those
+        # whose workers finished while the batch was stopping too (a report written by this
+        # run, never an earlier one)
         runs.close()
         for name, s in todo:
-            if rows.get(name, {}).get("status") != "done":
-                report = _finished_report(outdir / name / "report.json")
-                if report is not None and (report.get("meta") or {}).get("model") == current_model:
-                    rows[name] = _row(name, report, input_name=name_text(s.name))
+            rep = outdir / name / "report.json"
+            if name in seen or not rep.exists() or rep.stat().st_mtime < started:
+                continue
+            report = _finished_report(rep)
+            if report is not None:
+                rows[name] = _row(name, report, input_name=name_text(s.name))
         _write_table(table, rows)
     return table
 

@@ -184,7 +184,7 @@ HYPERTROPHY_WALL_MM = 15.0
 
 #: What the reports show in the range column of an index without a normal range.
 RANGE_NOTES: dict[str, str] = {
-    "lv_max_wall_thickness_ed_mm": f"hypertrophy from {HYPERTROPHY_WALL_MM:g} (ESC 2014)",
+    "lv_max_wall_thickness_ed_mm": f"≥ {HYPERTROPHY_WALL_MM:g}: hypertrophy (ESC)",
 }
 
 

@@ -416,8 +416,11 @@ def _phase_checks(
     out: _Collector,
     spread: np.ndarray | None = None,
     slice_note: float = DISAGREEMENT_SLICE_NOTE,
+    gaps: frozenset[int] = frozenset(),
 ) -> tuple[list[dict], dict[str, Any]]:
-    """Per-slice and 3D checks of one phase; ``lab`` is (Z, A, B) with the slice axis first."""
+    """Per-slice and 3D checks of one phase; ``lab`` is (Z, A, B) with the slice axis first.
+    ``gaps``: slices without images (given as a copy of a neighbour, so that the 3D checks see
+    one heart): no area change is measured across them, and their rows say ``no_images``."""
     nz = lab.shape[0]
     px_area = pix_mm[0] * pix_mm[1]
     areas = {s: np.count_nonzero(lab == s, axis=(1, 2)) * px_area for s in (LV, MYO, RV)}
@@ -513,7 +516,7 @@ def _phase_checks(
         peak = float(a.max())
         for z in range(present[0] + 1, present[-1] - 1):
             a0, a1 = float(a[z]), float(a[z + 1])
-            if a0 == 0 or a1 == 0 or max(a0, a1) < AREA_MIN_MM2:
+            if a0 == 0 or a1 == 0 or max(a0, a1) < AREA_MIN_MM2 or {z, z + 1} & gaps:
                 continue
             rel = abs(a1 - a0) / max(a0, a1)
             if rel > limit and abs(a1 - a0) > limit_peak * peak:
@@ -595,6 +598,13 @@ def _phase_checks(
                 if value >= slice_note:
                     rows[z]["flags"].append("disagreement")
     metrics["areas_mm2"] = {_SHORT[s]: [float(v) for v in areas[s]] for s in areas}
+    for z in gaps:  # nothing was measured there
+        if 0 <= z < nz:
+            rows[z] = {**rows[z], "lv_mm2": 0.0, "myo_mm2": 0.0, "rv_mm2": 0.0}
+            rows[z].update({k: None for k in ("myo_enclosure", "rv_touches_myo", "mean_entropy")})
+            rows[z].update(
+                uncertain_fraction=None, disagreement=None, fragments={}, flags=["no_images"]
+            )
     return rows, metrics
 
 
@@ -752,6 +762,7 @@ def assess_quality(
             out,
             spread,
             calibration.disagreement_slice_note,
+            frozenset(int(k) for k in missing_slices),
         )
         per_slice.extend(rows)
         metrics[name] = m
@@ -922,7 +933,7 @@ def assess_quality(
         for row in per_slice:
             if row["slice"] in set(excluded.get(row["phase"], ())):
                 row["excluded"] = True
-                row["flags"] = []
+                row["flags"] = [f for f in row["flags"] if f == "no_images"]
     score = _combine(out.issues)
     status, metrics["major_score"], metrics["minor_score"] = status_from_issues(
         [(i.kind, i.weight) for i in out.issues]

@@ -771,10 +771,17 @@ def _write_pdf(
             fig.text(0.07, y, "About the input", fontsize=10, weight="bold", color="#b9770e")
             y -= 0.02
             y = _pdf_bullets(fig, notes[:10], y)
+            notes = []
         for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
             fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
         pdf.savefig(fig)
         plt.close(fig)
+        if notes:  # no room left on the first page: a page of their own, never left out
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.07, 0.95, "About the input", fontsize=12, weight="bold", color="#b9770e")
+            _pdf_bullets(fig, notes[:10], 0.92)
+            pdf.savefig(fig)
+            plt.close(fig)
         if "overlay" in figures:
             img = plt.imread(figures["overlay"])
             fig = plt.figure(figsize=(8.27, 11.69))

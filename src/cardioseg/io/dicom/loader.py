@@ -343,7 +343,11 @@ def _assemble(
     if np.any(np.abs(gaps - dz) > GAP_TOL * dz):
         # a regular stack with missing slices: its step is the median gap, or the smallest
         # gap when the missing ones are many (8, 16 mm: the median 12 fits neither)
-        for step in (dz, float(gaps.min())):
+        smallest = float(gaps.min())
+        steps = [dz]
+        if np.mean(np.abs(gaps - smallest) <= GAP_TOL * smallest) >= 0.5:
+            steps.append(smallest)  # the usual gap, where most gaps are one step
+        for step in steps:
             places = _grid_places(positions, step)
             if places is not None:
                 grid, dz = places, step
