@@ -816,24 +816,28 @@ def test_extraction_folders_of_killed_runs_are_removed(tmp_path, monkeypatch):
 # warnings
 
 
-def test_a_missing_slice_is_left_empty_on_a_regular_grid(tmp_path):
-    """A stack with no images at one position (gaps 8, 8, 16, 8 mm): the slices after the gap
-    keep their real place in the affine (they were one gap off), the missing one is empty."""
-    study = new_study()
-    uid = generate_uid()
-    ks = [0, 1, 2, 4, 5]
+def _stack_at(folder: Path, ks: list[float]) -> None:
+    """One cine series with slices at ``ipp(k)`` for each ``k`` (steps of STEP mm); the
+    pixels of slice ``k`` encode ``round(k)``."""
+    study, uid = new_study(), generate_uid()
     for k_idx, k in enumerate(ks):
         for t in range(N_PHASES):
             write_image(
-                tmp_path / "d" / f"{k_idx}_{t}",
+                folder / f"{k_idx}_{t}",
                 study,
                 k=k,
                 t=t,
                 series_uid=uid,
                 instance=k_idx * 10 + t + 1,
                 trigger=30.0 * t,
-                value_k=k,
+                value_k=round(k),
             )
+
+
+def test_a_missing_slice_is_left_empty_on_a_regular_grid(tmp_path):
+    """A stack with no images at one position (gaps 8, 8, 16, 8 mm): the slices after the gap
+    keep their real place in the affine (they were one gap off), the missing one is empty."""
+    _stack_at(tmp_path / "d", [0, 1, 2, 4, 5])
     img, props, meta = load_cine(tmp_path / "d")
     assert img.shape == (COLS, ROWS, 6, N_PHASES)
     assert meta.missing_slices == [3] and meta.n_slices == 6 and meta.irregular_gaps == ""
@@ -854,19 +858,7 @@ def test_a_missing_slice_is_left_empty_on_a_regular_grid(tmp_path):
 def test_an_off_grid_slice_is_not_taken_for_a_finer_grid(tmp_path):
     """Positions 0, 8, 16, 20, 28 mm: one slice off the 8 mm grid, not a 4 mm stack with three
     missing slices (which would halve every volume)."""
-    study = new_study()
-    uid = generate_uid()
-    for k_idx, k in enumerate([0, 1, 2, 2.5, 3.5]):
-        for t in range(N_PHASES):
-            write_image(
-                tmp_path / "d" / f"{k_idx}_{t}",
-                study,
-                k=k,
-                t=t,
-                series_uid=uid,
-                instance=k_idx * 10 + t + 1,
-                trigger=30.0 * t,
-            )
+    _stack_at(tmp_path / "d", [0, 1, 2, 2.5, 3.5])
     img, _, meta = load_cine(tmp_path / "d")
     assert img.shape[2] == 5 and meta.missing_slices == []
     assert meta.slice_spacing_mm == pytest.approx(STEP, abs=1e-3)
