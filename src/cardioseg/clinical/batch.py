@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cardioseg.errors import CardiosegError
+from cardioseg.io.locking import LOCK_NAME, lock_folder
 from cardioseg.io.nifti import atomic_write, is_nifti
 
 log = logging.getLogger("cardioseg.batch")
@@ -356,7 +357,7 @@ def run_batch(
     if (
         outdir.resolve().parent == Path(root).resolve()
         and outdir.is_dir()
-        and any(outdir.iterdir())
+        and any(p.name != LOCK_NAME for p in outdir.iterdir())  # a lock alone: this batch's
         and not (outdir / "results.csv").is_file()
     ):  # a folder in the studies folder that is not this batch's output: a study
         raise CardiosegError(
@@ -379,8 +380,6 @@ def run_batch(
 
     current_model = model_description(checkpoint_members(model))
     outdir.mkdir(parents=True, exist_ok=True)
-    from cardioseg.io.locking import lock_folder
-
     lock = lock_folder(outdir, "output folder in use by another analyze-batch")
     try:
         return _run_batch_locked(
