@@ -221,8 +221,14 @@ def test_analyze_dicom_with_a_missing_slice(tmp_path, tiny_checkpoint):
     assert not any("slice 2:" in r for r in report["qc"]["reasons"]), report["qc"]["reasons"]
     assert not any("fragment" in r for r in report["qc"]["reasons"]), report["qc"]["reasons"]
     for phase in ("ED", "ES"):
-        mask = np.asarray(nib.load(str(out / f"mask_{phase}.nii.gz")).dataobj)
+        img = nib.load(str(out / f"mask_{phase}.nii.gz"))
+        mask = np.asarray(img.dataobj)
         assert mask.shape[2] == 4 and not mask[:, :, 2].any() and mask.any()
+        # the volumes count the empty slice as the mean of its neighbours' areas
+        voxel = float(np.prod(img.header.get_zooms()[:3])) / 1000
+        lv = [np.count_nonzero(mask[:, :, k] == 1) for k in range(4)]
+        expected = (sum(lv) + (lv[1] + lv[3]) / 2) * voxel
+        assert report[f"lv_{phase.lower()}v_ml"] == pytest.approx(expected, abs=1e-3)
     sources = {
         pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID
         for p in (tmp_path / "dcm").iterdir()

@@ -537,7 +537,13 @@ def analyze_study(
     # the curve stays the per-frame pass that ED and ES were chosen on; the reported ED/ES
     # volumes (test-time augmentation, exclusions) are the indices, marked on the plot
     indices = compute_indices(
-        labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg, heart_rate_bpm
+        labels[..., ed_i],
+        labels[..., es_i],
+        spacing,
+        height_cm,
+        weight_kg,
+        heart_rate_bpm,
+        missing_slices=missing,
     )
     # the thickest point of the ED myocardium (>= 15 mm: the adult hypertrophy criterion)
     from cardioseg.clinical.features import wall_thickness

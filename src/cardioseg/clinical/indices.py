@@ -245,6 +245,29 @@ def _ef(edv: float, esv: float) -> float:
     return (edv - esv) / edv * 100.0 if edv > 0 else float("nan")
 
 
+def _volume_with_gaps(
+    label: np.ndarray, spacing: Sequence[float], value: int, gaps: Sequence[int]
+) -> float:
+    """:func:`volume_ml`, where each slice of ``gaps`` (slices without images, along the slice
+    axis) counts the mean area of its two neighbours (the discs method's linear interpolation);
+    a gap at either end of the stack counts nothing."""
+    if not len(gaps):
+        return volume_ml(label, spacing, value)
+    from cardioseg.preprocessing import slice_axis
+
+    arr = np.asarray(label)
+    axis = slice_axis(tuple(float(v) for v in spacing[:3]), arr.shape)
+    per_slice = np.count_nonzero(np.moveaxis(arr, axis, 0) == value, axis=(1, 2)).astype(float)
+    missing = set(int(k) for k in gaps)
+    filled = per_slice.copy()
+    for k in missing:
+        below = [j for j in range(k - 1, -1, -1) if j not in missing]
+        above = [j for j in range(k + 1, per_slice.size) if j not in missing]
+        if below and above:
+            filled[k] = (per_slice[below[0]] + per_slice[above[0]]) / 2.0
+    return float(filled.sum()) * _voxel_ml(spacing)
+
+
 def compute_indices(
     ed_label: np.ndarray,
     es_label: np.ndarray,
@@ -252,6 +275,7 @@ def compute_indices(
     height_cm: float | None = None,
     weight_kg: float | None = None,
     heart_rate_bpm: float | None = None,
+    missing_slices: Sequence[int] = (),
 ) -> dict[str, float]:
     """Ventricular volumes, stroke volumes, ejection fractions and LV mass.
 
@@ -264,6 +288,9 @@ def compute_indices(
         heart_rate_bpm: Heart rate during the acquisition; adds ``heart_rate_bpm``, the LV
             cardiac output ``lv_co_l_min`` (stroke volume × heart rate) and, with height and
             weight, the cardiac index ``lv_ci_l_min_m2``.
+        missing_slices: Slices the stack has no images for (left empty in the labels); each
+            counts the mean of its neighbours' areas, as clinical software interpolates a
+            missing disc.
 
     Returns:
         ``lv_edv_ml, lv_esv_ml, lv_sv_ml, lv_ef_pct, rv_edv_ml, rv_esv_ml, rv_sv_ml, rv_ef_pct,
@@ -279,10 +306,10 @@ def compute_indices(
     es_label = np.asarray(es_label)
     if ed_label.shape != es_label.shape:
         raise ValueError(f"ED shape {ed_label.shape} differs from ES shape {es_label.shape}")
-    lv_edv = volume_ml(ed_label, spacing, LV)
-    lv_esv = volume_ml(es_label, spacing, LV)
-    rv_edv = volume_ml(ed_label, spacing, RV)
-    rv_esv = volume_ml(es_label, spacing, RV)
+    lv_edv = _volume_with_gaps(ed_label, spacing, LV, missing_slices)
+    lv_esv = _volume_with_gaps(es_label, spacing, LV, missing_slices)
+    rv_edv = _volume_with_gaps(ed_label, spacing, RV, missing_slices)
+    rv_esv = _volume_with_gaps(es_label, spacing, RV, missing_slices)
     out: dict[str, float] = {
         "lv_edv_ml": lv_edv,
         "lv_esv_ml": lv_esv,
@@ -292,7 +319,8 @@ def compute_indices(
         "rv_esv_ml": rv_esv,
         "rv_sv_ml": rv_edv - rv_esv,
         "rv_ef_pct": _ef(rv_edv, rv_esv),
-        "lv_mass_g": volume_ml(ed_label, spacing, MYO) * MYOCARDIAL_DENSITY_G_ML,
+        "lv_mass_g": _volume_with_gaps(ed_label, spacing, MYO, missing_slices)
+        * MYOCARDIAL_DENSITY_G_ML,
     }
     if height_cm is not None and weight_kg is not None:
         bsa = bsa_mosteller(float(height_cm), float(weight_kg))

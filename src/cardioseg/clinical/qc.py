@@ -709,7 +709,7 @@ def assess_quality(
             labels and volumes assume a regular stack, so it asks for review.
         missing_slices: Slices where the stack has no images (the loader's
             :attr:`~cardioseg.io.dicom.CineMeta.missing_slices`, left empty): they ask for
-            review, since the volumes leave them out. Pass them in ``excluded`` too, so that
+            review, since the volumes interpolate them. Pass them in ``excluded`` too, so that
             the empty slices are not also reported as missing structures.
 
     Returns:
@@ -815,8 +815,8 @@ def assess_quality(
         out.add(
             "slice_gaps",
             f"no images at slice{'s' if many else ''} "
-            f"{', '.join(map(str, missing_slices))} (a gap in the stack): the volumes leave "
-            f"{'them' if many else 'it'} out",
+            f"{', '.join(map(str, missing_slices))} (a gap in the stack): the volumes "
+            f"interpolate {'their areas' if many else 'its area'} from the neighbouring slices",
         )
     if irregular_stack:
         out.add(

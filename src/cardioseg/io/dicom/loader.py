@@ -359,8 +359,8 @@ def _assemble(
             warn.append(
                 f"no images at slice position{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(map(str, missing))} of a regular {dz:.2f} mm stack (a gap in "
-                "the acquisition): left empty in the image and the masks, not counted in the "
-                "volumes"
+                "the acquisition): left empty in the image and the masks; the volumes "
+                "interpolate it from the neighbouring slices"
             )
         else:
             grid = np.arange(n_z)
