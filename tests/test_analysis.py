@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import time
@@ -128,11 +129,12 @@ def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):
     assert not (out / "masks_cine.nii.gz").exists()  # a pair has no cine
 
 
-def _dicom_phantom_cine(folder: Path, without_slice: int | None = None) -> dict:
+def _dicom_phantom_cine(folder: Path, without_slice: int | None = None, **study_kw) -> dict:
     """A 4-slice x 5-phase DICOM cine of the synthetic phantom (Siemens style); with
-    ``without_slice`` the files of that slice are left out (a gap in the stack)."""
+    ``without_slice`` the files of that slice are left out (a gap in the stack);
+    ``study_kw`` go to :func:`new_study` (e.g. ``age="012Y"``)."""
     cine = _small_cine(seed=3, frames=5)
-    study = new_study(vendor="SIEMENS")
+    study = new_study(vendor="SIEMENS", **study_kw)
     uid = pydicom.uid.generate_uid()
     scaled = cine.image / cine.image.max() * 1000.0
     n = 0
@@ -247,6 +249,26 @@ def test_analyze_dicom_with_a_missing_slice(tmp_path, tiny_checkpoint):
         + ["--no-pdf", "--exclude", "ES:2"]
     )
     _assert_clean_failure(res, "slice 2 has no images to take out")
+
+
+def test_a_child_by_dicom_age_is_told_the_ranges_are_adults(tmp_path, tiny_checkpoint, caplog):
+    """PatientAge under 18 (a child of adult height, 172 cm here): the report notes that the
+    adult normal ranges do not apply; the age itself is written nowhere (notes are logged)."""
+    from cardioseg.clinical.analysis import analyze_study
+    from cardioseg.inference import Segmenter
+
+    _dicom_phantom_cine(tmp_path / "dcm", age="012Y")
+    with caplog.at_level(logging.DEBUG):
+        report = analyze_study(
+            tmp_path / "out",
+            study=tmp_path / "dcm",
+            segmenter=Segmenter(tiny_checkpoint),
+            write_pdf=False,
+        )
+    note = "PatientAge under 18 years: the normal ranges in this report are adults'"
+    assert any(w.startswith(note) for w in report["meta"]["warnings"])
+    for text in (json.dumps(report), caplog.text):
+        assert "012Y" not in text and "12 years" not in text and "age_years" not in text
 
 
 def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):

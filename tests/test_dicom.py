@@ -86,6 +86,8 @@ def _base(ds: Dataset, study: dict, sop_class: str, sop_uid: str) -> None:
     ds.PatientSize = "1.72"
     ds.PatientWeight = "68"
     ds.PatientSex = study.get("sex", "F")
+    if "age" in study:
+        ds.PatientAge = study["age"]
     ds.NominalInterval = "857"  # R-R interval (ms): 70 beats a minute
     ds.StudyInstanceUID = study["study_uid"]
     ds.FrameOfReferenceUID = study["for_uid"]

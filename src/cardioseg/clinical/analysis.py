@@ -31,8 +31,10 @@ log = logging.getLogger("cardioseg.analyze")
 
 #: Fewest short-axis slices from which ventricular volumes are measured.
 MIN_SLICES = 3
-#: Below this height (cm) the report notes that its (adult) normal ranges do not apply.
+#: Below this height (cm), or this age (years, from a DICOM PatientAge), the report notes that
+#: its (adult) normal ranges do not apply.
 ADULT_MIN_HEIGHT_CM = 140.0
+ADULT_AGE_YEARS = 18.0
 
 
 @dataclass
@@ -95,6 +97,8 @@ def load_study(
         body["weight_kg"] = float(meta.patient_weight_kg)
     if getattr(meta, "patient_sex", None):
         body["sex"] = meta.patient_sex
+    if getattr(meta, "patient_age_years", None) is not None:
+        body["age_years"] = float(meta.patient_age_years)
     if getattr(meta, "heart_rate_bpm", None):
         body["heart_rate_bpm"] = float(meta.heart_rate_bpm)
     return Study(image, props, str(path), "dicom", dicom_meta=meta, meta=body)
@@ -511,7 +515,13 @@ def analyze_study(
         sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
-    if height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM:
+    age = st.meta.get("age_years")
+    if age is not None and age < ADULT_AGE_YEARS:
+        notes.append(  # the age itself is not written: notes are logged too
+            f"PatientAge under {ADULT_AGE_YEARS:.0f} years: the normal ranges in this report "
+            "are adults'; they do not apply to a child"
+        )
+    elif height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM:
         notes.append(
             f"height {height_cm:.0f} cm: the normal ranges in this report are adults'; they do "
             "not apply to a child"

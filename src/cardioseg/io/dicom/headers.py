@@ -251,6 +251,7 @@ class CineMeta:
         patient_height_m: PatientSize in metres, if present and plausible.
         patient_weight_kg: PatientWeight in kg, if present and plausible.
         patient_sex: PatientSex as recorded (``"M"``, ``"F"``, ``"O"``) or ``None``.
+        patient_age_years: PatientAge in years, if present and well formed.
         source_headers: ``[k][t]`` pydicom datasets without pixel data (for DICOM SEG).
         missing_slices: Slices of the regular grid where the stack has no images (a gap of
             whole slice steps in the acquisition). They are empty (zero) in the array, and
@@ -287,6 +288,7 @@ class CineMeta:
     patient_height_m: float | None = field(default=None, repr=False)
     patient_weight_kg: float | None = field(default=None, repr=False)
     patient_sex: str | None = field(default=None, repr=False)
+    patient_age_years: float | None = field(default=None, repr=False)
     source_headers: list[list[Any]] = field(default_factory=list, repr=False, compare=False)
     missing_slices: list[int] = field(default_factory=list)
     irregular_gaps: str = ""
@@ -599,6 +601,21 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     return frames
 
 
+def age_years(value: str) -> float | None:
+    """A DICOM PatientAge (``"045Y"``, ``"018M"``, ``"003W"``, ``"010D"``) in years, or
+    ``None`` when absent or malformed.
+
+    Example:
+        >>> age_years("045Y"), age_years("018M"), age_years(""), age_years("45")
+        (45.0, 1.5, None, None)
+    """
+    match = re.fullmatch(r"\s*(\d{1,3})\s*([DWMY])\s*", value or "")
+    if not match:
+        return None
+    per_year = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}[match.group(2)]
+    return int(match.group(1)) / per_year
+
+
 def _header_values(ds: Any) -> dict[str, Any]:
     """Non-identifying series-level values kept for the report."""
     return {
@@ -614,6 +631,7 @@ def _header_values(ds: Any) -> dict[str, Any]:
         "height": _float(ds.get("PatientSize")),
         "weight": _float(ds.get("PatientWeight")),
         "sex": _str(ds.get("PatientSex", "")).strip().upper() or None,
+        "age_years": age_years(_str(ds.get("PatientAge", ""))),
         "image_type": [str(v).upper() for v in (ds.get("ImageType") or [])],
     }
 

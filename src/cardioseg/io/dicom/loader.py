@@ -456,6 +456,7 @@ def _assemble(
         patient_height_m=_plausible(height, *(h / 100.0 for h in HEIGHT_CM_RANGE)),
         patient_weight_kg=_plausible(hdr.get("weight"), *WEIGHT_KG_RANGE),
         patient_sex=hdr.get("sex"),
+        patient_age_years=hdr.get("age_years"),
         source_headers=on_grid(headers, [None] * n_t),
     )
     props = ImageProperties(
