@@ -289,22 +289,6 @@ def _present_slices(study: Study) -> list[int] | slice:
     return [k for k in range(study.image.shape[2]) if k not in missing]
 
 
-def _from_neighbours(arr: np.ndarray, missing: list[int], axis: int) -> np.ndarray:
-    """A copy of ``arr`` whose ``missing`` slices along ``axis`` repeat the nearest present
-    slice: what the QC sees at a gap in the stack, so that the gap does not split the heart
-    into "fragments" (the volumes are counted without it)."""
-    out = np.array(arr, copy=True)
-    present = [k for k in range(arr.shape[axis]) if k not in set(missing)]
-    for k in missing:
-        near = min(present, key=lambda j: (abs(j - k), j))
-        index = [slice(None)] * arr.ndim
-        index[axis] = k
-        source = [slice(None)] * arr.ndim
-        source[axis] = near
-        out[tuple(index)] = arr[tuple(source)]
-    return out
-
-
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
     """Labels of every frame. Where the stack has a gap, the slices on either side are
     segmented as neighbours (as the stack was acquired) and the gap stays empty."""
@@ -533,10 +517,7 @@ def analyze_study(
             "surface area"
         )
     missing = _missing_slices(st)
-    produced = {  # what the QC judges: at a gap in the stack, the nearest slice again
-        "ED": _from_neighbours(labels[..., ed_i], missing, axis=axis),
-        "ES": _from_neighbours(labels[..., es_i], missing, axis=axis),
-    }
+    produced = {"ED": labels[..., ed_i].copy(), "ES": labels[..., es_i].copy()}
     if exclusions:
         if ed_i == es_i:
             raise CardiosegError(st.source, "slice exclusions need distinct ED and ES frames")
@@ -569,17 +550,12 @@ def analyze_study(
     for ex in exclusions:  # whole slices only: a slice's other structures still count
         if ex.structures == "all":
             excluded.setdefault(ex.phase, []).append(ex.slice)
-    for phase in ("ED", "ES") if missing else ():  # the stack's own gap, said once below
-        excluded.setdefault(phase, []).extend(missing)
     qc = assess_quality(
         produced["ED"],
         produced["ES"],
         spacing,
-        probabilities={k: _from_neighbours(v, missing, axis=1 + axis) for k, v in probs.items()},
-        disagreement={
-            k: None if v is None else _from_neighbours(v, missing, axis=axis)
-            for k, v in spread.items()
-        },
+        probabilities={"ED": probs["ED"], "ES": probs["ES"]},
+        disagreement=spread,
         calibration=calibration,
         excluded=excluded,
         counted={"ED": labels[..., ed_i], "ES": labels[..., es_i]},

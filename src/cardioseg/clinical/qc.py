@@ -366,6 +366,23 @@ def _only_about(text: str, excluded: Mapping[str, Sequence[int]]) -> bool:
     return named <= set(excluded.get(m.group(1), ()))
 
 
+def _fill_gaps(arr: np.ndarray, gaps: Sequence[int], axis: int) -> np.ndarray:
+    """A copy of ``arr`` whose ``gaps`` along ``axis`` repeat the nearest other slice (the
+    lower one on a tie).
+
+    Example:
+        >>> _fill_gaps(np.array([1, 0, 0, 4]), [1, 2], axis=0).tolist()
+        [1, 1, 4, 4]
+    """
+    out = np.array(arr, copy=True)
+    missing = set(gaps)
+    present = [k for k in range(arr.shape[axis]) if k not in missing]
+    for k in gaps:
+        near = min(present, key=lambda j: (abs(j - k), j))
+        out[(slice(None),) * axis + (k,)] = arr[(slice(None),) * axis + (near,)]
+    return out
+
+
 def _combine(issues: Sequence[_Issue]) -> float:
     """Issue weights combined as independent evidence, ``1 - prod(1 - w)``."""
     score = 1.0 - float(np.prod([1.0 - min(1.0, max(0.0, i.weight)) for i in issues]))
@@ -708,9 +725,11 @@ def assess_quality(
             (:attr:`~cardioseg.io.dicom.CineMeta.irregular_gaps`, ``""`` when regular). The
             labels and volumes assume a regular stack, so it asks for review.
         missing_slices: Slices where the stack has no images (the loader's
-            :attr:`~cardioseg.io.dicom.CineMeta.missing_slices`, left empty): they ask for
-            review, since the volumes interpolate them. Pass them in ``excluded`` too, so that
-            the empty slices are not also reported as missing structures.
+            :attr:`~cardioseg.io.dicom.CineMeta.missing_slices`, left empty in the labels):
+            they ask for review, since the volumes interpolate them. The checks judge each as
+            a copy of its nearest slice, so that a gap neither splits the heart into
+            "fragments" nor reads as missing structures, and set it aside like a slice the
+            reader took out; the volume checks count it empty.
 
     Returns:
         :class:`QCResult`.
@@ -745,6 +764,12 @@ def assess_quality(
     for name, d in spreads.items():
         if d.shape != ed_label.shape:
             raise ValueError(f"{name} disagreement has shape {d.shape}, expected {ed_label.shape}")
+    gaps = sorted({int(k) for k in missing_slices})
+    if gaps:  # judged as if each gap held its nearest slice; set aside like a reader's exclusion
+        phases = {n: _fill_gaps(lab, gaps, axis) for n, lab in phases.items()}
+        probs = {n: _fill_gaps(p, gaps, axis + 1) for n, p in probs.items()}
+        spreads = {n: _fill_gaps(d, gaps, axis) for n, d in spreads.items()}
+        excluded = {n: [*(excluded or {}).get(n, ()), *gaps] for n in phases}
 
     out = _Collector()
     per_slice: list[dict] = []
@@ -762,7 +787,7 @@ def assess_quality(
             out,
             spread,
             calibration.disagreement_slice_note,
-            frozenset(int(k) for k in missing_slices),
+            frozenset(gaps),
         )
         per_slice.extend(rows)
         metrics[name] = m
@@ -842,9 +867,10 @@ def assess_quality(
     rv_edv = volume_ml(ed_label, spacing, RV)
     if rv_edv < RV_MIN_ML:
         out.add("rv_absent", "RV not found (or nearly empty) at end-diastole")
+    lv_esv = volume_ml(es_label, spacing, LV) if es_label is not None else None
     if es_label is not None:
         rv_esv = volume_ml(es_label, spacing, RV)
-        if lv_edv > 0 and volume_ml(es_label, spacing, LV) == 0:
+        if lv_edv > 0 and lv_esv == 0:
             out.add("lv_absent", "no LV found at end-systole")
         if rv_esv < RV_MIN_ML <= rv_edv:
             out.add("rv_absent", "RV not found (or nearly empty) at end-systole")
@@ -861,8 +887,7 @@ def assess_quality(
                     "rvef_range",
                     f"RV ejection fraction {rv_ef:.1f} % above the plausible {RVEF_MAX_PCT:.0f} %",
                 )
-    if es_label is not None and lv_edv > 0:
-        lv_esv = volume_ml(es_label, spacing, LV)
+    if es_label is not None and lv_esv is not None and lv_edv > 0:
         ef = (lv_edv - lv_esv) / lv_edv * 100
         metrics["lv_esv_ml"] = lv_esv
         metrics["lv_ef_pct"] = ef
