@@ -339,31 +339,20 @@ def _assemble(
     gaps = np.diff(positions)
     dz = float(np.median(gaps))
     grid = np.arange(n_z)  # the place of each slice on the regular grid of the affine
+    missing_slices: list[int] = []
     irregular = ""
     if np.any(np.abs(gaps - dz) > GAP_TOL * dz):
-        # a regular stack with missing slices: its step is the median gap, or the smallest
-        # gap when the missing ones are many (8, 16 mm: the median 12 fits neither)
-        smallest = float(gaps.min())
-        steps = [dz]
-        if np.mean(np.abs(gaps - smallest) <= GAP_TOL * smallest) >= 0.5:
-            steps.append(smallest)  # the usual gap, where most gaps are one step
-        for step in steps:
-            places = _grid_places(positions, step)
-            if places is not None:
-                grid, dz = places, step
-                break
-        else:
-            places = None
-        if places is not None:
-            missing = sorted(set(range(int(grid[-1]) + 1)) - set(grid.tolist()))
+        found = _regular_grid(positions, gaps, dz)
+        if found is not None:
+            grid, dz = found
+            missing_slices = sorted(set(range(int(grid[-1]) + 1)) - set(grid.tolist()))
             warn.append(
-                f"no images at slice position{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(map(str, missing))} of a regular {dz:.2f} mm stack (a gap in "
-                "the acquisition): left empty in the image and the masks; the volumes "
+                f"no images at slice position{'s' if len(missing_slices) > 1 else ''} "
+                f"{', '.join(map(str, missing_slices))} of a regular {dz:.2f} mm stack (a gap "
+                "in the acquisition): left empty in the image and the masks; the volumes "
                 "interpolate it from the neighbouring slices"
             )
         else:
-            grid = np.arange(n_z)
             irregular = (
                 "irregular slice gaps ("
                 + ", ".join(f"{g:.2f}" for g in gaps)
@@ -397,7 +386,6 @@ def _assemble(
     rows, cols = ref.rows, ref.columns
     array, headers = _read_pixels(ordered, (cols, rows), show)
     n_grid = int(grid[-1]) + 1
-    missing_slices = sorted(set(range(n_grid)) - set(grid.tolist()))
     if missing_slices:  # empty slices where the stack has a gap: the affine stays right
         full = np.zeros((*array.shape[:2], n_grid, array.shape[3]), array.dtype)
         full[:, :, grid] = array
@@ -497,6 +485,24 @@ def _check_one_patient(series: Sequence[SeriesInfo], where: str) -> None:
 #: The part of a warning that names a file of the study (``" (first: IM0001)"``): exports are
 #: often named after the patient, so logs leave it out.
 _FIRST_FILE = re.compile(r" \(first: .*\)$")
+
+
+def _regular_grid(
+    positions: np.ndarray, gaps: np.ndarray, median: float
+) -> tuple[np.ndarray, float] | None:
+    """The places (:func:`_grid_places`) and step of a stack that is regular but for missing
+    slices, or ``None``. The step is the median gap, or the smallest gap where most gaps
+    equal it (8, 16 mm: the median 12 fits neither).
+    """
+    smallest = float(gaps.min())
+    steps = [median]
+    if np.mean(np.abs(gaps - smallest) <= GAP_TOL * smallest) >= 0.5:
+        steps.append(smallest)
+    for step in steps:
+        places = _grid_places(positions, step)
+        if places is not None:
+            return places, step
+    return None
 
 
 def _grid_places(positions: np.ndarray, step: float) -> np.ndarray | None:
