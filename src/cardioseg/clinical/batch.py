@@ -11,6 +11,7 @@ the studies whose exclusions differ from those in their ``report.json`` and skip
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -380,22 +381,82 @@ def run_batch(
 
     current_model = model_description(checkpoint_members(model))
     outdir.mkdir(parents=True, exist_ok=True)
-    lock = lock_folder(outdir, "output folder in use by another analyze-batch")
-    try:
-        return _run_batch_locked(
-            studies,
-            outdir,
-            current_model,
-            workers,
-            model,
-            ray_address,
-            progress,
-            wanted,
-            roi,
-            write_pdf,
-        )
-    finally:
-        lock.close()
+    with contextlib.closing(lock_folder(outdir, "output folder in use by another analyze-batch")):
+        _remove_partial_results(outdir, list(studies))
+        table = outdir / "results.csv"
+        rows: dict[str, dict] = {}
+        inputs: dict[str, str] = {}  # the input each name stood for in the previous run
+
+        def same_input(name: str) -> bool:  # the name stands for the input it stood for last time
+            return inputs.get(name) in (None, "", name_text(studies[name].name))
+
+        if table.exists():  # keep the failures of studies still there (retried below); finished
+            # studies' rows are made again from their reports, and the rows of studies no longer
+            # in the folder, or of another model's results, are dropped
+            with open(table, newline="", encoding="utf-8") as fh:
+                old_rows = list(csv.DictReader(fh))
+            inputs.update({r["study"]: r.get("input") or "" for r in old_rows if r.get("study")})
+            rows = {
+                r["study"]: r
+                for r in old_rows
+                if r.get("study") in studies
+                and r.get("status") == "failed"
+                and same_input(r["study"])
+            }
+        todo: list[tuple[str, Path]] = []
+        other_model = 0
+        for name, s in studies.items():
+            report = _finished_report(outdir / name / "report.json")
+            if not same_input(name):  # the name now stands for another input
+                report = None
+            same_model = (
+                report is not None and (report.get("meta") or {}).get("model") == current_model
+            )
+            other_model += report is not None and not same_model
+            if same_model and (
+                wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
+            ):
+                rows[name] = _row(name, report, input_name=name_text(s.name))
+            else:
+                todo.append((name, s))
+        _write_table(table, rows)
+        log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
+        if other_model:
+            # one table, one model: a resumed batch never mixes results of two models
+            log.warning(
+                "%d finished studies were analysed with another model (or a version that did not "
+                "record it): analysed again with %s",
+                other_model,
+                current_model,
+            )
+        options = {"checkpoint": model, "roi": roi}
+        runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
+        # the table is written again as studies finish, but not after every one: rewriting it
+        # costs time in proportion to its length (26 ms at 500 rows), so the writes are spaced to
+        # keep that under about 5 % of the batch; the finished studies' reports are on disk anyway
+        last, cost = time.monotonic(), 0.0
+        started, seen = time.time(), set()
+        try:
+            for row in runs:
+                rows[row["study"]] = row
+                seen.add(row["study"])
+                if time.monotonic() - last >= max(TABLE_WRITE_S, 20 * cost):
+                    t0 = time.monotonic()
+                    _write_table(table, rows)
+                    last, cost = time.monotonic(), time.monotonic() - t0
+        finally:  # also when interrupted: the table holds every study finished so far, those
+            # whose workers finished while the batch was stopping too (a report written by this
+            # run, never an earlier one)
+            runs.close()
+            for name, s in todo:
+                rep = outdir / name / "report.json"
+                if name in seen or not rep.exists() or rep.stat().st_mtime < started:
+                    continue
+                report = _finished_report(rep)
+                if report is not None:
+                    rows[name] = _row(name, report, input_name=name_text(s.name))
+            _write_table(table, rows)
+        return table
 
 
 def _remove_partial_results(outdir: Path, names: Sequence[str]) -> None:
@@ -408,91 +469,6 @@ def _remove_partial_results(outdir: Path, names: Sequence[str]) -> None:
         for partial in outdir.glob(f".{glob.escape(name)}.*"):
             if partial.is_dir() and not partial.is_symlink():
                 shutil.rmtree(partial, ignore_errors=True)
-
-
-def _run_batch_locked(
-    studies: dict[str, Path],
-    outdir: Path,
-    current_model: str,
-    workers: int,
-    model: str | None,
-    ray_address: str | None,
-    progress: bool,
-    wanted: dict[str, list[str]] | None,
-    roi: bool | None,
-    write_pdf: bool,
-) -> Path:
-    _remove_partial_results(outdir, list(studies))
-    table = outdir / "results.csv"
-    rows: dict[str, dict] = {}
-    inputs: dict[str, str] = {}  # the input each name stood for in the previous run
-
-    def same_input(name: str) -> bool:  # the name stands for the input it stood for last time
-        return inputs.get(name) in (None, "", name_text(studies[name].name))
-
-    if table.exists():  # keep the failures of studies still there (retried below); finished
-        # studies' rows are made again from their reports, and the rows of studies no longer
-        # in the folder, or of another model's results, are dropped
-        with open(table, newline="", encoding="utf-8") as fh:
-            old_rows = list(csv.DictReader(fh))
-        inputs.update({r["study"]: r.get("input") or "" for r in old_rows if r.get("study")})
-        rows = {
-            r["study"]: r
-            for r in old_rows
-            if r.get("study") in studies and r.get("status") == "failed" and same_input(r["study"])
-        }
-    todo: list[tuple[str, Path]] = []
-    other_model = 0
-    for name, s in studies.items():
-        report = _finished_report(outdir / name / "report.json")
-        if not same_input(name):  # the name now stands for another input
-            report = None
-        same_model = report is not None and (report.get("meta") or {}).get("model") == current_model
-        other_model += report is not None and not same_model
-        if same_model and (
-            wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
-        ):
-            rows[name] = _row(name, report, input_name=name_text(s.name))
-        else:
-            todo.append((name, s))
-    _write_table(table, rows)
-    log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
-    if other_model:
-        # one table, one model: a resumed batch never mixes results of two models
-        log.warning(
-            "%d finished studies were analysed with another model (or a version that did not "
-            "record it): analysed again with %s",
-            other_model,
-            current_model,
-        )
-    options = {"checkpoint": model, "roi": roi}
-    runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
-    # the table is written again as studies finish, but not after every one: rewriting it
-    # costs time in proportion to its length (26 ms at 500 rows), so the writes are spaced to
-    # keep that under about 5 % of the batch; the finished studies' reports are on disk anyway
-    last, cost = time.monotonic(), 0.0
-    started, seen = time.time(), set()
-    try:
-        for row in runs:
-            rows[row["study"]] = row
-            seen.add(row["study"])
-            if time.monotonic() - last >= max(TABLE_WRITE_S, 20 * cost):
-                t0 = time.monotonic()
-                _write_table(table, rows)
-                last, cost = time.monotonic(), time.monotonic() - t0
-    finally:  # also when interrupted: the table holds every study finished so far, those
-        # whose workers finished while the batch was stopping too (a report written by this
-        # run, never an earlier one)
-        runs.close()
-        for name, s in todo:
-            rep = outdir / name / "report.json"
-            if name in seen or not rep.exists() or rep.stat().st_mtime < started:
-                continue
-            report = _finished_report(rep)
-            if report is not None:
-                rows[name] = _row(name, report, input_name=name_text(s.name))
-        _write_table(table, rows)
-    return table
 
 
 def _run(
