@@ -279,6 +279,7 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
         stem = image.name.split(".nii")[0]
         if any(stem.endswith(s) for s in label_suffixes) or "labelsTr" in image.parts:
             continue
+        case = re.sub(r"_\d{4}$", "", stem)  # nnU-Net's channel suffix (_0000) left out
         label = None
         for s in label_suffixes:
             cand = image.with_name(f"{stem}{s}{image.name[len(stem) :]}")
@@ -289,11 +290,10 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
             cand = (
                 image.parent.parent
                 / image.parent.name.replace("images", "labels")
-                / (re.sub(r"_\d{4}$", "", stem) + image.name[len(stem) :])
+                / (case + image.name[len(stem) :])
             )
             label = cand if cand.exists() else None
-        acdc_named = _ACDC_NAME.fullmatch(re.sub(r"_\d{4}$", "", stem))  # nnU-Net: _0000
-        if label is not None and acdc_named and label_map == "canonical":
+        if label is not None and _ACDC_NAME.fullmatch(case) and label_map == "canonical":
             raise CardiosegError(
                 label,
                 "is named like an ACDC label (patientNNN_frameYY_gt) but its patient folder "
