@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from commands import command_line
 
 from cardioseg.clinical.diagnosis import (
     DEFAULT_FEATURES,
@@ -119,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--c", type=float, default=1.0, help="inverse L2 regularisation strength")
     ap.add_argument("--predictions", default=None, help="folder of predicted masks (optional)")
     args = ap.parse_args(argv)
-    command = " ".join(
-        ["python", "benchmarks/diagnosis_acdc.py"]
-        + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-    )
+    command = command_line("diagnosis_acdc.py", argv)
     t0 = time.time()
     out = Path(args.output)
 

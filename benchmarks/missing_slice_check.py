@@ -11,7 +11,6 @@ on a regular grid and the volumes interpolate its area from the neighbouring sli
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from commands import command_line
 
 from cardioseg.clinical.analysis import analyze_study
 from cardioseg.clinical.indices import compute_indices
@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     study = Path(args.study)
     if not study.is_dir():
         sys.exit(f"{study}: not found (the Sunnybrook study of ../shared/data)")
-    command = " ".join(
-        ["python", "benchmarks/missing_slice_check.py"]
-        + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-    )
+    command = command_line("missing_slice_check.py", argv)
     files = sorted(p for p in study.rglob("*") if p.is_file())
     where = {p: _position_key(p) for p in files}
     positions = sorted({v for v in where.values() if v is not None})

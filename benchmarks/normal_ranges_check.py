@@ -15,10 +15,11 @@ groups should be flagged on the indices their disease changes.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from commands import command_line
 
 from cardioseg.clinical.indices import (
     NORMAL_RANGE_SOURCES,
@@ -56,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     data = Path(args.data)
     if not data.is_dir():
         sys.exit(f"{data}: not found (the ACDC training folder of ../shared/data)")
-    command = " ".join(
-        ["python", "benchmarks/normal_ranges_check.py"]
-        + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-    )
+    command = command_line("normal_ranges_check.py", argv)
     ranges = normal_ranges()
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     n_group: dict[str, int] = defaultdict(int)

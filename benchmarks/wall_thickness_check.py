@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
+from commands import command_line
 
 from cardioseg.clinical.indices import HYPERTROPHY_WALL_MM
 from cardioseg.io.nifti import atomic_write
@@ -40,10 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [f for f in files if not f.is_file()]
     if missing:
         sys.exit(f"{missing[0]}: not found (run benchmarks/diagnosis_acdc.py --predictions first)")
-    command = " ".join(
-        ["python", "benchmarks/wall_thickness_check.py"]
-        + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-    )
+    command = command_line("wall_thickness_check.py", argv)
     ref, pred = _read(files[0]), _read(files[1])
     subjects = sorted(set(ref) & set(pred))
     limit = HYPERTROPHY_WALL_MM

@@ -1,0 +1,22 @@
+"""The command line a benchmark result file quotes, so that it can be run again as written."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """``python benchmarks/<script> <arguments>``, each argument shell-quoted.
+
+    Args:
+        script: The script's file name (``"wall_thickness_check.py"``).
+        argv: The arguments as given to the script's ``main`` (``None``: ``sys.argv[1:]``).
+
+    Example:
+        >>> command_line("x.py", ["-o", "a b.md"])
+        "python benchmarks/x.py -o 'a b.md'"
+    """
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"benchmarks/{script}", *(shlex.quote(a) for a in args)])
