@@ -432,8 +432,8 @@ def run_batch(
         options = {"checkpoint": model, "roi": roi}
         runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
         # the table is written again as studies finish, but not after every one: rewriting it
-        # costs time in proportion to its length (26 ms at 500 rows), so the writes are spaced to
-        # keep that under about 5 % of the batch; the finished studies' reports are on disk anyway
+        # costs time in proportion to its length, so the writes are spaced (at least 20 times
+        # the last write's cost apart); the finished studies' reports are on disk anyway
         last, cost = time.monotonic(), 0.0
         started, seen = time.time(), set()
         try:
