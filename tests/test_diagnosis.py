@@ -84,6 +84,24 @@ def test_shape_features_ratios_and_thickening():
     assert all(isinstance(v, float) for v in f.values())
 
 
+def test_shape_features_interpolate_missing_slices_like_the_indices():
+    ed, es = ring_labels(10, 14, slices=5), ring_labels(8, 14, slices=5)
+    full = shape_features(ed, es, (1.0, 1.0, 8.0))
+    ed[:, :, 2] = es[:, :, 2] = 0  # no images at slice 2
+    gapped = shape_features(ed, es, (1.0, 1.0, 8.0), missing_slices=[2])
+    assert gapped["lv_edv_ml"] == pytest.approx(full["lv_edv_ml"])
+    assert gapped["lv_mass_g"] == pytest.approx(full["lv_mass_g"])
+    assert shape_features(ed, es, (1.0, 1.0, 8.0))["lv_edv_ml"] < full["lv_edv_ml"] * 0.9
+
+
+def test_shape_features_take_a_given_ed_thickness():
+    ed, es = ring_labels(10, 14), ring_labels(8, 14)
+    given = {"max_mm": 9.0, "max_slice": 0.0, "mean_mm": 7.0, "cv": 0.1, "n_slices": 4.0}
+    f = shape_features(ed, es, (1.0, 1.0, 8.0), ed_thickness=given)
+    assert f["myo_thickness_max_ed_mm"] == 9.0 and f["myo_thickness_mean_ed_mm"] == 7.0
+    assert f["myo_thickness_max_es_mm"] == pytest.approx(6.0, abs=1.0)  # measured
+
+
 @pytest.mark.parametrize(
     "ed",
     [

@@ -567,7 +567,15 @@ def analyze_study(
     from cardioseg.clinical.features import shape_features
 
     suggestion = suggest(
-        shape_features(labels[..., ed_i], labels[..., es_i], spacing, height_cm, weight_kg),
+        shape_features(
+            labels[..., ed_i],
+            labels[..., es_i],
+            spacing,
+            height_cm,
+            weight_kg,
+            missing_slices=missing,
+            ed_thickness=wall,
+        ),
         qc.status,
     )
     with atomic_folder(outdir) as tmp:

@@ -160,6 +160,8 @@ def shape_features(
     spacing: Sequence[float],
     height_cm: float | str | None = None,
     weight_kg: float | str | None = None,
+    missing_slices: Sequence[int] = (),
+    ed_thickness: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Indices and shape features of one study (research use only, not a diagnosis).
 
@@ -170,6 +172,11 @@ def shape_features(
         height_cm: Patient height; with ``weight_kg`` (both finite and positive) adds the BSA
             and the BSA-indexed values. Strings such as ``"184.0"`` are accepted.
         weight_kg: Patient weight.
+        missing_slices: Slices the stack has no images for (empty in both labels); the
+            volumes interpolate them as :func:`~cardioseg.clinical.indices.compute_indices`
+            does, so that the features match the reported indices.
+        ed_thickness: :func:`wall_thickness` of ``ed_label`` when the caller has it already
+            (it is not measured again).
 
     Returns:
         Every key of :func:`~cardioseg.clinical.indices.compute_indices` plus
@@ -189,12 +196,12 @@ def shape_features(
     h, w = _positive_or_none(height_cm), _positive_or_none(weight_kg)
     if h is None or w is None:
         h = w = None
-    indices = compute_indices(ed, es, spacing, h, w)
+    indices = compute_indices(ed, es, spacing, h, w, missing_slices=missing_slices)
     feats: dict[str, float] = {k: float(v) for k, v in indices.items()}
     feats["rv_lv_edv_ratio"] = _ratio(feats["rv_edv_ml"], feats["lv_edv_ml"])
     feats["rv_lv_esv_ratio"] = _ratio(feats["rv_esv_ml"], feats["lv_esv_ml"])
     feats["lv_mass_edv_ratio_g_ml"] = _ratio(feats["lv_mass_g"], feats["lv_edv_ml"])
-    t_ed = wall_thickness(ed, spacing)
+    t_ed = ed_thickness if ed_thickness is not None else wall_thickness(ed, spacing)
     t_es = wall_thickness(es, spacing)
     feats["myo_thickness_max_ed_mm"] = t_ed["max_mm"]
     feats["myo_thickness_mean_ed_mm"] = t_ed["mean_mm"]
