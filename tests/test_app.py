@@ -211,6 +211,13 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
                 png = client.get(f"/api/studies/{sid}/images/{name}")
                 assert png.status_code == 200 and png.content.startswith(PNG)
                 assert png.headers["content-type"] == "image/png"
+            # the AHA segments (where the septum could be placed): figure and line, or neither
+            has_segments = "wall_segments" in on_disk
+            bullseye = client.get(f"/api/studies/{sid}/images/segments")
+            assert bullseye.status_code == (200 if has_segments else 404)
+            assert (detail["wall_segments"] is not None) == has_segments
+            if has_segments:
+                assert detail["wall_segments"]["line"].startswith("Thickest point at ED")
             viewer = client.get(f"/api/studies/{sid}/viewer").json()
             assert viewer["n_frames"] == n_frames and viewer["n_slices"] == 4
             for layer in ("image", "labels", "overlay"):

@@ -63,7 +63,11 @@ REPORT_FILES = {
     "json": ("report.json", "application/json"),
 }
 MASK_FILES = {"ed": "mask_ED.nii.gz", "es": "mask_ES.nii.gz", "cine": "masks_cine.nii.gz"}
-IMAGE_FILES = {"overlay": "overlay_ed_es.png", "curve": "volume_curve.png"}
+IMAGE_FILES = {
+    "overlay": "overlay_ed_es.png",
+    "curve": "volume_curve.png",
+    "segments": "wall_segments.png",
+}
 #: Identifying DICOM attributes blanked (type 2) by ``?deidentify=true``, wherever they occur
 #: (nested sequences too). Every person name (VR PN) is blanked as well.
 DEID_BLANK = (
@@ -501,7 +505,12 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
     )
     def get_study(study_id: str) -> dict[str, Any]:
         from cardioseg.clinical.qc import slices_to_check
-        from cardioseg.clinical.report import report_table, reported_volumes, suggestion_line
+        from cardioseg.clinical.report import (
+            report_table,
+            reported_volumes,
+            segments_line,
+            suggestion_line,
+        )
 
         study = study_or_404(study_id)
         job = db.job_for_study(study_id)
@@ -535,6 +544,11 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             sugg = report.get("diagnosis_suggestion")
             out["suggestion"] = suggestion_line(sugg) if sugg else None
             out["excluded_slices"] = report.get("excluded_slices") or []
+            # wall thickness per AHA segment: the thickest point; the figure is an image
+            segs = report.get("wall_segments")
+            out["wall_segments"] = (
+                {"line": segments_line(segs), "note": segs.get("note", "")} if segs else None
+            )
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()
         return out
@@ -607,12 +621,13 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
     @app.get(
         "/api/studies/{study_id}/images/{name}",
         tags=["results"],
-        summary="Report figures: 'overlay' (ED/ES montage) or 'curve' (volume curve) PNG",
+        summary="Report figures (PNG): 'overlay' (ED/ES montage), 'curve' (volume curve), "
+        "'segments' (AHA bull's-eyes)",
     )
     def image(study_id: str, name: str) -> FileResponse:
         done_or_409(study_id)
         if name not in IMAGE_FILES:
-            raise _err(404, f"unknown image '{display_name(name)}'; use overlay or curve")
+            raise _err(404, f"unknown image '{display_name(name)}'; use {', '.join(IMAGE_FILES)}")
         return FileResponse(result_file(study_id, IMAGE_FILES[name]), media_type="image/png")
 
     @app.get(

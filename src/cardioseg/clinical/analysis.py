@@ -578,6 +578,16 @@ def analyze_study(
         ),
         qc.status,
     )
+    # wall thickness and thickening per AHA segment (the layout says which side is anterior)
+    from cardioseg.clinical.segments import aha_segments
+    from cardioseg.preprocessing.geometry import is_mirrored_view
+
+    segments = aha_segments(
+        labels[..., ed_i],
+        labels[..., es_i] if es_i != ed_i else None,
+        spacing,
+        mirrored=is_mirrored_view(st.properties.affine, axis),
+    )
     with atomic_folder(outdir) as tmp:
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
         write_label(tmp / "mask_ED.nii.gz", labels[..., ed_i], props3)
@@ -668,6 +678,7 @@ def analyze_study(
             disagreement=spread,
             sex=sex,
             suggestion=suggestion,
+            segments=segments,
         )
     import json
 

@@ -73,6 +73,43 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
+def thickness_points(
+    myo: np.ndarray, inplane_spacing: Sequence[float] = (1.0, 1.0)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local wall thickness (mm) along the centre line of one 2D myocardium mask, with where.
+
+    Args:
+        myo: Boolean 2D mask of the myocardium on one short-axis slice.
+        inplane_spacing: Pixel size in mm of the two axes of ``myo``.
+
+    Returns:
+        ``(coords, values)``: the centre line's pixel indices (``(N, 2)`` int array into
+        ``myo``) and ``2 × EDT − 0.5 pixel`` at each (``float64``); both empty when the mask is
+        empty.
+
+    Example:
+        >>> band = np.zeros((20, 20), bool); band[:, 5:9] = True
+        >>> coords, values = thickness_points(band)
+        >>> sorted(set(coords[:, 1].tolist())), float(np.median(values))
+        ([6, 7], 3.5)
+    """
+    mask = np.asarray(myo, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2D mask, got shape {mask.shape}")
+    if not mask.any():
+        return np.zeros((0, 2), dtype=int), np.zeros(0, dtype=np.float64)
+    sp = tuple(float(s) for s in inplane_spacing[:2])
+    # Pad so that a mask touching the image border still has background around it.
+    padded = np.pad(mask, 1)
+    edt = ndi.distance_transform_edt(padded, sampling=sp)
+    skel = skeletonize(padded)
+    if not skel.any():
+        skel = padded
+    coords = np.argwhere(skel)
+    values = 2.0 * edt[skel] - 0.5 * float(np.mean(sp))
+    return coords - 1, values
+
+
 def slice_thickness_samples(
     myo: np.ndarray, inplane_spacing: Sequence[float] = (1.0, 1.0)
 ) -> np.ndarray:
@@ -84,26 +121,14 @@ def slice_thickness_samples(
 
     Returns:
         ``2 × EDT − 0.5 pixel`` at every skeleton pixel (``float64``; empty when the mask is
-        empty).
+        empty); :func:`thickness_points` also gives where.
 
     Example:
         >>> band = np.zeros((20, 20), bool); band[:, 5:9] = True
         >>> float(np.median(slice_thickness_samples(band)))
         3.5
     """
-    mask = np.asarray(myo, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"expected a 2D mask, got shape {mask.shape}")
-    if not mask.any():
-        return np.zeros(0, dtype=np.float64)
-    sp = tuple(float(s) for s in inplane_spacing[:2])
-    # Pad so that a mask touching the image border still has background around it.
-    padded = np.pad(mask, 1)
-    edt = ndi.distance_transform_edt(padded, sampling=sp)
-    skel = skeletonize(padded)
-    if not skel.any():
-        skel = padded
-    return 2.0 * edt[skel] - 0.5 * float(np.mean(sp))
+    return thickness_points(myo, inplane_spacing)[1]
 
 
 def wall_thickness(label: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:

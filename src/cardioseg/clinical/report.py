@@ -324,6 +324,110 @@ def _write_curve_png(
     return path
 
 
+SEGMENTS_HINT = (
+    "AHA 16-segment model (research use): the septum is placed from where the right ventricle "
+    "meets the LV myocardium; a segment's value is the median local wall thickness on each "
+    "short-axis slice of its third, averaged over those slices. Thickening = (ES − ED) / ED. "
+    "The apical cap (segment 17) is not measured on short-axis slices."
+)
+
+
+def segments_line(segments: Mapping[str, Any]) -> str:
+    """The report's one line on where the ED wall is thickest.
+
+    Example:
+        >>> segments_line({"max_ed": {"mm": 16.04, "name": "basal anteroseptal", "slice": 3}})
+        'Thickest point at ED: 16.0 mm, basal anteroseptal (slice 3).'
+    """
+    peak = segments.get("max_ed") or {}
+    if peak.get("name") is None or peak.get("mm") is None:
+        return "Thickest point at ED: not measured."
+    return (
+        f"Thickest point at ED: {float(peak['mm']):.1f} mm, {peak['name']} (slice {peak['slice']})."
+    )
+
+
+def _rounded(value: Any, digits: int = 3) -> Any:
+    """``value`` with every float rounded to ``digits`` (as the indices are stored)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, Mapping):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def _segment_values(segments: Mapping[str, Any], key: str) -> dict[int, float | None]:
+    return {int(r["segment"]): r.get(key) for r in segments.get("segments") or []}
+
+
+def _plot_segments(fig: Any, segments: Mapping[str, Any], rect: tuple[float, ...]) -> None:
+    """Bull's-eyes of the ED thickness and (with ES) the thickening into ``rect`` of ``fig``."""
+    from cardioseg.reporting.bullseye import plot_bullseye
+
+    rows = segments.get("segments") or []
+    with_es = any(r.get("thickening_pct") is not None for r in rows)
+    left, bottom, width, height = rect
+    n = 2 if with_es else 1
+    peak = (segments.get("max_ed") or {}).get("segment")
+    panels = [("ed_mm", "ED wall thickness (mm)", "viridis", 0.0, 20.0, "{:.1f}")]
+    if with_es:
+        panels.append(("thickening_pct", "systolic thickening (%)", "RdYlGn", 0.0, 100.0, "{:.0f}"))
+    for k, (key, title, cmap, lo, hi, fmt) in enumerate(panels):
+        ax = fig.add_axes(
+            (left + k * width / n, bottom + 0.14 * height, width / n, 0.8 * height),
+            projection="polar",
+        )
+        mappable = plot_bullseye(
+            ax,
+            _segment_values(segments, key),
+            title,
+            cmap,
+            lo,
+            hi,
+            fmt,
+            highlight=peak if key == "ed_mm" else None,
+        )
+        cax = fig.add_axes(
+            (
+                left + k * width / n + 0.15 * width / n,
+                bottom + 0.08 * height,
+                0.7 * width / n,
+                0.03 * height,
+            )
+        )
+        fig.colorbar(mappable, cax=cax, orientation="horizontal")
+        cax.tick_params(labelsize=7)
+
+
+def _write_segments_png(path: Path, segments: Mapping[str, Any]) -> Path:
+    plt = _plt()
+    fig = plt.figure(figsize=(7.0, 3.6))
+    _plot_segments(fig, segments, (0.0, 0.0, 1.0, 1.0))
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+def _segment_cells(segments: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = segments.get("segments") or []
+    with_es = any(r.get("es_mm") is not None for r in rows)
+
+    def num(v: Any, fmt: str) -> str:
+        return "–" if v is None else fmt.format(float(v))
+
+    header = ["Segment", "ED (mm)"] + (["ES (mm)", "Thickening (%)"] if with_es else [])
+    cells = []
+    for r in rows:
+        cell = [f"{r['segment']} {r['name']}", num(r.get("ed_mm"), "{:.1f}")]
+        if with_es:
+            cell += [num(r.get("es_mm"), "{:.1f}"), num(r.get("thickening_pct"), "{:.0f}")]
+        cells.append(cell)
+    return header, cells
+
+
 def suggestion_line(suggestion: Mapping[str, Any]) -> str:
     """The report's one line on the research-use group suggestion, or on why there is none.
 
@@ -625,6 +729,28 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             f"<table><tr>{head}</tr>{body}</table>"
             f'<p class="small">{e(EXCLUDE_HINT)}</p>'
         )
+    segments_html = ""
+    segs = report.get("wall_segments")
+    if segs:
+        header, cells = _segment_cells(segs)
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td{' class=num' if i else ''}>{e(v)}</td>" for i, v in enumerate(c))
+            + "</tr>"
+            for c in cells
+        )
+        picture = (
+            f'<img alt="AHA segment bull\'s-eye" src="{_data_uri(figures["segments"])}">'
+            if "segments" in figures
+            else ""
+        )
+        segments_html = (
+            "<h2>LV wall per AHA segment</h2>"
+            f"<p>{e(segments_line(segs))}</p>{picture}"
+            f"<table><tr>{head}</tr>{body}</table>"
+            f'<p class="small">{e(SEGMENTS_HINT)}</p>'
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Cardiac cine analysis</title>
@@ -660,6 +786,7 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 {suggestion_html}
 {slice_html}
 {imgs}
+{segments_html}
 <h2>Acquisition and processing</h2>
 <table>{meta_rows or "<tr><td>no details given</td></tr>"}</table>
 <p class="small">Generated {e(report["generated_utc"])} by cardioseg
@@ -825,6 +952,23 @@ def _write_pdf(
                 fig.text(0.07, 0.06 - 0.025 * k, line, fontsize=8, color="#555")
             pdf.savefig(fig)
             plt.close(fig)
+        segs = report.get("wall_segments")
+        if segs:
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.07, 0.95, "LV wall per AHA segment", fontsize=12)
+            fig.text(0.07, 0.925, segments_line(segs), fontsize=9)
+            _plot_segments(fig, segs, (0.05, 0.55, 0.9, 0.32))
+            header, cells = _segment_cells(segs)
+            height = 0.022 * (len(cells) + 1)
+            ax = fig.add_axes((0.07, 0.53 - height, 0.86, height))
+            ax.axis("off")
+            tab = ax.table(cellText=cells, colLabels=header, bbox=(0.0, 0.0, 1.0, 1.0))
+            tab.auto_set_font_size(False)
+            tab.set_fontsize(8)
+            for k, line in enumerate(textwrap.wrap(SEGMENTS_HINT, 110)):
+                fig.text(0.07, 0.5 - height - 0.016 * k, line, fontsize=7.5, color="#555")
+            pdf.savefig(fig)
+            plt.close(fig)
     return path
 
 
@@ -850,9 +994,11 @@ def write_report(
     disagreement: Mapping[str, np.ndarray | None] | None = None,
     sex: str | None = None,
     suggestion: Mapping[str, Any] | None = None,
+    segments: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``, ``report.html`` and
-    ``report.pdf`` into ``outdir`` (every file atomically).
+    """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``,
+    ``wall_segments.png``, ``report.html`` and ``report.pdf`` into ``outdir`` (every file
+    atomically).
 
     Args:
         outdir: Output folder (created if needed).
@@ -883,10 +1029,13 @@ def write_report(
         suggestion: The research-use ACDC group suggestion
             (:func:`~cardioseg.clinical.diagnosis.suggest`), shown marked as not a diagnosis,
             or why there is none; ``None`` leaves it out.
+        segments: LV wall thickness per AHA segment
+            (:func:`~cardioseg.clinical.segments.aha_segments`), stored as ``wall_segments``
+            and shown as bull's-eye plots and a table; ``None`` leaves it out.
 
     Returns:
         Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
-        ``pdf``.
+        ``segments`` (``wall_segments.png``), ``pdf``.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -915,6 +1064,8 @@ def write_report(
             es_frame,
             reported_volumes(indices),
         )
+    if segments:
+        files["segments"] = _write_segments_png(outdir / "wall_segments.png", segments)
     sex = normalize_sex(sex)
     ranges = normal_ranges(sex)
     # every view (JSON, HTML, PDF, CLI, web app) shows and flags the value report.json stores,
@@ -957,6 +1108,12 @@ def write_report(
     )
     if suggestion is not None:
         report["diagnosis_suggestion"] = dict(suggestion)
+    if segments:
+        report["wall_segments"] = {
+            **_rounded(segments),
+            "model": "AHA 16-segment (segment 17 not measured)",
+            "note": SEGMENTS_HINT,
+        }
     files["json"] = outdir / "report.json"
     files["html"] = outdir / "report.html"
     if write_pdf:

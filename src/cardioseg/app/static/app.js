@@ -339,6 +339,16 @@ async function refreshDetail() {
   }
 }
 
+// the AHA segments: the thickest point and the report's bull's-eye figure
+function renderSegments(d) {
+  const seg = d.wall_segments;
+  $("segments-card").hidden = !seg;
+  if (!seg) return;
+  $("segments-line").textContent = seg.line;
+  $("segments-hint").textContent = seg.note || "";
+  $("segments-image").src = "/api/studies/" + d.study.id + "/images/segments";
+}
+
 async function showResult(d) {
   $("result-area").hidden = false;
   // same formatted values as the indices table (and the HTML/PDF report)
@@ -360,6 +370,7 @@ async function showResult(d) {
   $("suggestion").hidden = !d.suggestion;
   $("suggestion").textContent = d.suggestion || "";
   renderSlices(d);
+  renderSegments(d);
   renderDownloads(d.downloads);
   if (d.viewer) {
     try {

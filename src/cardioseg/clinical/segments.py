@@ -1,0 +1,263 @@
+"""LV wall thickness and systolic thickening per segment of the AHA 16-segment model.
+
+The American Heart Association's standard segmentation (Cerqueira et al., Circulation 2002)
+divides the LV into basal, mid-cavity and apical thirds of the short-axis stack; the basal and
+mid thirds into six 60° segments, the apical third into four 90° ones (segment 17, the apical
+cap without a cavity, is not measured on short-axis slices). The septum is found from the right
+ventricle, as the AHA recommends ("the attachment of the right ventricular wall to the left
+ventricle"): on each slice, the direction from the LV centre to the myocardium that touches the RV
+blood pool is the middle of the septum, the boundary between the anteroseptal and inferoseptal
+segments. Slices without RV contact take the stack's mean direction.
+
+Which side of the septum is anterior follows from the stored layout: in the canonical
+short-axis view (ACDC, the M&Ms vendors, Sunnybrook's GE DICOM) the anterior wall lies 90°
+counter-clockwise from the septum in the (first, second) in-plane axis frame, in a mirrored view
+(:func:`cardioseg.preprocessing.geometry.is_mirrored_view`, e.g. the MS-CMRSeg LGE files) 90°
+clockwise. ``benchmarks/wall_segments_check.py`` checks this against the patient's anterior
+direction on every labelled file with a real orientation.
+
+Thickness is the local thickness along the myocardium's centre line
+(:func:`cardioseg.clinical.features.thickness_points`); a segment's value is the median of its
+samples on each slice of its third, averaged over those slices. Research use only.
+
+Canonical labels: 1 LV blood pool, 2 myocardium, 3 RV blood pool.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from cardioseg.clinical.features import thickness_points
+from cardioseg.inference.postprocess import basal_end
+from cardioseg.preprocessing import slice_axis
+
+LV, MYO, RV = 1, 2, 3
+
+#: AHA segment names by number (1–16).
+SEGMENT_NAMES: dict[int, str] = {
+    1: "basal anterior",
+    2: "basal anteroseptal",
+    3: "basal inferoseptal",
+    4: "basal inferior",
+    5: "basal inferolateral",
+    6: "basal anterolateral",
+    7: "mid anterior",
+    8: "mid anteroseptal",
+    9: "mid inferoseptal",
+    10: "mid inferior",
+    11: "mid inferolateral",
+    12: "mid anterolateral",
+    13: "apical anterior",
+    14: "apical septal",
+    15: "apical inferior",
+    16: "apical lateral",
+}
+
+#: Fewest myocardium pixels touching the RV for a slice to give its own septal direction.
+MIN_CONTACT_PIXELS = 5
+
+
+def _wrap(deg: np.ndarray) -> np.ndarray:
+    """Angles in degrees wrapped into [-180, 180)."""
+    return (np.asarray(deg, dtype=float) + 180.0) % 360.0 - 180.0
+
+
+def segment_of(delta_deg: np.ndarray | float, level: str) -> np.ndarray:
+    """AHA segment numbers of angles measured from the middle of the septum.
+
+    Args:
+        delta_deg: Angle in degrees from the septal direction, positive towards the anterior
+            wall.
+        level: ``"basal"``, ``"mid"`` or ``"apical"``.
+
+    Returns:
+        Segment numbers (int array of the shape of ``delta_deg``).
+
+    Example:
+        >>> segment_of([10.0, 90.0, 150.0, -150.0, -90.0, -10.0], "basal").tolist()
+        [2, 1, 6, 5, 4, 3]
+        >>> segment_of([0.0, 90.0, 180.0, -90.0], "apical").tolist()
+        [14, 13, 16, 15]
+    """
+    d = _wrap(np.asarray(delta_deg, dtype=float))
+    if level == "apical":
+        # septal [-45, 45), anterior [45, 135), lateral beyond ±135, inferior [-135, -45)
+        k = np.floor((d + 45.0) / 90.0).astype(int) % 4  # 0 septal, 1 anterior, 2 lat, 3 inf
+        return np.array([14, 13, 16, 15])[k]
+    if level not in ("basal", "mid"):
+        raise ValueError(f"level must be basal, mid or apical, got {level!r}")
+    # 60° sectors counted anteriorly from the septum's middle:
+    # [0,60) anteroseptal, [60,120) anterior, [120,180) anterolateral,
+    # [-180,-120) inferolateral, [-120,-60) inferior, [-60,0) inferoseptal
+    k = np.floor(d / 60.0).astype(int) % 6
+    first = 1 if level == "basal" else 7
+    order = np.array([2, 1, 6, 5, 4, 3]) - 1 + first
+    return order[k]
+
+
+def _levels(n: int) -> list[str]:
+    """Basal, mid and apical thirds of ``n`` slices ordered base first (extra slices basal)."""
+    parts = np.array_split(np.arange(n), 3)
+    return [
+        name for name, part in zip(("basal", "mid", "apical"), parts, strict=True) for _ in part
+    ]
+
+
+def lv_centre(sl: np.ndarray, inplane_spacing: Sequence[float]) -> np.ndarray:
+    """Centre of the LV blood pool of one slice in mm along its two axes."""
+    return np.array(ndi.center_of_mass(sl == LV)) * np.asarray(inplane_spacing[:2], dtype=float)
+
+
+def septal_direction(sl: np.ndarray, inplane_spacing: Sequence[float]) -> float | None:
+    """Direction (degrees, ``atan2(axis 1, axis 0)`` in mm) from the LV centre to the middle of
+    the myocardium touching the RV on one slice; ``None`` without enough contact or LV.
+
+    Example:
+        >>> sl = np.zeros((40, 40), np.uint8)
+        >>> sl[10:30, 10:30] = 2; sl[15:25, 15:25] = 1; sl[15:25, 30:38] = 3  # RV at +axis 1
+        >>> round(septal_direction(sl, (1.0, 1.0)))
+        90
+    """
+    rv = sl == RV
+    if not rv.any() or not (sl == LV).any():
+        return None
+    contact = ndi.binary_dilation(rv, iterations=2) & (sl == MYO)
+    if int(contact.sum()) < MIN_CONTACT_PIXELS:
+        return None
+    pts = np.argwhere(contact) * np.asarray(inplane_spacing[:2], dtype=float)
+    pts = pts - lv_centre(sl, inplane_spacing)
+    ang = np.arctan2(pts[:, 1], pts[:, 0])
+    return float(np.degrees(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean())))
+
+
+def patient_anterior_angle(affine: np.ndarray, axis: int) -> float | None:
+    """The patient's anterior direction (RAS +y) in the slice plane, as an angle in degrees
+    (``atan2(axis 1, axis 0)`` over the two in-plane array axes), or ``None`` when the affine
+    carries no orientation (identity, as in ACDC) or the slices are parallel to it.
+
+    Used to check the layout rule of :func:`aha_segments` on real data
+    (``benchmarks/wall_segments_check.py``).
+
+    Example:
+        >>> patient_anterior_angle(np.diag([-1.0, -1.0, 1.0, 1.0]), 2)  # LPS-stored rows, cols
+        -90.0
+        >>> patient_anterior_angle(np.eye(4), 2) is None
+        True
+    """
+    rot = np.asarray(affine, dtype=float)[:3, :3]
+    norms = np.linalg.norm(rot, axis=0)
+    if np.any(norms < 1e-8):
+        return None
+    rot = rot / norms
+    if np.allclose(rot, np.eye(3), atol=1e-3):
+        return None
+    inplane = [i for i in range(3) if i != axis]
+    a0, a1 = rot[1, inplane[0]], rot[1, inplane[1]]
+    if math.hypot(a0, a1) < 0.1:
+        return None
+    return float(np.degrees(np.arctan2(a1, a0)))
+
+
+def _phase_segments(
+    label: np.ndarray, spacing: Sequence[float], mirrored: bool, base_first: bool | None
+) -> tuple[dict[int, list[float]], dict[str, Any], bool]:
+    """Per-segment median thickness of each slice of one phase, where its maximum lies, and
+    whether the base is the first slice (``base_first=None``: the end of the LV stack with the
+    larger heart)."""
+    lab = np.asarray(label)
+    axis = slice_axis(tuple(float(s) for s in spacing[:3]), lab.shape)
+    sp = tuple(float(spacing[i]) for i in range(3) if i != axis)
+    moved = np.moveaxis(lab, axis, 0)
+    zs = [z for z in range(moved.shape[0]) if (moved[z] == LV).any() and (moved[z] == MYO).any()]
+    per_segment: dict[int, list[float]] = {}
+    peak: dict[str, Any] = {"mm": math.nan, "segment": None, "slice": None}
+    if len(zs) < 3:
+        return per_segment, peak, True
+    if base_first is None:  # the base is the end of the LV stack with the larger heart
+        b = basal_end(lab, axis)
+        base_first = b is None or abs(b - zs[0]) <= abs(b - zs[-1])
+    order = zs if base_first else zs[::-1]
+    centres = {z: lv_centre(moved[z], sp) for z in order}
+    septum = {z: septal_direction(moved[z], sp) for z in order}
+    known = [np.radians(a) for a in septum.values() if a is not None]
+    if not known:
+        return per_segment, peak, base_first  # no RV anywhere: the septum cannot be placed
+    mean_dir = float(np.degrees(np.arctan2(np.mean(np.sin(known)), np.mean(np.cos(known)))))
+    sense = -1.0 if mirrored else 1.0
+    for z, level in zip(order, _levels(len(order)), strict=True):
+        coords, values = thickness_points(moved[z] == MYO, sp)
+        if values.size == 0:
+            continue
+        pts = coords * np.asarray(sp) - centres[z]
+        ang = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+        ref = septum[z] if septum[z] is not None else mean_dir
+        seg = segment_of(sense * (ang - ref), level)
+        for s in np.unique(seg):
+            per_segment.setdefault(int(s), []).append(float(np.median(values[seg == s])))
+        # the thickest point; a tie goes to the lower slice index, as in wall_thickness
+        k = int(np.argmax(values))
+        best = peak["slice"] is None or values[k] > peak["mm"]
+        if best or (values[k] == peak["mm"] and z < peak["slice"]):
+            peak = {"mm": float(values[k]), "segment": int(seg[k]), "slice": int(z)}
+    return per_segment, peak, base_first
+
+
+def aha_segments(
+    ed_label: np.ndarray,
+    es_label: np.ndarray | None,
+    spacing: Sequence[float],
+    mirrored: bool = False,
+) -> dict[str, Any] | None:
+    """Wall thickness at ED (and ES, with the systolic thickening) per AHA segment.
+
+    Args:
+        ed_label: Canonical 3D labels at end-diastole.
+        es_label: Canonical 3D labels at end-systole, or ``None`` for ED only.
+        spacing: Voxel size in mm of the three axes.
+        mirrored: The slices are stored mirrored against the canonical view
+            (:func:`~cardioseg.preprocessing.geometry.is_mirrored_view`).
+
+    Returns:
+        ``None`` when fewer than three slices hold LV and myocardium or no RV touches the
+        myocardium (the septum cannot be placed). Otherwise ``segments``: one dict per AHA
+        segment 1–16 with ``segment``, ``name``, ``ed_mm`` and, with ES labels, ``es_mm`` and
+        ``thickening_pct`` (``(ES − ED) / ED × 100``); a segment without samples has ``None``.
+        ``max_ed``: the thickest point at ED, ``{"mm", "segment", "name", "slice"}``.
+
+    Example:
+        >>> import numpy as np
+        >>> x, y = np.mgrid[:64, :64]
+        >>> d = np.hypot(x - 31.7, y - 31.7)
+        >>> sl = np.zeros((64, 64), np.uint8)
+        >>> sl[np.hypot(x - 31.7, y - 9.7) < 8] = 3  # RV towards the second axis' origin
+        >>> sl[(d >= 10) & (d < 14)] = 2; sl[d < 10] = 1
+        >>> lab = np.repeat(sl[:, :, None], 6, axis=2)
+        >>> out = aha_segments(lab, None, (1.0, 1.0, 8.0))
+        >>> [round(s["ed_mm"]) for s in out["segments"]][:6]
+        [4, 4, 4, 4, 4, 4]
+    """
+    ed_seg, ed_peak, base_first = _phase_segments(ed_label, spacing, mirrored, None)
+    if not ed_seg:
+        return None
+    es_seg: dict[int, list[float]] = {}
+    if es_label is not None:  # the base moves in systole, the stack's layout does not
+        es_seg, _, _ = _phase_segments(es_label, spacing, mirrored, base_first)
+    rows = []
+    for s, name in SEGMENT_NAMES.items():
+        ed_mm = float(np.mean(ed_seg[s])) if s in ed_seg else None
+        row: dict[str, Any] = {"segment": s, "name": name, "ed_mm": ed_mm}
+        if es_label is not None:
+            es_mm = float(np.mean(es_seg[s])) if s in es_seg else None
+            row["es_mm"] = es_mm
+            row["thickening_pct"] = (
+                (es_mm - ed_mm) / ed_mm * 100.0 if ed_mm and es_mm is not None else None
+            )
+        rows.append(row)
+    peak = dict(ed_peak)
+    peak["name"] = SEGMENT_NAMES.get(peak["segment"]) if peak["segment"] else None
+    return {"segments": rows, "max_ed": peak}
