@@ -265,8 +265,12 @@ def test_a_child_by_dicom_age_is_told_the_ranges_are_adults(tmp_path, tiny_check
             segmenter=Segmenter(tiny_checkpoint),
             write_pdf=False,
         )
-    note = "PatientAge under 18 years: the normal ranges in this report are adults'"
+    note = "PatientAge under 18 years: the adult normal ranges do not apply to a child"
     assert any(w.startswith(note) for w in report["meta"]["warnings"])
+    # the adult ranges are shown but judge nothing; no adult group is suggested
+    assert report["normal_flags"] == {} and report["normal_ranges_applied"] is False
+    assert report["diagnosis_suggestion"]["shown"] is False
+    assert "adults" in report["diagnosis_suggestion"]["reason"]
     for text in (json.dumps(report), caplog.text):
         assert "012Y" not in text and "12 years" not in text and "age_years" not in text
 
@@ -487,6 +491,42 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     rows2 = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows2) == 3
     assert rows2[0]["model"].startswith("tiny.pt (sha256 ")
+    # each report carries its study name; a cine's frames say where they come from
+    assert json.loads((out / "a" / "report.json").read_text())["patient_label"] == "a"
+    assert rows2[0]["frames_from"].startswith("the LV volume curve")
+    assert {"lvsv_index_ml_m2", "rvsv_index_ml_m2", "normal_flags"} <= set(rows2[0])
+
+
+def test_analyze_batch_rerun_writes_the_pdfs_an_earlier_run_left_out(tmp_path, tiny_checkpoint):
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=4)
+    (studies / "notes.txt").write_text("not a study")
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    res = _run([*args, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "a" / "report.pdf").exists()
+    stamp = (out / "a" / "report.json").stat().st_mtime_ns
+    assert _run([*args, "--no-pdf"]).exit_code == 0  # nothing asked for that is missing
+    assert (out / "a" / "report.json").stat().st_mtime_ns == stamp
+    res = _run(args)  # now with PDFs: the study is analysed again to write it
+    assert res.exit_code == 0, res.output
+    assert (out / "a" / "report.pdf").read_bytes().startswith(b"%PDF")
+    # exclusions naming studies that are not there: named in the error
+    bad = tmp_path / "x.csv"
+    bad.write_text("study,exclude\nnope,ES:1\n")
+    res = _run([*args, "--exclusions", bad])
+    _assert_clean_failure(res, "not in the folder: nope")
+    # a re-analysis that fails keeps the earlier result, and its row says so
+    bad.write_text("study,exclude\na,ES:99\n")
+    res = _run([*args, "--exclusions", bad])
+    assert res.exit_code == 2, res.output
+    row = next(csv.DictReader(open(out / "results.csv")))
+    assert row["status"] == "failed" and "out of range" in row["error"]
+    assert "the earlier result in a/ was left as it was" in row["error"]
+    assert (out / "a" / "report.pdf").exists()
+    res = _run(["analyze-batch", tmp_path / "nowhere", "-o", out, "--model", tiny_checkpoint])
+    _assert_clean_failure(res, "not found")
 
 
 def test_analyze_batch_survives_odd_names_damaged_reports_and_partial_folders(
@@ -1073,6 +1113,40 @@ def test_analyze_frames_and_body_size_from_the_study(tmp_path, tiny_checkpoint, 
         "height must lie between 30 and 272 cm, got 1.84" in w and "not used" in w
         for w in report["meta"]["warnings"]
     )
+    assert report["meta"]["frames_from"] == "Info.cfg"
+    assert report["meta"]["body_size"] == "70 kg (from the study)"
+    # a height given with the study's weight: both shown with their sources, the mix noted;
+    # a frame given: said so in the report
+    res = _run([*base, "-o", tmp_path / "o4", "--height", "172", "--es-frame", "3"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "o4" / "report.json").read_text())
+    assert report["meta"]["body_size"] == "172 cm (given), 70 kg (from the study)"
+    assert any("two sources" in w for w in report["meta"]["warnings"])
+    assert report["meta"]["frames_from"] == "ES given (--es-frame); ED from Info.cfg"
+    html = (tmp_path / "o4" / "report.html").read_text()
+    assert "chosen by: ES given (--es-frame); ED from Info.cfg" in html
+    assert "172 cm (given), 70 kg (from the study)" in html
+
+
+def test_analyze_label_child_height_and_study_with_pair(tmp_path, tiny_checkpoint):
+    ph = make_phantom(PhantomConfig(seed=2, shape=(32, 32), spacing=4.0, n_slices=4))
+    paths = write_phantom(ph, tmp_path / "in", name="p")
+    pair = ["--ed", paths["p_ED"], "--es", paths["p_ES"], "--model", tiny_checkpoint]
+    # a STUDY and --ed/--es: refused, not one of them silently ignored
+    res = _run(["analyze", tmp_path / "in", *pair, "-o", tmp_path / "o0", "--no-pdf"])
+    _assert_clean_failure(res, "give either a STUDY or --ed/--es, not both")
+    assert not (tmp_path / "o0").exists()
+    out = tmp_path / "o1"
+    res = _run(["analyze", *pair, "-o", out, "--label", "Study 12/03", "--height", "130"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["patient_label"] == "Study 12/03"
+    assert "<b>Study label:</b> Study 12/03" in (out / "report.html").read_text()
+    assert report["meta"]["frames_from"] == "the two given volumes"
+    # 130 cm: a child; the adult ranges judge nothing
+    assert report["normal_flags"] == {} and report["normal_ranges_applied"] is False
+    assert "not applied: not for a child" in (out / "report.html").read_text()
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_analyze_output_through_a_link_writes_its_target(tmp_path, tiny_checkpoint):

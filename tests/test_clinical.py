@@ -1010,3 +1010,17 @@ def test_pdf_never_leaves_out_the_input_notes(tmp_path):
         return int(re.search(rb"/Count (\d+)", files["pdf"].read_bytes()).group(1))
 
     assert pages(["no images at slice 6 of a regular 8.00 mm stack"]) == pages([]) + 1
+
+
+def test_pdf_names_what_produced_it(tmp_path):
+    """The PDF's first page says what the HTML does at its foot: software, model, time, the
+    normal ranges' sources and how mass is computed (a printed report stands alone)."""
+    from cardioseg.clinical.report import _provenance_lines, report_table
+
+    indices = {"lv_ef_pct": 55.0, "lv_edv_ml": 150.0, "lv_mass_g": 120.0}
+    files = write_report(tmp_path, indices, None, meta={"model": "v4.pt (sha256 abc)"})
+    report = json.loads(files["json"].read_text())
+    text = " ".join(_provenance_lines(report, report_table(report)[0]))
+    assert report["generated_utc"] in text and report["software_version"] in text
+    assert "model v4.pt (sha256 abc)" in text and "1.05 g/mL" in text
+    assert "Petersen" in text and "Kawel-Boehm" in text

@@ -221,7 +221,8 @@ def _optional_float(value: Any, name: str, lo: float, hi: float) -> float | None
     except ValueError:
         raise UploadError(400, f"{name} must be a number") from None
     if not lo <= out <= hi:
-        raise UploadError(400, f"{name} must lie between {lo:g} and {hi:g}")
+        hint = " (a height in metres?)" if name == "height_cm" and 0 < out < 3 else ""
+        raise UploadError(400, f"{name} must lie between {lo:g} and {hi:g}{hint}")
     return out
 
 

@@ -254,6 +254,7 @@ class Worker:
                 write_pdf=self.config.write_pdf,
                 exclude=study.get("exclude") or (),
                 loaded=loaded,
+                label=study.get("name"),
                 **inputs,
             )
             progress.report(0.92, "preparing the slice viewer")

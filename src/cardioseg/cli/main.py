@@ -466,6 +466,14 @@ def analyze(
         ),
     ] = None,
     roi: RoiOption = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Text shown at the top of the report to identify the study (e.g. a "
+            "pseudonym or the study number); nothing of the DICOM patient module is copied "
+            "into reports"
+        ),
+    ] = None,
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
     from cardioseg.clinical.analysis import analyze_study
@@ -485,6 +493,7 @@ def analyze(
         exclude=exclude or (),
         sex=sex,
         heart_rate_bpm=heart_rate,
+        label=label,
     )
     qc = report.get("qc", {})
 

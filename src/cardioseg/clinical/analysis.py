@@ -57,6 +57,8 @@ def load_study(
     folder of NIfTI files holding either (see :func:`~cardioseg.clinical.nifti_folder.
     find_nifti_study`). The patient's height and weight, from the DICOM headers or an ACDC
     ``Info.cfg``, go into ``Study.meta`` (``height_cm``, ``weight_kg``)."""
+    if study is not None and (ed is not None or es is not None):
+        raise CardiosegError(study, "give either a STUDY or --ed/--es, not both")
     if ed is not None or es is not None:
         if ed is None or es is None:
             raise CardiosegError(ed or es, "give both --ed and --es")
@@ -338,6 +340,22 @@ def _segment_with_tta(
     return probs, spread
 
 
+def _frames_from(st: Study, ed_frame: int | None, es_frame: int | None) -> str:
+    """Where the reported ED and ES frames come from, in words."""
+    if st.kind == "pair":
+        return "the two given volumes"
+    if st.given_ed_es is not None and ed_frame is None and es_frame is None:
+        return "Info.cfg"
+    auto = "the LV volume curve"
+    if ed_frame is not None and es_frame is not None:
+        return "given (--ed-frame, --es-frame)"
+    if ed_frame is not None:
+        return f"ED given (--ed-frame); ES {'from Info.cfg' if st.given_ed_es else 'from ' + auto}"
+    if es_frame is not None:
+        return f"ES given (--es-frame); ED {'from Info.cfg' if st.given_ed_es else 'from ' + auto}"
+    return auto
+
+
 def analyze_study(
     outdir: str | Path,
     study: str | Path | None = None,
@@ -353,6 +371,7 @@ def analyze_study(
     sex: str | None = None,
     heart_rate_bpm: float | None = None,
     loaded: Study | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
@@ -376,6 +395,9 @@ def analyze_study(
     normal ranges in the report; without it the ranges are sex-pooled. ``heart_rate_bpm``
     (for DICOM input HeartRate or the R-R interval when not given) adds the heart rate and the
     LV cardiac output and index.
+
+    ``label`` is a text the report shows at its top to identify the study (e.g. a pseudonym or
+    the hospital's study number); nothing of the DICOM patient module is copied into reports.
 
     ``loaded`` is the study as :func:`load_study` already read it from ``study`` (or ``ed`` /
     ``es``), for a caller that needs the images too (the web app's viewer): not read again.
@@ -475,6 +497,7 @@ def analyze_study(
         for name, v in (("ED", ed_i), ("ES", es_i)):
             if not 0 <= v < n:
                 raise CardiosegError(st.source, f"{name} frame {v} out of range 0..{n - 1}")
+        frames_from = _frames_from(st, ed_frame, es_frame)
         if ed_i == es_i and (ed_frame is not None or es_frame is not None):
             raise CardiosegError(
                 st.source, f"the chosen frame is also the detected other one ({ed_i})"
@@ -485,6 +508,10 @@ def analyze_study(
         probs, spread = _segment_with_tta(seg, st, {"ED": ed_i, "ES": es_i}, labels)
     dm = st.dicom_meta
     notes = []  # for the reader, with the loader's (report "About the input")
+    body_from = {  # where the height and weight come from, shown in the report
+        "height_cm": "given" if height_cm is not None else None,
+        "weight_kg": "given" if weight_kg is not None else None,
+    }
     for key, value in (("height_cm", height_cm), ("weight_kg", weight_kg)):
         found = st.meta.get(key)
         if value is None and found is not None:  # from the DICOM headers or an Info.cfg
@@ -495,20 +522,31 @@ def analyze_study(
             else:
                 height_cm = float(found) if key == "height_cm" else height_cm
                 weight_kg = float(found) if key == "weight_kg" else weight_kg
+                body_from[key] = "from the study"
+    if set(body_from.values()) == {"given", "from the study"}:
+        notes.append(
+            "height and weight come from two sources (one given, the other from the study): "
+            "check that both are this patient's"
+        )
+    sex_from = "given" if sex is not None else None
     if sex is None:
         sex = normalize_sex(st.meta.get("sex"))  # DICOM "O" or junk: sex-pooled ranges
+        sex_from = "from the study" if sex is not None else None
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
     age = st.meta.get("age_years")
+    child = (age is not None and age < ADULT_AGE_YEARS) or (
+        age is None and height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM
+    )
     if age is not None and age < ADULT_AGE_YEARS:
         notes.append(  # the age itself is not written: notes are logged too
-            f"PatientAge under {ADULT_AGE_YEARS:.0f} years: the normal ranges in this report "
-            "are adults'; they do not apply to a child"
+            f"PatientAge under {ADULT_AGE_YEARS:.0f} years: the adult normal ranges do not "
+            "apply to a child; no index is flagged and no group is suggested"
         )
     elif height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM:
         notes.append(
-            f"height {height_cm:.0f} cm: the normal ranges in this report are adults'; they do "
-            "not apply to a child"
+            f"height {height_cm:.0f} cm: the adult normal ranges do not apply to a child; no "
+            "index is flagged and no group is suggested"
         )
     if (height_cm is None) != (weight_kg is None):
         have, lack = ("height", "weight") if weight_kg is None else ("weight", "height")
@@ -563,11 +601,18 @@ def analyze_study(
         missing_slices=missing,
     )
     # the research-use ACDC group suggestion (not a diagnosis), where it can mean something
+    from cardioseg.clinical.diagnosis import DISCLAIMER as DIAGNOSIS_DISCLAIMER
     from cardioseg.clinical.diagnosis import suggest
     from cardioseg.clinical.features import shape_features
 
-    suggestion = suggest(
-        shape_features(
+    if child:  # the groups are adults'; so are the features' training values
+        suggestion = {
+            "shown": False,
+            "reason": "the group model was trained on adults' studies",
+            "disclaimer": DIAGNOSIS_DISCLAIMER,
+        }
+    else:
+        features = shape_features(
             labels[..., ed_i],
             labels[..., es_i],
             spacing,
@@ -575,9 +620,8 @@ def analyze_study(
             weight_kg,
             missing_slices=missing,
             ed_thickness=wall,
-        ),
-        qc.status,
-    )
+        )
+        suggestion = suggest(features, qc.status)
     # wall thickness and thickening per AHA segment (the layout says which side is anterior)
     from cardioseg.clinical.segments import aha_segments
     from cardioseg.preprocessing.geometry import is_mirrored_view
@@ -620,8 +664,10 @@ def analyze_study(
                 notes.append(f"no DICOM-SEG written: {err.problem}")
             except Exception as exc:  # highdicom refusing a source header it needs
                 notes.append(f"no DICOM-SEG written ({type(exc).__name__} in highdicom)")
-        meta = {
+        meta: dict[str, Any] = {"patient_label": label} if label else {}
+        meta |= {
             "source_kind": st.kind,
+            "frames_from": frames_from,
             "n_frames": n,
             "n_slices": int(labels.shape[axis]),
             "lv_max_wall_thickness_slice": int(wall["max_slice"]),
@@ -633,6 +679,15 @@ def analyze_study(
             if calibration.calibrated
             else "none for this model (the default model's thresholds were used)",
         }
+        size = [
+            f"{value:g} {unit} ({body_from[key]})"
+            for key, value, unit in (("height_cm", height_cm, "cm"), ("weight_kg", weight_kg, "kg"))
+            if value is not None
+        ]
+        if size:
+            meta["body_size"] = ", ".join(size)
+        if sex_from:
+            meta["ranges_sex"] = f"{sex} ({sex_from})"
         counts = getattr(seg, "roi_counts", None)
         if isinstance(counts, dict) and getattr(seg, "roi", False):
             # volumes segmented in the heart window / on the whole image (no heart on the
@@ -679,6 +734,7 @@ def analyze_study(
             sex=sex,
             suggestion=suggestion,
             segments=segments,
+            flag_ranges=not child,
         )
     import json
 

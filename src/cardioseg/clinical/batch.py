@@ -48,8 +48,10 @@ REPORT_KEYS = [
     "bsa_m2",
     "lvedv_index_ml_m2",
     "lvesv_index_ml_m2",
+    "lvsv_index_ml_m2",
     "rvedv_index_ml_m2",
     "rvesv_index_ml_m2",
+    "rvsv_index_ml_m2",
     "lv_mass_index_g_m2",
     "heart_rate_bpm",
     "lv_co_l_min",
@@ -65,6 +67,8 @@ ROW_KEYS = [
     "status",
     "error",
     *REPORT_KEYS,
+    "frames_from",
+    "normal_flags",
     "qc_status",
     "qc_score",
     "qc_heart_entropy",
@@ -92,10 +96,12 @@ def find_studies(root: str | Path, skip: str | Path | None = None) -> list[Path]
     :func:`~cardioseg.clinical.nifti_folder.find_nifti_study` recognises); ``skip`` is left
     out (the batch's own output folder, when it lies in ``root``)."""
     root = Path(root)
+    if not root.exists():
+        raise CardiosegError(root, "not found")
     if not root.is_dir():
         raise CardiosegError(root, "batch input must be a folder of studies")
     skipped = Path(skip).resolve() if skip is not None else None
-    out = []
+    out, ignored = [], []
     for p in sorted(root.iterdir()):
         if p.name.startswith("."):
             continue
@@ -105,6 +111,14 @@ def find_studies(root: str | Path, skip: str | Path | None = None) -> list[Path]
             out.append(p)
         elif p.is_dir():
             out.append(p)
+        else:
+            ignored.append(p)
+    if ignored:  # the count only: file names may name patients
+        log.warning(
+            "%s: %d file(s) that are not studies (not a folder, zip or NIfTI file) left out",
+            root,
+            len(ignored),
+        )
     if not out:
         raise CardiosegError(root, "no studies found (expected folders, zips or 4D NIfTI files)")
     return out
@@ -169,6 +183,13 @@ def _row(name: str, report: dict | None, error: str = "", input_name: str = "") 
         for k in REPORT_KEYS:
             value = report.get(k)
             row[k] = "" if value is None else value
+        meta = report.get("meta") or {}
+        if meta.get("source_kind") == "pair":  # two given volumes: no frame numbers
+            row["ed_frame"] = row["es_frame"] = ""
+        row["frames_from"] = meta.get("frames_from", "")
+        # the indices outside their normal range, e.g. "lv_ef_pct low; lv_mass_g high"
+        flags = report.get("normal_flags") or {}
+        row["normal_flags"] = "; ".join(f"{k} {v}" for k, v in flags.items() if v != "normal")
         qc = report.get("qc", {})
         row["qc_status"] = qc.get("status", "")
         row["qc_score"] = qc.get("score", "")
@@ -285,12 +306,17 @@ def _analyze_one(
             segmenter=_SEGMENTER,
             exclude=exclude,
             write_pdf=_WRITE_PDF,
+            label=name_text(name),
         )
         return _row(name, report, input_name=input_name)
-    except CardiosegError as exc:
-        return _row(name, None, str(exc), input_name=input_name)
     except Exception as exc:  # one broken study must not stop the batch
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        error = (
+            str(exc)
+            if isinstance(exc, CardiosegError)
+            else f"{type(exc).__name__}: {exc}".splitlines()[0]
+        )
+        if (Path(outdir) / name / "report.json").is_file():  # a re-analysis that failed
+            error += f" (the earlier result in {name_text(name)}/ was left as it was)"
         return _row(name, None, error, input_name=input_name)
 
 
@@ -371,8 +397,12 @@ def run_batch(
         names = set(studies)
         unknown = sorted(set(exclusions) - names)
         if unknown:
+            shown = ", ".join(name_text(n) for n in unknown[:5]) + (
+                ", ..." if len(unknown) > 5 else ""
+            )
             raise CardiosegError(
-                root, f"{len(unknown)} study name(s) of the exclusions are not in the folder"
+                root,
+                f"{len(unknown)} study name(s) of the exclusions are not in the folder: {shown}",
             )
         wanted = {
             n: sorted(str(SliceExclusion.parse(e)) for e in exclusions.get(n, ())) for n in names
@@ -404,7 +434,7 @@ def run_batch(
                 and same_input(r["study"])
             }
         todo: list[tuple[str, Path]] = []
-        other_model = 0
+        other_model = without_pdf = 0
         for name, s in studies.items():
             report = _finished_report(outdir / name / "report.json")
             if not same_input(name):  # the name now stands for another input
@@ -413,8 +443,13 @@ def run_batch(
                 report is not None and (report.get("meta") or {}).get("model") == current_model
             )
             other_model += report is not None and not same_model
-            if same_model and (
-                wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name]
+            # a PDF asked for now that an earlier run left out: the study is analysed again
+            lacks_pdf = write_pdf and not (outdir / name / "report.pdf").is_file()
+            without_pdf += same_model and lacks_pdf
+            if (
+                same_model
+                and not lacks_pdf
+                and (wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name])
             ):
                 rows[name] = _row(name, report, input_name=name_text(s.name))
             else:
@@ -428,6 +463,12 @@ def run_batch(
                 "record it): analysed again with %s",
                 other_model,
                 current_model,
+            )
+        if without_pdf:
+            log.warning(
+                "%d finished studies have no report.pdf (an earlier run with --no-pdf): "
+                "analysed again to write it",
+                without_pdf,
             )
         options = {"checkpoint": model, "roi": roi}
         runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)

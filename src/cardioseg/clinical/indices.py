@@ -101,7 +101,8 @@ DISPLAY_NAMES: dict[str, str] = {
 # RV stroke volume and RV EF limits are derived from the [H05] means (EDV - ESV) with assumed
 # SDs (SV 19 mL, EF 6 %) and are therefore approximate. No limits for RV ESV/SV indices.
 # The absolute LV mass (g) range is still [KB15]'s: our mass leaves the papillary muscles in
-# the blood pool (as the training labels do), which biases it slightly low against that range.
+# the blood pool (as the training labels do), which biases it slightly low against that range;
+# it is flagged only when the mass index (the [P17] range, same convention) cannot be.
 #: Published reference statistics (mean, SD) per sex, from the sources above. The RV stroke
 #: volume and EF rows are derived from the [H05] means with the assumed SDs.
 REFERENCE_STATS: dict[str, dict[str, tuple[float, float]]] = {
@@ -402,7 +403,9 @@ def compare_to_normal(
 ) -> dict[str, str]:
     """Flag each index that has a normal range as ``"low"``, ``"normal"`` or ``"high"``.
 
-    Indices without a published range (or with a non-finite value) are left out, and so are
+    Indices without a published range (or with a non-finite value) are left out, as is the
+    absolute LV mass when the LV mass index is flagged (their ranges count the papillary
+    muscles differently; the index's matches the masks), and so are
     all of a ventricle's indices when it was not found at ED or ES (under :data:`ABSENT_ML`:
     an empty ventricle is not a "low" volume) and an LV mass under 1 g. Values are compared as
     the reports show them (one decimal), so a value shown on a limit is normal.
@@ -423,6 +426,8 @@ def compare_to_normal(
         {'lv_ef_pct': 'normal'}
         >>> compare_to_normal({"rv_edv_ml": 0.0, "rv_esv_ml": 0.0, "lv_edv_ml": 150.0})
         {'lv_edv_ml': 'normal'}
+        >>> compare_to_normal({"lv_mass_g": 88.0, "lv_mass_index_g_m2": 44.0}, sex="M")
+        {'lv_mass_index_g_m2': 'normal'}
     """
     ranges = normal_ranges(sex) if ranges is None else ranges
 
@@ -445,4 +450,9 @@ def compare_to_normal(
         v = round(v, 1)
         low, high = ranges[name]
         flags[name] = "low" if v < low else "high" if v > high else "normal"
+    if "lv_mass_index_g_m2" in flags:
+        # the absolute range ([KB15]) counts the papillary muscles as mass, our masks (and the
+        # index's [P17] range) do not: with both, only the index is judged, so that the two
+        # can never contradict each other
+        flags.pop("lv_mass_g", None)
     return flags

@@ -196,7 +196,10 @@ def report_table(report: Mapping[str, Any]) -> tuple[list[dict[str, str]], str]:
 def _ranges_for(report: Mapping[str, Any]) -> str:
     """Whom the report's normal ranges are for, as a table header says it."""
     who = str(report.get("normal_ranges_for") or SEX_NAMES[None])
-    return f"adult {who}" if who in ("men", "women") else f"adult, {who}"
+    text = f"adult {who}" if who in ("men", "women") else f"adult, {who}"
+    if report.get("normal_ranges_applied") is False:
+        text += "; not applied: not for a child"
+    return text
 
 
 def _table_rows(
@@ -447,14 +450,19 @@ def frames_text(report: Mapping[str, Any]) -> str:
     Example:
         >>> frames_text({"ed_frame": 0, "es_frame": 9, "meta": {"source_kind": "dicom"}})
         'End-diastole: frame 0 · End-systole: frame 9 (frames counted from 0)'
+        >>> meta = {"source_kind": "nifti4d", "frames_from": "Info.cfg"}
+        >>> frames_text({"ed_frame": 0, "es_frame": 11, "meta": meta})
+        'End-diastole: frame 0 · End-systole: frame 11 (frames counted from 0; chosen by: Info.cfg)'
         >>> frames_text({"ed_frame": 0, "es_frame": 1, "meta": {"source_kind": "pair"}})
         'End-diastole and end-systole: the two given volumes (ED/ES pair)'
     """
-    if (report.get("meta") or {}).get("source_kind") == "pair":
+    meta = report.get("meta") or {}
+    if meta.get("source_kind") == "pair":
         return "End-diastole and end-systole: the two given volumes (ED/ES pair)"
+    origin = f"; chosen by: {meta['frames_from']}" if meta.get("frames_from") else ""
     return (
         f"End-diastole: frame {report.get('ed_frame')} · End-systole: frame "
-        f"{report.get('es_frame')} (frames counted from 0)"
+        f"{report.get('es_frame')} (frames counted from 0{origin})"
     )
 
 
@@ -518,6 +526,9 @@ def _write_montage(
 #: other keys are shown as they are.
 META_NAMES = {
     "source_kind": "input",
+    "frames_from": "ED and ES frames from",
+    "body_size": "height, weight",
+    "ranges_sex": "sex for the normal ranges",
     "n_frames": "frames",
     "n_slices": "slices",
     "spacing_mm": "voxel size (mm)",
@@ -529,6 +540,7 @@ META_NAMES = {
     "vendor": "vendor",
     "series_description": "series description",
     "warnings": "input warnings",
+    "lv_max_wall_thickness_slice": "slice of the LV max wall thickness (ED)",
 }
 
 
@@ -686,7 +698,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     label = report.get("patient_label")
     header_label = f"<p><b>Study label:</b> {e(str(label))}</p>" if label else ""
     score = qc.get("score")
-    score_txt = f" (score {score:.2f})" if isinstance(score, int | float) else ""
+    score_txt = _score_text(score)
     imgs = ""
     shows_spread = "disagreement" in (qc.get("metrics") or {})
     if "overlay" in figures:
@@ -799,16 +811,56 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 # --- PDF ------------------------------------------------------------------------------------------
 
 
-def _pdf_bullets(fig: Any, items: Sequence[Any], y: float) -> float:
-    """Write ``items`` as wrapped bullet points from height ``y`` down, stopping near the foot
-    of the page; return the height below them."""
+def _score_text(score: Any) -> str:
+    """The QC score as the reports show it, with its direction.
+
+    Example:
+        >>> _score_text(0.25), _score_text(None)
+        (' (score 0.25 of 1; higher is less trustworthy)', '')
+    """
+    if not isinstance(score, int | float):
+        return ""
+    return f" (score {score:.2f} of 1; higher is less trustworthy)"
+
+
+#: Lowest height of the first PDF page's text: below it, what produced the report and the
+#: disclaimer.
+PDF_TEXT_BOTTOM = 0.14
+
+
+def _pdf_bullets(
+    fig: Any, items: Sequence[Any], y: float, bottom: float = 0.1
+) -> tuple[float, int]:
+    """Write ``items`` as wrapped bullet points from height ``y`` down while they fit above
+    ``bottom``; return the height below them and how many were written."""
+    written = 0
     for item in items:
-        for k, line in enumerate(textwrap.wrap(str(item), 100)):
+        lines = textwrap.wrap(str(item), 100)
+        if y - 0.016 * (len(lines) - 1) < bottom:
+            break
+        for k, line in enumerate(lines):
             fig.text(0.09, y, ("• " if k == 0 else "  ") + line, fontsize=8)
             y -= 0.016
-        if y < 0.1:
-            break
-    return y
+        written += 1
+    return y, written
+
+
+def _provenance_lines(report: Mapping[str, Any], rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """What produced the report and from which references (the foot of the PDF's first page,
+    as in the HTML)."""
+    sources = sorted(
+        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
+    )
+    model = (report.get("meta") or {}).get("model")
+    text = (
+        f"Generated {report.get('generated_utc', '')} by cardioseg "
+        f"{report.get('software_version', '')}"
+        + (f"; model {model}" if model else "")
+        + ". Normal ranges (mean ± 2 SD): "
+        + ("; ".join(sources) or "none")
+        + ". LV mass = myocardial volume at ED × 1.05 g/mL."
+    )
+    return textwrap.wrap(text, 140)
 
 
 def _write_pdf(
@@ -832,8 +884,10 @@ def _write_pdf(
         if report.get("patient_label"):
             fig.text(0.07, y, f"Study label: {report['patient_label']}", fontsize=10)
             y -= 0.022
-        fig.text(0.07, y, frames_text(report), fontsize=10)
-        y -= 0.03
+        for line in textwrap.wrap(frames_text(report), 95):
+            fig.text(0.07, y, line, fontsize=10)
+            y -= 0.018
+        y -= 0.012
         if report.get("excluded_slices"):
             fig.text(
                 0.07,
@@ -877,7 +931,7 @@ def _write_pdf(
                 y -= 0.016
             y -= 0.015
         score = qc.get("score")
-        score_txt = f" (score {score:.2f})" if isinstance(score, int | float) else ""
+        score_txt = _score_text(score)
         fig.text(
             0.07,
             y,
@@ -888,17 +942,19 @@ def _write_pdf(
         )
         y -= 0.025
         reasons = qc.get("reasons") or ["no issues found"]
-        y = _pdf_bullets(fig, reasons[:25], y)
-        if len(reasons) > 25:
-            fig.text(0.09, y, f"... and {len(reasons) - 25} more (see report.json)", fontsize=8)
+        y, shown = _pdf_bullets(fig, reasons[:25], y, bottom=PDF_TEXT_BOTTOM)
+        if len(reasons) > shown:
+            fig.text(0.09, y, f"... and {len(reasons) - shown} more (see report.json)", fontsize=8)
             y -= 0.016
-        notes = [str(w) for w in (report.get("meta") or {}).get("warnings") or []]
-        if notes and y > 0.15:
+        notes = [str(w) for w in (report.get("meta") or {}).get("warnings") or []][:10]
+        if notes and y > PDF_TEXT_BOTTOM + 0.06:
             y -= 0.015
             fig.text(0.07, y, "About the input", fontsize=10, weight="bold", color="#b9770e")
             y -= 0.02
-            y = _pdf_bullets(fig, notes[:10], y)
-            notes = []
+            y, shown = _pdf_bullets(fig, notes, y, bottom=PDF_TEXT_BOTTOM)
+            notes = notes[shown:]
+        for k, line in enumerate(_provenance_lines(report, rows)):
+            fig.text(0.07, 0.115 - 0.012 * k, line, fontsize=6.5, color="#555")
         for k, line in enumerate(textwrap.wrap(DISCLAIMER, 95)):
             fig.text(0.07, 0.05 - 0.016 * k, line, fontsize=8, color="#c0392b", weight="bold")
         pdf.savefig(fig)
@@ -906,7 +962,7 @@ def _write_pdf(
         if notes:  # no room left on the first page: a page of their own, never left out
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "About the input", fontsize=12, weight="bold", color="#b9770e")
-            _pdf_bullets(fig, notes[:10], 0.92)
+            _pdf_bullets(fig, notes, 0.92)
             pdf.savefig(fig)
             plt.close(fig)
         if "overlay" in figures:
@@ -967,6 +1023,7 @@ def _write_pdf(
             tab.set_fontsize(8)
             for k, line in enumerate(textwrap.wrap(SEGMENTS_HINT, 110)):
                 fig.text(0.07, 0.5 - height - 0.016 * k, line, fontsize=7.5, color="#555")
+            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
             pdf.savefig(fig)
             plt.close(fig)
     return path
@@ -995,6 +1052,7 @@ def write_report(
     sex: str | None = None,
     suggestion: Mapping[str, Any] | None = None,
     segments: Mapping[str, Any] | None = None,
+    flag_ranges: bool = True,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``,
     ``wall_segments.png``, ``report.html`` and ``report.pdf`` into ``outdir`` (every file
@@ -1032,6 +1090,8 @@ def write_report(
         segments: LV wall thickness per AHA segment
             (:func:`~cardioseg.clinical.segments.aha_segments`), stored as ``wall_segments``
             and shown as bull's-eye plots and a table; ``None`` leaves it out.
+        flag_ranges: Flag the indices against the adult normal ranges; ``False`` (a child)
+            shows the ranges without any flag (``normal_ranges_applied`` false).
 
     Returns:
         Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
@@ -1071,7 +1131,7 @@ def write_report(
     # every view (JSON, HTML, PDF, CLI, web app) shows and flags the value report.json stores,
     # so that rounding it once more for display cannot make two of them differ
     indices = {k: None if v is None else _clean(round(float(v), 3)) for k, v in indices.items()}
-    flags = compare_to_normal(indices, ranges)
+    flags = compare_to_normal(indices, ranges) if flag_ranges else {}
     rows = _table_rows(indices, flags, ranges)
     report: dict[str, Any] = {
         "software": "cardioseg",
@@ -1088,6 +1148,7 @@ def write_report(
             "units": {k: UNITS[k] for k in indices if k in UNITS},
             "normal_flags": flags,
             "normal_ranges_for": SEX_NAMES[sex],
+            "normal_ranges_applied": bool(flag_ranges),
             "normal_ranges": {
                 k: {
                     "low": ranges[k][0],
