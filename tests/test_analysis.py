@@ -129,10 +129,13 @@ def test_analyze_ed_es_pair_with_bsa(tmp_path, tiny_checkpoint):
     assert not (out / "masks_cine.nii.gz").exists()  # a pair has no cine
 
 
-def _dicom_phantom_cine(folder: Path, without_slice: int | None = None, **study_kw) -> dict:
+def _dicom_phantom_cine(
+    folder: Path, without_slice: int | None = None, places=None, **study_kw
+) -> dict:
     """A 4-slice x 5-phase DICOM cine of the synthetic phantom (Siemens style); with
-    ``without_slice`` the files of that slice are left out (a gap in the stack);
-    ``study_kw`` go to :func:`new_study` (e.g. ``age="012Y"``)."""
+    ``without_slice`` the files of that slice are left out (a gap in the stack); ``places``
+    puts slice k at ``places[k]`` slice steps (uneven gaps); ``study_kw`` go to
+    :func:`new_study` (e.g. ``age="012Y"``)."""
     cine = _small_cine(seed=3, frames=5)
     study = new_study(vendor="SIEMENS", **study_kw)
     uid = pydicom.uid.generate_uid()
@@ -147,7 +150,7 @@ def _dicom_phantom_cine(folder: Path, without_slice: int | None = None, **study_
             write_image(
                 folder / f"IM{n:04d}",
                 study,
-                k=k,
+                k=k if places is None else places[k],
                 t=t,
                 series_uid=uid,
                 instance=n,
@@ -249,6 +252,35 @@ def test_analyze_dicom_with_a_missing_slice(tmp_path, tiny_checkpoint):
         + ["--no-pdf", "--exclude", "ES:2"]
     )
     _assert_clean_failure(res, "slice 2 has no images to take out")
+
+
+def test_analyze_dicom_with_uneven_slice_gaps_weights_each_slice(tmp_path, tiny_checkpoint):
+    """Gaps of 1, 1 and 1.75 steps (not a grid with a missing slice): each slice's disc is half
+    the distance to each neighbour; the slice table adds up to the volumes; the QC says so."""
+    import nibabel as nib
+
+    from cardioseg.clinical.indices import slice_weights
+
+    places = [0.0, 1.0, 2.0, 3.75]
+    _dicom_phantom_cine(tmp_path / "dcm", places=places)
+    out = tmp_path / "out"
+    res = _run(["analyze", tmp_path / "dcm", "-o", out, "--model", tiny_checkpoint, "--no-pdf"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert any("the volumes weight each slice" in r for r in report["qc"]["reasons"])
+    weights = slice_weights(places, 1.0)
+    assert weights == [1.0, 1.0, 1.375, 1.75]
+    img = nib.load(str(out / "mask_ED.nii.gz"))
+    mask = np.asarray(img.dataobj)
+    voxel = float(np.prod(img.header.get_zooms()[:3])) / 1000
+    lv = [np.count_nonzero(mask[:, :, k] == 1) for k in range(4)]
+    assert lv[3] > 0, "the test needs LV on the last (heaviest) slice"
+    assert report["lv_edv_ml"] == pytest.approx(
+        sum(n * w for n, w in zip(lv, weights, strict=True)) * voxel, abs=1e-3
+    )
+    assert sum(r["lv_ed_ml"] for r in report["slices"]) == pytest.approx(
+        report["lv_edv_ml"], abs=0.01
+    )
 
 
 def test_a_child_by_dicom_age_is_told_the_ranges_are_adults(tmp_path, tiny_checkpoint, caplog):
@@ -455,7 +487,8 @@ def test_analyze_sex_and_heart_rate_options(tmp_path, tiny_checkpoint):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     assert report["meta"]["warnings"] == [
-        "height 110 cm: the normal ranges in this report are adults'; they do not apply to a child"
+        "height 110 cm: the adult normal ranges do not apply to a child; no index is flagged "
+        "and no group is suggested"
     ]
 
 

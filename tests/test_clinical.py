@@ -330,13 +330,16 @@ def test_qc_checks_both_phases_and_the_rv(heart_pair, phase, breaker, status, ex
 
 
 def test_qc_asks_for_review_for_an_irregular_stack_or_a_missing_slice(heart_pair):
-    """The masks and volumes assume a regular stack: the DICOM loader's irregular gaps, or a
+    """The masks' slice positions assume a regular stack: the DICOM loader's irregular gaps, or a
     slice with no images, must not pass as "ok"."""
     ed, es = heart_pair
     note = "irregular slice gaps (8.00, 8.00, 14.00 mm); the affine uses the median 8.00 mm"
     qc = assess_quality(ed, es, SPACING, irregular_stack=note)
     assert qc.status == "review"
-    assert qc.reasons[0] == f"{note}: the volumes and the mask positions assume a regular stack"
+    assert qc.reasons[0] == (
+        f"{note}: the volumes weight each slice by its distance to its neighbours; the masks' "
+        "slice positions assume the median spacing"
+    )
     # as analyze gives it: the QC judges the stack with the gap filled by the nearest slice
     # (no split heart), the volumes come from the stack with the gap empty
     counted = {"ED": ed.copy(), "ES": es.copy()}

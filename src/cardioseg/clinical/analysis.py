@@ -277,6 +277,17 @@ def _sharing_window(segmenter: Any) -> AbstractContextManager:
     return share() if callable(share) else nullcontext()
 
 
+def _slice_weights(study: Study) -> list[float] | None:
+    """Disc thickness per slice for a DICOM stack whose slice gaps are uneven (not whole steps
+    of a grid), from the slices' own positions; ``None`` for a regular stack."""
+    dm = study.dicom_meta
+    if dm is None or not getattr(dm, "irregular_gaps", ""):
+        return None
+    from cardioseg.clinical.indices import slice_weights
+
+    return slice_weights(dm.slice_positions_mm, dm.slice_spacing_mm)
+
+
 def _missing_slices(study: Study) -> list[int]:
     """Slices where a DICOM stack has no images (left empty by the loader)."""
     return list(getattr(study.dicom_meta, "missing_slices", None) or [])
@@ -555,6 +566,7 @@ def analyze_study(
             "surface area"
         )
     missing = _missing_slices(st)
+    weights = _slice_weights(st)
     produced = {"ED": labels[..., ed_i].copy(), "ES": labels[..., es_i].copy()}
     if exclusions:
         if ed_i == es_i:
@@ -573,6 +585,7 @@ def analyze_study(
         weight_kg,
         heart_rate_bpm,
         missing_slices=missing,
+        slice_weights=weights,
     )
     # the thickest point of the ED myocardium (>= 15 mm: the adult hypertrophy criterion)
     from cardioseg.clinical.features import wall_thickness
@@ -620,6 +633,7 @@ def analyze_study(
             weight_kg,
             missing_slices=missing,
             ed_thickness=wall,
+            slice_weights=weights,
         )
         suggestion = suggest(features, qc.status)
     # wall thickness and thickening per AHA segment (the layout says which side is anterior)
@@ -728,6 +742,7 @@ def analyze_study(
                 spacing,
                 axis,
                 include=[e.slice for e in exclusions],
+                weights=weights,
             ),
             exclusions=[str(e) for e in exclusions],
             disagreement=spread,

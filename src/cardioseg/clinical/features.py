@@ -187,6 +187,7 @@ def shape_features(
     weight_kg: float | str | None = None,
     missing_slices: Sequence[int] = (),
     ed_thickness: dict[str, float] | None = None,
+    slice_weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Indices and shape features of one study (research use only, not a diagnosis).
 
@@ -202,6 +203,8 @@ def shape_features(
             does, so that the features match the reported indices.
         ed_thickness: :func:`wall_thickness` of ``ed_label`` when the caller has it already
             (it is not measured again).
+        slice_weights: Disc thickness per slice of an unevenly spaced stack, as for
+            :func:`~cardioseg.clinical.indices.compute_indices`.
 
     Returns:
         Every key of :func:`~cardioseg.clinical.indices.compute_indices` plus
@@ -221,7 +224,9 @@ def shape_features(
     h, w = _positive_or_none(height_cm), _positive_or_none(weight_kg)
     if h is None or w is None:
         h = w = None
-    indices = compute_indices(ed, es, spacing, h, w, missing_slices=missing_slices)
+    indices = compute_indices(
+        ed, es, spacing, h, w, missing_slices=missing_slices, slice_weights=slice_weights
+    )
     feats: dict[str, float] = {k: float(v) for k, v in indices.items()}
     feats["rv_lv_edv_ratio"] = _ratio(feats["rv_edv_ml"], feats["lv_edv_ml"])
     feats["rv_lv_esv_ratio"] = _ratio(feats["rv_esv_ml"], feats["lv_esv_ml"])

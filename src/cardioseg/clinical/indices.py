@@ -246,13 +246,44 @@ def _ef(edv: float, esv: float) -> float:
     return (edv - esv) / edv * 100.0 if edv > 0 else float("nan")
 
 
+def slice_weights(positions_mm: Sequence[float], step_mm: float) -> list[float]:
+    """Each slice's disc thickness, in multiples of ``step_mm``, for an unevenly spaced stack.
+
+    Summation of discs on a stack whose slice positions are uneven: each slice stands for
+    half the distance to each neighbour (an end slice for the whole gap to its one neighbour).
+    An evenly spaced stack gives 1 for every slice.
+
+    Args:
+        positions_mm: Each slice's position along the stack's normal (mm), in stack order.
+        step_mm: The slice spacing the voxel size assumes (e.g. the median gap).
+
+    Example:
+        >>> slice_weights([0.0, 8.0, 16.0, 30.0], 8.0)
+        [1.0, 1.0, 1.375, 1.75]
+        >>> slice_weights([0.0, 10.0, 20.0], 10.0)
+        [1.0, 1.0, 1.0]
+    """
+    z = np.asarray(positions_mm, dtype=float)
+    if z.size < 2 or not step_mm > 0:
+        return [1.0] * int(z.size)
+    gaps = np.abs(np.diff(z))
+    left = np.concatenate([[gaps[0]], gaps])  # the gap below each slice (an end: its one gap)
+    right = np.concatenate([gaps, [gaps[-1]]])
+    return [float(w) for w in (left + right) / 2.0 / float(step_mm)]
+
+
 def _volume_with_gaps(
-    label: np.ndarray, spacing: Sequence[float], value: int, gaps: Sequence[int]
+    label: np.ndarray,
+    spacing: Sequence[float],
+    value: int,
+    gaps: Sequence[int],
+    weights: Sequence[float] | None = None,
 ) -> float:
     """:func:`volume_ml`, where each slice of ``gaps`` (slices without images, along the slice
     axis) counts the mean area of its two neighbours (the discs method's linear interpolation);
-    a gap at either end of the stack counts nothing."""
-    if not len(gaps):
+    a gap at either end of the stack counts nothing. ``weights`` (:func:`slice_weights`) scale
+    each slice's disc for an unevenly spaced stack."""
+    if not len(gaps) and weights is None:
         return volume_ml(label, spacing, value)
     from cardioseg.preprocessing import slice_axis
 
@@ -266,6 +297,10 @@ def _volume_with_gaps(
         above = [j for j in range(k + 1, per_slice.size) if j not in missing]
         if below and above:
             filled[k] = (per_slice[below[0]] + per_slice[above[0]]) / 2.0
+    if weights is not None:
+        if len(weights) != filled.size:
+            raise ValueError(f"{len(weights)} slice weights for {filled.size} slices")
+        filled = filled * np.asarray(weights, dtype=float)
     return float(filled.sum()) * _voxel_ml(spacing)
 
 
@@ -277,6 +312,7 @@ def compute_indices(
     weight_kg: float | None = None,
     heart_rate_bpm: float | None = None,
     missing_slices: Sequence[int] = (),
+    slice_weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """Ventricular volumes, stroke volumes, ejection fractions and LV mass.
 
@@ -292,6 +328,8 @@ def compute_indices(
         missing_slices: Slices the stack has no images for (left empty in the labels); each
             counts the mean of its neighbours' areas, as clinical software interpolates a
             missing disc.
+        slice_weights: Disc thickness of each slice of an unevenly spaced stack, in multiples
+            of the slice spacing in ``spacing`` (:func:`slice_weights`); ``None``: all 1.
 
     Returns:
         ``lv_edv_ml, lv_esv_ml, lv_sv_ml, lv_ef_pct, rv_edv_ml, rv_esv_ml, rv_sv_ml, rv_ef_pct,
@@ -307,10 +345,10 @@ def compute_indices(
     es_label = np.asarray(es_label)
     if ed_label.shape != es_label.shape:
         raise ValueError(f"ED shape {ed_label.shape} differs from ES shape {es_label.shape}")
-    lv_edv = _volume_with_gaps(ed_label, spacing, LV, missing_slices)
-    lv_esv = _volume_with_gaps(es_label, spacing, LV, missing_slices)
-    rv_edv = _volume_with_gaps(ed_label, spacing, RV, missing_slices)
-    rv_esv = _volume_with_gaps(es_label, spacing, RV, missing_slices)
+    lv_edv = _volume_with_gaps(ed_label, spacing, LV, missing_slices, slice_weights)
+    lv_esv = _volume_with_gaps(es_label, spacing, LV, missing_slices, slice_weights)
+    rv_edv = _volume_with_gaps(ed_label, spacing, RV, missing_slices, slice_weights)
+    rv_esv = _volume_with_gaps(es_label, spacing, RV, missing_slices, slice_weights)
     out: dict[str, float] = {
         "lv_edv_ml": lv_edv,
         "lv_esv_ml": lv_esv,
@@ -320,7 +358,7 @@ def compute_indices(
         "rv_esv_ml": rv_esv,
         "rv_sv_ml": rv_edv - rv_esv,
         "rv_ef_pct": _ef(rv_edv, rv_esv),
-        "lv_mass_g": _volume_with_gaps(ed_label, spacing, MYO, missing_slices)
+        "lv_mass_g": _volume_with_gaps(ed_label, spacing, MYO, missing_slices, slice_weights)
         * MYOCARDIAL_DENSITY_G_ML,
     }
     if height_cm is not None and weight_kg is not None:

@@ -723,7 +723,7 @@ def assess_quality(
             the volume checks (ranges, ESV > EDV, myocardial volume) use them.
         irregular_stack: The DICOM loader's note on a stack whose slice gaps are irregular
             (:attr:`~cardioseg.io.dicom.CineMeta.irregular_gaps`, ``""`` when regular). The
-            labels and volumes assume a regular stack, so it asks for review.
+            labels' slice positions assume a regular stack, so it asks for review.
         missing_slices: Slices where the stack has no images (the loader's
             :attr:`~cardioseg.io.dicom.CineMeta.missing_slices`, left empty in the labels):
             they ask for review, since the volumes interpolate them. The checks judge each as
@@ -846,7 +846,8 @@ def assess_quality(
     if irregular_stack:
         out.add(
             "slice_gaps",
-            f"{irregular_stack}: the volumes and the mask positions assume a regular stack",
+            f"{irregular_stack}: the volumes weight each slice by its distance to its "
+            "neighbours; the masks' slice positions assume the median spacing",
         )
 
     # volumes: of the labels the indices come from

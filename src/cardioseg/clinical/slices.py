@@ -115,6 +115,7 @@ def slice_volumes(
     spacing: Sequence[float],
     slice_axis: int = 2,
     include: Iterable[int] = (),
+    weights: Sequence[float] | None = None,
 ) -> list[dict[str, float | int | str]]:
     """Volume of each structure on each slice at ED and ES, base first.
 
@@ -129,6 +130,8 @@ def slice_volumes(
         spacing: Voxel size in mm.
         slice_axis: Axis of the short-axis slices.
         include: Slices listed even when empty.
+        weights: Each slice's disc thickness in multiples of the slice spacing, for an
+            unevenly spaced stack (:func:`~cardioseg.clinical.indices.slice_weights`).
 
     Returns:
         One dict per slice: ``slice`` (stored index), ``position`` (``"base"``, ``"apex"`` or
@@ -147,8 +150,8 @@ def slice_volumes(
     es = np.moveaxis(np.asarray(es_label), slice_axis, 0)
     if ed.shape != es.shape:
         raise ValueError(f"ED shape {ed.shape} differs from ES shape {es.shape}")
-    voxel = _voxel_ml(spacing)
     n = ed.shape[0]
+    voxel = _voxel_ml(spacing) * (np.ones(n) if weights is None else np.asarray(weights, float))
     counts = {
         (name, phase): (arr == value).reshape(n, -1).sum(1) * voxel
         for name, value in (("lv", LV), ("myo", MYO), ("rv", RV))
