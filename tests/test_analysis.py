@@ -269,7 +269,7 @@ def test_analyze_dicom_with_uneven_slice_gaps_weights_each_slice(tmp_path, tiny_
     report = json.loads((out / "report.json").read_text())
     assert any("the volumes weight each slice" in r for r in report["qc"]["reasons"])
     weights = slice_weights(places, 1.0)
-    assert weights == [1.0, 1.0, 1.375, 1.75]
+    assert weights == [1.0, 1.0, 1.375, 1.375]
     img = nib.load(str(out / "mask_ED.nii.gz"))
     mask = np.asarray(img.dataobj)
     voxel = float(np.prod(img.header.get_zooms()[:3])) / 1000
@@ -278,6 +278,7 @@ def test_analyze_dicom_with_uneven_slice_gaps_weights_each_slice(tmp_path, tiny_
     assert report["lv_edv_ml"] == pytest.approx(
         sum(n * w for n, w in zip(lv, weights, strict=True)) * voxel, abs=1e-3
     )
+    assert report["qc"]["metrics"]["lv_edv_ml"] == pytest.approx(report["lv_edv_ml"], abs=1e-3)
     assert sum(r["lv_ed_ml"] for r in report["slices"]) == pytest.approx(
         report["lv_edv_ml"], abs=0.01
     )
@@ -305,6 +306,25 @@ def test_a_child_by_dicom_age_is_told_the_ranges_are_adults(tmp_path, tiny_check
     assert "adults" in report["diagnosis_suggestion"]["reason"]
     for text in (json.dumps(report), caplog.text):
         assert "012Y" not in text and "12 years" not in text and "age_years" not in text
+
+
+def test_an_adult_of_short_height_is_judged_as_an_adult(tmp_path, tiny_checkpoint):
+    """A DICOM age of 30 years wins over a height under 140 cm: the adult ranges apply, and no
+    note says otherwise."""
+    from cardioseg.clinical.analysis import analyze_study
+    from cardioseg.inference import Segmenter
+
+    _dicom_phantom_cine(tmp_path / "dcm", age="030Y")
+    report = analyze_study(
+        tmp_path / "out",
+        study=tmp_path / "dcm",
+        segmenter=Segmenter(tiny_checkpoint),
+        write_pdf=False,
+        height_cm=135,
+        weight_kg=40,
+    )
+    assert report["normal_ranges_applied"] is True and report["normal_flags"]
+    assert not any("child" in w for w in report["meta"].get("warnings", []))
 
 
 def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
@@ -528,6 +548,7 @@ def test_analyze_batch_records_failures_and_resumes(tmp_path, tiny_checkpoint):
     assert json.loads((out / "a" / "report.json").read_text())["patient_label"] == "a"
     assert rows2[0]["frames_from"].startswith("the LV volume curve")
     assert {"lvsv_index_ml_m2", "rvsv_index_ml_m2", "normal_flags"} <= set(rows2[0])
+    assert rows2[0]["normal_ranges_applied"] == "True"
 
 
 def test_analyze_batch_rerun_writes_the_pdfs_an_earlier_run_left_out(tmp_path, tiny_checkpoint):
@@ -992,7 +1013,7 @@ def test_cine_masks_keep_the_time_between_frames(tmp_path, tiny_checkpoint):
     assert masks.header.get_zooms()[3] == pytest.approx(32.5)
     assert masks.header.get_xyzt_units() == ("mm", "msec")
     html = (out / "report.html").read_text()
-    assert "(frames counted from 0)" in html
+    assert "(frames counted from 0; chosen by: the LV volume curve)" in html
 
 
 def test_analyze_batch_keeps_studies_apart_and_its_output_out_of_the_studies(

@@ -1027,3 +1027,16 @@ def test_pdf_names_what_produced_it(tmp_path):
     assert report["generated_utc"] in text and report["software_version"] in text
     assert "model v4.pt (sha256 abc)" in text and "1.05 g/mL" in text
     assert "Petersen" in text and "Kawel-Boehm" in text
+
+
+def test_pdf_shows_user_text_as_it_is(tmp_path):
+    """A label with dollar signs (mathematics to matplotlib) neither stops the report nor is
+    typeset; a long one is wrapped. The absolute LV mass says why it is not flagged."""
+    indices = {"lv_ef_pct": 55.0, "lv_mass_g": 160.0, "lv_mass_index_g_m2": 60.0, "bsa_m2": 2.0}
+    label = "cost $\\x$ test " + "x" * 150
+    files = write_report(tmp_path, indices, None, meta={"patient_label": label}, sex="M")
+    assert files["pdf"].read_bytes().startswith(b"%PDF")
+    report = json.loads(files["json"].read_text())
+    assert report["patient_label"] == label
+    assert "lv_mass_g" not in report["normal_flags"]
+    assert "(not judged: see the index)" in files["html"].read_text()

@@ -155,3 +155,44 @@ def test_report_shows_the_segments(tmp_path):
         return int(re.search(rb"/Count (\d+)", pdf.read_bytes()).group(1))
 
     assert pages(files["pdf"]) == pages(plain["pdf"]) + 1
+
+
+def test_es_slices_keep_their_ed_thirds():
+    """At ES the apical cavity closes on two slices: the mid slices stay mid (re-splitting the
+    four ES slices into thirds would call slice 3 apical and compare unlike slices)."""
+    ed = stack([ring_slice(12, 16)] * 2 + [ring_slice(10, 14)] * 4)
+    closed = ring_slice(0, 14)
+    closed[closed == 1] = 2  # no cavity left
+    es = stack([ring_slice(9, 16)] * 2 + [ring_slice(7, 14)] * 2 + [closed] * 2)
+    out = aha_segments(ed, es, (1.0, 1.0, 8.0))
+    rows = {r["segment"]: r for r in out["segments"]}
+    for s in (13, 14, 15, 16):  # no ES slice with a cavity in the ED apical third
+        assert rows[s]["es_mm"] is None and rows[s]["thickening_pct"] is None
+    for s in range(7, 13):
+        assert rows[s]["es_mm"] == pytest.approx(6.5, abs=1.0), rows[s]
+
+
+def test_bullseye_puts_each_segment_in_its_conventional_place():
+    """Anterior at the top, septum on the left, lateral on the right, inferior at the bottom;
+    the base outside, the apex inside (each wedge's centre angle, counter-clockwise from the
+    right, and its ring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cardioseg.reporting.bullseye import plot_bullseye
+
+    fig, ax = plt.subplots(subplot_kw={"projection": "polar"})
+    plot_bullseye(ax, {s: float(s) for s in SEGMENT_NAMES})
+    where = {}
+    for text in ax.texts:
+        if text.get_text().replace(".", "").isdigit():
+            theta, r = text.get_position()
+            where[int(float(text.get_text()))] = (round(np.degrees(theta)) % 360, r)
+    plt.close(fig)
+    centre = {1: 90, 2: 150, 3: 210, 4: 270, 5: 330, 6: 30, 13: 90, 14: 180, 15: 270, 16: 0}
+    for s in SEGMENT_NAMES:
+        deg = centre.get(s, centre.get(s - 6))
+        assert where[s][0] == deg, (s, where[s])
+    assert all(where[s][1] > where[s + 6][1] > where[13][1] for s in range(1, 7))

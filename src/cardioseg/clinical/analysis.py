@@ -546,15 +546,18 @@ def analyze_study(
     if heart_rate_bpm is None:
         heart_rate_bpm = st.meta.get("heart_rate_bpm")
     age = st.meta.get("age_years")
-    child = (age is not None and age < ADULT_AGE_YEARS) or (
-        age is None and height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM
+    # a child: by the DICOM age where the study has one, else by the height
+    child = (
+        age < ADULT_AGE_YEARS
+        if age is not None
+        else height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM
     )
-    if age is not None and age < ADULT_AGE_YEARS:
+    if child and age is not None:
         notes.append(  # the age itself is not written: notes are logged too
             f"PatientAge under {ADULT_AGE_YEARS:.0f} years: the adult normal ranges do not "
             "apply to a child; no index is flagged and no group is suggested"
         )
-    elif height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM:
+    elif child:
         notes.append(
             f"height {height_cm:.0f} cm: the adult normal ranges do not apply to a child; no "
             "index is flagged and no group is suggested"
@@ -612,6 +615,7 @@ def analyze_study(
         counted={"ED": labels[..., ed_i], "ES": labels[..., es_i]},
         irregular_stack=getattr(st.dicom_meta, "irregular_gaps", ""),
         missing_slices=missing,
+        slice_weights=weights,
     )
     # the research-use ACDC group suggestion (not a diagnosis), where it can mean something
     from cardioseg.clinical.diagnosis import DISCLAIMER as DIAGNOSIS_DISCLAIMER

@@ -57,6 +57,7 @@ REPORT_KEYS = [
     "lv_co_l_min",
     "lv_ci_l_min_m2",
     "normal_ranges_for",
+    "normal_ranges_applied",
     "ed_frame",
     "es_frame",
 ]

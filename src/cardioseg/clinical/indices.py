@@ -250,8 +250,9 @@ def slice_weights(positions_mm: Sequence[float], step_mm: float) -> list[float]:
     """Each slice's disc thickness, in multiples of ``step_mm``, for an unevenly spaced stack.
 
     Summation of discs on a stack whose slice positions are uneven: each slice stands for
-    half the distance to each neighbour (an end slice for the whole gap to its one neighbour).
-    An evenly spaced stack gives 1 for every slice.
+    half the distance to each neighbour; an end slice stands, on its outer side, for half of
+    ``step_mm`` (what an evenly spaced stack assumes). An evenly spaced stack gives 1 for every
+    slice.
 
     Args:
         positions_mm: Each slice's position along the stack's normal (mm), in stack order.
@@ -259,7 +260,7 @@ def slice_weights(positions_mm: Sequence[float], step_mm: float) -> list[float]:
 
     Example:
         >>> slice_weights([0.0, 8.0, 16.0, 30.0], 8.0)
-        [1.0, 1.0, 1.375, 1.75]
+        [1.0, 1.0, 1.375, 1.375]
         >>> slice_weights([0.0, 10.0, 20.0], 10.0)
         [1.0, 1.0, 1.0]
     """
@@ -267,8 +268,8 @@ def slice_weights(positions_mm: Sequence[float], step_mm: float) -> list[float]:
     if z.size < 2 or not step_mm > 0:
         return [1.0] * int(z.size)
     gaps = np.abs(np.diff(z))
-    left = np.concatenate([[gaps[0]], gaps])  # the gap below each slice (an end: its one gap)
-    right = np.concatenate([gaps, [gaps[-1]]])
+    left = np.concatenate([[step_mm], gaps])  # the gap below each slice (outside an end: a step)
+    right = np.concatenate([gaps, [step_mm]])
     return [float(w) for w in (left + right) / 2.0 / float(step_mm)]
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, volume_ml
+from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, _volume_with_gaps
 from cardioseg.inference.postprocess import myocardial_enclosure
 from cardioseg.preprocessing import slice_axis
 
@@ -698,6 +698,7 @@ def assess_quality(
     counted: Mapping[str, np.ndarray] | None = None,
     irregular_stack: str = "",
     missing_slices: Sequence[int] = (),
+    slice_weights: Sequence[float] | None = None,
 ) -> QCResult:
     """Quality control of an ED/ES segmentation pair.
 
@@ -729,7 +730,9 @@ def assess_quality(
             they ask for review, since the volumes interpolate them. The checks judge each as
             a copy of its nearest slice, so that a gap neither splits the heart into
             "fragments" nor reads as missing structures, and set it aside like a slice the
-            reader took out; the volume checks count it empty.
+            reader took out; the volume checks interpolate it as the reported volumes do.
+        slice_weights: Disc thickness per slice of an unevenly spaced stack
+            (:func:`~cardioseg.clinical.indices.slice_weights`), for the volume checks.
 
     Returns:
         :class:`QCResult`.
@@ -855,7 +858,13 @@ def assess_quality(
     ed_label = np.asarray(counted.get("ED", ed_label))
     if es_label is not None:
         es_label = np.asarray(counted.get("ES", es_label))
-    lv_edv = volume_ml(ed_label, spacing, LV)
+
+    def vol(label: np.ndarray, value: int) -> float:
+        """Volume (mL) as the reported indices count it: gaps interpolated, uneven slices
+        weighted."""
+        return _volume_with_gaps(label, spacing, value, gaps, slice_weights)
+
+    lv_edv = vol(ed_label, LV)
     metrics["lv_edv_ml"] = lv_edv
     if lv_edv == 0:
         out.add("lv_absent", "no LV found at end-diastole")
@@ -865,12 +874,12 @@ def assess_quality(
             f"LV end-diastolic volume {lv_edv:.1f} mL outside the plausible range "
             f"{LVEDV_RANGE_ML[0]:.0f}-{LVEDV_RANGE_ML[1]:.0f} mL",
         )
-    rv_edv = volume_ml(ed_label, spacing, RV)
+    rv_edv = vol(ed_label, RV)
     if rv_edv < RV_MIN_ML:
         out.add("rv_absent", "RV not found (or nearly empty) at end-diastole")
-    lv_esv = volume_ml(es_label, spacing, LV) if es_label is not None else None
+    lv_esv = vol(es_label, LV) if es_label is not None else None
     if es_label is not None:
-        rv_esv = volume_ml(es_label, spacing, RV)
+        rv_esv = vol(es_label, RV)
         if lv_edv > 0 and lv_esv == 0:
             out.add("lv_absent", "no LV found at end-systole")
         if rv_esv < RV_MIN_ML <= rv_edv:
@@ -904,8 +913,8 @@ def assess_quality(
                 f"LV ejection fraction {ef:.1f} % outside the plausible range "
                 f"{LVEF_RANGE_PCT[0]:.0f}-{LVEF_RANGE_PCT[1]:.0f} %",
             )
-        myo_ed = volume_ml(ed_label, spacing, MYO)
-        myo_es = volume_ml(es_label, spacing, MYO)
+        myo_ed = vol(ed_label, MYO)
+        myo_es = vol(es_label, MYO)
         if max(myo_ed, myo_es) > 0:
             diff = abs(myo_ed - myo_es) / max(myo_ed, myo_es)
             metrics["myo_volume_diff"] = diff

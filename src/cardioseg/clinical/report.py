@@ -218,7 +218,12 @@ def _table_rows(
                 "name": DISPLAY_NAMES.get(name, name),
                 "value": _fmt(name, indices[name]),
                 "unit": UNITS.get(name, ""),
-                "range": _range_text(name, ranges),
+                "range": _range_text(name, ranges)
+                + (
+                    " (not judged: see the index)"
+                    if name == "lv_mass_g" and "lv_mass_index_g_m2" in flags
+                    else ""
+                ),
                 "flag": flags.get(name, ""),
             }
         )
@@ -881,12 +886,20 @@ def _write_pdf(
         y = 0.96
         fig.text(0.07, y, "Cardiac cine MRI analysis", fontsize=16, weight="bold")
         y -= 0.03
-        if report.get("patient_label"):
-            fig.text(0.07, y, f"Study label: {report['patient_label']}", fontsize=10)
-            y -= 0.022
-        for line in textwrap.wrap(frames_text(report), 95):
-            fig.text(0.07, y, line, fontsize=10)
-            y -= 0.018
+        details = report.get("meta") or {}
+        head = [f"Study label: {report['patient_label']}"] if report.get("patient_label") else []
+        head.append(frames_text(report))
+        used = [
+            f"{name}: {details[key]}"
+            for key, name in (("body_size", "Height, weight"), ("ranges_sex", "Sex"))
+            if details.get(key)
+        ]
+        if used:
+            head.append("; ".join(used))
+        for item in head:
+            for line in textwrap.wrap(item, 95):
+                fig.text(0.07, y, line, fontsize=10)
+                y -= 0.018
         y -= 0.012
         if report.get("excluded_slices"):
             fig.text(
@@ -1124,7 +1137,8 @@ def write_report(
             es_frame,
             reported_volumes(indices),
         )
-    if segments:
+    if segments:  # drawn from the stored (rounded) values, as every view shows them
+        segments = _rounded(segments)
         files["segments"] = _write_segments_png(outdir / "wall_segments.png", segments)
     sex = normalize_sex(sex)
     ranges = normal_ranges(sex)
@@ -1171,7 +1185,7 @@ def write_report(
         report["diagnosis_suggestion"] = dict(suggestion)
     if segments:
         report["wall_segments"] = {
-            **_rounded(segments),
+            **dict(segments),
             "model": "AHA 16-segment (segment 17 not measured)",
             "note": SEGMENTS_HINT,
         }
@@ -1186,5 +1200,10 @@ def write_report(
     with atomic_write(files["html"]) as tmp:
         tmp.write_text(_html(report, rows, files), encoding="utf-8")
     if write_pdf:
-        _write_pdf(files["pdf"], report, rows, files, curves)
+        import matplotlib
+
+        # text the input or the user brings (a label, file names in notes) is shown as it is:
+        # "$...$" would be read as mathematics, or stop the report
+        with matplotlib.rc_context({"text.parse_math": False}):
+            _write_pdf(files["pdf"], report, rows, files, curves)
     return files

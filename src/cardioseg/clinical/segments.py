@@ -18,7 +18,9 @@ direction on every labelled file with a real orientation.
 
 Thickness is the local thickness along the myocardium's centre line
 (:func:`cardioseg.clinical.features.thickness_points`); a segment's value is the median of its
-samples on each slice of its third, averaged over those slices. Research use only.
+samples on each slice of its third, averaged over those slices. The thirds are the ED stack's:
+at ES each slice keeps its ED third (an apical slice whose cavity closes in systole drops out
+rather than moving the others up a third). Research use only.
 
 Canonical labels: 1 LV blood pool, 2 myocardium, 3 RV blood pool.
 """
@@ -164,11 +166,15 @@ def patient_anterior_angle(affine: np.ndarray, axis: int) -> float | None:
 
 
 def _phase_segments(
-    label: np.ndarray, spacing: Sequence[float], mirrored: bool, base_first: bool | None
-) -> tuple[dict[int, list[float]], dict[str, Any], bool]:
+    label: np.ndarray,
+    spacing: Sequence[float],
+    mirrored: bool,
+    levels: dict[int, str] | None = None,
+) -> tuple[dict[int, list[float]], dict[str, Any], dict[int, str]]:
     """Per-segment median thickness of each slice of one phase, where its maximum lies, and
-    whether the base is the first slice (``base_first=None``: the end of the LV stack with the
-    larger heart)."""
+    each slice's third. ``levels`` (the ED phase's) assigns the thirds; without it the slices
+    with LV and myocardium are ordered from the base (the end of the LV stack with the larger
+    heart) and split into thirds."""
     lab = np.asarray(label)
     axis = slice_axis(tuple(float(s) for s in spacing[:3]), lab.shape)
     sp = tuple(float(spacing[i]) for i in range(3) if i != axis)
@@ -176,27 +182,28 @@ def _phase_segments(
     zs = [z for z in range(moved.shape[0]) if (moved[z] == LV).any() and (moved[z] == MYO).any()]
     per_segment: dict[int, list[float]] = {}
     peak: dict[str, Any] = {"mm": math.nan, "segment": None, "slice": None}
-    if len(zs) < 3:
-        return per_segment, peak, True
-    if base_first is None:  # the base is the end of the LV stack with the larger heart
+    if levels is None:
+        if len(zs) < 3:
+            return per_segment, peak, {}
         b = basal_end(lab, axis)
-        base_first = b is None or abs(b - zs[0]) <= abs(b - zs[-1])
-    order = zs if base_first else zs[::-1]
-    centres = {z: lv_centre(moved[z], sp) for z in order}
-    septum = {z: septal_direction(moved[z], sp) for z in order}
+        order = zs if b is None or abs(b - zs[0]) <= abs(b - zs[-1]) else zs[::-1]
+        levels = dict(zip(order, _levels(len(order)), strict=True))
+    # a slice keeps its ED third at ES (the thirds are anatomical); ES-only slices are left out
+    zs = [z for z in zs if z in levels]
+    septum = {z: septal_direction(moved[z], sp) for z in zs}
     known = [np.radians(a) for a in septum.values() if a is not None]
     if not known:
-        return per_segment, peak, base_first  # no RV anywhere: the septum cannot be placed
+        return per_segment, peak, levels  # no RV anywhere: the septum cannot be placed
     mean_dir = float(np.degrees(np.arctan2(np.mean(np.sin(known)), np.mean(np.cos(known)))))
     sense = -1.0 if mirrored else 1.0
-    for z, level in zip(order, _levels(len(order)), strict=True):
+    for z in zs:
         coords, values = thickness_points(moved[z] == MYO, sp)
         if values.size == 0:
             continue
-        pts = coords * np.asarray(sp) - centres[z]
+        pts = coords * np.asarray(sp) - lv_centre(moved[z], sp)
         ang = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
         ref = septum[z] if septum[z] is not None else mean_dir
-        seg = segment_of(sense * (ang - ref), level)
+        seg = segment_of(sense * (ang - ref), levels[z])
         for s in np.unique(seg):
             per_segment.setdefault(int(s), []).append(float(np.median(values[seg == s])))
         # the thickest point; a tie goes to the lower slice index, as in wall_thickness
@@ -204,7 +211,7 @@ def _phase_segments(
         best = peak["slice"] is None or values[k] > peak["mm"]
         if best or (values[k] == peak["mm"] and z < peak["slice"]):
             peak = {"mm": float(values[k]), "segment": int(seg[k]), "slice": int(z)}
-    return per_segment, peak, base_first
+    return per_segment, peak, levels
 
 
 def aha_segments(
@@ -241,12 +248,12 @@ def aha_segments(
         >>> [round(s["ed_mm"]) for s in out["segments"]][:6]
         [4, 4, 4, 4, 4, 4]
     """
-    ed_seg, ed_peak, base_first = _phase_segments(ed_label, spacing, mirrored, None)
+    ed_seg, ed_peak, levels = _phase_segments(ed_label, spacing, mirrored)
     if not ed_seg:
         return None
     es_seg: dict[int, list[float]] = {}
-    if es_label is not None:  # the base moves in systole, the stack's layout does not
-        es_seg, _, _ = _phase_segments(es_label, spacing, mirrored, base_first)
+    if es_label is not None:  # each slice keeps its ED third: thickening compares like with like
+        es_seg, _, _ = _phase_segments(es_label, spacing, mirrored, levels)
     rows = []
     for s, name in SEGMENT_NAMES.items():
         ed_mm = float(np.mean(ed_seg[s])) if s in ed_seg else None

@@ -346,7 +346,9 @@ function renderSegments(d) {
   if (!seg) return;
   $("segments-line").textContent = seg.line;
   $("segments-hint").textContent = seg.note || "";
-  $("segments-image").src = "/api/studies/" + d.study.id + "/images/segments";
+  // the job id changes with every analysis: a re-analysis's figure is not taken from the cache
+  const version = encodeURIComponent((d.job && d.job.id) || "");
+  $("segments-image").src = withToken("/api/studies/" + d.study.id + "/images/segments?v=" + version);
 }
 
 async function showResult(d) {
