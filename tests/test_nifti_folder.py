@@ -104,8 +104,11 @@ def test_analyze_batch_over_nifti_study_folders(tmp_path, tiny_checkpoint):
     assert res.exit_code == 0, res.output
     rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["A1"]["status"] == rows["patient001"]["status"] == "done", rows
-    assert (rows["A1"]["ed_frame"], rows["A1"]["es_frame"]) == ("0", "1")
+    # a pair of volumes has no frame numbers; a cine's come from Info.cfg
+    assert (rows["A1"]["ed_frame"], rows["A1"]["es_frame"]) == ("", "")
+    assert rows["A1"]["frames_from"] == "the two given volumes"
     assert (rows["patient001"]["ed_frame"], rows["patient001"]["es_frame"]) == ("0", "2")
+    assert rows["patient001"]["frames_from"] == "Info.cfg"
     # Info.cfg's height and weight give the indexed values, in the table as in the report
     report = json.loads((out / "patient001" / "report.json").read_text())
     for key in ("bsa_m2", "lvedv_index_ml_m2", "lv_mass_index_g_m2"):
