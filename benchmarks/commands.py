@@ -1,10 +1,24 @@
-"""The command line a benchmark result file quotes, so that it can be run again as written."""
+"""The command line a benchmark result file quotes, so that it can be run again as written,
+and the writing of a Markdown result."""
 
 from __future__ import annotations
 
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from cardioseg.io.nifti import atomic_write
+
+
+def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
+    """Write ``lines`` to ``path`` (its folder created, the file atomically) and print them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path
 
 
 def command_line(script: str, argv: Sequence[str] | None = None) -> str:

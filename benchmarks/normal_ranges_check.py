@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from commands import command_line
+from commands import command_line, write_lines
 
 from cardioseg.clinical.indices import (
     NORMAL_RANGE_SOURCES,
@@ -28,7 +28,6 @@ from cardioseg.clinical.indices import (
     normal_ranges,
 )
 from cardioseg.data.datasets import ed_es_pairs, load_case, read_acdc
-from cardioseg.io.nifti import atomic_write
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "acdc" / "training"
@@ -101,12 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         if name in ranges and counts[("NOR", name)]["low"] + counts[("NOR", name)]["high"]
     )
     lines += ["", f"NOR: {any_flag} of the listed indices flag at least one of {nor} patients."]
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"normal_ranges_check_{args.tag}.md"
-    with atomic_write(path) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    path = write_lines(Path(args.output) / f"normal_ranges_check_{args.tag}.md", lines)
     print(f"wrote {path}")
 
 

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-from commands import command_line
+from commands import command_line, write_lines
 
 from cardioseg.clinical.segments import (
     SEGMENT_NAMES,
@@ -34,7 +33,6 @@ from cardioseg.clinical.segments import (
 )
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import atomic_write
 from cardioseg.preprocessing import slice_axis
 from cardioseg.preprocessing.geometry import is_mirrored_view
 
@@ -201,11 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += _agreement_lines(
             dataset, ed_err.get(dataset, {}), thick_err.get(dataset, {}), peaks[dataset]
         )
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_lines(args.output, lines)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from commands import command_line
+from commands import command_line, write_lines
 
 from cardioseg.clinical.indices import HYPERTROPHY_WALL_MM
-from cardioseg.io.nifti import atomic_write
 
 KEY = "myo_thickness_max_ed_mm"  # the features' name of the report's LV max wall thickness
 
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         f"absolute error {np.median(np.abs(err)):.2f} mm, 90th percentile of the absolute error "
         f"{np.percentile(np.abs(err), 90):.2f} mm.",
     ]
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_lines(args.output, lines)
 
 
 if __name__ == "__main__":

@@ -831,6 +831,17 @@ def _score_text(score: Any) -> str:
 PDF_TEXT_BOTTOM = 0.14
 
 
+def _pdf_table(
+    fig: Any, header: Sequence[str], cells: Sequence[Sequence[str]], rect: tuple[float, ...]
+) -> None:
+    """A table of ``cells`` under ``header`` filling ``rect`` of ``fig``, in 8 pt."""
+    ax = fig.add_axes(rect)
+    ax.axis("off")
+    tab = ax.table(cellText=cells, colLabels=header, bbox=(0.0, 0.0, 1.0, 1.0))
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+
+
 def _pdf_bullets(
     fig: Any, items: Sequence[Any], y: float, bottom: float = 0.1
 ) -> tuple[float, int]:
@@ -994,11 +1005,7 @@ def _write_pdf(
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "Slice-by-slice volumes (mL, base first)", fontsize=12)
             height = min(0.8, 0.025 * (len(cells) + 1))
-            ax = fig.add_axes((0.07, 0.92 - height, 0.86, height))
-            ax.axis("off")
-            tab = ax.table(cellText=cells, colLabels=header, bbox=(0.0, 0.0, 1.0, 1.0))
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(8)
+            _pdf_table(fig, header, cells, (0.07, 0.92 - height, 0.86, height))
             for k, line in enumerate(textwrap.wrap(EXCLUDE_HINT, 100)):
                 fig.text(0.07, 0.9 - height - 0.02 * k, line, fontsize=8, color="#555")
             pdf.savefig(fig)
@@ -1027,11 +1034,7 @@ def _write_pdf(
             _plot_segments(fig, segs, (0.05, 0.55, 0.9, 0.32))
             header, cells = _segment_cells(segs)
             height = 0.022 * (len(cells) + 1)
-            ax = fig.add_axes((0.07, 0.53 - height, 0.86, height))
-            ax.axis("off")
-            tab = ax.table(cellText=cells, colLabels=header, bbox=(0.0, 0.0, 1.0, 1.0))
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(8)
+            _pdf_table(fig, header, cells, (0.07, 0.53 - height, 0.86, height))
             for k, line in enumerate(textwrap.wrap(SEGMENTS_HINT, 110)):
                 fig.text(0.07, 0.5 - height - 0.016 * k, line, fontsize=7.5, color="#555")
             fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)

@@ -37,6 +37,7 @@ from scipy import ndimage as ndi
 from cardioseg.clinical.features import thickness_points
 from cardioseg.inference.postprocess import basal_end
 from cardioseg.preprocessing import slice_axis
+from cardioseg.preprocessing.geometry import unit_axes
 
 LV, MYO, RV = 1, 2, 3
 
@@ -151,12 +152,8 @@ def patient_anterior_angle(affine: np.ndarray, axis: int) -> float | None:
         >>> patient_anterior_angle(np.eye(4), 2) is None
         True
     """
-    rot = np.asarray(affine, dtype=float)[:3, :3]
-    norms = np.linalg.norm(rot, axis=0)
-    if np.any(norms < 1e-8):
-        return None
-    rot = rot / norms
-    if np.allclose(rot, np.eye(3), atol=1e-3):
+    rot = unit_axes(affine)
+    if rot is None or np.allclose(rot, np.eye(3), atol=1e-3):
         return None
     inplane = [i for i in range(3) if i != axis]
     a0, a1 = rot[1, inplane[0]], rot[1, inplane[1]]

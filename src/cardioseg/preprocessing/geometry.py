@@ -98,6 +98,16 @@ small for a short-axis image of the heart (at least 40 mm)
         )
 
 
+def unit_axes(affine: np.ndarray) -> np.ndarray | None:
+    """The world directions (RAS+) of the three array axes as unit columns of a 3×3 matrix, or
+    ``None`` when an axis has no length (a degenerate affine)."""
+    rot = np.asarray(affine, dtype=float)[:3, :3]
+    norms = np.linalg.norm(rot, axis=0)
+    if np.any(norms < 1e-8):
+        return None
+    return rot / norms
+
+
 def is_mirrored_view(affine: np.ndarray, axis: int, threshold: float = 0.3) -> bool:
     """Whether the in-plane axes show a short-axis stack mirrored against the canonical view.
 
@@ -120,11 +130,9 @@ def is_mirrored_view(affine: np.ndarray, axis: int, threshold: float = 0.3) -> b
         >>> is_mirrored_view(np.diag([1.0, -1.0, 1.0, 1.0]), 2)  # columns run posterior
         True
     """
-    rot = np.asarray(affine, dtype=float)[:3, :3]
-    norms = np.linalg.norm(rot, axis=0)
-    if np.any(norms < 1e-8):
+    rot = unit_axes(affine)
+    if rot is None:
         return False
-    rot = rot / norms
     rows, cols = (rot[:, i] for i in range(3) if i != axis)
     return float(np.cross(rows, cols) @ APEX_DIRECTION_RAS) > threshold
 
