@@ -166,6 +166,14 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     assert res.status == {"s2g/baseline/seed0": "done", "s2g/tent/seed0": "done"}
     r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out), "--only", "magic"])
     assert r.exit_code != 0 and "unknown method 'magic'" in r.output
+    # the finished runs were trained with the quick profile: a plan with other training
+    # settings (another profile, an edited protocol) is refused, never mixed into the table
+    longer = {**QUICK["config"], "train": {**QUICK["config"]["train"], "epochs": 2}}
+    _protocol(tmp_path, vendors, profiles={"quick": {**QUICK, "config": longer}})
+    with pytest.raises(CardiosegError, match=r"trained with another configuration .*train\.epochs"):
+        run_benchmark(proto, out, profile="quick", dry_run=True)
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out)])
+    assert r.exit_code != 0 and "give another output folder" in r.output
 
 
 BAD = {

@@ -67,6 +67,23 @@ def test_one_epoch_then_resume(tmp_path):
     assert all(float(r["loss"]) > 0 for r in rows)
 
 
+def test_resume_refuses_another_configuration(tmp_path):
+    """An output folder holding a run resumes only with that run's configuration (where it is
+    written, how long it trains and with how many threads aside): nothing is written before."""
+    cfg = _config(tmp_path)
+    Trainer(cfg, progress=False).run()
+    out = tmp_path / "run"
+    saved = (out / "config.yaml").read_text()
+    lr = cfg.train.lr
+    cfg.train.lr = lr * 10
+    with pytest.raises(CardiosegError, match=r"another configuration \(train.lr: "):
+        Trainer(cfg, progress=False).run()
+    assert (out / "config.yaml").read_text() == saved
+    cfg.train.lr, cfg.train.max_minutes, cfg.train.epochs = lr, 30.0, 2
+    res = Trainer(cfg, progress=False).run()  # a time limit and more epochs: a resume
+    assert [h["epoch"] for h in res["history"]] == [1, 2]
+
+
 def test_weight_averaging_averages_epochs_and_resumes(tmp_path):
     cfg = _config(tmp_path, fold=-1, epochs=2, swa_start=1, swa_lr=0.01, lr=0.002)
     Trainer(cfg, progress=False).run()

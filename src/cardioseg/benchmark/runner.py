@@ -220,6 +220,35 @@ def _selected_runs(
     return keys
 
 
+def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
+    """Finished runs whose stored training configuration differs from the planned one (another
+    profile, or an edited protocol), as ``"key (setting: old -> new)"``. Where a run is written
+    and how it is evaluated (``inference.*``, e.g. ``--whole-image``) may differ."""
+    from cardioseg.training.config import flat_config
+
+    stale = []
+    for run in runs:
+        final = run_dir(out, run.key)
+        if not is_done(final):
+            continue
+        try:
+            stored = json.loads((final / "run.json").read_text()).get("config") or {}
+        except (OSError, ValueError):
+            continue
+        before, now = flat_config(stored), flat_config(run.config)
+        changed = sorted(
+            k
+            for k in set(before) | set(now)
+            if before.get(k) != now.get(k)
+            and k not in ("output_dir", "init_checkpoint")
+            and not k.startswith("inference.")
+        )
+        if changed:
+            k = changed[0]
+            stale.append(f"{run.key} ({k}: {before.get(k)!r} -> {now.get(k)!r})")
+    return stale
+
+
 def run_benchmark(
     protocol: str | Path,
     out_dir: str | Path,
@@ -265,6 +294,15 @@ def run_benchmark(
         for run in runs:
             run.config.setdefault("inference", {})["roi"] = roi
     selected = set() if report_only else _selected_runs(proto, runs, only, experiments)
+    stale = _trained_otherwise(out, runs)
+    if stale:  # one table never mixes runs of two configurations (e.g. quick and full profile)
+        more = f" and {len(stale) - 2} more" if len(stale) > 2 else ""
+        raise CardiosegError(
+            out,
+            f"{len(stale)} finished run(s) were trained with another configuration than this "
+            f"protocol and profile plan ({'; '.join(stale[:2])}{more}): give another output "
+            "folder",
+        )
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
     out.mkdir(parents=True, exist_ok=True)

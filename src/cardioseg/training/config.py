@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import UnionType
@@ -422,3 +423,19 @@ def _resolve(value: str, base: Path) -> str:
 
 def asdict_any(obj: Any) -> Any:
     return asdict(obj) if is_dataclass(obj) else obj
+
+
+def flat_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A configuration dict with dotted keys, to compare two of them.
+
+    Example:
+        >>> flat_config({"train": {"lr": 0.1, "seed": 1}, "output_dir": "runs/a"})
+        {'train.lr': 0.1, 'train.seed': 1, 'output_dir': 'runs/a'}
+    """
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

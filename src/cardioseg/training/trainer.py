@@ -31,7 +31,7 @@ from cardioseg.models.checkpoint import save_checkpoint
 from cardioseg.models.factory import build_model
 from cardioseg.preprocessing.geometry import pad_to_multiple
 from cardioseg.training.components import build_components
-from cardioseg.training.config import TrainingConfig
+from cardioseg.training.config import TrainingConfig, flat_config
 from cardioseg.training.slices import PatchSampler, PreparedCase, load_prepared
 
 log = logging.getLogger("cardioseg.train")
@@ -204,6 +204,21 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+#: Settings a resumed run may change: where it is written, how long it trains, how its data
+#: are loaded and with how many threads (and the ``inference.*`` evaluation settings).
+#: Everything else must equal the interrupted run's.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "output_dir",
+        "train.epochs",  # training on for longer
+        "train.max_minutes",
+        "train.num_workers",
+        "train.num_threads",
+        "data.cache_dir",
+    }
+)
+
+
 class Trainer:
     """Train one configuration; ``run()`` resumes from ``output_dir/last.pt`` when present.
 
@@ -238,6 +253,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         seed_everything(t.seed + self.rank)
+        self._check_resumable()  # before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             cfg.save(self.out / "config.yaml")
@@ -477,6 +493,35 @@ class Trainer:
                 )
             )
         return {"best": best, "history": history}
+
+    def _check_resumable(self) -> None:
+        """Refuse to resume ``output_dir/last.pt`` with another configuration: the run would go
+        on with the old weights under the new settings, and ``config.yaml`` would describe
+        neither. Only where the run is written and how it is computed may change
+        (:data:`RESUME_MAY_CHANGE`)."""
+        last = self.out / "last.pt"
+        if not last.is_file():
+            return
+        try:
+            old = torch.load(last, map_location="cpu", weights_only=False).get("config") or {}
+        except Exception:  # a damaged last.pt: the resume itself says so
+            return
+        before, now = flat_config(old), flat_config(self.cfg.to_dict())
+        changed = sorted(
+            k
+            for k in set(before) | set(now)
+            if before.get(k) != now.get(k)
+            and k not in RESUME_MAY_CHANGE
+            and not k.startswith("inference.")  # how the model is evaluated, not trained
+        )
+        if changed:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+            more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+            raise CardiosegError(
+                self.out,
+                f"holds a run trained with another configuration ({shown}{more}); resume it "
+                "with its own config.yaml, or give another output_dir",
+            )
 
     def _payload(self, model: torch.nn.Module, fingerprint: dict, row: dict) -> dict[str, Any]:
         return {
