@@ -217,6 +217,15 @@ BAD = {
         },
         "method 'odd': invalid config",
     ),
+    "patch the network cannot halve": (
+        {
+            "methods": [
+                "baseline",
+                {"name": "odd", "base": "baseline", "config": {"train": {"patch_size": 50}}},
+            ]
+        },
+        "method 'odd': invalid config: train.patch_size 50 must be a multiple of 4",
+    ),
     "missing dependency": (
         {"methods": ["baseline", "tent"]},
         "needs method 'strong'",

@@ -108,6 +108,10 @@ def test_weight_averaging_averages_epochs_and_resumes(tmp_path):
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         config_from_dict({"train": {"epochz": 3}})
+    with pytest.raises(ValueError, match=r"patch_size 50 must be a multiple of 16"):
+        config_from_dict({"train": {"patch_size": 50}})
+    small = {"channels": [4, 8, 16], "strides": [2, 2]}
+    assert config_from_dict({"train": {"patch_size": 52}, "model": small}).train.patch_size == 52
     with pytest.raises(ValueError, match="swa_start"):
         config_from_dict({"train": {"epochs": 10, "swa_start": 10}})
     with pytest.raises(ValueError, match="swa_start"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -295,6 +296,16 @@ class TrainingConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     init_checkpoint: str = ""
     output_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        # the network halves the patch once per stride level: a size it cannot divide fails
+        # deep inside the first forward pass with a raw tensor-size error
+        step = math.prod(int(s) for s in self.model.strides)
+        if step > 0 and self.train.patch_size % step:
+            raise ValueError(
+                f"train.patch_size {self.train.patch_size} must be a multiple of {step} (the "
+                f"product of model.strides {list(self.model.strides)})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
