@@ -224,7 +224,7 @@ def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
     """Finished runs whose stored training configuration differs from the planned one (another
     profile, or an edited protocol), as ``"key (setting: old -> new)"``. Where a run is written
     and how it is evaluated (``inference.*``, e.g. ``--whole-image``) may differ."""
-    from cardioseg.training.config import flat_config
+    from cardioseg.training.config import changed_settings
 
     stale = []
     for run in runs:
@@ -235,17 +235,12 @@ def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
             stored = json.loads((final / "run.json").read_text()).get("config") or {}
         except (OSError, ValueError):
             continue
-        before, now = flat_config(stored), flat_config(run.config)
-        changed = sorted(
-            k
-            for k in set(before) | set(now)
-            if before.get(k) != now.get(k)
-            and k not in ("output_dir", "init_checkpoint")
-            and not k.startswith("inference.")
+        changed = changed_settings(
+            stored, run.config, ["output_dir", "init_checkpoint", "inference."]
         )
         if changed:
-            k = changed[0]
-            stale.append(f"{run.key} ({k}: {before.get(k)!r} -> {now.get(k)!r})")
+            k, a, b = changed[0]
+            stale.append(f"{run.key} ({k}: {a!r} -> {b!r})")
     return stale
 
 

@@ -552,15 +552,15 @@ def analyze_study(
         if age is not None
         else height_cm is not None and height_cm < ADULT_MIN_HEIGHT_CM
     )
-    if child and age is not None:
-        notes.append(  # the age itself is not written: notes are logged too
-            f"PatientAge under {ADULT_AGE_YEARS:.0f} years: the adult normal ranges do not "
-            "apply to a child; no index is flagged and no group is suggested"
+    if child:  # the age itself is not written: notes are logged too
+        why = (
+            f"PatientAge under {ADULT_AGE_YEARS:.0f} years"
+            if age is not None
+            else f"height {height_cm:.0f} cm"
         )
-    elif child:
         notes.append(
-            f"height {height_cm:.0f} cm: the adult normal ranges do not apply to a child; no "
-            "index is flagged and no group is suggested"
+            f"{why}: the adult normal ranges do not apply to a child; no index is flagged and "
+            "no group is suggested"
         )
     if (height_cm is None) != (weight_kg is None):
         have, lack = ("height", "weight") if weight_kg is None else ("weight", "height")

@@ -273,7 +273,7 @@ def slice_weights(positions_mm: Sequence[float], step_mm: float) -> list[float]:
     return [float(w) for w in (left + right) / 2.0 / float(step_mm)]
 
 
-def _volume_with_gaps(
+def volume_with_gaps(
     label: np.ndarray,
     spacing: Sequence[float],
     value: int,
@@ -346,10 +346,10 @@ def compute_indices(
     es_label = np.asarray(es_label)
     if ed_label.shape != es_label.shape:
         raise ValueError(f"ED shape {ed_label.shape} differs from ES shape {es_label.shape}")
-    lv_edv = _volume_with_gaps(ed_label, spacing, LV, missing_slices, slice_weights)
-    lv_esv = _volume_with_gaps(es_label, spacing, LV, missing_slices, slice_weights)
-    rv_edv = _volume_with_gaps(ed_label, spacing, RV, missing_slices, slice_weights)
-    rv_esv = _volume_with_gaps(es_label, spacing, RV, missing_slices, slice_weights)
+    lv_edv = volume_with_gaps(ed_label, spacing, LV, missing_slices, slice_weights)
+    lv_esv = volume_with_gaps(es_label, spacing, LV, missing_slices, slice_weights)
+    rv_edv = volume_with_gaps(ed_label, spacing, RV, missing_slices, slice_weights)
+    rv_esv = volume_with_gaps(es_label, spacing, RV, missing_slices, slice_weights)
     out: dict[str, float] = {
         "lv_edv_ml": lv_edv,
         "lv_esv_ml": lv_esv,
@@ -359,7 +359,7 @@ def compute_indices(
         "rv_esv_ml": rv_esv,
         "rv_sv_ml": rv_edv - rv_esv,
         "rv_ef_pct": _ef(rv_edv, rv_esv),
-        "lv_mass_g": _volume_with_gaps(ed_label, spacing, MYO, missing_slices, slice_weights)
+        "lv_mass_g": volume_with_gaps(ed_label, spacing, MYO, missing_slices, slice_weights)
         * MYOCARDIAL_DENSITY_G_ML,
     }
     if height_cm is not None and weight_kg is not None:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, _volume_with_gaps
+from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, volume_with_gaps
 from cardioseg.inference.postprocess import myocardial_enclosure
 from cardioseg.preprocessing import slice_axis
 
@@ -862,7 +862,7 @@ def assess_quality(
     def vol(label: np.ndarray, value: int) -> float:
         """Volume (mL) as the reported indices count it: gaps interpolated, uneven slices
         weighted."""
-        return _volume_with_gaps(label, spacing, value, gaps, slice_weights)
+        return volume_with_gaps(label, spacing, value, gaps, slice_weights)
 
     lv_edv = vol(ed_label, LV)
     metrics["lv_edv_ml"] = lv_edv

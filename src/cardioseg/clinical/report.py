@@ -15,7 +15,7 @@ import json
 import math
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -325,9 +325,14 @@ def _write_curve_png(
     fig, ax = plt.subplots(figsize=(6, 3.4))
     _plot_curve(ax, lv, rv, ed, es, reported)
     fig.tight_layout()
+    return _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a 90 dpi PNG (atomically) and close it."""
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
@@ -412,10 +417,7 @@ def _write_segments_png(path: Path, segments: Mapping[str, Any]) -> Path:
     plt = _plt()
     fig = plt.figure(figsize=(7.0, 3.6))
     _plot_segments(fig, segments, (0.0, 0.0, 1.0, 1.0))
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def _segment_cells(segments: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -661,6 +663,28 @@ def _slice_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, cells
 
 
+def _html_table(
+    header: Sequence[str], cells: Sequence[Sequence[str]], numeric: Callable[[int], bool]
+) -> str:
+    """An HTML table (text escaped); the columns where ``numeric(i)`` are right-aligned."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=num' if numeric(i) else ''}>{e(v)}</td>" for i, v in enumerate(c))
+        + "</tr>"
+        for c in cells
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _range_sources(rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """The references of the normal ranges of the indices table's rows."""
+    return sorted(
+        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
+    )
+
+
 def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str, Path]) -> str:
     e = html.escape
     qc = report["qc"]
@@ -715,9 +739,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
             f'<p class="small">{e(CURVE_HINT)}</p>'
         )
-    sources = sorted(
-        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
-    )
+    sources = _range_sources(rows)
     suggestion_html = ""
     sugg = report.get("diagnosis_suggestion")
     if sugg:
@@ -729,32 +751,15 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     slice_html = ""
     header, cells = _slice_table(report)
     if cells:
-        head = "".join(f"<th>{e(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>"
-            + "".join(
-                f"<td{' class=num' if 2 <= i < 2 + len(SLICE_COLUMNS) else ''}>{e(v)}</td>"
-                for i, v in enumerate(c)
-            )
-            + "</tr>"
-            for c in cells
-        )
         slice_html = (
             "<h2>Slice-by-slice volumes (mL, base first)</h2>"
-            f"<table><tr>{head}</tr>{body}</table>"
-            f'<p class="small">{e(EXCLUDE_HINT)}</p>'
+            + _html_table(header, cells, lambda i: 2 <= i < 2 + len(SLICE_COLUMNS))
+            + f'<p class="small">{e(EXCLUDE_HINT)}</p>'
         )
     segments_html = ""
     segs = report.get("wall_segments")
     if segs:
         header, cells = _segment_cells(segs)
-        head = "".join(f"<th>{e(h)}</th>" for h in header)
-        body = "".join(
-            "<tr>"
-            + "".join(f"<td{' class=num' if i else ''}>{e(v)}</td>" for i, v in enumerate(c))
-            + "</tr>"
-            for c in cells
-        )
         picture = (
             f'<img alt="AHA segment bull\'s-eye" src="{_data_uri(figures["segments"])}">'
             if "segments" in figures
@@ -763,8 +768,8 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
         segments_html = (
             "<h2>LV wall per AHA segment</h2>"
             f"<p>{e(segments_line(segs))}</p>{picture}"
-            f"<table><tr>{head}</tr>{body}</table>"
-            f'<p class="small">{e(SEGMENTS_HINT)}</p>'
+            + _html_table(header, cells, lambda i: i > 0)
+            + f'<p class="small">{e(SEGMENTS_HINT)}</p>'
         )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -862,9 +867,7 @@ def _pdf_bullets(
 def _provenance_lines(report: Mapping[str, Any], rows: Sequence[Mapping[str, str]]) -> list[str]:
     """What produced the report and from which references (the foot of the PDF's first page,
     as in the HTML)."""
-    sources = sorted(
-        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
-    )
+    sources = _range_sources(rows)
     model = (report.get("meta") or {}).get("model")
     text = (
         f"Generated {report.get('generated_utc', '')} by cardioseg "

@@ -134,7 +134,12 @@ def septal_direction(sl: np.ndarray, inplane_spacing: Sequence[float]) -> float 
         return None
     pts = np.argwhere(contact) * np.asarray(inplane_spacing[:2], dtype=float)
     pts = pts - lv_centre(sl, inplane_spacing)
-    ang = np.arctan2(pts[:, 1], pts[:, 0])
+    return _circular_mean_deg(np.arctan2(pts[:, 1], pts[:, 0]))
+
+
+def _circular_mean_deg(radians: Sequence[float] | np.ndarray) -> float:
+    """The mean direction (degrees) of angles given in radians."""
+    ang = np.asarray(radians, dtype=float)
     return float(np.degrees(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean())))
 
 
@@ -191,7 +196,7 @@ def _phase_segments(
     known = [np.radians(a) for a in septum.values() if a is not None]
     if not known:
         return per_segment, peak, levels  # no RV anywhere: the septum cannot be placed
-    mean_dir = float(np.degrees(np.arctan2(np.mean(np.sin(known)), np.mean(np.cos(known)))))
+    mean_dir = _circular_mean_deg(known)
     sense = -1.0 if mirrored else 1.0
     for z in zs:
         coords, values = thickness_points(moved[z] == MYO, sp)

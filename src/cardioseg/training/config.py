@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import UnionType
@@ -434,6 +434,29 @@ def _resolve(value: str, base: Path) -> str:
 
 def asdict_any(obj: Any) -> Any:
     return asdict(obj) if is_dataclass(obj) else obj
+
+
+def changed_settings(
+    before: Mapping[str, Any], now: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[tuple[str, Any, Any]]:
+    """The settings (dotted keys) two configuration dicts differ in, as ``(key, before, now)``
+    in key order; ``ignore`` names keys to leave out, or groups of them by a prefix ending in
+    a dot (``"inference."``).
+
+    Example:
+        >>> old = {"train": {"lr": 0.1, "epochs": 4}, "inference": {"tta": False}}
+        >>> new = {"train": {"lr": 0.2, "epochs": 8}, "inference": {"tta": True}}
+        >>> changed_settings(old, new, ignore=["train.epochs", "inference."])
+        [('train.lr', 0.1, 0.2)]
+    """
+    a, b = flat_config(before), flat_config(now)
+    skip = set(ignore)
+    prefixes = tuple(k for k in skip if k.endswith("."))
+    return [
+        (k, a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and k not in skip and not k.startswith(prefixes)
+    ]
 
 
 def flat_config(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -31,7 +31,7 @@ from cardioseg.models.checkpoint import save_checkpoint
 from cardioseg.models.factory import build_model
 from cardioseg.preprocessing.geometry import pad_to_multiple
 from cardioseg.training.components import build_components
-from cardioseg.training.config import TrainingConfig, flat_config
+from cardioseg.training.config import TrainingConfig, changed_settings
 from cardioseg.training.slices import PatchSampler, PreparedCase, load_prepared
 
 log = logging.getLogger("cardioseg.train")
@@ -253,7 +253,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         seed_everything(t.seed + self.rank)
-        self._check_resumable()  # before anything is written
+        resumed = self._check_resumable()  # before anything is written
         self.out.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
             cfg.save(self.out / "config.yaml")
@@ -350,7 +350,7 @@ class Trainer:
         start_epoch, best, history = 0, -1.0, []
         last = self.out / "last.pt"
         if last.exists():
-            ck = torch.load(last, map_location="cpu", weights_only=False)
+            ck = resumed or torch.load(last, map_location="cpu", weights_only=False)
             model.load_state_dict(ck["model_state"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
@@ -494,34 +494,31 @@ class Trainer:
             )
         return {"best": best, "history": history}
 
-    def _check_resumable(self) -> None:
+    def _check_resumable(self) -> dict[str, Any] | None:
         """Refuse to resume ``output_dir/last.pt`` with another configuration: the run would go
         on with the old weights under the new settings, and ``config.yaml`` would describe
         neither. Only where the run is written and how it is computed may change
-        (:data:`RESUME_MAY_CHANGE`)."""
+        (:data:`RESUME_MAY_CHANGE`). Returns the checkpoint read (the resume uses it), or
+        ``None`` when there is none or it cannot be read (the resume then says why)."""
         last = self.out / "last.pt"
         if not last.is_file():
-            return
+            return None
         try:
-            old = torch.load(last, map_location="cpu", weights_only=False).get("config") or {}
+            ck = torch.load(last, map_location="cpu", weights_only=False)
         except Exception:  # a damaged last.pt: the resume itself says so
-            return
-        before, now = flat_config(old), flat_config(self.cfg.to_dict())
-        changed = sorted(
-            k
-            for k in set(before) | set(now)
-            if before.get(k) != now.get(k)
-            and k not in RESUME_MAY_CHANGE
-            and not k.startswith("inference.")  # how the model is evaluated, not trained
-        )
+            return None
+        old = ck.get("config") or {}
+        # the inference.* settings say how the model is evaluated, not how it is trained
+        changed = changed_settings(old, self.cfg.to_dict(), [*RESUME_MAY_CHANGE, "inference."])
         if changed:
-            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+            shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:4])
             more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
             raise CardiosegError(
                 self.out,
                 f"holds a run trained with another configuration ({shown}{more}); resume it "
                 "with its own config.yaml, or give another output_dir",
             )
+        return ck
 
     def _payload(self, model: torch.nn.Module, fingerprint: dict, row: dict) -> dict[str, Any]:
         return {
