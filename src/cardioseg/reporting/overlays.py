@@ -167,8 +167,8 @@ def overlay_montage(
 ) -> Path | np.ndarray:
     """Write a PNG montage: each slice with predicted contours (and reference dashed).
 
-    Drawn with numpy and Pillow (a matplotlib figure of 12 panels took about 1.5 s on the
-    development machine): each slice in a square cell, its title above, at most six a row.
+    Drawn with numpy and Pillow (much faster than a matplotlib figure of 12 panels): each
+    slice in a square cell, its title above, at most six a row.
 
     Args:
         image, label: 3D arrays of equal shape.
