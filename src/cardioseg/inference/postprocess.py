@@ -194,16 +194,17 @@ def fill_holes(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
 def postprocess(label: np.ndarray, slice_axis: int = 2) -> np.ndarray:
     """Largest heart component, largest component per structure, open basal slices dropped, RV
     only on slices with myocardium, then hole filling."""
-    label = keep_heart(label)
     fg = np.nonzero(label)
     if not fg[0].size:
         return label
-    # every later step only sees the heart's bounding box (+1 voxel): same result, less work
+    # every step only sees the labels' bounding box (+1 voxel): same result, less work (the
+    # network labels a heart window; the rest of the field of view is background)
     box = tuple(
         slice(max(0, int(idx.min()) - 1), min(n, int(idx.max()) + 2))
         for idx, n in zip(fg, label.shape, strict=True)
     )
-    sub = drop_open_basal_slices(keep_largest_components(label[box]), slice_axis)
+    sub = keep_heart(label[box])
+    sub = drop_open_basal_slices(keep_largest_components(sub), slice_axis)
     out = np.zeros_like(label)
     out[box] = fill_holes(drop_rv_without_myocardium(sub, slice_axis), slice_axis)
     return out

@@ -16,6 +16,13 @@ import torch.nn.functional as F
 
 from cardioseg.adaptation.tta import build_adapter
 from cardioseg.errors import CardiosegError
+from cardioseg.inference.onnx_backend import (
+    BACKENDS,
+    OnnxExportError,
+    OnnxNetwork,
+    export_network,
+    onnxruntime_available,
+)
 from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint, model_description
@@ -194,6 +201,12 @@ class Segmenter:
             segmented (:attr:`roi_counts` counts each outcome). The frames of one cine share a
             window (:meth:`sharing_window`). ``None`` uses the checkpoint config's
             ``inference.roi``, else ``DEFAULT_ROI``.
+        backend: What runs the network: ``torch``, ``onnxruntime`` (the network is exported
+            to ONNX when loaded and run by ONNX Runtime: CPU and float32 only, without
+            test-time adaptation; see :mod:`cardioseg.inference.onnx_backend`) or ``auto``
+            (ONNX Runtime where those hold and it is installed, else PyTorch; an export that
+            fails or disagrees with PyTorch also leaves PyTorch). :attr:`backend` says which
+            one runs.
 
     Example:
         >>> seg = Segmenter()  # doctest: +SKIP
@@ -213,9 +226,12 @@ class Segmenter:
         adaptation_options: dict | None = None,
         precision: str | None = None,
         roi: bool | None = None,
+        backend: str = "auto",
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         paths = checkpoint_members(checkpoint)
         if not paths:  # an empty sequence
             raise ValueError("checkpoint: give a path, a sequence of paths or None")
@@ -277,6 +293,13 @@ class Segmenter:
             self.models.append(model.to(self.device).eval())
         #: The (first) network; test-time adaptation works on it.
         self.model = self.models[0]
+        #: What runs the network (``torch`` or ``onnxruntime``; see ``backend``).
+        self.backend = "torch"
+        #: Why ``auto`` kept PyTorch (``None`` when it did not, or was not asked).
+        self.backend_note: str | None = None
+        #: The exported networks and the modules they came from (``onnxruntime`` backend).
+        self._exported: tuple[list[torch.nn.Module], list[OnnxNetwork]] | None = None
+        self._use_backend(backend)
         self.tta = bool(inference.get("tta", False)) if tta is None else tta
         if roi is None:
             roi = inference.get("roi")
@@ -294,6 +317,47 @@ class Segmenter:
             bool((c["config"].get("train") or {}).get("orientation_augmentation", True))
             for c in ckpts
         )
+
+    def _use_backend(self, backend: str) -> None:
+        """Run the networks with ``backend`` (see the class's ``backend``)."""
+        if backend == "torch":
+            return
+        blockers = [
+            reason
+            for reason, blocks in (
+                (f"device {self.device.type}", self.device.type != "cpu"),
+                (f"precision {self.precision}", self.precision != "float32"),
+                (f"adaptation {self.adaptation}", self.adapter is not None),
+                ("onnx/onnxruntime not installed", not onnxruntime_available()),
+            )
+            if blocks
+        ]
+        if blockers:
+            if backend == "onnxruntime":
+                raise ValueError(f"backend onnxruntime is not available: {', '.join(blockers)}")
+            self.backend_note = ", ".join(blockers)
+            return
+        try:
+            networks = [export_network(m) for m in self.models]
+        except OnnxExportError as exc:
+            if backend == "onnxruntime":
+                raise ValueError(f"backend onnxruntime: {exc}") from exc
+            self.backend_note = str(exc)
+            return
+        self._exported = (list(self.models), networks)
+        self.backend = "onnxruntime"
+
+    @property
+    def _networks(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """What computes each member's logits: its export where the ``onnxruntime`` backend
+        exported it (and :attr:`models` still holds the modules exported), else the module."""
+        if self._exported is not None:
+            modules, networks = self._exported
+            if len(modules) == len(self.models) and all(
+                a is b for a, b in zip(modules, self.models, strict=True)
+            ):
+                return list(networks)
+        return list(self.models)
 
     def _tta_views(self, xb: torch.Tensor) -> list[tuple[torch.Tensor, Callable]]:
         """Augmented copies of a batch with the function mapping their outputs back."""
@@ -315,7 +379,9 @@ class Segmenter:
             )
         return views
 
-    def _logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
         """The network's float32 logits, computed under bfloat16 autocast if asked."""
         bf16 = self.precision == "bfloat16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -442,7 +508,7 @@ class Segmenter:
             xb = x[i : i + self.batch_size].to(self.device)
             views = self._tta_views(xb) if self.tta else []
             p, h = torch.zeros(()), torch.zeros(())
-            for model in self.models:
+            for model in self._networks:
                 members = [torch.softmax(self._logits(model, xb), 1)]
                 members += [back(torch.softmax(self._logits(model, v), 1)) for v, back in views]
                 for q in members:

@@ -1,0 +1,166 @@
+"""Run a segmentation network with ONNX Runtime on the CPU.
+
+The network is exported from its PyTorch module when the :class:`~cardioseg.inference.Segmenter`
+loads it (in memory, nothing is written or downloaded), checked against the PyTorch module on a
+small deterministic input, and then run by ONNX Runtime, whose CPU kernels (blocked-layout
+convolutions, fused normalisation and activation) are faster than PyTorch's eager float32 path
+on CPUs without native bfloat16. Where the export or the check fails, the segmenter keeps
+PyTorch (:func:`export_network` raises :class:`OnnxExportError`).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import numpy as np
+import torch
+
+#: Network backends of :class:`~cardioseg.inference.Segmenter`.
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+#: ONNX operator set of the export (supported by every onnxruntime >= 1.14).
+OPSET = 17
+
+#: Largest absolute difference between the exported and the PyTorch logits on the check input
+#: (float32 kernels differ in summation order, by about 1e-5 on the packaged models).
+CHECK_TOLERANCE = 1e-3
+
+
+#: The axes of the exported input and output left free: slices, height and width.
+FREE_AXES = {0: "batch", 2: "height", 3: "width"}
+
+
+class OnnxExportError(RuntimeError):
+    """The network could not be exported, or its export disagrees with the PyTorch module."""
+
+
+def onnxruntime_available() -> bool:
+    """Whether the packages the ONNX Runtime backend needs (``onnx`` to export,
+    ``onnxruntime`` to run) can be imported.
+
+    Example:
+        >>> isinstance(onnxruntime_available(), bool)
+        True
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxNetwork:
+    """An exported network run by ONNX Runtime; called like the module it came from.
+
+    Args:
+        model_bytes: The serialised ONNX model (input ``image``, ``(N, C, H, W)`` float32 with
+            free ``N``, ``H`` and ``W``; output ``logits``).
+        num_threads: ONNX Runtime intra-op threads (``None``: PyTorch's current setting).
+
+    Example:
+        >>> from cardioseg.models.factory import ModelConfig, build_model
+        >>> net = build_model(ModelConfig(channels=(4, 8), strides=(2,))).eval()
+        >>> onnx_net = export_network(net, check_size=16)
+        >>> onnx_net(torch.zeros(1, 1, 32, 32)).shape
+        torch.Size([1, 4, 32, 32])
+    """
+
+    def __init__(self, model_bytes: bytes, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(num_threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: no notes on the console
+        self.session = ort.InferenceSession(
+            model_bytes, options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's logits for a ``(N, C, H, W)`` batch (as a CPU tensor)."""
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self._input: array})[0])
+
+
+def export_network(
+    model: torch.nn.Module, num_threads: int | None = None, check_size: int = 64
+) -> OnnxNetwork:
+    """Export a 2D segmentation network to ONNX and check it against the module.
+
+    The check runs both on two seeded random ``check_size``-pixel slices (and on a
+    non-square pair, so that free image sizes are exported as such) and requires their logits
+    to agree within :data:`CHECK_TOLERANCE`.
+
+    Args:
+        model: The network, in evaluation mode, on the CPU; one input channel.
+        num_threads: ONNX Runtime threads (``None``: PyTorch's setting).
+        check_size: Side of the check input; a multiple of the network's total stride.
+
+    Raises:
+        OnnxExportError: When the packages are missing, the export fails or the check
+            disagrees.
+    """
+    if not onnxruntime_available():
+        raise OnnxExportError("the onnx and onnxruntime packages are not installed")
+    in_channels = _in_channels(model)
+    exported = _with_leaky_relu(model)
+    buffer = io.BytesIO()
+    example = torch.zeros(2, in_channels, check_size, check_size)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notes
+            torch.onnx.export(
+                exported,
+                (example,),
+                buffer,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={n: FREE_AXES for n in ("image", "logits")},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        network = OnnxNetwork(buffer.getvalue(), num_threads)
+    except Exception as exc:  # any failure of the exporter or the runtime: keep PyTorch
+        raise OnnxExportError(f"export failed: {type(exc).__name__}: {exc}") from exc
+    generator = torch.Generator().manual_seed(0)
+    for h, w in ((check_size, check_size), (check_size, 2 * check_size)):
+        x = torch.randn(2, in_channels, h, w, generator=generator)
+        with torch.inference_mode():
+            expected = model(x).float()
+        try:
+            got = network(x)
+        except Exception as exc:
+            raise OnnxExportError(f"exported network failed on {h}x{w}: {exc}") from exc
+        if got.shape != expected.shape:
+            raise OnnxExportError(
+                f"exported network gives {tuple(got.shape)}, not {tuple(expected.shape)}"
+            )
+        diff = float((got - expected).abs().max())
+        if not diff <= CHECK_TOLERANCE:
+            raise OnnxExportError(f"exported network differs from PyTorch by {diff:.2g}")
+    return network
+
+
+def _with_leaky_relu(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose single-parameter PReLUs are LeakyReLUs of the same slope: the
+    same function (``x`` where ``x >= 0``, else slope × ``x``), which ONNX Runtime computes
+    about ten times faster than a broadcast PRelu (the MONAI UNet's activation; a 15 % faster
+    network on the packaged model)."""
+    model = copy.deepcopy(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.PReLU) and child.weight.numel() == 1:
+                setattr(parent, name, torch.nn.LeakyReLU(float(child.weight.detach())))
+    return model
+
+
+def _in_channels(model: torch.nn.Module) -> int:
+    """Input channels of the network's first convolution (1 for the packaged models)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            return int(module.in_channels)
+    raise OnnxExportError("the network has no 2D convolution")
