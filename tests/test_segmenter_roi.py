@@ -147,6 +147,28 @@ def test_frames_of_one_study_share_the_window(tiny_checkpoint):
     assert len([s for s in net.shapes if s[0] == 1]) == 2
 
 
+def test_predict_frames_gives_each_frame_its_own_labels_in_one_window(tiny_checkpoint):
+    """The pipelined frames (labels of one frame made while the next is segmented) are the
+    labels predict_volume gives each frame, in order, and share one window."""
+    rng = np.random.default_rng(5)
+    frames = []
+    for t in range(4):
+        vol = rng.normal(0.1, 0.05, (120, 110, 3)).astype(np.float32)
+        vol[40 + 3 * t : 80, 30 : 70 + 2 * t] = 1.0  # a heart that changes between frames
+        frames.append(vol)
+    seg, net = _roi_segmenter(tiny_checkpoint)
+    seg.roi_size = 64
+    expected = [seg.predict_volume(f, (1.5, 1.5, 8.0))[0] for f in frames]
+    net.shapes.clear()
+    with seg.sharing_window():
+        got = seg.predict_frames(iter(frames), (1.5, 1.5, 8.0))
+    assert len(got) == 4
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len([s for s in net.shapes if s[0] == 1]) == 1  # one probe for the four frames
+    assert len({a.tobytes() for a in got}) == 4  # the frames really differ
+
+
 def test_test_time_adaptation_adapts_to_the_window(tiny_checkpoint):
     """TENT and the like adapt the network to the slices it will segment: the window."""
     from contextlib import contextmanager

@@ -183,13 +183,16 @@ def test_bullseye_puts_each_segment_in_its_conventional_place():
 
     from cardioseg.reporting.bullseye import plot_bullseye
 
-    fig, ax = plt.subplots(subplot_kw={"projection": "polar"})
+    fig, ax = plt.subplots()
     plot_bullseye(ax, {s: float(s) for s in SEGMENT_NAMES})
     where = {}
     for text in ax.texts:
         if text.get_text().replace(".", "").isdigit():
-            theta, r = text.get_position()
-            where[int(float(text.get_text()))] = (round(np.degrees(theta)) % 360, r)
+            x, y = text.get_position()
+            where[int(float(text.get_text()))] = (
+                round(np.degrees(np.arctan2(y, x))) % 360,
+                np.hypot(x, y),
+            )
     plt.close(fig)
     centre = {1: 90, 2: 150, 3: 210, 4: 270, 5: 330, 6: 30, 13: 90, 14: 180, 15: 270, 16: 0}
     for s in SEGMENT_NAMES:

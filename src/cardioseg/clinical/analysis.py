@@ -307,12 +307,14 @@ def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
     segmented as neighbours (as the stack was acquired) and the gap stays empty."""
     present = _present_slices(study)
     out = np.zeros(study.image.shape, np.uint8)
-    for t in range(study.image.shape[-1]):
-        out[:, :, present, t] = segmenter.predict_volume(
-            study.image[:, :, present, t],
-            study.properties.spacing,
-            affine=study.properties.affine,
-        )[0]
+    spacing, affine = study.properties.spacing, study.properties.affine
+    frames = (study.image[:, :, present, t] for t in range(study.image.shape[-1]))
+    if hasattr(segmenter, "predict_frames"):  # one frame's labels while the next is segmented
+        labels = segmenter.predict_frames(frames, spacing, affine)
+    else:
+        labels = [segmenter.predict_volume(f, spacing, affine=affine)[0] for f in frames]
+    for t, lab in enumerate(labels):
+        out[:, :, present, t] = lab
     return out
 
 

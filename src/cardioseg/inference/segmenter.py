@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,7 +29,7 @@ from cardioseg.io.nifti import ImageProperties, read_image, write_label
 from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint, model_description
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.geometry import channel_argmax, check_inplane_geometry
-from cardioseg.preprocessing.pipeline import Preprocessor
+from cardioseg.preprocessing.pipeline import Preprocessor, PreprocessState
 from cardioseg.training.config import PRECISIONS
 
 #: In-plane rotations (degrees) of the test-time augmentation for models trained upright.
@@ -563,9 +564,7 @@ class Segmenter:
             mi = (_normalised_entropy(probs).unsqueeze(1) - member).clamp_min(0.0)
             native_mi = self.preprocessor.inverse_probabilities(mi, state)[:, 0]
             disagreement = np.moveaxis(native_mi.numpy(), 0, state.axis)
-        labels = self.preprocessor.inverse_labels(probs, state)
-        if self.do_postprocess:
-            labels = _postprocess(labels, state.axis)
+        labels = self._labels(probs, state)
         p = None
         if return_probabilities:
             native = self.preprocessor.inverse_probabilities(probs, state)
@@ -573,6 +572,43 @@ class Segmenter:
         if return_disagreement:
             return labels, p, disagreement
         return labels, p
+
+    def _labels(self, probs: torch.Tensor, state: PreprocessState) -> np.ndarray:
+        """Native-grid labels of the network's probabilities (post-processed if set)."""
+        labels = self.preprocessor.inverse_labels(probs, state)
+        if self.do_postprocess:
+            labels = _postprocess(labels, state.axis)
+        return labels
+
+    def predict_frames(
+        self,
+        volumes: Iterable[np.ndarray],
+        spacing: tuple[float, float, float],
+        affine: np.ndarray | None = None,
+    ) -> list[np.ndarray]:
+        """Labels of several volumes of one geometry (the frames of a cine), each the labels
+        :meth:`predict_volume` gives it.
+
+        While the network segments one volume, a second thread maps the previous one's
+        prediction back to the native grid and post-processes it (ONNX Runtime and PyTorch
+        release the GIL while they compute), which hides most of that work on a multi-core
+        CPU. Call it within :meth:`sharing_window` for the frames to share one heart window,
+        as :meth:`predict` does. With test-time adaptation the volumes are segmented one
+        after the other.
+
+        Example:
+            >>> seg = Segmenter()  # doctest: +SKIP
+            >>> with seg.sharing_window():  # doctest: +SKIP
+            ...     labels = seg.predict_frames((cine[..., t] for t in range(25)), spacing)
+        """
+        if self.adapter is not None:
+            return [self.predict_volume(v, spacing, affine=affine)[0] for v in volumes]
+        with ThreadPoolExecutor(1, thread_name_prefix="cardioseg-labels") as pool:
+            pending = []
+            for volume in volumes:
+                x, state = self.preprocessor.forward(volume, spacing, affine)
+                pending.append(pool.submit(self._labels, self._forward(x), state))
+            return [job.result() for job in pending]
 
     def predict(self, image: np.ndarray, properties: ImageProperties) -> Segmentation:
         """Segment a 3D volume or every frame of a 4D cine (time last)."""
@@ -582,14 +618,9 @@ class Segmenter:
             labels, _ = self.predict_volume(image, properties.spacing, affine=properties.affine)
         elif image.ndim == 4:
             with self.sharing_window():
+                frames = (image[..., t] for t in range(image.shape[-1]))
                 labels = np.stack(
-                    [
-                        self.predict_volume(
-                            image[..., t], properties.spacing, affine=properties.affine
-                        )[0]
-                        for t in range(image.shape[-1])
-                    ],
-                    axis=-1,
+                    self.predict_frames(frames, properties.spacing, properties.affine), axis=-1
                 )
         else:
             raise CardiosegError(properties.path, f"expected 3D or 4D image, got {image.ndim}D")

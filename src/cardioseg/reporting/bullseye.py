@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-#: Where each AHA segment sits on the plot: (ring, start angle in degrees, width), in
-#: matplotlib's polar angle (0° = right, counter-clockwise). The conventional layout: anterior at
+#: Where each AHA segment sits on the plot: (ring, start angle in degrees, width), the angle
+#: counter-clockwise from the right (0°). The conventional layout: anterior at
 #: the top, septum on the left, lateral on the right, inferior at the bottom; base outside.
 _RINGS = {"basal": (2.0, 3.0), "mid": (1.0, 2.0), "apical": (0.0, 1.0)}
 _SECTORS: dict[int, tuple[str, float, float]] = {
@@ -34,10 +34,13 @@ def plot_bullseye(
     fmt: str = "{:.1f}",
     highlight: int | None = None,
 ) -> Any:
-    """Draw the AHA 16-segment bull's-eye of ``values`` on a polar ``ax``.
+    """Draw the AHA 16-segment bull's-eye of ``values`` on ``ax``.
+
+    The segments are annular wedges (``matplotlib.patches.Wedge``) centred on the origin of
+    an ordinary axes with equal aspect (quicker to draw than bars on polar axes).
 
     Args:
-        ax: A matplotlib axes with ``projection="polar"``.
+        ax: A matplotlib axes (Cartesian; it is given equal aspect and no axis lines).
         values: Value per segment number (1–16); ``None`` or missing segments are grey.
         title: Axes title.
         cmap: Colour map name.
@@ -52,13 +55,14 @@ def plot_bullseye(
     Example:
         >>> import matplotlib; matplotlib.use("Agg")
         >>> import matplotlib.pyplot as plt
-        >>> fig, ax = plt.subplots(subplot_kw={"projection": "polar"})
+        >>> fig, ax = plt.subplots()
         >>> _ = plot_bullseye(ax, {s: float(s) for s in range(1, 17)}, "thickness (mm)")
         >>> len(ax.patches)
         16
         >>> plt.close(fig)
     """
     import matplotlib as mpl
+    from matplotlib.patches import Wedge
 
     known = [float(v) for v in values.values() if v is not None and np.isfinite(float(v))]
     lo = vmin if vmin is not None else (min(known) if known else 0.0)
@@ -70,23 +74,26 @@ def plot_bullseye(
         value = values.get(seg)
         ok = value is not None and np.isfinite(float(value))
         colour = colours(norm(float(value))) if ok else (0.85, 0.85, 0.85, 1.0)
-        theta = np.radians(start + width / 2)
-        ax.bar(
-            theta,
-            outer - inner,
-            width=np.radians(width),
-            bottom=inner,
-            color=colour,
-            edgecolor="red" if seg == highlight else "white",
-            linewidth=2.5 if seg == highlight else 1.0,
-            zorder=3 if seg == highlight else 2,
+        ax.add_patch(
+            Wedge(
+                (0.0, 0.0),
+                outer,
+                start,
+                start + width,
+                width=outer - inner,
+                facecolor=colour,
+                edgecolor="red" if seg == highlight else "white",
+                linewidth=2.5 if seg == highlight else 1.0,
+                zorder=3 if seg == highlight else 2,
+            )
         )
         r = (inner + outer) / 2 if level != "apical" else 0.6
+        theta = np.radians(start + width / 2)
         text = fmt.format(float(value)) if ok else "–"
         light = ok and float(np.mean(colour[:3])) < 0.5
         ax.text(
-            theta,
-            r,
+            r * np.cos(theta),
+            r * np.sin(theta),
             text,
             ha="center",
             va="center",
@@ -94,7 +101,9 @@ def plot_bullseye(
             zorder=4,
             color="white" if light else "black",
         )
-    ax.set_ylim(0, 3.75)
+    ax.set_xlim(-3.75, 3.75)
+    ax.set_ylim(-3.75, 3.75)
+    ax.set_aspect("equal")
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     for label, theta, turn in (
@@ -104,8 +113,8 @@ def plot_bullseye(
         ("lateral", 0, 270),
     ):
         ax.text(
-            np.radians(theta),
-            3.4,
+            3.4 * np.cos(np.radians(theta)),
+            3.4 * np.sin(np.radians(theta)),
             label,
             ha="center",
             va="center",
