@@ -679,7 +679,8 @@ def speed(seg: Segmenter, repeats: int) -> list[str]:
         f"Synthetic cine {shape} (x, y, slices, phases), `analyze_study` end to end (all 25 "
         f"phases segmented, TTA uncertainty on ED/ES, QC, NIfTI + HTML + PDF + JSON): median "
         f"{statistics.median(times):.2f} s over {repeats} runs (all: "
-        f"{', '.join(f'{t:.2f}' for t in times)}).",
+        f"{', '.join(f'{t:.2f}' for t in times)}). Network: "
+        f"{getattr(seg, 'backend', 'torch')}, {seg.precision}.",
         "",
     ]
 

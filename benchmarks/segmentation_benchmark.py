@@ -48,10 +48,11 @@ def main() -> None:
         "--variants",
         nargs="*",
         default=[],
-        choices=["tta", "tent", "histogram", "bf16", "roi", "roi-tta", "full", "full-tta"],
+        choices=["tta", "tent", "histogram", "bf16", "roi", "roi-tta", "full", "full-tta", "torch"],
         help="also run the model with test-time augmentation, TENT, histogram matching, "
-        "bfloat16 inference, in a heart-centred window (roi; roi-tta with TTA) or on the whole "
-        "image (full; full-tta with TTA)",
+        "bfloat16 inference, in a heart-centred window (roi; roi-tta with TTA), on the whole "
+        "image (full; full-tta with TTA) or with PyTorch running the network (torch; the "
+        "default on a CPU in float32 is ONNX Runtime)",
     )
     ap.add_argument(
         "--ensemble",
@@ -94,6 +95,7 @@ def main() -> None:
         "roi-tta": {"roi": True, "tta": True},
         "full": {"roi": False},
         "full-tta": {"roi": False, "tta": True},
+        "torch": {"backend": "torch"},
     }
     for v in args.variants:
         methods[f"cardioseg+{v}"] = Segmenter(args.model, **{**p, **variant_kwargs[v]})
@@ -179,6 +181,10 @@ def main() -> None:
                 f"{f('LV_dice'):.3f} | {f('MYO_dice'):.3f} | {f('RV_dice'):.3f} | "
                 f"{hd:.1f} | {statistics.median(r['seconds'] for r in rs):.3f} |"
             )
+    engines = [
+        f"{n}: {m.backend}, {m.precision}" for n, m in methods.items() if hasattr(m, "backend")
+    ]
+    lines += ["", "Network backend and precision: " + "; ".join(engines)]
     roi = [f"{n} {m.roi_counts}" for n, m in methods.items() if getattr(m, "roi", False)]
     if roi:
         lines += ["", "Heart-window outcomes (volumes x repeats): " + "; ".join(roi)]

@@ -211,6 +211,27 @@ def test_disagreement_of_the_tta_views(tmp_path, tilt):
     assert len(seg.predict_volume(vol, (1.5, 1.5, 8.0))) == 2
 
 
+def test_predict_frames_returns_what_predict_volume_does(tmp_path):
+    """With TTA, probabilities and disagreement: each frame's three outputs are those of
+    predict_volume (mapped back once for the labels and the probabilities); with test-time
+    adaptation the frames are segmented one by one, with the same outputs."""
+    seg = Segmenter(_checkpoint(tmp_path / "m.pt", True), tta=True, roi=False)
+    seg.models = [_PixelNet(3.0)]
+    vols = [_square_volume(), np.roll(_square_volume(), 5, axis=1)]
+    expected = [seg.predict_volume(v, (1.5, 1.5, 8.0), True, None, True) for v in vols]
+    got = seg.predict_frames(iter(vols), (1.5, 1.5, 8.0), None, True, True)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g[0], e[0])
+        np.testing.assert_allclose(g[1], e[1])
+        np.testing.assert_allclose(g[2], e[2])
+    assert got[1][2].max() > 0.05  # the tilted views really disagree
+    plain = seg.predict_frames(iter(vols), (1.5, 1.5, 8.0))
+    assert all(p is None and d is None for _, p, d in plain)
+    tent = Segmenter(_checkpoint(tmp_path / "t.pt", False), adaptation="tent", roi=False)
+    out = tent.predict_frames(iter(vols), (1.5, 1.5, 8.0), None, True)
+    assert len(out) == 2 and all(p.shape == (4, *vols[0].shape) and d is None for _, p, d in out)
+
+
 def test_disagreement_in_the_heart_window_is_zero_outside_it(tmp_path):
     """Outside the heart window nothing is predicted, so nothing disagrees; on the whole image
     the tilted stand-in's views disagree in the far corners too."""

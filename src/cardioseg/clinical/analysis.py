@@ -302,6 +302,14 @@ def _present_slices(study: Study) -> list[int] | slice:
     return [k for k in range(study.image.shape[2]) if k not in missing]
 
 
+def _pipelined(segmenter: Any) -> bool:
+    """Whether to call ``predict_frames`` (a :class:`~cardioseg.inference.Segmenter`); any
+    other object (a wrapper of ``predict_volume``) is called frame by frame."""
+    from cardioseg.inference import Segmenter
+
+    return isinstance(segmenter, Segmenter)
+
+
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
     """Labels of every frame. Where the stack has a gap, the slices on either side are
     segmented as neighbours (as the stack was acquired) and the gap stays empty."""
@@ -309,8 +317,8 @@ def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
     out = np.zeros(study.image.shape, np.uint8)
     spacing, affine = study.properties.spacing, study.properties.affine
     frames = (study.image[:, :, present, t] for t in range(study.image.shape[-1]))
-    if hasattr(segmenter, "predict_frames"):  # one frame's labels while the next is segmented
-        labels = segmenter.predict_frames(frames, spacing, affine)
+    if _pipelined(segmenter):  # one frame's labels while the next is segmented
+        labels = [lab for lab, _, _ in segmenter.predict_frames(frames, spacing, affine)]
     else:
         labels = [segmenter.predict_volume(f, spacing, affine=affine)[0] for f in frames]
     for t, lab in enumerate(labels):
@@ -326,30 +334,32 @@ def _segment_with_tta(
     zero at a gap in the stack."""
     probs, spread = {}, {}
     present, missing = _present_slices(study), _missing_slices(study)
+    spacing, affine = study.properties.spacing, study.properties.affine
+    volumes = (study.image[:, :, present, t] for t in frames.values())
     tta_before = segmenter.tta
     segmenter.tta = True
     try:
-        for name, t in frames.items():
-            lab, prob, dis = segmenter.predict_volume(
-                study.image[:, :, present, t],
-                study.properties.spacing,
-                return_probabilities=True,
-                affine=study.properties.affine,
-                return_disagreement=True,
-            )
-            labels[..., t] = 0
-            labels[:, :, present, t] = lab
-            if missing:  # back onto the stack's grid (empty at the gap)
-                full = np.zeros((prob.shape[0], *labels.shape[:3]), prob.dtype)
-                full[:, :, :, present] = prob
-                prob = full
-                if dis is not None:
-                    grid = np.zeros(labels.shape[:3], dis.dtype)
-                    grid[:, :, present] = dis
-                    dis = grid
-            probs[name], spread[name] = prob, dis
+        if _pipelined(segmenter):  # ED mapped back while ES is segmented
+            results = segmenter.predict_frames(volumes, spacing, affine, True, True)
+        else:
+            results = [
+                segmenter.predict_volume(v, spacing, True, affine, return_disagreement=True)
+                for v in volumes
+            ]
     finally:
         segmenter.tta = tta_before
+    for (name, t), (lab, prob, dis) in zip(frames.items(), results, strict=True):
+        labels[..., t] = 0
+        labels[:, :, present, t] = lab
+        if missing:  # back onto the stack's grid (empty at the gap)
+            full = np.zeros((prob.shape[0], *labels.shape[:3]), prob.dtype)
+            full[:, :, :, present] = prob
+            prob = full
+            if dis is not None:
+                grid = np.zeros(labels.shape[:3], dis.dtype)
+                grid[:, :, present] = dis
+                dis = grid
+        probs[name], spread[name] = prob, dis
     return probs, spread
 
 

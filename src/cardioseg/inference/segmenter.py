@@ -551,43 +551,55 @@ class Segmenter:
         """
         x, state = self.preprocessor.forward(volume, spacing, affine)
         spread = return_disagreement and (self.tta or len(self.models) > 1)
-        if self.adapter is not None:  # adapt to what the network will see: the window
-            box = self._window_for(x) if self.roi else None
-            seen = x if box is None else x[..., box[0] : box[1], box[2] : box[3]]
-            with self.adapter.adapted(self.model, seen.to(self.device)):
-                probs = self._forward(x, box, member_entropy=spread)
-        else:
-            probs = self._forward(x, member_entropy=spread)
+        out = self._outputs(self._network_pass(x, spread), state, spread, return_probabilities)
+        return out if return_disagreement else out[:2]
+
+    def _network_pass(self, x: torch.Tensor, spread: bool) -> torch.Tensor:
+        """:meth:`_forward` of a preprocessed stack, adapting the network first if set."""
+        if self.adapter is None:
+            return self._forward(x, member_entropy=spread)
+        box = self._window_for(x) if self.roi else None  # adapt to what the network will see
+        seen = x if box is None else x[..., box[0] : box[1], box[2] : box[3]]
+        with self.adapter.adapted(self.model, seen.to(self.device)):
+            return self._forward(x, box, member_entropy=spread)
+
+    def _outputs(
+        self,
+        probs: torch.Tensor,
+        state: PreprocessState,
+        spread: bool,
+        return_probabilities: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(labels, probabilities, disagreement)`` on the native grid from the network's
+        probabilities (followed by the members' entropy where ``spread``)."""
         disagreement = None
         if spread:
             probs, member = probs[:, :-1], probs[:, -1:]
             mi = (_normalised_entropy(probs).unsqueeze(1) - member).clamp_min(0.0)
             native_mi = self.preprocessor.inverse_probabilities(mi, state)[:, 0]
             disagreement = np.moveaxis(native_mi.numpy(), 0, state.axis)
-        labels = self._labels(probs, state)
         p = None
-        if return_probabilities:
-            native = self.preprocessor.inverse_probabilities(probs, state)
+        if return_probabilities:  # mapped back once, for the labels and the output
+            native = self.preprocessor.inverse_probabilities(probs.float(), state)
+            labels = self.preprocessor.native_labels(native, state)
             p = np.moveaxis(native.permute(1, 0, 2, 3).numpy(), 1, state.axis + 1)
-        if return_disagreement:
-            return labels, p, disagreement
-        return labels, p
-
-    def _labels(self, probs: torch.Tensor, state: PreprocessState) -> np.ndarray:
-        """Native-grid labels of the network's probabilities (post-processed if set)."""
-        labels = self.preprocessor.inverse_labels(probs, state)
+        else:
+            labels = self.preprocessor.inverse_labels(probs, state)
         if self.do_postprocess:
             labels = _postprocess(labels, state.axis)
-        return labels
+        return labels, p, disagreement
 
     def predict_frames(
         self,
         volumes: Iterable[np.ndarray],
         spacing: tuple[float, float, float],
         affine: np.ndarray | None = None,
-    ) -> list[np.ndarray]:
-        """Labels of several volumes of one geometry (the frames of a cine), each the labels
-        :meth:`predict_volume` gives it.
+        return_probabilities: bool = False,
+        return_disagreement: bool = False,
+    ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        """:meth:`predict_volume` of several volumes of one geometry (the frames of a cine):
+        for each, ``(labels, probabilities, disagreement)`` as it gives them (the last two
+        ``None`` unless asked).
 
         While the network segments one volume, a second thread maps the previous one's
         prediction back to the native grid and post-processes it (ONNX Runtime and PyTorch
@@ -599,15 +611,25 @@ class Segmenter:
         Example:
             >>> seg = Segmenter()  # doctest: +SKIP
             >>> with seg.sharing_window():  # doctest: +SKIP
-            ...     labels = seg.predict_frames((cine[..., t] for t in range(25)), spacing)
+            ...     out = seg.predict_frames((cine[..., t] for t in range(25)), spacing)
+            >>> labels = [lab for lab, _, _ in out]  # doctest: +SKIP
         """
         if self.adapter is not None:
-            return [self.predict_volume(v, spacing, affine=affine)[0] for v in volumes]
+            return [
+                self.predict_volume(v, spacing, return_probabilities, affine, True)
+                if return_disagreement
+                else (*self.predict_volume(v, spacing, return_probabilities, affine), None)
+                for v in volumes
+            ]
+        spread = return_disagreement and (self.tta or len(self.models) > 1)
         with ThreadPoolExecutor(1, thread_name_prefix="cardioseg-labels") as pool:
             pending = []
             for volume in volumes:
                 x, state = self.preprocessor.forward(volume, spacing, affine)
-                pending.append(pool.submit(self._labels, self._forward(x), state))
+                probs = self._forward(x, member_entropy=spread)
+                pending.append(
+                    pool.submit(self._outputs, probs, state, spread, return_probabilities)
+                )
             return [job.result() for job in pending]
 
     def predict(self, image: np.ndarray, properties: ImageProperties) -> Segmentation:
@@ -619,9 +641,8 @@ class Segmenter:
         elif image.ndim == 4:
             with self.sharing_window():
                 frames = (image[..., t] for t in range(image.shape[-1]))
-                labels = np.stack(
-                    self.predict_frames(frames, properties.spacing, properties.affine), axis=-1
-                )
+                out = self.predict_frames(frames, properties.spacing, properties.affine)
+                labels = np.stack([lab for lab, _, _ in out], axis=-1)
         else:
             raise CardiosegError(properties.path, f"expected 3D or 4D image, got {image.ndim}D")
         return Segmentation(labels, properties, timings={"predict_s": time.perf_counter() - t0})

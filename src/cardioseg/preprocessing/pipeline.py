@@ -119,6 +119,11 @@ class Preprocessor:
 
     def inverse_labels(self, probs: torch.Tensor, state: PreprocessState) -> np.ndarray:
         """Map ``(Z, C, H, W)`` probabilities/logits to a native-geometry label volume."""
-        native = self.inverse_probabilities(probs.float(), state)
+        return self.native_labels(self.inverse_probabilities(probs.float(), state), state)
+
+    @staticmethod
+    def native_labels(native: torch.Tensor, state: PreprocessState) -> np.ndarray:
+        """The label volume of ``(Z, C, *native in-plane)`` probabilities already mapped back
+        (:meth:`inverse_probabilities`)."""
         labels = channel_argmax(native).numpy().astype(np.uint8)
         return from_slices(labels, state.axis)
