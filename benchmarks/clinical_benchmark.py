@@ -700,6 +700,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", nargs="+", default=["sunnybrook", "qc", "speed"])
+    ap.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnxruntime"],
+        help="what runs the network (Segmenter's backend; auto: ONNX Runtime on a CPU in float32)",
+    )
     add_roi_argument(ap)
     ap.add_argument(
         "--calibrate-entropy",
@@ -755,7 +761,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(args.model, roi=roi_value(args))
+    seg = Segmenter(args.model, roi=roi_value(args), backend=args.backend)
     lines = [
         "# Clinical analysis benchmark",
         "",
