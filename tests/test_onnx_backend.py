@@ -55,12 +55,16 @@ def test_export_matches_the_module_on_other_sizes():
     assert float((got - expected).abs().max()) < 1e-4
 
 
-class _NumpyNet(torch.nn.Module):
-    """A network the exporter cannot follow (its output is computed in numpy)."""
+class _OneConv(torch.nn.Module):
+    """One convolution; the subclasses' forward passes use it in ways an export cannot keep."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+
+
+class _NumpyNet(_OneConv):
+    """A network the exporter cannot follow (its output is computed in numpy)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
@@ -72,15 +76,57 @@ def test_an_export_that_disagrees_is_refused():
         export_network(_NumpyNet().eval(), check_size=16)
 
 
+class _FixedBatchNet(_OneConv):
+    """Reshapes with the traced batch size as a Python number: the export fixes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        n, c, h, w = (int(v) for v in y.shape)
+        return y.reshape(n, c, h * w).reshape(n, c, h, w)
+
+
+class _FixedHeightNet(_OneConv):
+    """Crops to the traced height as a Python number: the export fixes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y[:, :, : int(y.shape[2])]
+
+
+@pytest.mark.parametrize("net", [_FixedBatchNet, _FixedHeightNet])
+def test_an_export_that_fixed_a_size_is_refused(net):
+    with pytest.raises(OnnxExportError):
+        export_network(net().eval(), check_size=16)
+
+
 def test_auto_runs_onnxruntime_with_the_same_predictions(tiny_checkpoint):
     vol = _volume()
-    ref = Segmenter(tiny_checkpoint, backend="torch", precision="float32")
-    seg = Segmenter(tiny_checkpoint, precision="float32")
+    ref = Segmenter(tiny_checkpoint, backend="torch", precision="float32", device="cpu")
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
     assert (ref.backend, seg.backend) == ("torch", "onnxruntime") and seg.backend_note is None
     lab_ref, p_ref = ref.predict_volume(vol, (1.5, 1.5, 8.0), True)
     lab, p = seg.predict_volume(vol, (1.5, 1.5, 8.0), True)
     assert np.abs(p - p_ref).max() < 1e-4
     assert np.array_equal(lab, lab_ref)
+    frames = [vol, np.roll(vol, 3, axis=0)]  # the pipelined frames on ONNX Runtime too
+    with seg.sharing_window(), ref.sharing_window():
+        got = seg.predict_frames(iter(frames), (1.5, 1.5, 8.0))
+        want = ref.predict_frames(iter(frames), (1.5, 1.5, 8.0))
+    for (a, _, _), (b, _, _) in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_export_is_not_used_once_it_no_longer_applies(tiny_checkpoint):
+    """An adapter or bfloat16 set after loading gets PyTorch, not the stale export."""
+    from cardioseg.adaptation.tta import build_adapter
+
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    assert seg._networks[0] is not seg.models[0]  # the export
+    seg.adapter = build_adapter("tent", steps=1)
+    assert seg._networks[0] is seg.models[0]
+    seg.adapter = None
+    seg.precision = "bfloat16"
+    assert seg._networks[0] is seg.models[0]
 
 
 def test_onnxruntime_only_where_it_applies(tiny_checkpoint, monkeypatch):
@@ -95,7 +141,7 @@ def test_onnxruntime_only_where_it_applies(tiny_checkpoint, monkeypatch):
     bf16 = Segmenter(tiny_checkpoint, precision="bfloat16")
     assert bf16.backend == "torch" and "precision bfloat16" in bf16.backend_note
     monkeypatch.setattr(segmenter_module, "onnxruntime_available", lambda: False)
-    missing = Segmenter(tiny_checkpoint, precision="float32")
+    missing = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
     assert missing.backend == "torch" and "not installed" in missing.backend_note
 
 
@@ -104,17 +150,17 @@ def test_a_failed_export_keeps_pytorch_unless_asked(tiny_checkpoint, monkeypatch
         raise OnnxExportError("export failed: test")
 
     monkeypatch.setattr(segmenter_module, "export_network", fail)
-    seg = Segmenter(tiny_checkpoint, precision="float32")
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
     assert seg.backend == "torch" and seg.backend_note == "export failed: test"
     labels, _ = seg.predict_volume(_volume(), (1.5, 1.5, 8.0))
     assert labels.shape == (56, 48, 4)
     with pytest.raises(ValueError, match="export failed: test"):
-        Segmenter(tiny_checkpoint, backend="onnxruntime", precision="float32")
+        Segmenter(tiny_checkpoint, backend="onnxruntime", precision="float32", device="cpu")
 
 
 def test_replaced_modules_are_run_not_the_old_export(tiny_checkpoint):
     """Code that swaps the segmenter's modules (as tests and adapters do) gets them run."""
-    seg = Segmenter(tiny_checkpoint, precision="float32")
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
     assert seg.backend == "onnxruntime"
     calls = []
 

@@ -219,7 +219,9 @@ def test_predict_frames_returns_what_predict_volume_does(tmp_path):
     seg.models = [_PixelNet(3.0)]
     vols = [_square_volume(), np.roll(_square_volume(), 5, axis=1)]
     expected = [seg.predict_volume(v, (1.5, 1.5, 8.0), True, None, True) for v in vols]
-    got = seg.predict_frames(iter(vols), (1.5, 1.5, 8.0), None, True, True)
+    got = seg.predict_frames(
+        iter(vols), (1.5, 1.5, 8.0), return_probabilities=True, return_disagreement=True
+    )
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_array_equal(g[0], e[0])
         np.testing.assert_allclose(g[1], e[1])
@@ -228,7 +230,7 @@ def test_predict_frames_returns_what_predict_volume_does(tmp_path):
     plain = seg.predict_frames(iter(vols), (1.5, 1.5, 8.0))
     assert all(p is None and d is None for _, p, d in plain)
     tent = Segmenter(_checkpoint(tmp_path / "t.pt", False), adaptation="tent", roi=False)
-    out = tent.predict_frames(iter(vols), (1.5, 1.5, 8.0), None, True)
+    out = tent.predict_frames(iter(vols), (1.5, 1.5, 8.0), return_probabilities=True)
     assert len(out) == 2 and all(p.shape == (4, *vols[0].shape) and d is None for _, p, d in out)
 
 

@@ -199,3 +199,7 @@ def test_bullseye_puts_each_segment_in_its_conventional_place():
         deg = centre.get(s, centre.get(s - 6))
         assert where[s][0] == deg, (s, where[s])
     assert all(where[s][1] > where[s + 6][1] > where[13][1] for s in range(1, 7))
+    fig, polar = plt.subplots(subplot_kw={"projection": "polar"})
+    with pytest.raises(ValueError, match="not polar"):
+        plot_bullseye(polar, {1: 1.0})
+    plt.close(fig)

@@ -303,11 +303,15 @@ def _present_slices(study: Study) -> list[int] | slice:
 
 
 def _pipelined(segmenter: Any) -> bool:
-    """Whether to call ``predict_frames`` (a :class:`~cardioseg.inference.Segmenter`); any
-    other object (a wrapper of ``predict_volume``) is called frame by frame."""
+    """Whether to call ``predict_frames`` (a :class:`~cardioseg.inference.Segmenter` with its
+    own ``predict_volume``); any other object (a wrapper of ``predict_volume``, a subclass
+    that overrides it) is called frame by frame."""
     from cardioseg.inference import Segmenter
 
-    return isinstance(segmenter, Segmenter)
+    return (
+        isinstance(segmenter, Segmenter)
+        and type(segmenter).predict_volume is Segmenter.predict_volume
+    )
 
 
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
@@ -340,10 +344,18 @@ def _segment_with_tta(
     segmenter.tta = True
     try:
         if _pipelined(segmenter):  # ED mapped back while ES is segmented
-            results = segmenter.predict_frames(volumes, spacing, affine, True, True)
+            results = segmenter.predict_frames(
+                volumes, spacing, affine, return_probabilities=True, return_disagreement=True
+            )
         else:
             results = [
-                segmenter.predict_volume(v, spacing, True, affine, return_disagreement=True)
+                segmenter.predict_volume(
+                    v,
+                    spacing,
+                    return_probabilities=True,
+                    affine=affine,
+                    return_disagreement=True,
+                )
                 for v in volumes
             ]
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -338,8 +338,9 @@ class Segmenter:
                 raise ValueError(f"backend onnxruntime is not available: {', '.join(blockers)}")
             self.backend_note = ", ".join(blockers)
             return
+        side = 4 * self.model_config.stride_product  # the check's input: a size the net takes
         try:
-            networks = [export_network(m) for m in self.models]
+            networks = [export_network(m, check_size=side) for m in self.models]
         except OnnxExportError as exc:
             if backend == "onnxruntime":
                 raise ValueError(f"backend onnxruntime: {exc}") from exc
@@ -351,8 +352,11 @@ class Segmenter:
     @property
     def _networks(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         """What computes each member's logits: its export where the ``onnxruntime`` backend
-        exported it (and :attr:`models` still holds the modules exported), else the module."""
-        if self._exported is not None:
+        exported it and the export still applies (:attr:`models` holds the modules exported,
+        no adapter was set since, the precision is float32 on the CPU), else the module.
+        Weights changed in place after loading are not noticed: reload the segmenter."""
+        applies = self.adapter is None and self.precision == "float32"
+        if self._exported is not None and applies and self.device.type == "cpu":
             modules, networks = self._exported
             if len(modules) == len(self.models) and all(
                 a is b for a, b in zip(modules, self.models, strict=True)
@@ -594,6 +598,7 @@ class Segmenter:
         volumes: Iterable[np.ndarray],
         spacing: tuple[float, float, float],
         affine: np.ndarray | None = None,
+        *,
         return_probabilities: bool = False,
         return_disagreement: bool = False,
     ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
@@ -622,15 +627,21 @@ class Segmenter:
                 for v in volumes
             ]
         spread = return_disagreement and (self.tta or len(self.models) > 1)
-        with ThreadPoolExecutor(1, thread_name_prefix="cardioseg-labels") as pool:
-            pending = []
+        pool = ThreadPoolExecutor(1, thread_name_prefix="cardioseg-labels")
+        results: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        pending: Future | None = None
+        try:
             for volume in volumes:
                 x, state = self.preprocessor.forward(volume, spacing, affine)
                 probs = self._forward(x, member_entropy=spread)
-                pending.append(
-                    pool.submit(self._outputs, probs, state, spread, return_probabilities)
-                )
-            return [job.result() for job in pending]
+                if pending is not None:  # one volume in flight: memory stays that of two
+                    results.append(pending.result())
+                pending = pool.submit(self._outputs, probs, state, spread, return_probabilities)
+            if pending is not None:
+                results.append(pending.result())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
 
     def predict(self, image: np.ndarray, properties: ImageProperties) -> Segmentation:
         """Segment a 3D volume or every frame of a 4D cine (time last)."""

@@ -64,6 +64,9 @@ def plot_bullseye(
     import matplotlib as mpl
     from matplotlib.patches import Wedge
 
+    if getattr(ax, "name", "rectilinear") == "polar":
+        raise ValueError("plot_bullseye draws on ordinary (Cartesian) axes, not polar ones")
+
     known = [float(v) for v in values.values() if v is not None and np.isfinite(float(v))]
     lo = vmin if vmin is not None else (min(known) if known else 0.0)
     hi = vmax if vmax is not None else (max(known) if known else 1.0)
