@@ -92,6 +92,11 @@ def test_analyze_4d_nifti(tmp_path, tiny_checkpoint):
     # which model produced the result, and that its QC thresholds are another model's
     assert report["meta"]["model"].startswith("tiny.pt (sha256 ")
     assert f"<td>model</td><td>{report['meta']['model']}</td>" in html
+    from cardioseg.inference import Segmenter
+
+    ran = Segmenter(tiny_checkpoint)  # what the CLI loaded: its backend and precision here
+    assert report["meta"]["network_runtime"] == f"{ran.backend}, {ran.precision}"
+    assert f"<td>network run by, in</td><td>{ran.backend}, {ran.precision}</td>" in html
     assert report["meta"]["qc_calibration"].startswith("none for this model")
     assert report["qc"]["reasons"][-1].startswith("the uncertainty thresholds were calibrated")
 

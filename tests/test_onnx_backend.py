@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -172,3 +175,43 @@ def test_replaced_modules_are_run_not_the_old_export(tiny_checkpoint):
     seg.models = [Spy()]
     seg.predict_volume(_volume(), (1.5, 1.5, 8.0))
     assert calls
+
+
+_FORKED_NET = None
+
+
+def _use_and_drop_in_child(queue) -> None:
+    """In a forked process: run the inherited network, then free it."""
+    import gc
+
+    global _FORKED_NET
+    out = _FORKED_NET(torch.ones(1, 1, 32, 32))
+    queue.put(tuple(out.shape))
+    _FORKED_NET = None
+    gc.collect()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
+def test_a_forked_process_runs_and_frees_an_inherited_network():
+    """A process forked from one holding a network (a batch's workers) gets a session of its
+    own; the inherited one, whose threads stayed in the parent, is neither run nor freed
+    there (either blocked for ever before)."""
+    import multiprocessing
+
+    global _FORKED_NET
+    torch.manual_seed(3)
+    net = build_model(ModelConfig(channels=[4, 8], strides=[2], num_res_units=0)).eval()
+    _FORKED_NET = export_network(net, num_threads=2, check_size=16)
+    _FORKED_NET(torch.ones(2, 1, 32, 32))  # the parent's thread pool has worked
+    time.sleep(0.5)  # ... and its threads have stopped spinning: they wait on the pool's lock
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_use_and_drop_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == (1, 4, 32, 32)
+    assert _FORKED_NET(torch.ones(1, 1, 32, 32)).shape == (1, 4, 32, 32)  # parent unaffected
+    _FORKED_NET = None

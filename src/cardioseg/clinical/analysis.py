@@ -721,6 +721,10 @@ def analyze_study(
             if calibration.calibrated
             else "none for this model (the default model's thresholds were used)",
         }
+        if getattr(seg, "backend", None) and getattr(seg, "precision", None):
+            # what ran the network (ONNX Runtime or PyTorch) and in which precision: results
+            # differ between them only by rounding, but a record should say
+            meta["network_runtime"] = f"{seg.backend}, {seg.precision}"
         size = [
             f"{value:g} {unit} ({body_from[key]})"
             for key, value, unit in (("height_cm", height_cm, "cm"), ("weight_kg", weight_kg, "kg"))

@@ -544,6 +544,7 @@ META_NAMES = {
     "slice_axis": "slice axis",
     "seconds": "analysis time (s)",
     "model": "model",
+    "network_runtime": "network run by, in",
     "qc_calibration": "QC thresholds calibrated for",
     "heart_window": "heart window (volumes: window, whole image, fallback)",
     "vendor": "vendor",

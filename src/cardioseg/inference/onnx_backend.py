@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import warnings
+import weakref
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,21 +72,48 @@ class OnnxNetwork:
     """
 
     def __init__(self, model_bytes: bytes, num_threads: int | None = None):
+        self._bytes = model_bytes
+        self._threads = int(num_threads or torch.get_num_threads())
+        self._pid = os.getpid()
+        self.session = self._new_session()
+        self._input = self.session.get_inputs()[0].name
+        _LIVE.add(self)
+
+    def _new_session(self) -> Any:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(num_threads or torch.get_num_threads())
+        options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only: no notes on the console
-        self.session = ort.InferenceSession(
-            model_bytes, options, providers=["CPUExecutionProvider"]
-        )
-        self._input = self.session.get_inputs()[0].name
+        return ort.InferenceSession(self._bytes, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits for a ``(N, C, H, W)`` batch (as a CPU tensor)."""
+        if self.session is None or self._pid != os.getpid():  # forked: a session of its own
+            self.session, self._pid = self._new_session(), os.getpid()
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {self._input: array})[0])
+
+
+#: The networks of this process (weakly held), for the fork handler below.
+_LIVE: weakref.WeakSet[OnnxNetwork] = weakref.WeakSet()
+#: Sessions a forked process inherited: never run nor freed there. Their thread pool's
+#: threads exist only in the parent, so running one blocks, and so does destroying one
+#: (found with a batch that forks its workers from a process holding a segmenter).
+_INHERITED: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """Set the inherited sessions aside; each network makes a new one when first called."""
+    for network in list(_LIVE):
+        if network.session is not None:
+            _INHERITED.append(network.session)
+            network.session = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def export_network(
