@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,16 +302,26 @@ def _present_slices(study: Study) -> list[int] | slice:
     return [k for k in range(study.image.shape[2]) if k not in missing]
 
 
-def _pipelined(segmenter: Any) -> bool:
-    """Whether to call ``predict_frames`` (a :class:`~cardioseg.inference.Segmenter` with its
-    own ``predict_volume``); any other object (a wrapper of ``predict_volume``, a subclass
-    that overrides it) is called frame by frame."""
+def _predict_volumes(
+    segmenter: Any, volumes: Iterable[np.ndarray], spacing: Any, affine: Any, tta: bool = False
+) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """``(labels, probabilities, disagreement)`` of each volume; with ``tta`` the last two are
+    asked for. A :class:`~cardioseg.inference.Segmenter` with its own ``predict_volume``
+    pipelines them (``predict_frames``: one volume mapped back while the next is segmented);
+    any other object (a wrapper of ``predict_volume``, a subclass that overrides it) is
+    called volume by volume."""
     from cardioseg.inference import Segmenter
 
-    return (
-        isinstance(segmenter, Segmenter)
-        and type(segmenter).predict_volume is Segmenter.predict_volume
-    )
+    flags = {"return_probabilities": tta, "return_disagreement": tta}
+    if isinstance(segmenter, Segmenter) and type(segmenter).predict_volume is (
+        Segmenter.predict_volume
+    ):
+        return segmenter.predict_frames(volumes, spacing, affine, **flags)
+    if tta:
+        return [
+            tuple(segmenter.predict_volume(v, spacing, affine=affine, **flags)) for v in volumes
+        ]
+    return [(segmenter.predict_volume(v, spacing, affine=affine)[0], None, None) for v in volumes]
 
 
 def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
@@ -321,11 +331,7 @@ def _segment_frames(segmenter: Any, study: Study) -> np.ndarray:
     out = np.zeros(study.image.shape, np.uint8)
     spacing, affine = study.properties.spacing, study.properties.affine
     frames = (study.image[:, :, present, t] for t in range(study.image.shape[-1]))
-    if _pipelined(segmenter):  # one frame's labels while the next is segmented
-        labels = [lab for lab, _, _ in segmenter.predict_frames(frames, spacing, affine)]
-    else:
-        labels = [segmenter.predict_volume(f, spacing, affine=affine)[0] for f in frames]
-    for t, lab in enumerate(labels):
+    for t, (lab, _, _) in enumerate(_predict_volumes(segmenter, frames, spacing, affine)):
         out[:, :, present, t] = lab
     return out
 
@@ -343,21 +349,7 @@ def _segment_with_tta(
     tta_before = segmenter.tta
     segmenter.tta = True
     try:
-        if _pipelined(segmenter):  # ED mapped back while ES is segmented
-            results = segmenter.predict_frames(
-                volumes, spacing, affine, return_probabilities=True, return_disagreement=True
-            )
-        else:
-            results = [
-                segmenter.predict_volume(
-                    v,
-                    spacing,
-                    return_probabilities=True,
-                    affine=affine,
-                    return_disagreement=True,
-                )
-                for v in volumes
-            ]
+        results = _predict_volumes(segmenter, volumes, spacing, affine, tta=True)
     finally:
         segmenter.tta = tta_before
     for (name, t), (lab, prob, dis) in zip(frames.items(), results, strict=True):

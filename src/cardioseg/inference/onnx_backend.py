@@ -74,7 +74,6 @@ class OnnxNetwork:
     def __init__(self, model_bytes: bytes, num_threads: int | None = None):
         self._bytes = model_bytes
         self._threads = int(num_threads or torch.get_num_threads())
-        self._pid = os.getpid()
         self.session = self._new_session()
         self._input = self.session.get_inputs()[0].name
         _LIVE.add(self)
@@ -90,8 +89,8 @@ class OnnxNetwork:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The network's logits for a ``(N, C, H, W)`` batch (as a CPU tensor)."""
-        if self.session is None or self._pid != os.getpid():  # forked: a session of its own
-            self.session, self._pid = self._new_session(), os.getpid()
+        if self.session is None:  # set aside in a forked process: a session of its own
+            self.session = self._new_session()
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {self._input: array})[0])
 

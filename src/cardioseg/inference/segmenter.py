@@ -294,8 +294,6 @@ class Segmenter:
             self.models.append(model.to(self.device).eval())
         #: The (first) network; test-time adaptation works on it.
         self.model = self.models[0]
-        #: What runs the network (``torch`` or ``onnxruntime``; see ``backend``).
-        self.backend = "torch"
         #: Why ``auto`` kept PyTorch (``None`` when it did not, or was not asked).
         self.backend_note: str | None = None
         #: The exported networks and the modules they came from (``onnxruntime`` backend).
@@ -319,20 +317,26 @@ class Segmenter:
             for c in ckpts
         )
 
-    def _use_backend(self, backend: str) -> None:
-        """Run the networks with ``backend`` (see the class's ``backend``)."""
-        if backend == "torch":
-            return
-        blockers = [
+    def _export_blockers(self) -> list[str]:
+        """Why the exported networks cannot run this segmenter's forward pass (none: they
+        can): a GPU, bfloat16, or an adapter, which changes the PyTorch modules."""
+        return [
             reason
             for reason, blocks in (
                 (f"device {self.device.type}", self.device.type != "cpu"),
                 (f"precision {self.precision}", self.precision != "float32"),
                 (f"adaptation {self.adaptation}", self.adapter is not None),
-                ("onnx/onnxruntime not installed", not onnxruntime_available()),
             )
             if blocks
         ]
+
+    def _use_backend(self, backend: str) -> None:
+        """Run the networks with ``backend`` (see the class's ``backend``)."""
+        if backend == "torch":
+            return
+        blockers = self._export_blockers()
+        if not onnxruntime_available():
+            blockers.append("onnx/onnxruntime not installed")
         if blockers:
             if backend == "onnxruntime":
                 raise ValueError(f"backend onnxruntime is not available: {', '.join(blockers)}")
@@ -347,22 +351,29 @@ class Segmenter:
             self.backend_note = str(exc)
             return
         self._exported = (list(self.models), networks)
-        self.backend = "onnxruntime"
+
+    def _exports(self) -> list[OnnxNetwork] | None:
+        """The exported networks where they still apply (:attr:`models` holds the modules
+        exported, and no blocker was set since: an adapter, bfloat16, a GPU), else ``None``.
+        Weights changed in place after loading are not noticed: reload the segmenter."""
+        if self._exported is None or self._export_blockers():
+            return None
+        modules, networks = self._exported
+        same = len(modules) == len(self.models) and all(
+            a is b for a, b in zip(modules, self.models, strict=True)
+        )
+        return list(networks) if same else None
+
+    @property
+    def backend(self) -> str:
+        """What runs the network now: ``onnxruntime`` or ``torch`` (see ``backend``)."""
+        return "torch" if self._exports() is None else "onnxruntime"
 
     @property
     def _networks(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-        """What computes each member's logits: its export where the ``onnxruntime`` backend
-        exported it and the export still applies (:attr:`models` holds the modules exported,
-        no adapter was set since, the precision is float32 on the CPU), else the module.
-        Weights changed in place after loading are not noticed: reload the segmenter."""
-        applies = self.adapter is None and self.precision == "float32"
-        if self._exported is not None and applies and self.device.type == "cpu":
-            modules, networks = self._exported
-            if len(modules) == len(self.models) and all(
-                a is b for a, b in zip(modules, self.models, strict=True)
-            ):
-                return list(networks)
-        return list(self.models)
+        """What computes each member's logits: its export (:meth:`_exports`), else the
+        module."""
+        return self._exports() or list(self.models)
 
     def _tta_views(self, xb: torch.Tensor) -> list[tuple[torch.Tensor, Callable]]:
         """Augmented copies of a batch with the function mapping their outputs back."""
@@ -554,9 +565,14 @@ class Segmenter:
         on images unlike the training data.
         """
         x, state = self.preprocessor.forward(volume, spacing, affine)
-        spread = return_disagreement and (self.tta or len(self.models) > 1)
+        spread = self._spread(return_disagreement)
         out = self._outputs(self._network_pass(x, spread), state, spread, return_probabilities)
         return out if return_disagreement else out[:2]
+
+    def _spread(self, return_disagreement: bool) -> bool:
+        """Whether the disagreement can be computed as asked: several predictions are made
+        (TTA views or ensemble members)."""
+        return return_disagreement and (self.tta or len(self.models) > 1)
 
     def _network_pass(self, x: torch.Tensor, spread: bool) -> torch.Tensor:
         """:meth:`_forward` of a preprocessed stack, adapting the network first if set."""
@@ -610,8 +626,7 @@ class Segmenter:
         prediction back to the native grid and post-processes it (ONNX Runtime and PyTorch
         release the GIL while they compute), which hides most of that work on a multi-core
         CPU. Call it within :meth:`sharing_window` for the frames to share one heart window,
-        as :meth:`predict` does. With test-time adaptation the volumes are segmented one
-        after the other.
+        as :meth:`predict` does.
 
         Example:
             >>> seg = Segmenter()  # doctest: +SKIP
@@ -619,21 +634,14 @@ class Segmenter:
             ...     out = seg.predict_frames((cine[..., t] for t in range(25)), spacing)
             >>> labels = [lab for lab, _, _ in out]  # doctest: +SKIP
         """
-        if self.adapter is not None:
-            return [
-                self.predict_volume(v, spacing, return_probabilities, affine, True)
-                if return_disagreement
-                else (*self.predict_volume(v, spacing, return_probabilities, affine), None)
-                for v in volumes
-            ]
-        spread = return_disagreement and (self.tta or len(self.models) > 1)
+        spread = self._spread(return_disagreement)
         pool = ThreadPoolExecutor(1, thread_name_prefix="cardioseg-labels")
         results: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
         pending: Future | None = None
         try:
             for volume in volumes:
                 x, state = self.preprocessor.forward(volume, spacing, affine)
-                probs = self._forward(x, member_entropy=spread)
+                probs = self._network_pass(x, spread)  # the adapter, if any, works here
                 if pending is not None:  # one volume in flight: memory stays that of two
                     results.append(pending.result())
                 pending = pool.submit(self._outputs, probs, state, spread, return_probabilities)
