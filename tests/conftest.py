@@ -12,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _own_export_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty cache of ONNX exports (never the user's ``~/.cache``), so that
+    no test runs an export another one cached (a test of a failed export would not see it)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
+
 def oblique_affine(
     spacing=(1.3, 1.3, 8.0), angles=(0.4, -0.7, 1.1), origin=(12.0, -40.0, 85.0), flip=(1, 1, 1)
 ) -> np.ndarray:

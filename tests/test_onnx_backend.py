@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +216,137 @@ def test_a_forked_process_runs_and_frees_an_inherited_network():
     assert queue.get(timeout=5) == (1, 4, 32, 32)
     assert _FORKED_NET(torch.ones(1, 1, 32, 32)).shape == (1, 4, 32, 32)  # parent unaffected
     _FORKED_NET = None
+
+
+# --- the cache of checked exports --------------------------------------------------------------
+
+
+def _cache_files() -> list[str]:
+    from cardioseg.inference.onnx_backend import export_cache_dir
+
+    folder = export_cache_dir()
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_second_segmenter_runs_the_cached_export_without_building_the_network(
+    tiny_checkpoint, monkeypatch
+):
+    first = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    assert first.export_source == "export"
+    assert [n.rsplit(".", 1)[1] for n in _cache_files()] == ["json", "onnx"]
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(segmenter_module, "export_network", no_export)
+    second = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    assert (second.backend, second.export_source) == ("onnxruntime", "cache")
+    assert second._models is None  # nothing built: the cached export runs alone
+    vol = _volume()
+    lab_a, p_a = first.predict_volume(vol, (1.5, 1.5, 8.0), True)
+    lab_b, p_b = second.predict_volume(vol, (1.5, 1.5, 8.0), True)
+    np.testing.assert_array_equal(p_a, p_b)
+    np.testing.assert_array_equal(lab_a, lab_b)
+    # the modules built later (for an adapter) leave the export in use until they change
+    assert second.model is second.models[0] and second.backend == "onnxruntime"
+    second.precision = "bfloat16"
+    assert second._networks[0] is second.models[0]
+
+
+def test_a_cached_export_is_not_run_for_replaced_modules_or_another_checkpoint(
+    tiny_checkpoint, tmp_path
+):
+    Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    assert seg.export_source == "cache"
+    seg.models = [torch.nn.Conv2d(1, 4, 1)]  # assigned before the networks were ever built
+    assert seg.backend == "torch"
+    other = tmp_path / "other.pt"  # other weights: another key, exported on its own
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    ckpt["model_state"] = {k: v + 0.01 for k, v in ckpt["model_state"].items()}
+    torch.save(ckpt, other)
+    seg_other = Segmenter(other, precision="float32", device="cpu")
+    assert seg_other.export_source == "export" and len(_cache_files()) == 4
+
+
+def test_a_damaged_cached_export_is_replaced(tiny_checkpoint):
+    from cardioseg.inference.onnx_backend import export_cache_dir
+
+    ref = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    (onnx_file,) = export_cache_dir().glob("*.onnx")
+    data = bytearray(onnx_file.read_bytes())
+    data[-100] ^= 0xFF  # a flipped byte in a weight: still a loadable model
+    onnx_file.write_bytes(bytes(data))
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    assert seg.export_source == "export"  # the digest did not match: exported again
+    vol = _volume()
+    np.testing.assert_array_equal(
+        seg.predict_volume(vol, (1.5, 1.5, 8.0))[0], ref.predict_volume(vol, (1.5, 1.5, 8.0))[0]
+    )
+    assert Segmenter(tiny_checkpoint, precision="float32", device="cpu").export_source == "cache"
+
+
+def test_an_unwritable_cache_only_costs_the_export(tiny_checkpoint, tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    for _ in range(2):
+        seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+        assert (seg.backend, seg.export_source) == ("onnxruntime", "export")
+
+
+def test_what_blocks_the_export_also_blocks_the_cache(tiny_checkpoint):
+    Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    bf16 = Segmenter(tiny_checkpoint, precision="bfloat16")
+    assert bf16.backend == "torch" and bf16.export_source is None
+    torch_only = Segmenter(tiny_checkpoint, backend="torch", precision="float32", device="cpu")
+    assert torch_only.backend == "torch" and torch_only.export_source is None
+
+
+def test_the_cache_key_follows_the_checkpoint_and_the_recipe(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    from cardioseg.inference import onnx_backend
+
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(Path(tiny_checkpoint).read_bytes())
+    key = onnx_backend.export_key(tiny_checkpoint)
+    assert onnx_backend.export_key(copy) == key  # the content, not the path
+    monkeypatch.setattr(onnx_backend, "EXPORT_RECIPE", onnx_backend.EXPORT_RECIPE + 1)
+    assert onnx_backend.export_key(copy) != key
+
+
+def test_loading_a_cached_model_imports_no_monai(tmp_path):
+    """What the cache saves a new process: the network is never built, so MONAI (about 2 s
+    to import) is not loaded by ``import cardioseg.inference`` nor by the segmenter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cardioseg.inference import Segmenter\n"
+        "assert 'monai' not in sys.modules, 'imported by cardioseg.inference'\n"
+        "seg = Segmenter(None, precision='float32', device='cpu')\n"
+        "print(seg.export_source, 'monai' in sys.modules)\n"
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    assert runs == [["export", "True"], ["cache", "False"]]
+
+
+def test_networks_first_built_inside_a_forward_pass_can_be_adapted(tiny_checkpoint):
+    """A cached segmenter builds its PyTorch networks when first needed, which can be inside
+    the heart-window probe's inference mode: they must still be trainable by an adapter."""
+    from cardioseg.adaptation.tta import build_adapter
+
+    Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu", roi=True)
+    assert seg._models is None
+    seg.adapter = build_adapter("tent", steps=1)
+    labels, _ = seg.predict_volume(_volume(), (1.5, 1.5, 8.0))
+    assert labels.shape == (56, 48, 4) and seg.backend == "torch"

@@ -21,8 +21,11 @@ from cardioseg.inference.onnx_backend import (
     BACKENDS,
     OnnxExportError,
     OnnxNetwork,
+    export_key,
     export_network,
+    load_cached_export,
     onnxruntime_available,
+    store_export,
 )
 from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
@@ -287,18 +290,28 @@ class Segmenter:
         self.precision = requested
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.models = []
-        for member in ckpts:  # members may differ in width, not in input (checked above)
-            model = build_model(ModelConfig(**member["config"]["model"]))
-            model.load_state_dict({k: v.float() for k, v in member["model_state"].items()})
-            self.models.append(model.to(self.device).eval())
-        #: The (first) network; test-time adaptation works on it.
-        self.model = self.models[0]
+        #: Each member's network configuration and float32 weights (the networks are built
+        #: from them on first use: see :attr:`models`).
+        self._members = [
+            (
+                ModelConfig(**member["config"]["model"]),
+                {k: v.float() for k, v in member["model_state"].items()},
+            )
+            for member in ckpts
+        ]
+        self._models: list[torch.nn.Module] | None = None
         #: Why ``auto`` kept PyTorch (``None`` when it did not, or was not asked).
         self.backend_note: str | None = None
-        #: The exported networks and the modules they came from (``onnxruntime`` backend).
-        self._exported: tuple[list[torch.nn.Module], list[OnnxNetwork]] | None = None
+        #: Where the exported networks came from: ``"cache"`` (a checked export of an earlier
+        #: run, :func:`~cardioseg.inference.onnx_backend.load_cached_export`), ``"export"``
+        #: (exported and checked now), or ``None`` (PyTorch runs the networks).
+        self.export_source: str | None = None
+        #: The exported networks and the modules they came from (``onnxruntime`` backend;
+        #: ``None`` for the modules of a cached export, which were never built).
+        self._exported: tuple[list[torch.nn.Module] | None, list[OnnxNetwork]] | None = None
         self._use_backend(backend)
+        if self.export_source != "cache":
+            self.models  # noqa: B018 - built now, as PyTorch or the export needs them
         self.tta = bool(inference.get("tta", False)) if tta is None else tta
         if roi is None:
             roi = inference.get("roi")
@@ -316,6 +329,37 @@ class Segmenter:
             bool((c["config"].get("train") or {}).get("orientation_augmentation", True))
             for c in ckpts
         )
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        """The PyTorch networks (one per ensemble member), built from the checkpoints on first
+        use: a segmenter whose exported networks came from the cache never needs them (nor
+        MONAI, which builds them). Assigning other modules makes them run (with PyTorch)."""
+        if self._models is None:
+            built = []
+            with torch.inference_mode(False):  # also when first needed inside a forward pass:
+                for config, state in self._members:  # parameters an adapter can train
+                    model = build_model(config)
+                    model.load_state_dict(state)
+                    built.append(model.to(self.device).eval())
+            self._models = built
+            if self._exported is not None and self._exported[0] is None:
+                self._exported = (list(built), self._exported[1])  # the cached exports' modules
+        return self._models
+
+    @models.setter
+    def models(self, modules: Sequence[torch.nn.Module]) -> None:
+        self._models = list(modules)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The (first) network; test-time adaptation works on it."""
+        return self.models[0]
+
+    @property
+    def n_members(self) -> int:
+        """How many networks the model averages (1, or an ensemble's members)."""
+        return len(self._models) if self._models is not None else len(self._members)
 
     def _export_blockers(self) -> list[str]:
         """Why the exported networks cannot run this segmenter's forward pass (none: they
@@ -335,6 +379,11 @@ class Segmenter:
         if backend == "torch":
             return
         blockers = self._export_blockers()
+        keys = [] if blockers else self._export_keys()
+        cached = [load_cached_export(k) for k in keys]
+        if cached and all(n is not None for n in cached):
+            self._exported, self.export_source = (None, cached), "cache"
+            return
         if not onnxruntime_available():
             blockers.append("onnx/onnxruntime not installed")
         if blockers:
@@ -350,7 +399,17 @@ class Segmenter:
                 raise ValueError(f"backend onnxruntime: {exc}") from exc
             self.backend_note = str(exc)
             return
-        self._exported = (list(self.models), networks)
+        self._exported, self.export_source = (list(self.models), networks), "export"
+        for key, network, path in zip(keys, networks, self.checkpoint_paths, strict=False):
+            store_export(key, network, path)
+
+    def _export_keys(self) -> list[str]:
+        """The cache keys of the members' exports (none where a checkpoint cannot be read
+        again: the export is then made and not kept)."""
+        try:
+            return [export_key(p) for p in self.checkpoint_paths]
+        except OSError:
+            return []
 
     def _exports(self) -> list[OnnxNetwork] | None:
         """The exported networks where they still apply (:attr:`models` holds the modules
@@ -359,8 +418,10 @@ class Segmenter:
         if self._exported is None or self._export_blockers():
             return None
         modules, networks = self._exported
-        same = len(modules) == len(self.models) and all(
-            a is b for a, b in zip(modules, self.models, strict=True)
+        if modules is None:  # a cached export: applies while no other modules were assigned
+            return list(networks) if self._models is None else None
+        same = len(modules) == len(self._models or []) and all(
+            a is b for a, b in zip(modules, self._models or [], strict=True)
         )
         return list(networks) if same else None
 
@@ -531,7 +592,7 @@ class Segmenter:
                     p = p + q
                     if member_entropy:
                         h = h + _normalised_entropy(q)
-            n = len(self.models) * (1 + len(views))
+            n = self.n_members * (1 + len(views))
             p = p / n
             if member_entropy:
                 p = torch.cat([p, (h / n).unsqueeze(1)], 1)
@@ -572,7 +633,7 @@ class Segmenter:
     def _spread(self, return_disagreement: bool) -> bool:
         """Whether the disagreement can be computed as asked: several predictions are made
         (TTA views or ensemble members)."""
-        return return_disagreement and (self.tta or len(self.models) > 1)
+        return return_disagreement and (self.tta or self.n_members > 1)
 
     def _network_pass(self, x: torch.Tensor, spread: bool) -> torch.Tensor:
         """:meth:`_forward` of a preprocessed stack, adapting the network first if set."""

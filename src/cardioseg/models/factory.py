@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from monai.networks.nets import UNet
 
 
 @dataclass
@@ -72,6 +71,8 @@ def build_model(config: ModelConfig | None = None) -> torch.nn.Module:
         >>> net(torch.zeros(1, 1, 32, 32)).shape
         torch.Size([1, 4, 32, 32])
     """
+    from monai.networks.nets import UNet  # imported here: loading MONAI takes ~2 s
+
     c = config or ModelConfig()
     net = UNet(
         spatial_dims=2,
