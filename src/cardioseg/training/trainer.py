@@ -82,6 +82,20 @@ def collect_records(cfg: TrainingConfig, role: str = "source") -> list[CaseRecor
     return records + targets
 
 
+def train_subjects(records: list[CaseRecord]) -> list[str]:
+    """The sorted ``dataset/subject`` names of ``records``, as a checkpoint's fingerprint
+    lists the subjects the model was trained on (``cardioseg evaluate`` compares them with the
+    cases it evaluates).
+
+    Example:
+        >>> train_subjects([CaseRecord("acdc", "patient002", "ES", "b"),
+        ...                 CaseRecord("acdc", "patient001", "ED", "a"),
+        ...                 CaseRecord("acdc", "patient002", "ED", "c")])
+        ['acdc/patient001', 'acdc/patient002']
+    """
+    return sorted({f"{r.dataset}/{r.subject}" for r in records})
+
+
 def split_records(
     records: list[CaseRecord], cfg: TrainingConfig
 ) -> tuple[list[CaseRecord], list[CaseRecord]]:
@@ -280,9 +294,7 @@ class Trainer:
         fingerprint = {
             "target_spacing": cfg.data.target_spacing,
             "n_train_volumes": len(train_cases),
-            "train_subjects": sorted(
-                {f"{c.record.dataset}/{c.record.subject}" for c in train_cases}
-            ),
+            "train_subjects": train_subjects([c.record for c in train_cases]),
             "spacing_median": np.median(
                 [c.fingerprint["spacing"] for c in train_cases], 0
             ).tolist(),
