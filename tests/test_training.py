@@ -67,6 +67,26 @@ def test_one_epoch_then_resume(tmp_path):
     assert all(float(r["loss"]) > 0 for r in rows)
 
 
+def test_evaluate_warns_on_the_subjects_a_trained_model_saw(tmp_path):
+    """The subject names a trained checkpoint lists are those ``evaluate --dataset`` gives the
+    cases of the same folder: a fold-0 model evaluated on all four subjects warns that the two
+    it was trained on are among them, and names them in run.json."""
+    from typer.testing import CliRunner
+
+    from cardioseg.cli.main import app
+
+    cfg = _config(tmp_path)
+    Trainer(cfg, progress=False).run()
+    trained = load_checkpoint(tmp_path / "run" / "best.pt")["fingerprint"]["train_subjects"]
+    assert len(trained) == 2, trained  # 2 folds of 4 subjects
+    args = ["evaluate", "--dataset", str(tmp_path / "data"), "-o", str(tmp_path / "ev")]
+    res = CliRunner().invoke(app, [*args, "--model", str(tmp_path / "run" / "best.pt")])
+    assert res.exit_code == 0, res.output
+    assert "warning: 2 of 4 subjects were in the model's training data" in res.stderr
+    run = json.loads((tmp_path / "ev" / "run.json").read_text())
+    assert run["training_overlap"] == {"subjects": trained, "n": 2, "of": 4}
+
+
 def test_resume_refuses_another_configuration(tmp_path):
     """An output folder holding a run resumes only with that run's configuration (where it is
     written, how long it trains and with how many threads aside): nothing is written before."""
