@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -92,6 +93,97 @@ def test_evaluate_dataset_with_predictions(tmp_path):
     assert "LV" in (tmp_path / "ev" / "summary.md").read_text()
     res = _run(["index", tmp_path / "ds", "-o", tmp_path / "idx.csv"])
     assert res.exit_code == 0 and "2 cases" in res.output
+
+
+def test_evaluate_dataset_records_how_its_results_were_made(tmp_path, monkeypatch):
+    """Dataset mode writes run.json (version, time, command, dataset, predictions, counts) and
+    heads summary.md with where the predictions came from."""
+    import cardioseg
+
+    lab = disc_labels()
+    for i in range(3):
+        write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
+        aff = oblique_affine() if i == 1 else np.eye(4)  # c1: a label that does not fit
+        write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab, aff)
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab)
+    args = ["evaluate", "--dataset", tmp_path / "ds", "--predictions", tmp_path / "pred"]
+    args += ["-o", tmp_path / "ev"]
+    typed = ["cardioseg", *map(str, args[:-1]), "my out"]  # what the shell passed
+    monkeypatch.setattr("sys.argv", typed)
+    res = _run([*args[:-1], tmp_path / "my out"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "my out"
+    run = json.loads((out / "run.json").read_text())
+    assert run["cardioseg_version"] == cardioseg.__version__
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", run["created_utc"])
+    assert run["command"] == " ".join(typed[:-1]) + " 'my out'"  # as typed, quoted to re-run
+    assert run["dataset"] == {"folder": str((tmp_path / "ds").resolve()), "layout": "folder"}
+    assert run["predictions"] == str((tmp_path / "pred").resolve()) and run["model"] is None
+    assert run["cases"] == {"evaluated": 2, "skipped": 1, "subjects": 2}
+    assert run["training_overlap"] is None  # who made the predictions is not known
+    head = (out / "summary.md").read_text().split("## Overall")[0]
+    assert f"Predictions: `{tmp_path / 'pred'}`" in head and cardioseg.__version__ in head
+
+
+def _checkpoint_trained_on(tiny_checkpoint, path, records):
+    """The tiny checkpoint, its fingerprint listing ``records``' subjects as the trainer does."""
+    import torch
+
+    from cardioseg.models import save_checkpoint
+    from cardioseg.training.trainer import train_subjects
+
+    ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    ck["fingerprint"] = {"train_subjects": train_subjects(records)}
+    return save_checkpoint(path, ck)
+
+
+def test_evaluate_dataset_with_a_model_records_it_and_warns_of_its_training_subjects(
+    tmp_path, tiny_checkpoint
+):
+    """A model run records the checkpoints (with digests) and the inference settings; where
+    the cases are subjects the model (any member of an ensemble) was trained on, it warns on
+    stderr and lists them in run.json and summary.md."""
+    from cardioseg.data.datasets import discover
+
+    lab = disc_labels()
+    for i in range(3):
+        write_nifti(tmp_path / "ds" / f"c{i}_ED.nii.gz", image_from_labels(lab, seed=i))
+        write_nifti(tmp_path / "ds" / f"c{i}_ED_gt.nii.gz", lab)
+    records = {r.subject: r for r in discover(tmp_path / "ds")}
+    a = _checkpoint_trained_on(tiny_checkpoint, tmp_path / "a.pt", [records["c0"]])
+    b = _checkpoint_trained_on(tiny_checkpoint, tmp_path / "b.pt", [records["c2"]])
+    args = ["evaluate", "--dataset", tmp_path / "ds", "-o", tmp_path / "ev", "--whole-image"]
+    res = _run([*args, "--model", a, "--model", b])
+    assert res.exit_code == 0, res.output
+    warning = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1, res.stderr
+    assert "2 of 3 subjects" in warning[0] and "not a held-out evaluation" in warning[0]
+    run = json.loads((tmp_path / "ev" / "run.json").read_text())
+    assert run["training_overlap"] == {"subjects": ["folder/c0", "folder/c2"], "n": 2, "of": 3}
+    model = run["model"]
+    assert model["checkpoints"] == [str(a.resolve()), str(b.resolve())]
+    assert re.fullmatch(
+        r"a\.pt \(sha256 [0-9a-f]{12}\) \+ b\.pt \(sha256 [0-9a-f]{12}\)", model["description"]
+    ), model
+    assert model["roi"] is False and model["tta"] is False
+    assert model["precision"] in ("float32", "bfloat16")
+    assert model["backend"] in ("torch", "onnxruntime")
+    assert model["harmonization"] == "none" and model["adaptation"] == "none"
+    assert run["predictions"] is None and run["cases"]["evaluated"] == 3
+    head = (tmp_path / "ev" / "summary.md").read_text().split("## Overall")[0]
+    assert "a.pt (sha256" in head and "heart window off" in head and "TTA off" in head
+    assert model["backend"] in head and "2 of 3 subjects" in head
+    # a model that lists none of them: no warning, an empty overlap
+    c = _checkpoint_trained_on(tiny_checkpoint, tmp_path / "c.pt", [])
+    res = _run([*args, "--model", c, "--tta"])
+    assert res.exit_code == 0 and "warning:" not in res.stderr, res.stderr
+    run = json.loads((tmp_path / "ev" / "run.json").read_text())
+    assert run["training_overlap"] == {"subjects": [], "n": 0, "of": 3}
+    assert run["model"]["tta"] is True
+    # a checkpoint that does not say what it was trained on: unknown, not "none"
+    res = _run([*args, "--model", tiny_checkpoint])
+    assert res.exit_code == 0 and "warning:" not in res.stderr, res.stderr
+    assert json.loads((tmp_path / "ev" / "run.json").read_text())["training_overlap"] is None
 
 
 def test_evaluate_dataset_skips_an_unusable_case(tmp_path):

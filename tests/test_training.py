@@ -9,7 +9,9 @@ import re
 import pytest
 import torch
 from conftest import REPO, disc_labels, image_from_labels, write_nifti
+from typer.testing import CliRunner
 
+from cardioseg.cli.main import app
 from cardioseg.errors import CardiosegError
 from cardioseg.models import ModelConfig, build_model, load_checkpoint
 from cardioseg.training.config import config_from_dict, load_config
@@ -67,6 +69,22 @@ def test_one_epoch_then_resume(tmp_path):
     assert all(float(r["loss"]) > 0 for r in rows)
 
 
+def test_evaluate_warns_on_the_subjects_a_trained_model_saw(tmp_path):
+    """The subject names a trained checkpoint lists are those ``evaluate --dataset`` gives the
+    cases of the same folder: a fold-0 model evaluated on all four subjects warns that the two
+    it was trained on are among them, and names them in run.json."""
+    cfg = _config(tmp_path)
+    Trainer(cfg, progress=False).run()
+    trained = load_checkpoint(tmp_path / "run" / "best.pt")["fingerprint"]["train_subjects"]
+    assert len(trained) == 2, trained  # 2 folds of 4 subjects
+    args = ["evaluate", "--dataset", str(tmp_path / "data"), "-o", str(tmp_path / "ev")]
+    res = CliRunner().invoke(app, [*args, "--model", str(tmp_path / "run" / "best.pt")])
+    assert res.exit_code == 0, res.output
+    assert "warning: 2 of 4 subjects were in the model's training data" in res.stderr
+    run = json.loads((tmp_path / "ev" / "run.json").read_text())
+    assert run["training_overlap"] == {"subjects": trained, "n": 2, "of": 4}
+
+
 def test_resume_refuses_another_configuration(tmp_path):
     """An output folder holding a run resumes only with that run's configuration (where it is
     written, how long it trains and with how many threads aside): nothing is written before."""
@@ -82,6 +100,68 @@ def test_resume_refuses_another_configuration(tmp_path):
     cfg.train.lr, cfg.train.max_minutes, cfg.train.epochs = lr, 30.0, 2
     res = Trainer(cfg, progress=False).run()  # a time limit and more epochs: a resume
     assert [h["epoch"] for h in res["history"]] == [1, 2]
+
+
+def test_a_second_run_on_the_same_output_folder_fails_at_once(tmp_path):
+    """While a run holds its output folder, another one there stops with a one-line error before
+    writing anything; once it is released, a run there trains, and resumes with the lock file."""
+    from cardioseg.io.locking import LOCK_NAME, lock_folder
+
+    cfg = _config(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    held = lock_folder(out, "held by the test")
+    try:
+        with pytest.raises(CardiosegError, match="in use by another cardioseg train") as err:
+            Trainer(cfg, progress=False).run()
+        assert "\n" not in str(err.value) and str(out) in str(err.value)
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing written
+        cfg.save(tmp_path / "cfg.yaml")  # the command says it in one line
+        res = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "cfg.yaml")])
+        lines = res.output.strip().splitlines()
+        assert res.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error:"), lines
+        assert "in use by another cardioseg train" in lines[0]
+    finally:
+        held.close()
+    Trainer(cfg, progress=False).run()
+    assert (out / LOCK_NAME).exists() and (out / "last.pt").exists()
+    cfg.train.epochs = 2
+    res = Trainer(cfg, progress=False).run()
+    assert [h["epoch"] for h in res["history"]] == [1, 2]  # resumed, not refused
+
+
+def test_only_rank_0_locks_and_writes_the_output_folder(tmp_path, monkeypatch):
+    """Under torchrun the other ranks neither take the lock (rank 0 of the same run holds it)
+    nor write anything to the output folder."""
+    from cardioseg.io.locking import LOCK_NAME, lock_folder
+
+    cfg = _config(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setenv("RANK", "1")  # WORLD_SIZE stays 1: no process group, rank 1's part
+    with lock_folder(out, "held as rank 0 would"):
+        res = Trainer(cfg, progress=False).run()
+    assert len(res["history"]) == 1
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+
+
+@pytest.mark.parametrize("data", ["missing", "empty"])
+def test_a_failed_start_leaves_no_config_behind(tmp_path, data):
+    """A run whose data cannot be found writes no config.yaml (which would look like a run)
+    and removes the output folders it created; a folder that was there stays."""
+    cfg = _config(tmp_path)
+    (tmp_path / "empty").mkdir()
+    cfg.data.datasets[0].path = str(tmp_path / data)
+    cfg.output_dir = str(tmp_path / "runs" / "new")
+    message = "dataset folder not found" if data == "missing" else "no folder cases found"
+    with pytest.raises(CardiosegError, match=message):
+        Trainer(cfg, progress=False).run()
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs" / "new").mkdir(parents=True)  # made by the user: kept, still empty
+    with pytest.raises(CardiosegError, match=message):
+        Trainer(cfg, progress=False).run()
+    assert (tmp_path / "runs" / "new").is_dir()
+    assert not (tmp_path / "runs" / "new" / "config.yaml").exists()
 
 
 def test_weight_averaging_averages_epochs_and_resumes(tmp_path):

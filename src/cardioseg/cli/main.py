@@ -359,10 +359,16 @@ def evaluate(
     import csv
 
     from cardioseg.data.datasets import discover
-    from cardioseg.evaluation.runner import evaluate_records
+    from cardioseg.evaluation.runner import (
+        evaluate_records,
+        overlap_warning,
+        run_record,
+        summary_notes,
+        write_run_record,
+    )
 
     records = [r for r in discover(dataset, layout) if r.label]
-    predict = None
+    predict = seg = None
     if predictions is None:
         from cardioseg.inference import Segmenter
 
@@ -372,9 +378,12 @@ def evaluate(
     acc = evaluate_records(records, predict=predict, pred_dir=predictions, skipped=skipped)
     if not len(acc):
         raise CardiosegError(dataset, f"no case could be evaluated ({len(skipped)} skipped)")
+    record = run_record(dataset, layout, acc, skipped, segmenter=seg, pred_dir=predictions)
     out = output or Path("evaluation")
+    (out / "run.json").unlink(missing_ok=True)  # written last: there once the others are
     acc.to_csv(out / "metrics.csv")
-    acc.to_markdown(out / "summary.md", by=["phase", "vendor", "centre", "group"])
+    by = ["phase", "vendor", "centre", "group"]
+    acc.to_markdown(out / "summary.md", by=by, notes=summary_notes(record))
     typer.echo((out / "summary.md").read_text())
     (out / "skipped.csv").unlink(missing_ok=True)  # an earlier run's list is not this one's
     if skipped:
@@ -386,6 +395,10 @@ def evaluate(
         for case_id, message in skipped:
             typer.echo(f"skipped {case_id}: {message}", err=True)
         typer.echo(f"{len(skipped)} case(s) skipped, listed in {out / 'skipped.csv'}", err=True)
+    write_run_record(out / "run.json", record)
+    warning = overlap_warning(record)
+    if warning:
+        typer.echo(warning, err=True)
 
 
 @app.command()

@@ -286,14 +286,21 @@ class MetricAccumulator:
             lines.append("| " + " | ".join(cells) + " |")
         return lines
 
-    def markdown(self, by: Sequence[str] | None = None, title: str = "Evaluation summary") -> str:
+    def markdown(
+        self,
+        by: Sequence[str] | None = None,
+        title: str = "Evaluation summary",
+        notes: Sequence[str] = (),
+    ) -> str:
         """Markdown text: an overall table, then one per ``by`` key present in the metadata.
 
-        Cells are ``mean ± std`` of Dice and HD95 per structure, plus the mean Dice.
+        Cells are ``mean ± std`` of Dice and HD95 per structure, plus the mean Dice. ``notes``
+        are paragraphs put under the title (e.g. which model produced the predictions).
         """
         lines = [
             f"# {title}",
             "",
+            *[line for note in notes for line in (note, "")],
             f"Cases: {len(self._rows)}. Cells: mean ± std over cases "
             "(population std); HD95 in mm, cases where only one mask has the structure "
             "are left out of HD95.",
@@ -308,10 +315,14 @@ class MetricAccumulator:
         return "\n".join(lines)
 
     def to_markdown(
-        self, path: str | Path, by: Sequence[str] | None = None, title: str = "Evaluation summary"
+        self,
+        path: str | Path,
+        by: Sequence[str] | None = None,
+        title: str = "Evaluation summary",
+        notes: Sequence[str] = (),
     ) -> Path:
         """Write :meth:`markdown` to ``path`` (atomic)."""
         path = Path(path)
         with atomic_write(path) as tmp:
-            tmp.write_text(self.markdown(by, title), encoding="utf-8")
+            tmp.write_text(self.markdown(by, title, notes), encoding="utf-8")
         return path

@@ -278,6 +278,14 @@ class Segmenter:
             raise ValueError("test-time adaptation is not available for an ensemble of models")
         self.adapter = build_adapter(self.adaptation, **options)
         self.metadata = {k: ckpt.get(k) for k in ("metrics", "fingerprint", "format")}
+        prints = [c.get("fingerprint") or {} for c in ckpts]
+        listed = [f["train_subjects"] or [] for f in prints if "train_subjects" in f]
+        #: The ``dataset/subject`` names the model was trained on (for an ensemble, those of
+        #: every member that lists them), from the checkpoints' fingerprints; ``None`` when no
+        #: checkpoint lists them.
+        self.train_subjects: list[str] | None = (
+            sorted({str(s) for names in listed for s in names}) if listed else None
+        )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)

@@ -27,6 +27,7 @@ from cardioseg.augmentation import build_augmentation
 from cardioseg.data.datasets import CaseRecord, discover, filter_records, record_domain
 from cardioseg.data.splits import kfold_split
 from cardioseg.errors import CardiosegError
+from cardioseg.io.locking import LOCK_NAME, lock_folder
 from cardioseg.models.checkpoint import save_checkpoint
 from cardioseg.models.factory import build_model
 from cardioseg.preprocessing.geometry import pad_to_multiple
@@ -80,6 +81,20 @@ def collect_records(cfg: TrainingConfig, role: str = "source") -> list[CaseRecor
             else:
                 records = select_subjects(records, cfg.finetune.k_subjects, cfg.finetune.seed)
     return records + targets
+
+
+def train_subjects(records: list[CaseRecord]) -> list[str]:
+    """The sorted ``dataset/subject`` names of ``records``, as a checkpoint's fingerprint
+    lists the subjects the model was trained on (``cardioseg evaluate`` compares them with the
+    cases it evaluates).
+
+    Example:
+        >>> train_subjects([CaseRecord("acdc", "patient002", "ES", "b"),
+        ...                 CaseRecord("acdc", "patient001", "ED", "a"),
+        ...                 CaseRecord("acdc", "patient002", "ED", "c")])
+        ['acdc/patient001', 'acdc/patient002']
+    """
+    return sorted({f"{r.dataset}/{r.subject}" for r in records})
 
 
 def split_records(
@@ -204,6 +219,18 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _remove_created(folders: list[Path]) -> None:
+    """Remove ``folders`` (innermost first: an output folder and the parents made for it) where
+    they hold nothing but the run's lock file, as a run that failed to start leaves them."""
+    for folder in folders:
+        try:
+            if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+                (folder / LOCK_NAME).unlink(missing_ok=True)  # while held: no one else takes it
+            folder.rmdir()
+        except OSError:  # not empty, or gone: leave it, and the folders above it
+            return
+
+
 #: Settings a resumed run may change: where it is written, how long it trains, how its data
 #: are loaded and with how many threads (and the ``inference.*`` evaluation settings).
 #: Everything else must equal the interrupted run's.
@@ -251,12 +278,37 @@ class Trainer:
             log.info(msg)
 
     def run(self) -> dict[str, Any]:
+        """Train, or resume the run in ``output_dir``.
+
+        Only rank 0 writes ``output_dir``: it creates the folder and holds a lock on it
+        (:func:`~cardioseg.io.locking.lock_folder`) while it runs, so a second run on the same
+        folder stops at once. A run that fails before writing ``config.yaml`` (which it writes
+        once its data are found and loaded) removes the folders it created.
+
+        Raises:
+            CardiosegError: Another process is running in ``output_dir``, it holds a run of
+                another configuration, or the data cannot be used.
+        """
+        if self.rank != 0:
+            return self._train()
+        created = [p for p in (self.out, *self.out.parents) if not p.exists()]
+        self.out.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(
+            self.out, "output folder in use by another cardioseg train; give another output_dir"
+        )
+        try:
+            return self._train()
+        except BaseException:
+            if not (self.out / "config.yaml").exists():
+                _remove_created(created)
+            raise
+        finally:
+            lock.close()
+
+    def _train(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
         seed_everything(t.seed + self.rank)
-        resumed = self._check_resumable()  # before anything is written
-        self.out.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:
-            cfg.save(self.out / "config.yaml")
+        resumed = self._check_resumable()  # before anything but the lock file is written
         records = collect_records(cfg)
         train_recs, val_recs = split_records(records, cfg)
         self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
@@ -277,12 +329,12 @@ class Trainer:
         )
         if target_cases:
             self._log(f"{len(target_cases)} unlabelled target volumes")
+        if self.rank == 0:  # the data are there: a run, resumable with this configuration
+            cfg.save(self.out / "config.yaml")
         fingerprint = {
             "target_spacing": cfg.data.target_spacing,
             "n_train_volumes": len(train_cases),
-            "train_subjects": sorted(
-                {f"{c.record.dataset}/{c.record.subject}" for c in train_cases}
-            ),
+            "train_subjects": train_subjects([c.record for c in train_cases]),
             "spacing_median": np.median(
                 [c.fingerprint["spacing"] for c in train_cases], 0
             ).tolist(),
