@@ -108,6 +108,12 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     assert not (base / "train" / "last.pt").exists()
     info = json.loads((out / "runs" / "s2g" / "tent" / "seed0" / "run.json").read_text())
     assert info["model"] == "reused from s2g/baseline/seed0"
+    ev = info["evaluation"]  # how the metrics were made, as resolved
+    assert ev["model"]["roi"] in (True, False) and ev["model"]["tta"] is False
+    assert ev["model"]["backend"] in ("torch", "onnxruntime") and ev["cardioseg_version"]
+    assert "final.pt (sha256 " in ev["model"]["description"]
+    assert "## How the runs were evaluated" in report and "compare them with care" not in report
+    assert "adaptation tent" in report  # the methods' own settings are listed
     assert not list(out.rglob("*.partial"))
     stamp = (base / "run.json").stat().st_mtime_ns
 
@@ -134,6 +140,12 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
 
     # --reevaluate: finished runs are evaluated again (new metrics file), never re-trained
     model_stamp = (base / "train" / "final.pt").stat().st_mtime_ns
+    old_info = json.loads((base / "run.json").read_text())
+    del old_info["evaluation"]  # as a run finished before runs recorded it
+    (base / "run.json").write_text(json.dumps(old_info))
+    run_benchmark(proto, out, profile="quick", report_only=True)
+    report = (out / "report.md").read_text()
+    assert "differ in record: compare them with care" in report and "not recorded" in report
     (base / "metrics.csv").write_text("stale\n")
     r = runner.invoke(
         app, ["benchmark", str(proto), "-o", str(out), "--profile", "quick", "--reevaluate"]
@@ -144,6 +156,15 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     again = list(csv.DictReader(open(base / "metrics.csv")))
     assert len(again) == 4 and {r["method"] for r in again} == {"baseline"}
     assert "evaluated again" in (out / "report.md").read_text()
+    assert "evaluation" in json.loads((base / "run.json").read_text())  # the new record
+    assert "compare them with care" not in (out / "report.md").read_text()
+    tent_info = json.loads((tent / "run.json").read_text())
+    tent_info["evaluation"]["cardioseg_version"] = "0.0.1"  # evaluated by older code
+    tent_info["evaluation"]["model"]["roi"] = not tent_info["evaluation"]["model"]["roi"]
+    (tent / "run.json").write_text(json.dumps(tent_info))
+    run_benchmark(proto, out, profile="quick", report_only=True)
+    report = (out / "report.md").read_text()
+    assert "differ in cardioseg version, heart window: compare them with care" in report
 
     # --only: one method and what it needs; the other finished runs stay as they are
     stamps = {

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shlex
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -45,6 +48,60 @@ def collect_rows(out_dir: Path, runs: list[RunSpec]) -> list[dict]:
                 r["mean_hd95"] = float(np.mean(hd)) if hd else float("nan")
                 rows.append(r)
     return rows
+
+
+def evaluation_lines(out_dir: Path, runs: list[RunSpec]) -> list[str]:
+    """The report's section on how the finished runs were evaluated (from each run's
+    ``run.json["evaluation"]``): one line per distinct cardioseg version, model settings
+    (heart window, TTA, backend, precision, harmonization, adaptation) and subject limit, with
+    the runs that share it. Methods differ in TTA, harmonization or adaptation by design; a
+    warning names what should not differ but does (the cardioseg version, the heart window, the
+    precision, the subject limit, or a run without a record), since such metrics do not compare
+    like for like."""
+    from cardioseg.evaluation.runner import settings_text
+
+    groups: dict[str, list[str]] = defaultdict(list)
+    shared: dict[str, set] = defaultdict(set)
+    for run in runs:
+        d = run_dir(out_dir, run.key)
+        if not (d / DONE).is_file():
+            continue
+        try:
+            ev = json.loads((d / "run.json").read_text()).get("evaluation") or {}
+        except (OSError, ValueError):
+            ev = {}
+        model = ev.get("model") or {}
+        if not model:
+            groups["not recorded (finished before runs recorded their evaluation)"].append(run.key)
+            shared["record"].add("missing")
+            continue
+        limit = int(ev.get("max_subjects_per_target") or 0)
+        version = ev.get("cardioseg_version", "?")
+        how = settings_text(model) if "roi" in model else model.get("description", "?")
+        subjects = f"at most {limit} subjects per target" if limit else "all subjects"
+        groups[f"cardioseg {version}; {how}; {subjects}"].append(run.key)
+        shared["record"].add("present")
+        shared["cardioseg version"].add(version)
+        shared["heart window"].add(model.get("roi"))
+        shared["precision"].add(model.get("precision"))
+        shared["subject limit"].add(limit)
+    if not groups:
+        return []
+    lines = ["## How the runs were evaluated", ""]
+    differ = [name for name, values in shared.items() if len(values) > 1]
+    if differ:
+        lines += [
+            f"**The finished runs differ in {', '.join(differ)}: compare them with care** "
+            "(`--reevaluate` evaluates them all again with the current code and settings).",
+            "",
+        ]
+    for key, keys in groups.items():
+        shown = ", ".join(f"`{k}`" for k in keys[:6]) + (
+            f" and {len(keys) - 6} more" if len(keys) > 6 else ""
+        )
+        lines.append(f"- {key}: {len(keys)} run(s) ({shown})")
+    lines += ["", "Per run: `runs/<experiment>/<method>/seed<k>/run.json` (`evaluation`).", ""]
+    return lines
 
 
 def _nanmean(values: list) -> float:
@@ -199,6 +256,12 @@ def box_plots(rows: list[dict], proto: Protocol, fig_dir: Path) -> dict[str, Pat
     return out
 
 
+def _version() -> str:
+    from cardioseg import __version__
+
+    return __version__
+
+
 def _fmt(mean: float, std: float, digits: int) -> str:
     if math.isnan(mean):
         return "n/a"
@@ -243,7 +306,8 @@ def write_report(
         f"Runs: {len(runs)} planned, {counts['done']} run now, {counts['skipped']} finished "
         f"earlier, {counts['re-evaluated']} finished earlier and evaluated again with the current "
         f"inference code, {counts['failed']} failed, {counts['not run']} not run (yet). "
-        f"Written {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by cardioseg {_version()}: "
+        f"`{shlex.join(sys.argv)}`.",
         "",
         "Files: `per_case_metrics.csv` (one row per case, method and seed: Dice, HD95, ... per "
         "structure, with phase and domain), `summary.csv`, `wilcoxon.csv`, `runs/<experiment>/"
@@ -317,6 +381,7 @@ def write_report(
             lines.append("")
         if exp in figs:
             lines += [f"![{exp}](figures/{figs[exp].name})", ""]
+    lines += evaluation_lines(out_dir, runs)
     failed = {k: v for k, v in errors.items() if status.get(k) == "failed"}
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]

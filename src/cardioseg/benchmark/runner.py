@@ -84,9 +84,16 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def evaluate_run(
-    proto: Protocol, run: RunSpec, checkpoint: Path, max_subjects: int = 0
+    proto: Protocol,
+    run: RunSpec,
+    checkpoint: Path,
+    max_subjects: int = 0,
+    record: dict | None = None,
 ) -> list[dict]:
-    """Per-case metrics of one model on the run's targets (existing evaluation code)."""
+    """Per-case metrics of one model on the run's targets (existing evaluation code).
+
+    ``record``, if given, receives how the metrics were made (:func:`evaluation_record`).
+    """
     from cardioseg.evaluation.runner import evaluate_records
     from cardioseg.inference import Segmenter
 
@@ -120,7 +127,34 @@ def evaluate_run(
                 domain=rec.extra.get("domain", ref.dataset),
             )
             rows.append(row)
+    if record is not None:
+        record.update(evaluation_record(seg, max_subjects))
     return rows
+
+
+def evaluation_record(segmenter: Any, max_subjects: int = 0) -> dict[str, Any]:
+    """How a run's metrics were made, stored as ``run.json["evaluation"]``: the cardioseg
+    version, UTC time and command line, the model as resolved
+    (:func:`~cardioseg.evaluation.runner.model_record`: checkpoint digests, heart window, TTA,
+    backend, precision, ...) and the profile's ``max_subjects`` per target (0: all)."""
+    import datetime as _dt
+    import shlex
+    import sys
+
+    from cardioseg import __version__
+    from cardioseg.evaluation.runner import model_record
+
+    try:
+        model = model_record(segmenter)
+    except AttributeError:  # a stand-in object, not a Segmenter: its type is all there is
+        model = {"description": type(segmenter).__name__}
+    return {
+        "cardioseg_version": __version__,
+        "evaluated_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": shlex.join(sys.argv),
+        "model": model,
+        "max_subjects_per_target": max_subjects,
+    }
 
 
 def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int = 0) -> Path:
@@ -156,7 +190,8 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
         (partial / "train" / "last.pt").unlink(missing_ok=True)  # only needed to resume
         train_s = time.time() - t0
     t1 = time.time()
-    rows = evaluate_run(proto, run, checkpoint, max_subjects)
+    evaluation: dict[str, Any] = {}
+    rows = evaluate_run(proto, run, checkpoint, max_subjects, evaluation)
     write_rows(partial / "metrics.csv", rows)
     info = {
         "key": run.key,
@@ -175,11 +210,23 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
         "eval_s": round(time.time() - t1, 1),
         "n_cases": len(rows),
         "config": cfg_dict,
+        "evaluation": evaluation,
     }
     _write_json(partial / "run.json", info)
     _write_json(partial / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     os.replace(partial, final)
     return final
+
+
+def _record_reevaluation(final: Path, evaluation: dict[str, Any], n_cases: int) -> None:
+    """Replace a finished run's ``run.json["evaluation"]`` (and case count) with those of its
+    new evaluation, so the record matches the new ``metrics.csv``."""
+    try:
+        info = json.loads((final / "run.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    info.update(evaluation=evaluation, n_cases=n_cases)
+    _write_json(final / "run.json", info)
 
 
 def _selected_runs(
@@ -330,8 +377,10 @@ def run_benchmark(
                 log.info("[%d/%d] %s: done earlier, evaluating again", i, len(runs), run.key)
                 source = run.depends_on if run.reuse_model else run.key
                 checkpoint = run_dir(out, source) / "train" / "final.pt"
-                rows = evaluate_run(proto, run, checkpoint, max_subjects)
+                evaluation: dict[str, Any] = {}
+                rows = evaluate_run(proto, run, checkpoint, max_subjects, evaluation)
                 write_rows(final / "metrics.csv", rows)
+                _record_reevaluation(final, evaluation, len(rows))
                 result.status[run.key] = "re-evaluated"
             else:
                 result.status[run.key] = "skipped"

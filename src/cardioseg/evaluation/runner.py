@@ -148,19 +148,7 @@ def run_record(
     subjects = sorted({f"{r.get('dataset')}/{r.get('subject')}" for r in accumulator.rows()})
     model = overlap = None
     if segmenter is not None:
-        model = {
-            "description": segmenter.description,
-            "checkpoints": [str(Path(p).resolve()) for p in segmenter.checkpoint_paths],
-            "tta": bool(segmenter.tta),
-            "roi": bool(segmenter.roi),
-            "precision": segmenter.precision,
-            "backend": segmenter.backend,
-            "harmonization": segmenter.harmonization,
-            "adaptation": segmenter.adaptation,
-            "device": segmenter.device.type,
-        }
-        if segmenter.roi:
-            model["heart_window"] = dict(segmenter.roi_counts)
+        model = model_record(segmenter)
         if segmenter.train_subjects is not None:
             trained = set(segmenter.train_subjects)
             seen = [s for s in subjects if s in trained]
@@ -185,6 +173,48 @@ def run_record(
     }
 
 
+def model_record(segmenter: Any) -> dict[str, Any]:
+    """What a :class:`~cardioseg.inference.Segmenter` is and how it predicts, as resolved:
+    ``description`` (checkpoint files with short SHA-256 digests), ``checkpoints``, ``tta``,
+    ``roi`` (the heart window), ``precision``, ``backend``, ``harmonization``, ``adaptation``,
+    ``device``, and with ``roi`` the ``heart_window`` counts so far (see
+    :attr:`~cardioseg.inference.Segmenter.roi_counts`)."""
+    model = {
+        "description": segmenter.description,
+        "checkpoints": [str(Path(p).resolve()) for p in segmenter.checkpoint_paths],
+        "tta": bool(segmenter.tta),
+        "roi": bool(segmenter.roi),
+        "precision": segmenter.precision,
+        "backend": segmenter.backend,
+        "harmonization": segmenter.harmonization,
+        "adaptation": segmenter.adaptation,
+        "device": segmenter.device.type,
+    }
+    if segmenter.roi:
+        model["heart_window"] = dict(segmenter.roi_counts)
+    return model
+
+
+def settings_text(model: dict[str, Any]) -> str:
+    """A :func:`model_record`'s inference settings in words, e.g. ``"heart window on, TTA off,
+    onnxruntime float32"`` (harmonization and adaptation named when used).
+
+    Example:
+        >>> settings_text({"roi": True, "tta": False, "backend": "onnxruntime",
+        ...                "precision": "float32", "harmonization": "none", "adaptation": "none"})
+        'heart window on, TTA off, onnxruntime float32'
+    """
+    settings = [
+        f"heart window {'on' if model['roi'] else 'off'}",
+        f"TTA {'on' if model['tta'] else 'off'}",
+        f"{model['backend']} {model['precision']}",
+    ]
+    settings += [
+        f"{key} {model[key]}" for key in ("harmonization", "adaptation") if model[key] != "none"
+    ]
+    return ", ".join(settings)
+
+
 def overlap_warning(record: dict[str, Any]) -> str | None:
     """The warning for a :func:`run_record` whose cases include subjects the model was trained
     on (``None`` when none are, or when that is not known)."""
@@ -206,15 +236,7 @@ def summary_notes(record: dict[str, Any]) -> list[str]:
     if model is None:
         made = f"Predictions: `{record['predictions']}`."
     else:
-        settings = [
-            f"heart window {'on' if model['roi'] else 'off'}",
-            f"TTA {'on' if model['tta'] else 'off'}",
-            f"{model['backend']} {model['precision']}",
-        ]
-        settings += [
-            f"{key} {model[key]}" for key in ("harmonization", "adaptation") if model[key] != "none"
-        ]
-        made = f"Model: {model['description']}; {', '.join(settings)}."
+        made = f"Model: {model['description']}; {settings_text(model)}."
     cases = record["cases"]
     notes = [
         made,

@@ -1,8 +1,8 @@
 """Run a segmentation network with ONNX Runtime on the CPU.
 
 The network is exported from its PyTorch module when the :class:`~cardioseg.inference.Segmenter`
-loads it (in memory, nothing is written or downloaded), checked against the PyTorch module on a
-small deterministic input, and then run by ONNX Runtime, whose CPU kernels (blocked-layout
+first loads it (in memory; nothing is downloaded), checked against the PyTorch module on small
+deterministic inputs, and then run by ONNX Runtime, whose CPU kernels (blocked-layout
 convolutions, fused normalisation and activation) are faster than PyTorch's eager float32 path
 on CPUs without native bfloat16. Where the export or the check fails, the segmenter keeps
 PyTorch (:func:`export_network` raises :class:`OnnxExportError`).
@@ -11,9 +11,9 @@ An export that passed its check is kept in a cache folder (:func:`export_cache_d
 the checkpoint file's SHA-256 digest, the export recipe and the versions of the packages that
 built and run it. A later process loading the same checkpoint runs the cached export at once:
 it neither exports again nor builds the PyTorch network (nor imports MONAI, which takes about
-2 s), which shortens every ``cardioseg analyze`` after the first by about 3 s on 2 cores. The
-cache is derived from the local checkpoint only (nothing is downloaded); where the folder
-cannot be written the export is simply made again each time.
+2 s), which shortens every ``cardioseg analyze`` after the first by 2-4 s on 2 cores. The
+cache holds model weights only, derived from the local checkpoint; where the folder cannot be
+written the export is simply made again each time.
 """
 
 from __future__ import annotations
