@@ -123,6 +123,7 @@ def test_evaluate_dataset_records_how_its_results_were_made(tmp_path, monkeypatc
     assert run["training_overlap"] is None  # who made the predictions is not known
     head = (out / "summary.md").read_text().split("## Overall")[0]
     assert f"Predictions: `{tmp_path / 'pred'}`" in head and cardioseg.__version__ in head
+    assert "cases:" not in res.output  # no progress bar where stderr is not a terminal
 
 
 def _checkpoint_trained_on(tiny_checkpoint, path, records):

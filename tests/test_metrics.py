@@ -246,3 +246,20 @@ def test_accumulator_csv_round_trip(tmp_path):
     assert float(rows[1]["LV_dice"]) == pytest.approx(0.7)
     assert math.isnan(float(rows[2]["LV_hd95"]))
     assert len(acc.rows()) == 3 and acc.rows()[0]["phase"] == "ED"
+
+
+def test_evaluate_records_shows_progress_only_when_asked(tmp_path, capsys):
+    from conftest import disc_labels, image_from_labels, write_nifti
+
+    from cardioseg.data.datasets import discover
+    from cardioseg.evaluation.runner import evaluate_records
+
+    lab = disc_labels()
+    for i in range(2):
+        write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
+        write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab)
+    records = discover(tmp_path / "ds", "folder")
+    acc = evaluate_records(records, predict=lambda v, p: lab, progress=True)
+    assert len(acc) == 2 and "cases" in capsys.readouterr().err
+    evaluate_records(records, predict=lambda v, p: lab)
+    assert capsys.readouterr().err == ""

@@ -334,6 +334,9 @@ def evaluate(
         bool, typer.Option(help="Test-time augmentation (flips or small rotations, as trained)")
     ] = False,
     roi: RoiOption = None,
+    progress: Annotated[
+        bool, typer.Option(help="Show a progress bar over the cases (dataset mode, terminal)")
+    ] = True,
 ) -> None:
     """Dice, Jaccard, precision, recall, HD, HD95, ASSD (3D, spacing-aware) per structure."""
     import json
@@ -375,7 +378,13 @@ def evaluate(
         seg = Segmenter(model or None, tta=tta or None, roi=roi)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
     skipped: list[tuple[str, str]] = []
-    acc = evaluate_records(records, predict=predict, pred_dir=predictions, skipped=skipped)
+    acc = evaluate_records(
+        records,
+        predict=predict,
+        pred_dir=predictions,
+        skipped=skipped,
+        progress=progress and sys.stderr.isatty(),  # no bar in logs and pipes
+    )
     if not len(acc):
         raise CardiosegError(dataset, f"no case could be evaluated ({len(skipped)} skipped)")
     record = run_record(dataset, layout, acc, skipped, segmenter=seg, pred_dir=predictions)

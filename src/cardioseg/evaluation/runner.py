@@ -44,6 +44,7 @@ def evaluate_records(
     pred_dir: str | Path | None = None,
     on_case: Callable[[CaseRecord, np.ndarray, np.ndarray, np.ndarray, dict], None] | None = None,
     skipped: list[tuple[str, str]] | None = None,
+    progress: bool = False,
 ) -> MetricAccumulator:
     """Compute metrics for every labelled record.
 
@@ -56,6 +57,7 @@ def evaluate_records(
             :class:`~cardioseg.errors.CardiosegError`, e.g. a label whose affine differs from
             its image's) is logged, appended to this list as ``(case_id, message)`` and the
             evaluation goes on; otherwise the error propagates.
+        progress: Show a progress bar (on stderr) over the labelled cases.
 
     Example:
         >>> skipped = []
@@ -65,10 +67,11 @@ def evaluate_records(
     """
     if predict is None and pred_dir is None:
         raise ValueError("give predict or pred_dir")
+    from tqdm import tqdm
+
     acc = MetricAccumulator()
-    for r in records:
-        if not r.label:
-            continue
+    labelled = [r for r in records if r.label]
+    for r in tqdm(labelled, desc="cases", unit="case", disable=not progress, leave=False):
         try:
             image, ref, props = load_case(r)
             pred = None
