@@ -250,6 +250,20 @@ def _package_version(name: str) -> str:
         return "missing"
 
 
+def _code_digest() -> str:
+    """SHA-256 of the cardioseg sources that build and export a network (the model factory,
+    MixStyle, this module): an edited or upgraded cardioseg never reuses an older export."""
+    here = Path(__file__).resolve().parents[1]
+    files = [here / "models" / "factory.py", here / "models" / "mixstyle.py", Path(__file__)]
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            h.update(b"missing")
+    return h.hexdigest()
+
+
 def export_key(checkpoint: str | Path) -> str:
     """The cache key of a checkpoint file's export: its content's SHA-256, the
     :data:`EXPORT_RECIPE` and :data:`OPSET`, and the versions of :data:`KEY_PACKAGES` (read
@@ -260,6 +274,7 @@ def export_key(checkpoint: str | Path) -> str:
     """
     digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
     parts = [digest, EXPORT_RECIPE, OPSET, {p: _package_version(p) for p in KEY_PACKAGES}]
+    parts.append(_code_digest())  # the code that builds and exports the network
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
