@@ -12,11 +12,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_configure(config):
+    """The whole session (module- and session-scoped fixtures too, and a test that undoes its
+    ``monkeypatch``) caches ONNX exports in a temporary folder, never the user's ``~/.cache``."""
+    import os
+    import tempfile
+
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="cardioseg-test-cache-")
+
+
 @pytest.fixture(autouse=True)
-def _own_export_cache(tmp_path_factory, monkeypatch):
-    """Each test gets an empty cache of ONNX exports (never the user's ``~/.cache``), so that
-    no test runs an export another one cached (a test of a failed export would not see it)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+def _own_export_cache(tmp_path_factory):
+    """Each test gets an empty cache of its own, so that no test runs an export another one
+    cached (a test of a failed export would not see it). Its own MonkeyPatch: a test's
+    ``monkeypatch.undo()`` leaves it in place."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
 
 
 def oblique_affine(

@@ -307,13 +307,17 @@ def test_the_cache_key_follows_the_checkpoint_and_the_recipe(
     tiny_checkpoint, tmp_path, monkeypatch
 ):
     from cardioseg.inference import onnx_backend
+    from cardioseg.models.checkpoint import read_checkpoint
 
     copy = tmp_path / "copy.pt"
     copy.write_bytes(Path(tiny_checkpoint).read_bytes())
-    key = onnx_backend.export_key(tiny_checkpoint)
-    assert onnx_backend.export_key(copy) == key  # the content, not the path
+    key = onnx_backend.export_key(read_checkpoint(tiny_checkpoint)[1])
+    assert onnx_backend.export_key(read_checkpoint(copy)[1]) == key  # the content, not the path
     monkeypatch.setattr(onnx_backend, "EXPORT_RECIPE", onnx_backend.EXPORT_RECIPE + 1)
-    assert onnx_backend.export_key(copy) != key
+    assert onnx_backend.export_key(read_checkpoint(copy)[1]) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(onnx_backend, "_package_version", lambda name: "0.0")  # other packages
+    assert onnx_backend.export_key(read_checkpoint(copy)[1]) != key
 
 
 def test_loading_a_cached_model_imports_no_monai(tmp_path):

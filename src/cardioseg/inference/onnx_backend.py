@@ -68,19 +68,14 @@ def onnxruntime_available() -> bool:
         >>> isinstance(onnxruntime_available(), bool)
         True
     """
+    return _importable("onnx") and _importable("onnxruntime")
+
+
+def _importable(name: str) -> bool:
+    """Whether a package imports (a cached export needs only ``onnxruntime``)."""
     try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
+        __import__(name)
     except Exception:  # not installed, or a broken installation (a library that fails to load)
-        return False
-    return True
-
-
-def _runtime_available() -> bool:
-    """Whether ``onnxruntime`` (all a cached export needs) can be imported."""
-    try:
-        import onnxruntime  # noqa: F401
-    except Exception:
         return False
     return True
 
@@ -264,16 +259,22 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def export_key(checkpoint: str | Path) -> str:
-    """The cache key of a checkpoint file's export: its content's SHA-256, the
-    :data:`EXPORT_RECIPE` and :data:`OPSET`, and the versions of :data:`KEY_PACKAGES` (read
-    from the installed packages' metadata, without importing them).
+def _packages() -> dict[str, str]:
+    """The installed versions of :data:`KEY_PACKAGES` (from their metadata, not imported)."""
+    return {p: _package_version(p) for p in KEY_PACKAGES}
 
-    Raises:
-        OSError: The checkpoint cannot be read.
+
+def export_key(checkpoint_sha256: str) -> str:
+    """The cache key of the export of the checkpoint whose content has this SHA-256 (as
+    :func:`~cardioseg.models.checkpoint.read_checkpoint` gives it): that digest, the
+    :data:`EXPORT_RECIPE` and :data:`OPSET`, the versions of :data:`KEY_PACKAGES` and a digest
+    of cardioseg's network-building and export code.
+
+    Example:
+        >>> export_key("0" * 64) == export_key("0" * 64) != export_key("1" * 64)
+        True
     """
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
-    parts = [digest, EXPORT_RECIPE, OPSET, {p: _package_version(p) for p in KEY_PACKAGES}]
+    parts = [checkpoint_sha256, EXPORT_RECIPE, OPSET, _packages()]
     parts.append(_code_digest())  # the code that builds and exports the network
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -288,7 +289,7 @@ def load_cached_export(key: str, num_threads: int | None = None) -> OnnxNetwork 
         data = (folder / f"{key}.onnx").read_bytes()
         if record.get("sha256") != hashlib.sha256(data).hexdigest():
             return None
-        if not _runtime_available():
+        if not _importable("onnxruntime"):
             return None
         return OnnxNetwork(data, num_threads)
     except Exception:  # missing, unreadable, damaged, or refused by the runtime
@@ -306,7 +307,7 @@ def store_export(key: str, network: OnnxNetwork, source: str | Path) -> bool:
         "checkpoint": str(source),
         "recipe": EXPORT_RECIPE,
         "opset": OPSET,
-        "packages": {p: _package_version(p) for p in KEY_PACKAGES},
+        "packages": _packages(),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
     folder = export_cache_dir()

@@ -29,7 +29,7 @@ from cardioseg.inference.onnx_backend import (
 )
 from cardioseg.inference.postprocess import postprocess as _postprocess
 from cardioseg.io.nifti import ImageProperties, read_image, write_label
-from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint, model_description
+from cardioseg.models.checkpoint import checkpoint_members, model_description, read_checkpoint
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.geometry import channel_argmax, check_inplane_geometry
 from cardioseg.preprocessing.pipeline import Preprocessor, PreprocessState
@@ -239,7 +239,11 @@ class Segmenter:
         paths = checkpoint_members(checkpoint)
         if not paths:  # an empty sequence
             raise ValueError("checkpoint: give a path, a sequence of paths or None")
-        ckpts = [load_checkpoint(p) for p in paths]
+        loaded = [read_checkpoint(p) for p in paths]
+        ckpts = [ckpt for ckpt, _ in loaded]
+        #: SHA-256 of each member's checkpoint, of the very bytes loaded (the export cache's
+        #: key: a file replaced since cannot get this model's export).
+        self._digests = [digest for _, digest in loaded]
         #: The checkpoint files of the model (several for an ensemble).
         self.checkpoint_paths = list(paths)
         ckpt = ckpts[0]
@@ -351,6 +355,7 @@ class Segmenter:
                     model.load_state_dict(state)
                     built.append(model.to(self.device).eval())
             self._models = built
+            self._members = []  # the weights now live in the networks only
             if self._exported is not None and self._exported[0] is None:
                 self._exported = (list(built), self._exported[1])  # the cached exports' modules
         return self._models
@@ -412,12 +417,8 @@ class Segmenter:
             store_export(key, network, path)
 
     def _export_keys(self) -> list[str]:
-        """The cache keys of the members' exports (none where a checkpoint cannot be read
-        again: the export is then made and not kept)."""
-        try:
-            return [export_key(p) for p in self.checkpoint_paths]
-        except OSError:
-            return []
+        """The cache keys of the members' exports."""
+        return [export_key(d) for d in self._digests]
 
     def _exports(self) -> list[OnnxNetwork] | None:
         """The exported networks where they still apply (:attr:`models` holds the modules

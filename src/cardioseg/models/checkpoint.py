@@ -117,6 +117,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     """Load a checkpoint on the CPU: a path, a packaged model's name or ``None`` (the default)."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path | None = None) -> tuple[dict[str, Any], str]:
+    """:func:`load_checkpoint`, with the SHA-256 of the bytes it was loaded from (the file is
+    read once, so the digest always belongs to the weights returned)."""
+    import hashlib
+    import io
+
     path = resolve_checkpoint(path)
     if not path.exists():
         if str(path) in PACKAGED_ENSEMBLES:
@@ -124,12 +133,13 @@ def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
         names = ", ".join(sorted(PACKAGED_MODELS))
         raise CardiosegError(path, f"model checkpoint not found (packaged models: {names})")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        data = path.read_bytes()
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CardiosegError(path, f"cannot read model checkpoint ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "config" not in ckpt:
         raise CardiosegError(path, "not a cardioseg checkpoint")
-    return ckpt
+    return ckpt, hashlib.sha256(data).hexdigest()
 
 
 def export_checkpoint(
