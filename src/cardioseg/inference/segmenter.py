@@ -206,8 +206,9 @@ class Segmenter:
             window (:meth:`sharing_window`). ``None`` uses the checkpoint config's
             ``inference.roi``, else ``DEFAULT_ROI``.
         backend: What runs the network: ``torch``, ``onnxruntime`` (the network is exported
-            to ONNX when loaded and run by ONNX Runtime: CPU and float32 only, without
-            test-time adaptation; see :mod:`cardioseg.inference.onnx_backend`) or ``auto``
+            to ONNX when first loaded, or taken from the cache of checked exports, and run
+            by ONNX Runtime: CPU and float32 only, without test-time adaptation; see
+            :mod:`cardioseg.inference.onnx_backend`) or ``auto``
             (ONNX Runtime where those hold and it is installed, else PyTorch; an export that
             fails or disagrees with PyTorch also leaves PyTorch). :attr:`backend` says which
             one runs.
