@@ -776,6 +776,13 @@ def main() -> None:
         "held-out ACDC CV studies of --cv-runs before scoring (for a new model)",
     )
     ap.add_argument(
+        "--precision",
+        choices=("auto", "float32", "bfloat16"),
+        default=None,
+        help="the network's precision (Segmenter's precision; default: the model's, auto: "
+        "bfloat16 where the CPU has native bfloat16 kernels, which ONNX Runtime does not run)",
+    )
+    ap.add_argument(
         "--write-calibration",
         action="store_true",
         help="with --calibrate-entropy: save the thresholds next to the --model checkpoint "
@@ -822,12 +829,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(args.model, roi=roi_value(args), backend=args.backend)
+    seg = Segmenter(
+        args.model, roi=roi_value(args), backend=args.backend, precision=args.precision
+    )
+    from cardioseg.inference.segmenter import native_bfloat16
+
     lines = [
         "# Clinical analysis benchmark",
         "",
         f"Command: `python benchmarks/clinical_benchmark.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {platform.machine()}, torch threads {args.threads}.",
+        f"Machine: {platform.machine()}, torch threads {args.threads}, native bfloat16 "
+        f"kernels: {'yes' if native_bfloat16(torch.device('cpu')) else 'no'}.",
         "",
     ]
     if "sunnybrook" in args.parts:
