@@ -354,3 +354,64 @@ def test_networks_first_built_inside_a_forward_pass_can_be_adapted(tiny_checkpoi
     seg.adapter = build_adapter("tent", steps=1)
     labels, _ = seg.predict_volume(_volume(), (1.5, 1.5, 8.0))
     assert labels.shape == (56, 48, 4) and seg.backend == "torch"
+
+
+def test_a_renamed_or_swapped_cache_pair_is_not_run(tiny_checkpoint, tmp_path):
+    from cardioseg.inference.onnx_backend import export_cache_dir
+
+    other = tmp_path / "other.pt"  # other weights: another key
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    ckpt["model_state"] = {k: v + 0.05 for k, v in ckpt["model_state"].items()}
+    torch.save(ckpt, other)
+    ref = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    Segmenter(other, precision="float32", device="cpu")
+    folder = export_cache_dir()
+    key_a, key_b = (seg._export_keys()[0] for seg in (ref, Segmenter(other, device="cpu")))
+    for ext in ("onnx", "json"):  # the other model's files under this model's key
+        (folder / f"{key_a}.{ext}").write_bytes((folder / f"{key_b}.{ext}").read_bytes())
+    seg = Segmenter(tiny_checkpoint, precision="float32", device="cpu")
+    assert seg.export_source == "export"  # the record names the other key: exported again
+    vol = _volume()
+    np.testing.assert_array_equal(
+        seg.predict_volume(vol, (1.5, 1.5, 8.0), True)[1],
+        ref.predict_volume(vol, (1.5, 1.5, 8.0), True)[1],
+    )
+
+
+def test_a_partly_cached_ensemble_is_exported_whole(tiny_checkpoint, tmp_path, monkeypatch):
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(tiny_checkpoint, weights_only=False)
+    ckpt["model_state"] = {k: v * 0.9 for k, v in ckpt["model_state"].items()}
+    torch.save(ckpt, other)
+    Segmenter(tiny_checkpoint, precision="float32", device="cpu")  # only the first is cached
+    assert len(_cache_files()) == 2
+    ensemble = Segmenter([tiny_checkpoint, other], precision="float32", device="cpu")
+    assert (ensemble.backend, ensemble.export_source, ensemble.n_members) == (
+        "onnxruntime",
+        "export",
+        2,
+    )
+    assert len(_cache_files()) == 4  # both members' exports are now kept
+    torch_run = Segmenter(
+        [tiny_checkpoint, other], backend="torch", precision="float32", device="cpu"
+    )
+    vol = _volume()
+    p_onnx = ensemble.predict_volume(vol, (1.5, 1.5, 8.0), True)[1]
+    p_torch = torch_run.predict_volume(vol, (1.5, 1.5, 8.0), True)[1]
+    np.testing.assert_allclose(p_onnx, p_torch, atol=1e-4)
+    monkeypatch.setattr(segmenter_module, "export_network", None)  # not called again
+    cached = Segmenter([tiny_checkpoint, other], precision="float32", device="cpu")
+    assert cached.export_source == "cache" and cached._models is None
+    np.testing.assert_array_equal(cached.predict_volume(vol, (1.5, 1.5, 8.0), True)[1], p_onnx)
+
+
+def test_a_relative_cache_home_is_ignored(monkeypatch, tmp_path):
+    from cardioseg.inference.onnx_backend import export_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert export_cache_dir() == tmp_path / ".cache" / "cardioseg" / "onnx"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    assert export_cache_dir() == tmp_path / ".cache" / "cardioseg" / "onnx"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "abs"))
+    assert export_cache_dir() == tmp_path / "abs" / "cardioseg" / "onnx"

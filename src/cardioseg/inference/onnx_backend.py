@@ -228,13 +228,17 @@ def _in_channels(model: torch.nn.Module) -> int:
 def export_cache_dir() -> Path:
     """The folder of cached exports: ``$XDG_CACHE_HOME/cardioseg/onnx``, by default
     ``~/.cache/cardioseg/onnx`` (the platform convention that pip and matplotlib follow too).
-    Deleting it is always safe: the exports are made again when needed.
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG Base Directory specification asks (it
+    would put the cache wherever the command happens to run). Deleting the folder is always
+    safe: the exports are made again when needed.
 
     Example:
         >>> export_cache_dir().parts[-2:]
         ('cardioseg', 'onnx')
     """
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "cardioseg" / "onnx"
 
 
@@ -281,11 +285,18 @@ def export_key(checkpoint_sha256: str) -> str:
 
 def load_cached_export(key: str, num_threads: int | None = None) -> OnnxNetwork | None:
     """The cached export of ``key``, or ``None`` where there is none, it is incomplete, its
-    bytes do not match the digest recorded when it was stored (a damaged file), or ONNX
-    Runtime cannot load it."""
+    record was stored under another key (a renamed or swapped pair of files), its bytes do not
+    match the digest recorded when it was stored (a damaged file), or ONNX Runtime cannot load
+    it.
+
+    The record and digest guard against accidents, not against someone who can write the
+    cache folder: such a person could also write a matching record (as they could replace the
+    installed package itself)."""
     folder = export_cache_dir()
     try:
         record = json.loads((folder / f"{key}.json").read_text())
+        if record.get("key") != key:
+            return None
         data = (folder / f"{key}.onnx").read_bytes()
         if record.get("sha256") != hashlib.sha256(data).hexdigest():
             return None
@@ -297,13 +308,14 @@ def load_cached_export(key: str, num_threads: int | None = None) -> OnnxNetwork 
 
 
 def store_export(key: str, network: OnnxNetwork, source: str | Path) -> bool:
-    """Keep a checked export under ``key`` (the model, then a record naming its checkpoint,
-    recipe, package versions and the model's SHA-256, each written atomically); ``False``,
-    without an error, where the cache folder cannot be written."""
+    """Keep a checked export under ``key`` (the model, then a record naming its key,
+    checkpoint, recipe, package versions and the model's SHA-256, each written atomically);
+    ``False``, without an error, where the cache folder cannot be written."""
     from cardioseg.io.nifti import atomic_write
 
     data = network.model_bytes
     record = {
+        "key": key,
         "checkpoint": str(source),
         "recipe": EXPORT_RECIPE,
         "opset": OPSET,
