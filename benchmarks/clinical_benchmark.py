@@ -829,9 +829,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, out = Path(args.data), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter(
-        args.model, roi=roi_value(args), backend=args.backend, precision=args.precision
-    )
+    seg = Segmenter(args.model, roi=roi_value(args), backend=args.backend, precision=args.precision)
     from cardioseg.inference.segmenter import native_bfloat16
 
     lines = [

@@ -393,6 +393,9 @@ class Segmenter:
         if backend == "torch":
             return
         blockers = self._export_blockers()
+        if blockers and backend == "auto":  # PyTorch runs it: no need to import onnx (0.7 s)
+            self.backend_note = ", ".join(blockers)
+            return
         keys = [] if blockers else self._export_keys()
         cached = [load_cached_export(k) for k in keys]
         if cached and all(n is not None for n in cached):
