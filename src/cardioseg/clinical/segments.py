@@ -2,12 +2,22 @@
 
 The American Heart Association's standard segmentation (Cerqueira et al., Circulation 2002)
 divides the LV into basal, mid-cavity and apical thirds of the short-axis stack; the basal and
-mid thirds into six 60° segments, the apical third into four 90° ones (segment 17, the apical
-cap without a cavity, is not measured on short-axis slices). The septum is found from the right
-ventricle, as the AHA recommends ("the attachment of the right ventricular wall to the left
-ventricle"): on each slice, the direction from the LV centre to the myocardium that touches the RV
-blood pool is the middle of the septum, the boundary between the anteroseptal and inferoseptal
-segments. Slices without RV contact take the stack's mean direction.
+mid thirds into six 60° segments, the apical third into four 90° ones. The septum is found from
+the right ventricle, as the AHA and SCMR reporting recommend ("the attachment of the right
+ventricular wall to the left ventricle"): on each slice, the myocardium touching the RV blood
+pool (within :data:`CONTACT_DILATION` pixels) is seen from the LV centre as an arc; the largest
+arc, bridging gaps up to :data:`GAP_DEG`, ends at the anterior and inferior RV insertion points
+(:func:`insertion_points`). Their bisector is the middle of the septum
+(:func:`septum_bisector`), the boundary between the anteroseptal and inferoseptal segments;
+the segments keep their fixed 60° (90° apical) widths from there. Slices without insertion
+points (no RV contact, or contact all round) take the stack's mean direction.
+``aha_segments``'s ``septum`` record says, per phase, how many slices had which.
+
+Segment 17, the apical cap beyond the cavity, is only detected (:func:`apical_cap`:
+myocardium-only slices past the last slice with a cavity, their number and myocardial volume),
+not measured: a short-axis slice through the cap cuts the curved wall obliquely, with no cavity
+to give a centre, directions or an in-plane thickness that would be the wall's.
+:data:`SEGMENT_NAMES` stays 1–16.
 
 Which side of the septum is anterior follows from the stored layout: in the canonical
 short-axis view (ACDC, the M&Ms vendors, Sunnybrook's GE DICOM) the anterior wall lies 90°
@@ -203,6 +213,10 @@ def insertion_points(
     Returns:
         The arc, or ``None`` without LV, without enough contact (:data:`MIN_CONTACT_PIXELS`) or
         with contact all round.
+
+    The contact band reaches about :data:`CONTACT_DILATION` pixels past the RV's own ends, so
+    each insertion point lies that far outside (about 4° on a 20-pixel epicardial radius); the
+    bisector is not moved by it.
 
     Example:
         >>> sl = np.zeros((40, 40), np.uint8)
