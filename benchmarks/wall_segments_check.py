@@ -1,7 +1,7 @@
 """Wall thickness per AHA segment: is the septum's anterior side right, and do the automatic
 segments agree with the experts'?
 
-Two checks on the labelled volumes of one or more datasets:
+Four checks on the labelled volumes of one or more datasets:
 
 1. **Orientation** (expert labels, every volume whose affine carries a real orientation; ACDC's
    identity affines are skipped). ``cardioseg.clinical.segments`` puts the anterior wall 90°
@@ -12,6 +12,11 @@ Two checks on the labelled volumes of one or more datasets:
 2. **Agreement** (every labelled ED/ES pair; a dataset with one volume per subject, such as
    MS-CMRSeg LGE, counts it as ED): per AHA segment, the automatic ED thickness and systolic
    thickening against the experts'.
+3. **RV insertion points** (every labelled phase): on the slices where both the experts' and
+   the automatic labels give insertion points, the angular differences of the anterior and
+   inferior insertion points and of their bisector (the septum's middle).
+4. **Apical cap** (segment 17): how many label files, the experts' and the automatic ones,
+   have myocardium-only slices beyond the apical cavity.
 
     python benchmarks/wall_segments_check.py --dataset ../shared/data/mnms \\
         --dataset ../shared/data/mscmr_lge -o benchmarks/results/wall_segments_check.md
@@ -27,9 +32,13 @@ from commands import command_line, write_lines
 
 from cardioseg.clinical.segments import (
     SEGMENT_NAMES,
+    _circular_mean_deg,
+    _contact_angles,
     aha_segments,
+    apical_cap,
+    insertion_points,
     patient_anterior_angle,
-    septal_direction,
+    septum_bisector,
 )
 from cardioseg.data.datasets import discover, load_case
 from cardioseg.errors import CardiosegError
@@ -52,10 +61,100 @@ def anterior_offsets(label: np.ndarray, affine: np.ndarray, spacing) -> list[flo
     sense = -1.0 if is_mirrored_view(affine, axis) else 1.0
     out = []
     for sl in np.moveaxis(label, axis, 0):
-        septum = septal_direction(sl, sp)
+        septum = septum_bisector(sl, sp)
         if septum is not None:
             out.append(float(_wrap(septum + sense * 90.0 - patient_anterior)))
     return out
+
+
+def contact_mean(sl: np.ndarray, sp) -> float:
+    """The previous method's septal direction: the mean direction (degrees) of all myocardium
+    touching the RV (defined wherever insertion points are)."""
+    return _circular_mean_deg(np.radians(_contact_angles(sl, sp)))
+
+
+def insertion_differences(
+    ref: np.ndarray, pred: np.ndarray, spacing, mirrored: bool
+) -> tuple[list[tuple[float, float, float]], int, int]:
+    """Per slice where both label maps give RV insertion points: the automatic − expert angle
+    (degrees) of the anterior and inferior insertion points, of the septum's middle and of the
+    previous method's middle (:func:`contact_mean`); and
+    the numbers of slices with the experts' points only and with the automatic ones only."""
+    axis = slice_axis(tuple(float(s) for s in spacing), ref.shape)
+    sp = [float(spacing[i]) for i in range(3) if i != axis]
+    diffs, ref_only, pred_only = [], 0, 0
+    for r_sl, p_sl in zip(np.moveaxis(ref, axis, 0), np.moveaxis(pred, axis, 0), strict=True):
+        r, p = insertion_points(r_sl, sp), insertion_points(p_sl, sp)
+        ref_only += r is not None and p is None
+        pred_only += r is None and p is not None
+        if r is None or p is None:
+            continue
+        (ra, ri), (pa, pi) = r.anterior_inferior(mirrored), p.anterior_inferior(mirrored)
+        diffs.append(
+            (
+                float(_wrap(pa - ra)),
+                float(_wrap(pi - ri)),
+                float(_wrap(p.bisector_deg - r.bisector_deg)),
+                float(_wrap(contact_mean(p_sl, sp) - contact_mean(r_sl, sp))),
+            )
+        )
+    return diffs, ref_only, pred_only
+
+
+def _insertion_lines(insertion: dict[str, list], apex: dict[str, list]) -> list[str]:
+    """The tables of the RV insertion points and of the apical cap."""
+    lines = [
+        "",
+        "## RV insertion points: automatic against experts (all labelled phases)",
+        "",
+        "Angles around the LV centre of each slice, automatic − experts, on the slices where "
+        "both give insertion points (`cardioseg.clinical.segments.insertion_points`: ends of "
+        "the largest arc of myocardium touching the RV, gaps up to 30° bridged). The septum's "
+        "middle, their bisector, anchors the segments; the previous method's middle (mean "
+        "direction of all RV contact) is compared on the same slices.",
+        "",
+        "| dataset | slices | anterior: median abs. (°) | inferior: median abs. (°) | "
+        "septum's middle: median abs. (°) | 90th pct (°) | previous method: median abs. / 90th "
+        "pct (°) | "
+        "experts' only | automatic only |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, items in sorted(insertion.items()):
+        diffs = np.array([d for ds, _, _ in items for d in ds]).reshape(-1, 4)
+        ref_only, pred_only = sum(i[1] for i in items), sum(i[2] for i in items)
+        if not diffs.size:
+            lines.append(f"| {dataset} | 0 | – | – | – | – | – | {ref_only} | {pred_only} |")
+            continue
+        a = np.abs(diffs)
+        med = np.median(a, axis=0)
+        lines.append(
+            f"| {dataset} | {len(a)} | {med[0]:.1f} | {med[1]:.1f} | {med[2]:.1f} | "
+            f"{np.percentile(a[:, 2], 90):.1f} | {med[3]:.1f} / {np.percentile(a[:, 3], 90):.1f} | "
+            f"{ref_only} | {pred_only} |"
+        )
+    lines += [
+        "",
+        "## Apical cap (segment 17)",
+        "",
+        "Label files (one per labelled phase) with myocardium-only slices beyond the most "
+        "apical slice with an LV cavity (`cardioseg.clinical.segments.apical_cap`). Segment 17 "
+        "is reported as "
+        "present or not, never measured.",
+        "",
+        "| dataset | label files | experts' with a cap | automatic with a cap | both | "
+        "experts' cap slices | experts' cap myocardium (mL, median where present) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset, pairs in sorted(apex.items()):
+        ref_caps = [r for r, _ in pairs if r["present"]]
+        both = sum(r["present"] and p["present"] for r, p in pairs)
+        ml = f"{np.median([r['myocardium_ml'] for r in ref_caps]):.2f}" if ref_caps else "–"
+        lines.append(
+            f"| {dataset} | {len(pairs)} | {len(ref_caps)} | "
+            f"{sum(p['present'] for _, p in pairs)} | {both} | "
+            f"{sum(r['slices'] for r in ref_caps)} | {ml} |"
+        )
+    return lines
 
 
 def _agreement_lines(
@@ -116,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     ed_err: dict[str, dict[int, list[float]]] = {}
     thick_err: dict[str, dict[int, list[float]]] = {}
     peaks: dict[str, list[tuple[str, int, int]]] = {}
+    insertion: dict[str, list] = {}
+    apex: dict[str, list] = {}
     unmeasured = 0
     skipped: list[str] = []
     for folder in args.dataset:
@@ -139,6 +240,13 @@ def main(argv: list[str] | None = None) -> None:
                 labels[phase] = (ref, pred)
                 spacing, affine = props.spacing, props.affine
                 offsets.setdefault(dataset, []).extend(anterior_offsets(ref, affine, spacing))
+                mirrored = is_mirrored_view(affine, slice_axis(tuple(spacing), ref.shape))
+                insertion.setdefault(dataset, []).append(
+                    insertion_differences(ref, pred, spacing, mirrored)
+                )
+                apex.setdefault(dataset, []).append(
+                    (apical_cap(ref, spacing), apical_cap(pred, spacing))
+                )
             if "ED" not in labels:
                 continue
             mirrored = is_mirrored_view(affine, slice_axis(tuple(spacing), labels["ED"][0].shape))
@@ -170,8 +278,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Angle from the model's anterior direction (90° from the septum, on the side the stored "
         "layout implies) to the patient's anterior direction in the slice plane, over the "
-        "slices with a septum. Taking the other side would move each angle by 180°, so an "
-        "angle under 90° means the side is the patient's anterior one.",
+        "slices with RV insertion points (the septum's middle: their bisector). Taking the "
+        "other side would move each angle by 180°, so an angle under 90° means the side is the "
+        "patient's anterior one.",
         "",
         "| dataset | slices | median abs. angle (°) | 90th percentile (°) | max (°) | "
         "slices where the other side is closer |",
@@ -199,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         lines += _agreement_lines(
             dataset, ed_err.get(dataset, {}), thick_err.get(dataset, {}), peaks[dataset]
         )
+    lines += _insertion_lines(insertion, apex)
     write_lines(args.output, lines)
 
 

@@ -7,7 +7,16 @@ import re
 import numpy as np
 import pytest
 
-from cardioseg.clinical.segments import SEGMENT_NAMES, aha_segments, segment_of
+from cardioseg.clinical.segments import (
+    GAP_DEG,
+    SEGMENT_NAMES,
+    aha_segments,
+    apical_cap,
+    insertion_points,
+    largest_arc,
+    segment_of,
+    septum_bisector,
+)
 
 SIZE = 80
 C = SIZE / 2 - 0.3
@@ -146,6 +155,15 @@ def test_report_shows_the_segments(tmp_path):
     html = files["html"].read_text()
     assert "LV wall per AHA segment" in html and "basal anteroseptal" in html
     assert f"Thickest point at ED: {stored['max_ed']['mm']:.1f} mm" in html
+    # how the septum was placed, per phase, and the apical cap (none here)
+    assert {k: v for k, v in stored["septum"]["es"].items() if k != "slices"} == {
+        "insertion_points": 6,
+        "stack_mean": 0,
+    }
+    assert len(stored["septum"]["ed"]["slices"]) == 6
+    assert stored["apex"] == {"present": False, "slices": 0, "myocardium_ml": 0.0}
+    assert "Septum from the RV insertion points on 6 of 6 slices at ED, 6 of 6 slices at ES" in html
+    assert "Apical cap (segment 17): no myocardium-only slice" in html
     # without segments: no section, no figure, one PDF page less
     plain = write_report(tmp_path / "plain", {"lv_ef_pct": 55.0}, None)
     assert "segments" not in plain
@@ -203,3 +221,151 @@ def test_bullseye_puts_each_segment_in_its_conventional_place():
     with pytest.raises(ValueError, match="not polar"):
         plot_bullseye(polar, {1: 1.0})
     plt.close(fig)
+
+
+def circ_diff(a, b):
+    """Absolute angular difference in degrees."""
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def crescent_slice(
+    first, last, holes=(), blob_at=None, thick_at=None, r_in=14.0, r_out=20.0, size=96
+):
+    """One slice: LV disc, MYO ring and an RV crescent on the epicardium from ``first`` to
+    ``last`` degrees (increasing angle, in the (axis0, axis1) frame), tapering to its two ends:
+    the insertion points. ``holes``: (from, to) angle ranges without RV; ``blob_at``: a small
+    separate RV blob touching the wall at that angle; ``thick_at``: the wall 5 pixels thicker
+    over ±35° around that angle."""
+    c = size / 2 - 0.3
+    x, y = np.mgrid[:size, :size].astype(float)
+    d = np.hypot(x - c, y - c)
+    ang = np.degrees(np.arctan2(y - c, x - c))
+    width = (last - first) % 360
+    t = (ang - first) % 360
+    inside = t <= width
+    rv = inside & (d >= r_out) & (d < r_out + 10 * np.sin(np.radians(t / width * 180)) + 1)
+    for lo, hi in holes:
+        rv &= ~((ang - lo) % 360 <= (hi - lo) % 360)
+    if blob_at is not None:
+        a = np.radians(blob_at)
+        rv |= np.hypot(x - c - (r_out + 3) * np.cos(a), y - c - (r_out + 3) * np.sin(a)) < 3.5
+    sl = np.zeros((size, size), np.uint8)
+    sl[rv] = 3
+    outer = np.full_like(d, r_out)
+    if thick_at is not None:
+        outer[np.abs((ang - thick_at + 180) % 360 - 180) < 35] += 5
+    sl[(d >= r_in) & (d < outer)] = 2
+    sl[d < r_in] = 1
+    return sl
+
+
+# the contact band (myocardium within two pixels of the RV) reaches about two pixels past the
+# RV's ends: under 6° on this 20-pixel epicardium
+TOL = 6.0
+SP = (1.0, 1.0, 8.0)
+
+
+@pytest.mark.parametrize("first,last", [(-150, -30), (-120, -20), (20, 140), (-60, 60)])
+def test_insertion_points_of_a_crescent_rv(first, last):
+    points = insertion_points(crescent_slice(first, last), (1.0, 1.0))
+    assert circ_diff(points.first_deg, first) < TOL, points
+    assert circ_diff(points.last_deg, last) < TOL, points
+    middle = septum_bisector(crescent_slice(first, last), (1.0, 1.0))
+    assert circ_diff(middle, (first + last) / 2) < 2
+    # canonical view: the anterior insertion point is the end at the larger angle
+    assert points.anterior_inferior() == (points.last_deg, points.first_deg)
+    assert points.anterior_inferior(mirrored=True) == (points.first_deg, points.last_deg)
+
+
+def test_insertion_points_across_the_wrap_at_180_degrees():
+    points = insertion_points(crescent_slice(130, -130), (1.0, 1.0))  # through ±180°
+    assert circ_diff(points.first_deg, 130) < TOL and circ_diff(points.last_deg, -130) < TOL
+    assert points.width_deg == pytest.approx(100, abs=2 * TOL)
+    assert circ_diff(points.bisector_deg, 180) < 2  # not 0°, the middle of min and max
+    # the same in a bare list of angles that wraps
+    arc = largest_arc(np.array([170.0, 178.0, -179.0, -172.0, -165.0]))
+    assert arc == (170.0, -165.0) and arc.bisector_deg == pytest.approx(-177.5)
+
+
+def test_small_gaps_are_bridged_and_large_ones_split_the_arc():
+    bridged = insertion_points(crescent_slice(-150, -30, holes=[(-95, -80)]), (1.0, 1.0))
+    assert circ_diff(bridged.first_deg, -150) < TOL and circ_diff(bridged.last_deg, -30) < TOL
+    # a gap wider than GAP_DEG: the larger piece (-150 to -100) is the arc
+    split = insertion_points(crescent_slice(-150, -30, holes=[(-100, -55)]), (1.0, 1.0))
+    assert circ_diff(split.first_deg, -150) < TOL and circ_diff(split.last_deg, -100) < TOL
+    assert largest_arc(np.array([0.0, GAP_DEG - 1, 100.0])) == (0.0, GAP_DEG - 1)
+    assert largest_arc(np.array([0.0, GAP_DEG + 1, GAP_DEG + 10, 100.0])) == (
+        GAP_DEG + 1,
+        GAP_DEG + 10,
+    )
+    assert largest_arc(np.arange(-180.0, 180.0, 10.0)) is None  # contact all round: no ends
+    assert largest_arc(np.array([])) is None
+
+
+def test_a_separate_rv_contact_does_not_move_the_septum():
+    """A small RV blob on the lateral wall (beyond GAP_DEG from the crescent) is not part of
+    the septal arc; the mean direction of all contact would be pulled towards it."""
+    sl = crescent_slice(-150, -30, blob_at=60)
+    points = insertion_points(sl, (1.0, 1.0))
+    assert circ_diff(points.first_deg, -150) < TOL and circ_diff(points.last_deg, -30) < TOL
+    assert circ_diff(septum_bisector(sl, (1.0, 1.0)), -90) < 2
+
+
+def test_no_rv_contact_gives_no_insertion_points_and_the_stack_mean():
+    assert insertion_points(ring_slice(rv=False), (1.0, 1.0)) is None
+    apart = ring_slice()
+    apart[apart == 3] = 0
+    apart[2:8, 2:8] = 3  # RV present but not touching the myocardium
+    assert insertion_points(apart, (1.0, 1.0)) is None
+    slices = [ring_slice(thick_at=0.0)] * 4 + [ring_slice(thick_at=0.0, rv=False), apart]
+    out = aha_segments(stack(slices), stack(slices), (1.0, 1.0, 8.0))
+    for phase in ("ed", "es"):
+        record = out["septum"][phase]
+        assert (record["insertion_points"], record["stack_mean"]) == (4, 2), record
+        assert [r["slice"] for r in record["slices"]] == [0, 1, 2, 3]
+        for r in record["slices"]:  # the RV disc touches the ring around -90°
+            assert circ_diff(r["septum_deg"], -90) < 2
+            assert circ_diff(r["anterior_deg"], -90) < 60 and r["anterior_deg"] > -90
+            assert circ_diff(r["inferior_deg"], -90) < 60 and r["inferior_deg"] < -90
+
+
+def test_segments_follow_the_insertion_points_bisector():
+    """The segments are placed from the bisector: a small RV blob on the anterior wall, which
+    pulls the mean direction of all RV contact by over 10°, does not move them. Every segment keeps
+    its value with a thick lateral wall whose split between segments a moved septum would
+    change."""
+    from cardioseg.clinical.segments import _circular_mean_deg, _contact_angles
+
+    with_blob = crescent_slice(-150, -30, blob_at=45, thick_at=90)
+    pulled = _circular_mean_deg(np.radians(_contact_angles(with_blob, (1.0, 1.0))))
+    assert circ_diff(pulled, -90) > 10
+    out = aha_segments(stack([with_blob] * 6), None, SP)
+    assert out["septum"]["ed"]["insertion_points"] == 6
+    assert all(circ_diff(r["septum_deg"], -90) < 2 for r in out["septum"]["ed"]["slices"])
+    ed = by_segment(out)
+    assert ed[5] > ed[4] + 1.5 and ed[6] > ed[1] + 1.5
+    ref = by_segment(aha_segments(stack([crescent_slice(-150, -30, thick_at=90)] * 6), None, SP))
+    for s in SEGMENT_NAMES:
+        assert ed[s] == pytest.approx(ref[s], abs=0.1), (s, ed[s], ref[s])
+
+
+def test_apical_cap_with_and_without_a_myocardium_only_slice():
+    base, mid, apex = ring_slice(12, 16), ring_slice(10, 14), ring_slice(6, 12)
+    cap = ring_slice(0, 10)
+    cap[cap == 1] = 2  # myocardium only: the apical cap
+    none = apical_cap(stack([base, mid, apex, np.zeros_like(cap)]), (1.0, 1.0, 8.0))
+    assert none == {"present": False, "slices": 0, "myocardium_ml": 0.0}
+    spacing = (1.5, 1.5, 8.0)
+    lab = stack([base, mid, apex, cap, cap, np.zeros_like(cap), cap])
+    got = apical_cap(lab, spacing)
+    expected_ml = 2 * int((cap == 2).sum()) * 1.5 * 1.5 * 8.0 / 1000
+    assert got["present"] and got["slices"] == 2  # the slice after the gap is not counted
+    assert got["myocardium_ml"] == pytest.approx(expected_ml, abs=1e-3)
+    # apex first in storage: the cap is found at that end; a myocardium-only slice at the base
+    # is not a cap
+    flipped = apical_cap(lab[:, :, ::-1], spacing)
+    assert flipped == got
+    assert not apical_cap(stack([cap, base, mid, apex]), spacing)["present"]
+    out = aha_segments(lab, None, spacing)
+    assert out["apex"] == got
+    assert [r["segment"] for r in out["segments"]] == list(range(1, 17))  # no segment 17 row

@@ -342,10 +342,11 @@ def _save_png(fig: Any, path: Path) -> Path:
 
 
 SEGMENTS_HINT = (
-    "AHA 16-segment model (research use): the septum is placed from where the right ventricle "
-    "meets the LV myocardium; a segment's value is the median local wall thickness on each "
-    "short-axis slice of its third, averaged over those slices. Thickening = (ES − ED) / ED. "
-    "The apical cap (segment 17) is not measured on short-axis slices."
+    "AHA 16-segment model (research use): the septum's middle is the bisector of the RV "
+    "insertion points (the ends of the right ventricle's contact with the LV myocardium); a "
+    "segment's value is the median local wall thickness on each short-axis slice of its third, "
+    "averaged over those slices. Thickening = (ES − ED) / ED. The apical cap (segment 17) is "
+    "not measured on short-axis slices; only whether it was imaged is reported."
 )
 
 
@@ -362,6 +363,41 @@ def segments_line(segments: Mapping[str, Any]) -> str:
     return (
         f"Thickest point at ED: {float(peak['mm']):.1f} mm, {peak['name']} (slice {peak['slice']})."
     )
+
+
+def segments_method_line(segments: Mapping[str, Any]) -> str:
+    """The report's line on how the septum was placed and on the apical cap (segment 17);
+    empty for a record without them.
+
+    Example:
+        >>> print(segments_method_line({"apex": {"present": True, "slices": 1,
+        ...                                      "myocardium_ml": 1.23}}))
+        Apical cap (segment 17): 1 myocardium-only slice beyond the cavity, 1.2 mL at ED (not \
+measured).
+        >>> segments_method_line({"septum": {"ed": {"insertion_points": 8, "stack_mean": 1}}})[:50]
+        'Septum from the RV insertion points on 8 of 9 slic'
+    """
+    parts = []
+    for phase, counts in (segments.get("septum") or {}).items():
+        n, rest = int(counts.get("insertion_points", 0)), int(counts.get("stack_mean", 0))
+        parts.append(f"{n} of {n + rest} slices at {phase.upper()}")
+    text = ""
+    if parts:
+        text = (
+            f"Septum from the RV insertion points on {', '.join(parts)} "
+            "(the others: the stack's mean direction)."
+        )
+    apex = segments.get("apex")
+    if apex:
+        k = int(apex.get("slices", 0))
+        cap = (
+            f"{k} myocardium-only slice{'s' if k != 1 else ''} beyond the cavity, "
+            f"{float(apex.get('myocardium_ml', 0.0)):.1f} mL at ED (not measured)"
+            if apex.get("present")
+            else "no myocardium-only slice beyond the cavity"
+        )
+        text = f"{text} Apical cap (segment 17): {cap}.".strip()
+    return text
 
 
 def _rounded(value: Any, digits: int = 3) -> Any:
@@ -774,6 +810,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             "<h2>LV wall per AHA segment</h2>"
             f"<p>{e(segments_line(segs))}</p>{picture}"
             + _html_table(header, cells, lambda i: i > 0)
+            + (f"<p>{e(method)}</p>" if (method := segments_method_line(segs)) else "")
             + f'<p class="small">{e(SEGMENTS_HINT)}</p>'
         )
     return f"""<!DOCTYPE html>
@@ -1195,7 +1232,7 @@ def write_report(
     if segments:
         report["wall_segments"] = {
             **dict(segments),
-            "model": "AHA 16-segment (segment 17 not measured)",
+            "model": "AHA 16-segment (segment 17: presence only, see apex)",
             "note": SEGMENTS_HINT,
         }
     files["json"] = outdir / "report.json"

@@ -2,12 +2,22 @@
 
 The American Heart Association's standard segmentation (Cerqueira et al., Circulation 2002)
 divides the LV into basal, mid-cavity and apical thirds of the short-axis stack; the basal and
-mid thirds into six 60° segments, the apical third into four 90° ones (segment 17, the apical
-cap without a cavity, is not measured on short-axis slices). The septum is found from the right
-ventricle, as the AHA recommends ("the attachment of the right ventricular wall to the left
-ventricle"): on each slice, the direction from the LV centre to the myocardium that touches the RV
-blood pool is the middle of the septum, the boundary between the anteroseptal and inferoseptal
-segments. Slices without RV contact take the stack's mean direction.
+mid thirds into six 60° segments, the apical third into four 90° ones. The septum is found from
+the right ventricle, as the AHA and SCMR reporting recommend ("the attachment of the right
+ventricular wall to the left ventricle"): on each slice, the myocardium touching the RV blood
+pool (within :data:`CONTACT_DILATION` pixels) is seen from the LV centre as an arc; the largest
+arc, bridging gaps up to :data:`GAP_DEG`, ends at the anterior and inferior RV insertion points
+(:func:`insertion_points`). Their bisector is the middle of the septum
+(:func:`septum_bisector`), the boundary between the anteroseptal and inferoseptal segments;
+the segments keep their fixed 60° (90° apical) widths from there. Slices without insertion
+points (no RV contact, or contact all round) take the stack's mean direction.
+``aha_segments``'s ``septum`` record says, per phase, how many slices had which.
+
+Segment 17, the apical cap beyond the cavity, is only detected (:func:`apical_cap`:
+myocardium-only slices past the last slice with a cavity, their number and myocardial volume),
+not measured: a short-axis slice through the cap cuts the curved wall obliquely, with no cavity
+to give a centre, directions or an in-plane thickness that would be the wall's.
+:data:`SEGMENT_NAMES` stays 1–16.
 
 Which side of the septum is anterior follows from the stored layout: in the canonical
 short-axis view (ACDC, the M&Ms vendors, Sunnybrook's GE DICOM) the anterior wall lies 90°
@@ -29,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -63,6 +73,13 @@ SEGMENT_NAMES: dict[int, str] = {
 
 #: Fewest myocardium pixels touching the RV for a slice to give its own septal direction.
 MIN_CONTACT_PIXELS = 5
+
+#: Myocardium within this many pixels (4-connected dilation of the RV blood pool) touches the RV.
+CONTACT_DILATION = 2
+
+#: Widest gap (degrees around the LV centre) bridged within one RV contact arc: trabeculae or a
+#: one-pixel break in the RV label should not split the septum's contact in two.
+GAP_DEG = 30.0
 
 
 def _wrap(deg: np.ndarray) -> np.ndarray:
@@ -116,25 +133,115 @@ def lv_centre(sl: np.ndarray, inplane_spacing: Sequence[float]) -> np.ndarray:
     return np.array(ndi.center_of_mass(sl == LV)) * np.asarray(inplane_spacing[:2], dtype=float)
 
 
-def septal_direction(sl: np.ndarray, inplane_spacing: Sequence[float]) -> float | None:
-    """Direction (degrees, ``atan2(axis 1, axis 0)`` in mm) from the LV centre to the middle of
-    the myocardium touching the RV on one slice; ``None`` without enough contact or LV.
+class InsertionPoints(NamedTuple):
+    """The two ends of a slice's RV contact arc around the LV centre: the RV insertion points.
 
-    Example:
-        >>> sl = np.zeros((40, 40), np.uint8)
-        >>> sl[10:30, 10:30] = 2; sl[15:25, 15:25] = 1; sl[15:25, 30:38] = 3  # RV at +axis 1
-        >>> round(septal_direction(sl, (1.0, 1.0)))
-        90
+    The arc runs from ``first_deg`` to ``last_deg`` in the direction of increasing angle
+    (``atan2(axis 1, axis 0)`` in mm, wrapped into [-180, 180)); it may cross ±180°.
     """
+
+    first_deg: float
+    last_deg: float
+
+    @property
+    def width_deg(self) -> float:
+        """Angular extent of the arc in degrees (0–360)."""
+        return float((self.last_deg - self.first_deg) % 360.0)
+
+    @property
+    def bisector_deg(self) -> float:
+        """The arc's middle: the middle of the septum."""
+        return float(_wrap(self.first_deg + self.width_deg / 2.0))
+
+    def anterior_inferior(self, mirrored: bool = False) -> tuple[float, float]:
+        """The (anterior, inferior) insertion points: in the canonical view the anterior one is
+        the arc's end at the larger angle, in a mirrored view the other end."""
+        if mirrored:
+            return self.first_deg, self.last_deg
+        return self.last_deg, self.first_deg
+
+
+def _contact_angles(sl: np.ndarray, inplane_spacing: Sequence[float]) -> np.ndarray | None:
+    """Angles (degrees) around the LV centre of the myocardium pixels next to the RV blood pool
+    (within :data:`CONTACT_DILATION` pixels); ``None`` without LV or enough contact."""
     rv = sl == RV
     if not rv.any() or not (sl == LV).any():
         return None
-    contact = ndi.binary_dilation(rv, iterations=2) & (sl == MYO)
+    contact = ndi.binary_dilation(rv, iterations=CONTACT_DILATION) & (sl == MYO)
     if int(contact.sum()) < MIN_CONTACT_PIXELS:
         return None
     pts = np.argwhere(contact) * np.asarray(inplane_spacing[:2], dtype=float)
     pts = pts - lv_centre(sl, inplane_spacing)
-    return _circular_mean_deg(np.arctan2(pts[:, 1], pts[:, 0]))
+    return np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+
+
+def largest_arc(angles_deg: np.ndarray, gap_deg: float = GAP_DEG) -> InsertionPoints | None:
+    """The widest run of ``angles_deg`` around the circle without a gap over ``gap_deg``.
+
+    Args:
+        angles_deg: Angles in degrees (any range; the circle wraps at ±180°).
+        gap_deg: Widest gap between neighbouring angles still bridged within one arc.
+
+    Returns:
+        The arc's ends, or ``None`` for no angles or angles all round (no gap over
+        ``gap_deg``: the arc has no ends).
+
+    Example:
+        >>> largest_arc(np.array([170.0, 175.0, -178.0, -170.0, 20.0]))
+        InsertionPoints(first_deg=170.0, last_deg=-170.0)
+    """
+    a = np.sort(_wrap(np.asarray(angles_deg, dtype=float).ravel()))
+    if a.size == 0:
+        return None
+    gaps = np.diff(np.append(a, a[0] + 360.0))  # gap after each angle; the last one wraps
+    widest = int(np.argmax(gaps))
+    if gaps[widest] <= gap_deg:
+        return None
+    b = np.roll(a, -(widest + 1))  # start just after the widest gap: no wrap inside
+    b = b[0] + (b - b[0]) % 360.0
+    arcs = np.split(b, np.flatnonzero(np.diff(b) > gap_deg) + 1)
+    best = max(arcs, key=lambda arc: arc[-1] - arc[0])
+    return InsertionPoints(float(_wrap(best[0])), float(_wrap(best[-1])))
+
+
+def insertion_points(
+    sl: np.ndarray, inplane_spacing: Sequence[float], gap_deg: float = GAP_DEG
+) -> InsertionPoints | None:
+    """The RV insertion points of one slice: the ends of the largest arc of myocardium in
+    contact with the RV blood pool, seen from the LV centre (gaps up to ``gap_deg`` bridged).
+
+    Returns:
+        The arc, or ``None`` without LV, without enough contact (:data:`MIN_CONTACT_PIXELS`) or
+        with contact all round.
+
+    The contact band reaches about :data:`CONTACT_DILATION` pixels past the RV's own ends, so
+    each insertion point lies that far outside (about 4° on a 20-pixel epicardial radius); the
+    bisector is not moved by it.
+
+    Example:
+        >>> sl = np.zeros((40, 40), np.uint8)
+        >>> sl[10:30, 10:30] = 2; sl[15:25, 15:25] = 1; sl[15:25, 30:38] = 3  # RV at +axis 1
+        >>> p = insertion_points(sl, (1.0, 1.0))
+        >>> round(p.bisector_deg), p.width_deg > 45
+        (90, True)
+    """
+    angles = _contact_angles(sl, inplane_spacing)
+    return None if angles is None else largest_arc(angles, gap_deg)
+
+
+def septum_bisector(sl: np.ndarray, inplane_spacing: Sequence[float]) -> float | None:
+    """Direction (degrees, ``atan2(axis 1, axis 0)`` in mm) from the LV centre to the middle of
+    the septum: the bisector of the two RV insertion points (:func:`insertion_points`);
+    ``None`` where they are not found.
+
+    Example:
+        >>> sl = np.zeros((40, 40), np.uint8)
+        >>> sl[10:30, 10:30] = 2; sl[15:25, 15:25] = 1; sl[15:25, 30:38] = 3  # RV at +axis 1
+        >>> round(septum_bisector(sl, (1.0, 1.0)))
+        90
+    """
+    points = insertion_points(sl, inplane_spacing)
+    return None if points is None else points.bisector_deg
 
 
 def _circular_mean_deg(radians: Sequence[float] | np.ndarray) -> float:
@@ -167,35 +274,83 @@ def patient_anterior_angle(affine: np.ndarray, axis: int) -> float | None:
     return float(np.degrees(np.arctan2(a1, a0)))
 
 
+def _moved(label: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The labels with the slice axis first, and the in-plane voxel size (mm)."""
+    lab = np.asarray(label)
+    axis = slice_axis(tuple(float(s) for s in spacing[:3]), lab.shape)
+    sp = tuple(float(spacing[i]) for i in range(3) if i != axis)
+    return np.moveaxis(lab, axis, 0), sp
+
+
+def _lv_slices(moved: np.ndarray) -> list[int]:
+    """Slices (axis 0) with LV blood pool and myocardium."""
+    return [z for z in range(moved.shape[0]) if (moved[z] == LV).any() and (moved[z] == MYO).any()]
+
+
+def _base_first(moved: np.ndarray, zs: list[int]) -> list[int]:
+    """``zs`` ordered from the base (the end of the LV stack with the larger heart)."""
+    b = basal_end(moved, 0)
+    return zs if b is None or abs(b - zs[0]) <= abs(b - zs[-1]) else zs[::-1]
+
+
+class _Phase(NamedTuple):
+    """One phase's per-segment slice medians, thickest point, slice thirds and septum record."""
+
+    per_segment: dict[int, list[float]]
+    peak: dict[str, Any]
+    levels: dict[int, str]
+    septum: dict[str, Any]
+
+
+def _septa(
+    moved: np.ndarray, sp: Sequence[float], zs: list[int], mirrored: bool
+) -> tuple[dict[int, float | None], dict[str, Any]]:
+    """Each slice's septal direction from its insertion points (``None`` where there are none)
+    and the record of how the septum was placed (counts, the insertion points per slice)."""
+    septum: dict[int, float | None] = {}
+    found = []
+    for z in zs:
+        points = insertion_points(moved[z], sp)
+        septum[z] = None if points is None else points.bisector_deg
+        if points is not None:
+            anterior, inferior = points.anterior_inferior(mirrored)
+            found.append(
+                {
+                    "slice": int(z),
+                    "anterior_deg": round(anterior, 1),
+                    "inferior_deg": round(inferior, 1),
+                    "septum_deg": round(points.bisector_deg, 1),
+                }
+            )
+    record = {"insertion_points": len(found), "stack_mean": len(zs) - len(found), "slices": found}
+    return septum, record
+
+
 def _phase_segments(
     label: np.ndarray,
     spacing: Sequence[float],
     mirrored: bool,
     levels: dict[int, str] | None = None,
-) -> tuple[dict[int, list[float]], dict[str, Any], dict[int, str]]:
-    """Per-segment median thickness of each slice of one phase, where its maximum lies, and
-    each slice's third. ``levels`` (the ED phase's) assigns the thirds; without it the slices
-    with LV and myocardium are ordered from the base (the end of the LV stack with the larger
-    heart) and split into thirds."""
-    lab = np.asarray(label)
-    axis = slice_axis(tuple(float(s) for s in spacing[:3]), lab.shape)
-    sp = tuple(float(spacing[i]) for i in range(3) if i != axis)
-    moved = np.moveaxis(lab, axis, 0)
-    zs = [z for z in range(moved.shape[0]) if (moved[z] == LV).any() and (moved[z] == MYO).any()]
+) -> _Phase:
+    """Per-segment median thickness of each slice of one phase, where its maximum lies, each
+    slice's third and how its septum was placed. ``levels`` (the ED phase's) assigns the
+    thirds; without it the slices with LV and myocardium are ordered from the base and split
+    into thirds."""
+    moved, sp = _moved(label, spacing)
+    zs = _lv_slices(moved)
     per_segment: dict[int, list[float]] = {}
     peak: dict[str, Any] = {"mm": math.nan, "segment": None, "slice": None}
     if levels is None:
         if len(zs) < 3:
-            return per_segment, peak, {}
-        b = basal_end(lab, axis)
-        order = zs if b is None or abs(b - zs[0]) <= abs(b - zs[-1]) else zs[::-1]
+            return _Phase(per_segment, peak, {}, {})
+        order = _base_first(moved, zs)
         levels = dict(zip(order, _levels(len(order)), strict=True))
     # a slice keeps its ED third at ES (the thirds are anatomical); ES-only slices are left out
     zs = [z for z in zs if z in levels]
-    septum = {z: septal_direction(moved[z], sp) for z in zs}
+    septum, record = _septa(moved, sp, zs, mirrored)
     known = [np.radians(a) for a in septum.values() if a is not None]
-    if not known:
-        return per_segment, peak, levels  # no RV anywhere: the septum cannot be placed
+    if not known:  # no RV anywhere: the septum cannot be placed
+        return _Phase(per_segment, peak, levels, record)
     mean_dir = _circular_mean_deg(known)
     sense = -1.0 if mirrored else 1.0
     for z in zs:
@@ -213,7 +368,45 @@ def _phase_segments(
         best = peak["slice"] is None or values[k] > peak["mm"]
         if best or (values[k] == peak["mm"] and z < peak["slice"]):
             peak = {"mm": float(values[k]), "segment": int(seg[k]), "slice": int(z)}
-    return per_segment, peak, levels
+    return _Phase(per_segment, peak, levels, record)
+
+
+def apical_cap(label: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:
+    """Segment 17, the apical cap: slices with myocardium but no LV cavity beyond the most
+    apical slice with a cavity.
+
+    Counted outwards from that slice while each next slice holds myocardium and no LV blood
+    pool. Only its presence and myocardial volume are reported: a short-axis slice through
+    the cap cuts the curved wall obliquely, with no cavity to give a centre or a direction,
+    so an in-plane thickness there would not be the wall's.
+
+    Args:
+        label: Canonical 3D labels of one phase.
+        spacing: Voxel size in mm of the three axes.
+
+    Returns:
+        ``present`` (bool), ``slices`` (int) and ``myocardium_ml`` (their myocardium, mL).
+
+    Example:
+        >>> lab = np.zeros((9, 9, 4), np.uint8)
+        >>> lab[2:7, 2:7, :3] = 2; lab[3:6, 3:6, :3] = 1; lab[2:7, 2:7, 0] = 2  # slice 0: cap
+        >>> lab[1:8, 1:8, 2] = 2; lab[3:6, 3:6, 2] = 1  # slice 2 larger: the base
+        >>> apical_cap(lab, (1.0, 1.0, 8.0))
+        {'present': True, 'slices': 1, 'myocardium_ml': 0.2}
+    """
+    moved, _ = _moved(label, spacing)
+    zs = _lv_slices(moved)
+    cap: list[int] = []
+    if len(zs) >= 2:
+        order = _base_first(moved, zs)
+        step = 1 if order[-1] > order[0] else -1
+        z = order[-1] + step
+        while 0 <= z < moved.shape[0] and (moved[z] == MYO).any() and not (moved[z] == LV).any():
+            cap.append(z)
+            z += step
+    voxel_ml = float(np.prod([float(v) for v in spacing[:3]])) / 1000.0
+    myo = sum(int((moved[z] == MYO).sum()) for z in cap) * voxel_ml
+    return {"present": bool(cap), "slices": len(cap), "myocardium_ml": round(myo, 3)}
 
 
 def aha_segments(
@@ -237,6 +430,11 @@ def aha_segments(
         segment 1–16 with ``segment``, ``name``, ``ed_mm`` and, with ES labels, ``es_mm`` and
         ``thickening_pct`` (``(ES − ED) / ED × 100``); a segment without samples has ``None``.
         ``max_ed``: the thickest point at ED, ``{"mm", "segment", "name", "slice"}``.
+        ``septum``: per phase (``ed``, ``es``), how many slices had their septum placed from
+        their RV insertion points and how many took the stack's mean direction, with each
+        slice's insertion points (``slice``, ``anterior_deg``, ``inferior_deg``,
+        ``septum_deg``: ``atan2(axis 1, axis 0)`` in mm around the LV centre, the slice axis
+        left out). ``apex``: segment 17 at ED (:func:`apical_cap`).
 
     Example:
         >>> import numpy as np
@@ -249,24 +447,38 @@ def aha_segments(
         >>> out = aha_segments(lab, None, (1.0, 1.0, 8.0))
         >>> [round(s["ed_mm"]) for s in out["segments"]][:6]
         [4, 4, 4, 4, 4, 4]
+        >>> {k: v for k, v in out["septum"]["ed"].items() if k != "slices"}
+        {'insertion_points': 6, 'stack_mean': 0}
     """
-    ed_seg, ed_peak, levels = _phase_segments(ed_label, spacing, mirrored)
-    if not ed_seg:
+    ed = _phase_segments(ed_label, spacing, mirrored)
+    if not ed.per_segment:
         return None
     es_seg: dict[int, list[float]] = {}
+    septum = {"ed": ed.septum}
     if es_label is not None:  # each slice keeps its ED third: thickening compares like with like
-        es_seg, _, _ = _phase_segments(es_label, spacing, mirrored, levels)
-    rows = []
-    for s, name in SEGMENT_NAMES.items():
-        ed_mm = float(np.mean(ed_seg[s])) if s in ed_seg else None
-        row: dict[str, Any] = {"segment": s, "name": name, "ed_mm": ed_mm}
-        if es_label is not None:
-            es_mm = float(np.mean(es_seg[s])) if s in es_seg else None
-            row["es_mm"] = es_mm
-            row["thickening_pct"] = (
-                (es_mm - ed_mm) / ed_mm * 100.0 if ed_mm and es_mm is not None else None
-            )
-        rows.append(row)
-    peak = dict(ed_peak)
+        es = _phase_segments(es_label, spacing, mirrored, ed.levels)
+        es_seg, septum["es"] = es.per_segment, es.septum
+    rows = [_segment_row(s, ed.per_segment, es_seg, es_label is not None) for s in SEGMENT_NAMES]
+    peak = dict(ed.peak)
     peak["name"] = SEGMENT_NAMES.get(peak["segment"]) if peak["segment"] else None
-    return {"segments": rows, "max_ed": peak}
+    return {
+        "segments": rows,
+        "max_ed": peak,
+        "septum": septum,
+        "apex": apical_cap(ed_label, spacing),
+    }
+
+
+def _segment_row(
+    s: int, ed_seg: dict[int, list[float]], es_seg: dict[int, list[float]], with_es: bool
+) -> dict[str, Any]:
+    """One segment's row: ED thickness and, with ES, ES thickness and thickening."""
+    ed_mm = float(np.mean(ed_seg[s])) if s in ed_seg else None
+    row: dict[str, Any] = {"segment": s, "name": SEGMENT_NAMES[s], "ed_mm": ed_mm}
+    if with_es:
+        es_mm = float(np.mean(es_seg[s])) if s in es_seg else None
+        row["es_mm"] = es_mm
+        row["thickening_pct"] = (
+            (es_mm - ed_mm) / ed_mm * 100.0 if ed_mm and es_mm is not None else None
+        )
+    return row
