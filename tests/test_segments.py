@@ -175,6 +175,29 @@ def test_report_shows_the_segments(tmp_path):
     assert pages(files["pdf"]) == pages(plain["pdf"]) + 1
 
 
+def test_pdf_says_how_the_septum_was_placed(tmp_path, monkeypatch):
+    """The PDF's segment page carries the HTML's line on the septum and the apical cap (the
+    PDF's text is compressed: the text the figures are given is recorded instead)."""
+    from matplotlib.figure import Figure
+
+    from cardioseg.clinical import write_report
+
+    drawn: list[str] = []
+    original = Figure.text
+
+    def record(self, x, y, s, *args, **kwargs):
+        drawn.append(str(s))
+        return original(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "text", record)
+    ed = stack([ring_slice(12, 16)] * 2 + [ring_slice(10, 14)] * 4)
+    segments = aha_segments(ed, None, (1.0, 1.0, 8.0))
+    write_report(tmp_path / "out", {"lv_ef_pct": 55.0}, None, segments=segments)
+    text = " ".join(drawn)
+    assert "Septum from the RV insertion points on 6 of 6 slices at ED" in text
+    assert "Apical cap (segment 17): no myocardium-only slice" in text
+
+
 def test_es_slices_keep_their_ed_thirds():
     """At ES the apical cavity closes on two slices: the mid slices stay mid (re-splitting the
     four ES slices into thirds would call slice 3 apical and compare unlike slices)."""

@@ -1076,12 +1076,17 @@ def _write_pdf(
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "LV wall per AHA segment", fontsize=12)
             fig.text(0.07, 0.925, segments_line(segs), fontsize=9)
-            _plot_segments(fig, segs, (0.05, 0.55, 0.9, 0.32))
+            _plot_segments(fig, segs, (0.05, 0.59, 0.9, 0.3))
             header, cells = _segment_cells(segs)
             height = 0.022 * (len(cells) + 1)
-            _pdf_table(fig, header, cells, (0.07, 0.53 - height, 0.86, height))
-            for k, line in enumerate(textwrap.wrap(SEGMENTS_HINT, 110)):
-                fig.text(0.07, 0.5 - height - 0.016 * k, line, fontsize=7.5, color="#555")
+            _pdf_table(fig, header, cells, (0.07, 0.57 - height, 0.86, height))
+            y = 0.54 - height
+            for line in textwrap.wrap(segments_method_line(segs), 110):  # as in the HTML
+                fig.text(0.07, y, line, fontsize=8.5)
+                y -= 0.018
+            for line in textwrap.wrap(SEGMENTS_HINT, 110):
+                fig.text(0.07, y - 0.006, line, fontsize=7.5, color="#555")
+                y -= 0.016
             fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
             pdf.savefig(fig)
             plt.close(fig)
