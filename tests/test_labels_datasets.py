@@ -132,3 +132,19 @@ def test_acdc_files_without_info_cfg_are_not_read_with_canonical_labels(tmp_path
     (record,) = discover(tmp_path)
     assert record.dataset == "acdc" and record.phase == "ED"
     np.testing.assert_array_equal(load_case(record)[1], lab)
+
+
+def test_a_split_made_of_links_to_patient_folders_is_read(tmp_path):
+    lab = disc_labels()
+    for pid in ("patient001", "patient002"):
+        d = tmp_path / "all" / pid
+        for frame in (1, 12):
+            write_nifti(d / f"{pid}_frame{frame:02d}.nii.gz", image_from_labels(lab))
+            write_nifti(d / f"{pid}_frame{frame:02d}_gt.nii.gz", _canon_to("acdc", lab))
+        (d / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: NOR\n")
+    split = tmp_path / "fold0"
+    split.mkdir()
+    (split / "patient002").symlink_to(tmp_path / "all" / "patient002", target_is_directory=True)
+    (split / "loop").symlink_to(split, target_is_directory=True)  # must not recurse for ever
+    recs = discover(split)
+    assert {(r.subject, r.phase) for r in recs} == {("patient002", "ED"), ("patient002", "ES")}

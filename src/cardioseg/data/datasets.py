@@ -7,7 +7,10 @@ on disk; :func:`load_case` reads one record into canonical labels (0 bg, 1 LV, 2
 from __future__ import annotations
 
 import csv
+import fnmatch
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,6 +84,38 @@ def _require_dir(root: str | Path) -> Path:
     return root
 
 
+def find_paths(root: Path, pattern: str) -> Iterator[Path]:
+    """Files and folders under ``root`` whose name matches ``pattern``, symbolic links followed.
+
+    ``Path.rglob`` (before Python 3.13) does not enter linked folders, so a dataset assembled
+    from links to patient folders (a split made of links, say) would be read as empty. Each real
+    folder is entered once, so a link back up the tree cannot loop.
+
+    Args:
+        root: Folder to search.
+        pattern: ``fnmatch`` pattern for a name (case-sensitive), e.g. ``"*_sa.nii.gz"``.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / "real" / "p1").mkdir(parents=True); (d / "real" / "p1" / "a.nii.gz").touch()
+        >>> (d / "split").mkdir(); (d / "split" / "p1").symlink_to(d / "real" / "p1")
+        >>> sorted(str(p.relative_to(d)) for p in find_paths(d / "split", "*.nii.gz"))
+        ['split/p1/a.nii.gz']
+    """
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            if fnmatch.fnmatchcase(name, pattern):
+                yield Path(dirpath) / name
+
+
 def _parse_cfg(path: Path) -> dict[str, str]:
     out = {}
     for line in path.read_text().splitlines():
@@ -96,7 +131,9 @@ def read_acdc(root: str | Path) -> list[CaseRecord]:
     ``root`` may be the dataset folder, its ``training``/``testing`` subfolder, or hold both.
     """
     root = _require_dir(root)
-    patients = sorted(p for p in root.rglob("patient*") if p.is_dir() and (p / "Info.cfg").exists())
+    patients = sorted(
+        p for p in find_paths(root, "patient*") if p.is_dir() and (p / "Info.cfg").exists()
+    )
     records = []
     for pdir in patients:
         info = _parse_cfg(pdir / "Info.cfg")
@@ -151,7 +188,7 @@ def read_mnms(root: str | Path) -> list[CaseRecord]:
     root = _require_dir(root)
     meta = _read_mnms_csv(root)
     records = []
-    for image in sorted(root.rglob("*_sa*.nii.gz")):
+    for image in sorted(find_paths(root, "*_sa*.nii.gz")):
         name = image.name
         if "_gt" in name:
             continue
@@ -203,7 +240,7 @@ def read_mnms2(root: str | Path) -> list[CaseRecord]:
                 if key:
                     meta[str(int(key)) if str(key).isdigit() else key] = row
     records = []
-    for image in sorted(root.rglob("*_SA_E[DS].nii.gz")):
+    for image in sorted(find_paths(root, "*_SA_E[DS].nii.gz")):
         m = re.fullmatch(r"(\d+)_SA_(ED|ES)\.nii\.gz", image.name)
         if not m:
             continue
@@ -235,7 +272,7 @@ def read_mscmr(root: str | Path) -> list[CaseRecord]:
     root = _require_dir(root)
     records = []
     for image in sorted(
-        root.rglob("subject*_DE.nii.gz"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)
+        find_paths(root, "subject*_DE.nii.gz"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0)
     ):
         subject = image.name.split("_")[0]
         candidates = [
@@ -275,7 +312,7 @@ def read_folder_pairs(root: str | Path, label_map: str = "canonical") -> list[Ca
     root = _require_dir(root)
     records = []
     label_suffixes = ("_gt", "_seg", "_label", "_labels", "_mask", "_manual")
-    for image in sorted(root.rglob("*.nii*")):
+    for image in sorted(find_paths(root, "*.nii*")):
         stem = image.name.split(".nii")[0]
         if any(stem.endswith(s) for s in label_suffixes) or "labelsTr" in image.parts:
             continue
@@ -345,7 +382,7 @@ def detect_layout(root: str | Path) -> str:
             ("mnms2", ("*_SA_E[DS].nii.gz",)),
             ("mscmr", ("subject*_DE.nii.gz",)),
         )
-        if any(next(root.rglob(p), None) is not None for p in patterns)
+        if any(next(find_paths(root, p), None) is not None for p in patterns)
     ]
     if len(found) > 1:
         raise CardiosegError(
