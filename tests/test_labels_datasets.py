@@ -148,3 +148,19 @@ def test_a_split_made_of_links_to_patient_folders_is_read(tmp_path):
     (split / "loop").symlink_to(split, target_is_directory=True)  # must not recurse for ever
     recs = discover(split)
     assert {(r.subject, r.phase) for r in recs} == {("patient002", "ED"), ("patient002", "ES")}
+
+
+def test_index_spacing_is_the_spacing_the_image_is_read_with(tmp_path):
+    import nibabel as nib
+
+    lab = disc_labels()
+    img = nib.Nifti1Image(image_from_labels(lab), np.diag([1.5, 1.5, 8.0, 1.0]))
+    header = img.header.copy()
+    header.set_qform(None, code=0)
+    header["pixdim"][1:4] = [1.0, 1.0, 1.0]  # pixdim disagrees with the sform
+    (tmp_path / "fo").mkdir()
+    nib.Nifti1Image(np.asarray(img.dataobj), None, header).to_filename(tmp_path / "fo" / "a.nii.gz")
+    (rec,) = discover(tmp_path / "fo")
+    _, _, props = load_case(rec)
+    np.testing.assert_allclose(rec.spacing, props.spacing)
+    np.testing.assert_allclose(rec.spacing, (1.5, 1.5, 8.0))

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import ImageProperties, read_image, read_label
+from cardioseg.io.nifti import ImageProperties, affine_spacing, read_image, read_label
 
 ACDC_GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
 
@@ -73,8 +73,10 @@ def _header_geometry(path: Path) -> tuple[tuple[float, float, float], tuple[int,
         img = nib.load(str(path))
     except Exception:
         raise CardiosegError(path, "cannot read NIfTI header") from None
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return zooms, tuple(int(s) for s in img.shape)  # type: ignore[return-value]
+    # the affine's voxel size, as read_image gives it (the header's pixdim can disagree with an
+    # sform written by another tool)
+    spacing = tuple(float(s) for s in affine_spacing(img.affine))
+    return spacing, tuple(int(s) for s in img.shape)  # type: ignore[return-value]
 
 
 def _require_dir(root: str | Path) -> Path:
