@@ -217,6 +217,42 @@ def test_evaluate_dataset_skips_an_unusable_case(tmp_path):
     assert not (tmp_path / "ev" / "skipped.csv").exists()
 
 
+def test_evaluate_dataset_skips_predictions_off_the_reference_grid_or_short_of_frames(tmp_path):
+    """A prediction in another geometry than its reference label (same shape, other affine),
+    or one without the cine frame the reference is, is listed in skipped.csv with the reason
+    instead of being scored."""
+    lab = disc_labels()
+    for i in range(2):  # c1's prediction: the same voxels on another grid
+        write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
+        write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab)
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab, oblique_affine() if i else None)
+    args = ["evaluate", "--dataset", tmp_path / "ds", "--predictions", tmp_path / "pred"]
+    res = _run([*args, "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and not any("c1" in r for r in rows)
+    skipped = (tmp_path / "ev" / "skipped.csv").read_text()
+    assert "c1.nii.gz: prediction affine does not match the reference label's" in skipped
+    # M&Ms cines (ED frame 0, ES frame 3): a prediction of 2 frames, a 3D prediction
+    cine = np.stack([lab] * 4, -1)
+    (tmp_path / "mnms").mkdir()
+    (tmp_path / "mnms" / "info.csv").write_text("External code,ED,ES\nA,0,3\nB,0,3\n")
+    for s in ("A", "B"):
+        write_nifti(tmp_path / "mnms" / s / f"{s}_sa.nii.gz", image_from_labels(cine))
+        write_nifti(tmp_path / "mnms" / s / f"{s}_sa_gt.nii.gz", cine)
+    write_nifti(tmp_path / "pred4d" / "A_sa.nii.gz", cine[..., :2])
+    write_nifti(tmp_path / "pred4d" / "B_sa.nii.gz", lab)
+    args = ["evaluate", "--dataset", tmp_path / "mnms", "--predictions", tmp_path / "pred4d"]
+    res = _run([*args, "-o", tmp_path / "ev4d"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "ev4d" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "mnms/A/ED" in rows[1], rows  # A's ED (frame 0) is there
+    skipped = (tmp_path / "ev4d" / "skipped.csv").read_text().splitlines()[1:]
+    assert len(skipped) == 3, skipped
+    assert "mnms/A/ES" in skipped[0] and "2 frame(s), the reference is frame 3" in skipped[0]
+    assert all("B_sa.nii.gz: prediction has 1 frame(s)" in line for line in skipped[1:])
+
+
 def _one_line_error(res, name, needle=""):
     assert res.exit_code != 0
     text = res.output.strip()
