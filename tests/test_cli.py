@@ -324,6 +324,31 @@ def test_evaluate_bad_label(tmp_path):
     _one_line_error(_run(["evaluate", small, ref]), "small.nii.gz")
 
 
+@pytest.mark.parametrize("shape", [(48, 40), (48, 40, 6, 2, 2)])
+def test_evaluate_pair_refuses_a_label_map_that_is_not_3d(tmp_path, shape):
+    lab = np.zeros(shape, np.uint8)
+    lab[10:20, 10:20] = 1
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab)
+    res = _run(["evaluate", ref, ref, "-o", tmp_path / "ev"])
+    _one_line_error(res, "ref.nii.gz", f"expected a 3D label map, got {len(shape)}D shape")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_evaluate_pair_writes_undefined_metrics_as_null(tmp_path):
+    """A structure in the reference only has no precision and no surface distance: null in
+    metrics.json (strict JSON has no NaN), and the other values as computed."""
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab)
+    pred = write_nifti(tmp_path / "pred.nii.gz", np.where(lab == 3, 0, lab).astype(np.uint8))
+    res = _run(["evaluate", pred, ref, "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "ev" / "metrics.json").read_text()
+    assert "NaN" not in text and "NaN" not in res.output
+    m = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert m["RV_hd95"] is None and m["RV_precision"] is None and m["RV_dice"] == 0.0
+    assert m["LV_dice"] == pytest.approx(1.0) and m["LV_hd95"] == pytest.approx(0.0)
+
+
 def test_bad_model_and_config(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_text("nope")

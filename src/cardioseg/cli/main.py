@@ -340,6 +340,7 @@ def evaluate(
 ) -> None:
     """Dice, Jaccard, precision, recall, HD, HD95, ASSD (3D, spacing-aware) per structure."""
     import json
+    import math
 
     from cardioseg.errors import CardiosegError
     from cardioseg.evaluation.metrics import compute_metrics
@@ -349,10 +350,16 @@ def evaluate(
         if prediction is None or reference is None:
             raise CardiosegError(None, "give PREDICTION REFERENCE, or --dataset DIR")
         props = read_geometry(reference)  # an empty reference is a valid label map
+        if len(props.shape) != 3:
+            raise CardiosegError(
+                reference, f"expected a 3D label map, got {len(props.shape)}D shape {props.shape}"
+            )
         ref = read_label(reference, reference_labels, reference=props)
         pred = read_label(prediction, "canonical", reference=props)
         metrics = compute_metrics(pred, ref, props.spacing)
-        text = json.dumps(metrics, indent=2)
+        # a structure in one mask only has no surface distance (nan): null, as JSON has no NaN
+        metrics = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+        text = json.dumps(metrics, indent=2, allow_nan=False)
         if output:
             output.mkdir(parents=True, exist_ok=True)
             with atomic_write(output / "metrics.json") as tmp:
