@@ -253,6 +253,35 @@ def test_evaluate_dataset_skips_predictions_off_the_reference_grid_or_short_of_f
     assert all("B_sa.nii.gz: prediction has 1 frame(s)" in line for line in skipped[1:])
 
 
+@pytest.mark.parametrize(
+    ("info", "needle"),
+    [
+        (b"Group: NOR\nHeight: 170\n", "no ED line"),
+        (b"ED: 1\nGroup: NOR\n", "no ES line"),
+        (b"ED: one\nES: 12\n", "ED must be a frame number (from 1), got 'one'"),
+        (b"ED: 1\nES: 12.5\n", "ES must be a frame number (from 1), got '12.5'"),
+        (b"ED: 1\nES: 12\nGroup: \xff\xfeNOR\n", "not a text file (not UTF-8)"),
+    ],
+)
+def test_a_malformed_acdc_info_cfg_is_named(tmp_path, info, needle):
+    """An ACDC Info.cfg without ED/ES frame numbers, or not text, is named in one line (the
+    patient was silently left out, or the command stopped on a ValueError/UnicodeDecodeError
+    without the file)."""
+    lab = disc_labels()
+    for pid in ("patient001", "patient002"):
+        d = tmp_path / "acdc" / pid
+        for frame in (1, 12):
+            write_nifti(d / f"{pid}_frame{frame:02d}.nii.gz", image_from_labels(lab))
+            write_nifti(d / f"{pid}_frame{frame:02d}_gt.nii.gz", lab)
+        (d / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: NOR\n")
+    (tmp_path / "acdc" / "patient002" / "Info.cfg").write_bytes(info)
+    res = _run(["index", tmp_path / "acdc", "-o", tmp_path / "index.csv"])
+    _one_line_error(res, str(tmp_path / "acdc" / "patient002" / "Info.cfg"), needle)
+    assert not (tmp_path / "index.csv").exists()
+    res = _run(["evaluate", "--dataset", tmp_path / "acdc", "--predictions", tmp_path / "acdc"])
+    _one_line_error(res, "patient002/Info.cfg", needle)
+
+
 def _one_line_error(res, name, needle=""):
     assert res.exit_code != 0
     text = res.output.strip()
