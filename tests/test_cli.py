@@ -386,6 +386,18 @@ def test_bad_model_and_config(tmp_path):
     _one_line_error(_run(["train", "--config", tmp_path / "none.yaml"]), "none.yaml")
 
 
+@pytest.mark.parametrize("command", ["train", "benchmark"])
+def test_a_config_or_protocol_that_is_not_utf8_is_named(tmp_path, command):
+    """A training config or benchmark protocol saved in another encoding (Latin-1 here) is
+    named in one line (was a UnicodeDecodeError without the file)."""
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("# réglages\ntrain:\n  epochs: 2\n".encode("latin-1"))
+    args = ["train", "--config", bad] if command == "train" else ["benchmark", bad]
+    res = _run([*args, "-o", tmp_path / "out"] if command == "benchmark" else args)
+    _one_line_error(res, "latin1.yaml", "not a text file (not UTF-8)")
+    assert not (tmp_path / "out").exists()
+
+
 def test_version_and_models(tmp_path, tiny_checkpoint):
     from cardioseg import __version__
     from cardioseg.models.checkpoint import PACKAGED_MODELS, describe_checkpoint
