@@ -348,15 +348,31 @@ _SCALARS: dict[type, tuple[type, ...]] = {
 
 
 def _check_type(value: Any, hint: Any, where: str) -> None:
-    """Refuse a scalar of the wrong type (``lr: fast``, ``epochs: '3'``, ``tta: 'false'``);
-    ``X | None`` also takes ``None``. Containers and other types are left to the consumers.
+    """Refuse a scalar of the wrong type (``lr: fast``, ``epochs: '3'``, ``tta: 'false'``)
+    and a list of scalars that is not a list of them (``channels: 16``, ``strides: [2, a]``);
+    ``X | None`` also takes ``None``. Other containers and types are left to the consumers.
 
     Example:
         >>> _check_type("fast", float, "train.lr")
         Traceback (most recent call last):
         ...
         ValueError: 'train.lr' must be a number, got 'fast'
+        >>> _check_type([16, "a"], list[int], "model.channels")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'model.channels' must be a list of whole numbers, got [16, 'a']
     """
+    item = get_args(hint)[0] if get_origin(hint) is list and get_args(hint) else None
+    if item in _SCALARS:
+        try:
+            if not isinstance(value, list):
+                raise ValueError
+            for v in value:
+                _check_type(v, item, where)
+        except ValueError:
+            names = {bool: "true or false", int: "whole numbers", float: "numbers", str: "text"}
+            raise ValueError(f"'{where}' must be a list of {names[item]}, got {value!r}") from None
+        return
     options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
     if value is None and type(None) in options:
         return
