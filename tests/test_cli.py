@@ -282,6 +282,49 @@ def test_a_malformed_acdc_info_cfg_is_named(tmp_path, info, needle):
     _one_line_error(res, "patient002/Info.cfg", needle)
 
 
+@pytest.mark.parametrize("command", ["evaluate", "agreement"])
+def test_a_missing_predictions_folder_is_named(tmp_path, command):
+    """--predictions naming no folder is said in one line (evaluate skipped every case as
+    'file not found', agreement said 'no subject with both predictions and labels')."""
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+    (tmp_path / "afile").write_text("x")
+    for where, problem in (("nope", "--predictions folder not found"), ("afile", "not a folder")):
+        args = [command, "--dataset", tmp_path / "ds", "--predictions", tmp_path / where]
+        res = _run([*args, "-o", tmp_path / "out"])
+        _one_line_error(res, str(tmp_path / where), problem)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["segment", "IMG", "--threads", "-2"],
+            "--threads must be >= 0 (0: torch's default), got -2",
+        ),
+        (["demo", "--data", "DS", "--max-cases", "-1"], "--max-cases must be >= 1, got -1"),
+        (["explore", "DS", "--max-cases", "-3"], "--max-cases must be >= 1, got -3"),
+        (["analyze-batch", "DS", "--workers", "-1"], "--workers must be >= 1, got -1"),
+    ],
+)
+def test_negative_counts_are_refused(tmp_path, tiny_checkpoint, args, message):
+    """A negative count is refused in one line before anything runs or is written (segment
+    stopped on torch's 'set_num_threads expects a positive integer'; demo evaluated 0 cases,
+    explore read none, analyze-batch ran with one worker)."""
+    lab = disc_labels()
+    img = write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(lab))
+    write_nifti(tmp_path / "ds" / "c0_gt.nii.gz", lab)
+    args = [{"IMG": img, "DS": tmp_path / "ds"}.get(a, a) for a in args]
+    res = _run(
+        [*args, "-o", tmp_path / "out", *(["--model", tiny_checkpoint] * (args[0] != "explore"))]
+    )
+    _one_line_error(res, message)
+    assert not (tmp_path / "out").exists()
+
+
 def _one_line_error(res, name, needle=""):
     assert res.exit_code != 0
     text = res.output.strip()

@@ -62,6 +62,23 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _check_at_least(option: str, value: int, low: int, note: str = "") -> None:
+    """Refuse a count option below ``low`` (``--threads -2``), naming it."""
+    from cardioseg.errors import CardiosegError
+
+    if value < low:
+        raise CardiosegError(None, f"{option} must be >= {low}{note}, got {value}")
+
+
+def _check_predictions_folder(predictions: Path | None) -> None:
+    """Refuse a ``--predictions`` folder that is not there (rather than every case missing)."""
+    from cardioseg.errors import CardiosegError
+
+    if predictions is not None and not predictions.is_dir():
+        problem = "is not a folder" if predictions.exists() else "folder not found"
+        raise CardiosegError(predictions, f"--predictions {problem}")
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn exceptions into one-line errors with a non-zero exit code."""
 
@@ -270,6 +287,7 @@ def segment(
     from cardioseg.inference import Segmenter
     from cardioseg.io.nifti import is_nifti
 
+    _check_at_least("--threads", threads, 0, " (0: torch's default)")
     files = _expand_inputs(inputs)
     single = len(files) == 1 and is_nifti(output) and not output.is_dir()
     if not single and is_nifti(output):
@@ -377,6 +395,7 @@ def evaluate(
         write_run_record,
     )
 
+    _check_predictions_folder(predictions)
     records = [r for r in discover(dataset, layout) if r.label]
     predict = seg = None
     if predictions is None:
@@ -447,6 +466,7 @@ def demo(
     """Segment a synthetic study (or --data DIR), evaluate it, write masks, metrics, overlays."""
     from cardioseg.demo import run_demo
 
+    _check_at_least("--max-cases", max_cases, 1)
     summary = run_demo(output, data=data, seed=seed, max_cases=max_cases, model=model)
     typer.echo(summary)
 
@@ -631,6 +651,8 @@ def analyze_batch(
 
     from cardioseg.clinical.batch import read_exclusions, run_batch
 
+    _check_at_least("--workers", workers, 1)
+
     def stop(_signum: int, _frame: Any) -> None:  # a workflow manager's stop, as Ctrl-C: the
         raise KeyboardInterrupt  # queue is dropped, results.csv written, the workers end
 
@@ -702,6 +724,7 @@ def agreement(
         raise CardiosegError(analyzed, "give --analyzed or --predictions, not both")
     if analyzed is not None and not analyzed.is_dir():
         raise CardiosegError(analyzed, "not a folder of analyze-batch results")
+    _check_predictions_folder(predictions)
     records = discover(dataset, layout)
     predict = None
     if predictions is None and analyzed is None:
@@ -782,6 +805,7 @@ def explore(
     """Explore datasets: cases, geometry, intensities, montages, GIFs, domain separability."""
     from cardioseg.exploration import explore_datasets
 
+    _check_at_least("--max-cases", max_cases, 1)
     typer.echo(f"report: {explore_datasets(datasets, output, layout, by, max_cases)}")
 
 
