@@ -535,3 +535,27 @@ def test_export_never_replaces_its_input(tmp_path, tiny_checkpoint):
     assert (tmp_path / "last.pt").read_bytes() == before
     res = _run(["export", ckpt, "-o", tmp_path / "small.pt"])
     assert res.exit_code == 0, res.output
+
+
+def test_export_always_checks_its_reference_config(tmp_path, tiny_checkpoint):
+    """--reference-config is read and checked also for a checkpoint that already has its
+    intensity reference (a missing or broken file was silently ignored there)."""
+    import torch
+
+    from cardioseg.models import save_checkpoint
+
+    ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    ck["fingerprint"] = {"intensity_reference": {"values": [0.0, 1.0]}}
+    ckpt = save_checkpoint(tmp_path / "with_ref.pt", ck)
+    out = tmp_path / "small.pt"
+    (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
+    for name, problem in (("missing.yaml", "config file not found"), ("bad.yaml", "unknown key")):
+        res = _run(["export", ckpt, "-o", out, "--reference-config", tmp_path / name])
+        _one_line_error(res, name, problem)
+        assert not out.exists()
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  epochs: 3\n")
+    res = _run(["export", ckpt, "-o", out, "--reference-config", good])
+    assert res.exit_code == 0, res.output
+    kept = torch.load(out, map_location="cpu", weights_only=False)["fingerprint"]
+    assert kept["intensity_reference"] == {"values": [0.0, 1.0]}  # the checkpoint's own

@@ -211,14 +211,15 @@ def export(
 
     fingerprint = None
     if reference_config is not None:
+        from cardioseg.training.config import load_config
+
+        cfg = load_config(reference_config)  # checked even where the checkpoint has a reference
         fingerprint = dict(load_checkpoint(checkpoint).get("fingerprint", {}))
         if "intensity_reference" not in fingerprint:
             from cardioseg.adaptation.harmonization import HistogramReference
-            from cardioseg.training.config import load_config
             from cardioseg.training.slices import load_prepared
             from cardioseg.training.trainer import collect_records, split_records
 
-            cfg = load_config(reference_config)
             train, _ = split_records(collect_records(cfg), cfg)
             cases = load_prepared(
                 train,
