@@ -427,6 +427,10 @@ def test_bad_model_and_config(tmp_path):
     img = write_nifti(tmp_path / "i.nii.gz", image_from_labels(disc_labels()))
     _one_line_error(_run(["segment", img, "-o", tmp_path / "o.nii.gz", "--model", junk]), "junk.pt")
     _one_line_error(_run(["train", "--config", tmp_path / "none.yaml"]), "none.yaml")
+    for text in ("", "# settings to come\n"):  # empty: named (was 'no labelled training cases')
+        (tmp_path / "empty.yaml").write_text(text)
+        res = _run(["train", "--config", tmp_path / "empty.yaml"])
+        _one_line_error(res, "empty.yaml", "the config file is empty")
 
 
 @pytest.mark.parametrize("command", ["train", "benchmark"])

@@ -407,11 +407,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     if not path.is_file():
         raise CardiosegError(path, "is not a config file (a folder?)")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise CardiosegError(path, f"invalid YAML ({exc.__class__.__name__})") from None
     except UnicodeDecodeError:
         raise CardiosegError(path, "not a text file (not UTF-8)") from None
+    if values is None:  # nothing to train on: said here, naming the file, not later without it
+        raise CardiosegError(path, "the config file is empty (no settings)")
     for item in overrides or []:
         if "=" not in item:
             raise CardiosegError(path, f"override '{item}' is not key=value")
