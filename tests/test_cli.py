@@ -217,6 +217,114 @@ def test_evaluate_dataset_skips_an_unusable_case(tmp_path):
     assert not (tmp_path / "ev" / "skipped.csv").exists()
 
 
+def test_evaluate_dataset_skips_predictions_off_the_reference_grid_or_short_of_frames(tmp_path):
+    """A prediction in another geometry than its reference label (same shape, other affine),
+    or one without the cine frame the reference is, is listed in skipped.csv with the reason
+    instead of being scored."""
+    lab = disc_labels()
+    for i in range(2):  # c1's prediction: the same voxels on another grid
+        write_nifti(tmp_path / "ds" / f"c{i}.nii.gz", image_from_labels(lab, seed=i))
+        write_nifti(tmp_path / "ds" / f"c{i}_gt.nii.gz", lab)
+        write_nifti(tmp_path / "pred" / f"c{i}.nii.gz", lab, oblique_affine() if i else None)
+    args = ["evaluate", "--dataset", tmp_path / "ds", "--predictions", tmp_path / "pred"]
+    res = _run([*args, "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and not any("c1" in r for r in rows)
+    skipped = (tmp_path / "ev" / "skipped.csv").read_text()
+    assert "c1.nii.gz: prediction affine does not match the reference label's" in skipped
+    # M&Ms cines (ED frame 0, ES frame 3): a prediction of 2 frames, a 3D prediction
+    cine = np.stack([lab] * 4, -1)
+    (tmp_path / "mnms").mkdir()
+    (tmp_path / "mnms" / "info.csv").write_text("External code,ED,ES\nA,0,3\nB,0,3\n")
+    for s in ("A", "B"):
+        write_nifti(tmp_path / "mnms" / s / f"{s}_sa.nii.gz", image_from_labels(cine))
+        write_nifti(tmp_path / "mnms" / s / f"{s}_sa_gt.nii.gz", cine)
+    write_nifti(tmp_path / "pred4d" / "A_sa.nii.gz", cine[..., :2])
+    write_nifti(tmp_path / "pred4d" / "B_sa.nii.gz", lab)
+    args = ["evaluate", "--dataset", tmp_path / "mnms", "--predictions", tmp_path / "pred4d"]
+    res = _run([*args, "-o", tmp_path / "ev4d"])
+    assert res.exit_code == 0, res.output
+    rows = (tmp_path / "ev4d" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and "mnms/A/ED" in rows[1], rows  # A's ED (frame 0) is there
+    skipped = (tmp_path / "ev4d" / "skipped.csv").read_text().splitlines()[1:]
+    assert len(skipped) == 3, skipped
+    assert "mnms/A/ES" in skipped[0] and "2 frame(s), the reference is frame 3" in skipped[0]
+    assert all("B_sa.nii.gz: prediction has 1 frame(s)" in line for line in skipped[1:])
+
+
+@pytest.mark.parametrize(
+    ("info", "needle"),
+    [
+        (b"Group: NOR\nHeight: 170\n", "no ED line"),
+        (b"ED: 1\nGroup: NOR\n", "no ES line"),
+        (b"ED: one\nES: 12\n", "ED must be a frame number (from 1), got 'one'"),
+        (b"ED: 1\nES: 12.5\n", "ES must be a frame number (from 1), got '12.5'"),
+        (b"ED: 1\nES: 12\nGroup: \xff\xfeNOR\n", "not a text file (not UTF-8)"),
+    ],
+)
+def test_a_malformed_acdc_info_cfg_is_named(tmp_path, info, needle):
+    """An ACDC Info.cfg without ED/ES frame numbers, or not text, is named in one line (the
+    patient was silently left out, or the command stopped on a ValueError/UnicodeDecodeError
+    without the file)."""
+    lab = disc_labels()
+    for pid in ("patient001", "patient002"):
+        d = tmp_path / "acdc" / pid
+        for frame in (1, 12):
+            write_nifti(d / f"{pid}_frame{frame:02d}.nii.gz", image_from_labels(lab))
+            write_nifti(d / f"{pid}_frame{frame:02d}_gt.nii.gz", lab)
+        (d / "Info.cfg").write_text("ED: 1\nES: 12\nGroup: NOR\n")
+    (tmp_path / "acdc" / "patient002" / "Info.cfg").write_bytes(info)
+    res = _run(["index", tmp_path / "acdc", "-o", tmp_path / "index.csv"])
+    _one_line_error(res, str(tmp_path / "acdc" / "patient002" / "Info.cfg"), needle)
+    assert not (tmp_path / "index.csv").exists()
+    res = _run(["evaluate", "--dataset", tmp_path / "acdc", "--predictions", tmp_path / "acdc"])
+    _one_line_error(res, "patient002/Info.cfg", needle)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "agreement"])
+def test_a_missing_predictions_folder_is_named(tmp_path, command):
+    """--predictions naming no folder is said in one line (evaluate skipped every case as
+    'file not found', agreement said 'no subject with both predictions and labels')."""
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+    (tmp_path / "afile").write_text("x")
+    for where, problem in (("nope", "--predictions folder not found"), ("afile", "not a folder")):
+        args = [command, "--dataset", tmp_path / "ds", "--predictions", tmp_path / where]
+        res = _run([*args, "-o", tmp_path / "out"])
+        _one_line_error(res, str(tmp_path / where), problem)
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["segment", "IMG", "--threads", "-2"],
+            "--threads must be >= 0 (0: torch's default), got -2",
+        ),
+        (["demo", "--data", "DS", "--max-cases", "-1"], "--max-cases must be >= 1, got -1"),
+        (["explore", "DS", "--max-cases", "-3"], "--max-cases must be >= 1, got -3"),
+        (["analyze-batch", "DS", "--workers", "-1"], "--workers must be >= 1, got -1"),
+    ],
+)
+def test_negative_counts_are_refused(tmp_path, tiny_checkpoint, args, message):
+    """A negative count is refused in one line before anything runs or is written (segment
+    stopped on torch's 'set_num_threads expects a positive integer'; demo evaluated 0 cases,
+    explore read none, analyze-batch ran with one worker)."""
+    lab = disc_labels()
+    img = write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(lab))
+    write_nifti(tmp_path / "ds" / "c0_gt.nii.gz", lab)
+    args = [{"IMG": img, "DS": tmp_path / "ds"}.get(a, a) for a in args]
+    res = _run(
+        [*args, "-o", tmp_path / "out", *(["--model", tiny_checkpoint] * (args[0] != "explore"))]
+    )
+    _one_line_error(res, message)
+    assert not (tmp_path / "out").exists()
+
+
 def _one_line_error(res, name, needle=""):
     assert res.exit_code != 0
     text = res.output.strip()
@@ -288,12 +396,53 @@ def test_evaluate_bad_label(tmp_path):
     _one_line_error(_run(["evaluate", small, ref]), "small.nii.gz")
 
 
+@pytest.mark.parametrize("shape", [(48, 40), (48, 40, 6, 2, 2)])
+def test_evaluate_pair_refuses_a_label_map_that_is_not_3d(tmp_path, shape):
+    lab = np.zeros(shape, np.uint8)
+    lab[10:20, 10:20] = 1
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab)
+    res = _run(["evaluate", ref, ref, "-o", tmp_path / "ev"])
+    _one_line_error(res, "ref.nii.gz", f"expected a 3D label map, got {len(shape)}D shape")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_evaluate_pair_writes_undefined_metrics_as_null(tmp_path):
+    """A structure in the reference only has no precision and no surface distance: null in
+    metrics.json (strict JSON has no NaN), and the other values as computed."""
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab)
+    pred = write_nifti(tmp_path / "pred.nii.gz", np.where(lab == 3, 0, lab).astype(np.uint8))
+    res = _run(["evaluate", pred, ref, "-o", tmp_path / "ev"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "ev" / "metrics.json").read_text()
+    assert "NaN" not in text and "NaN" not in res.output
+    m = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert m["RV_hd95"] is None and m["RV_precision"] is None and m["RV_dice"] == 0.0
+    assert m["LV_dice"] == pytest.approx(1.0) and m["LV_hd95"] == pytest.approx(0.0)
+
+
 def test_bad_model_and_config(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_text("nope")
     img = write_nifti(tmp_path / "i.nii.gz", image_from_labels(disc_labels()))
     _one_line_error(_run(["segment", img, "-o", tmp_path / "o.nii.gz", "--model", junk]), "junk.pt")
     _one_line_error(_run(["train", "--config", tmp_path / "none.yaml"]), "none.yaml")
+    for text in ("", "# settings to come\n"):  # empty: named (was 'no labelled training cases')
+        (tmp_path / "empty.yaml").write_text(text)
+        res = _run(["train", "--config", tmp_path / "empty.yaml"])
+        _one_line_error(res, "empty.yaml", "the config file is empty")
+
+
+@pytest.mark.parametrize("command", ["train", "benchmark"])
+def test_a_config_or_protocol_that_is_not_utf8_is_named(tmp_path, command):
+    """A training config or benchmark protocol saved in another encoding (Latin-1 here) is
+    named in one line (was a UnicodeDecodeError without the file)."""
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("# réglages\ntrain:\n  epochs: 2\n".encode("latin-1"))
+    args = ["train", "--config", bad] if command == "train" else ["benchmark", bad]
+    res = _run([*args, "-o", tmp_path / "out"] if command == "benchmark" else args)
+    _one_line_error(res, "latin1.yaml", "not a text file (not UTF-8)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_version_and_models(tmp_path, tiny_checkpoint):
@@ -390,3 +539,27 @@ def test_export_never_replaces_its_input(tmp_path, tiny_checkpoint):
     assert (tmp_path / "last.pt").read_bytes() == before
     res = _run(["export", ckpt, "-o", tmp_path / "small.pt"])
     assert res.exit_code == 0, res.output
+
+
+def test_export_always_checks_its_reference_config(tmp_path, tiny_checkpoint):
+    """--reference-config is read and checked also for a checkpoint that already has its
+    intensity reference (a missing or broken file was silently ignored there)."""
+    import torch
+
+    from cardioseg.models import save_checkpoint
+
+    ck = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    ck["fingerprint"] = {"intensity_reference": {"values": [0.0, 1.0]}}
+    ckpt = save_checkpoint(tmp_path / "with_ref.pt", ck)
+    out = tmp_path / "small.pt"
+    (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
+    for name, problem in (("missing.yaml", "config file not found"), ("bad.yaml", "unknown key")):
+        res = _run(["export", ckpt, "-o", out, "--reference-config", tmp_path / name])
+        _one_line_error(res, name, problem)
+        assert not out.exists()
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  epochs: 3\n")
+    res = _run(["export", ckpt, "-o", out, "--reference-config", good])
+    assert res.exit_code == 0, res.output
+    kept = torch.load(out, map_location="cpu", weights_only=False)["fingerprint"]
+    assert kept["intensity_reference"] == {"values": [0.0, 1.0]}  # the checkpoint's own

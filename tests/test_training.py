@@ -237,6 +237,33 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"channels": 16}, "'model.channels' must be a list of whole numbers, got 16"),
+        ({"channels": None}, "'model.channels' must be a list of whole numbers, got None"),
+        ({"channels": [4, "a"]}, "'model.channels' must be a list of whole numbers, got [4, 'a']"),
+        ({"channels": [4, 8.5]}, "'model.channels' must be a list of whole numbers"),
+        ({"channels": [True, 8]}, "'model.channels' must be a list of whole numbers"),
+        ({"channels": [4, -8], "strides": [2]}, "'model.channels' must be positive, got [4, -8]"),
+        ({"strides": 2}, "'model.strides' must be a list of whole numbers, got 2"),
+        ({"strides": [2, "x", 2, 2]}, "'model.strides' must be a list of whole numbers"),
+        ({"strides": [2, 0, 2, 2]}, "'model.strides' must be positive, got [2, 0, 2, 2]"),
+    ],
+)
+def test_model_channels_and_strides_are_lists_of_positive_whole_numbers(tmp_path, model, message):
+    """A wrong list value is named (it failed as 'object of type int has no len()', a
+    comparison of str and int, or trained a network of float channels on)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict({"model": model})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(json.dumps({"model": model}))  # JSON is YAML
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert res.output.startswith(f"error: {cfg}: {message}"), res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
 def test_model_config_validation():
     with pytest.raises(ValueError):
         ModelConfig(channels=[8, 16], strides=[2, 2])

@@ -407,9 +407,11 @@ def load_protocol(path: str | Path) -> Protocol:
     if not path.is_file():
         raise CardiosegError(path, "protocol file not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise CardiosegError(path, f"invalid YAML ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise CardiosegError(path, "not a text file (not UTF-8)") from None
     v = _check_keys(values, PROTOCOL_KEYS, "the protocol", path)
     datasets = {}
     for name, spec in _check_keys(

@@ -62,6 +62,23 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _check_at_least(option: str, value: int, low: int, note: str = "") -> None:
+    """Refuse a count option below ``low`` (``--threads -2``), naming it."""
+    from cardioseg.errors import CardiosegError
+
+    if value < low:
+        raise CardiosegError(None, f"{option} must be >= {low}{note}, got {value}")
+
+
+def _check_predictions_folder(predictions: Path | None) -> None:
+    """Refuse a ``--predictions`` folder that is not there (rather than every case missing)."""
+    from cardioseg.errors import CardiosegError
+
+    if predictions is not None and not predictions.is_dir():
+        problem = "is not a folder" if predictions.exists() else "folder not found"
+        raise CardiosegError(predictions, f"--predictions {problem}")
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn exceptions into one-line errors with a non-zero exit code."""
 
@@ -194,14 +211,15 @@ def export(
 
     fingerprint = None
     if reference_config is not None:
+        from cardioseg.training.config import load_config
+
+        cfg = load_config(reference_config)  # checked even where the checkpoint has a reference
         fingerprint = dict(load_checkpoint(checkpoint).get("fingerprint", {}))
         if "intensity_reference" not in fingerprint:
             from cardioseg.adaptation.harmonization import HistogramReference
-            from cardioseg.training.config import load_config
             from cardioseg.training.slices import load_prepared
             from cardioseg.training.trainer import collect_records, split_records
 
-            cfg = load_config(reference_config)
             train, _ = split_records(collect_records(cfg), cfg)
             cases = load_prepared(
                 train,
@@ -270,6 +288,7 @@ def segment(
     from cardioseg.inference import Segmenter
     from cardioseg.io.nifti import is_nifti
 
+    _check_at_least("--threads", threads, 0, " (0: torch's default)")
     files = _expand_inputs(inputs)
     single = len(files) == 1 and is_nifti(output) and not output.is_dir()
     if not single and is_nifti(output):
@@ -340,6 +359,7 @@ def evaluate(
 ) -> None:
     """Dice, Jaccard, precision, recall, HD, HD95, ASSD (3D, spacing-aware) per structure."""
     import json
+    import math
 
     from cardioseg.errors import CardiosegError
     from cardioseg.evaluation.metrics import compute_metrics
@@ -349,10 +369,16 @@ def evaluate(
         if prediction is None or reference is None:
             raise CardiosegError(None, "give PREDICTION REFERENCE, or --dataset DIR")
         props = read_geometry(reference)  # an empty reference is a valid label map
+        if len(props.shape) != 3:
+            raise CardiosegError(
+                reference, f"expected a 3D label map, got {len(props.shape)}D shape {props.shape}"
+            )
         ref = read_label(reference, reference_labels, reference=props)
         pred = read_label(prediction, "canonical", reference=props)
         metrics = compute_metrics(pred, ref, props.spacing)
-        text = json.dumps(metrics, indent=2)
+        # a structure in one mask only has no surface distance (nan): null, as JSON has no NaN
+        metrics = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+        text = json.dumps(metrics, indent=2, allow_nan=False)
         if output:
             output.mkdir(parents=True, exist_ok=True)
             with atomic_write(output / "metrics.json") as tmp:
@@ -370,6 +396,7 @@ def evaluate(
         write_run_record,
     )
 
+    _check_predictions_folder(predictions)
     records = [r for r in discover(dataset, layout) if r.label]
     predict = seg = None
     if predictions is None:
@@ -440,6 +467,7 @@ def demo(
     """Segment a synthetic study (or --data DIR), evaluate it, write masks, metrics, overlays."""
     from cardioseg.demo import run_demo
 
+    _check_at_least("--max-cases", max_cases, 1)
     summary = run_demo(output, data=data, seed=seed, max_cases=max_cases, model=model)
     typer.echo(summary)
 
@@ -624,6 +652,8 @@ def analyze_batch(
 
     from cardioseg.clinical.batch import read_exclusions, run_batch
 
+    _check_at_least("--workers", workers, 1)
+
     def stop(_signum: int, _frame: Any) -> None:  # a workflow manager's stop, as Ctrl-C: the
         raise KeyboardInterrupt  # queue is dropped, results.csv written, the workers end
 
@@ -695,6 +725,7 @@ def agreement(
         raise CardiosegError(analyzed, "give --analyzed or --predictions, not both")
     if analyzed is not None and not analyzed.is_dir():
         raise CardiosegError(analyzed, "not a folder of analyze-batch results")
+    _check_predictions_folder(predictions)
     records = discover(dataset, layout)
     predict = None
     if predictions is None and analyzed is None:
@@ -775,6 +806,7 @@ def explore(
     """Explore datasets: cases, geometry, intensities, montages, GIFs, domain separability."""
     from cardioseg.exploration import explore_datasets
 
+    _check_at_least("--max-cases", max_cases, 1)
     typer.echo(f"report: {explore_datasets(datasets, output, layout, by, max_cases)}")
 
 

@@ -119,11 +119,28 @@ def find_paths(root: Path, pattern: str) -> Iterator[Path]:
 
 
 def _parse_cfg(path: Path) -> dict[str, str]:
+    """``key: value`` lines of an ACDC ``Info.cfg``; ``ED`` and ``ES`` must be frame numbers.
+
+    Raises:
+        CardiosegError: The file is not UTF-8 text, or its ED or ES line is missing or is not
+            a frame number (counted from 1).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CardiosegError(path, "not a text file (not UTF-8)") from None
     out = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if ":" in line:
             k, v = line.split(":", 1)
             out[k.strip()] = v.strip()
+    for phase in ("ED", "ES"):
+        if phase not in out:
+            raise CardiosegError(path, f"no {phase} line (e.g. '{phase}: 1')")
+        if not out[phase].isdigit() or int(out[phase]) < 1:
+            raise CardiosegError(
+                path, f"{phase} must be a frame number (from 1), got {out[phase]!r}"
+            )
     return out
 
 
@@ -140,8 +157,6 @@ def read_acdc(root: str | Path) -> list[CaseRecord]:
     for pdir in patients:
         info = _parse_cfg(pdir / "Info.cfg")
         for phase in ("ED", "ES"):
-            if phase not in info:
-                continue
             frame = int(info[phase])
             image = pdir / f"{pdir.name}_frame{frame:02d}.nii.gz"
             if not image.exists():

@@ -18,7 +18,7 @@ import numpy as np
 from cardioseg.data.datasets import CaseRecord, detect_layout, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics
-from cardioseg.io.nifti import ImageProperties, atomic_write, read_label
+from cardioseg.io.nifti import ImageProperties, atomic_write, read_geometry, read_label
 
 log = logging.getLogger("cardioseg.evaluate")
 
@@ -29,7 +29,26 @@ def prediction_path(record: CaseRecord, pred_dir: str | Path) -> Path:
 
 
 def _read_prediction(record: CaseRecord, pred_dir: str | Path, shape: tuple) -> np.ndarray:
+    """The prediction for ``record`` in ``pred_dir``, checked against its reference label.
+
+    Raises:
+        CardiosegError: The prediction is missing or unreadable; its affine differs from the
+            reference label's (another image's geometry, or resampled); the reference is a
+            frame of a cine and the prediction is not a cine with that frame; or its shape
+            differs from the reference's.
+    """
     p = prediction_path(record, pred_dir)
+    geometry = read_geometry(p)
+    if not np.allclose(geometry.affine, read_geometry(record.label).affine, atol=1e-3, rtol=1e-4):
+        raise CardiosegError(p, "prediction affine does not match the reference label's")
+    if record.frame >= 0:
+        frames = geometry.shape[3] if len(geometry.shape) == 4 else 1
+        if len(geometry.shape) != 4 or frames <= record.frame:
+            raise CardiosegError(
+                p,
+                f"prediction has {frames} frame(s), the reference is frame {record.frame} "
+                "(counted from 0) of a cine",
+            )
     pred = read_label(p)
     if pred.ndim == 4 and record.frame >= 0:
         pred = pred[..., record.frame]

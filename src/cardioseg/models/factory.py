@@ -41,8 +41,9 @@ class ModelConfig:
             raise ValueError(
                 f"strides must have {len(self.channels) - 1} entries, got {len(self.strides)}"
             )
-        if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
-            raise ValueError("channels and strides must be positive")
+        for name in ("channels", "strides"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"'model.{name}' must be positive, got {getattr(self, name)}")
         if self.norm not in ("instance", "batch"):
             raise ValueError(f"norm must be 'instance' or 'batch', got {self.norm!r}")
         if not 0 <= self.dropout < 1:

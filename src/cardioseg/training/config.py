@@ -348,15 +348,31 @@ _SCALARS: dict[type, tuple[type, ...]] = {
 
 
 def _check_type(value: Any, hint: Any, where: str) -> None:
-    """Refuse a scalar of the wrong type (``lr: fast``, ``epochs: '3'``, ``tta: 'false'``);
-    ``X | None`` also takes ``None``. Containers and other types are left to the consumers.
+    """Refuse a scalar of the wrong type (``lr: fast``, ``epochs: '3'``, ``tta: 'false'``)
+    and a list of scalars that is not a list of them (``channels: 16``, ``strides: [2, a]``);
+    ``X | None`` also takes ``None``. Other containers and types are left to the consumers.
 
     Example:
         >>> _check_type("fast", float, "train.lr")
         Traceback (most recent call last):
         ...
         ValueError: 'train.lr' must be a number, got 'fast'
+        >>> _check_type([16, "a"], list[int], "model.channels")
+        Traceback (most recent call last):
+        ...
+        ValueError: 'model.channels' must be a list of whole numbers, got [16, 'a']
     """
+    item = get_args(hint)[0] if get_origin(hint) is list and get_args(hint) else None
+    if item in _SCALARS:
+        try:
+            if not isinstance(value, list):
+                raise ValueError
+            for v in value:
+                _check_type(v, item, where)
+        except ValueError:
+            names = {bool: "true or false", int: "whole numbers", float: "numbers", str: "text"}
+            raise ValueError(f"'{where}' must be a list of {names[item]}, got {value!r}") from None
+        return
     options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
     if value is None and type(None) in options:
         return
@@ -391,9 +407,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     if not path.is_file():
         raise CardiosegError(path, "is not a config file (a folder?)")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise CardiosegError(path, f"invalid YAML ({exc.__class__.__name__})") from None
+    except UnicodeDecodeError:
+        raise CardiosegError(path, "not a text file (not UTF-8)") from None
+    if values is None:  # nothing to train on: said here, naming the file, not later without it
+        raise CardiosegError(path, "the config file is empty (no settings)")
     for item in overrides or []:
         if "=" not in item:
             raise CardiosegError(path, f"override '{item}' is not key=value")
