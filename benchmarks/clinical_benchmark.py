@@ -700,8 +700,12 @@ def _timed_cli(study: Path, out: Path, cache: Path) -> float:
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
     cmd = [sys.executable, "-m", "cardioseg.cli.main", "analyze", str(study), "-o", str(out)]
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t0
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"cardioseg analyze {study} failed (exit {done.returncode}): {last}")
+    return seconds
 
 
 def cli_speed(data: Path, repeats: int) -> list[str]:

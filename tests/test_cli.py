@@ -563,3 +563,33 @@ def test_export_always_checks_its_reference_config(tmp_path, tiny_checkpoint):
     assert res.exit_code == 0, res.output
     kept = torch.load(out, map_location="cpu", weights_only=False)["fingerprint"]
     assert kept["intensity_reference"] == {"values": [0.0, 1.0]}  # the checkpoint's own
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--precision", "float16"), ("--adapt", "bn"), ("--harmonize", "zscore")]
+)
+def test_segment_refuses_an_unknown_choice_naming_the_option(tmp_path, option, value):
+    """A value the option does not take is refused in one line naming the option and the choices,
+    before a model is loaded (it used to come back as 'ValueError: precision must be ...')."""
+    img = write_nifti(tmp_path / "img.nii.gz", image_from_labels(disc_labels()))
+    res = _run(["segment", img, "-o", tmp_path / "seg.nii.gz", option, value])
+    _one_line_error(res, option, "must be one of")
+    assert value in res.output and "ValueError" not in res.output
+    assert not (tmp_path / "seg.nii.gz").exists()
+
+
+@pytest.mark.parametrize("name", ["seg.txt", "seg.nrrd", "existing_file"])
+def test_segment_output_that_is_not_a_nifti_file_name_is_refused(tmp_path, tiny_checkpoint, name):
+    """``-o seg.txt`` made a folder called seg.txt; an existing file that is not NIfTI failed
+    later on a path it could not create."""
+    img = write_nifti(tmp_path / "img.nii.gz", image_from_labels(disc_labels()))
+    out = tmp_path / name
+    if name == "existing_file":
+        out.write_text("keep")
+    res = _run(["segment", img, "-o", out, "--model", tiny_checkpoint])
+    _one_line_error(res, name, "not a NIfTI file name")
+    assert not out.is_dir() and (name != "existing_file" or out.read_text() == "keep")
+    # a folder name with a dot is still a folder
+    res = _run(["segment", img, "-o", tmp_path / "results.v2", "--model", tiny_checkpoint])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "results.v2" / "img.nii.gz").is_file()

@@ -21,6 +21,30 @@ MODEL_HELP = (
     "v3 = the previous default)"
 )
 
+#: File name endings that ``segment -o`` does not take for a folder's name (it writes NIfTI only).
+FILE_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".csv",
+        ".json",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".nrrd",
+        ".mha",
+        ".mhd",
+        ".dcm",
+        ".npy",
+        ".npz",
+        ".zip",
+        ".gz",
+        ".h5",
+        ".mat",
+        ".pdf",
+        ".html",
+    }
+)
+
 #: ``--roi/--whole-image`` of the commands that run a model.
 RoiOption = Annotated[
     bool | None,
@@ -68,6 +92,15 @@ def _check_at_least(option: str, value: int, low: int, note: str = "") -> None:
 
     if value < low:
         raise CardiosegError(None, f"{option} must be >= {low}{note}, got {value}")
+
+
+def _check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """Refuse a value an option does not take (``--precision float16``), naming the option and
+    the choices, before a model is loaded."""
+    from cardioseg.errors import CardiosegError
+
+    if value is not None and value not in choices:
+        raise CardiosegError(None, f"{option} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def _check_predictions_folder(predictions: Path | None) -> None:
@@ -289,7 +322,16 @@ def segment(
     from cardioseg.io.nifti import is_nifti
 
     _check_at_least("--threads", threads, 0, " (0: torch's default)")
+    _check_choice("--adapt", adapt, ("none", "tent"))
+    _check_choice("--harmonize", harmonize, ("none", "histogram"))
+    _check_choice("--precision", precision, ("auto", "float32", "bfloat16"))
     files = _expand_inputs(inputs)
+    if not is_nifti(output) and (
+        output.is_file() or (not output.exists() and output.suffix.lower() in FILE_SUFFIXES)
+    ):
+        raise CardiosegError(
+            output, "not a NIfTI file name: -o takes a .nii/.nii.gz file or a folder"
+        )
     single = len(files) == 1 and is_nifti(output) and not output.is_dir()
     if not single and is_nifti(output):
         raise CardiosegError(output, "several inputs need an output folder, not a file name")
