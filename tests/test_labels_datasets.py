@@ -164,3 +164,45 @@ def test_index_spacing_is_the_spacing_the_image_is_read_with(tmp_path):
     _, _, props = load_case(rec)
     np.testing.assert_allclose(rec.spacing, props.spacing)
     np.testing.assert_allclose(rec.spacing, (1.5, 1.5, 8.0))
+
+
+def _mnms_4d(root, csv_row, label_affine=None):
+    lab = disc_labels()
+    (root / "mnms_info.csv").parent.mkdir(parents=True, exist_ok=True)
+    (root / "mnms_info.csv").write_text(
+        f"External code,Vendor,VendorName,Centre,ED,ES\n{csv_row}\n"
+    )
+    cine = np.stack([image_from_labels(lab, seed=t) for t in range(3)], -1)
+    write_nifti(root / "CCC333" / "CCC333_sa.nii.gz", cine)
+    write_nifti(
+        root / "CCC333" / "CCC333_sa_gt.nii.gz", np.stack([lab] * 3, -1), affine=label_affine
+    )
+
+
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ("CCC333,A,Siemens,1,0,two", "ES frame for this file is not a whole number: 'two'"),
+        ("CCC333,A,Siemens,1,0,5", "ES frame 5 (counted from 0) is not among its 3 frame(s)"),
+    ],
+)
+def test_mnms_csv_frames_that_cannot_be_used_name_the_file(tmp_path, row, needle):
+    """A non-numeric or out-of-range ED/ES frame in the CSV is named with the cine it is for
+    (it was an unnamed int() ValueError, or an IndexError when the case was loaded)."""
+    from cardioseg.errors import CardiosegError
+
+    _mnms_4d(tmp_path, row)
+    with pytest.raises(CardiosegError) as err:
+        discover(tmp_path)
+    assert "CCC333_sa.nii.gz" in str(err.value) and needle in str(err.value)
+
+
+def test_a_cine_label_with_another_affine_is_refused(tmp_path):
+    """A 4D label is checked against its cine's affine, as a 3D label is against its image."""
+    from cardioseg.errors import CardiosegError
+
+    _mnms_4d(tmp_path, "CCC333,A,Siemens,1,0,2", label_affine=np.diag([1.0, 1.0, 2.0, 1.0]))
+    rec = next(r for r in discover(tmp_path) if r.phase == "ES")
+    with pytest.raises(CardiosegError, match="label affine does not match the image affine"):
+        load_case(rec)
+    assert load_case(rec, with_label=False)[1] is None

@@ -18,7 +18,14 @@ import nibabel as nib
 import numpy as np
 
 from cardioseg.errors import CardiosegError
-from cardioseg.io.nifti import ImageProperties, affine_spacing, read_image, read_label
+from cardioseg.io.nifti import (
+    ImageProperties,
+    affine_spacing,
+    affines_match,
+    read_geometry,
+    read_image,
+    read_label,
+)
 
 ACDC_GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")
 
@@ -188,12 +195,35 @@ def _read_mnms_csv(root: Path) -> dict[str, dict[str, str]]:
     csvs = sorted(root.glob("*.csv"))
     table: dict[str, dict[str, str]] = {}
     for c in csvs:
-        with open(c, newline="") as fh:
-            for row in csv.DictReader(fh):
-                key = row.get("External code") or row.get("SUBJECT_CODE") or row.get("subject")
-                if key:
-                    table[str(key).strip()] = {k: (v or "").strip() for k, v in row.items() if k}
+        try:
+            with open(c, newline="", encoding="utf-8-sig") as fh:
+                rows = list(csv.DictReader(fh))
+        except UnicodeDecodeError:
+            raise CardiosegError(c, "not a text file (not UTF-8)") from None
+        except csv.Error as exc:
+            raise CardiosegError(c, f"not a readable CSV table ({exc})") from None
+        for row in rows:
+            key = row.get("External code") or row.get("SUBJECT_CODE") or row.get("subject")
+            if key:
+                table[str(key).strip()] = {k: (v or "").strip() for k, v in row.items() if k}
     return table
+
+
+def _mnms_frame(info: dict[str, str], phase: str, image: Path, shape: tuple[int, ...]) -> int:
+    """The ``phase`` frame (counted from 0) that the M&Ms CSV gives for a 4D ``image``."""
+    value = info[phase]
+    if not value.isdigit():
+        raise CardiosegError(
+            image, f"the M&Ms CSV's {phase} frame for this file is not a whole number: {value!r}"
+        )
+    frames = shape[3] if len(shape) == 4 else 1
+    if len(shape) != 4 or int(value) >= frames:
+        raise CardiosegError(
+            image,
+            f"the M&Ms CSV's {phase} frame {value} (counted from 0) is not among its "
+            f"{frames} frame(s)",
+        )
+    return int(value)
 
 
 def read_mnms(root: str | Path) -> list[CaseRecord]:
@@ -218,7 +248,8 @@ def read_mnms(root: str | Path) -> list[CaseRecord]:
             info = meta.get(subject, {})
             if "ED" not in info or "ES" not in info:
                 raise CardiosegError(image, "4D M&Ms file without ED/ES frames in the CSV")
-            phases = [("ED", int(info["ED"])), ("ES", int(info["ES"]))]
+            spacing, shape = _header_geometry(image)
+            phases = [(ph, _mnms_frame(info, ph, image, shape)) for ph in ("ED", "ES")]
         else:
             continue
         info = meta.get(subject, {})
@@ -438,6 +469,8 @@ def load_case(
         raise CardiosegError(record.image, f"expected a 3D volume, got shape {image.shape}")
     if with_label and record.label:
         if record.frame >= 0:
+            if not affines_match(read_geometry(record.label).affine, props.affine):
+                raise CardiosegError(record.label, "label affine does not match the image affine")
             full = read_label(record.label, record.label_map)
             if full.ndim == 4:
                 full = full[..., record.frame]

@@ -18,7 +18,13 @@ import numpy as np
 from cardioseg.data.datasets import CaseRecord, detect_layout, load_case
 from cardioseg.errors import CardiosegError
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics
-from cardioseg.io.nifti import ImageProperties, atomic_write, read_geometry, read_label
+from cardioseg.io.nifti import (
+    ImageProperties,
+    affines_match,
+    atomic_write,
+    read_geometry,
+    read_label,
+)
 
 log = logging.getLogger("cardioseg.evaluate")
 
@@ -39,7 +45,7 @@ def _read_prediction(record: CaseRecord, pred_dir: str | Path, shape: tuple) -> 
     """
     p = prediction_path(record, pred_dir)
     geometry = read_geometry(p)
-    if not np.allclose(geometry.affine, read_geometry(record.label).affine, atol=1e-3, rtol=1e-4):
+    if not affines_match(geometry.affine, read_geometry(record.label).affine):
         raise CardiosegError(p, "prediction affine does not match the reference label's")
     if record.frame >= 0:
         frames = geometry.shape[3] if len(geometry.shape) == 4 else 1

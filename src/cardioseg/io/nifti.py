@@ -228,6 +228,19 @@ def read_image(path: str | Path, allow_4d: bool = True) -> tuple[np.ndarray, Ima
     return data, props
 
 
+def affines_match(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two voxel-to-world affines describe the same grid (to 1e-3 mm, a relative 1e-4):
+    the test a label or a prediction must pass against its image.
+
+    Example:
+        >>> affines_match(np.eye(4), np.diag([1.0, 1.0, 1.0005, 1.0]))
+        True
+        >>> affines_match(np.eye(4), np.diag([1.0, 1.0, 1.1, 1.0]))
+        False
+    """
+    return bool(np.allclose(a, b, atol=1e-3, rtol=1e-4))
+
+
 def read_geometry(path: str | Path) -> ImageProperties:
     """The geometry of a NIfTI file (affine, checked spacing, shape) without judging its
     content: a label map may be empty, an image may not (:func:`read_image`)."""
@@ -267,7 +280,7 @@ def read_label(
             raise CardiosegError(
                 path, f"label shape {shape} does not match image shape {tuple(reference.shape)}"
             )
-        if not np.allclose(img.affine, reference.affine, atol=1e-3, rtol=1e-4):
+        if not affines_match(img.affine, reference.affine):
             raise CardiosegError(path, "label affine does not match the image affine")
     data = _data(img, path).reshape(shape)
     try:
