@@ -393,7 +393,11 @@ def test_evaluate_bad_label(tmp_path):
     pred = write_nifti(tmp_path / "pred.nii.gz", bad, oblique_affine())
     _one_line_error(_run(["evaluate", pred, ref]), "pred.nii.gz")
     small = write_nifti(tmp_path / "small.nii.gz", lab[:-2], oblique_affine())
-    _one_line_error(_run(["evaluate", small, ref]), "small.nii.gz")
+    _one_line_error(_run(["evaluate", small, ref]), "small.nii.gz", "the reference's (48, 40, 6)")
+    flat = write_nifti(tmp_path / "flat.nii.gz", lab[..., 0])  # a 2D prediction
+    _one_line_error(_run(["evaluate", flat, ref]), "flat.nii.gz", "prediction shape (48, 40)")
+    moved = write_nifti(tmp_path / "moved.nii.gz", lab, oblique_affine(spacing=(2.0, 2.0, 9.0)))
+    _one_line_error(_run(["evaluate", moved, ref]), "moved.nii.gz", "prediction affine")
 
 
 @pytest.mark.parametrize("shape", [(48, 40), (48, 40, 6, 2, 2)])

@@ -405,7 +405,7 @@ def evaluate(
 
     from cardioseg.errors import CardiosegError
     from cardioseg.evaluation.metrics import compute_metrics
-    from cardioseg.io.nifti import atomic_write, read_geometry, read_label
+    from cardioseg.io.nifti import affines_match, atomic_write, read_geometry, read_label
 
     if dataset is None:
         if prediction is None or reference is None:
@@ -416,6 +416,14 @@ def evaluate(
                 reference, f"expected a 3D label map, got {len(props.shape)}D shape {props.shape}"
             )
         ref = read_label(reference, reference_labels, reference=props)
+        pred_props = read_geometry(prediction)
+        if pred_props.shape != props.shape:
+            raise CardiosegError(
+                prediction,
+                f"prediction shape {pred_props.shape} does not match the reference's {props.shape}",
+            )
+        if not affines_match(pred_props.affine, props.affine):
+            raise CardiosegError(prediction, "prediction affine does not match the reference's")
         pred = read_label(prediction, "canonical", reference=props)
         metrics = compute_metrics(pred, ref, props.spacing)
         # a structure in one mask only has no surface distance (nan): null, as JSON has no NaN
