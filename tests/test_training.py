@@ -235,6 +235,11 @@ def test_config_errors(tmp_path):
         load_config(bad)
     with pytest.raises(CardiosegError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# every setting given on the command line\n")
+    with pytest.raises(CardiosegError, match="empty.yaml: the config file is empty"):
+        load_config(empty)
+    assert load_config(empty, ["train.epochs=3"]).train.epochs == 3  # overrides: not empty
 
 
 @pytest.mark.parametrize(

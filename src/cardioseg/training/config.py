@@ -412,8 +412,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
         raise CardiosegError(path, f"invalid YAML ({exc.__class__.__name__})") from None
     except UnicodeDecodeError:
         raise CardiosegError(path, "not a text file (not UTF-8)") from None
-    if values is None:  # nothing to train on: said here, naming the file, not later without it
+    if values is None and not overrides:  # nothing to train on: said here, naming the file
         raise CardiosegError(path, "the config file is empty (no settings)")
+    values = {} if values is None else values
     for item in overrides or []:
         if "=" not in item:
             raise CardiosegError(path, f"override '{item}' is not key=value")
