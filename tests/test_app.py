@@ -31,6 +31,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from cardioseg.app import AppConfig, create_app  # noqa: E402
 from cardioseg.app.server import serve_in_thread  # noqa: E402
+from cardioseg.clinical.report import segments_method_line  # noqa: E402
 from cardioseg.data.synthetic import PhantomConfig, make_cine, make_phantom, write_phantom  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -218,6 +219,10 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
             assert (detail["wall_segments"] is not None) == has_segments
             if has_segments:
                 assert detail["wall_segments"]["line"].startswith("Thickest point at ED")
+                # how the septum was placed and segment 17, the same line as the HTML report's
+                method = detail["wall_segments"]["method"]
+                assert "Apical cap (segment 17)" in method
+                assert method == segments_method_line(on_disk["wall_segments"])
             viewer = client.get(f"/api/studies/{sid}/viewer").json()
             assert viewer["n_frames"] == n_frames and viewer["n_slices"] == 4
             for layer in ("image", "labels", "overlay"):

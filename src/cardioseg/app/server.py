@@ -510,6 +510,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             report_table,
             reported_volumes,
             segments_line,
+            segments_method_line,
             suggestion_line,
         )
 
@@ -548,7 +549,14 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
             # wall thickness per AHA segment: the thickest point; the figure is an image
             segs = report.get("wall_segments")
             out["wall_segments"] = (
-                {"line": segments_line(segs), "note": segs.get("note", "")} if segs else None
+                {
+                    "line": segments_line(segs),
+                    # how the septum was placed and segment 17, as in the HTML and PDF
+                    "method": segments_method_line(segs),
+                    "note": segs.get("note", ""),
+                }
+                if segs
+                else None
             )
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()

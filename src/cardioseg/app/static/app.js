@@ -345,6 +345,7 @@ function renderSegments(d) {
   $("segments-card").hidden = !seg;
   if (!seg) return;
   $("segments-line").textContent = seg.line;
+  $("segments-method").textContent = seg.method || "";
   $("segments-hint").textContent = seg.note || "";
   // the job id changes with every analysis: a re-analysis's figure is not taken from the cache
   const version = encodeURIComponent((d.job && d.job.id) || "");
