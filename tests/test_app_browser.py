@@ -109,6 +109,11 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             assert page.text_content(cell) == ef_text
             assert page.text_content("#summary-ef") == ef_text + " %"
             assert page.text_content("#qc-status") == report["qc"]["status"]
+            if report.get("wall_segments"):  # the AHA card: the report's method line
+                from cardioseg.clinical.report import segments_method_line
+
+                method = segments_method_line(report["wall_segments"])
+                assert method and page.text_content("#segments-method") == method
             n_reasons = len(report["qc"]["reasons"])
             assert page.locator("#qc-reasons li").count() == min(max(n_reasons, 1), 8)
             assert page.locator("#curve polyline").count() == 2  # LV and RV volume curves
