@@ -383,6 +383,21 @@ def test_weight_averaging_method_follows_the_profile_epochs(tmp_path, vendors):
     assert config_from_dict(runs["baseline"].config).train.swa_start == 0
 
 
+def test_moved_output_folder_keeps_its_finished_runs(tmp_path, vendors):
+    """The preprocessing cache defaults to ``<out>/cache``: a moved (or copied) output folder is
+    another cache folder, not another training configuration."""
+    base = {"data": {"target_spacing": 3.0}}  # no cache_dir: the default under the folder
+    proto = _protocol(tmp_path, vendors, base=base, methods=["baseline"])
+    first = tmp_path / "first"
+    res = run_benchmark(proto, first, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "done"}, res.errors
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    res = run_benchmark(proto, moved, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "skipped"}
+    assert "| GE | baseline |" in (moved / "report.md").read_text()
+
+
 def test_cli_refuses_missing_protocol(tmp_path):
     r = runner.invoke(app, ["benchmark", str(tmp_path / "none.yaml"), "-o", str(tmp_path)])
     assert r.exit_code == 1 and "protocol file not found" in r.output

@@ -270,7 +270,9 @@ def _selected_runs(
 def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
     """Finished runs whose stored training configuration differs from the planned one (another
     profile, or an edited protocol), as ``"key (setting: old -> new)"``. Where a run is written
-    and how it is evaluated (``inference.*``, e.g. ``--whole-image``) may differ."""
+    and its preprocessing cached (``data.cache_dir``, by default under the output folder, so a
+    moved or copied folder keeps its runs) and how it is evaluated (``inference.*``, e.g.
+    ``--whole-image``) may differ."""
     from cardioseg.training.config import changed_settings
 
     stale = []
@@ -283,7 +285,7 @@ def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
         except (OSError, ValueError):
             continue
         changed = changed_settings(
-            stored, run.config, ["output_dir", "init_checkpoint", "inference."]
+            stored, run.config, ["output_dir", "init_checkpoint", "data.cache_dir", "inference."]
         )
         if changed:
             k, a, b = changed[0]
