@@ -576,3 +576,44 @@ def test_benchmark_whole_image_flag_overrides_every_method(tmp_path, vendors, mo
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert [o["roi"] for o in seen] == [False, False]  # baseline and tent
+
+
+def _rows(method: str, seed: int, values: list[float], subjects: list[str]) -> list[dict]:
+    """Per-case rows as ``collect_rows`` makes them (ED of each subject, one domain)."""
+    return [
+        {
+            "experiment": "e",
+            "domain": "GE",
+            "method": method,
+            "seed": seed,
+            "case_id": f"tgt/{s}/ED",
+            "mean_dice": float(v),
+        }
+        for s, v in zip(subjects, values, strict=True)
+    ]
+
+
+def _two_methods() -> SimpleNamespace:
+    from cardioseg.benchmark.protocol import MethodDef
+
+    return SimpleNamespace(
+        methods={"baseline": MethodDef("baseline"), "x": MethodDef("x")}, baseline="baseline"
+    )
+
+
+def test_paired_tests_compare_on_the_seeds_both_methods_have():
+    """A method with one seed (its other run failed or has not run) is compared with the
+    reference on that seed, not with the reference's mean over more seeds."""
+    from cardioseg.benchmark.report import paired_tests
+
+    subjects = [f"s{i}" for i in range(6)]
+    base0 = np.array([0.80, 0.82, 0.78, 0.85, 0.81, 0.79])
+    own = base0 + [0.01, -0.01, 0.02, -0.02, 0.03, -0.03]  # no effect on seed 0
+    rows = (
+        _rows("baseline", 0, list(base0), subjects)
+        + _rows("baseline", 1, list(base0 - 0.1), subjects)  # a much worse second seed
+        + _rows("x", 0, list(own), subjects)
+    )
+    (t,) = [t for t in paired_tests(rows, _two_methods()) if t["metric"] == "mean_dice"]
+    assert t["n"] == 6 and abs(t["median_diff"]) < 1e-9  # was +0.05 against both seeds
+    assert t["p_value"] > 0.5  # was 0.031

@@ -135,12 +135,32 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _per_case(rows: list[dict], exp: str, domain: str, method: str, metric: str) -> dict:
     vals: dict[str, list[float]] = defaultdict(list)
+    for (_, case), v in _per_seed_case(rows, exp, domain, method, metric).items():
+        vals[case].append(v)
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def _per_seed_case(
+    rows: list[dict], exp: str, domain: str, method: str, metric: str
+) -> dict[tuple[int, str], float]:
+    """A method's finite values of ``metric`` by ``(seed, case_id)``."""
+    vals: dict[tuple[int, str], float] = {}
     for r in rows:
         if r["experiment"] == exp and str(r["domain"]) == domain and r["method"] == method:
             v = r.get(metric)
             if isinstance(v, float) and not math.isnan(v):
-                vals[r["case_id"]].append(v)
-    return {k: float(np.mean(v)) for k, v in vals.items()}
+                vals[(r["seed"], r["case_id"])] = v
+    return vals
+
+
+def _paired_differences(a: dict[tuple[int, str], float], b: dict[tuple[int, str], float]) -> list:
+    """Per-case differences ``a - b``, each the mean over the seeds both methods have for that
+    case (a method missing a seed, e.g. a failed or not yet run training, is compared on the
+    other seeds only, never against the other method's mean over more seeds)."""
+    diffs: dict[str, list[float]] = defaultdict(list)
+    for key in sorted(set(a) & set(b)):
+        diffs[key[1]].append(a[key] - b[key])
+    return [float(np.mean(diffs[c])) for c in sorted(diffs)]
 
 
 def compare_paired(differences: Sequence[float]) -> dict[str, float | int]:
@@ -179,7 +199,8 @@ def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
     """Wilcoxon signed-rank tests of each method against its references, per target domain.
 
     References: the protocol baseline, the method's ``compare_to`` and the method it takes its
-    model from. Pairs are cases (values averaged over the seeds both methods have).
+    model from. Pairs are cases (differences averaged over the seeds both methods have for
+    the case).
     """
     keys = sorted({(r["experiment"], str(r["domain"])) for r in rows})
     methods = {(r["experiment"], r["method"]) for r in rows}
@@ -194,10 +215,9 @@ def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
                 if (exp, ref) not in methods:
                     continue
                 for metric in TEST_METRICS:
-                    a = _per_case(rows, exp, domain, name, metric)
-                    b = _per_case(rows, exp, domain, ref, metric)
-                    common = sorted(set(a) & set(b))
-                    test = compare_paired([a[c] - b[c] for c in common])
+                    a = _per_seed_case(rows, exp, domain, name, metric)
+                    b = _per_seed_case(rows, exp, domain, ref, metric)
+                    test = compare_paired(_paired_differences(a, b))
                     test.pop("n_better")
                     out.append(
                         {
@@ -366,9 +386,9 @@ def write_report(
             lines += [
                 "### Paired Wilcoxon signed-rank tests (mean Dice per case)",
                 "",
-                "Pairs: the same test case, values averaged over seeds; two-sided, not corrected "
-                "for multiple comparisons (* p<0.05, ** p<0.01, *** p<0.001). All metrics in "
-                "`wilcoxon.csv`.",
+                "Pairs: the same test case, values averaged over the seeds both methods have; "
+                "two-sided, not corrected for multiple comparisons (* p<0.05, ** p<0.01, "
+                "*** p<0.001). All metrics in `wilcoxon.csv`.",
                 "",
                 "| domain | method | vs. | n | median Δ Dice | p |",
                 "|---|---|---|---|---|---|",
