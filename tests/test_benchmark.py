@@ -617,3 +617,26 @@ def test_paired_tests_compare_on_the_seeds_both_methods_have():
     (t,) = [t for t in paired_tests(rows, _two_methods()) if t["metric"] == "mean_dice"]
     assert t["n"] == 6 and abs(t["median_diff"]) < 1e-9  # was +0.05 against both seeds
     assert t["p_value"] > 0.5  # was 0.031
+
+
+def test_paired_tests_pair_subjects_not_their_volumes():
+    """ED and ES of one subject are not independent: the test has one pair per subject (its
+    volumes averaged), so one subject per domain gives no p-value and two volumes of each of
+    five subjects give n = 5, not 10."""
+    from cardioseg.benchmark.report import paired_tests
+
+    subjects = [f"s{i}" for i in range(5)]
+    rows = []
+    for phase, shift in (("ED", 0.0), ("ES", -0.05)):
+        base = [0.80 + shift] * 5
+        own = [b + d for b, d in zip(base, [0.02, 0.01, 0.03, -0.01, 0.04], strict=True)]
+        for method, values in (("baseline", base), ("x", own)):
+            rows += [
+                {**r, "case_id": r["case_id"].replace("/ED", f"/{phase}")}
+                for r in _rows(method, 0, values, subjects)
+            ]
+    (t,) = [t for t in paired_tests(rows, _two_methods()) if t["metric"] == "mean_dice"]
+    assert t["n"] == 5 and t["p_value"] == pytest.approx(0.1875)  # by volume: n 10, p 0.021
+    one = [r for r in rows if "/s0/" in r["case_id"]]  # one subject: ED and ES
+    (t,) = [t for t in paired_tests(one, _two_methods()) if t["metric"] == "mean_dice"]
+    assert t["n"] == 1 and np.isnan(t["p_value"])  # by volume: n 2, p 0.5
