@@ -398,6 +398,29 @@ def test_moved_output_folder_keeps_its_finished_runs(tmp_path, vendors):
     assert "| GE | baseline |" in (moved / "report.md").read_text()
 
 
+def test_finished_runs_on_other_test_cases_are_not_mixed_in(tmp_path, vendors):
+    """Edited targets: the finished runs were evaluated on another test set; they are refused
+    (one line, nothing written) until evaluated again, never tabled next to new runs."""
+    proto = _protocol(tmp_path, vendors, methods=["baseline"])
+    out = tmp_path / "out"
+    run_benchmark(proto, out, profile="quick")
+    report = (out / "report.md").read_text()
+    fewer = [{"dataset": "tgt", "split": "test", "exclude": {"subject": ["ge12"]}}]
+    experiments = [{"name": "s2g", "sources": ["src"], "targets": fewer}]
+    _protocol(tmp_path, vendors, methods=["baseline", "spatial"], experiments=experiments)
+    with pytest.raises(CardiosegError, match=r"evaluated on other test cases .*ge12"):
+        run_benchmark(proto, out, profile="quick")
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out), "--report-only"])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "--reevaluate" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert (out / "report.md").read_text() == report
+    assert not (out / "runs" / "s2g" / "spatial").exists()
+    res = run_benchmark(proto, out, profile="quick", reevaluate=True, only=["baseline"])
+    assert res.status == {"s2g/baseline/seed0": "re-evaluated", "s2g/spatial/seed0": "not run"}
+    rows = list(csv.DictReader(open(out / "per_case_metrics.csv")))
+    assert rows and not any("/ge12/" in r["case_id"] for r in rows)
+
+
 def test_cli_refuses_missing_protocol(tmp_path):
     r = runner.invoke(app, ["benchmark", str(tmp_path / "none.yaml"), "-o", str(tmp_path)])
     assert r.exit_code == 1 and "protocol file not found" in r.output
