@@ -383,6 +383,44 @@ def test_weight_averaging_method_follows_the_profile_epochs(tmp_path, vendors):
     assert config_from_dict(runs["baseline"].config).train.swa_start == 0
 
 
+def test_moved_output_folder_keeps_its_finished_runs(tmp_path, vendors):
+    """The preprocessing cache defaults to ``<out>/cache``: a moved (or copied) output folder is
+    another cache folder, not another training configuration."""
+    base = {"data": {"target_spacing": 3.0}}  # no cache_dir: the default under the folder
+    proto = _protocol(tmp_path, vendors, base=base, methods=["baseline"])
+    first = tmp_path / "first"
+    res = run_benchmark(proto, first, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "done"}, res.errors
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    res = run_benchmark(proto, moved, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "skipped"}
+    assert "| GE | baseline |" in (moved / "report.md").read_text()
+
+
+def test_finished_runs_on_other_test_cases_are_not_mixed_in(tmp_path, vendors):
+    """Edited targets: the finished runs were evaluated on another test set; they are refused
+    (one line, nothing written) until evaluated again, never tabled next to new runs."""
+    proto = _protocol(tmp_path, vendors, methods=["baseline"])
+    out = tmp_path / "out"
+    run_benchmark(proto, out, profile="quick")
+    report = (out / "report.md").read_text()
+    fewer = [{"dataset": "tgt", "split": "test", "exclude": {"subject": ["ge12"]}}]
+    experiments = [{"name": "s2g", "sources": ["src"], "targets": fewer}]
+    _protocol(tmp_path, vendors, methods=["baseline", "spatial"], experiments=experiments)
+    with pytest.raises(CardiosegError, match=r"evaluated on other test cases .*ge12"):
+        run_benchmark(proto, out, profile="quick")
+    r = runner.invoke(app, ["benchmark", str(proto), "-o", str(out), "--report-only"])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "--reevaluate" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert (out / "report.md").read_text() == report
+    assert not (out / "runs" / "s2g" / "spatial").exists()
+    res = run_benchmark(proto, out, profile="quick", reevaluate=True, only=["baseline"])
+    assert res.status == {"s2g/baseline/seed0": "re-evaluated", "s2g/spatial/seed0": "not run"}
+    rows = list(csv.DictReader(open(out / "per_case_metrics.csv")))
+    assert rows and not any("/ge12/" in r["case_id"] for r in rows)
+
+
 def test_cli_refuses_missing_protocol(tmp_path):
     r = runner.invoke(app, ["benchmark", str(tmp_path / "none.yaml"), "-o", str(tmp_path)])
     assert r.exit_code == 1 and "protocol file not found" in r.output
@@ -561,3 +599,67 @@ def test_benchmark_whole_image_flag_overrides_every_method(tmp_path, vendors, mo
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert [o["roi"] for o in seen] == [False, False]  # baseline and tent
+
+
+def _rows(method: str, seed: int, values: list[float], subjects: list[str]) -> list[dict]:
+    """Per-case rows as ``collect_rows`` makes them (ED of each subject, one domain)."""
+    return [
+        {
+            "experiment": "e",
+            "domain": "GE",
+            "method": method,
+            "seed": seed,
+            "case_id": f"tgt/{s}/ED",
+            "mean_dice": float(v),
+        }
+        for s, v in zip(subjects, values, strict=True)
+    ]
+
+
+def _two_methods() -> SimpleNamespace:
+    from cardioseg.benchmark.protocol import MethodDef
+
+    return SimpleNamespace(
+        methods={"baseline": MethodDef("baseline"), "x": MethodDef("x")}, baseline="baseline"
+    )
+
+
+def test_paired_tests_compare_on_the_seeds_both_methods_have():
+    """A method with one seed (its other run failed or has not run) is compared with the
+    reference on that seed, not with the reference's mean over more seeds."""
+    from cardioseg.benchmark.report import paired_tests
+
+    subjects = [f"s{i}" for i in range(6)]
+    base0 = np.array([0.80, 0.82, 0.78, 0.85, 0.81, 0.79])
+    own = base0 + [0.01, -0.01, 0.02, -0.02, 0.03, -0.03]  # no effect on seed 0
+    rows = (
+        _rows("baseline", 0, list(base0), subjects)
+        + _rows("baseline", 1, list(base0 - 0.1), subjects)  # a much worse second seed
+        + _rows("x", 0, list(own), subjects)
+    )
+    (t,) = [t for t in paired_tests(rows, _two_methods()) if t["metric"] == "mean_dice"]
+    assert t["n"] == 6 and abs(t["median_diff"]) < 1e-9  # was +0.05 against both seeds
+    assert t["p_value"] > 0.5  # was 0.031
+
+
+def test_paired_tests_pair_subjects_not_their_volumes():
+    """ED and ES of one subject are not independent: the test has one pair per subject (its
+    volumes averaged), so one subject per domain gives no p-value and two volumes of each of
+    five subjects give n = 5, not 10."""
+    from cardioseg.benchmark.report import paired_tests
+
+    subjects = [f"s{i}" for i in range(5)]
+    rows = []
+    for phase, shift in (("ED", 0.0), ("ES", -0.05)):
+        base = [0.80 + shift] * 5
+        own = [b + d for b, d in zip(base, [0.02, 0.01, 0.03, -0.01, 0.04], strict=True)]
+        for method, values in (("baseline", base), ("x", own)):
+            rows += [
+                {**r, "case_id": r["case_id"].replace("/ED", f"/{phase}")}
+                for r in _rows(method, 0, values, subjects)
+            ]
+    (t,) = [t for t in paired_tests(rows, _two_methods()) if t["metric"] == "mean_dice"]
+    assert t["n"] == 5 and t["p_value"] == pytest.approx(0.1875)  # by volume: n 10, p 0.021
+    one = [r for r in rows if "/s0/" in r["case_id"]]  # one subject: ED and ES
+    (t,) = [t for t in paired_tests(one, _two_methods()) if t["metric"] == "mean_dice"]
+    assert t["n"] == 1 and np.isnan(t["p_value"])  # by volume: n 2, p 0.5

@@ -135,20 +135,48 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def _per_case(rows: list[dict], exp: str, domain: str, method: str, metric: str) -> dict:
     vals: dict[str, list[float]] = defaultdict(list)
+    for (_, case), v in _per_seed_case(rows, exp, domain, method, metric).items():
+        vals[case].append(v)
+    return {k: float(np.mean(v)) for k, v in vals.items()}
+
+
+def _per_seed_case(
+    rows: list[dict], exp: str, domain: str, method: str, metric: str
+) -> dict[tuple[int, str], float]:
+    """A method's finite values of ``metric`` by ``(seed, case_id)``."""
+    vals: dict[tuple[int, str], float] = {}
     for r in rows:
         if r["experiment"] == exp and str(r["domain"]) == domain and r["method"] == method:
             v = r.get(metric)
             if isinstance(v, float) and not math.isnan(v):
-                vals[r["case_id"]].append(v)
-    return {k: float(np.mean(v)) for k, v in vals.items()}
+                vals[(r["seed"], r["case_id"])] = v
+    return vals
+
+
+def _subject(case_id: str) -> str:
+    """The subject a case belongs to: its ``case_id`` (``dataset/subject/phase``, as
+    :func:`~cardioseg.benchmark.runner.evaluate_run` writes it) without the phase."""
+    return case_id.rsplit("/", 1)[0]
+
+
+def _paired_differences(a: dict[tuple[int, str], float], b: dict[tuple[int, str], float]) -> list:
+    """Per-subject differences ``a - b``: each the mean over the subject's cases (e.g. its ED
+    and ES volumes) and the seeds both methods have for them. The cases of one subject are not
+    independent, so the subject is the unit of the paired test; a method missing a seed (a
+    failed or not yet run training) is compared on the other seeds only, never against the
+    other method's mean over more seeds."""
+    diffs: dict[str, list[float]] = defaultdict(list)
+    for key in sorted(set(a) & set(b)):
+        diffs[_subject(key[1])].append(a[key] - b[key])
+    return [float(np.mean(diffs[c])) for c in sorted(diffs)]
 
 
 def compare_paired(differences: Sequence[float]) -> dict[str, float | int]:
-    """Wilcoxon signed-rank test of paired per-case differences (method − reference).
+    """Wilcoxon signed-rank test of paired differences (method − reference), one per pair.
 
     Returns:
         ``n``, ``median_diff``, ``n_better`` (differences > 0), ``statistic`` and ``p_value``
-        (``nan`` with fewer than two cases; 1.0 when every difference is 0).
+        (``nan`` with fewer than two pairs; 1.0 when every difference is 0).
 
     Example:
         >>> r = compare_paired([0.0, 0.0])
@@ -179,7 +207,9 @@ def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
     """Wilcoxon signed-rank tests of each method against its references, per target domain.
 
     References: the protocol baseline, the method's ``compare_to`` and the method it takes its
-    model from. Pairs are cases (values averaged over the seeds both methods have).
+    model from. Pairs are subjects (``n``): the differences over a subject's cases (e.g. ED and
+    ES) and the seeds both methods have are averaged, since the cases of one subject are not
+    independent observations.
     """
     keys = sorted({(r["experiment"], str(r["domain"])) for r in rows})
     methods = {(r["experiment"], r["method"]) for r in rows}
@@ -194,10 +224,9 @@ def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
                 if (exp, ref) not in methods:
                     continue
                 for metric in TEST_METRICS:
-                    a = _per_case(rows, exp, domain, name, metric)
-                    b = _per_case(rows, exp, domain, ref, metric)
-                    common = sorted(set(a) & set(b))
-                    test = compare_paired([a[c] - b[c] for c in common])
+                    a = _per_seed_case(rows, exp, domain, name, metric)
+                    b = _per_seed_case(rows, exp, domain, ref, metric)
+                    test = compare_paired(_paired_differences(a, b))
                     test.pop("n_better")
                     out.append(
                         {
@@ -238,7 +267,7 @@ def box_plots(rows: list[dict], proto: Protocol, fig_dir: Path) -> dict[str, Pat
             data = [list(_per_case(rows, exp, domain, m, "mean_dice").values()) for m in methods]
             ax.boxplot([d if d else [float("nan")] for d in data], showmeans=True)
             ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right")
-            ax.set_title(f"{domain} (n={max((len(d) for d in data), default=0)})")
+            ax.set_title(f"{domain} (n={max((len(d) for d in data), default=0)} cases)")
             ax.set_ylim(0, 1)
             ax.grid(axis="y", alpha=0.3)
         for row in axes:
@@ -364,13 +393,14 @@ def write_report(
         ex_tests = [t for t in tests if t["experiment"] == exp and t["metric"] == "mean_dice"]
         if ex_tests:
             lines += [
-                "### Paired Wilcoxon signed-rank tests (mean Dice per case)",
+                "### Paired Wilcoxon signed-rank tests (mean Dice per subject)",
                 "",
-                "Pairs: the same test case, values averaged over seeds; two-sided, not corrected "
-                "for multiple comparisons (* p<0.05, ** p<0.01, *** p<0.001). All metrics in "
-                "`wilcoxon.csv`.",
+                "Pairs: the same test subject, its cases (e.g. ED and ES) and the seeds both "
+                "methods have averaged (the cases of one subject are not independent); "
+                "two-sided, not corrected for multiple comparisons (* p<0.05, ** p<0.01, "
+                "*** p<0.001). All metrics in `wilcoxon.csv`.",
                 "",
-                "| domain | method | vs. | n | median Δ Dice | p |",
+                "| domain | method | vs. | subjects | median Δ Dice | p |",
                 "|---|---|---|---|---|---|",
             ]
             for t in ex_tests:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cardioseg.benchmark.protocol import Protocol, RunSpec, load_protocol, plan, profile_settings
+from cardioseg.benchmark.protocol import (
+    Protocol,
+    Ref,
+    RunSpec,
+    load_protocol,
+    plan,
+    profile_settings,
+)
+from cardioseg.data.datasets import CaseRecord
 from cardioseg.errors import CardiosegError
 from cardioseg.io.nifti import atomic_write
 
@@ -83,6 +91,27 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def target_records(
+    proto: Protocol, run: RunSpec, max_subjects: int = 0
+) -> list[tuple[Ref, list[CaseRecord]]]:
+    """The labelled test cases of a run, per target (the first ``max_subjects`` subjects of each
+    when positive)."""
+    out = []
+    for ref in run.targets:
+        records = proto.records(ref, labelled=True)
+        if max_subjects > 0:
+            keep = sorted({r.subject for r in records})[:max_subjects]
+            records = [r for r in records if r.subject in keep]
+        out.append((ref, records))
+    return out
+
+
+def case_id(ref: Ref, record: CaseRecord) -> str:
+    """A test case's ``case_id`` in the metrics: ``dataset/subject/phase`` (the protocol's
+    dataset name)."""
+    return f"{ref.dataset}/{record.subject}/{record.phase}"
+
+
 def evaluate_run(
     proto: Protocol,
     run: RunSpec,
@@ -111,15 +140,11 @@ def evaluate_run(
         roi=inf.get("roi"),
     )
     rows: list[dict] = []
-    for ref in run.targets:
-        records = proto.records(ref, labelled=True)
-        if max_subjects > 0:
-            keep = sorted({r.subject for r in records})[:max_subjects]
-            records = [r for r in records if r.subject in keep]
+    for ref, records in target_records(proto, run, max_subjects):
         acc = evaluate_records(records, predict=lambda v, p: seg.predict(v, p).labels)
         for rec, row in zip(records, acc.rows(), strict=True):
             row.update(
-                case_id=f"{ref.dataset}/{rec.subject}/{rec.phase}",
+                case_id=case_id(ref, rec),
                 experiment=run.experiment,
                 method=run.method,
                 seed=run.seed,
@@ -270,7 +295,9 @@ def _selected_runs(
 def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
     """Finished runs whose stored training configuration differs from the planned one (another
     profile, or an edited protocol), as ``"key (setting: old -> new)"``. Where a run is written
-    and how it is evaluated (``inference.*``, e.g. ``--whole-image``) may differ."""
+    and its preprocessing cached (``data.cache_dir``, by default under the output folder, so a
+    moved or copied folder keeps its runs) and how it is evaluated (``inference.*``, e.g.
+    ``--whole-image``) may differ."""
     from cardioseg.training.config import changed_settings
 
     stale = []
@@ -283,11 +310,41 @@ def _trained_otherwise(out: Path, runs: Sequence[RunSpec]) -> list[str]:
         except (OSError, ValueError):
             continue
         changed = changed_settings(
-            stored, run.config, ["output_dir", "init_checkpoint", "inference."]
+            stored, run.config, ["output_dir", "init_checkpoint", "data.cache_dir", "inference."]
         )
         if changed:
             k, a, b = changed[0]
             stale.append(f"{run.key} ({k}: {a!r} -> {b!r})")
+    return stale
+
+
+def _evaluated_otherwise(
+    proto: Protocol, out: Path, runs: Sequence[RunSpec], max_subjects: int, skip: set[str]
+) -> list[str]:
+    """Finished runs (other than ``skip``) whose ``metrics.csv`` covers other test cases than
+    the plan's targets now (edited targets or filters, subjects added to or removed from a
+    dataset folder, another ``max_subjects_per_target``), as ``"key (...)"``: their metrics
+    would share a table with runs evaluated on another test set."""
+    stale = []
+    for run in runs:
+        final = run_dir(out, run.key)
+        if run.key in skip or not is_done(final):
+            continue
+        try:
+            with open(final / "metrics.csv", newline="") as fh:
+                stored = {row.get("case_id") for row in csv.DictReader(fh)}
+        except (OSError, ValueError):
+            continue
+        planned = {
+            case_id(ref, rec)
+            for ref, records in target_records(proto, run, max_subjects)
+            for rec in records
+        }
+        if stored != planned:
+            gone, new = sorted(stored - planned), sorted(planned - stored)
+            what = [f"{len(gone)} no longer planned, e.g. {gone[0]}"] if gone else []
+            what += [f"{len(new)} not evaluated, e.g. {new[0]}"] if new else []
+            stale.append(f"{run.key} ({len(stored)} cases; {', '.join(what)})")
     return stale
 
 
@@ -347,6 +404,16 @@ def run_benchmark(
         )
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
+    again = selected if reevaluate else set()  # evaluated again below on the planned cases
+    stale = _evaluated_otherwise(proto, out, runs, max_subjects, again)
+    if stale:  # nor runs evaluated on two test sets (edited targets, changed data folders)
+        more = f" and {len(stale) - 2} more" if len(stale) > 2 else ""
+        raise CardiosegError(
+            out,
+            f"{len(stale)} finished run(s) were evaluated on other test cases than this "
+            f"protocol's targets ({'; '.join(stale[:2])}{more}): evaluate them again with "
+            "--reevaluate, or give another output folder",
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
         out / "plan.json",
