@@ -7,9 +7,12 @@ Usage (from the repository root):
         --indices lv_ef_pct lv_edv_ml lv_esv_ml rv_ef_pct
 
 Both CSVs need ``case_id`` (or the ``--key`` column) and ``mean_dice`` (and the ``--by``
-columns); the cases they share are paired. Writes a Markdown table: per group, the two means, the
-median paired difference (other − reference), how many cases improved, and the Wilcoxon
-signed-rank p-value, for mean Dice and per structure.
+columns); the cases they share are paired. Writes a Markdown table: per group, the two means
+(over cases), the median paired difference (other − reference), how many pairs improved, and the
+Wilcoxon signed-rank p-value, for mean Dice and per structure. The pairs are subjects: a
+subject's differences over its cases (ED and ES) are averaged, since two volumes of one subject
+are not independent pairs (``--unit case`` pairs cases, as before 2026-12-02). The subject is
+the ``subject`` column, else the ``case_id`` without its last ``/<phase>`` part.
 
 With ``--indices`` the tables are per-study clinical indices with ``<index>_pred`` and
 ``<index>_ref`` columns (``cardioseg agreement``'s ``agreement_cases.csv``, the clinical
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cardioseg.benchmark.report import compare_paired
+from cardioseg.benchmark.report import compare_paired, subject_differences
 
 METRICS = ("mean_dice", "LV_dice", "MYO_dice", "RV_dice")
 
@@ -40,6 +43,15 @@ def _read(path: Path, key: str, dataset: str | None) -> dict[str, dict[str, str]
         return {r[key]: r for r in rows if dataset is None or r.get("dataset") == dataset}
     except (OSError, KeyError) as exc:
         sys.exit(f"error: {path}: cannot read a per-case table with {key} ({exc})")
+
+
+def _subject(row: dict[str, str], case: str) -> str:
+    """The subject a case belongs to: its ``subject`` column, else ``case`` without a last
+    ``/<phase>`` part (``acdc/patient001/ED`` -> ``acdc/patient001``)."""
+    if row.get("subject"):
+        return row["subject"]
+    head, _, last = case.rpartition("/")
+    return head if head and last == row.get("phase") else case
 
 
 def _abs_error(row: dict[str, str], index: str) -> float:
@@ -75,6 +87,12 @@ def main() -> None:
     ap.add_argument(
         "--indices", nargs="+", help="compare these indices' absolute errors instead of Dice"
     )
+    ap.add_argument(
+        "--unit",
+        choices=("subject", "case"),
+        default="subject",
+        help="what a pair is: a subject (its cases' differences averaged) or a case",
+    )
     args = ap.parse_args()
     ref = _read(args.reference, args.key, args.dataset)
     other = _read(args.other, args.key, args.dataset)
@@ -93,6 +111,13 @@ def main() -> None:
         "| group | metric | n | reference | other | median difference | better on | p |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    if not args.indices:
+        pairs = (
+            "subjects (the differences over a subject's cases averaged)"
+            if args.unit == "subject"
+            else "cases"
+        )
+        lines.insert(4, f"Pairs: {pairs}; n counts pairs, the means are over cases.\n")
     if args.indices:
         lines[-2] = lines[-2].replace(
             "reference | other", "reference mean / median | other mean / median"
@@ -104,11 +129,21 @@ def main() -> None:
         if args.indices:
             lines += _index_rows(name, members, ref, other, args.indices)
             continue
+
+        def unit(case: str) -> str:
+            return _subject(ref[case], case) if args.unit == "subject" else case
+
         for m in METRICS:
             a = np.array([float(ref[c][m]) for c in members])
             b = np.array([float(other[c][m]) for c in members])
             ok = np.isfinite(a) & np.isfinite(b)
-            t = compare_paired(list(b[ok] - a[ok]))
+            t = compare_paired(
+                subject_differences(
+                    {c: float(other[c][m]) for c in members},
+                    {c: float(ref[c][m]) for c in members},
+                    unit,
+                )
+            )
             lines.append(
                 f"| {name} | {m} | {t['n']} | {a[ok].mean():.4f} | {b[ok].mean():.4f} | "
                 f"{t['median_diff']:+.4f} | {t['n_better']} of {t['n']} | {t['p_value']:.2g} |"

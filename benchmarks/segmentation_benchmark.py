@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from roi_option import add_roi_argument, roi_value  # noqa: E402
 
-from cardioseg.benchmark.report import compare_paired  # noqa: E402
+from cardioseg.benchmark.report import compare_paired, subject_differences  # noqa: E402
 from cardioseg.data.datasets import discover, load_case  # noqa: E402
 from cardioseg.errors import CardiosegError  # noqa: E402
 from cardioseg.evaluation.metrics import MetricAccumulator, compute_metrics  # noqa: E402
@@ -193,7 +193,9 @@ def main() -> None:
     reference = next(iter(methods))
     lines += [
         "",
-        f"Paired per case against `{reference}` (mean Dice; Wilcoxon signed-rank):",
+        f"Paired per subject against `{reference}` (mean Dice, averaged over a subject's "
+        "volumes: ED and ES of one subject are not independent pairs; Wilcoxon signed-rank; "
+        "n counts subjects):",
         "",
         "| dataset | method | n | median difference | better on | p |",
         "|---|---|---|---|---|---|",
@@ -210,10 +212,9 @@ def main() -> None:
         ref = dice_by_case(reference)
         for name in list(methods)[1:]:
             own = dice_by_case(name)
-            common = sorted(set(ref) & set(own))
-            if not common:
+            if not set(ref) & set(own):
                 continue
-            t = compare_paired([own[c] - ref[c] for c in common])
+            t = compare_paired(subject_differences(own, ref, lambda case: case[0]))
             lines.append(
                 f"| {ds} | {name} | {t['n']} | {t['median_diff']:+.3f} | "
                 f"{t['n_better']} of {t['n']} | {t['p_value']:.2g} |"

@@ -663,3 +663,37 @@ def test_paired_tests_pair_subjects_not_their_volumes():
     one = [r for r in rows if "/s0/" in r["case_id"]]  # one subject: ED and ES
     (t,) = [t for t in paired_tests(one, _two_methods()) if t["metric"] == "mean_dice"]
     assert t["n"] == 1 and np.isnan(t["p_value"])  # by volume: n 2, p 0.5
+
+
+def test_paired_cases_script_pairs_subjects(tmp_path):
+    """``benchmarks/paired_cases.py`` averages a subject's ED and ES differences: 3 subjects
+    are 3 pairs (p = 0.25 at best), not 6 (p = 0.03), unless ``--unit case`` is asked for."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    header = "case_id,phase,mean_dice,LV_dice,MYO_dice,RV_dice\n"
+    ref, other = [header], [header]
+    for k, subject in enumerate(("p1", "p2", "p3")):
+        for phase in ("ED", "ES"):
+            base = 0.8 + 0.01 * k + (0.02 if phase == "ED" else 0.0)
+            ref.append(f"ds/{subject}/{phase},{phase},{base},{base},{base},{base}\n")
+            gain = 0.01 * (k + 1) + (0.005 if phase == "ES" else 0.0)
+            other.append(f"ds/{subject}/{phase},{phase},{base + gain},{base},{base},{base}\n")
+    (tmp_path / "ref.csv").write_text("".join(ref))
+    (tmp_path / "other.csv").write_text("".join(other))
+
+    def all_row(*extra: str) -> list[str]:
+        cmd = [sys.executable, str(root / "benchmarks" / "paired_cases.py"), "ref.csv"]
+        cmd += ["other.csv", "-o", "out.md", "--by", *extra]
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+        text = (tmp_path / "out.md").read_text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("| all | mean_dice |"))
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    row = all_row()
+    assert row[2] == "3" and row[6] == "3 of 3" and float(row[7]) == pytest.approx(0.25)
+    assert float(row[5]) == pytest.approx(0.0225)  # subject p2: mean of +0.020 and +0.025
+    row = all_row("--unit", "case")
+    assert row[2] == "6" and float(row[7]) == pytest.approx(0.03125, rel=0.05)

@@ -10,14 +10,17 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from cardioseg.benchmark.protocol import Protocol, RunSpec
 from cardioseg.benchmark.runner import DONE, META_COLUMNS, run_dir, write_rows
 from cardioseg.io.nifti import atomic_write
+
+K = TypeVar("K")
 
 #: Metrics of the summary table (per structure and overall).
 SUMMARY_METRICS = ["mean_dice", "LV_dice", "MYO_dice", "RV_dice", "LV_hd95", "MYO_hd95", "RV_hd95"]
@@ -165,10 +168,32 @@ def _paired_differences(a: dict[tuple[int, str], float], b: dict[tuple[int, str]
     independent, so the subject is the unit of the paired test; a method missing a seed (a
     failed or not yet run training) is compared on the other seeds only, never against the
     other method's mean over more seeds."""
+    return subject_differences(a, b, lambda key: _subject(key[1]))
+
+
+def subject_differences(
+    a: Mapping[K, float], b: Mapping[K, float], subject: Callable[[K], str]
+) -> list[float]:
+    """Per-subject paired differences ``a - b`` over the cases both have: each subject's is the
+    mean over its cases (e.g. its ED and ES volumes), since two volumes of one subject are not
+    independent pairs. Non-finite values are left out.
+
+    Args:
+        a, b: A value per case (any hashable key).
+        subject: The subject a case key belongs to.
+
+    Example:
+        >>> a = {("s1", "ED"): 0.9, ("s1", "ES"): 0.8, ("s2", "ED"): 0.7}
+        >>> b = {("s1", "ED"): 0.8, ("s1", "ES"): 0.8, ("s2", "ED"): 0.75}
+        >>> [round(d, 3) for d in subject_differences(a, b, lambda k: k[0])]
+        [0.05, -0.05]
+    """
     diffs: dict[str, list[float]] = defaultdict(list)
-    for key in sorted(set(a) & set(b)):
-        diffs[_subject(key[1])].append(a[key] - b[key])
-    return [float(np.mean(diffs[c])) for c in sorted(diffs)]
+    for key in set(a) & set(b):
+        d = float(a[key]) - float(b[key])
+        if np.isfinite(d):
+            diffs[subject(key)].append(d)
+    return [float(np.mean(diffs[s])) for s in sorted(diffs)]
 
 
 def compare_paired(differences: Sequence[float]) -> dict[str, float | int]:
