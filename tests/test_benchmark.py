@@ -697,3 +697,21 @@ def test_paired_cases_script_pairs_subjects(tmp_path):
     assert float(row[5]) == pytest.approx(0.0225)  # subject p2: mean of +0.020 and +0.025
     row = all_row("--unit", "case")
     assert row[2] == "6" and float(row[7]) == pytest.approx(0.03125, rel=0.05)
+
+
+def test_summary_counts_the_cases_left_out_of_hd95():
+    """A case where only one mask has a structure has no HD95; the summary says how many, so
+    that a method missing the RV on a case does not look better for it."""
+    from cardioseg.benchmark.report import summarize
+
+    subjects = ["s0", "s1", "s2", "s3"]
+    rows = []
+    for seed in (0, 1):
+        for method, rv in (("baseline", [5.0, 6.0, 7.0, 30.0]), ("x", [5.0, 6.0, 7.0, np.nan])):
+            for r, hd in zip(_rows(method, seed, [0.8] * 4, subjects), rv, strict=True):
+                rows.append({**r, "LV_hd95": 3.0, "MYO_hd95": 4.0, "RV_hd95": hd})
+    by = {s["method"]: s for s in summarize(rows)}
+    assert by["x"]["RV_hd95_mean"] == pytest.approx(6.0)
+    assert by["x"]["RV_hd95_mean"] < by["baseline"]["RV_hd95_mean"]  # it misses the worst case
+    assert by["x"]["RV_hd95_missing"] == 1 and by["baseline"]["RV_hd95_missing"] == 0
+    assert by["x"]["LV_hd95_missing"] == 0
