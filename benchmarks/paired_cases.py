@@ -5,6 +5,7 @@ Usage (from the repository root):
     python benchmarks/paired_cases.py REFERENCE.csv OTHER.csv -o OUT.md [--by phase group]
     python benchmarks/paired_cases.py REF.csv OTHER.csv -o OUT.md --key subject --by \
         --indices lv_ef_pct lv_edv_ml lv_esv_ml rv_ef_pct
+    python benchmarks/paired_cases.py CASES.csv CASES.csv -o OUT.md --methods A B --dataset mnms
 
 Both CSVs need ``case_id`` (or the ``--key`` column) and ``mean_dice`` (and the ``--by``
 columns); the cases they share are paired. Writes a Markdown table: per group, the two means
@@ -36,11 +37,25 @@ from cardioseg.benchmark.report import compare_paired, subject_differences
 METRICS = ("mean_dice", "LV_dice", "MYO_dice", "RV_dice")
 
 
-def _read(path: Path, key: str, dataset: str | None) -> dict[str, dict[str, str]]:
+def _read(
+    path: Path, key: str, dataset: str | None, method: str | None = None
+) -> dict[str, dict[str, str]]:
+    """Rows by case; with ``method``, only that method's rows of a table holding several
+    (``segmentation_benchmark.py``'s), their ``<method>:`` case-id prefix dropped."""
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        return {r[key]: r for r in rows if dataset is None or r.get("dataset") == dataset}
+        out = {}
+        for r in rows:
+            if dataset is not None and r.get("dataset") != dataset:
+                continue
+            if method is not None and r.get("method") != method:
+                continue
+            case = r[key]
+            if method is not None and case.startswith(f"{method}:"):
+                case = case[len(method) + 1 :]
+            out[case] = r
+        return out
     except (OSError, KeyError) as exc:
         sys.exit(f"error: {path}: cannot read a per-case table with {key} ({exc})")
 
@@ -88,14 +103,22 @@ def main() -> None:
         "--indices", nargs="+", help="compare these indices' absolute errors instead of Dice"
     )
     ap.add_argument(
+        "--methods",
+        nargs=2,
+        metavar=("REFERENCE", "OTHER"),
+        help="compare these two methods' rows (a table with a method column, e.g. "
+        "segmentation_benchmark.py's; the same file may be given twice)",
+    )
+    ap.add_argument(
         "--unit",
         choices=("subject", "case"),
         default="subject",
         help="what a pair is: a subject (its cases' differences averaged) or a case",
     )
     args = ap.parse_args()
-    ref = _read(args.reference, args.key, args.dataset)
-    other = _read(args.other, args.key, args.dataset)
+    ref_method, other_method = args.methods or (None, None)
+    ref = _read(args.reference, args.key, args.dataset, ref_method)
+    other = _read(args.other, args.key, args.dataset, other_method)
     cases = sorted(set(ref) & set(other))
     if not cases:
         sys.exit(f"error: {args.other}: no case in common with {args.reference}")
