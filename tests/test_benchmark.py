@@ -697,6 +697,15 @@ def test_paired_cases_script_pairs_subjects(tmp_path):
     assert float(row[5]) == pytest.approx(0.0225)  # subject p2: mean of +0.020 and +0.025
     row = all_row("--unit", "case")
     assert row[2] == "6" and float(row[7]) == pytest.approx(0.03125, rel=0.05)
+    # one table with a method column, its case ids prefixed by the method (as
+    # segmentation_benchmark.py writes them): --methods picks the two
+    both = ["method,case_id,phase,mean_dice,LV_dice,MYO_dice,RV_dice\n"]
+    for name, lines in (("a", ref[1:]), ("b", other[1:])):
+        both += [f"{name},{name}:{line}" for line in lines]
+    (tmp_path / "ref.csv").write_text("".join(both))
+    (tmp_path / "other.csv").write_text("".join(both))
+    row = all_row("--methods", "a", "b")
+    assert row[2] == "3" and float(row[5]) == pytest.approx(0.0225)
 
 
 def test_summary_counts_the_cases_left_out_of_hd95():
