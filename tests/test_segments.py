@@ -392,3 +392,29 @@ def test_apical_cap_with_and_without_a_myocardium_only_slice():
     out = aha_segments(lab, None, spacing)
     assert out["apex"] == got
     assert [r["segment"] for r in out["segments"]] == list(range(1, 17))  # no segment 17 row
+
+
+@pytest.mark.parametrize("es_kind", ["no RV", "no myocardium"])
+def test_an_es_phase_whose_septum_cannot_be_placed_is_said_to_be_unmeasured(es_kind):
+    """ES without RV (or without myocardium) gets no value: its septum record counts no slice
+    (before: every ES slice was counted as taking the stack's mean direction, which did not
+    exist) and the report's line says ES was not measured and why."""
+    from cardioseg.clinical.report import segments_method_line
+
+    ed = stack([ring_slice(12, 16)] * 2 + [ring_slice(10, 14)] * 4)
+    if es_kind == "no RV":
+        es = stack([ring_slice(9, 16, rv=False)] * 2 + [ring_slice(7, 14, rv=False)] * 4)
+        why = "no RV touching the myocardium"
+    else:
+        es = ed.copy()
+        es[es == 2] = 0
+        why = "no slice with LV cavity and myocardium"
+    out = aha_segments(ed, es, SP)
+    assert all(r["es_mm"] is None and r["thickening_pct"] is None for r in out["segments"])
+    record = out["septum"]["es"]
+    assert (record["insertion_points"], record["stack_mean"]) == (0, 0), record
+    assert record["not_measured"] == why
+    assert "not_measured" not in out["septum"]["ed"]
+    line = segments_method_line(out)
+    assert line.startswith("Septum from the RV insertion points on 6 of 6 slices at ED (")
+    assert f"ES not measured: {why}." in line and "at ES" not in line, line

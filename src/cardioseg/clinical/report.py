@@ -377,8 +377,11 @@ measured).
         >>> segments_method_line({"septum": {"ed": {"insertion_points": 8, "stack_mean": 1}}})[:50]
         'Septum from the RV insertion points on 8 of 9 slic'
     """
-    parts = []
+    parts, unmeasured = [], []
     for phase, counts in (segments.get("septum") or {}).items():
+        if counts.get("not_measured"):  # no septum on any slice: that phase has no values
+            unmeasured.append(f"{phase.upper()} not measured: {counts['not_measured']}.")
+            continue
         n, rest = int(counts.get("insertion_points", 0)), int(counts.get("stack_mean", 0))
         parts.append(f"{n} of {n + rest} slices at {phase.upper()}")
     text = ""
@@ -387,6 +390,7 @@ measured).
             f"Septum from the RV insertion points on {', '.join(parts)} "
             "(the others: the stack's mean direction)."
         )
+    text = " ".join([text, *unmeasured]).strip()
     apex = segments.get("apex")
     if apex:
         k = int(apex.get("slices", 0))

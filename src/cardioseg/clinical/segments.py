@@ -349,7 +349,9 @@ def _phase_segments(
     zs = [z for z in zs if z in levels]
     septum, record = _septa(moved, sp, zs, mirrored)
     known = [np.radians(a) for a in septum.values() if a is not None]
-    if not known:  # no RV anywhere: the septum cannot be placed
+    if not known:  # no RV anywhere: the septum cannot be placed, no slice is measured
+        why = "no RV touching the myocardium" if zs else "no slice with LV cavity and myocardium"
+        record = {**record, "stack_mean": 0, "not_measured": why}
         return _Phase(per_segment, peak, levels, record)
     mean_dir = _circular_mean_deg(known)
     sense = -1.0 if mirrored else 1.0
@@ -434,7 +436,10 @@ def aha_segments(
         their RV insertion points and how many took the stack's mean direction, with each
         slice's insertion points (``slice``, ``anterior_deg``, ``inferior_deg``,
         ``septum_deg``: ``atan2(axis 1, axis 0)`` in mm around the LV centre, the slice axis
-        left out). ``apex``: segment 17 at ED (:func:`apical_cap`).
+        left out); a phase whose septum could not be placed on any slice (no RV touching the
+        myocardium, or no slice with LV cavity and myocardium in the ED thirds: the ES values
+        are then ``None``) has no slice counted and ``not_measured``, the reason.
+        ``apex``: segment 17 at ED (:func:`apical_cap`).
 
     Example:
         >>> import numpy as np
