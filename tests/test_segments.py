@@ -16,6 +16,7 @@ from cardioseg.clinical.segments import (
     largest_arc,
     segment_of,
     septum_bisector,
+    why_no_segments,
 )
 
 SIZE = 80
@@ -418,3 +419,39 @@ def test_an_es_phase_whose_septum_cannot_be_placed_is_said_to_be_unmeasured(es_k
     line = segments_method_line(out)
     assert line.startswith("Septum from the RV insertion points on 6 of 6 slices at ED (")
     assert f"ES not measured: {why}." in line and "at ES" not in line, line
+
+
+def test_a_report_says_why_there_are_no_segments(tmp_path, monkeypatch):
+    """Without segments (no RV at ED, too few LV slices) report.json, the HTML and the PDF say
+    why, where the section was simply missing."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    from cardioseg.clinical import write_report
+
+    no_rv = stack([ring_slice(12, 16, rv=False)] * 2 + [ring_slice(10, 14, rv=False)] * 4)
+    two = stack([ring_slice(12, 16)] * 2)
+    assert aha_segments(no_rv, None, (1.0, 1.0, 8.0)) is None
+    why = why_no_segments(no_rv, (1.0, 1.0, 8.0))
+    assert why == "no RV touching the myocardium at ED, so the septum could not be placed"
+    assert why_no_segments(two, (1.0, 1.0, 8.0)) == (
+        "fewer than 3 slices with LV cavity and myocardium at ED (2)"
+    )
+    ok = stack([ring_slice(12, 16)] * 2 + [ring_slice(10, 14)] * 4)
+    assert why_no_segments(ok, (1.0, 1.0, 8.0)) == ""
+
+    drawn: list[str] = []
+    original = Figure.text
+
+    def record(self, x, y, s, *args, **kwargs):
+        drawn.append(str(s))
+        return original(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "text", record)
+    out = tmp_path / "out"
+    write_report(out, {"lv_ef_pct": 55.0}, None, segments=None, segments_not_measured=why)
+    report = json.loads((out / "report.json").read_text())
+    assert report["wall_segments_not_measured"] == why and "wall_segments" not in report
+    assert f"Not measured: {why}." in (out / "report.html").read_text()
+    assert f"Not measured: {why}." in " ".join(drawn)

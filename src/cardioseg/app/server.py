@@ -509,6 +509,7 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         from cardioseg.clinical.report import (
             report_table,
             reported_volumes,
+            segments_absent_line,
             segments_line,
             segments_method_line,
             suggestion_line,
@@ -558,6 +559,8 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
                 if segs
                 else None
             )
+            # why there are none (no RV next to the LV at ED, too few LV slices), as the report
+            out["wall_segments_not_measured"] = segments_absent_line(report) or None
             out["downloads"] = downloads(study_id)
             out["viewer"] = (store.viewer_dir(study_id) / "meta.json").is_file()
         return out

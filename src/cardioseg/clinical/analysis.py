@@ -657,15 +657,17 @@ def analyze_study(
         )
         suggestion = suggest(features, qc.status)
     # wall thickness and thickening per AHA segment (the layout says which side is anterior)
-    from cardioseg.clinical.segments import aha_segments
+    from cardioseg.clinical.segments import aha_segments, why_no_segments
     from cardioseg.preprocessing.geometry import is_mirrored_view
 
+    mirrored = is_mirrored_view(st.properties.affine, axis)
     segments = aha_segments(
         labels[..., ed_i],
         labels[..., es_i] if es_i != ed_i else None,
         spacing,
-        mirrored=is_mirrored_view(st.properties.affine, axis),
+        mirrored=mirrored,
     )
+    no_segments = "" if segments else why_no_segments(labels[..., ed_i], spacing, mirrored)
     with atomic_folder(outdir) as tmp:
         props3 = ImageProperties(st.properties.affine, spacing, labels.shape[:3], st.source)
         write_label(tmp / "mask_ED.nii.gz", labels[..., ed_i], props3)
@@ -774,6 +776,7 @@ def analyze_study(
             suggestion=suggestion,
             segments=segments,
             flag_ranges=not child,
+            segments_not_measured=no_segments,
         )
     import json
 

@@ -365,6 +365,17 @@ def segments_line(segments: Mapping[str, Any]) -> str:
     )
 
 
+def segments_absent_line(report: Mapping[str, Any]) -> str:
+    """The report's line where the AHA segments could not be measured ("" where they were).
+
+    Example:
+        >>> segments_absent_line({"wall_segments_not_measured": "no RV touching the myocardium"})
+        'Not measured: no RV touching the myocardium.'
+    """
+    why = report.get("wall_segments_not_measured")
+    return f"Not measured: {why}." if why and not report.get("wall_segments") else ""
+
+
 def segments_method_line(segments: Mapping[str, Any]) -> str:
     """The report's line on how the septum was placed and on the apical cap (segment 17);
     empty for a record without them.
@@ -817,6 +828,8 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             + (f"<p>{e(method)}</p>" if (method := segments_method_line(segs)) else "")
             + f'<p class="small">{e(SEGMENTS_HINT)}</p>'
         )
+    elif report.get("wall_segments_not_measured"):
+        segments_html = f"<h2>LV wall per AHA segment</h2><p>{e(segments_absent_line(report))}</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Cardiac cine analysis</title>
@@ -1094,6 +1107,14 @@ def _write_pdf(
             fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
             pdf.savefig(fig)
             plt.close(fig)
+        elif absent := segments_absent_line(report):  # as in the HTML: say why there is none
+            fig = plt.figure(figsize=(8.27, 11.69))
+            fig.text(0.07, 0.95, "LV wall per AHA segment", fontsize=12)
+            for k, line in enumerate(textwrap.wrap(absent, 100)):
+                fig.text(0.07, 0.92 - 0.02 * k, line, fontsize=9)
+            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
+            pdf.savefig(fig)
+            plt.close(fig)
     return path
 
 
@@ -1121,6 +1142,7 @@ def write_report(
     suggestion: Mapping[str, Any] | None = None,
     segments: Mapping[str, Any] | None = None,
     flag_ranges: bool = True,
+    segments_not_measured: str = "",
 ) -> dict[str, Path]:
     """Write ``report.json``, ``overlay_ed_es.png``, ``volume_curve.png``,
     ``wall_segments.png``, ``report.html`` and ``report.pdf`` into ``outdir`` (every file
@@ -1160,6 +1182,9 @@ def write_report(
             and shown as bull's-eye plots and a table; ``None`` leaves it out.
         flag_ranges: Flag the indices against the adult normal ranges; ``False`` (a child)
             shows the ranges without any flag (``normal_ranges_applied`` false).
+        segments_not_measured: Without ``segments``, why they could not be measured
+            (:func:`~cardioseg.clinical.segments.why_no_segments`): stored as
+            ``wall_segments_not_measured`` and said where the segments would be shown.
 
     Returns:
         Written files by kind: ``json``, ``html`` and, when produced, ``overlay``, ``curve``,
@@ -1244,6 +1269,8 @@ def write_report(
             "model": "AHA 16-segment (segment 17: presence only, see apex)",
             "note": SEGMENTS_HINT,
         }
+    elif segments_not_measured:
+        report["wall_segments_not_measured"] = str(segments_not_measured)
     files["json"] = outdir / "report.json"
     files["html"] = outdir / "report.html"
     if write_pdf:

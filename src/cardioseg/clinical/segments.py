@@ -474,6 +474,27 @@ def aha_segments(
     }
 
 
+def why_no_segments(ed_label: np.ndarray, spacing: Sequence[float], mirrored: bool = False) -> str:
+    """Why :func:`aha_segments` gives no segments for this ED label map, in words for a report
+    ("" when it does give them).
+
+    Example:
+        >>> why_no_segments(np.zeros((8, 8, 4), np.uint8), (1.0, 1.0, 8.0))
+        'fewer than 3 slices with LV cavity and myocardium at ED (0)'
+    """
+    ed = _phase_segments(ed_label, spacing, mirrored)
+    if ed.per_segment:
+        return ""
+    if not ed.levels:
+        moved, _ = _moved(ed_label, spacing)
+        n = len(_lv_slices(moved))
+        return f"fewer than 3 slices with LV cavity and myocardium at ED ({n})"
+    why = ed.septum.get("not_measured") or "no wall thickness could be measured"
+    if why.startswith("no RV"):
+        why += " at ED, so the septum could not be placed"
+    return why
+
+
 def _segment_row(
     s: int, ed_seg: dict[int, list[float]], es_seg: dict[int, list[float]], with_es: bool
 ) -> dict[str, Any]:

@@ -342,8 +342,14 @@ async function refreshDetail() {
 // the AHA segments: the thickest point and the report's bull's-eye figure
 function renderSegments(d) {
   const seg = d.wall_segments;
-  $("segments-card").hidden = !seg;
-  if (!seg) return;
+  $("segments-card").hidden = !seg && !d.wall_segments_not_measured;
+  $("segments-image").hidden = !seg;
+  if (!seg) {  // why there are none, as in the report
+    $("segments-line").textContent = d.wall_segments_not_measured || "";
+    $("segments-method").textContent = "";
+    $("segments-hint").textContent = "";
+    return;
+  }
   $("segments-line").textContent = seg.line;
   $("segments-method").textContent = seg.method || "";
   $("segments-hint").textContent = seg.note || "";
