@@ -724,3 +724,17 @@ def test_summary_counts_the_cases_left_out_of_hd95():
     assert by["x"]["RV_hd95_mean"] < by["baseline"]["RV_hd95_mean"]  # it misses the worst case
     assert by["x"]["RV_hd95_missing"] == 1 and by["baseline"]["RV_hd95_missing"] == 0
     assert by["x"]["LV_hd95_missing"] == 0
+
+
+def test_an_unreadable_checkpoint_method_is_named_as_given(tmp_path, vendors):
+    """A protocol's ``checkpoint:`` file that is not a checkpoint fails its run with an error
+    naming that file, not its copy in the run's temporary folder."""
+    junk = tmp_path / "not_a_model.pt"
+    junk.write_bytes(b"junk")
+    proto = _protocol(
+        tmp_path, vendors, methods=[{"name": "pre", "checkpoint": str(junk)}], baseline="pre"
+    )
+    res = run_benchmark(proto, tmp_path / "out", profile="quick")
+    assert res.status == {"s2g/pre/seed0": "failed"}
+    (message,) = res.errors.values()
+    assert "not_a_model.pt" in message and ".partial" not in message, message

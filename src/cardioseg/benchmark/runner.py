@@ -196,6 +196,9 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
     cfg_dict = copy.deepcopy(run.config)
     t0 = time.time()
     if run.checkpoint:  # a trained model, evaluated as is; copied so that dependants find it
+        from cardioseg.models import load_checkpoint
+
+        load_checkpoint(run.checkpoint)  # an unreadable file is named as the user gave it
         checkpoint = partial / "train" / "final.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.checkpoint, checkpoint)
