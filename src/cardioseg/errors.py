@@ -32,3 +32,22 @@ class CardiosegError(Exception):
         self.problem = problem
         message = f"{self.path}: {problem}" if self.path else problem
         super().__init__(one_line(message))
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a user's file (a config, a protocol, an ``Info.cfg``) as UTF-8, whatever
+    the locale; a file that is not such text is a :class:`CardiosegError` naming it.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "bin.yaml"
+        >>> _ = f.write_bytes(b"\\xff\\xfe")
+        >>> read_text(f)
+        Traceback (most recent call last):
+        ...
+        cardioseg.errors.CardiosegError: .../bin.yaml: not a text file (not UTF-8)
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CardiosegError(path, "not a text file (not UTF-8)") from None

@@ -46,7 +46,7 @@ from cardioseg.benchmark.methods import (
     deep_merge,
 )
 from cardioseg.data.datasets import CaseRecord, discover, filter_records
-from cardioseg.errors import CardiosegError
+from cardioseg.errors import CardiosegError, read_text
 
 PROTOCOL_KEYS = (
     "name",
@@ -407,11 +407,9 @@ def load_protocol(path: str | Path) -> Protocol:
     if not path.is_file():
         raise CardiosegError(path, "protocol file not found")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise CardiosegError(path, f"invalid YAML ({exc.__class__.__name__})") from None
-    except UnicodeDecodeError:
-        raise CardiosegError(path, "not a text file (not UTF-8)") from None
     v = _check_keys(values, PROTOCOL_KEYS, "the protocol", path)
     datasets = {}
     for name, spec in _check_keys(

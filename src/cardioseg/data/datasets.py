@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cardioseg.errors import CardiosegError
+from cardioseg.errors import CardiosegError, read_text
 from cardioseg.io.nifti import (
     ImageProperties,
     affine_spacing,
@@ -132,12 +132,8 @@ def _parse_cfg(path: Path) -> dict[str, str]:
         CardiosegError: The file is not UTF-8 text, or its ED or ES line is missing or is not
             a frame number (counted from 1).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CardiosegError(path, "not a text file (not UTF-8)") from None
     out = {}
-    for line in text.splitlines():
+    for line in read_text(path).splitlines():
         if ":" in line:
             k, v = line.split(":", 1)
             out[k.strip()] = v.strip()

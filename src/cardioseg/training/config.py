@@ -11,7 +11,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from cardioseg.errors import CardiosegError
+from cardioseg.errors import CardiosegError, read_text
 from cardioseg.models.factory import ModelConfig
 
 #: Roles of a dataset in a training config.
@@ -407,11 +407,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     if not path.is_file():
         raise CardiosegError(path, "is not a config file (a folder?)")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        values = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
         raise CardiosegError(path, f"invalid YAML ({exc.__class__.__name__})") from None
-    except UnicodeDecodeError:
-        raise CardiosegError(path, "not a text file (not UTF-8)") from None
     if values is None and not overrides:  # nothing to train on: said here, naming the file
         raise CardiosegError(path, "the config file is empty (no settings)")
     values = {} if values is None else values
