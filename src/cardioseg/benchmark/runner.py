@@ -351,6 +351,17 @@ def _evaluated_otherwise(
     return stale
 
 
+def _refuse_stale(out: Path, stale: list[str], how: str, remedy: str) -> None:
+    """Refuse an output folder whose finished runs (``stale``, as ``"key (...)"``) were made
+    ``how`` otherwise than planned, naming two of them and the ``remedy``."""
+    if stale:
+        more = f" and {len(stale) - 2} more" if len(stale) > 2 else ""
+        raise CardiosegError(
+            out,
+            f"{len(stale)} finished run(s) were {how} ({'; '.join(stale[:2])}{more}): {remedy}",
+        )
+
+
 def run_benchmark(
     protocol: str | Path,
     out_dir: str | Path,
@@ -396,27 +407,23 @@ def run_benchmark(
         for run in runs:
             run.config.setdefault("inference", {})["roi"] = roi
     selected = set() if report_only else _selected_runs(proto, runs, only, experiments)
-    stale = _trained_otherwise(out, runs)
-    if stale:  # one table never mixes runs of two configurations (e.g. quick and full profile)
-        more = f" and {len(stale) - 2} more" if len(stale) > 2 else ""
-        raise CardiosegError(
-            out,
-            f"{len(stale)} finished run(s) were trained with another configuration than this "
-            f"protocol and profile plan ({'; '.join(stale[:2])}{more}): give another output "
-            "folder",
-        )
+    # one table never mixes runs of two configurations (e.g. quick and full profile)
+    _refuse_stale(
+        out,
+        _trained_otherwise(out, runs),
+        "trained with another configuration than this protocol and profile plan",
+        "give another output folder",
+    )
     prof = profile_settings(proto, profile)
     max_subjects = int(prof.get("max_subjects_per_target", 0) or 0)
     again = selected if reevaluate else set()  # evaluated again below on the planned cases
-    stale = _evaluated_otherwise(proto, out, runs, max_subjects, again)
-    if stale:  # nor runs evaluated on two test sets (edited targets, changed data folders)
-        more = f" and {len(stale) - 2} more" if len(stale) > 2 else ""
-        raise CardiosegError(
-            out,
-            f"{len(stale)} finished run(s) were evaluated on other test cases than this "
-            f"protocol's targets ({'; '.join(stale[:2])}{more}): evaluate them again with "
-            "--reevaluate, or give another output folder",
-        )
+    # nor runs evaluated on two test sets (edited targets, changed data folders)
+    _refuse_stale(
+        out,
+        _evaluated_otherwise(proto, out, runs, max_subjects, again),
+        "evaluated on other test cases than this protocol's targets",
+        "evaluate them again with --reevaluate, or give another output folder",
+    )
     out.mkdir(parents=True, exist_ok=True)
     _write_json(
         out / "plan.json",
