@@ -238,19 +238,20 @@ def read_mnms(root: str | Path) -> list[CaseRecord]:
         m3 = re.fullmatch(r"(.+)_sa_(ED|ES)\.nii\.gz", name)
         m4 = re.fullmatch(r"(.+)_sa\.nii\.gz", name)
         if m3:
-            subject, phases = m3.group(1), [(m3.group(2), -1)]
+            subject = m3.group(1)
         elif m4:
             subject = m4.group(1)
-            info = meta.get(subject, {})
-            if "ED" not in info or "ES" not in info:
+            if not {"ED", "ES"} <= set(meta.get(subject, {})):
                 raise CardiosegError(image, "4D M&Ms file without ED/ES frames in the CSV")
-            spacing, shape = _header_geometry(image)
-            phases = [(ph, _mnms_frame(info, ph, image, shape)) for ph in ("ED", "ES")]
         else:
             continue
         info = meta.get(subject, {})
         label = image.with_name(name.replace(".nii.gz", "_gt.nii.gz"))
         spacing, shape = _header_geometry(image)
+        if m3:
+            phases = [(m3.group(2), -1)]
+        else:  # the CSV's frames, checked against the cine's
+            phases = [(ph, _mnms_frame(info, ph, image, shape)) for ph in ("ED", "ES")]
         vendor = info.get("VendorName") or info.get("Vendor", "")
         for phase, frame in phases:
             records.append(
