@@ -320,11 +320,12 @@ def segment(
     from cardioseg.errors import CardiosegError
     from cardioseg.inference import Segmenter
     from cardioseg.io.nifti import is_nifti
+    from cardioseg.training.config import ADAPTATIONS, HARMONIZATIONS, PRECISIONS
 
     _check_at_least("--threads", threads, 0, " (0: torch's default)")
-    _check_choice("--adapt", adapt, ("none", "tent"))
-    _check_choice("--harmonize", harmonize, ("none", "histogram"))
-    _check_choice("--precision", precision, ("auto", "float32", "bfloat16"))
+    _check_choice("--adapt", adapt, ADAPTATIONS)
+    _check_choice("--harmonize", harmonize, HARMONIZATIONS)
+    _check_choice("--precision", precision, PRECISIONS)
     files = _expand_inputs(inputs)
     if not is_nifti(output) and (
         output.is_file() or (not output.exists() and output.suffix.lower() in FILE_SUFFIXES)

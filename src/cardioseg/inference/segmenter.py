@@ -33,7 +33,7 @@ from cardioseg.models.checkpoint import checkpoint_members, model_description, r
 from cardioseg.models.factory import ModelConfig, build_model
 from cardioseg.preprocessing.geometry import channel_argmax, check_inplane_geometry
 from cardioseg.preprocessing.pipeline import Preprocessor, PreprocessState
-from cardioseg.training.config import PRECISIONS
+from cardioseg.training.config import HARMONIZATIONS, PRECISIONS
 
 #: In-plane rotations (degrees) of the test-time augmentation for models trained upright.
 TTA_ROTATIONS_DEG = (-10.0, 10.0, 5.0)
@@ -259,7 +259,7 @@ class Segmenter:
         self.fingerprint = ckpt.get("fingerprint", {})
         inference = cfg.get("inference") or {}
         self.harmonization = harmonization or inference.get("harmonization", "none")
-        if self.harmonization not in ("none", "histogram"):
+        if self.harmonization not in HARMONIZATIONS:
             raise ValueError(f"harmonization must be 'none' or 'histogram', got {harmonization!r}")
         reference = None
         if self.harmonization == "histogram":

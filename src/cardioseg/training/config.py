@@ -20,6 +20,8 @@ ROLES = ("source", "target_labeled", "target_unlabeled")
 RECORD_KEYS = ("dataset", "subject", "phase", "vendor", "centre", "group")
 AMP_MODES = ("auto", "bf16", "true", "false")
 PRECISIONS = ("auto", "float32", "bfloat16")
+HARMONIZATIONS = ("none", "histogram")
+ADAPTATIONS = ("none", "tent")
 
 
 def _check_filter(value: Any, where: str) -> None:
@@ -274,9 +276,9 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"inference.precision must be one of {PRECISIONS}")
-        if self.harmonization not in ("none", "histogram"):
+        if self.harmonization not in HARMONIZATIONS:
             raise ValueError("inference.harmonization must be 'none' or 'histogram'")
-        if self.adaptation not in ("none", "tent"):
+        if self.adaptation not in ADAPTATIONS:
             raise ValueError("inference.adaptation must be 'none' or 'tent'")
 
 
