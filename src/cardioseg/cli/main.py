@@ -425,7 +425,7 @@ def evaluate(
             )
         if not affines_match(pred_props.affine, props.affine):
             raise CardiosegError(prediction, "prediction affine does not match the reference's")
-        pred = read_label(prediction, "canonical", reference=props)
+        pred = read_label(prediction, "canonical")  # its shape and affine checked above
         metrics = compute_metrics(pred, ref, props.spacing)
         # a structure in one mask only has no surface distance (nan): null, as JSON has no NaN
         metrics = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
