@@ -176,12 +176,10 @@ def test_report_shows_the_segments(tmp_path):
     assert pages(files["pdf"]) == pages(plain["pdf"]) + 1
 
 
-def test_pdf_says_how_the_septum_was_placed(tmp_path, monkeypatch):
-    """The PDF's segment page carries the HTML's line on the septum and the apical cap (the
-    PDF's text is compressed: the text the figures are given is recorded instead)."""
+@pytest.fixture
+def figure_text(monkeypatch) -> list[str]:
+    """The text the report's figures are given (the PDF's own text is compressed)."""
     from matplotlib.figure import Figure
-
-    from cardioseg.clinical import write_report
 
     drawn: list[str] = []
     original = Figure.text
@@ -191,10 +189,18 @@ def test_pdf_says_how_the_septum_was_placed(tmp_path, monkeypatch):
         return original(self, x, y, s, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "text", record)
+    return drawn
+
+
+def test_pdf_says_how_the_septum_was_placed(tmp_path, figure_text):
+    """The PDF's segment page carries the HTML's line on the septum and the apical cap (the
+    PDF's text is compressed: the text the figures are given is recorded instead)."""
+    from cardioseg.clinical import write_report
+
     ed = stack([ring_slice(12, 16)] * 2 + [ring_slice(10, 14)] * 4)
     segments = aha_segments(ed, None, (1.0, 1.0, 8.0))
     write_report(tmp_path / "out", {"lv_ef_pct": 55.0}, None, segments=segments)
-    text = " ".join(drawn)
+    text = " ".join(figure_text)
     assert "Septum from the RV insertion points on 6 of 6 slices at ED" in text
     assert "Apical cap (segment 17): no myocardium-only slice" in text
 
@@ -421,12 +427,10 @@ def test_an_es_phase_whose_septum_cannot_be_placed_is_said_to_be_unmeasured(es_k
     assert f"ES not measured: {why}." in line and "at ES" not in line, line
 
 
-def test_a_report_says_why_there_are_no_segments(tmp_path, monkeypatch):
+def test_a_report_says_why_there_are_no_segments(tmp_path, figure_text):
     """Without segments (no RV at ED, too few LV slices) report.json, the HTML and the PDF say
     why, where the section was simply missing."""
     import json
-
-    from matplotlib.figure import Figure
 
     from cardioseg.clinical import write_report
 
@@ -441,17 +445,9 @@ def test_a_report_says_why_there_are_no_segments(tmp_path, monkeypatch):
     ok = stack([ring_slice(12, 16)] * 2 + [ring_slice(10, 14)] * 4)
     assert why_no_segments(ok, (1.0, 1.0, 8.0)) == ""
 
-    drawn: list[str] = []
-    original = Figure.text
-
-    def record(self, x, y, s, *args, **kwargs):
-        drawn.append(str(s))
-        return original(self, x, y, s, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "text", record)
     out = tmp_path / "out"
     write_report(out, {"lv_ef_pct": 55.0}, None, segments=None, segments_not_measured=why)
     report = json.loads((out / "report.json").read_text())
     assert report["wall_segments_not_measured"] == why and "wall_segments" not in report
     assert f"Not measured: {why}." in (out / "report.html").read_text()
-    assert f"Not measured: {why}." in " ".join(drawn)
+    assert f"Not measured: {why}." in " ".join(figure_text)
