@@ -108,6 +108,8 @@ def test_tiny_protocol_end_to_end_and_resume(tmp_path, vendors):
     assert not (base / "train" / "last.pt").exists()
     info = json.loads((out / "runs" / "s2g" / "tent" / "seed0" / "run.json").read_text())
     assert info["model"] == "reused from s2g/baseline/seed0"
+    trained = json.loads((base / "run.json").read_text())["config"]["output_dir"]
+    assert Path(trained) == base / "train" and (Path(trained) / "final.pt").exists()
     ev = info["evaluation"]  # how the metrics were made, as resolved
     assert ev["model"]["roi"] in (True, False) and ev["model"]["tta"] is False
     assert ev["model"]["backend"] in ("torch", "onnxruntime") and ev["cardioseg_version"]

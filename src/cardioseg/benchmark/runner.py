@@ -237,13 +237,22 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
         "train_s": round(train_s, 1),
         "eval_s": round(time.time() - t1, 1),
         "n_cases": len(rows),
-        "config": cfg_dict,
+        "config": _as_final(cfg_dict, partial, final),
         "evaluation": evaluation,
     }
     _write_json(partial / "run.json", info)
     _write_json(partial / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     os.replace(partial, final)
     return final
+
+
+def _as_final(cfg: dict[str, Any], partial: Path, final: Path) -> dict[str, Any]:
+    """``cfg`` as recorded in ``run.json``: an ``output_dir`` inside the run's working folder
+    names where it will be once finished (the ``.partial`` folder is renamed)."""
+    out = Path(str(cfg.get("output_dir", "")))
+    if out == partial or partial in out.parents:
+        cfg = {**cfg, "output_dir": str(final / out.relative_to(partial))}
+    return cfg
 
 
 def _record_reevaluation(final: Path, evaluation: dict[str, Any], n_cases: int) -> None:
