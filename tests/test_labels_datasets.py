@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import disc_labels, image_from_labels, write_nifti
@@ -36,6 +38,21 @@ def test_acdc_layout(tmp_path):
     assert {r.group for r in recs} == {"DCM", "NOR"}
     _, label, _ = load_case(recs[0])
     np.testing.assert_array_equal(label, lab)  # ACDC 3=LV became 1
+
+
+def test_acdc_frame_numbers_written_as_decimals(tmp_path):
+    """``ED: 1.0`` is frame 1 (it was refused as not a frame number); ``12.0`` frame 12."""
+    lab = disc_labels()
+    d = tmp_path / "training" / "patient001"
+    for frame in (1, 12):
+        write_nifti(d / f"patient001_frame{frame:02d}.nii.gz", image_from_labels(lab))
+        write_nifti(d / f"patient001_frame{frame:02d}_gt.nii.gz", _canon_to("acdc", lab))
+    (d / "Info.cfg").write_text("ED: 1.0\nES: 12.0\nGroup: NOR\n")
+    recs = discover(tmp_path)
+    assert {(r.phase, Path(r.image).name) for r in recs} == {
+        ("ED", "patient001_frame01.nii.gz"),
+        ("ES", "patient001_frame12.nii.gz"),
+    }
 
 
 def test_mnms_3d_and_4d_layouts(tmp_path):

@@ -68,6 +68,17 @@ def test_a_4d_cine_wins_and_takes_the_info_cfg_frames(tmp_path):
     assert st.source == str(tmp_path / "p") and st.meta["height_cm"] == 180.0
 
 
+def test_info_cfg_frames_written_as_decimals(tmp_path):
+    """Info.cfg's ``ED: 1.0`` names frame 1; ``ES: 2.5`` names no frame and is not used (it
+    was cut to frame 2), so ED and ES then come from the volume curve."""
+    _acdc_folder(tmp_path / "p", ed=1, es=3, with_cine=True)
+    info = tmp_path / "p" / "Info.cfg"
+    info.write_text(info.read_text().replace("ED: 1\n", "ED: 1.0\n").replace("ES: 3", "ES: 3.0"))
+    assert find_nifti_study(tmp_path / "p").frames == (0, 2)
+    info.write_text(info.read_text().replace("ES: 3.0", "ES: 2.5"))
+    assert find_nifti_study(tmp_path / "p").frames is None
+
+
 def test_folders_that_are_not_nifti_studies(tmp_path):
     (tmp_path / "dicom").mkdir()
     (tmp_path / "dicom" / "IM0001").write_bytes(b"\0" * 200)

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cardioseg.data.datasets import frame_number
 from cardioseg.errors import CardiosegError
 from cardioseg.io.nifti import is_nifti, squeezed_shape
 
@@ -73,11 +74,11 @@ def _number(value: str | None) -> float | None:
         return None
 
 
-def _frame_file(images: list[Path], frame: float | None) -> Path | None:
+def _frame_file(images: list[Path], frame: int | None) -> Path | None:
     """The image named ``..._frameNN`` for ``frame`` (ACDC numbering, from 1)."""
     if frame is None:
         return None
-    hits = [p for p in images if any(re.fullmatch(rf"frame0*{int(frame)}", t) for t in _tokens(p))]
+    hits = [p for p in images if any(re.fullmatch(rf"frame0*{frame}", t) for t in _tokens(p))]
     return hits[0] if len(hits) == 1 else None
 
 
@@ -127,12 +128,13 @@ def find_nifti_study(folder: str | Path) -> NiftiStudyFiles | None:
         for key, name in (("height_cm", "height"), ("weight_kg", "weight"))
         if (v := _number(info_values.get(name))) is not None and v > 0
     }
-    ed_n, es_n = _number(info_values.get("ed")), _number(info_values.get("es"))
+    # frame numbers (from 1); a value that is none ("1.5", "0", text) is not used
+    ed_n, es_n = frame_number(info_values.get("ed")), frame_number(info_values.get("es"))
     cines = [p for p in images if _n_dims(p) == 4]
     if len(cines) == 1:  # the whole cine gives the volume curve; Info.cfg may name ED and ES
         frames = None
-        if ed_n is not None and es_n is not None and ed_n >= 1 and es_n >= 1:
-            frames = (int(ed_n) - 1, int(es_n) - 1)
+        if ed_n is not None and es_n is not None:
+            frames = (ed_n - 1, es_n - 1)
         return NiftiStudyFiles("nifti4d", cine=cines[0], frames=frames, info=info)
     ed, es = _frame_file(images, ed_n), _frame_file(images, es_n)
     if ed is not None and es is not None and ed != es:

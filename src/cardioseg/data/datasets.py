@@ -125,6 +125,24 @@ def find_paths(root: Path, pattern: str) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
+def frame_number(value: str | None) -> int | None:
+    """An ACDC ``Info.cfg`` frame number (counted from 1): a whole number, also written as a
+    decimal (``"1"``, ``"01"``, ``"1.0"``); ``None`` for anything else (missing, ``"1.5"``,
+    ``"0"``, text).
+
+    Example:
+        >>> frame_number("12"), frame_number("1.0"), frame_number("1.5"), frame_number("0")
+        (12, 1, None, None)
+    """
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    if not number.is_integer() or number < 1:  # also NaN and infinities
+        return None
+    return int(number)
+
+
 def _parse_cfg(path: Path) -> dict[str, str]:
     """``key: value`` lines of an ACDC ``Info.cfg``; ``ED`` and ``ES`` must be frame numbers.
 
@@ -140,10 +158,12 @@ def _parse_cfg(path: Path) -> dict[str, str]:
     for phase in ("ED", "ES"):
         if phase not in out:
             raise CardiosegError(path, f"no {phase} line (e.g. '{phase}: 1')")
-        if not out[phase].isdigit() or int(out[phase]) < 1:
+        number = frame_number(out[phase])
+        if number is None:
             raise CardiosegError(
                 path, f"{phase} must be a frame number (from 1), got {out[phase]!r}"
             )
+        out[phase] = str(number)
     return out
 
 
