@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from cardioseg.cli.main import app
 from cardioseg.clinical.batch import _analyze_one as _REAL_ANALYZE_ONE
 from cardioseg.data.synthetic import PhantomConfig, make_cine, make_phantom, write_phantom
+from cardioseg.errors import CardiosegError
 
 runner = CliRunner()
 
@@ -380,6 +381,44 @@ def test_analyze_dicom_writes_dicom_seg(tmp_path, tiny_checkpoint):
     # every frame, plus ED and ES again with TTA, went through the heart window or the whole image
     window = report["meta"]["heart_window"]
     assert sum(window.values()) == report["meta"]["n_frames"] + 2
+
+
+def test_dicom_seg_of_every_phase_and_the_batch_that_asks_for_it(tmp_path, tiny_checkpoint):
+    """``seg_phases="all"`` exports every segmented phase into the one SEG series (ED and ES
+    keep their names); a batch asking for it analyses again a DICOM study whose SEG holds ED
+    and ES only, and one asking for ED and ES keeps a result that holds every phase."""
+    from cardioseg.clinical.batch import run_batch
+
+    study = _dicom_phantom_cine(tmp_path / "studies" / "dcm")
+    kw = {"model": str(tiny_checkpoint), "progress": False, "write_pdf": False}
+    out = tmp_path / "out" / "dcm"
+    run_batch(tmp_path / "studies", tmp_path / "out", **kw)
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["dicom_seg_phases"] == "ed-es"
+    assert sorted(f.name for f in out.glob("*.dcm")) == [
+        "segmentation_ED.dcm",
+        "segmentation_ES.dcm",
+    ]
+    run_batch(tmp_path / "studies", tmp_path / "out", seg_phases="all", **kw)
+    report = json.loads((out / "report.json").read_text())
+    assert report["meta"]["dicom_seg_phases"] == "all"
+    cine = nib.load(str(out / "masks_cine.nii.gz")).get_fdata()
+    segmented = [t for t in range(cine.shape[-1]) if cine[..., t].any()]
+    names = {report["ed_frame"]: "ED", report["es_frame"]: "ES"}
+    expected = sorted(f"segmentation_{names.get(t, f't{t:02d}')}.dcm" for t in segmented)
+    files = sorted(out.glob("*.dcm"))
+    assert [f.name for f in files] == expected and len(files) > 2
+    headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+    assert len({h.SeriesInstanceUID for h in headers}) == 1
+    assert {h.StudyInstanceUID for h in headers} == {study["study_uid"]}
+    assert {h.ContentDescription for h in headers} >= {
+        f"LV/MYO/RV, cardiac phase {t}" for t in segmented if t not in names
+    }
+    stamp = (out / "report.json").stat().st_mtime_ns
+    run_batch(tmp_path / "studies", tmp_path / "out", **kw)  # ED and ES only: already there
+    assert (out / "report.json").stat().st_mtime_ns == stamp
+    with pytest.raises(CardiosegError, match="seg_phases must be one of ed-es, all"):
+        run_batch(tmp_path / "studies", tmp_path / "out", seg_phases="every", **kw)
 
 
 def _dicom_cine_3x3(folder: Path, pixels) -> Path:
@@ -967,6 +1006,7 @@ def test_analyze_never_replaces_the_input_or_unrelated_files(
         (["--height", "nan", "--weight", "70"], "height must lie between"),
         (["--ed-frame", "2", "--es-frame", "2"], "the ED and ES frames are the same (2)"),
         (["--es-frame", "9"], "ES frame 9 out of range 0..5"),
+        (["--seg-phases", "ES"], "--seg-phases must be one of ed-es, all; got 'ES'"),
     ],
 )
 def test_analyze_refuses_implausible_options_before_segmenting(

@@ -504,6 +504,12 @@ def test_serve_command_errors_are_one_line(tmp_path):
     )
     assert res.exit_code == 1
     assert "model checkpoint not found" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--seg-phases", "x"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "--seg-phases must be one of ed-es, all; got 'x'" in res.output
+    with pytest.raises(ValueError, match="seg_phases must be one of ed-es, all"):
+        AppConfig(data_dir=tmp_path / "d", seg_phases="ES")
+    assert not (tmp_path / "d").exists()
 
 
 # --- durability -------------------------------------------------------------------------------

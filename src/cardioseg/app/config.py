@@ -57,6 +57,7 @@ class AppConfig:
         max_queued: Refuse uploads while this many jobs wait (HTTP 503).
         max_attempts: A job interrupted this many times (server killed) is marked failed.
         write_pdf: Also write ``report.pdf`` for each study.
+        seg_phases: Phases of a DICOM cine exported as DICOM-SEG: ``"ed-es"`` or ``"all"``.
         start_worker: Run the background analysis worker (tests of the queue turn it off).
         num_threads: Torch CPU threads of the worker (``None`` keeps torch's default).
         poll_seconds: How often the idle worker looks at the jobs table.
@@ -74,6 +75,7 @@ class AppConfig:
     max_queued: int = 200
     max_attempts: int = 3
     write_pdf: bool = True
+    seg_phases: str = "ed-es"
     start_worker: bool = True
     num_threads: int | None = None
     poll_seconds: float = 1.0
@@ -92,6 +94,12 @@ class AppConfig:
             raise ValueError("max_upload_bytes must be at least 1024")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        from cardioseg.clinical.analysis import SEG_PHASES
+
+        if self.seg_phases not in SEG_PHASES:
+            raise ValueError(
+                f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {self.seg_phases!r}"
+            )
 
     @property
     def token_required(self) -> bool:

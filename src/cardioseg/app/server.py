@@ -740,7 +740,8 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
     @app.get(
         "/api/studies/{study_id}/dicom-seg",
         tags=["downloads"],
-        summary="DICOM-SEG of the ED/ES masks (DICOM input only); zip when several files",
+        summary="DICOM-SEG of the ED/ES masks (of every phase where the server runs with "
+        "--seg-phases all; DICOM input only); zip when several files",
     )
     def dicom_seg(study_id: str, deidentify: bool = False) -> Response:
         done_or_409(study_id)

@@ -252,6 +252,7 @@ class Worker:
                 weight_kg=study.get("weight_kg"),
                 sex=study.get("sex"),
                 write_pdf=self.config.write_pdf,
+                seg_phases=self.config.seg_phases,
                 exclude=study.get("exclude") or (),
                 loaded=loaded,
                 label=study.get("name"),

@@ -575,11 +575,19 @@ def analyze(
             "into reports"
         ),
     ] = None,
+    seg_phases: Annotated[
+        str,
+        typer.Option(
+            help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) "
+            "or all (every phase, as masks_cine.nii.gz)"
+        ),
+    ] = "ed-es",
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
-    from cardioseg.clinical.analysis import analyze_study
+    from cardioseg.clinical.analysis import SEG_PHASES, analyze_study
     from cardioseg.inference import Segmenter
 
+    _check_choice("--seg-phases", seg_phases, SEG_PHASES)
     report = analyze_study(
         output,
         study=study,
@@ -595,6 +603,7 @@ def analyze(
         sex=sex,
         heart_rate_bpm=heart_rate,
         label=label,
+        seg_phases=seg_phases,
     )
     qc = report.get("qc", {})
 
@@ -693,6 +702,13 @@ def analyze_batch(
     pdf: Annotated[
         bool, typer.Option(help="Also write each report.pdf (--no-pdf: faster, HTML kept)")
     ] = True,
+    seg_phases: Annotated[
+        str,
+        typer.Option(
+            help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) "
+            "or all (every phase, as masks_cine.nii.gz)"
+        ),
+    ] = "ed-es",
 ) -> None:
     """Analyse many studies; one CSV row per study. Resumable: finished studies are skipped,
     unless another model analysed them (one table, one model). Exit status: 0 when every study
@@ -701,9 +717,11 @@ def analyze_batch(
     import csv
     import signal
 
+    from cardioseg.clinical.analysis import SEG_PHASES
     from cardioseg.clinical.batch import read_exclusions, run_batch
 
     _check_at_least("--workers", workers, 1)
+    _check_choice("--seg-phases", seg_phases, SEG_PHASES)
 
     def stop(_signum: int, _frame: Any) -> None:  # a workflow manager's stop, as Ctrl-C: the
         raise KeyboardInterrupt  # queue is dropped, results.csv written, the workers end
@@ -720,6 +738,7 @@ def analyze_batch(
             exclusions=read_exclusions(exclusions) if exclusions else None,
             roi=roi,
             write_pdf=pdf,
+            seg_phases=seg_phases,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -826,11 +845,21 @@ def serve(
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Upload size limit in MB")] = 2048,
     pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
+    seg_phases: Annotated[
+        str,
+        typer.Option(
+            help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) "
+            "or all (every phase)"
+        ),
+    ] = "ed-es",
 ) -> None:
     """Web app: upload studies in a browser, view masks, indices, QC, reports (see docs)."""
     from cardioseg.app import AppConfig
     from cardioseg.app import serve as run_server
     from cardioseg.app.config import default_data_dir
+    from cardioseg.clinical.analysis import SEG_PHASES
+
+    _check_choice("--seg-phases", seg_phases, SEG_PHASES)
 
     run_server(
         AppConfig(
@@ -840,6 +869,7 @@ def serve(
             token=token,
             checkpoint=model,
             write_pdf=pdf,
+            seg_phases=seg_phases,
             max_upload_bytes=int(max_upload_mb * 1024**2),
         )
     )

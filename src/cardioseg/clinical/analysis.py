@@ -35,6 +35,9 @@ MIN_SLICES = 3
 #: its (adult) normal ranges do not apply.
 ADULT_MIN_HEIGHT_CM = 140.0
 ADULT_AGE_YEARS = 18.0
+#: Which phases of a DICOM cine ``analyze`` exports as DICOM-SEG: ``"ed-es"`` (the two reported
+#: phases, the default) or ``"all"`` (every phase, as ``masks_cine.nii.gz`` holds them).
+SEG_PHASES = ("ed-es", "all")
 
 
 @dataclass
@@ -399,6 +402,7 @@ def analyze_study(
     heart_rate_bpm: float | None = None,
     loaded: Study | None = None,
     label: str | None = None,
+    seg_phases: str = "ed-es",
 ) -> dict[str, Any]:
     """Analyse one study and write ``report.json``, masks, overlays and reports into ``outdir``.
 
@@ -408,7 +412,9 @@ def analyze_study(
     test-time predictions disagree, the QC's uncertainty; view them over the image), and
     ``segmentation_ED.dcm`` and ``segmentation_ES.dcm`` (DICOM-SEG, one series of two
     instances referencing the source images; ``segmentation_ED_s00.dcm``, ... per slice where
-    the cine came as one series per slice) for DICOM input.
+    the cine came as one series per slice) for DICOM input. With ``seg_phases="all"`` the
+    DICOM-SEG series holds every phase of the cine (the other phases' instances are
+    ``segmentation_t00.dcm``, ...; a phase without any segmented pixel has none).
 
     Outputs are first written into a temporary sibling folder that is renamed onto ``outdir`` at
     the end, so an interrupted analysis never leaves a half-written result folder.
@@ -453,6 +459,10 @@ def analyze_study(
     check_output_folder(outdir, [study, ed, es])
     outdir = Path(outdir).resolve()  # a link is followed: its target is the result folder
     check_body_size(height_cm, weight_kg)
+    if seg_phases not in SEG_PHASES:
+        raise CardiosegError(
+            None, f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {seg_phases!r}"
+        )
     try:
         exclusions = [
             e if isinstance(e, SliceExclusion) else SliceExclusion.parse(e) for e in exclude
@@ -680,6 +690,7 @@ def analyze_study(
                 st.properties.affine, spacing, labels.shape, st.source, st.properties.extra
             )
             write_label(tmp / "masks_cine.nii.gz", labels, props4)
+        seg_frames = sorted({ed_i, es_i}) if seg_phases == "ed-es" else list(range(n))
         if st.kind == "dicom" and dm is not None and not labels[..., [ed_i, es_i]].any():
             # nothing segmented (not a heart, or images unlike any the model knows): the report
             # and its QC verdict say so; a SEG without a segment would not be valid DICOM
@@ -692,7 +703,7 @@ def analyze_study(
                     labels,
                     dm.source_headers,
                     tmp / "segmentation.dcm",
-                    phases=sorted({ed_i, es_i}),
+                    phases=seg_frames,
                     phase_names={ed_i: "ED", es_i: "ES"} if ed_i != es_i else None,
                     frame_numbers=getattr(dm, "frame_numbers", None),
                 )
@@ -715,6 +726,8 @@ def analyze_study(
             if calibration.calibrated
             else "none for this model (the default model's thresholds were used)",
         }
+        if st.kind == "dicom":  # what the DICOM-SEG series was asked to hold
+            meta["dicom_seg_phases"] = seg_phases
         if getattr(seg, "backend", None) and getattr(seg, "precision", None):
             # what ran the network (ONNX Runtime or PyTorch) and in which precision: results
             # differ between them only by rounding, but a record should say

@@ -89,7 +89,9 @@ TABLE_WRITE_S = 2.0
 WORKER_DIED = "the worker process died while analysing this study (out of memory, or a crash)"
 
 _SEGMENTER: Any = None
-_WRITE_PDF = True
+#: The worker's :func:`~cardioseg.clinical.analysis.analyze_study` options (``write_pdf``,
+#: ``seg_phases``), set by :func:`_init_worker`.
+_ANALYSIS: dict[str, Any] = {}
 
 
 def find_studies(root: str | Path, skip: str | Path | None = None) -> list[Path]:
@@ -211,14 +213,18 @@ def _row(name: str, report: dict | None, error: str = "", input_name: str = "") 
 
 
 def _init_worker(
-    options: dict[str, Any], threads: int, write_pdf: bool = True, watch_parent: bool = False
+    options: dict[str, Any],
+    threads: int,
+    analysis: dict[str, Any] | None = None,
+    watch_parent: bool = False,
 ) -> None:
     """Build the worker's segmenter from ``Segmenter`` keyword arguments; ``threads`` > 0 sets
     torch's thread count (one per worker process), 0 leaves it (one in-process worker uses
-    every core); ``write_pdf``: whether its reports include ``report.pdf``; ``watch_parent``:
+    every core); ``analysis``: the options of every study's ``analyze_study`` (``write_pdf``,
+    ``seg_phases``); ``watch_parent``:
     a pool worker ends itself when the batch process is gone (killed, or stopped by a workflow
     manager that signals only it), instead of waiting for work forever holding its model."""
-    global _SEGMENTER, _WRITE_PDF
+    global _SEGMENTER, _ANALYSIS
     if watch_parent:
         _watch_parent(os.getppid())
     import torch
@@ -228,7 +234,7 @@ def _init_worker(
     if threads > 0:
         torch.set_num_threads(threads)
     _SEGMENTER = Segmenter(**options)
-    _WRITE_PDF = write_pdf
+    _ANALYSIS = dict(analysis or {})
 
 
 def read_exclusions(path: str | Path) -> dict[str, list[str]]:
@@ -306,8 +312,8 @@ def _analyze_one(
             study=path,
             segmenter=_SEGMENTER,
             exclude=exclude,
-            write_pdf=_WRITE_PDF,
             label=name_text(name),
+            **_ANALYSIS,
         )
         return _row(name, report, input_name=input_name)
     except Exception as exc:  # one broken study must not stop the batch
@@ -354,6 +360,7 @@ def run_batch(
     exclusions: Mapping[str, Sequence[str]] | None = None,
     roi: bool | None = None,
     write_pdf: bool = True,
+    seg_phases: str = "ed-es",
 ) -> Path:
     """Analyse every study under ``root``; returns the path of ``results.csv``.
 
@@ -371,11 +378,21 @@ def run_batch(
         roi: Heart-window inference (see ``Segmenter(roi=...)``; ``None``: the model's).
         write_pdf: Also write each study's ``report.pdf`` (the slowest report; a large batch
             may leave it out and keep the HTML).
+        seg_phases: Phases of a DICOM cine written as DICOM-SEG (``"ed-es"`` or ``"all"``,
+            see :func:`~cardioseg.clinical.analysis.analyze_study`). A finished DICOM study
+            whose result holds fewer phases than asked for is analysed again.
 
     Raises:
-        CardiosegError: No studies, or exclusions naming a study that is not in ``root``.
+        CardiosegError: No studies, exclusions naming a study that is not in ``root``, or
+            an unknown ``seg_phases``.
     """
+    from cardioseg.clinical.analysis import SEG_PHASES
     from cardioseg.clinical.slices import SliceExclusion
+
+    if seg_phases not in SEG_PHASES:
+        raise CardiosegError(
+            None, f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {seg_phases!r}"
+        )
 
     outdir = Path(outdir)
     if outdir.resolve() == Path(root).resolve():
@@ -435,7 +452,7 @@ def run_batch(
                 and same_input(r["study"])
             }
         todo: list[tuple[str, Path]] = []
-        other_model = without_pdf = 0
+        other_model = without_pdf = without_seg = 0
         for name, s in studies.items():
             report = _finished_report(outdir / name / "report.json")
             if not same_input(name):  # the name now stands for another input
@@ -447,9 +464,13 @@ def run_batch(
             # a PDF asked for now that an earlier run left out: the study is analysed again
             lacks_pdf = write_pdf and not (outdir / name / "report.pdf").is_file()
             without_pdf += same_model and lacks_pdf
+            # so is a DICOM study whose DICOM-SEG holds fewer phases than asked for now
+            lacks_seg = _lacks_seg_phases(report, seg_phases)
+            without_seg += same_model and lacks_seg
             if (
                 same_model
                 and not lacks_pdf
+                and not lacks_seg
                 and (wanted is None or sorted(report.get("excluded_slices") or []) == wanted[name])
             ):
                 rows[name] = _row(name, report, input_name=name_text(s.name))
@@ -471,8 +492,15 @@ def run_batch(
                 "analysed again to write it",
                 without_pdf,
             )
+        if without_seg:
+            log.warning(
+                "%d finished DICOM studies have a DICOM-SEG of ED and ES only: analysed again "
+                "to write every phase",
+                without_seg,
+            )
         options = {"checkpoint": model, "roi": roi}
-        runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, write_pdf)
+        analysis = {"write_pdf": write_pdf, "seg_phases": seg_phases}
+        runs = _run(todo, outdir, workers, options, ray_address, progress, wanted or {}, analysis)
         # the table is written again as studies finish, but not after every one: rewriting it
         # costs time in proportion to its length, so the writes are spaced (at least 20 times
         # the last write's cost apart); the finished studies' reports are on disk anyway
@@ -501,6 +529,16 @@ def run_batch(
         return table
 
 
+def _lacks_seg_phases(report: dict | None, seg_phases: str) -> bool:
+    """Whether a finished DICOM study's result holds a DICOM-SEG of fewer phases than
+    ``seg_phases`` asks for (every phase asked, ED and ES written); a result that holds more
+    is kept, as a ``report.pdf`` is when none is asked for."""
+    meta = (report or {}).get("meta") or {}
+    if seg_phases != "all" or meta.get("source_kind") != "dicom":
+        return False
+    return meta.get("dicom_seg_phases", "ed-es") != "all"
+
+
 def _remove_partial_results(outdir: Path, names: Sequence[str]) -> None:
     """Delete what a killed run left of its studies' result folders (``.<name>.XXXX``, written
     whole and then renamed into place: never a result)."""
@@ -521,7 +559,7 @@ def _run(
     ray_address: str | None,
     progress: bool,
     exclusions: Mapping[str, list[str]],
-    write_pdf: bool = True,
+    analysis: dict[str, Any] | None = None,
 ) -> Iterator[dict]:
     from tqdm import tqdm
 
@@ -534,14 +572,14 @@ def _run(
         return
     if ray_address:
         jobs = [job(*t) for t in todo]
-        yield from _run_ray(jobs, workers, options, ray_address, bar, write_pdf)
+        yield from _run_ray(jobs, workers, options, ray_address, bar, analysis)
     elif workers <= 1:
-        _init_worker(options, 0, write_pdf)
+        _init_worker(options, 0, analysis)
         for t in todo:
             yield _analyze_one(*job(*t))
             bar.update()
     else:
-        init = (options, 1, write_pdf, True)
+        init = (options, 1, analysis, True)
         rows = _run_pool(todo, job, workers, init)
         try:
             for row in rows:
@@ -602,7 +640,7 @@ def _run_ray(
     options: dict[str, Any],
     address: str,
     bar: Any,
-    write_pdf: bool = True,
+    analysis: dict[str, Any] | None = None,
 ) -> Iterator[dict]:
     """Run :func:`_analyze_one` of each job (its arguments) on Ray actors."""
     # Ray reports usage statistics unless told not to; nothing leaves this machine unasked
@@ -624,7 +662,7 @@ def _run_ray(
     @ray.remote(num_cpus=1)
     class Worker:
         def __init__(self) -> None:
-            _init_worker(options, 1, write_pdf)
+            _init_worker(options, 1, analysis)
 
         def run(self, *job: Any) -> dict:
             return _analyze_one(*job)
