@@ -11,6 +11,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+#: What every ``report.json`` holds, whether written by ``write_report`` or by ``analyze``.
+REPORT_KEYS = frozenset(
+    {
+        "lv_edv_ml",
+        "lv_esv_ml",
+        "lv_sv_ml",
+        "lv_ef_pct",
+        "rv_edv_ml",
+        "rv_esv_ml",
+        "rv_sv_ml",
+        "rv_ef_pct",
+        "lv_mass_g",
+        "ed_frame",
+        "es_frame",
+        "qc",
+    }
+)
+
 
 def pytest_configure(config):
     """The whole session (module- and session-scoped fixtures too, and a test that undoes its
