@@ -33,6 +33,20 @@ REPORT_KEYS = frozenset(
     }
 )
 
+#: The tiny U-Net the tests train and segment with (model section of a training config).
+TINY_MODEL = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
+
+#: A training section that runs one short epoch (two iterations of two patches).
+QUICK_TRAIN = {
+    "epochs": 1,
+    "iterations_per_epoch": 2,
+    "batch_size": 2,
+    "patch_size": 32,
+    "num_threads": 1,
+    "warmup_epochs": 0,
+    "n_val_monitor": 1,
+}
+
 
 def pytest_configure(config):
     """The whole session (module- and session-scoped fixtures too, and a test that undoes its
@@ -160,7 +174,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     cfg = TrainingConfig()
-    cfg.model = ModelConfig(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    cfg.model = ModelConfig(**TINY_MODEL)
     model = build_model(cfg.model)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(
