@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: What every ``report.json`` holds, whether written by ``write_report`` or by ``analyze``.
+REPORT_KEYS = frozenset(
+    {
+        "lv_edv_ml",
+        "lv_esv_ml",
+        "lv_sv_ml",
+        "lv_ef_pct",
+        "rv_edv_ml",
+        "rv_esv_ml",
+        "rv_sv_ml",
+        "rv_ef_pct",
+        "lv_mass_g",
+        "ed_frame",
+        "es_frame",
+        "qc",
+    }
+)
+
+#: The tiny U-Net the tests train and segment with (model section of a training config).
+TINY_MODEL = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
+
+#: A training section that runs one short epoch (two iterations of two patches).
+QUICK_TRAIN = {
+    "epochs": 1,
+    "iterations_per_epoch": 2,
+    "batch_size": 2,
+    "patch_size": 32,
+    "num_threads": 1,
+    "warmup_epochs": 0,
+    "n_val_monitor": 1,
+}
 
 
 def pytest_configure(config):
@@ -71,6 +107,63 @@ def image_from_labels(lab: np.ndarray, seed: int = 0, scale: float = 100.0) -> n
     return (lut[lab] * scale + rng.normal(0, 0.03 * scale, lab.shape)).astype(np.float32) + scale
 
 
+def mr_cine_image(
+    pixels: np.ndarray,
+    *,
+    k: int,
+    t: int,
+    n_phases: int,
+    study: str,
+    series: str,
+    frame_of_ref: str,
+    pixel_spacing: float,
+) -> Dataset:
+    """One classic MR image (a pydicom ``Dataset`` with its file meta) of a synthetic cine.
+
+    Slice ``k`` lies 8 mm above slice ``k - 1`` in an axial plane, phase ``t`` 40 ms after
+    phase ``t - 1``; instances are numbered slice by slice. The patient is anonymous
+    ("Synthetic^Test").
+
+    Args:
+        pixels: The stored values, ``(rows, columns)``.
+        k: The slice index.
+        t: The phase index.
+        n_phases: The phase count of the cine (for the instance number).
+        study: The StudyInstanceUID.
+        series: The SeriesInstanceUID.
+        frame_of_ref: The FrameOfReferenceUID.
+        pixel_spacing: The (square) pixel size in mm.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    uid = generate_uid()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+    ds.PatientName, ds.PatientID = "Synthetic^Test", "SYN001"
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.FrameOfReferenceUID = frame_of_ref
+    ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
+    ds.StudyDate, ds.StudyTime = "20240101", "120000"
+    ds.Modality, ds.Manufacturer = "MR", "synthetic"
+    ds.SeriesNumber, ds.InstanceNumber = 1, k * n_phases + t + 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.ImagePositionPatient = [0.0, 0.0, 8.0 * k]
+    ds.PixelSpacing, ds.SliceThickness = [pixel_spacing, pixel_spacing], 8.0
+    ds.TriggerTime = 40.0 * t
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
+    return ds
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised tiny model saved as a cardioseg checkpoint."""
@@ -81,7 +174,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     cfg = TrainingConfig()
-    cfg.model = ModelConfig(channels=[4, 8, 16], strides=[2, 2], num_res_units=0)
+    cfg.model = ModelConfig(**TINY_MODEL)
     model = build_model(cfg.model)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(

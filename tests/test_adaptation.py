@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import disc_labels, image_from_labels, write_nifti
+from conftest import QUICK_TRAIN, TINY_MODEL, disc_labels, image_from_labels, write_nifti
 from typer.testing import CliRunner
 
 from cardioseg.adaptation.dann import GradientReversal, ganin_lambda, grad_reverse
@@ -37,8 +37,6 @@ from cardioseg.preprocessing.pipeline import Preprocessor
 from cardioseg.training.config import TrainingConfig, config_from_dict, load_config
 from cardioseg.training.slices import PatchSampler, PreparedCase
 from cardioseg.training.trainer import Trainer, collect_records
-
-TINY = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
 
 
 def _batch(n=3, s=40):
@@ -102,8 +100,8 @@ def test_augmentation_presets():
 
 def test_mixstyle_is_a_training_only_hook():
     torch.manual_seed(0)
-    plain = build_model(ModelConfig(**TINY))
-    mixed = build_model(ModelConfig(**TINY, mixstyle_layers=[0, 1], mixstyle_p=1.0))
+    plain = build_model(ModelConfig(**TINY_MODEL))
+    mixed = build_model(ModelConfig(**TINY_MODEL, mixstyle_layers=[0, 1], mixstyle_p=1.0))
     assert plain.state_dict().keys() == mixed.state_dict().keys()
     mixed.load_state_dict(plain.state_dict())
     x = torch.randn(4, 1, 32, 32)
@@ -112,7 +110,7 @@ def test_mixstyle_is_a_training_only_hook():
     mixed.train(), plain.train()
     assert not torch.allclose(plain(x), mixed(x))
     with pytest.raises(ValueError, match="mixstyle_layers"):
-        ModelConfig(**TINY, mixstyle_layers=[5])
+        ModelConfig(**TINY_MODEL, mixstyle_layers=[5])
 
 
 def test_gradient_reversal_flips_gradients_and_lambda_schedule():
@@ -152,16 +150,8 @@ def _cfg(tmp_path, name="run", **sections):
             "cache_dir": str(tmp_path / "cache"),
             "target_spacing": 1.0,
         },
-        "model": dict(TINY),
-        "train": {
-            "epochs": 1,
-            "iterations_per_epoch": 2,
-            "batch_size": 2,
-            "patch_size": 32,
-            "num_threads": 1,
-            "warmup_epochs": 0,
-            "n_val_monitor": 1,
-        },
+        "model": dict(TINY_MODEL),
+        "train": dict(QUICK_TRAIN),
         "output_dir": str(tmp_path / name),
     }
     for key, value in sections.items():
@@ -221,7 +211,7 @@ def test_dann_adversary_cannot_win_by_scaling_features():
 
 def test_freeze_leaves_frozen_parameters_unchanged():
     torch.manual_seed(0)
-    net = build_model(ModelConfig(**TINY))
+    net = build_model(ModelConfig(**TINY_MODEL))
     parts = unet_parts(net)
     before = snapshot(net)
     params = freeze(net, "decoder", 1)
@@ -263,7 +253,7 @@ def test_finetune_run_from_checkpoint(tmp_path):
     ck = load_checkpoint(tmp_path / "ft" / "final.pt")
     assert len(ck["fingerprint"]["train_subjects"]) == 1
     start = load_checkpoint(init)["model_state"]
-    net = build_model(ModelConfig(**TINY))
+    net = build_model(ModelConfig(**TINY_MODEL))
     last = {id(p) for p in unet_parts(net).decoder[-1].parameters()}
     names = {n for n, p in net.named_parameters() if id(p) in last}
     for name, value in ck["model_state"].items():
@@ -349,7 +339,7 @@ def test_tent_adapts_only_norm_parameters_and_restores():
 
 def test_tent_on_instance_norm_model_adds_identity_affine(tiny_checkpoint):
     torch.manual_seed(0)
-    net = build_model(ModelConfig(**TINY)).eval()
+    net = build_model(ModelConfig(**TINY_MODEL)).eval()
     before = snapshot(net)
     x = torch.randn(3, 1, 32, 32)
     ref = net(x).detach()

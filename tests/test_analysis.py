@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import REPORT_KEYS
 from test_dicom import new_study, write_image
 from typer.testing import CliRunner
 
@@ -23,21 +24,6 @@ from cardioseg.data.synthetic import PhantomConfig, make_cine, make_phantom, wri
 from cardioseg.errors import CardiosegError
 
 runner = CliRunner()
-
-REPORT_KEYS = {
-    "lv_edv_ml",
-    "lv_esv_ml",
-    "lv_sv_ml",
-    "lv_ef_pct",
-    "rv_edv_ml",
-    "rv_esv_ml",
-    "rv_sv_ml",
-    "rv_ef_pct",
-    "lv_mass_g",
-    "ed_frame",
-    "es_frame",
-    "qc",
-}
 
 
 def _run(args: list) -> object:

@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import mr_cine_image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -53,8 +54,7 @@ def _cine_nifti(path: Path, n_frames: int = 5, seed: int = 2) -> Path:
 
 def _dicom_zip(path: Path, n_frames: int = 3, seed: int = 4) -> Path:
     """A zipped single-series DICOM cine made from the phantom (with a fake patient name)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     cine = make_cine(PhantomConfig(seed=seed, shape=(48, 48), spacing=4.0, n_slices=4), n_frames)
     img = cine.image
@@ -64,33 +64,23 @@ def _dicom_zip(path: Path, n_frames: int = 3, seed: int = 4) -> Path:
     with zipfile.ZipFile(path, "w") as zf:
         for k in range(nz):
             for t in range(nt):
-                uid = generate_uid()
-                ds = Dataset()
-                ds.file_meta = FileMetaDataset()
-                ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-                ds.file_meta.MediaStorageSOPInstanceUID = uid
-                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-                ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+                ds = mr_cine_image(
+                    img[:, :, k, t].T,
+                    k=k,
+                    t=t,
+                    n_phases=nt,
+                    study=study,
+                    series=series,
+                    frame_of_ref=frame_of_ref,
+                    pixel_spacing=4.0,
+                )
+                # a patient to de-identify, named in free text too
                 ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
                 ds.PatientBirthDate, ds.PatientSex = "19700101", "F"
-                ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-                ds.FrameOfReferenceUID = frame_of_ref
-                ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "ACC1", ""
-                ds.StudyDate, ds.StudyTime = "20240101", "120000"
+                ds.AccessionNumber = "ACC1"
                 ds.StudyDescription = "CMR for Doe Jane"  # free text may name the patient
                 ds.InstitutionName = "Doe Memorial Hospital"
-                ds.Modality, ds.Manufacturer = "MR", "synthetic"
                 ds.SeriesDescription = "cine sax"
-                ds.SeriesNumber, ds.InstanceNumber = 1, k * nt + t + 1
-                ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-                ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-                ds.ImagePositionPatient = [0.0, 0.0, 8.0 * k]
-                ds.PixelSpacing, ds.SliceThickness = [4.0, 4.0], 8.0
-                ds.TriggerTime = 40.0 * t
-                ds.Rows, ds.Columns = ny, nx
-                ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-                ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-                ds.PixelData = np.ascontiguousarray(img[:, :, k, t].T.astype(np.uint16)).tobytes()
                 buf = io.BytesIO()
                 ds.save_as(buf, enforce_file_format=True)
                 zf.writestr(f"study/series1/img_{k}_{t}.dcm", buf.getvalue())

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, SHARED, disc_labels, image_from_labels, write_nifti
+from conftest import (
+    QUICK_TRAIN,
+    REPO,
+    SHARED,
+    TINY_MODEL,
+    disc_labels,
+    image_from_labels,
+    write_nifti,
+)
 from typer.testing import CliRunner
 
 from cardioseg.benchmark import load_protocol, plan, run_benchmark
@@ -25,18 +33,7 @@ runner = CliRunner()
 
 QUICK = {
     "seeds": [0],
-    "config": {
-        "model": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
-        "train": {
-            "epochs": 1,
-            "iterations_per_epoch": 2,
-            "batch_size": 2,
-            "patch_size": 32,
-            "num_threads": 1,
-            "warmup_epochs": 0,
-            "n_val_monitor": 1,
-        },
-    },
+    "config": {"model": dict(TINY_MODEL), "train": dict(QUICK_TRAIN)},
 }
 
 

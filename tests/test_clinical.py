@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import REPORT_KEYS, mr_cine_image
 
 from cardioseg.clinical import (
     NORMAL_RANGES,
@@ -537,23 +538,7 @@ def test_qc_swapped_frames_fail(heart_pair):
 
 # --- report ---------------------------------------------------------------------------------------
 
-REQUIRED_KEYS = {
-    "lv_edv_ml",
-    "lv_esv_ml",
-    "lv_sv_ml",
-    "lv_ef_pct",
-    "rv_edv_ml",
-    "rv_esv_ml",
-    "rv_sv_ml",
-    "rv_ef_pct",
-    "lv_mass_g",
-    "ed_frame",
-    "es_frame",
-    "qc",
-    "normal_flags",
-    "volume_curve",
-    "software_version",
-}
+REQUIRED_KEYS = REPORT_KEYS | {"normal_flags", "volume_curve", "software_version"}
 
 
 def test_report_files(tmp_path, heart_pair):
@@ -691,8 +676,7 @@ def _mr_series(
 
     ``series_per_slice`` stores every slice location as its own series (a Siemens habit).
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame_of_ref = generate_uid(), generate_uid(), generate_uid()
@@ -702,30 +686,16 @@ def _mr_series(
         if series_per_slice:
             series = generate_uid()
         for t in range(n_phases):
-            uid = generate_uid()
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-            ds.file_meta.MediaStorageSOPInstanceUID = uid
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
-            ds.PatientName, ds.PatientID = "Synthetic^Test", "SYN001"
-            ds.PatientBirthDate, ds.PatientSex = "", "O"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.FrameOfReferenceUID = frame_of_ref
-            ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
-            ds.StudyDate, ds.StudyTime = "20240101", "120000"
-            ds.Modality, ds.Manufacturer = "MR", "synthetic"
-            ds.SeriesNumber, ds.InstanceNumber = 1, k * n_phases + t + 1
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-            ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-            ds.ImagePositionPatient = [0.0, 0.0, 8.0 * k]
-            ds.PixelSpacing, ds.SliceThickness = [1.5, 1.5], 8.0
-            ds.TriggerTime = 40.0 * t
-            ds.Rows, ds.Columns = rows, cols
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-            ds.PixelData = np.full((rows, cols), 100, np.uint16).tobytes()
+            ds = mr_cine_image(
+                np.full((rows, cols), 100, np.uint16),
+                k=k,
+                t=t,
+                n_phases=n_phases,
+                study=study,
+                series=series,
+                frame_of_ref=frame_of_ref,
+                pixel_spacing=1.5,
+            )
             path = folder / f"img_{k}_{t}.dcm"
             ds.save_as(path, enforce_file_format=True)
             row.append(path)

@@ -999,6 +999,39 @@ def _refused(path, match, **kw) -> CardiosegError:
     return info.value
 
 
+def _cine_30ms_apart(
+    folder: Path,
+    study: dict,
+    *,
+    rows: dict[int, int] | None = None,
+    phases: dict[int, int] | None = None,
+    **kwargs,
+) -> None:
+    """One cine series of N_SLICES x N_PHASES images (files ``{k}_{t}``), phases 30 ms apart.
+
+    Args:
+        folder: Where the files go.
+        study: The study they belong to (:func:`new_study`).
+        rows: The row count of the slices whose images are not ROWS rows high.
+        phases: The phase count of the slices with fewer than N_PHASES images.
+        **kwargs: More arguments of :func:`write_image`, for every image.
+    """
+    rows, phases = rows or {}, phases or {}
+    uid = generate_uid()
+    for k in range(N_SLICES):
+        for t in range(phases.get(k, N_PHASES)):
+            write_image(
+                folder / f"{k}_{t}",
+                study,
+                k=k,
+                t=t,
+                series_uid=uid,
+                trigger=30.0 * t,
+                pixels=stored(k, t, rows=rows[k]) if k in rows else None,
+                **kwargs,
+            )
+
+
 def test_no_dicom_and_missing(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "README.txt").write_text("nothing here")
@@ -1035,44 +1068,15 @@ def test_mixed_patients_message_has_no_ids(tmp_path, caplog):
 
 
 def test_missing_pixel_spacing(tmp_path):
-    study = new_study()
-    uid = generate_uid()
-    for k in range(N_SLICES):
-        for t in range(N_PHASES):
-            write_image(
-                tmp_path / "m" / f"{k}_{t}",
-                study,
-                k=k,
-                t=t,
-                series_uid=uid,
-                trigger=30.0 * t,
-                pixel_spacing=False,
-            )
+    _cine_30ms_apart(tmp_path / "m", new_study(), pixel_spacing=False)
     _refused(tmp_path / "m", "missing PixelSpacing")
 
 
 def test_different_sizes_and_single_phase_slice(tmp_path):
     study = new_study()
-    uid = generate_uid()
-    for k in range(N_SLICES):
-        for t in range(N_PHASES):
-            pix = stored(k, t, rows=ROWS + 2) if k == 2 else None
-            write_image(
-                tmp_path / "s" / f"{k}_{t}",
-                study,
-                k=k,
-                t=t,
-                series_uid=uid,
-                trigger=30.0 * t,
-                pixels=pix,
-            )
+    _cine_30ms_apart(tmp_path / "s", study, rows={2: ROWS + 2})
     _refused(tmp_path / "s", "different sizes")
-    uid = generate_uid()
-    for k in range(N_SLICES):
-        for t in range(N_PHASES if k != 1 else 1):
-            write_image(
-                tmp_path / "p" / f"{k}_{t}", study, k=k, t=t, series_uid=uid, trigger=30.0 * t
-            )
+    _cine_30ms_apart(tmp_path / "p", study, phases={1: 1})
     _refused(tmp_path / "p", "only 1 phase")
 
 

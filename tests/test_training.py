@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import REPO, disc_labels, image_from_labels, write_nifti
+from conftest import REPO, TINY_MODEL, disc_labels, image_from_labels, write_nifti
 from typer.testing import CliRunner
 
 from cardioseg.cli.main import app
@@ -34,7 +34,7 @@ def _config(tmp_path, **train):
             "cache_dir": str(tmp_path / "cache"),
             "target_spacing": 1.0,
         },
-        "model": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0},
+        "model": dict(TINY_MODEL),
         "train": {
             "epochs": 1,
             "iterations_per_epoch": 2,
