@@ -125,7 +125,8 @@ def test_lge_stacks_are_mirrored_and_segmented_in_the_canonical_view():
 
 
 def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):
-    """Real GE DICOM cine end to end: LV volumes/EF agree with the expert contours.
+    """Real GE DICOM cine end to end: LV volumes/EF agree with the expert contours, and the
+    DICOM-SEG of every phase (``seg_phases="all"``) references that phase's images.
 
     Compared on the slices the expert contoured (the contours do not cover the whole stack), at
     the contoured ED and ES phases. Tolerances are clinical ones: EF within 8 percentage points,
@@ -141,16 +142,35 @@ def test_shipped_model_sunnybrook_lv_volumes_and_ef(tmp_path):
     from cardioseg.models import default_checkpoint_path
 
     assert default_checkpoint_path().exists(), "shipped weights missing from the package"
-    report = analyze_study(tmp_path / "sb", study=folder, write_pdf=False)
+    report = analyze_study(tmp_path / "sb", study=folder, write_pdf=False, seg_phases="all")
     assert report["qc"]["status"] in ("ok", "review", "fail")
-    names = sorted(p.name for p in (tmp_path / "sb").glob("segmentation*.dcm"))
-    assert names == ["segmentation_ED.dcm", "segmentation_ES.dcm"], names
+    # the DICOM-SEG series holds every phase the masks hold, ED and ES under their names
+    cine = np.asarray(nib.load(str(tmp_path / "sb" / "masks_cine.nii.gz")).dataobj)
+    named = {report["ed_frame"]: "ED", report["es_frame"]: "ES"}
+    expected = sorted(
+        f"segmentation_{named.get(t, f't{t:02d}')}.dcm"
+        for t in range(cine.shape[-1])
+        if cine[..., t].any()
+    )
+    seg_files = sorted((tmp_path / "sb").glob("segmentation*.dcm"))
+    assert [p.name for p in seg_files] == expected and len(expected) == cine.shape[-1]
+    _, props, meta = load_cine(folder)
+    import pydicom
+
+    last = seg_files[-1]  # a phase other than ED and ES: it references that phase's images
+    t = int(last.stem.rsplit("_t", 1)[1])
+    seg = pydicom.dcmread(str(last))
+    referenced = {
+        ref.ReferencedSOPInstanceUID
+        for item in seg.ReferencedSeriesSequence
+        for ref in item.ReferencedInstanceSequence
+    }
+    phase_images = {str(meta.source_headers[k][t].SOPInstanceUID) for k in range(cine.shape[2])}
+    assert seg.Modality == "SEG" and referenced and referenced <= phase_images
     # the scanner recorded the heart rate (HeartRate 80, R-R 750 ms) but not the sex
     assert report["heart_rate_bpm"] == pytest.approx(80.0)
     assert report["lv_co_l_min"] == pytest.approx(report["lv_sv_ml"] * 0.08, abs=0.01)
     assert report["normal_ranges_for"] == "sex-pooled"
-    cine = np.asarray(nib.load(str(tmp_path / "sb" / "masks_cine.nii.gz")).dataobj)
-    _, props, meta = load_cine(folder)
     c = load_sunnybrook_contours(cdir, meta)
     vox = float(np.prod(props.spacing)) / 1000.0
     ref = endocardial_volumes_ml(c, props.spacing)  # expert volumes on the contoured slices
