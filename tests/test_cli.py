@@ -400,6 +400,18 @@ def test_evaluate_bad_label(tmp_path):
     _one_line_error(_run(["evaluate", moved, ref]), "moved.nii.gz", "prediction affine")
 
 
+def test_evaluate_an_image_given_as_the_prediction_is_named_in_a_short_line(tmp_path):
+    """An image (hundreds of grey values) in place of a label map: the message lists a few of
+    its values and suggests the mix-up (it printed every value, thousands of characters)."""
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab, oblique_affine())
+    img = np.round(image_from_labels(lab, scale=500.0))
+    pred = write_nifti(tmp_path / "img.nii.gz", img, oblique_affine())
+    res = _run(["evaluate", pred, ref])
+    _one_line_error(res, "img.nii.gz", "an image rather than a label map?")
+    assert ", ...]" in res.output and len(res.output) < 300, res.output
+
+
 @pytest.mark.parametrize("shape", [(48, 40), (48, 40, 6, 2, 2)])
 def test_evaluate_pair_refuses_a_label_map_that_is_not_3d(tmp_path, shape):
     lab = np.zeros(shape, np.uint8)
