@@ -541,7 +541,7 @@ def test_evaluate_empty_masks_unknown_conventions_and_outputs(tmp_path):
     _one_line_error(res, "unknown label convention 'foo'", "acdc")
     (tmp_path / "afile").write_text("x")
     res = _run(["evaluate", ref, ref, "-o", tmp_path / "afile"])
-    _one_line_error(res, "afile", "cannot write or read here")
+    _one_line_error(res, "afile", "output exists and is not a folder")
 
 
 def test_export_never_replaces_its_input(tmp_path, tiny_checkpoint):
@@ -609,3 +609,73 @@ def test_segment_output_that_is_not_a_nifti_file_name_is_refused(tmp_path, tiny_
     res = _run(["segment", img, "-o", tmp_path / "results.v2", "--model", tiny_checkpoint])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "results.v2" / "img.nii.gz").is_file()
+
+
+@pytest.mark.parametrize(
+    "command", ["evaluate", "agreement", "explore", "analyze-batch", "benchmark", "serve"]
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
+    tmp_path, tiny_checkpoint, command, monkeypatch
+):
+    """-o (serve: --data-dir) naming a file is refused in one line, before the model runs
+    (evaluate and agreement segmented the whole dataset, then stopped on 'cannot write or read
+    here (File exists)'); the file is left as it was."""
+    import cardioseg.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+    target = tmp_path / "afile"
+    target.write_text("keep")
+    ds = tmp_path / "ds"
+    args = {
+        "evaluate": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
+        "agreement": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
+        "explore": [ds, "-o", target],
+        "analyze-batch": [ds, "--model", tiny_checkpoint, "-o", target],
+        "benchmark": [tmp_path / "protocol.yaml", "-o", target],
+        "serve": ["--data-dir", target, "--model", tiny_checkpoint],
+    }[command]
+    what = "data folder" if command == "serve" else "output"
+    _one_line_error(_run([command, *args]), str(target), f"{what} exists and is not a folder")
+    assert target.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "--port must lie between 1 and 65535, got 99999"),
+        (["--port", "0"], "--port must lie between 1 and 65535, got 0"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be at least 0.001, got 0"),
+        (["--token", "short"], "--token: the access token must have at least 8 characters"),
+        ([], "$CARDIOSEG_TOKEN: the access token must have at least 8 characters"),
+    ],
+)
+def test_serve_refuses_bad_settings_naming_the_option(tmp_path, monkeypatch, args, message):
+    """A port out of range (uvicorn stopped with a traceback), a tiny upload limit or a short
+    token (AppConfig's 'ValueError: max_upload_bytes ...') are refused in one line that names
+    the option, before the server starts or its data folder is made."""
+    import cardioseg.app
+
+    def no_server(*a, **k):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(cardioseg.app, "serve", no_server)
+    monkeypatch.setenv("CARDIOSEG_TOKEN", "short")
+    _one_line_error(_run(["serve", "--data-dir", tmp_path / "data", *args]), message)
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_exclusions_folder_is_not_said_to_be_missing(tmp_path):
+    from cardioseg.clinical.batch import read_exclusions
+    from cardioseg.errors import CardiosegError
+
+    with pytest.raises(CardiosegError, match="exclusions is not a file"):
+        read_exclusions(tmp_path)
+    with pytest.raises(CardiosegError, match="exclusions file not found"):
+        read_exclusions(tmp_path / "nope.csv")
