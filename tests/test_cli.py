@@ -679,3 +679,21 @@ def test_an_exclusions_folder_is_not_said_to_be_missing(tmp_path):
         read_exclusions(tmp_path)
     with pytest.raises(CardiosegError, match="exclusions file not found"):
         read_exclusions(tmp_path / "nope.csv")
+
+
+def test_agreement_on_a_dataset_without_ed_es_pairs_says_so(tmp_path, monkeypatch):
+    """A dataset of single-phase volumes (as MS-CMRSeg LGE) is refused for what it lacks,
+    before the model is loaded (it said 'no subject with both predictions and labels' after
+    segmenting every volume)."""
+    import cardioseg.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    lab = disc_labels()
+    write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(lab))
+    write_nifti(tmp_path / "ds" / "c0_gt.nii.gz", lab)
+    res = _run(["agreement", "--dataset", tmp_path / "ds", "-o", tmp_path / "out"])
+    _one_line_error(res, "ds", "no subject with labelled ED and ES volumes")
+    assert not (tmp_path / "out").exists()

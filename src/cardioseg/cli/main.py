@@ -790,6 +790,12 @@ def agreement(
         raise CardiosegError(analyzed, "not a folder of analyze-batch results")
     _check_predictions_folder(predictions)
     records = discover(dataset, layout)
+    from cardioseg.data.datasets import ed_es_pairs
+
+    if not ed_es_pairs(records):  # e.g. MS-CMRSeg LGE: one phase per subject
+        raise CardiosegError(
+            dataset, "no subject with labelled ED and ES volumes (the indices need both phases)"
+        )
     predict = None
     if predictions is None and analyzed is None:
         from cardioseg.inference import Segmenter
