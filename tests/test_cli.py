@@ -447,6 +447,13 @@ def test_bad_model_and_config(tmp_path):
         (tmp_path / "empty.yaml").write_text(text)
         res = _run(["train", "--config", tmp_path / "empty.yaml"])
         _one_line_error(res, "empty.yaml", "the config file is empty")
+    # a file that is not a mapping (a README given by mistake; a list): said for what it is
+    # (was "'config' must be a mapping"; with an override, a TypeError)
+    for text in ("Some notes.\n", "- a\n- b\n"):
+        (tmp_path / "notes.yaml").write_text(text)
+        for extra in ([], ["--set", "seed=1"]):
+            res = _run(["train", "--config", tmp_path / "notes.yaml", *extra])
+            _one_line_error(res, "notes.yaml", "not a training config (a YAML mapping")
 
 
 @pytest.mark.parametrize("command", ["train", "benchmark"])
