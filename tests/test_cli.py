@@ -704,3 +704,6 @@ def test_agreement_on_a_dataset_without_ed_es_pairs_says_so(tmp_path, monkeypatc
     res = _run(["agreement", "--dataset", tmp_path / "ds", "-o", tmp_path / "out"])
     _one_line_error(res, "ds", "no subject with labelled ED and ES volumes")
     assert not (tmp_path / "out").exists()
+    # an unknown --prediction-labels is said before the dataset is read or the model loaded
+    res = _run(["agreement", "--dataset", tmp_path / "nope", "--prediction-labels", "foo"])
+    _one_line_error(res, "unknown --prediction-labels 'foo'")

@@ -784,6 +784,14 @@ def agreement(
     from cardioseg.evaluation.agreement import paired_indices, write_agreement
 
     _check_output_folder(output)
+    from cardioseg.labels import DATASET_LABEL_MAPS
+
+    if prediction_labels not in DATASET_LABEL_MAPS:  # before the dataset is read or a model run
+        raise CardiosegError(
+            None,
+            f"unknown --prediction-labels {prediction_labels!r} "
+            f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
+        )
     if analyzed is not None and predictions is not None:
         raise CardiosegError(analyzed, "give --analyzed or --predictions, not both")
     if analyzed is not None and not analyzed.is_dir():
@@ -802,14 +810,6 @@ def agreement(
 
         seg = Segmenter(model, roi=roi, tta=tta)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
-    from cardioseg.labels import DATASET_LABEL_MAPS
-
-    if prediction_labels not in DATASET_LABEL_MAPS:
-        raise CardiosegError(
-            None,
-            f"unknown --prediction-labels {prediction_labels!r} "
-            f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
-        )
     missing: list[str] = []
     rows = paired_indices(
         records,
