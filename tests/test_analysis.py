@@ -914,6 +914,31 @@ def test_demo_synthetic(tmp_path, tiny_checkpoint):
     assert "mean Dice" in res.output
 
 
+def test_a_demo_that_cannot_run_leaves_no_output(tmp_path, tiny_checkpoint, monkeypatch):
+    """A missing model or dataset, or a failure half-way, leaves none of the folders the demo
+    created (a mistyped --model left the synthetic images behind, a missing --data folder an
+    empty output folder); a folder that was there is kept."""
+    import cardioseg.demo
+
+    out = tmp_path / "new" / "demo"
+    res = _run(["demo", "-o", out, "--model", tmp_path / "nope.pt"])
+    assert res.exit_code == 1 and "nope.pt: model checkpoint not found" in res.output
+    res = _run(["demo", "-o", out, "--data", tmp_path / "nodata", "--model", tiny_checkpoint])
+    assert res.exit_code == 1 and "nodata: dataset folder not found" in res.output
+    assert not (tmp_path / "new").exists()
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(out / "overlays" / "x.png"))
+
+    monkeypatch.setattr(cardioseg.demo, "overlay_montage", broken)
+    res = _run(["demo", "-o", out, "--model", tiny_checkpoint])
+    assert res.exit_code == 1 and "No space left on device" in res.output
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    res = _run(["demo", "-o", tmp_path / "kept", "--model", tmp_path / "nope.pt"])
+    assert res.exit_code == 1 and (tmp_path / "kept").is_dir()
+
+
 def test_analyze_prints_the_slices_to_check_first(tmp_path, tiny_checkpoint, monkeypatch):
     """The command's summary names the slices where the test-time predictions disagree, in
     the form ``--exclude`` takes."""

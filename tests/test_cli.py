@@ -400,6 +400,18 @@ def test_evaluate_bad_label(tmp_path):
     _one_line_error(_run(["evaluate", moved, ref]), "moved.nii.gz", "prediction affine")
 
 
+def test_evaluate_an_image_given_as_the_prediction_is_named_in_a_short_line(tmp_path):
+    """An image (hundreds of grey values) in place of a label map: the message lists a few of
+    its values and suggests the mix-up (it printed every value, thousands of characters)."""
+    lab = disc_labels()
+    ref = write_nifti(tmp_path / "ref.nii.gz", lab, oblique_affine())
+    img = np.round(image_from_labels(lab, scale=500.0))
+    pred = write_nifti(tmp_path / "img.nii.gz", img, oblique_affine())
+    res = _run(["evaluate", pred, ref])
+    _one_line_error(res, "img.nii.gz", "an image rather than a label map?")
+    assert ", ...]" in res.output and len(res.output) < 300, res.output
+
+
 @pytest.mark.parametrize("shape", [(48, 40), (48, 40, 6, 2, 2)])
 def test_evaluate_pair_refuses_a_label_map_that_is_not_3d(tmp_path, shape):
     lab = np.zeros(shape, np.uint8)
@@ -435,6 +447,13 @@ def test_bad_model_and_config(tmp_path):
         (tmp_path / "empty.yaml").write_text(text)
         res = _run(["train", "--config", tmp_path / "empty.yaml"])
         _one_line_error(res, "empty.yaml", "the config file is empty")
+    # a file that is not a mapping (a README given by mistake; a list): said for what it is
+    # (was "'config' must be a mapping"; with an override, a TypeError)
+    for text in ("Some notes.\n", "- a\n- b\n"):
+        (tmp_path / "notes.yaml").write_text(text)
+        for extra in ([], ["--set", "seed=1"]):
+            res = _run(["train", "--config", tmp_path / "notes.yaml", *extra])
+            _one_line_error(res, "notes.yaml", "not a training config (a YAML mapping")
 
 
 @pytest.mark.parametrize("command", ["train", "benchmark"])
@@ -529,7 +548,7 @@ def test_evaluate_empty_masks_unknown_conventions_and_outputs(tmp_path):
     _one_line_error(res, "unknown label convention 'foo'", "acdc")
     (tmp_path / "afile").write_text("x")
     res = _run(["evaluate", ref, ref, "-o", tmp_path / "afile"])
-    _one_line_error(res, "afile", "cannot write or read here")
+    _one_line_error(res, "afile", "output exists and is not a folder")
 
 
 def test_export_never_replaces_its_input(tmp_path, tiny_checkpoint):
@@ -597,3 +616,94 @@ def test_segment_output_that_is_not_a_nifti_file_name_is_refused(tmp_path, tiny_
     res = _run(["segment", img, "-o", tmp_path / "results.v2", "--model", tiny_checkpoint])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "results.v2" / "img.nii.gz").is_file()
+
+
+@pytest.mark.parametrize(
+    "command", ["evaluate", "agreement", "explore", "analyze-batch", "benchmark", "serve"]
+)
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
+    tmp_path, tiny_checkpoint, command, monkeypatch
+):
+    """-o (serve: --data-dir) naming a file is refused in one line, before the model runs
+    (evaluate and agreement segmented the whole dataset, then stopped on 'cannot write or read
+    here (File exists)'); the file is left as it was."""
+    import cardioseg.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+    target = tmp_path / "afile"
+    target.write_text("keep")
+    ds = tmp_path / "ds"
+    args = {
+        "evaluate": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
+        "agreement": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
+        "explore": [ds, "-o", target],
+        "analyze-batch": [ds, "--model", tiny_checkpoint, "-o", target],
+        "benchmark": [tmp_path / "protocol.yaml", "-o", target],
+        "serve": ["--data-dir", target, "--model", tiny_checkpoint],
+    }[command]
+    what = "data folder" if command == "serve" else "output"
+    _one_line_error(_run([command, *args]), str(target), f"{what} exists and is not a folder")
+    assert target.read_text() == "keep"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "--port must lie between 1 and 65535, got 99999"),
+        (["--port", "0"], "--port must lie between 1 and 65535, got 0"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be at least 0.001, got 0"),
+        (["--token", "short"], "--token: the access token must have at least 8 characters"),
+        ([], "$CARDIOSEG_TOKEN: the access token must have at least 8 characters"),
+    ],
+)
+def test_serve_refuses_bad_settings_naming_the_option(tmp_path, monkeypatch, args, message):
+    """A port out of range (uvicorn stopped with a traceback), a tiny upload limit or a short
+    token (AppConfig's 'ValueError: max_upload_bytes ...') are refused in one line that names
+    the option, before the server starts or its data folder is made."""
+    import cardioseg.app
+
+    def no_server(*a, **k):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(cardioseg.app, "serve", no_server)
+    monkeypatch.setenv("CARDIOSEG_TOKEN", "short")
+    _one_line_error(_run(["serve", "--data-dir", tmp_path / "data", *args]), message)
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_exclusions_folder_is_not_said_to_be_missing(tmp_path):
+    from cardioseg.clinical.batch import read_exclusions
+    from cardioseg.errors import CardiosegError
+
+    with pytest.raises(CardiosegError, match="exclusions is not a file"):
+        read_exclusions(tmp_path)
+    with pytest.raises(CardiosegError, match="exclusions file not found"):
+        read_exclusions(tmp_path / "nope.csv")
+
+
+def test_agreement_on_a_dataset_without_ed_es_pairs_says_so(tmp_path, monkeypatch):
+    """A dataset of single-phase volumes (as MS-CMRSeg LGE) is refused for what it lacks,
+    before the model is loaded (it said 'no subject with both predictions and labels' after
+    segmenting every volume)."""
+    import cardioseg.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    lab = disc_labels()
+    write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(lab))
+    write_nifti(tmp_path / "ds" / "c0_gt.nii.gz", lab)
+    res = _run(["agreement", "--dataset", tmp_path / "ds", "-o", tmp_path / "out"])
+    _one_line_error(res, "ds", "no subject with labelled ED and ES volumes")
+    assert not (tmp_path / "out").exists()
+    # an unknown --prediction-labels is said before the dataset is read or the model loaded
+    res = _run(["agreement", "--dataset", tmp_path / "nope", "--prediction-labels", "foo"])
+    _one_line_error(res, "unknown --prediction-labels 'foo'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,23 @@ def run_demo(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise CardiosegError(out, "output exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    # the model is loaded and the dataset's cases found before anything is written, and a demo
+    # that fails removes the folders it created (a mistyped --model left the synthetic images,
+    # a missing --data folder an empty output folder)
+    seg = Segmenter(model)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        return _run(out, seg, data, seed, max_cases)
+    except BaseException:
+        if created:
+            shutil.rmtree(created[-1], ignore_errors=True)
+        raise
+
+
+def _run(out: Path, seg, data: str | Path | None, seed: int, max_cases: int) -> str:
+    """:func:`run_demo`'s work, with the segmenter loaded."""
     if data is None:
+        out.mkdir(parents=True, exist_ok=True)
         records = synthetic_records(out / "images", seed)
     else:
         records = [r for r in discover(data) if r.label]
@@ -79,7 +95,7 @@ def run_demo(
                 if by_key[k] and len(picked) < max_cases:
                     picked.append(by_key[k].pop(0))
         records = picked
-    seg = Segmenter(model)
+        out.mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator()
     for r in records:
         image, ref, props = load_case(r)

@@ -42,7 +42,11 @@ def remap_labels(label: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
         raise UnknownLabelError("label map contains non-integer values")
     unknown = sorted(int(v) for v in values if int(v) not in mapping)
     if unknown:
-        raise UnknownLabelError(f"unknown label value(s) {unknown}; expected {sorted(mapping)}")
+        shown = ", ".join(map(str, unknown[:8])) + (", ..." if len(unknown) > 8 else "")
+        hint = " (an image rather than a label map?)" if len(unknown) > 8 else ""
+        raise UnknownLabelError(
+            f"{len(unknown)} unknown label value(s) [{shown}]{hint}; expected {sorted(mapping)}"
+        )
     lut = np.zeros(max(mapping) + 1, dtype=np.uint8)
     for src, dst in mapping.items():
         lut[src] = dst

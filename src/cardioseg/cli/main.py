@@ -103,6 +103,15 @@ def _check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> N
         raise CardiosegError(None, f"{option} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_output_folder(output: Path | None, what: str = "output") -> None:
+    """Refuse an output folder that is a file before any work (evaluate ran the model over the
+    whole dataset, then stopped on 'cannot write or read here (File exists)')."""
+    from cardioseg.errors import CardiosegError
+
+    if output is not None and output.exists() and not output.is_dir():
+        raise CardiosegError(output, f"{what} exists and is not a folder")
+
+
 def _check_predictions_folder(predictions: Path | None) -> None:
     """Refuse a ``--predictions`` folder that is not there (rather than every case missing)."""
     from cardioseg.errors import CardiosegError
@@ -408,6 +417,7 @@ def evaluate(
     from cardioseg.evaluation.metrics import compute_metrics
     from cardioseg.io.nifti import affines_match, atomic_write, read_geometry, read_label
 
+    _check_output_folder(output)
     if dataset is None:
         if prediction is None or reference is None:
             raise CardiosegError(None, "give PREDICTION REFERENCE, or --dataset DIR")
@@ -722,6 +732,7 @@ def analyze_batch(
 
     _check_at_least("--workers", workers, 1)
     _check_choice("--seg-phases", seg_phases, SEG_PHASES)
+    _check_output_folder(output)
 
     def stop(_signum: int, _frame: Any) -> None:  # a workflow manager's stop, as Ctrl-C: the
         raise KeyboardInterrupt  # queue is dropped, results.csv written, the workers end
@@ -791,26 +802,33 @@ def agreement(
     from cardioseg.errors import CardiosegError
     from cardioseg.evaluation.agreement import paired_indices, write_agreement
 
+    _check_output_folder(output)
+    from cardioseg.labels import DATASET_LABEL_MAPS
+
+    if prediction_labels not in DATASET_LABEL_MAPS:  # before the dataset is read or a model run
+        raise CardiosegError(
+            None,
+            f"unknown --prediction-labels {prediction_labels!r} "
+            f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
+        )
     if analyzed is not None and predictions is not None:
         raise CardiosegError(analyzed, "give --analyzed or --predictions, not both")
     if analyzed is not None and not analyzed.is_dir():
         raise CardiosegError(analyzed, "not a folder of analyze-batch results")
     _check_predictions_folder(predictions)
     records = discover(dataset, layout)
+    from cardioseg.data.datasets import ed_es_pairs
+
+    if not ed_es_pairs(records):  # e.g. MS-CMRSeg LGE: one phase per subject
+        raise CardiosegError(
+            dataset, "no subject with labelled ED and ES volumes (the indices need both phases)"
+        )
     predict = None
     if predictions is None and analyzed is None:
         from cardioseg.inference import Segmenter
 
         seg = Segmenter(model, roi=roi, tta=tta)
         predict = lambda v, p: seg.predict(v, p).labels  # noqa: E731
-    from cardioseg.labels import DATASET_LABEL_MAPS
-
-    if prediction_labels not in DATASET_LABEL_MAPS:
-        raise CardiosegError(
-            None,
-            f"unknown --prediction-labels {prediction_labels!r} "
-            f"(one of {', '.join(sorted(DATASET_LABEL_MAPS))})",
-        )
     missing: list[str] = []
     rows = paired_indices(
         records,
@@ -856,14 +874,27 @@ def serve(
     """Web app: upload studies in a browser, view masks, indices, QC, reports (see docs)."""
     from cardioseg.app import AppConfig
     from cardioseg.app import serve as run_server
-    from cardioseg.app.config import default_data_dir
+    from cardioseg.app.config import TOKEN_ENV, default_data_dir
     from cardioseg.clinical.analysis import SEG_PHASES
+    from cardioseg.errors import CardiosegError
 
     _check_choice("--seg-phases", seg_phases, SEG_PHASES)
 
+    # the settings are checked here, naming the option (a port out of range stopped uvicorn
+    # with a traceback; a short token or a tiny limit gave AppConfig's ValueError)
+    if not 1 <= port <= 65535:
+        raise CardiosegError(None, f"--port must lie between 1 and 65535, got {port}")
+    if max_upload_mb * 1024**2 < 1024:
+        raise CardiosegError(None, f"--max-upload-mb must be at least 0.001, got {max_upload_mb:g}")
+    given = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    if given is not None and len(given) < 8:
+        source = "--token" if token is not None else f"${TOKEN_ENV}"
+        raise CardiosegError(None, f"{source}: the access token must have at least 8 characters")
+    data_dir = data_dir or default_data_dir()
+    _check_output_folder(data_dir, "data folder")
     run_server(
         AppConfig(
-            data_dir=data_dir or default_data_dir(),
+            data_dir=data_dir,
             host=host,
             port=port,
             token=token,
@@ -888,6 +919,7 @@ def explore(
     from cardioseg.exploration import explore_datasets
 
     _check_at_least("--max-cases", max_cases, 1)
+    _check_output_folder(output)
     typer.echo(f"report: {explore_datasets(datasets, output, layout, by, max_cases)}")
 
 
@@ -929,6 +961,7 @@ def benchmark(
     _setup_logging(True)
     from cardioseg.benchmark import run_benchmark
 
+    _check_output_folder(output)
     result = run_benchmark(
         protocol,
         output,

@@ -256,7 +256,8 @@ def read_exclusions(path: str | Path) -> dict[str, list[str]]:
 
     path = Path(path)
     if not path.is_file():
-        raise CardiosegError(path, "exclusions file not found")
+        problem = "is not a file (a folder?)" if path.exists() else "file not found"
+        raise CardiosegError(path, f"exclusions {problem}")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)

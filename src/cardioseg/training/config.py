@@ -415,6 +415,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Trainin
     if values is None and not overrides:  # nothing to train on: said here, naming the file
         raise CardiosegError(path, "the config file is empty (no settings)")
     values = {} if values is None else values
+    if not isinstance(values, dict):  # a text or a list: said for what it is, not as 'config'
+        raise CardiosegError(
+            path, "not a training config (a YAML mapping of sections: data, model, train, ...)"
+        )
     for item in overrides or []:
         if "=" not in item:
             raise CardiosegError(path, f"override '{item}' is not key=value")
