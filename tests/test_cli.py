@@ -489,6 +489,8 @@ def test_version_and_models(tmp_path, tiny_checkpoint):
     info = describe_checkpoint(tiny_checkpoint)
     assert info["channels"] == [4, 8, 16] and 0 < info["parameters"] < 20_000
     assert info["val_dice"] is None and info["val_on"] == "training subjects"
+    # sizes in MB (10^6 bytes), as `export` prints them (`models` printed MiB as "MB")
+    assert info["size_mb"] == round(tiny_checkpoint.stat().st_size / 1e6, 2)
     res = _run(["models", "--model", tiny_checkpoint])
     assert res.exit_code == 0 and "U-Net 4-8-16" in res.output and "n/a" in res.output
     assert "QC thresholds not calibrated" in res.output

@@ -214,7 +214,7 @@ def describe_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
     val = ckpt.get("metrics", {}).get("dice_mean")
     return {
         "file": str(file),
-        "size_mb": round(file.stat().st_size / 2**20, 2),
+        "size_mb": round(file.stat().st_size / 1e6, 2),  # MB (10^6 bytes), as export prints
         "parameters": int(sum(v.numel() for v in ckpt["model_state"].values() if v.ndim)),
         "channels": list(cfg.get("model", {}).get("channels", [])),
         "datasets": [Path(str(d.get("path", ""))).name for d in data.get("datasets", [])],
