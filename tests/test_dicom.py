@@ -741,12 +741,14 @@ def test_survey_and_series_command(tmp_path):
         len(chosen_rows) == 1 and "merged" in chosen_rows[0] and f"{N_SLICES} x 5" in chosen_rows[0]
     )
     assert "description suggests a long-axis view" in res.output  # the 4CH series' verdict
+    assert "slices x phases" in res.output.splitlines()[0]  # the table's header
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     found, chosen, problem = survey_study(tmp_path / "empty")
     assert chosen is None and "no DICOM images" in problem
     res = CliRunner().invoke(app, ["series", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "no short-axis cine" in res.output
+    assert "verdict" not in res.output  # no empty table before the verdict
 
 
 def test_cine_to_nifti(tmp_path):

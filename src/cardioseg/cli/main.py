@@ -658,9 +658,11 @@ def series(
     from cardioseg.io.dicom import survey_study
 
     found, chosen, problem = survey_study(study)
-    typer.echo(
-        f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  {'plane':<10} verdict"
-    )
+    if found:  # a folder without images gets its verdict alone, not an empty table
+        typer.echo(
+            f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  "
+            f"{'plane':<10} verdict"
+        )
     for s in found:
         mark = "->" if s is chosen else ""
         number = "merged" if s.merged_from else str(s.series_number or "")
