@@ -611,6 +611,8 @@ def test_analyze_batch_rerun_writes_the_pdfs_an_earlier_run_left_out(tmp_path, t
     assert (out / "a" / "report.pdf").exists()
     res = _run(["analyze-batch", tmp_path / "nowhere", "-o", out, "--model", tiny_checkpoint])
     _assert_clean_failure(res, "not found")
+    res = _run([*args, "--seg-phases", "every"])  # refused before any study is looked at
+    _assert_clean_failure(res, "--seg-phases must be one of ed-es, all; got 'every'")
 
 
 def test_analyze_batch_survives_odd_names_damaged_reports_and_partial_folders(
