@@ -497,6 +497,17 @@ def test_serve_command_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--seg-phases", "x"])
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "--seg-phases must be one of ed-es, all; got 'x'" in res.output
+    import socket
+
+    with socket.socket() as busy:  # a port another server listens on: refused before any work
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        res = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path / "d"), "--port", port])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"cannot listen on 127.0.0.1:{port}" in res.output
+    assert "give another --port" in res.output
+    assert "web app:" not in res.output  # no banner printed
     with pytest.raises(ValueError, match="seg_phases must be one of ed-es, all"):
         AppConfig(data_dir=tmp_path / "d", seg_phases="ES")
     assert not (tmp_path / "d").exists()

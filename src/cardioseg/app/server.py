@@ -953,6 +953,30 @@ def _lock_data_dir(root: Path) -> Any:
 # --- running ---------------------------------------------------------------------------------
 
 
+def _check_address_free(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (another server on the
+    port, a host name that does not resolve): uvicorn found it only after the banner was
+    printed and the data folder made. Bound as uvicorn binds (``SO_REUSEADDR``), then freed."""
+    import socket
+
+    from cardioseg.errors import CardiosegError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (OSError, UnicodeError) as err:
+        raise CardiosegError(None, f"--host {host}: the name does not resolve ({err})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise CardiosegError(
+                None,
+                f"cannot listen on {host}:{port} ({err.strerror or err}): another server may "
+                "be using the port; give another --port",
+            ) from None
+
+
 def serve(config: AppConfig, log_level: str = "info") -> None:
     """Run the server in the foreground (``cardioseg serve``) until interrupted.
 
@@ -975,6 +999,7 @@ def serve(config: AppConfig, log_level: str = "info") -> None:
     )
     if Path(config.data_dir).is_dir():
         _lock_data_dir(Path(config.data_dir)).close()  # a check only: the app takes the lock
+    _check_address_free(config.host, config.port)  # before the data folder is made
     app = create_app(config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{config.port}/"
