@@ -388,6 +388,8 @@ def test_dicom_seg_of_every_phase_and_the_batch_that_asks_for_it(tmp_path, tiny_
     run_batch(tmp_path / "studies", tmp_path / "out", seg_phases="all", **kw)
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["dicom_seg_phases"] == "all"
+    html = (out / "report.html").read_text()
+    assert "<td>DICOM-SEG phases (ed-es or all)</td><td>all</td>" in html
     cine = nib.load(str(out / "masks_cine.nii.gz")).get_fdata()
     segmented = [t for t in range(cine.shape[-1]) if cine[..., t].any()]
     names = {report["ed_frame"]: "ED", report["es_frame"]: "ES"}

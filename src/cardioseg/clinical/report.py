@@ -597,6 +597,7 @@ META_NAMES = {
     "model": "model",
     "network_runtime": "network run by, in",
     "qc_calibration": "QC thresholds calibrated for",
+    "dicom_seg_phases": "DICOM-SEG phases (ed-es or all)",
     "heart_window": "heart window (volumes: window, whole image, fallback)",
     "vendor": "vendor",
     "series_description": "series description",
