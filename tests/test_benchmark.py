@@ -279,6 +279,57 @@ BAD = {
         },
         "needs an adaptation_pool",
     ),
+    # a misspelt filter attribute kept the excluded cases (here: tested the training subjects)
+    "unknown filter attribute": (
+        {
+            "experiments": [
+                {
+                    "name": "e",
+                    "sources": ["src"],
+                    "targets": [{"dataset": "tgt", "exclude": {"subjct": ["ge10"]}}],
+                }
+            ]
+        },
+        "e.targets: exclude names unknown case attribute 'subjct'",
+    ),
+    "filter value not a list": (
+        {
+            "datasets": {
+                "src": {"path": "siemens", "layout": "folder", "include": {"vendor": "siemens"}},
+                "tgt": {"path": "ge", "layout": "folder"},
+            }
+        },
+        r"dataset 'src': include.vendor must be a list, e.g. \[siemens\]",
+    ),
+    "sources not a list": (
+        {"experiments": [{"name": "e", "sources": "src", "targets": ["tgt"]}]},
+        r"experiment 'e': sources must be a list, e.g. \[src\]",
+    ),
+    "leave_one_out key misspelt": (
+        {"experiments": [{"name": "l", "leave_one_out": {"datasets": ["src"], "key": "vendr"}}]},
+        "leave_one_out key 'vendr'",
+    ),
+    "epochs_scale not a number": (
+        {"methods": ["baseline", {"name": "b2", "base": "baseline", "epochs_scale": "half"}]},
+        "method 'b2': epochs_scale must be a number > 0, got 'half'",
+    ),
+    "adaptation_pool as text": (
+        {"methods": ["baseline", {"name": "b2", "base": "baseline", "adaptation_pool": "false"}]},
+        "method 'b2': adaptation_pool must be true or false",
+    ),
+    "compare_to not a name": (
+        {"methods": ["baseline", {"name": "b2", "base": "baseline", "compare_to": 3}]},
+        "method 'b2': compare_to must be a method name",
+    ),
+    "max_subjects_per_target not a number": (
+        {"profiles": {"quick": {**QUICK, "max_subjects_per_target": "two"}}},
+        "profile quick: max_subjects_per_target must be a whole number",
+    ),
+    "profile seeds not a list": (
+        {"profiles": {"quick": {**QUICK, "seeds": "0"}}},
+        "profile quick: seeds must be a non-empty list of integers",
+    ),
+    "base not a mapping": ({"base": ["data"]}, "base must be a mapping"),
 }
 
 

@@ -164,6 +164,66 @@ def test_a_failed_start_leaves_no_config_behind(tmp_path, data):
     assert not (tmp_path / "runs" / "new" / "config.yaml").exists()
 
 
+@pytest.mark.parametrize("init", ["missing", "other network"])
+def test_a_wrong_init_checkpoint_is_refused_before_the_data_are_read(
+    tmp_path, tiny_checkpoint, monkeypatch, init
+):
+    """A mistyped ``init_checkpoint`` or one of another network was found only after the data
+    were read and prepared (minutes on a real dataset), and left a config.yaml behind."""
+    import cardioseg.training.trainer as trainer_module
+
+    cfg = _config(tmp_path)
+    cfg.output_dir = str(tmp_path / "runs" / "ft")
+    cfg.init_checkpoint = str(tmp_path / "nope.pt") if init == "missing" else str(tiny_checkpoint)
+    if init == "other network":
+        cfg.model = ModelConfig(channels=[8, 16, 32], strides=[2, 2], num_res_units=0)
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were read before the checkpoint was checked")
+
+    monkeypatch.setattr(trainer_module, "collect_records", no_data)
+    message = "model checkpoint not found" if init == "missing" else "does not match"
+    with pytest.raises(CardiosegError, match=message):
+        Trainer(cfg, progress=False).run()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checking_the_init_checkpoint_draws_no_random_numbers(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """The early check builds a network of its own: the run's network is still initialised
+    from the random state it had before the check existed."""
+    import cardioseg.training.trainer as trainer_module
+
+    states: list[torch.Tensor] = []
+    real_build = trainer_module.build_model
+
+    def spy(model_cfg):
+        states.append(torch.get_rng_state())
+        return real_build(model_cfg)
+
+    monkeypatch.setattr(trainer_module, "build_model", spy)
+    cfg = _config(tmp_path, fold=-1, n_val_monitor=1)
+    Trainer(cfg, progress=False).run()
+    assert len(states) == 1
+    cfg.init_checkpoint = str(tiny_checkpoint)
+    cfg.output_dir = str(tmp_path / "run2")
+    Trainer(cfg, progress=False).run()
+    assert len(states) == 3  # the check's network, then the run's
+    assert torch.equal(states[2], states[0])
+
+
+def test_train_names_the_config_when_its_data_do_not_fit(tmp_path):
+    """More folds than subjects was a raw ValueError ('k must be in [2, 4], got 5')."""
+    cfg = _config(tmp_path, folds=5, fold=0)
+    path = tmp_path / "cv.yaml"
+    cfg.save(path)
+    r = CliRunner().invoke(app, ["train", "-c", str(path), "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line == f"error: {path}: train.folds 5 needs at least 5 subjects, the datasets have 4"
+
+
 def test_weight_averaging_averages_epochs_and_resumes(tmp_path):
     cfg = _config(tmp_path, fold=-1, epochs=2, swa_start=1, swa_lr=0.01, lr=0.002)
     Trainer(cfg, progress=False).run()
@@ -214,6 +274,9 @@ def test_config_errors(tmp_path):
         ("train", {"epochs": 0}, "epochs must be >= 1"),
         ("train", {"batch_size": 0}, "batch_size must be >= 1"),
         ("train", {"lr": -1.0}, "lr and weight_decay must be >= 0"),
+        ("train", {"fold": 5}, "train.fold must be -1 (all data) or 0..folds-1"),
+        ("train", {"fold": 0, "folds": 1}, "with folds >= 2, got fold 0 of 1"),
+        ("data", {"target_spacing": -1}, "data.target_spacing must be > 0 (mm), got -1"),
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             config_from_dict({section: values})

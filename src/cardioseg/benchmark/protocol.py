@@ -302,6 +302,37 @@ def _check_keys(values: Any, allowed: tuple[str, ...], where: str, proto: Path) 
     return values
 
 
+def _check_filters(values: dict, where: str, proto: Path) -> None:
+    """Refuse an ``include`` / ``exclude`` that is not a mapping of a case attribute to a list
+    (an unknown attribute would keep or drop every case silently; a plain value would be
+    matched character by character)."""
+    from cardioseg.training.config import RECORD_KEYS
+
+    for key in ("include", "exclude"):
+        spec = values.get(key) or {}
+        if not isinstance(spec, dict):
+            raise CardiosegError(proto, f"{where}: {key} must be a mapping of attribute -> list")
+        for attr, vals in spec.items():
+            if attr not in RECORD_KEYS:
+                raise CardiosegError(
+                    proto,
+                    f"{where}: {key} names unknown case attribute {attr!r} "
+                    f"(use {', '.join(RECORD_KEYS)})",
+                )
+            if not isinstance(vals, list):
+                raise CardiosegError(proto, f"{where}: {key}.{attr} must be a list, e.g. [{vals}]")
+
+
+def _as_list(value: Any, where: str, proto: Path) -> list:
+    """A list-valued key (``sources``, ``methods``, ...); ``None`` is an empty list."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        example = f", e.g. [{value}]" if isinstance(value, str | int) else ""
+        raise CardiosegError(proto, f"{where} must be a list{example}")
+    return value
+
+
 def _parse_ref(value: Any, proto: Protocol, where: str) -> Ref:
     if isinstance(value, str):
         value = {"dataset": value}
@@ -309,9 +340,7 @@ def _parse_ref(value: Any, proto: Protocol, where: str) -> Ref:
     name = v.get("dataset")
     if name not in proto.datasets:
         raise proto.error(f"{where}: unknown dataset '{name}' (defined: {sorted(proto.datasets)})")
-    for key in ("include", "exclude"):
-        if not isinstance(v.get(key, {}), dict):
-            raise proto.error(f"{where}.{key} must be a mapping of attribute -> list")
+    _check_filters(v, where, proto.path)
     if v.get("split") and name not in proto.splits:
         raise proto.error(f"{where}: dataset '{name}' has no split in 'splits'")
     return Ref(
@@ -349,6 +378,22 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
         if k in ("name", "base"):
             continue
         merged[k] = deep_merge(merged.get(k, {}), val) if k == "config" else val
+    if not isinstance(merged.get("adaptation_pool", False), bool):
+        raise CardiosegError(proto_path, f"method '{name}': adaptation_pool must be true or false")
+    scale = merged.get("epochs_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+        raise CardiosegError(
+            proto_path, f"method '{name}': epochs_scale must be a number > 0, got {scale!r}"
+        )
+    compare = merged.get("compare_to", [])
+    compare = [compare] if isinstance(compare, str) else compare
+    if not isinstance(compare, list) or not all(isinstance(c, str) for c in compare):
+        raise CardiosegError(
+            proto_path, f"method '{name}': compare_to must be a method name or a list of them"
+        )
+    for key in ("model_from", "init_from", "checkpoint", "train_on"):
+        if not isinstance(merged.get(key, ""), str):
+            raise CardiosegError(proto_path, f"method '{name}': {key} must be text (a name)")
     if merged.get("train_on", "sources") not in TRAIN_ON:
         raise CardiosegError(
             proto_path, f"method '{name}': train_on must be one of {', '.join(TRAIN_ON)}"
@@ -363,7 +408,6 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
                 f"method '{name}': a checkpoint is evaluated as is; drop model_from/init_from",
             )
         checkpoint = _checkpoint_path(checkpoint, proto_path, name)
-    compare = merged.get("compare_to", [])
     return MethodDef(
         name=name,
         description=str(merged.get("description", "")),
@@ -374,7 +418,7 @@ def _parse_method(value: Any, proto_path: Path) -> MethodDef:
         train_on=str(merged.get("train_on", "sources")),
         adaptation_pool=bool(merged.get("adaptation_pool", False)),
         epochs_scale=float(merged.get("epochs_scale", 1.0)),
-        compare_to=[compare] if isinstance(compare, str) else list(compare),
+        compare_to=list(compare),
     )
 
 
@@ -419,9 +463,7 @@ def load_protocol(path: str | Path) -> Protocol:
         spec = _check_keys(
             spec, ("path", "layout", "domain", "include", "exclude"), f"dataset '{name}'", path
         )
-        for key in ("include", "exclude"):
-            if not isinstance(spec.get(key, {}), dict):
-                raise CardiosegError(path, f"dataset '{name}': {key} must be a mapping")
+        _check_filters(spec, f"dataset '{name}'", path)
         if "path" not in spec:
             raise CardiosegError(path, f"dataset '{name}' has no path")
         datasets[str(name)] = DatasetDef(
@@ -435,7 +477,7 @@ def load_protocol(path: str | Path) -> Protocol:
     if not datasets:
         raise CardiosegError(path, "the protocol defines no datasets")
     methods: dict[str, MethodDef] = {}
-    for m in v.get("methods") or []:
+    for m in _as_list(v.get("methods"), "methods", path):
         md = _parse_method(m, path)
         if md.name in methods:
             raise CardiosegError(path, f"method '{md.name}' is defined twice")
@@ -454,8 +496,8 @@ def load_protocol(path: str | Path) -> Protocol:
     baseline = str(v.get("baseline", next(iter(methods))))
     if baseline not in methods:
         raise CardiosegError(path, f"baseline method '{baseline}' is not in the methods")
-    experiments = v.get("experiments") or []
-    if not isinstance(experiments, list) or not experiments:
+    experiments = _as_list(v.get("experiments"), "experiments", path)
+    if not experiments:
         raise CardiosegError(path, "the protocol has no experiments")
     splits = v.get("splits") or {}
     for ds_name, spec in _check_keys(splits, tuple(splits), "splits", path).items():
@@ -467,6 +509,26 @@ def load_protocol(path: str | Path) -> Protocol:
     profiles = v.get("profiles") or {}
     for pname, prof in _check_keys(profiles, tuple(profiles), "profiles", path).items():
         _check_keys(prof, ("seeds", "config", "max_subjects_per_target"), f"profile {pname}", path)
+        p_seeds = prof.get("seeds")
+        if p_seeds is not None and (
+            not isinstance(p_seeds, list)
+            or not p_seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in p_seeds)
+        ):
+            raise CardiosegError(
+                path, f"profile {pname}: seeds must be a non-empty list of integers"
+            )
+        limit = prof.get("max_subjects_per_target", 0)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise CardiosegError(
+                path,
+                f"profile {pname}: max_subjects_per_target must be a whole number >= 0 "
+                f"(0: all), got {limit!r}",
+            )
+        if not isinstance(prof.get("config") or {}, dict):
+            raise CardiosegError(path, f"profile {pname}: config must be a mapping")
+    if not isinstance(v.get("base") or {}, dict):
+        raise CardiosegError(path, "base must be a mapping (a training config's sections)")
     domain_key = str(v.get("domain_key", "dataset"))
     from cardioseg.training.config import RECORD_KEYS
 
@@ -496,7 +558,11 @@ def _experiments(proto: Protocol) -> list[Experiment]:
         name = str(spec.get("name") or f"exp{i}")
         if "/" in name or "\\" in name or name in (".", ".."):  # a folder name under -o
             raise proto.error(f"{where}: experiment name {name!r} is not a plain folder name")
-        methods = [str(m) for m in spec.get("methods") or list(proto.methods)]
+        methods = [
+            str(m)
+            for m in _as_list(spec.get("methods"), f"experiment '{name}': methods", proto.path)
+            or list(proto.methods)
+        ]
         for m in methods:
             if m not in proto.methods:
                 raise proto.error(
@@ -508,7 +574,10 @@ def _experiments(proto: Protocol) -> list[Experiment]:
                 if dep and dep not in methods:
                     raise proto.error(f"experiment '{name}': method '{m}' needs method '{dep}'")
         pools = {
-            k: [_parse_ref(r, proto, f"{name}.{k}") for r in spec.get(k) or []]
+            k: [
+                _parse_ref(r, proto, f"{name}.{k}")
+                for r in _as_list(spec.get(k), f"experiment '{name}': {k}", proto.path)
+            ]
             for k in ("adaptation_pool", "finetune_pool")
         }
         if "leave_one_out" in spec:
@@ -516,7 +585,17 @@ def _experiments(proto: Protocol) -> list[Experiment]:
                 spec["leave_one_out"], ("datasets", "key"), f"{where}.leave_one_out", proto.path
             )
             key = str(loo.get("key", proto.domain_key))
-            refs = [_parse_ref(r, proto, f"{name}.leave_one_out") for r in loo.get("datasets", [])]
+            from cardioseg.training.config import RECORD_KEYS
+
+            if key not in RECORD_KEYS:
+                raise proto.error(
+                    f"experiment '{name}': leave_one_out key '{key}': use one of "
+                    f"{', '.join(RECORD_KEYS)}"
+                )
+            refs = [
+                _parse_ref(r, proto, f"{name}.leave_one_out")
+                for r in _as_list(loo.get("datasets"), f"{name}.leave_one_out.datasets", proto.path)
+            ]
             if not refs:
                 raise proto.error(f"experiment '{name}': leave_one_out needs datasets")
             values = sorted(
@@ -560,7 +639,7 @@ def _experiments(proto: Protocol) -> list[Experiment]:
                 )
             continue
         for k in ("sources", "targets"):
-            if not spec.get(k):
+            if not _as_list(spec.get(k), f"experiment '{name}': {k}", proto.path):
                 raise proto.error(f"experiment '{name}' has no {k}")
         out.append(
             Experiment(

@@ -175,11 +175,17 @@ def train(
 ) -> None:
     """Train a model from a YAML config (resumes from OUTPUT_DIR/last.pt if present)."""
     _setup_logging(True)
+    from cardioseg.errors import CardiosegError
     from cardioseg.training.config import load_config
     from cardioseg.training.trainer import Trainer
 
     cfg = load_config(config, overrides)
-    result = Trainer(cfg, progress=progress).run()
+    try:
+        result = Trainer(cfg, progress=progress).run()
+    except CardiosegError as exc:  # a problem of the config's data or settings: name the file
+        if exc.path is None:
+            raise CardiosegError(config, exc.problem) from None
+        raise
     typer.echo(f"done: {len(result['history'])} epochs, output in {cfg.output_dir}")
 
 

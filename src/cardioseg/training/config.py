@@ -87,6 +87,8 @@ class DataConfig:
     canonical_handedness: bool = True
 
     def __post_init__(self) -> None:
+        if not self.target_spacing > 0:
+            raise ValueError(f"data.target_spacing must be > 0 (mm), got {self.target_spacing}")
         if self.sampling not in ("uniform", "balanced"):
             raise ValueError(f"sampling must be 'uniform' or 'balanced', got {self.sampling!r}")
         bad = [k for k in self.domain_key.split("+") if k not in RECORD_KEYS]
@@ -171,6 +173,11 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         for spec in self.extra_augmentation:
             extra_transforms(spec)  # validates names and arguments
+        if self.fold >= 0 and (self.folds < 2 or self.fold >= self.folds):
+            raise ValueError(
+                f"train.fold must be -1 (all data) or 0..folds-1 with folds >= 2, got fold "
+                f"{self.fold} of {self.folds}"
+            )
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         for name, low in (

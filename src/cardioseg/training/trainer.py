@@ -109,6 +109,11 @@ def split_records(
         uniq = sorted(set(subjects))
         monitor = set(rng.choice(uniq, size=min(t.n_val_monitor, len(uniq)), replace=False))
         return records, [r for r in records if f"{r.dataset}/{r.subject}" in monitor]
+    n = len(set(subjects))
+    if n < t.folds:
+        raise CardiosegError(
+            None, f"train.folds {t.folds} needs at least {t.folds} subjects, the datasets have {n}"
+        )
     folds = kfold_split(subjects, t.folds, t.seed, strata)
     if t.fold >= len(folds):
         raise CardiosegError(None, f"fold {t.fold} out of range for {t.folds} folds")
@@ -309,6 +314,9 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         seed_everything(t.seed + self.rank)
         resumed = self._check_resumable()  # before anything but the lock file is written
+        if cfg.init_checkpoint:  # a wrong path or network is said before the data are read
+            with torch.random.fork_rng(devices=[]):  # the run's own model is drawn as before
+                load_init_weights(build_model(cfg.model), cfg.init_checkpoint)
         records = collect_records(cfg)
         train_recs, val_recs = split_records(records, cfg)
         self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
