@@ -46,6 +46,16 @@ FILE_SUFFIXES = frozenset(
 )
 
 #: ``--roi/--whole-image`` of the commands that run a model.
+#: ``--seg-phases`` of analyze, analyze-batch and serve (checked against
+#: ``cardioseg.clinical.analysis.SEG_PHASES`` in the command, before any work).
+SegPhasesOption = Annotated[
+    str,
+    typer.Option(
+        help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) or "
+        "all (every phase, as masks_cine.nii.gz)"
+    ),
+]
+
 RoiOption = Annotated[
     bool | None,
     typer.Option(
@@ -591,13 +601,7 @@ def analyze(
             "into reports"
         ),
     ] = None,
-    seg_phases: Annotated[
-        str,
-        typer.Option(
-            help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) "
-            "or all (every phase, as masks_cine.nii.gz)"
-        ),
-    ] = "ed-es",
+    seg_phases: SegPhasesOption = "ed-es",
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
     from cardioseg.clinical.analysis import SEG_PHASES, analyze_study
@@ -720,13 +724,7 @@ def analyze_batch(
     pdf: Annotated[
         bool, typer.Option(help="Also write each report.pdf (--no-pdf: faster, HTML kept)")
     ] = True,
-    seg_phases: Annotated[
-        str,
-        typer.Option(
-            help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) "
-            "or all (every phase, as masks_cine.nii.gz)"
-        ),
-    ] = "ed-es",
+    seg_phases: SegPhasesOption = "ed-es",
 ) -> None:
     """Analyse many studies; one CSV row per study. Resumable: finished studies are skipped,
     unless another model analysed them (one table, one model). Exit status: 0 when every study
@@ -871,13 +869,7 @@ def serve(
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Upload size limit in MB")] = 2048,
     pdf: Annotated[bool, typer.Option(help="Also write report.pdf")] = True,
-    seg_phases: Annotated[
-        str,
-        typer.Option(
-            help="Phases of a DICOM cine to export as DICOM-SEG: ed-es (the reported phases) "
-            "or all (every phase)"
-        ),
-    ] = "ed-es",
+    seg_phases: SegPhasesOption = "ed-es",
 ) -> None:
     """Web app: upload studies in a browser, view masks, indices, QC, reports (see docs)."""
     from cardioseg.app import AppConfig

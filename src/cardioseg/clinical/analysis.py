@@ -40,6 +40,18 @@ ADULT_AGE_YEARS = 18.0
 SEG_PHASES = ("ed-es", "all")
 
 
+def check_seg_phases(value: str) -> None:
+    """Refuse a ``seg_phases`` that is not one of :data:`SEG_PHASES` (one line, no file).
+
+    Example:
+        >>> check_seg_phases("all")
+    """
+    if value not in SEG_PHASES:
+        raise CardiosegError(
+            None, f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {value!r}"
+        )
+
+
 @dataclass
 class Study:
     """A loaded study: a 4D cine (X, Y, Z, T) or an ED/ES pair stored as 2 frames."""
@@ -459,10 +471,7 @@ def analyze_study(
     check_output_folder(outdir, [study, ed, es])
     outdir = Path(outdir).resolve()  # a link is followed: its target is the result folder
     check_body_size(height_cm, weight_kg)
-    if seg_phases not in SEG_PHASES:
-        raise CardiosegError(
-            None, f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {seg_phases!r}"
-        )
+    check_seg_phases(seg_phases)
     try:
         exclusions = [
             e if isinstance(e, SliceExclusion) else SliceExclusion.parse(e) for e in exclude

@@ -387,13 +387,10 @@ def run_batch(
         CardiosegError: No studies, exclusions naming a study that is not in ``root``, or
             an unknown ``seg_phases``.
     """
-    from cardioseg.clinical.analysis import SEG_PHASES
+    from cardioseg.clinical.analysis import check_seg_phases
     from cardioseg.clinical.slices import SliceExclusion
 
-    if seg_phases not in SEG_PHASES:
-        raise CardiosegError(
-            None, f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {seg_phases!r}"
-        )
+    check_seg_phases(seg_phases)
 
     outdir = Path(outdir)
     if outdir.resolve() == Path(root).resolve():
