@@ -94,7 +94,7 @@ class AppConfig:
             raise ValueError("max_upload_bytes must be at least 1024")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
-        from cardioseg.clinical.analysis import SEG_PHASES
+        from cardioseg.options import SEG_PHASES
 
         if self.seg_phases not in SEG_PHASES:
             raise ValueError(

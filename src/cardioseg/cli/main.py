@@ -47,7 +47,7 @@ FILE_SUFFIXES = frozenset(
 
 #: ``--roi/--whole-image`` of the commands that run a model.
 #: ``--seg-phases`` of analyze, analyze-batch and serve (checked against
-#: ``cardioseg.clinical.analysis.SEG_PHASES`` in the command, before any work).
+#: ``cardioseg.options.SEG_PHASES`` in the command, before any work).
 SegPhasesOption = Annotated[
     str,
     typer.Option(
@@ -604,8 +604,9 @@ def analyze(
     seg_phases: SegPhasesOption = "ed-es",
 ) -> None:
     """Clinical analysis: volumes, EF, LV mass, QC verdict, masks, DICOM-SEG and reports."""
-    from cardioseg.clinical.analysis import SEG_PHASES, analyze_study
+    from cardioseg.clinical.analysis import analyze_study
     from cardioseg.inference import Segmenter
+    from cardioseg.options import SEG_PHASES
 
     _check_choice("--seg-phases", seg_phases, SEG_PHASES)
     report = analyze_study(
@@ -733,8 +734,8 @@ def analyze_batch(
     import csv
     import signal
 
-    from cardioseg.clinical.analysis import SEG_PHASES
     from cardioseg.clinical.batch import read_exclusions, run_batch
+    from cardioseg.options import SEG_PHASES
 
     _check_at_least("--workers", workers, 1)
     _check_choice("--seg-phases", seg_phases, SEG_PHASES)
@@ -875,8 +876,8 @@ def serve(
     from cardioseg.app import AppConfig
     from cardioseg.app import serve as run_server
     from cardioseg.app.config import TOKEN_ENV, default_data_dir
-    from cardioseg.clinical.analysis import SEG_PHASES
     from cardioseg.errors import CardiosegError
+    from cardioseg.options import SEG_PHASES
 
     _check_choice("--seg-phases", seg_phases, SEG_PHASES)
 

@@ -26,6 +26,7 @@ from cardioseg.io.nifti import (
     write_image,
     write_label,
 )
+from cardioseg.options import check_seg_phases
 
 log = logging.getLogger("cardioseg.analyze")
 
@@ -35,21 +36,6 @@ MIN_SLICES = 3
 #: its (adult) normal ranges do not apply.
 ADULT_MIN_HEIGHT_CM = 140.0
 ADULT_AGE_YEARS = 18.0
-#: Which phases of a DICOM cine ``analyze`` exports as DICOM-SEG: ``"ed-es"`` (the two reported
-#: phases, the default) or ``"all"`` (every phase, as ``masks_cine.nii.gz`` holds them).
-SEG_PHASES = ("ed-es", "all")
-
-
-def check_seg_phases(value: str) -> None:
-    """Refuse a ``seg_phases`` that is not one of :data:`SEG_PHASES` (one line, no file).
-
-    Example:
-        >>> check_seg_phases("all")
-    """
-    if value not in SEG_PHASES:
-        raise CardiosegError(
-            None, f"seg_phases must be one of {', '.join(SEG_PHASES)}, got {value!r}"
-        )
 
 
 @dataclass

@@ -387,8 +387,8 @@ def run_batch(
         CardiosegError: No studies, exclusions naming a study that is not in ``root``, or
             an unknown ``seg_phases``.
     """
-    from cardioseg.clinical.analysis import check_seg_phases
     from cardioseg.clinical.slices import SliceExclusion
+    from cardioseg.options import check_seg_phases
 
     check_seg_phases(seg_phases)
 
