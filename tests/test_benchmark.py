@@ -788,3 +788,82 @@ def test_an_unreadable_checkpoint_method_is_named_as_given(tmp_path, vendors):
     assert res.status == {"s2g/pre/seed0": "failed"}
     (message,) = res.errors.values()
     assert "not_a_model.pt" in message and ".partial" not in message, message
+
+
+def test_a_checkpoint_method_is_evaluated_once_for_all_seeds(
+    tmp_path, vendors, tiny_checkpoint, monkeypatch
+):
+    """A checkpoint evaluated as is is the same model under every seed: the first seed is
+    evaluated, the others take its rows, with their own seed and a record of where from."""
+    import cardioseg.benchmark.runner as runner_module
+
+    calls: list[str] = []
+    real = runner_module.evaluate_run
+
+    def spy(proto, run, *args, **kwargs):
+        calls.append(run.key)
+        return real(proto, run, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_run", spy)
+    proto = _protocol(
+        tmp_path,
+        vendors,
+        methods=[{"name": "pre", "checkpoint": str(tiny_checkpoint)}],
+        baseline="pre",
+        profiles={"quick": {**QUICK, "seeds": [0, 1]}},
+    )
+    out = tmp_path / "out"
+    res = run_benchmark(proto, out, profile="quick")
+    assert res.status == {"s2g/pre/seed0": "done", "s2g/pre/seed1": "done"}, res.errors
+    assert calls == ["s2g/pre/seed0"]
+    runs = out / "runs" / "s2g" / "pre"
+    a = list(csv.DictReader(open(runs / "seed0" / "metrics.csv")))
+    b = list(csv.DictReader(open(runs / "seed1" / "metrics.csv")))
+    assert [r["seed"] for r in a] == ["0"] * len(a) and [r["seed"] for r in b] == ["1"] * len(b)
+    assert [{**r, "seed": "1"} for r in a] == b
+    info = json.loads((runs / "seed1" / "run.json").read_text())
+    assert info["evaluation"]["copied_from"] == "s2g/pre/seed0"
+    # --reevaluate evaluates the checkpoint once again, not once per seed
+    calls.clear()
+    res = run_benchmark(proto, out, profile="quick", reevaluate=True)
+    assert set(res.status.values()) == {"re-evaluated"} and calls == ["s2g/pre/seed0"]
+
+
+def test_a_run_stopped_during_its_evaluation_is_not_trained_again(tmp_path, vendors, monkeypatch):
+    import cardioseg.benchmark.runner as runner_module
+    from cardioseg.training.trainer import Trainer
+
+    proto = _protocol(tmp_path, vendors, methods=["baseline"])
+    out = tmp_path / "out"
+    real = runner_module.evaluate_run
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "evaluate_run", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(proto, out, profile="quick")
+    partial = out / "runs" / "s2g" / "baseline" / "seed0.partial"
+    model = (partial / "train" / "final.pt").read_bytes()
+    trained: list[int] = []
+    real_run = Trainer.run
+    monkeypatch.setattr(runner_module, "evaluate_run", real)
+    monkeypatch.setattr(Trainer, "run", lambda self: trained.append(1) or real_run(self))
+    res = run_benchmark(proto, out, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "done"}, res.errors
+    assert trained == []
+    final = out / "runs" / "s2g" / "baseline" / "seed0"
+    assert (final / "train" / "final.pt").read_bytes() == model
+    summary = json.loads((final / "train" / "summary.json").read_text())
+    info = json.loads((final / "run.json").read_text())
+    assert info["train_s"] == round(summary["train_time_s"], 1)
+
+    # a training of another configuration in the working folder is not taken for this one
+    (final / "done.json").unlink()
+    final.rename(partial)
+    cfg = yaml.safe_load((partial / "train" / "config.yaml").read_text())
+    cfg["train"]["lr"] = cfg["train"]["lr"] * 2
+    (partial / "train" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = run_benchmark(proto, out, profile="quick")
+    assert res.status == {"s2g/baseline/seed0": "done"}, res.errors
+    assert trained == [1]

@@ -68,7 +68,9 @@ def test_packaged_models_by_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "contrast").write_text("x")
     assert resolve_checkpoint("contrast") == Path("contrast")
-    with pytest.raises(CardiosegError, match="packaged models: contrast, default, v3"):
+    with pytest.raises(
+        CardiosegError, match="packaged models: contrast, default, v3; .*: ensemble"
+    ):
         load_checkpoint(tmp_path / "nonexistent")
 
 

@@ -427,3 +427,21 @@ def test_shipped_training_configs_load(name):
         from cardioseg.adaptation.finetune import load_init_weights
 
         load_init_weights(model, cfg.init_checkpoint)
+
+
+def test_the_init_checkpoint_is_read_once(tmp_path, tiny_checkpoint, monkeypatch):
+    """The early check's weights are the ones the run starts from: the file is read once."""
+    import cardioseg.adaptation.finetune as finetune_module
+
+    reads: list[str] = []
+    real_load = finetune_module.load_checkpoint
+
+    def spy(path, *args, **kwargs):
+        reads.append(str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "load_checkpoint", spy)
+    cfg = _config(tmp_path, fold=-1, n_val_monitor=1)
+    cfg.init_checkpoint = str(tiny_checkpoint)
+    Trainer(cfg, progress=False).run()
+    assert reads == [str(tiny_checkpoint)]

@@ -987,11 +987,18 @@ def serve(config: AppConfig, log_level: str = "info") -> None:
     from cardioseg.errors import CardiosegError
 
     if config.segmenter_factory is None:
-        from cardioseg.models.checkpoint import checkpoint_members
+        from cardioseg.models.checkpoint import (
+            PACKAGED_ENSEMBLES,
+            PACKAGED_MODELS,
+            checkpoint_members,
+        )
 
         for ckpt in checkpoint_members(config.checkpoint):
             if not ckpt.is_file():
-                raise CardiosegError(ckpt, "model checkpoint not found (pass --model PATH or NAME)")
+                names = ", ".join([*sorted(PACKAGED_MODELS), *sorted(PACKAGED_ENSEMBLES)])
+                raise CardiosegError(
+                    ckpt, f"model checkpoint not found (pass --model PATH or one of: {names})"
+                )
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

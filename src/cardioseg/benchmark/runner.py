@@ -182,8 +182,75 @@ def evaluation_record(segmenter: Any, max_subjects: int = 0) -> dict[str, Any]:
     }
 
 
-def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int = 0) -> Path:
-    """Train (or reuse) and evaluate one run; returns its final folder."""
+#: A checkpoint method's evaluation, shared by its seeds: ``(experiment, method, file
+#: state)`` -> ``(rows, evaluation record, key of the run that was evaluated)``.
+EvaluationCache = dict[tuple[str, str, tuple], tuple[list[dict], dict[str, Any], str]]
+
+
+def _checkpoint_evaluation(
+    proto: Protocol,
+    run: RunSpec,
+    checkpoint: Path,
+    max_subjects: int,
+    cache: EvaluationCache | None,
+) -> tuple[list[dict], dict[str, Any]]:
+    """Per-case rows and evaluation record of ``checkpoint`` for ``run``. A method that
+    evaluates a given ``checkpoint`` as is gives the same model for every seed, so its first
+    seed is evaluated and the others take those rows (their ``seed`` set, the evaluation
+    record naming the run it comes from) instead of repeating the same inference."""
+    key = None
+    if run.checkpoint and cache is not None:
+        st = Path(run.checkpoint).stat()
+        key = (run.experiment, run.method, (str(run.checkpoint), st.st_size, st.st_mtime_ns))
+        if key in cache:
+            rows, evaluation, source = cache[key]
+            return [{**r, "seed": run.seed} for r in rows], {**evaluation, "copied_from": source}
+    evaluation: dict[str, Any] = {}
+    rows = evaluate_run(proto, run, checkpoint, max_subjects, evaluation)
+    if key is not None:
+        cache[key] = (rows, evaluation, run.key)
+    return rows, evaluation
+
+
+def _finished_training(train_dir: Path, cfg: dict[str, Any]) -> bool:
+    """Whether ``train_dir`` holds a training of ``cfg`` that ran to its end (``final.pt`` and
+    ``summary.json`` written, ``last.pt`` removed), as one left by a run stopped during its
+    evaluation: resuming it evaluates that model instead of training it again."""
+    import yaml
+
+    from cardioseg.training.config import changed_settings
+
+    if (train_dir / "last.pt").exists() or not (train_dir / "summary.json").is_file():
+        return False
+    if not (train_dir / "final.pt").is_file():
+        return False
+    try:
+        stored = yaml.safe_load((train_dir / "config.yaml").read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    ignore = [
+        "output_dir",
+        "data.cache_dir",
+        "inference.",
+        "train.num_workers",
+        "train.num_threads",
+    ]
+    return isinstance(stored, dict) and not changed_settings(stored, cfg, ignore)
+
+
+def execute_run(
+    proto: Protocol,
+    run: RunSpec,
+    out_dir: Path,
+    max_subjects: int = 0,
+    cache: EvaluationCache | None = None,
+) -> Path:
+    """Train (or reuse) and evaluate one run; returns its final folder.
+
+    A training that finished before the run was stopped (during its evaluation) is not
+    repeated; ``cache`` shares a checkpoint method's evaluation among its seeds
+    (:func:`_checkpoint_evaluation`).
+    """
     from cardioseg.training.config import config_from_dict
     from cardioseg.training.trainer import Trainer
 
@@ -213,13 +280,16 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
         if run.depends_on:
             cfg_dict["init_checkpoint"] = str(run_dir(out_dir, run.depends_on) / "train/final.pt")
         cfg = config_from_dict(cfg_dict)
-        Trainer(cfg, progress=False).run()
         checkpoint = partial / "train" / "final.pt"
-        (partial / "train" / "last.pt").unlink(missing_ok=True)  # only needed to resume
-        train_s = time.time() - t0
+        if _finished_training(checkpoint.parent, cfg.to_dict()):
+            log.info("%s: training finished earlier, evaluating its model", run.key)
+            train_s = _stored_train_time(checkpoint.parent)
+        else:
+            Trainer(cfg, progress=False).run()
+            (partial / "train" / "last.pt").unlink(missing_ok=True)  # only needed to resume
+            train_s = time.time() - t0
     t1 = time.time()
-    evaluation: dict[str, Any] = {}
-    rows = evaluate_run(proto, run, checkpoint, max_subjects, evaluation)
+    rows, evaluation = _checkpoint_evaluation(proto, run, checkpoint, max_subjects, cache)
     write_rows(partial / "metrics.csv", rows)
     info = {
         "key": run.key,
@@ -244,6 +314,14 @@ def execute_run(proto: Protocol, run: RunSpec, out_dir: Path, max_subjects: int 
     _write_json(partial / DONE, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     os.replace(partial, final)
     return final
+
+
+def _stored_train_time(train_dir: Path) -> float:
+    """The training time ``summary.json`` recorded (0 where it cannot be read)."""
+    try:
+        return float(json.loads((train_dir / "summary.json").read_text())["train_time_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _as_final(cfg: dict[str, Any], partial: Path, final: Path) -> dict[str, Any]:
@@ -446,6 +524,7 @@ def run_benchmark(
         },
     )
     result = BenchmarkResult(out, runs)
+    cache: EvaluationCache = {}
     if dry_run:
         for r in runs:
             if is_done(run_dir(out, r.key)):
@@ -463,8 +542,9 @@ def run_benchmark(
                 log.info("[%d/%d] %s: done earlier, evaluating again", i, len(runs), run.key)
                 source = run.depends_on if run.reuse_model else run.key
                 checkpoint = run_dir(out, source) / "train" / "final.pt"
-                evaluation: dict[str, Any] = {}
-                rows = evaluate_run(proto, run, checkpoint, max_subjects, evaluation)
+                rows, evaluation = _checkpoint_evaluation(
+                    proto, run, checkpoint, max_subjects, cache
+                )
                 write_rows(final / "metrics.csv", rows)
                 _record_reevaluation(final, evaluation, len(rows))
                 result.status[run.key] = "re-evaluated"
@@ -478,7 +558,7 @@ def run_benchmark(
             continue
         log.info("[%d/%d] %s: running", i, len(runs), run.key)
         try:
-            execute_run(proto, run, out, max_subjects)
+            execute_run(proto, run, out, max_subjects, cache)
             result.status[run.key] = "done"
         except KeyboardInterrupt:
             raise

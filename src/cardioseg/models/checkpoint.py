@@ -131,7 +131,12 @@ def read_checkpoint(path: str | Path | None = None) -> tuple[dict[str, Any], str
         if str(path) in PACKAGED_ENSEMBLES:
             raise CardiosegError(path, "an ensemble is not a single checkpoint; give one model")
         names = ", ".join(sorted(PACKAGED_MODELS))
-        raise CardiosegError(path, f"model checkpoint not found (packaged models: {names})")
+        ensembles = ", ".join(sorted(PACKAGED_ENSEMBLES))
+        raise CardiosegError(
+            path,
+            f"model checkpoint not found (packaged models: {names}; packaged ensembles, "
+            f"where several models are accepted: {ensembles})",
+        )
     try:
         data = path.read_bytes()
         ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

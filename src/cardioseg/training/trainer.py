@@ -314,9 +314,13 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         seed_everything(t.seed + self.rank)
         resumed = self._check_resumable()  # before anything but the lock file is written
+        init_state = None
         if cfg.init_checkpoint:  # a wrong path or network is said before the data are read
             with torch.random.fork_rng(devices=[]):  # the run's own model is drawn as before
-                load_init_weights(build_model(cfg.model), cfg.init_checkpoint)
+                init_model = build_model(cfg.model)
+                load_init_weights(init_model, cfg.init_checkpoint)
+                init_state = init_model.state_dict()  # read once, copied into the model below
+                del init_model
         records = collect_records(cfg)
         train_recs, val_recs = split_records(records, cfg)
         self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
@@ -368,8 +372,8 @@ class Trainer:
         )
 
         model = build_model(cfg.model).to(self.device)
-        if cfg.init_checkpoint:
-            load_init_weights(model, cfg.init_checkpoint)
+        if init_state is not None:
+            model.load_state_dict(init_state)
             self._log(f"initialised from {cfg.init_checkpoint}")
         params = freeze(model, cfg.finetune.trainable, cfg.finetune.n_blocks)
         components = build_components(
