@@ -901,9 +901,49 @@ def test_analyze_batch_ray_local(tmp_path, tiny_checkpoint):
             "--no-progress",
         ]
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output  # ran to its end, one study failed
+    assert "1 done, 1 failed" in res.output and "Traceback" not in res.output
     rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
-    assert rows["a"]["status"] == "done" and rows["bad"]["status"] == "failed"
+    assert rows["a"]["status"] == "done" and float(rows["a"]["lv_edv_ml"]) > 0
+    assert rows["bad"]["status"] == "failed" and "bad.zip" in rows["bad"]["error"]
+    # resumable on Ray as well: the finished study is kept, the failed one tried again
+    stamp = (out / "a" / "report.json").stat().st_mtime_ns
+    res = _run(
+        ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--ray", "local"]
+        + ["--workers", 1, "--no-progress"]
+    )
+    assert res.exit_code == 2, res.output
+    assert (out / "a" / "report.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("address", ["unreachable", "no-port-given", "missing-extra"])
+def test_analyze_batch_refuses_a_ray_address_that_cannot_work(
+    tmp_path, tiny_checkpoint, monkeypatch, address
+):
+    """A mistyped or unreachable ``--ray`` address (Ray itself retries for minutes), or the
+    extra not installed: one line, exit 1, in seconds, and no output folder left behind."""
+    import importlib.util
+    import socket
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=7, frames=3)
+    if address == "unreachable":
+        with socket.socket() as sock:  # a port where nothing listens
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        given, needle = f"127.0.0.1:{port}", f"--ray 127.0.0.1:{port}: cannot reach"
+    elif address == "no-port-given":
+        given, needle = "headnode", "give 'local', 'auto' or a cluster's HOST:PORT"
+    else:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+        )
+        given, needle = "local", "pip install 'cardioseg[ray]'"
+    out = tmp_path / "rb"
+    res = _run(["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--ray", given])
+    _assert_clean_failure(res, needle)
+    assert not out.exists()
 
 
 def test_demo_synthetic(tmp_path, tiny_checkpoint):

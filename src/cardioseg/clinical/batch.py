@@ -391,6 +391,8 @@ def run_batch(
     from cardioseg.options import check_seg_phases
 
     check_seg_phases(seg_phases)
+    if ray_address:  # before the output folder is made: a typo must not leave one behind
+        check_ray_address(ray_address)
 
     outdir = Path(outdir)
     if outdir.resolve() == Path(root).resolve():
@@ -426,6 +428,8 @@ def run_batch(
     from cardioseg.models.checkpoint import checkpoint_members, model_description
 
     current_model = model_description(checkpoint_members(model))
+    if ray_address:  # connected before the output folder is made (nothing left on failure)
+        _connect_ray(ray_address, workers)
     outdir.mkdir(parents=True, exist_ok=True)
     with contextlib.closing(lock_folder(outdir, "output folder in use by another analyze-batch")):
         _remove_partial_results(outdir, list(studies))
@@ -632,6 +636,46 @@ def _run_pool(
                 yield _row(t[0], None, WORKER_DIED, input_name=name_text(t[1].name))
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``--ray`` address that cannot work, in a few seconds and before any output is
+    written: the optional extra not installed, or a ``host:port`` (``ray://host:port``) where
+    nothing answers (Ray itself would retry for minutes). ``local`` starts a Ray instance on
+    this machine and ``auto`` finds one started here with ``ray start``; neither is probed.
+
+    Raises:
+        CardiosegError: The reason, in one line.
+
+    Example:
+        >>> try:
+        ...     check_ray_address("headnode")
+        ... except CardiosegError as exc:
+        ...     print(exc)
+        --ray headnode: give 'local', 'auto' or a cluster's HOST:PORT
+    """
+    import socket
+    from importlib.util import find_spec
+
+    if address not in ("local", "auto"):
+        hostport = address.split("://", 1)[-1].rstrip("/")
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise CardiosegError(
+                None, f"--ray {address}: give 'local', 'auto' or a cluster's HOST:PORT"
+            )
+    if find_spec("ray") is None:
+        raise CardiosegError(None, "--ray needs the optional extra: pip install 'cardioseg[ray]'")
+    if address in ("local", "auto"):
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise CardiosegError(
+            None, f"--ray {address}: cannot reach a Ray cluster there ({reason})"
+        ) from None
+
+
 def _run_ray(
     jobs: list[tuple[str, str, str, list[str]]],
     workers: int,
@@ -641,21 +685,7 @@ def _run_ray(
     analysis: dict[str, Any] | None = None,
 ) -> Iterator[dict]:
     """Run :func:`_analyze_one` of each job (its arguments) on Ray actors."""
-    # Ray reports usage statistics unless told not to; nothing leaves this machine unasked
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError:
-        raise CardiosegError(
-            None, "--ray needs the optional extra: pip install 'cardioseg[ray]'"
-        ) from None
-    ray.init(
-        address=None if address == "local" else address,
-        ignore_reinit_error=True,
-        num_cpus=workers if address == "local" else None,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    ray = _connect_ray(address, workers)
 
     @ray.remote(num_cpus=1)
     class Worker:
@@ -669,3 +699,36 @@ def _run_ray(
     for row in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
         yield row
         bar.update()
+
+
+def _connect_ray(address: str, workers: int) -> Any:
+    """Connect to the Ray cluster at ``address`` (``local``: start one with ``workers`` CPUs)
+    and return the ``ray`` module; a second call keeps the first connection."""
+    # Ray reports usage statistics unless told not to; nothing leaves this machine unasked
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError:
+        raise CardiosegError(
+            None, "--ray needs the optional extra: pip install 'cardioseg[ray]'"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(
+            address=None if address == "local" else address,
+            ignore_reinit_error=True,
+            num_cpus=workers if address == "local" else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    except Exception as exc:
+        if address == "auto":
+            raise CardiosegError(
+                None,
+                "--ray auto: no Ray cluster found on this machine (start one with "
+                "'ray start --head', or give --ray local)",
+            ) from None
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CardiosegError(None, f"--ray {address}: cannot connect ({msg})") from None
+    return ray
