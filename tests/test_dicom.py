@@ -1265,3 +1265,90 @@ def test_implausible_rows_and_columns_are_named_before_allocating(tmp_path):
         ds.save_as(str(path))
     err = _refused(tmp_path / "study", "are Rows/Columns right")
     assert "IM" in str(err) and "60000 x 60000 pixels" in str(err)
+
+
+# ----------------------------------------------------------------------------------------------
+# real-world quirks of scanner exports
+
+
+def _edit_all(folder: Path, edit) -> list[Path]:
+    """Apply ``edit(path, dataset)`` to every image file under ``folder`` and save it."""
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
+    for path in paths:
+        ds = pydicom.dcmread(str(path))
+        edit(path, ds)
+        ds.save_as(str(path))
+    return paths
+
+
+def _with_bits(bits: int, photometric: str = "MONOCHROME2"):
+    """An edit storing the pixels in ``bits`` bits (shifted down) as ``photometric``; for
+    MONOCHROME1 the values are inverted within that range, so that it displays the same."""
+
+    def edit(_path: Path, ds) -> None:
+        pix = ds.pixel_array.astype(np.int64) >> (16 - bits)
+        if photometric == "MONOCHROME1":
+            pix = (1 << bits) - 1 - pix
+        ds.BitsStored, ds.HighBit = bits, bits - 1
+        ds.PhotometricInterpretation = photometric
+        ds.PixelData = pix.astype(np.uint16).tobytes()
+
+    return edit
+
+
+@pytest.mark.parametrize("bits", [16, 12])
+def test_monochrome1_gives_the_monochrome2_image(tmp_path, bits):
+    siemens_like(tmp_path / "m2")
+    shutil.copytree(tmp_path / "m2", tmp_path / "m1")
+    _edit_all(tmp_path / "m2", _with_bits(bits))
+    _edit_all(tmp_path / "m1", _with_bits(bits, "MONOCHROME1"))
+    one = next((tmp_path / "m1").rglob("IM*"))
+    m1_stored = pydicom.dcmread(str(one)).pixel_array.astype(np.int64)
+    twin = tmp_path / "m2" / one.relative_to(tmp_path / "m1")
+    m2_stored = pydicom.dcmread(str(twin)).pixel_array.astype(np.int64)
+    assert np.all(m1_stored + m2_stored == (1 << bits) - 1)  # the files store inverted values
+    img1, _, _ = load_cine(tmp_path / "m1")
+    img2, _, _ = load_cine(tmp_path / "m2")
+    assert float(img2.std()) > 0
+    np.testing.assert_array_equal(img1, img2)  # bright blood stays bright
+
+
+def test_palette_colour_image_is_refused_with_its_file(tmp_path):
+    siemens_like(tmp_path / "s")
+
+    def palette(_path: Path, ds) -> None:
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+
+    _edit_all(tmp_path / "s", palette)
+    err = _refused(tmp_path / "s", "PhotometricInterpretation PALETTE COLOR is not supported")
+    assert "/IM" in str(err)
+
+
+@pytest.mark.parametrize(
+    "bits, signed, photometric",
+    [(16, True, "MONOCHROME2"), (12, True, "MONOCHROME2"), (12, False, "MONOCHROME2")]
+    + [(12, True, "MONOCHROME1")],
+)
+def test_signed_and_12_bit_pixels(tmp_path, bits, signed, photometric):
+    """Signed values (negative ones included) and 12 bits stored in 16 with other data in the
+    unused high bits (some scanners keep overlays there) load as the values they encode."""
+    shift, offset = 16 - bits, (1 << (bits - 1)) if signed else 0
+    lo, hi = -offset, (1 << bits) - 1 - offset
+
+    def edit(_path: Path, ds) -> None:
+        value = (ds.pixel_array.astype(np.int64) >> shift) - offset
+        raw = lo + hi - value if photometric == "MONOCHROME1" else value
+        if bits < 16:
+            raw = (raw & ((1 << bits) - 1)) | 0xA000  # bits 12-15 hold something else
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, int(signed)
+        ds.PhotometricInterpretation = photometric
+        ds.PixelData = (raw & 0xFFFF).astype(np.uint16).tobytes()
+
+    siemens_like(tmp_path / "s")
+    _edit_all(tmp_path / "s", edit)
+    img, _, _ = load_cine(tmp_path / "s")
+    assert (float(img.min()) < 0) == signed
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            want = (stored(k, t).astype(np.int64) >> shift) - offset
+            np.testing.assert_array_equal(img[:, :, k, t], want.T)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cardioseg.errors import CardiosegError
+from cardioseg.errors import CardiosegError, one_line
 from cardioseg.io.dicom.archive import extracted_zip
 from cardioseg.io.dicom.headers import (
     GAP_TOL,
@@ -244,6 +244,43 @@ def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], s
         raise CardiosegError(where, "colour images are not supported (SamplesPerPixel != 1)")
 
 
+def _stored_range(ds: Any, pix: np.ndarray) -> tuple[int, int]:
+    """Smallest and largest stored value that BitsStored and PixelRepresentation allow."""
+    bits = _int(ds.get("BitsStored")) or _int(ds.get("BitsAllocated")) or 8 * pix.itemsize
+    bits = min(max(bits, 1), 8 * pix.itemsize)
+    if _int(ds.get("PixelRepresentation")) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _as_monochrome2(pix: np.ndarray, ds: Any, where: str) -> np.ndarray:
+    """Stored values with the brightest shown brightest.
+
+    MONOCHROME1 images show their minimum white: their values are inverted within the stored
+    range (before the rescale), so that bright blood stays bright whatever the scanner chose.
+
+    Args:
+        pix: The pixel data, ``(frames, rows, columns)``.
+        ds: The data set it comes from.
+        where: The file, for the error message.
+
+    Returns:
+        ``pix``, inverted for MONOCHROME1 (as ``int64``).
+
+    Raises:
+        CardiosegError: A photometric interpretation other than MONOCHROME1/2 (e.g. a palette).
+    """
+    photometric = _str(ds.get("PhotometricInterpretation", "")).upper() or "MONOCHROME2"
+    if photometric == "MONOCHROME2":
+        return pix
+    if photometric != "MONOCHROME1":
+        raise CardiosegError(
+            where, f"PhotometricInterpretation {one_line(photometric)[:32]} is not supported"
+        )
+    lo, hi = _stored_range(ds, pix)
+    return (lo + hi) - pix.astype(np.int64)
+
+
 def _read_pixels(
     frames: list[list[_Frame]], shape: tuple[int, int], show: Callable[[str], str]
 ) -> tuple[np.ndarray, list[list[Any]]]:
@@ -288,7 +325,7 @@ def _read_pixels(
                     f"pixel data of shape {pix.shape} does not match "
                     f"{n_frames} frame(s) of {rows}x{cols}",
                 )
-            pix = pix.reshape(n_frames, rows, cols)
+            pix = _as_monochrome2(pix.reshape(n_frames, rows, cols), ds, show(path))
             with contextlib.suppress(Exception):
                 del ds.PixelData
             for k, t, f in uses:
@@ -619,7 +656,8 @@ def load_cine(
     See the module docstring for the exact axis and affine convention: ``array[i, j, k, t]``
     with ``i`` the DICOM column, ``j`` the DICOM row, ``k`` the slice sorted along the normal and
     ``t`` the phase; the affine is NIfTI RAS+. Slice spacing is the median distance between the
-    sorted slice positions (not SliceThickness). RescaleSlope/Intercept are applied.
+    sorted slice positions (not SliceThickness). RescaleSlope/Intercept are applied, after
+    MONOCHROME1 values are inverted within their stored range (bright stays bright).
 
     Args:
         folder_or_zip: Study folder (nested folders and several series allowed), a zip of one,
