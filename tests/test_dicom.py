@@ -1272,8 +1272,10 @@ def test_implausible_rows_and_columns_are_named_before_allocating(tmp_path):
 
 
 def _edit_all(folder: Path, edit) -> list[Path]:
-    """Apply ``edit(path, dataset)`` to every image file under ``folder`` and save it."""
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix != ".txt")
+    """Apply ``edit(path, dataset)`` to every image file under ``folder`` (or to the file
+    ``folder``) and save it."""
+    files = [folder] if folder.is_file() else folder.rglob("*")
+    paths = sorted(p for p in files if p.is_file() and p.suffix != ".txt")
     for path in paths:
         ds = pydicom.dcmread(str(path))
         edit(path, ds)
@@ -1352,3 +1354,63 @@ def test_signed_and_12_bit_pixels(tmp_path, bits, signed, photometric):
         for t in range(N_PHASES):
             want = (stored(k, t).astype(np.int64) >> shift) - offset
             np.testing.assert_array_equal(img[:, :, k, t], want.T)
+
+
+def _set_raw(ds, tag: int, text: str) -> None:
+    """Store ``text`` as the DS element ``tag`` as it is, without pydicom's validation."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    raw = text.encode() + b" " * (len(text) % 2)
+    ds[tag] = RawDataElement(Tag(tag), "DS", len(raw), raw, 0, False, True)
+
+
+RESCALE_SLOPE, RESCALE_INTERCEPT, PIXEL_SPACING_TAG = 0x00281053, 0x00281052, 0x00280030
+
+
+def test_rescale_given_in_some_files_only_is_applied_per_file_with_a_warning(tmp_path):
+    philips_like(tmp_path / "ph")  # slope 2, intercept -5
+
+    def drop_in_slices_2_and_3(_path: Path, ds) -> None:
+        if float(np.dot(np.asarray(ds.ImagePositionPatient, float) - ORIGIN, NORMAL)) > 1.5 * STEP:
+            del ds.RescaleSlope, ds.RescaleIntercept
+
+    _edit_all(tmp_path / "ph", drop_in_slices_2_and_3)
+    img, _, meta = load_cine(tmp_path / "ph")
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            want = expected(k, t, 2.0, -5.0) if k < 2 else expected(k, t)
+            np.testing.assert_allclose(img[:, :, k, t], want)
+    assert [w for w in meta.warnings if "10 of 20 images have no RescaleSlope" in w]
+
+
+@pytest.mark.parametrize("slope, problem", [("0", "RescaleSlope 0"), ("n/a", "not a number")])
+def test_unusable_rescale_slope_is_named(tmp_path, slope, problem):
+    """Among images without rescale: taken as the identity, with a warning naming the file;
+    among rescaled images (which it cannot be scaled like): refused, naming the file."""
+    siemens_like(tmp_path / "plain")
+    philips_like(tmp_path / "scaled")
+    firsts = {f: sorted((tmp_path / f).rglob("IM*"))[0] for f in ("plain", "scaled")}
+    for first in firsts.values():
+        _edit_all(first, lambda _p, ds: _set_raw(ds, RESCALE_SLOPE, slope))
+    img, props, meta = load_cine(tmp_path / "plain")
+    bad = [w for w in meta.warnings if problem in w]
+    assert len(bad) == 1 and "in 1 image(s)" in bad[0] and firsts["plain"].name in bad[0]
+    meta.warnings.remove(bad[0])
+    check_cine(img, props, meta)  # the image is the stored values, not zeros
+    err = _refused(tmp_path / "scaled", problem)
+    assert firsts["scaled"].name in str(err)
+    assert "other images of the series are rescaled" in str(err)
+
+
+def test_enhanced_object_with_a_zero_rescale_slope_is_not_blanked(tmp_path):
+    enhanced_like(tmp_path / "enh" / "cine.dcm")
+
+    def zero_slope(_path: Path, ds) -> None:
+        ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleSlope = "0"
+
+    _edit_all(tmp_path / "enh", zero_slope)
+    img, props, meta = load_cine(tmp_path / "enh")
+    assert len(meta.warnings) == 1 and "RescaleSlope 0" in meta.warnings[0]
+    meta.warnings.clear()
+    check_cine(img, props, meta)

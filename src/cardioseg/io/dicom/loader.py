@@ -244,6 +244,38 @@ def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], s
         raise CardiosegError(where, "colour images are not supported (SamplesPerPixel != 1)")
 
 
+def _check_rescale(frames: list[_Frame], show: Callable[[str], str], warn: list[str]) -> None:
+    """Warn about images whose rescale is unusable, or missing while others are rescaled.
+
+    An unusable RescaleSlope/Intercept (:func:`~cardioseg.io.dicom.headers._rescale`) is
+    taken as the identity when the other images are not rescaled either; otherwise that image
+    cannot be scaled like them and the series is refused.
+
+    Raises:
+        CardiosegError: An unusable rescale among rescaled images (names the first file).
+    """
+    bad = [f for f in frames if f.rescale_problem]
+    good = {(f.slope, f.intercept) for f in frames if not f.rescale_problem}
+    if bad and good - {(1.0, 0.0)}:
+        raise CardiosegError(
+            show(bad[0].path),
+            f"{bad[0].rescale_problem}, while other images of the series are rescaled: "
+            "cannot give it their intensity scale",
+        )
+    if bad:
+        warn.append(
+            f"unusable RescaleSlope/Intercept ({bad[0].rescale_problem}) in {len(bad)} "
+            f"image(s): taken as slope 1, intercept 0 (first: {show(bad[0].path)})"
+        )
+    absent = [f for f in frames if not f.rescale_given]
+    rescaled = any((f.slope, f.intercept) != (1.0, 0.0) for f in frames if f.rescale_given)
+    if absent and rescaled:
+        warn.append(
+            f"{len(absent)} of {len(frames)} images have no RescaleSlope/Intercept: taken as "
+            f"slope 1, intercept 0; check the intensities (first: {show(absent[0].path)})"
+        )
+
+
 def _stored_range(ds: Any, pix: np.ndarray) -> tuple[int, int]:
     """Smallest and largest stored value that BitsStored and PixelRepresentation allow."""
     bits = _int(ds.get("BitsStored")) or _int(ds.get("BitsAllocated")) or 8 * pix.itemsize
@@ -363,6 +395,7 @@ def _assemble(
     if len(frames) == 1:
         raise CardiosegError(where, "a single image is not a cine")
     _check_consistency(frames, where, show)
+    _check_rescale(frames, show, warn)
     try:
         st = _stack(frames)
     except _GeometryProblem as exc:
