@@ -1414,3 +1414,82 @@ def test_enhanced_object_with_a_zero_rescale_slope_is_not_blanked(tmp_path):
     assert len(meta.warnings) == 1 and "RescaleSlope 0" in meta.warnings[0]
     meta.warnings.clear()
     check_cine(img, props, meta)
+
+
+def _write_object(path: Path, study: dict, sop_class: str, modality: str, **elements) -> Path:
+    """A DICOM object of ``sop_class`` in a series of its own, with ``elements`` set."""
+    sop_uid = generate_uid()
+    ds = FileDataset(
+        str(path), Dataset(), file_meta=_file_meta(sop_class, sop_uid), preamble=b"\0" * 128
+    )
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop_uid, modality
+    ds.PatientName, ds.PatientID = "Doe^Jane", study.get("patient_id", "PID-0001")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study["study_uid"], generate_uid()
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def _dicomdir(root: Path) -> None:
+    """A DICOMDIR listing the files under ``root`` (no SOPClassUID in its data set, as
+    written by media creators: the class is in the file meta information only)."""
+    sop_uid = generate_uid()
+    meta = _file_meta("1.2.840.10008.1.3.10", sop_uid)
+    ds = FileDataset(str(root / "DICOMDIR"), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.FileSetID = "CARDIAC"
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.FileSetConsistencyFlag = 0
+    records = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".txt"):
+        rec = Dataset()
+        rec.OffsetOfTheNextDirectoryRecord = 0
+        rec.RecordInUseFlag = 0xFFFF
+        rec.OffsetOfReferencedLowerLevelDirectoryEntity = 0
+        rec.DirectoryRecordType = "IMAGE"
+        rec.ReferencedFileID = [part.upper()[:8] for part in path.relative_to(root).parts]
+        records.append(rec)
+    ds.DirectoryRecordSequence = Sequence(records)
+    ds.save_as(str(root / "DICOMDIR"), enforce_file_format=True)
+
+
+def test_study_folder_with_everything_a_scanner_exports(tmp_path):
+    """A DICOMDIR, a presentation state, a structured report, an RGB screenshot, a three-plane
+    localizer and a long-axis cine beside the short-axis cine: that one is analysed, with no
+    warning about the other files."""
+    root = tmp_path / "study"
+    study = siemens_like(root / "sax")
+    write_lax_cine(root / "lax", study, k=1.5, description="cine_retro_4ch", series_number=7)
+    loc = generate_uid()
+    for n, ori in enumerate([IOP, LAX_IOP, [*NORMAL, *ROW_DIR]]):
+        for k in range(3):  # three parallel slices per plane
+            write_image(
+                root / "loc" / f"{n}_{k}", study, k=k, t=0, series_uid=loc, series_number=1,
+                description="AAHead_Survey", orientation=[float(v) for v in ori],
+            )  # fmt: skip
+
+    def localizer(_path: Path, ds) -> None:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    _edit_all(root / "loc", localizer)
+    _write_object(root / "pr" / "PS1", study, "1.2.840.10008.5.1.4.1.1.11.1", "PR")
+    _write_object(
+        root / "sr" / "SR1", study, "1.2.840.10008.5.1.4.1.1.88.22", "SR", ValueType="CONTAINER"
+    )
+    rgb = np.zeros((ROWS, COLS, 3), np.uint8)
+    rgb[..., 0] = 200
+    _write_object(
+        root / "sc" / "SC1", study, "1.2.840.10008.5.1.4.1.1.7", "MR", SeriesDescription="SAX cine",
+        Rows=ROWS, Columns=COLS, SamplesPerPixel=3, PhotometricInterpretation="RGB",
+        PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
+        PixelData=rgb.tobytes(),
+    )  # fmt: skip
+    _dicomdir(root)
+    series = find_series(root)
+    assert (series.n_non_image, series.unreadable) == (3, [])  # DICOMDIR, PR, SR
+    assert [s.uid for s in series if s.is_cine_sa] == [study["series_uid"]]
+    img, props, meta = load_cine(root)
+    assert meta.series_uid == study["series_uid"]
+    check_cine(img, props, meta)  # and no warning
