@@ -1493,3 +1493,77 @@ def test_study_folder_with_everything_a_scanner_exports(tmp_path):
     img, props, meta = load_cine(root)
     assert meta.series_uid == study["series_uid"]
     check_cine(img, props, meta)  # and no warning
+
+
+def _apple_double() -> bytes:
+    """What macOS puts in ``._name`` files (AppleDouble: extended attributes, Finder info)."""
+    header = b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + b"\x00\x02"
+    entries = b"\x00\x00\x00\x09\x00\x00\x00\x32\x00\x00\x0e\xb0"  # Finder info
+    entries += b"\x00\x00\x00\x02\x00\x00\x0e\xe2\x00\x00\x01\x1e"  # resource fork
+    body = header + entries + b"ATTR" + b"com.apple.quarantine\x00" + b"0083;65a1b2c3;Safari;"
+    return body + b"\x00" * (4096 - len(body))
+
+
+def test_mac_zip_with_upper_case_names_and_apple_double_files(tmp_path):
+    """File names ``.DCM`` in upper case or without extension, ``._name`` AppleDouble files
+    and ``.DS_Store`` beside them, and a ``__MACOSX/`` folder in the zip: the cine loads with
+    no warning."""
+    root = tmp_path / "study"
+    siemens_like(root)
+    for n, path in enumerate(sorted(root.rglob("IM*"))):
+        if n % 2:
+            path = path.rename(path.with_name(path.name + ".DCM"))
+        (path.parent / f"._{path.name}").write_bytes(_apple_double())
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 200)
+    zpath = _zipped(root)
+    with zipfile.ZipFile(zpath, "a") as zf:
+        for path in sorted(root.rglob("._*")):
+            zf.writestr(f"__MACOSX/study/{path.relative_to(root).as_posix()}", _apple_double())
+    n_files = len([p for p in root.rglob("*") if p.is_file()])
+    series = find_series(root)
+    assert series.n_non_dicom == n_files - N_SLICES * N_PHASES and not series.unreadable
+    for source in (root, zpath):
+        img, props, meta = load_cine(source)
+        check_cine(img, props, meta)
+    assert sum(f.endswith(".DCM") for row in meta.source_files for f in row) == 10
+
+
+NAME, DESCRIPTION = "Müller^Jörg", "Cine kurze Achse ä"
+
+
+def _with_text(folder: Path, charset: str | None, encoding: str) -> None:
+    """Give every file under ``folder`` the PatientName :data:`NAME` and the description
+    :data:`DESCRIPTION` as ``encoding`` bytes (whatever ``charset`` is declared: exports
+    sometimes declare another), by patching the bytes of same-length placeholders."""
+    name, desc = NAME.encode(encoding), DESCRIPTION.encode(encoding)
+
+    def placeholders(_path: Path, ds) -> None:
+        if charset:
+            ds.SpecificCharacterSet = charset
+        ds.PatientName, ds.SeriesDescription = "Q" * len(name), "Z" * len(desc)
+
+    for path in _edit_all(folder, placeholders):
+        raw = path.read_bytes()
+        assert raw.count(b"Q" * len(name)) == raw.count(b"Z" * len(desc)) == 1
+        path.write_bytes(raw.replace(b"Q" * len(name), name).replace(b"Z" * len(desc), desc))
+
+
+@pytest.mark.parametrize(
+    "charset, encoding",
+    [("ISO_IR 100", "latin-1"), ("ISO_IR 192", "utf-8"), ("ISO_IR 192", "latin-1")]
+    + [(None, "latin-1")],  # declared UTF-8 but Latin-1 bytes; undeclared
+)
+def test_non_ascii_names_and_descriptions(tmp_path, caplog, charset, encoding):
+    caplog.set_level(logging.DEBUG)
+    study = siemens_like(tmp_path / "sax")
+    _with_text(tmp_path / "sax", charset, encoding)
+    img, props, meta = load_cine(tmp_path / "sax")
+    check_cine(img, props, meta)
+    if charset and encoding == {"ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}[charset]:
+        assert meta.series_description == DESCRIPTION
+    write_lax_cine(tmp_path / "lax", study, k=0, description="placeholder")
+    _with_text(tmp_path / "lax", charset, encoding)
+    err = _refused(tmp_path / "lax", "no short-axis cine")
+    assert "Achse" in str(err)  # the description is named
+    for text in (str(err), caplog.text):
+        assert "ller^J" not in text and "PID-0001" not in text
