@@ -1567,3 +1567,30 @@ def test_non_ascii_names_and_descriptions(tmp_path, caplog, charset, encoding):
     assert "Achse" in str(err)  # the description is named
     for text in (str(err), caplog.text):
         assert "ller^J" not in text and "PID-0001" not in text
+
+
+def test_spaces_in_numbers_and_orientation_noise_between_slices(tmp_path):
+    """PixelSpacing, ImagePositionPatient and ImageOrientationPatient written with spaces
+    around the numbers, and an orientation that differs by up to 1e-5 between slices."""
+    siemens_like(tmp_path / "s")
+    noise = np.random.default_rng(5).uniform(-1e-5, 1e-5, (N_SLICES, 6))
+
+    def spaced(_path: Path, ds) -> None:
+        pos = np.asarray(ds.ImagePositionPatient, float)
+        k = int(round(float(np.dot(pos - ORIGIN, NORMAL)) / STEP))
+        _set_raw(ds, PIXEL_SPACING_TAG, " \\ ".join(f" {v} " for v in PIXEL_SPACING))
+        _set_raw(ds, 0x00200032, "\\".join(f" {v:.4f}" for v in pos))
+        _set_raw(ds, 0x00200037, "\\".join(f"{v:.8f} " for v in np.add(IOP, noise[k])))
+
+    one = _edit_all(tmp_path / "s", spaced)[0]
+    assert b" 1.5  \\  1.25 " in one.read_bytes()
+    img, props, meta = load_cine(tmp_path / "s")
+    check_cine(img, props, meta)
+
+
+@pytest.mark.parametrize("spacing", ["1,5\\1,25", "1.5"])
+def test_malformed_pixel_spacing_is_named(tmp_path, spacing):
+    _cine_30ms_apart(tmp_path / "m", new_study())
+    _edit_all(tmp_path / "m", lambda _p, ds: _set_raw(ds, PIXEL_SPACING_TAG, spacing))
+    err = _refused(tmp_path / "m", "is not two numbers")
+    assert f"PixelSpacing '{spacing}'" in str(err) and "/m/" in str(err)

@@ -110,6 +110,7 @@ class _Frame:
     samples_per_pixel: int
     slope: float
     intercept: float
+    spacing_problem: str = ""  # why a PixelSpacing that is there cannot be used
     rescale_given: bool = True  # whether the header holds a RescaleSlope
     rescale_problem: str = ""  # an unusable RescaleSlope/Intercept, taken as the identity
 
@@ -524,7 +525,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     )
     top_pos = _floats(ds.get("ImagePositionPatient"), 3)
     top_ori = _floats(ds.get("ImageOrientationPatient"), 6)
-    top_ps = _floats(ds.get("PixelSpacing"), 2)
+    top_ps_value = ds.get("PixelSpacing")
     top_slope = ds.get("RescaleSlope")
     top_inter = ds.get("RescaleIntercept")
     top_tt = _float(ds.get("TriggerTime"))
@@ -542,7 +543,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
             ori = _floats(
                 _group_attr(pf, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
             )
-            ps = _floats(_group_attr(pf, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
+            ps = _group_attr(pf, shared, "PixelMeasuresSequence", "PixelSpacing")
             thick = _float(_group_attr(pf, shared, "PixelMeasuresSequence", "SliceThickness"))
             tt = _float(
                 _group_attr(
@@ -561,9 +562,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
                     temporal_index=tpi,
                     position=pos if pos is not None else top_pos,
                     orientation=ori if ori is not None else top_ori,
-                    pixel_spacing=tuple(ps)
-                    if ps is not None
-                    else (tuple(top_ps) if top_ps is not None else None),
+                    **_spacing(ps if ps is not None else top_ps_value),
                     slice_thickness=thick if thick is not None else top_thick,
                     trigger_time=tt,
                     acquisition_time=acq if acq is not None else top_acq,
@@ -589,7 +588,7 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
                 else _int(ds.get("TemporalPositionIdentifier")),
                 position=top_pos,
                 orientation=top_ori,
-                pixel_spacing=tuple(top_ps) if top_ps is not None else None,
+                **_spacing(top_ps_value),
                 slice_thickness=top_thick,
                 trigger_time=tt,
                 acquisition_time=top_acq,
@@ -613,6 +612,35 @@ def age_years(value: str) -> float | None:
         return None
     per_year = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}[match.group(2)]
     return int(match.group(1)) / per_year
+
+
+def _spacing(value: Any) -> dict[str, Any]:
+    """The :class:`_Frame` fields of a PixelSpacing value (``None`` if absent).
+
+    Example:
+        >>> _spacing([" 1.5 ", "1.25"])["pixel_spacing"]
+        (1.5, 1.25)
+        >>> _spacing("1,5")["spacing_problem"]
+        "PixelSpacing '1,5' is not two numbers"
+    """
+    numbers = _floats(value, 2)
+    if numbers is not None:
+        return {"pixel_spacing": (float(numbers[0]), float(numbers[1])), "spacing_problem": ""}
+    if value is None or _str(value) == "":
+        return {"pixel_spacing": None, "spacing_problem": ""}
+    text = value if isinstance(value, str) else "\\".join(map(str, _listed(value)))
+    return {
+        "pixel_spacing": None,
+        "spacing_problem": f"PixelSpacing '{one_line(text)[:40]}' is not two numbers",
+    }
+
+
+def _listed(value: Any) -> list[Any]:
+    """A multi-valued element as a list (a single value as a one-item list)."""
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 def _rescale(slope_value: Any, intercept_value: Any) -> dict[str, Any]:

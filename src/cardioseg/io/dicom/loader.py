@@ -234,7 +234,9 @@ def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], s
         raise CardiosegError(where, f"invalid image size {sizes[0][0]}x{sizes[0][1]}")
     missing = [f for f in frames if f.pixel_spacing is None]
     if missing:
-        raise CardiosegError(show(missing[0].path), "missing PixelSpacing")
+        raise CardiosegError(
+            show(missing[0].path), missing[0].spacing_problem or "missing PixelSpacing"
+        )
     ps = np.array([f.pixel_spacing for f in frames], dtype=float)
     if np.any(ps <= 0):
         raise CardiosegError(where, "zero or negative PixelSpacing")
