@@ -1594,3 +1594,16 @@ def test_malformed_pixel_spacing_is_named(tmp_path, spacing):
     _edit_all(tmp_path / "m", lambda _p, ds: _set_raw(ds, PIXEL_SPACING_TAG, spacing))
     err = _refused(tmp_path / "m", "is not two numbers")
     assert f"PixelSpacing '{spacing}'" in str(err) and "/m/" in str(err)
+
+
+def test_colour_image_in_the_cine_series_is_named(tmp_path):
+    _cine_30ms_apart(tmp_path / "c", new_study())
+
+    def rgb(_path: Path, ds) -> None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = np.zeros((ROWS, COLS, 3), np.uint8).tobytes()
+
+    _edit_all(tmp_path / "c" / "2_3", rgb)
+    err = _refused(tmp_path / "c", "colour images are not supported")
+    assert str(err).startswith(str(tmp_path / "c" / "2_3"))

@@ -242,8 +242,11 @@ def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], s
         raise CardiosegError(where, "zero or negative PixelSpacing")
     if np.max(np.abs(ps - ps[0])) > 1e-3 * max(1.0, float(ps[0].max())):
         raise CardiosegError(where, "different PixelSpacing across slices")
-    if any(f.samples_per_pixel != 1 for f in frames):
-        raise CardiosegError(where, "colour images are not supported (SamplesPerPixel != 1)")
+    colour = [f for f in frames if f.samples_per_pixel != 1]
+    if colour:
+        raise CardiosegError(
+            show(colour[0].path), "colour images are not supported (SamplesPerPixel != 1)"
+        )
 
 
 def _check_rescale(frames: list[_Frame], show: Callable[[str], str], warn: list[str]) -> None:
