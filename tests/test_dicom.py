@@ -1265,3 +1265,345 @@ def test_implausible_rows_and_columns_are_named_before_allocating(tmp_path):
         ds.save_as(str(path))
     err = _refused(tmp_path / "study", "are Rows/Columns right")
     assert "IM" in str(err) and "60000 x 60000 pixels" in str(err)
+
+
+# ----------------------------------------------------------------------------------------------
+# real-world quirks of scanner exports
+
+
+def _edit_all(folder: Path, edit) -> list[Path]:
+    """Apply ``edit(path, dataset)`` to every image file under ``folder`` (or to the file
+    ``folder``) and save it."""
+    files = [folder] if folder.is_file() else folder.rglob("*")
+    paths = sorted(p for p in files if p.is_file() and p.suffix != ".txt")
+    for path in paths:
+        ds = pydicom.dcmread(str(path))
+        edit(path, ds)
+        ds.save_as(str(path))
+    return paths
+
+
+def _with_bits(bits: int, photometric: str = "MONOCHROME2"):
+    """An edit storing the pixels in ``bits`` bits (shifted down) as ``photometric``; for
+    MONOCHROME1 the values are inverted within that range, so that it displays the same."""
+
+    def edit(_path: Path, ds) -> None:
+        pix = ds.pixel_array.astype(np.int64) >> (16 - bits)
+        if photometric == "MONOCHROME1":
+            pix = (1 << bits) - 1 - pix
+        ds.BitsStored, ds.HighBit = bits, bits - 1
+        ds.PhotometricInterpretation = photometric
+        ds.PixelData = pix.astype(np.uint16).tobytes()
+
+    return edit
+
+
+@pytest.mark.parametrize("bits", [16, 12])
+def test_monochrome1_gives_the_monochrome2_image(tmp_path, bits):
+    siemens_like(tmp_path / "m2")
+    shutil.copytree(tmp_path / "m2", tmp_path / "m1")
+    _edit_all(tmp_path / "m2", _with_bits(bits))
+    _edit_all(tmp_path / "m1", _with_bits(bits, "MONOCHROME1"))
+    one = next((tmp_path / "m1").rglob("IM*"))
+    m1_stored = pydicom.dcmread(str(one)).pixel_array.astype(np.int64)
+    twin = tmp_path / "m2" / one.relative_to(tmp_path / "m1")
+    m2_stored = pydicom.dcmread(str(twin)).pixel_array.astype(np.int64)
+    assert np.all(m1_stored + m2_stored == (1 << bits) - 1)  # the files store inverted values
+    img1, _, _ = load_cine(tmp_path / "m1")
+    img2, _, _ = load_cine(tmp_path / "m2")
+    assert float(img2.std()) > 0
+    np.testing.assert_array_equal(img1, img2)  # bright blood stays bright
+
+
+def test_palette_colour_image_is_refused_with_its_file(tmp_path):
+    siemens_like(tmp_path / "s")
+
+    def palette(_path: Path, ds) -> None:
+        ds.PhotometricInterpretation = "PALETTE COLOR"
+
+    _edit_all(tmp_path / "s", palette)
+    err = _refused(tmp_path / "s", "PhotometricInterpretation PALETTE COLOR is not supported")
+    assert "/IM" in str(err)
+
+
+@pytest.mark.parametrize(
+    "bits, signed, photometric",
+    [(16, True, "MONOCHROME2"), (12, True, "MONOCHROME2"), (12, False, "MONOCHROME2")]
+    + [(12, True, "MONOCHROME1")],
+)
+def test_signed_and_12_bit_pixels(tmp_path, bits, signed, photometric):
+    """Signed values (negative ones included) and 12 bits stored in 16 with other data in the
+    unused high bits (some scanners keep overlays there) load as the values they encode."""
+    shift, offset = 16 - bits, (1 << (bits - 1)) if signed else 0
+    lo, hi = -offset, (1 << bits) - 1 - offset
+
+    def edit(_path: Path, ds) -> None:
+        value = (ds.pixel_array.astype(np.int64) >> shift) - offset
+        raw = lo + hi - value if photometric == "MONOCHROME1" else value
+        if bits < 16:
+            raw = (raw & ((1 << bits) - 1)) | 0xA000  # bits 12-15 hold something else
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, int(signed)
+        ds.PhotometricInterpretation = photometric
+        ds.PixelData = (raw & 0xFFFF).astype(np.uint16).tobytes()
+
+    siemens_like(tmp_path / "s")
+    _edit_all(tmp_path / "s", edit)
+    img, _, _ = load_cine(tmp_path / "s")
+    assert (float(img.min()) < 0) == signed
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            want = (stored(k, t).astype(np.int64) >> shift) - offset
+            np.testing.assert_array_equal(img[:, :, k, t], want.T)
+
+
+def _set_raw(ds, tag: int, text: str) -> None:
+    """Store ``text`` as the DS element ``tag`` as it is, without pydicom's validation."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    raw = text.encode() + b" " * (len(text) % 2)
+    ds[tag] = RawDataElement(Tag(tag), "DS", len(raw), raw, 0, False, True)
+
+
+RESCALE_SLOPE, RESCALE_INTERCEPT, PIXEL_SPACING_TAG = 0x00281053, 0x00281052, 0x00280030
+
+
+def test_rescale_given_in_some_files_only_is_applied_per_file_with_a_warning(tmp_path):
+    philips_like(tmp_path / "ph")  # slope 2, intercept -5
+
+    def drop_in_slices_2_and_3(_path: Path, ds) -> None:
+        if float(np.dot(np.asarray(ds.ImagePositionPatient, float) - ORIGIN, NORMAL)) > 1.5 * STEP:
+            del ds.RescaleSlope, ds.RescaleIntercept
+
+    _edit_all(tmp_path / "ph", drop_in_slices_2_and_3)
+    img, _, meta = load_cine(tmp_path / "ph")
+    for k in range(N_SLICES):
+        for t in range(N_PHASES):
+            want = expected(k, t, 2.0, -5.0) if k < 2 else expected(k, t)
+            np.testing.assert_allclose(img[:, :, k, t], want)
+    assert [w for w in meta.warnings if "10 of 20 images have no RescaleSlope" in w]
+
+
+@pytest.mark.parametrize("slope, problem", [("0", "RescaleSlope 0"), ("n/a", "not a number")])
+def test_unusable_rescale_slope_is_named(tmp_path, slope, problem):
+    """Among images without rescale: taken as the identity, with a warning naming the file;
+    among rescaled images (which it cannot be scaled like): refused, naming the file."""
+    siemens_like(tmp_path / "plain")
+    philips_like(tmp_path / "scaled")
+    firsts = {f: sorted((tmp_path / f).rglob("IM*"))[0] for f in ("plain", "scaled")}
+    for first in firsts.values():
+        _edit_all(first, lambda _p, ds: _set_raw(ds, RESCALE_SLOPE, slope))
+    img, props, meta = load_cine(tmp_path / "plain")
+    bad = [w for w in meta.warnings if problem in w]
+    assert len(bad) == 1 and "in 1 image(s)" in bad[0] and firsts["plain"].name in bad[0]
+    meta.warnings.remove(bad[0])
+    check_cine(img, props, meta)  # the image is the stored values, not zeros
+    err = _refused(tmp_path / "scaled", problem)
+    assert firsts["scaled"].name in str(err)
+    assert "other images of the series are rescaled" in str(err)
+
+
+def test_enhanced_object_with_a_zero_rescale_slope_is_not_blanked(tmp_path):
+    enhanced_like(tmp_path / "enh" / "cine.dcm")
+
+    def zero_slope(_path: Path, ds) -> None:
+        ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleSlope = "0"
+
+    _edit_all(tmp_path / "enh", zero_slope)
+    img, props, meta = load_cine(tmp_path / "enh")
+    assert len(meta.warnings) == 1 and "RescaleSlope 0" in meta.warnings[0]
+    meta.warnings.clear()
+    check_cine(img, props, meta)
+
+
+def _write_object(path: Path, study: dict, sop_class: str, modality: str, **elements) -> Path:
+    """A DICOM object of ``sop_class`` in a series of its own, with ``elements`` set."""
+    sop_uid = generate_uid()
+    ds = FileDataset(
+        str(path), Dataset(), file_meta=_file_meta(sop_class, sop_uid), preamble=b"\0" * 128
+    )
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop_uid, modality
+    ds.PatientName, ds.PatientID = "Doe^Jane", study.get("patient_id", "PID-0001")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study["study_uid"], generate_uid()
+    for name, value in elements.items():
+        setattr(ds, name, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+def _dicomdir(root: Path) -> None:
+    """A DICOMDIR listing the files under ``root`` (no SOPClassUID in its data set, as
+    written by media creators: the class is in the file meta information only)."""
+    sop_uid = generate_uid()
+    meta = _file_meta("1.2.840.10008.1.3.10", sop_uid)
+    ds = FileDataset(str(root / "DICOMDIR"), Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.FileSetID = "CARDIAC"
+    ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
+    ds.FileSetConsistencyFlag = 0
+    records = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".txt"):
+        rec = Dataset()
+        rec.OffsetOfTheNextDirectoryRecord = 0
+        rec.RecordInUseFlag = 0xFFFF
+        rec.OffsetOfReferencedLowerLevelDirectoryEntity = 0
+        rec.DirectoryRecordType = "IMAGE"
+        rec.ReferencedFileID = [part.upper()[:8] for part in path.relative_to(root).parts]
+        records.append(rec)
+    ds.DirectoryRecordSequence = Sequence(records)
+    ds.save_as(str(root / "DICOMDIR"), enforce_file_format=True)
+
+
+def test_study_folder_with_everything_a_scanner_exports(tmp_path):
+    """A DICOMDIR, a presentation state, a structured report, an RGB screenshot, a three-plane
+    localizer and a long-axis cine beside the short-axis cine: that one is analysed, with no
+    warning about the other files."""
+    root = tmp_path / "study"
+    study = siemens_like(root / "sax")
+    write_lax_cine(root / "lax", study, k=1.5, description="cine_retro_4ch", series_number=7)
+    loc = generate_uid()
+    for n, ori in enumerate([IOP, LAX_IOP, [*NORMAL, *ROW_DIR]]):
+        for k in range(3):  # three parallel slices per plane
+            write_image(
+                root / "loc" / f"{n}_{k}", study, k=k, t=0, series_uid=loc, series_number=1,
+                description="AAHead_Survey", orientation=[float(v) for v in ori],
+            )  # fmt: skip
+
+    def localizer(_path: Path, ds) -> None:
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+
+    _edit_all(root / "loc", localizer)
+    _write_object(root / "pr" / "PS1", study, "1.2.840.10008.5.1.4.1.1.11.1", "PR")
+    _write_object(
+        root / "sr" / "SR1", study, "1.2.840.10008.5.1.4.1.1.88.22", "SR", ValueType="CONTAINER"
+    )
+    rgb = np.zeros((ROWS, COLS, 3), np.uint8)
+    rgb[..., 0] = 200
+    _write_object(
+        root / "sc" / "SC1", study, "1.2.840.10008.5.1.4.1.1.7", "MR", SeriesDescription="SAX cine",
+        Rows=ROWS, Columns=COLS, SamplesPerPixel=3, PhotometricInterpretation="RGB",
+        PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
+        PixelData=rgb.tobytes(),
+    )  # fmt: skip
+    _dicomdir(root)
+    series = find_series(root)
+    assert (series.n_non_image, series.unreadable) == (3, [])  # DICOMDIR, PR, SR
+    assert [s.uid for s in series if s.is_cine_sa] == [study["series_uid"]]
+    img, props, meta = load_cine(root)
+    assert meta.series_uid == study["series_uid"]
+    check_cine(img, props, meta)  # and no warning
+
+
+def _apple_double() -> bytes:
+    """What macOS puts in ``._name`` files (AppleDouble: extended attributes, Finder info)."""
+    header = b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + b"\x00\x02"
+    entries = b"\x00\x00\x00\x09\x00\x00\x00\x32\x00\x00\x0e\xb0"  # Finder info
+    entries += b"\x00\x00\x00\x02\x00\x00\x0e\xe2\x00\x00\x01\x1e"  # resource fork
+    body = header + entries + b"ATTR" + b"com.apple.quarantine\x00" + b"0083;65a1b2c3;Safari;"
+    return body + b"\x00" * (4096 - len(body))
+
+
+def test_mac_zip_with_upper_case_names_and_apple_double_files(tmp_path):
+    """File names ``.DCM`` in upper case or without extension, ``._name`` AppleDouble files
+    and ``.DS_Store`` beside them, and a ``__MACOSX/`` folder in the zip: the cine loads with
+    no warning."""
+    root = tmp_path / "study"
+    siemens_like(root)
+    for n, path in enumerate(sorted(root.rglob("IM*"))):
+        if n % 2:
+            path = path.rename(path.with_name(path.name + ".DCM"))
+        (path.parent / f"._{path.name}").write_bytes(_apple_double())
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 200)
+    zpath = _zipped(root)
+    with zipfile.ZipFile(zpath, "a") as zf:
+        for path in sorted(root.rglob("._*")):
+            zf.writestr(f"__MACOSX/study/{path.relative_to(root).as_posix()}", _apple_double())
+    n_files = len([p for p in root.rglob("*") if p.is_file()])
+    series = find_series(root)
+    assert series.n_non_dicom == n_files - N_SLICES * N_PHASES and not series.unreadable
+    for source in (root, zpath):
+        img, props, meta = load_cine(source)
+        check_cine(img, props, meta)
+    assert sum(f.endswith(".DCM") for row in meta.source_files for f in row) == 10
+
+
+NAME, DESCRIPTION = "Müller^Jörg", "Cine kurze Achse ä"
+
+
+def _with_text(folder: Path, charset: str | None, encoding: str) -> None:
+    """Give every file under ``folder`` the PatientName :data:`NAME` and the description
+    :data:`DESCRIPTION` as ``encoding`` bytes (whatever ``charset`` is declared: exports
+    sometimes declare another), by patching the bytes of same-length placeholders."""
+    name, desc = NAME.encode(encoding), DESCRIPTION.encode(encoding)
+
+    def placeholders(_path: Path, ds) -> None:
+        if charset:
+            ds.SpecificCharacterSet = charset
+        ds.PatientName, ds.SeriesDescription = "Q" * len(name), "Z" * len(desc)
+
+    for path in _edit_all(folder, placeholders):
+        raw = path.read_bytes()
+        assert raw.count(b"Q" * len(name)) == raw.count(b"Z" * len(desc)) == 1
+        path.write_bytes(raw.replace(b"Q" * len(name), name).replace(b"Z" * len(desc), desc))
+
+
+@pytest.mark.parametrize(
+    "charset, encoding",
+    [("ISO_IR 100", "latin-1"), ("ISO_IR 192", "utf-8"), ("ISO_IR 192", "latin-1")]
+    + [(None, "latin-1")],  # declared UTF-8 but Latin-1 bytes; undeclared
+)
+def test_non_ascii_names_and_descriptions(tmp_path, caplog, charset, encoding):
+    caplog.set_level(logging.DEBUG)
+    study = siemens_like(tmp_path / "sax")
+    _with_text(tmp_path / "sax", charset, encoding)
+    img, props, meta = load_cine(tmp_path / "sax")
+    check_cine(img, props, meta)
+    if charset and encoding == {"ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}[charset]:
+        assert meta.series_description == DESCRIPTION
+    write_lax_cine(tmp_path / "lax", study, k=0, description="placeholder")
+    _with_text(tmp_path / "lax", charset, encoding)
+    err = _refused(tmp_path / "lax", "no short-axis cine")
+    assert "Achse" in str(err)  # the description is named
+    for text in (str(err), caplog.text):
+        assert "ller^J" not in text and "PID-0001" not in text
+
+
+def test_spaces_in_numbers_and_orientation_noise_between_slices(tmp_path):
+    """PixelSpacing, ImagePositionPatient and ImageOrientationPatient written with spaces
+    around the numbers, and an orientation that differs by up to 1e-5 between slices."""
+    siemens_like(tmp_path / "s")
+    noise = np.random.default_rng(5).uniform(-1e-5, 1e-5, (N_SLICES, 6))
+
+    def spaced(_path: Path, ds) -> None:
+        pos = np.asarray(ds.ImagePositionPatient, float)
+        k = int(round(float(np.dot(pos - ORIGIN, NORMAL)) / STEP))
+        _set_raw(ds, PIXEL_SPACING_TAG, " \\ ".join(f" {v} " for v in PIXEL_SPACING))
+        _set_raw(ds, 0x00200032, "\\".join(f" {v:.4f}" for v in pos))
+        _set_raw(ds, 0x00200037, "\\".join(f"{v:.8f} " for v in np.add(IOP, noise[k])))
+
+    one = _edit_all(tmp_path / "s", spaced)[0]
+    assert b" 1.5  \\  1.25 " in one.read_bytes()
+    img, props, meta = load_cine(tmp_path / "s")
+    check_cine(img, props, meta)
+
+
+@pytest.mark.parametrize("spacing", ["1,5\\1,25", "1.5"])
+def test_malformed_pixel_spacing_is_named(tmp_path, spacing):
+    _cine_30ms_apart(tmp_path / "m", new_study())
+    _edit_all(tmp_path / "m", lambda _p, ds: _set_raw(ds, PIXEL_SPACING_TAG, spacing))
+    err = _refused(tmp_path / "m", "is not two numbers")
+    assert f"PixelSpacing '{spacing}'" in str(err) and "/m/" in str(err)
+
+
+def test_colour_image_in_the_cine_series_is_named(tmp_path):
+    _cine_30ms_apart(tmp_path / "c", new_study())
+
+    def rgb(_path: Path, ds) -> None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = np.zeros((ROWS, COLS, 3), np.uint8).tobytes()
+
+    _edit_all(tmp_path / "c" / "2_3", rgb)
+    err = _refused(tmp_path / "c", "colour images are not supported")
+    assert str(err).startswith(str(tmp_path / "c" / "2_3"))

@@ -110,6 +110,9 @@ class _Frame:
     samples_per_pixel: int
     slope: float
     intercept: float
+    spacing_problem: str = ""  # why a PixelSpacing that is there cannot be used
+    rescale_given: bool = True  # whether the header holds a RescaleSlope
+    rescale_problem: str = ""  # an unusable RescaleSlope/Intercept, taken as the identity
 
 
 @dataclass
@@ -522,9 +525,9 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
     )
     top_pos = _floats(ds.get("ImagePositionPatient"), 3)
     top_ori = _floats(ds.get("ImageOrientationPatient"), 6)
-    top_ps = _floats(ds.get("PixelSpacing"), 2)
-    top_slope = _float(ds.get("RescaleSlope"))
-    top_inter = _float(ds.get("RescaleIntercept"))
+    top_ps_value = ds.get("PixelSpacing")
+    top_slope = ds.get("RescaleSlope")
+    top_inter = ds.get("RescaleIntercept")
     top_tt = _float(ds.get("TriggerTime"))
     if top_tt is None:
         top_tt = _float(ds.get("NominalCardiacTriggerDelayTime"))
@@ -540,19 +543,15 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
             ori = _floats(
                 _group_attr(pf, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
             )
-            ps = _floats(_group_attr(pf, shared, "PixelMeasuresSequence", "PixelSpacing"), 2)
+            ps = _group_attr(pf, shared, "PixelMeasuresSequence", "PixelSpacing")
             thick = _float(_group_attr(pf, shared, "PixelMeasuresSequence", "SliceThickness"))
             tt = _float(
                 _group_attr(
                     pf, shared, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"
                 )
             )
-            slope = _float(
-                _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleSlope")
-            )
-            inter = _float(
-                _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleIntercept")
-            )
+            slope = _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleSlope")
+            inter = _group_attr(pf, shared, "PixelValueTransformationSequence", "RescaleIntercept")
             tpi = _int(_group_attr(pf, None, "FrameContentSequence", "TemporalPositionIndex"))
             acq = _tm_seconds(
                 _group_attr(pf, None, "FrameContentSequence", "FrameAcquisitionDateTime")
@@ -563,14 +562,14 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
                     temporal_index=tpi,
                     position=pos if pos is not None else top_pos,
                     orientation=ori if ori is not None else top_ori,
-                    pixel_spacing=tuple(ps)
-                    if ps is not None
-                    else (tuple(top_ps) if top_ps is not None else None),
+                    **_spacing(ps if ps is not None else top_ps_value),
                     slice_thickness=thick if thick is not None else top_thick,
                     trigger_time=tt,
                     acquisition_time=acq if acq is not None else top_acq,
-                    slope=slope if slope is not None else (top_slope or 1.0),
-                    intercept=inter if inter is not None else (top_inter or 0.0),
+                    **_rescale(
+                        slope if slope is not None else top_slope,
+                        inter if inter is not None else top_inter,
+                    ),
                     **common,
                 )
             )
@@ -589,12 +588,11 @@ def _frames_from_dataset(ds: Any, path: str) -> list[_Frame]:
                 else _int(ds.get("TemporalPositionIdentifier")),
                 position=top_pos,
                 orientation=top_ori,
-                pixel_spacing=tuple(top_ps) if top_ps is not None else None,
+                **_spacing(top_ps_value),
                 slice_thickness=top_thick,
                 trigger_time=tt,
                 acquisition_time=top_acq,
-                slope=top_slope or 1.0,  # a zero slope is invalid: treat as 1
-                intercept=0.0 if top_inter is None else top_inter,
+                **_rescale(top_slope, top_inter),
                 **common,
             )
         )
@@ -614,6 +612,69 @@ def age_years(value: str) -> float | None:
         return None
     per_year = {"D": 365.25, "W": 365.25 / 7, "M": 12.0, "Y": 1.0}[match.group(2)]
     return int(match.group(1)) / per_year
+
+
+def _spacing(value: Any) -> dict[str, Any]:
+    """The :class:`_Frame` fields of a PixelSpacing value (``None`` if absent).
+
+    Example:
+        >>> _spacing([" 1.5 ", "1.25"])["pixel_spacing"]
+        (1.5, 1.25)
+        >>> _spacing("1,5")["spacing_problem"]
+        "PixelSpacing '1,5' is not two numbers"
+    """
+    numbers = _floats(value, 2)
+    if numbers is not None:
+        return {"pixel_spacing": (float(numbers[0]), float(numbers[1])), "spacing_problem": ""}
+    if value is None or _str(value) == "":
+        return {"pixel_spacing": None, "spacing_problem": ""}
+    text = value if isinstance(value, str) else "\\".join(map(str, _listed(value)))
+    return {
+        "pixel_spacing": None,
+        "spacing_problem": f"PixelSpacing '{one_line(text)[:40]}' is not two numbers",
+    }
+
+
+def _listed(value: Any) -> list[Any]:
+    """A multi-valued element as a list (a single value as a one-item list)."""
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+def _rescale(slope_value: Any, intercept_value: Any) -> dict[str, Any]:
+    """The :class:`_Frame` fields of a RescaleSlope/RescaleIntercept pair (``None`` if absent).
+
+    An absent value is the identity (slope 1, intercept 0). A slope of 0 (it would blank the
+    image) or a value that is not a finite number makes the pair the identity too, and is said
+    in ``rescale_problem`` (the loader warns, or refuses when other images are rescaled).
+
+    Example:
+        >>> r = _rescale("0", "12")
+        >>> r["rescale_problem"], r["slope"], r["intercept"]
+        ('RescaleSlope 0', 1.0, 0.0)
+        >>> _rescale(None, None)["slope"], _rescale("2.5", "-1")["intercept"]
+        (1.0, -1.0)
+    """
+    slope_value = None if _str(slope_value) == "" else slope_value
+    intercept_value = None if _str(intercept_value) == "" else intercept_value
+    slope, intercept = _float(slope_value), _float(intercept_value)
+    problems = []
+    if slope_value is not None and slope is None:
+        problems.append("RescaleSlope not a number")
+    elif slope == 0.0:
+        problems.append("RescaleSlope 0")
+    if intercept_value is not None and intercept is None:
+        problems.append("RescaleIntercept not a number")
+    if problems:  # one unusable value makes the pair unusable
+        slope, intercept = 1.0, 0.0
+    return {
+        "slope": slope or 1.0,
+        "intercept": intercept or 0.0,
+        "rescale_given": slope_value is not None,
+        "rescale_problem": ", ".join(problems),
+    }
 
 
 def _header_values(ds: Any) -> dict[str, Any]:

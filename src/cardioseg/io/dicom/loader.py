@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from cardioseg.errors import CardiosegError
+from cardioseg.errors import CardiosegError, one_line
 from cardioseg.io.dicom.archive import extracted_zip
 from cardioseg.io.dicom.headers import (
     GAP_TOL,
@@ -234,14 +234,88 @@ def _check_consistency(frames: list[_Frame], where: str, show: Callable[[str], s
         raise CardiosegError(where, f"invalid image size {sizes[0][0]}x{sizes[0][1]}")
     missing = [f for f in frames if f.pixel_spacing is None]
     if missing:
-        raise CardiosegError(show(missing[0].path), "missing PixelSpacing")
+        raise CardiosegError(
+            show(missing[0].path), missing[0].spacing_problem or "missing PixelSpacing"
+        )
     ps = np.array([f.pixel_spacing for f in frames], dtype=float)
     if np.any(ps <= 0):
         raise CardiosegError(where, "zero or negative PixelSpacing")
     if np.max(np.abs(ps - ps[0])) > 1e-3 * max(1.0, float(ps[0].max())):
         raise CardiosegError(where, "different PixelSpacing across slices")
-    if any(f.samples_per_pixel != 1 for f in frames):
-        raise CardiosegError(where, "colour images are not supported (SamplesPerPixel != 1)")
+    colour = [f for f in frames if f.samples_per_pixel != 1]
+    if colour:
+        raise CardiosegError(
+            show(colour[0].path), "colour images are not supported (SamplesPerPixel != 1)"
+        )
+
+
+def _check_rescale(frames: list[_Frame], show: Callable[[str], str], warn: list[str]) -> None:
+    """Warn about images whose rescale is unusable, or missing while others are rescaled.
+
+    An unusable RescaleSlope/Intercept (:func:`~cardioseg.io.dicom.headers._rescale`) is
+    taken as the identity when the other images are not rescaled either; otherwise that image
+    cannot be scaled like them and the series is refused.
+
+    Raises:
+        CardiosegError: An unusable rescale among rescaled images (names the first file).
+    """
+    bad = [f for f in frames if f.rescale_problem]
+    good = {(f.slope, f.intercept) for f in frames if not f.rescale_problem}
+    if bad and good - {(1.0, 0.0)}:
+        raise CardiosegError(
+            show(bad[0].path),
+            f"{bad[0].rescale_problem}, while other images of the series are rescaled: "
+            "cannot give it their intensity scale",
+        )
+    if bad:
+        warn.append(
+            f"unusable RescaleSlope/Intercept ({bad[0].rescale_problem}) in {len(bad)} "
+            f"image(s): taken as slope 1, intercept 0 (first: {show(bad[0].path)})"
+        )
+    absent = [f for f in frames if not f.rescale_given]
+    rescaled = any((f.slope, f.intercept) != (1.0, 0.0) for f in frames if f.rescale_given)
+    if absent and rescaled:
+        warn.append(
+            f"{len(absent)} of {len(frames)} images have no RescaleSlope/Intercept: taken as "
+            f"slope 1, intercept 0; check the intensities (first: {show(absent[0].path)})"
+        )
+
+
+def _stored_range(ds: Any, pix: np.ndarray) -> tuple[int, int]:
+    """Smallest and largest stored value that BitsStored and PixelRepresentation allow."""
+    bits = _int(ds.get("BitsStored")) or _int(ds.get("BitsAllocated")) or 8 * pix.itemsize
+    bits = min(max(bits, 1), 8 * pix.itemsize)
+    if _int(ds.get("PixelRepresentation")) == 1:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _as_monochrome2(pix: np.ndarray, ds: Any, where: str) -> np.ndarray:
+    """Stored values with the brightest shown brightest.
+
+    MONOCHROME1 images show their minimum white: their values are inverted within the stored
+    range (before the rescale), so that bright blood stays bright whatever the scanner chose.
+
+    Args:
+        pix: The pixel data, ``(frames, rows, columns)``.
+        ds: The data set it comes from.
+        where: The file, for the error message.
+
+    Returns:
+        ``pix``, inverted for MONOCHROME1 (as ``int64``).
+
+    Raises:
+        CardiosegError: A photometric interpretation other than MONOCHROME1/2 (e.g. a palette).
+    """
+    photometric = _str(ds.get("PhotometricInterpretation", "")).upper() or "MONOCHROME2"
+    if photometric == "MONOCHROME2":
+        return pix
+    if photometric != "MONOCHROME1":
+        raise CardiosegError(
+            where, f"PhotometricInterpretation {one_line(photometric)[:32]} is not supported"
+        )
+    lo, hi = _stored_range(ds, pix)
+    return (lo + hi) - pix.astype(np.int64)
 
 
 def _read_pixels(
@@ -288,7 +362,7 @@ def _read_pixels(
                     f"pixel data of shape {pix.shape} does not match "
                     f"{n_frames} frame(s) of {rows}x{cols}",
                 )
-            pix = pix.reshape(n_frames, rows, cols)
+            pix = _as_monochrome2(pix.reshape(n_frames, rows, cols), ds, show(path))
             with contextlib.suppress(Exception):
                 del ds.PixelData
             for k, t, f in uses:
@@ -326,6 +400,7 @@ def _assemble(
     if len(frames) == 1:
         raise CardiosegError(where, "a single image is not a cine")
     _check_consistency(frames, where, show)
+    _check_rescale(frames, show, warn)
     try:
         st = _stack(frames)
     except _GeometryProblem as exc:
@@ -619,7 +694,8 @@ def load_cine(
     See the module docstring for the exact axis and affine convention: ``array[i, j, k, t]``
     with ``i`` the DICOM column, ``j`` the DICOM row, ``k`` the slice sorted along the normal and
     ``t`` the phase; the affine is NIfTI RAS+. Slice spacing is the median distance between the
-    sorted slice positions (not SliceThickness). RescaleSlope/Intercept are applied.
+    sorted slice positions (not SliceThickness). RescaleSlope/Intercept are applied, after
+    MONOCHROME1 values are inverted within their stored range (bright stays bright).
 
     Args:
         folder_or_zip: Study folder (nested folders and several series allowed), a zip of one,

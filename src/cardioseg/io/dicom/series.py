@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,14 @@ def _is_image_class(sop_class: str) -> bool:
     return "Image Storage" in UID(sop_class).name if sop_class else False
 
 
+def _sop_class(ds: Any) -> str:
+    """SOPClassUID, else the file meta information's MediaStorageSOPClassUID (a DICOMDIR
+    carries its class only there)."""
+    meta = getattr(ds, "file_meta", None)
+    media = meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""
+    return _str(ds.get("SOPClassUID", "")) or _str(media)
+
+
 def find_series(folder: str | Path) -> SeriesList:
     """Scan a folder recursively (or one file) and group DICOM images by SeriesInstanceUID.
 
@@ -83,7 +92,7 @@ def find_series(folder: str | Path) -> SeriesList:
                     unreadable.append(str(path))
                 continue
             try:
-                sop_class = _str(ds.get("SOPClassUID", ""))
+                sop_class = _sop_class(ds)
                 uid = _str(ds.get("SeriesInstanceUID", ""))
                 if sop_class == MEDIA_STORAGE_DIRECTORY or not uid or "Rows" not in ds:
                     # an image class without the image, or no class at all: a damaged file
