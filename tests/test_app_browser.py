@@ -197,6 +197,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             page.check("#viewer-mode-webgl")
             _wait_js(page, "nvReady() && !document.getElementById('webgl-status').textContent")
             assert page.is_hidden("#viewer-stage") and page.is_visible("#nv-canvas")
+            assert page.is_disabled("#zoom-toggle")  # the slices' heart window: no use here
             dims = page.evaluate(
                 "() => nvState.nv.volumes.map(v => [...v.hdr.dims.slice(1, 4), v.nFrame4D])"
             )
@@ -222,6 +223,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             _wait_js(page, "nvState.nv.opts.sliceType === nvState.nv.sliceTypeMultiplanar")
             page.check('input[name="viewer-mode"][value="slices"]')
             assert page.is_visible("#viewer-stage") and page.is_hidden("#nv-stage")
+            assert page.is_disabled("#zoom-toggle") == (box is None)
 
             # the slice table, and a re-analysis with a slice taken out of ES
             assert page.locator("#slices-rows tr").count() == len(report["slices"])
@@ -387,6 +389,10 @@ def test_study_list_and_upload_form_by_keyboard_in_chromium(tmp_path, tiny_check
             page.reload()
             page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
             _wait_js(page, f"document.getElementById('detail-title').textContent === {shown!r}")
+            # an address naming no study (deleted, mistyped) closes the detail
+            page.evaluate("() => { location.hash = '#study=' + '0'.repeat(32); }")
+            page.wait_for_selector("#detail", state="hidden", timeout=10_000)
+            assert "#study=" not in page.url
         finally:
             browser.close()
     assert not page_errors, page_errors

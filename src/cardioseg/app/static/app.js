@@ -798,6 +798,8 @@ async function setViewerMode(mode) {
   $("nv-stage").hidden = !webgl;
   $("nv-layout-label").hidden = !webgl;
   document.querySelector(".nv-hint").hidden = !webgl;
+  // the interactive view zooms with the mouse wheel: the heart window applies to the slices
+  $("zoom-toggle").disabled = webgl || !(state.viewer && state.viewer.heart_box);
   if (!webgl) {
     updateViewer();
     return;
@@ -961,6 +963,12 @@ function init() {
   $("nv-layout").addEventListener("change", () => { applyNiivueLayout(); updateNiivue(); });
   $("qc-more").addEventListener("click", () => { state.showAllReasons = !state.showAllReasons; renderReasons(); });
   document.addEventListener("keydown", onKey);
+  // a study's address typed or pasted into this tab opens it; an address without one closes it
+  window.addEventListener("hashchange", () => {
+    const id = studyFromHash();
+    if (id && id !== state.selected) selectStudy(id);
+    else if (!id && state.selected) closeDetail();
+  });
   start();
 }
 
