@@ -298,10 +298,16 @@ def test_token_prompt_in_chromium(tmp_path, tiny_checkpoint):
             page.goto(url + "/")
             page.wait_for_selector("#token-box:not([hidden])", timeout=30_000)
             assert page.is_hidden("#main")
+            assert page.is_hidden("#token-error")
+            # a wrong token: the prompt comes back saying so
+            page.fill("#token-input", "wrong-horse-battery")
+            page.click("#token-form button")
+            page.wait_for_selector("#token-error:not([hidden])", timeout=30_000)
+            assert page.is_visible("#token-box") and page.is_hidden("#main")
             page.fill("#token-input", "correct-horse-battery")
             page.click("#token-form button")
             page.wait_for_selector("#no-studies:not([hidden])", timeout=30_000)
-            assert page.is_visible("#upload-card")
+            assert page.is_visible("#upload-card") and page.is_hidden("#token-error")
             # a link carrying the token opens directly and the token leaves the address bar
             page2 = browser.new_page()
             page2.goto(url + "/?token=correct-horse-battery")

@@ -76,6 +76,11 @@ async function api(path, options = {}) {
 }
 
 function showTokenBox() {
+  if (state.token) {  // a token was sent and refused: say so, and forget it
+    state.token = null;
+    sessionStorage.removeItem("cardioseg-token");
+    $("token-error").hidden = false;
+  }
   $("token-box").hidden = false;
   $("main").hidden = true;
 }
@@ -945,6 +950,7 @@ function init() {
     e.preventDefault();
     state.token = $("token-input").value.trim();
     sessionStorage.setItem("cardioseg-token", state.token);
+    $("token-error").hidden = true;
     $("token-box").hidden = true;
     $("main").hidden = false;
     start();
