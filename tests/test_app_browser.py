@@ -385,6 +385,9 @@ def test_study_list_and_upload_form_by_keyboard_in_chromium(tmp_path, tiny_check
             page.focus("#upload-button")
             page.keyboard.press("Tab")
             assert page.evaluate("() => document.activeElement.textContent") == shown
+            # the list drawn again (every few seconds while a job waits) keeps the focus
+            page.evaluate("() => renderStudies()")
+            assert page.evaluate("() => document.activeElement.textContent") == shown
             page.keyboard.press("Enter")
             page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
             assert page.text_content("#detail-title") == shown

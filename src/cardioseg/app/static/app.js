@@ -261,6 +261,10 @@ async function refreshStudies() {
 
 function renderStudies() {
   const body = $("study-rows");
+  // the list is drawn again every few seconds while a job runs: the focused button keeps focus
+  const focused = document.activeElement;
+  const focusRow = focused && focused.tagName === "BUTTON" ? focused.closest("#study-rows tr") : null;
+  const refocus = focusRow && [focusRow.dataset.id, focused.classList.contains("danger") ? "danger" : "open"];
   body.replaceChildren();
   $("no-studies").hidden = state.studies.length > 0;
   $("study-table").hidden = state.studies.length === 0;
@@ -290,6 +294,7 @@ function renderStudies() {
       el("td", {}, del));
     row.addEventListener("click", () => selectStudy(s.id));
     body.append(row);
+    if (refocus && refocus[0] === s.id) row.querySelector("button." + refocus[1]).focus();
   }
 }
 
