@@ -418,6 +418,42 @@ def test_bad_uploads_are_refused_cleanly(tmp_path, tiny_checkpoint, studies):
     assert not (tmp_path / "evil.txt").exists()
 
 
+def test_refused_upload_names_the_file(tmp_path, tiny_checkpoint, studies, caplog):
+    """A refused upload says which file was wrong, as the reader named it (a pair has two), in
+    one line; the name goes back to the browser only, never into the log."""
+    config = _config(tmp_path, tiny_checkpoint, start_worker=False)
+    ed = studies["ed_small"].read_bytes()
+    other = make_phantom(PhantomConfig(seed=5, shape=(40, 36), spacing=4.0, n_slices=3))
+    mismatched = write_phantom(other, tmp_path / "other", "o")["o_ES"].read_bytes()
+    empty_zip = io.BytesIO()
+    zipfile.ZipFile(empty_zip, "w").close()
+    long_name = "Smith_John_" + "x" * 300 + ".zip"
+    cases = [
+        ({"file": ("scan notes.txt", b"not an image at all\n" * 40)}, "scan notes.txt: "),
+        ({"file": ("export_empty.zip", empty_zip.getvalue())}, "export_empty.zip: "),
+        ({"file": ("C:\\exports\\bad.zip", _traversal_zip())}, "bad.zip: unsafe path"),
+        ({"file": (long_name, _traversal_zip())}, long_name[:120] + ": unsafe path"),
+        ({"file": ("one_phase.nii.gz", ed)}, "one_phase.nii.gz: a single NIfTI"),
+        ({"ed": ("ed_ok.nii.gz", ed), "es": ("es_junk.nii.gz", b"junk" * 200)}, "es_junk.nii.gz: "),
+        (
+            {"ed": ("ed_ok.nii.gz", ed), "es": ("es_other.nii.gz", mismatched)},
+            "es_other.nii.gz (ES) and ed_ok.nii.gz (ED): ES shape",
+        ),
+        ({"ed": ("ed_ok.nii.gz", ed), "es": ("es.zip", _traversal_zip())}, "es.zip: unsafe"),
+    ]
+    with caplog.at_level(logging.DEBUG), _client(config) as client:
+        for files, start in cases:
+            r = client.post("/api/studies", files=files)
+            detail = r.json()["detail"]
+            assert 400 <= r.status_code < 500 and detail.startswith(start), (start, detail)
+            assert "\n" not in detail
+        assert client.get("/api/studies").json()["studies"] == []
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for name in ("scan notes", "export_empty", "Smith_John", "es_junk", "es_other", "one_phase"):
+        assert name not in logged
+    assert list((config.data_dir / "studies").iterdir()) == []
+
+
 # --- access control ---------------------------------------------------------------------------
 
 

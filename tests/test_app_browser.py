@@ -77,6 +77,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
         poll_seconds=0.2,
     )
     page_errors: list[str] = []
+    font_warnings: list[str] = []  # Niivue drawing a character its font does not have
     with serve_in_thread(config) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
@@ -85,6 +86,10 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
             page.on("console", lambda msg: msg.type == "error" and page_errors.append(msg.text))
+            page.on(
+                "console",
+                lambda msg: "Missing font metric" in msg.text and font_warnings.append(msg.text),
+            )
             page.goto(url + "/")
             page.wait_for_selector("#server-status.ok", timeout=30_000)
             assert page.is_visible("#no-studies")
@@ -167,6 +172,13 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
                 )
                 assert style == ["200%", "200%", "-50%", "-50%"]
 
+            # space on a focused button presses it (it is not the cine's play key there)
+            page.locator("#frame-slider").fill(str(report["ed_frame"]))
+            page.focus("#es-button")
+            page.keyboard.press(" ")
+            assert "(ES)" in page.text_content("#frame-label")
+            assert page.text_content("#play-button").startswith("▶")
+
             # opacity toggle and cine play
             page.uncheck("#overlay-toggle")
             assert page.eval_on_selector("#viewer-labels", "e => e.style.opacity") == "0"
@@ -185,6 +197,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             page.check("#viewer-mode-webgl")
             _wait_js(page, "nvReady() && !document.getElementById('webgl-status').textContent")
             assert page.is_hidden("#viewer-stage") and page.is_visible("#nv-canvas")
+            assert page.is_disabled("#zoom-toggle")  # the slices' heart window: no use here
             dims = page.evaluate(
                 "() => nvState.nv.volumes.map(v => [...v.hdr.dims.slice(1, 4), v.nFrame4D])"
             )
@@ -210,6 +223,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             _wait_js(page, "nvState.nv.opts.sliceType === nvState.nv.sliceTypeMultiplanar")
             page.check('input[name="viewer-mode"][value="slices"]')
             assert page.is_visible("#viewer-stage") and page.is_hidden("#nv-stage")
+            assert page.is_disabled("#zoom-toggle") == (box is None)
 
             # the slice table, and a re-analysis with a slice taken out of ES
             assert page.locator("#slices-rows tr").count() == len(report["slices"])
@@ -227,10 +241,14 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
                 for r in report["slices"]
             }
             assert dict(shown) == expected
-            # a click on a row shows that slice in the viewer
+            # a click on a row shows that slice in the viewer, and so does Enter on it
             last = report["slices"][-1]["slice"]
             page.click(f'#slices-rows tr[data-slice="{last}"]')
             assert page.text_content("#slice-label").startswith(f"{last} (")
+            first = report["slices"][0]["slice"]
+            page.focus(f'#slices-rows tr[data-slice="{first}"]')
+            page.keyboard.press("Enter")
+            assert page.text_content("#slice-label").startswith(f"{first} (")
             # the viewer names a slice to check at ED/ES as such
             page.evaluate(
                 "() => { state.detail.check_slices = ['ED:1']; state.slice = 1;"
@@ -252,6 +270,7 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
         finally:
             browser.close()
     assert not page_errors, page_errors
+    assert not font_warnings, font_warnings[:3]
 
 
 def test_token_prompt_in_chromium(tmp_path, tiny_checkpoint):
@@ -279,10 +298,16 @@ def test_token_prompt_in_chromium(tmp_path, tiny_checkpoint):
             page.goto(url + "/")
             page.wait_for_selector("#token-box:not([hidden])", timeout=30_000)
             assert page.is_hidden("#main")
+            assert page.is_hidden("#token-error")
+            # a wrong token: the prompt comes back saying so
+            page.fill("#token-input", "wrong-horse-battery")
+            page.click("#token-form button")
+            page.wait_for_selector("#token-error:not([hidden])", timeout=30_000)
+            assert page.is_visible("#token-box") and page.is_hidden("#main")
             page.fill("#token-input", "correct-horse-battery")
             page.click("#token-form button")
             page.wait_for_selector("#no-studies:not([hidden])", timeout=30_000)
-            assert page.is_visible("#upload-card")
+            assert page.is_visible("#upload-card") and page.is_hidden("#token-error")
             # a link carrying the token opens directly and the token leaves the address bar
             page2 = browser.new_page()
             page2.goto(url + "/?token=correct-horse-battery")
@@ -290,3 +315,93 @@ def test_token_prompt_in_chromium(tmp_path, tiny_checkpoint):
             assert "token" not in page2.url
         finally:
             browser.close()
+
+
+def test_study_list_and_upload_form_by_keyboard_in_chromium(tmp_path, tiny_checkpoint):
+    """Without a worker (the studies stay queued): the study list by keyboard, a long name kept
+    inside its card, the open study kept over a reload, an optional field out of range and a
+    refused file each explained on the status line."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install playwright)"
+    )
+    pytest.importorskip("fastapi")
+    from cardioseg.app import AppConfig
+    from cardioseg.app.server import serve_in_thread
+
+    cine = make_cine(PhantomConfig(seed=3, shape=(32, 32), spacing=5.0, n_slices=3), 3)
+    path = tmp_path / "cine.nii.gz"
+    nib.save(nib.Nifti1Image(cine.image.astype(np.float32), cine.affine), str(path))
+    long_name = "Follow_up_" + "very_long_export_name_" * 6 + "cine.nii.gz"
+    shown = long_name[:120]  # the server keeps 120 characters of a file name
+    config = AppConfig(
+        data_dir=tmp_path / "data", checkpoint=tiny_checkpoint, port=0, start_worker=False
+    )
+    page_errors: list[str] = []
+    with serve_in_thread(config) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.goto(url + "/")
+            page.wait_for_selector("#server-status.ok", timeout=30_000)
+            payload = {"name": long_name, "mimeType": "application/gzip"}
+            page.set_input_files("#file-input", {**payload, "buffer": path.read_bytes()})
+            page.click("#upload-button")
+            page.wait_for_selector("#study-rows tr", timeout=30_000)
+            study_id = page.get_attribute("#study-rows tr", "data-id")
+
+            # a height in metres, its section folded: said on the status line, nothing sent
+            page.click("#upload-card summary")
+            page.fill("#height-input", "1.75")
+            page.click("#upload-card summary")
+            page.set_input_files("#file-input", {**payload, "buffer": path.read_bytes()})
+            page.click("#upload-button")
+            status = page.text_content("#upload-status")
+            assert status.startswith("Height (cm): ") and "metres" in status, status
+            assert page.evaluate("() => document.querySelector('#upload-card details').open")
+            assert page.locator("#study-rows tr").count() == 1
+            page.fill("#height-input", "")
+
+            # a refused file: the server's one line names it
+            page.set_input_files(
+                "#file-input",
+                {"name": "scan notes.txt", "mimeType": "text/plain", "buffer": b"no image\n" * 9},
+            )
+            page.click("#upload-button")
+            _wait_js(page, "document.getElementById('upload-status').textContent.includes(':')")
+            status = page.text_content("#upload-status")
+            assert status.startswith("Upload refused: scan notes.txt: unsupported"), status
+            assert page.locator("#study-rows tr").count() == 1
+
+            # the long name is cut inside the card, not past it
+            right = "s => document.querySelector(s).getBoundingClientRect().right"
+            assert page.evaluate(right, "#study-table") <= page.evaluate(right, "#studies-card")
+            assert page.get_attribute("#study-rows button.open", "title").startswith(shown + " ·")
+
+            # the study opens with the keyboard: Tab from the upload button, Enter
+            page.evaluate("() => closeDetail()")
+            page.focus("#upload-button")
+            page.keyboard.press("Tab")
+            assert page.evaluate("() => document.activeElement.textContent") == shown
+            # the list drawn again (every few seconds while a job waits) keeps the focus
+            page.evaluate("() => renderStudies()")
+            assert page.evaluate("() => document.activeElement.textContent") == shown
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
+            assert page.text_content("#detail-title") == shown
+            assert "Queued" in page.text_content("#job-status")
+            assert page.url.endswith("#study=" + study_id)
+
+            # a reload shows the same study again
+            page.reload()
+            page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
+            _wait_js(page, f"document.getElementById('detail-title').textContent === {shown!r}")
+            # an address naming no study (deleted, mistyped) closes the detail
+            page.evaluate("() => { location.hash = '#study=' + '0'.repeat(32); }")
+            page.wait_for_selector("#detail", state="hidden", timeout=10_000)
+            assert "#study=" not in page.url
+        finally:
+            browser.close()
+    assert not page_errors, page_errors

@@ -110,6 +110,8 @@ DEID_REMOVE = (
     "IssuerOfAdmissionIDSequence",
 )
 UPLOAD_FIELDS = {"file", "ed", "es"}
+#: How an upload field's file is named in an error where the browser sent no file name.
+UPLOAD_ROLES = {"file": "the uploaded file", "ed": "the ED file", "es": "the ES file"}
 TEXT_FIELDS = {"name", "height_cm", "weight_kg", "sex"}
 
 UPLOAD_OPENAPI: dict[str, Any] = {
@@ -827,19 +829,27 @@ def _register(
     checked = {}
     names = {}
     size = 0
+    # a refused file is named as the reader chose it (the reply only; never logged)
+    shown = {
+        role: display_name(filename, fallback=UPLOAD_ROLES[role])
+        for role, (_, filename) in parts.items()
+    }
     for role, (path, _) in parts.items():
         size += path.stat().st_size
-        kind = sniff(path)
         role_name = "study" if role == "file" else role
-        if kind == "zip":
-            final = path.with_name(f"{role_name}.zip")
-            path.rename(final)
-            checked[role] = check_zip(final)
-        else:
-            compressed = kind == "nifti-gz"
-            final = path.with_name(role_name + (".nii.gz" if compressed else ".nii"))
-            path.rename(final)
-            checked[role] = check_nifti(final, compressed, config.max_image_voxels)
+        try:
+            kind = sniff(path)
+            if kind == "zip":
+                final = path.with_name(f"{role_name}.zip")
+                path.rename(final)
+                checked[role] = check_zip(final)
+            else:
+                compressed = kind == "nifti-gz"
+                final = path.with_name(role_name + (".nii.gz" if compressed else ".nii"))
+                path.rename(final)
+                checked[role] = check_nifti(final, compressed, config.max_image_voxels)
+        except UploadError as exc:
+            raise UploadError(exc.status, f"{shown[role]}: {exc.message}") from None
         names[role_name] = final.name
     n_frames: int | None
     if "file" in parts:
@@ -851,25 +861,33 @@ def _register(
             if len(c.shape) != 4 or c.shape[3] < 2:
                 raise UploadError(
                     400,
-                    f"a single NIfTI must be a 4D cine (x, y, z, t) with at "
+                    f"{shown['file']}: a single NIfTI must be a 4D cine (x, y, z, t) with at "
                     f"least 2 frames, got shape {c.shape}; for two 3D volumes "
                     "upload them as an ED/ES pair",
                 )
             kind, n_frames = "nifti4d", int(c.shape[3])
     else:
         ed, es = checked["ed"], checked["es"]
-        if ed.kind != "nifti" or es.kind != "nifti":
-            raise UploadError(400, "ED and ES must be 3D NIfTI volumes")
-        for name, c in (("ED", ed), ("ES", es)):
+        for role, c in (("ed", ed), ("es", es)):
+            if c.kind != "nifti":
+                raise UploadError(
+                    400, f"{shown[role]}: ED and ES must be 3D NIfTI volumes, not a zip"
+                )
             assert c.shape is not None
             if len(c.shape) != 3:
-                raise UploadError(400, f"{name} must be a 3D volume, got shape {c.shape}")
+                raise UploadError(
+                    400,
+                    f"{shown[role]}: {role.upper()} must be a 3D volume, got shape {c.shape}",
+                )
+        pair = f"{shown['es']} (ES) and {shown['ed']} (ED)"
         if ed.shape != es.shape:
-            raise UploadError(400, f"ES shape {es.shape} does not match ED shape {ed.shape}")
+            raise UploadError(
+                400, f"{pair}: ES shape {es.shape} does not match ED shape {ed.shape}"
+            )
         import numpy as np
 
         if not np.allclose(ed.affine, es.affine, atol=1e-3):
-            raise UploadError(400, "ES affine (geometry) does not match the ED affine")
+            raise UploadError(400, f"{pair}: ES affine (geometry) does not match the ED affine")
         kind, n_frames = "pair", 2
     from cardioseg.io.dicom.headers import HEIGHT_CM_RANGE, WEIGHT_KG_RANGE
 

@@ -76,6 +76,11 @@ async function api(path, options = {}) {
 }
 
 function showTokenBox() {
+  if (state.token) {  // a token was sent and refused: say so, and forget it
+    state.token = null;
+    sessionStorage.removeItem("cardioseg-token");
+    $("token-error").hidden = false;
+  }
   $("token-box").hidden = false;
   $("main").hidden = true;
 }
@@ -155,8 +160,26 @@ function setUploadStatus(text, isError = false) {
   s.classList.toggle("error", isError);
 }
 
+// the optional fields: the browser's own check would stop the upload silently where their
+// section is folded; say which one and why on the status line
+function optionalFieldProblem() {
+  for (const id of ["name-input", "height-input", "weight-input"]) {
+    const input = $(id);
+    if (input.checkValidity()) continue;
+    input.closest("details").open = true;
+    input.focus();
+    const label = input.labels[0].firstChild.textContent.trim();
+    const v = Number(input.value);
+    const metres = id === "height-input" && v > 0 && v < 3 ? " (a height in metres? give it in cm)" : "";
+    return label + ": " + input.validationMessage + metres;
+  }
+  return null;
+}
+
 function onUpload(event) {
   event.preventDefault();
+  const problem = optionalFieldProblem();
+  if (problem) return setUploadStatus(problem, true);
   const form = new FormData();
   const files = [];
   if (uploadMode() === "pair") {
@@ -238,6 +261,10 @@ async function refreshStudies() {
 
 function renderStudies() {
   const body = $("study-rows");
+  // the list is drawn again every few seconds while a job runs: the focused button keeps focus
+  const focused = document.activeElement;
+  const focusRow = focused && focused.tagName === "BUTTON" ? focused.closest("#study-rows tr") : null;
+  const refocus = focusRow && [focusRow.dataset.id, focused.classList.contains("danger") ? "danger" : "open"];
   body.replaceChildren();
   $("no-studies").hidden = state.studies.length > 0;
   $("study-table").hidden = state.studies.length === 0;
@@ -253,17 +280,21 @@ function renderStudies() {
     if (job && job.state === "failed") statusCell.title = job.error || "";
     const sum = s.summary || {};
     const qc = sum.qc_status || "";
-    const del = el("button", { type: "button", class: "link danger", text: "Delete", title: "Delete this study and its results" });
+    const del = el("button", { type: "button", class: "link danger", text: "Delete", title: "Delete this study and its results", "aria-label": "Delete " + s.name });
     del.addEventListener("click", (ev) => { ev.stopPropagation(); deleteStudy(s); });
     const row = el("tr", { "data-id": s.id, class: s.id === state.selected ? "selected" : "" },
-      el("td", { class: "name", text: s.name, title: s.created_utc }),
-      el("td", { text: kindName(s) }),
+      // a button: reachable and opened with the keyboard (the click reaches the row); the
+      // type below it leaves the name the width of a column
+      el("td", { class: "name" },
+        el("button", { type: "button", class: "link open", text: s.name, title: s.name + " · uploaded " + s.created_utc }),
+        el("span", { class: "kind", text: kindName(s) })),
       statusCell,
       el("td", { class: "num", text: sum.lv_ef_pct !== undefined ? fmt(sum.lv_ef_pct) + " %" : "" }),
       el("td", {}, qc ? el("span", { class: "qc-badge qc-" + qc, text: qc }) : ""),
       el("td", {}, del));
     row.addEventListener("click", () => selectStudy(s.id));
     body.append(row);
+    if (refocus && refocus[0] === s.id) row.querySelector("button." + refocus[1]).focus();
   }
 }
 
@@ -280,9 +311,21 @@ async function deleteStudy(s) {
 
 // --- study detail -------------------------------------------------------------------------
 
+// the open study is kept in the address (#study=ID): a reload or a bookmark shows it again
+function studyFromHash() {
+  const m = /^#study=([0-9a-f]{32})$/.exec(window.location.hash);
+  return m ? m[1] : null;
+}
+
+function setStudyHash(id) {
+  const url = window.location.pathname + window.location.search + (id ? "#study=" + id : "");
+  if (studyFromHash() !== id) window.history.replaceState(null, "", url);
+}
+
 function closeDetail() {
   stopPlay();
   clearTimeout(state.detailTimer);
+  setStudyHash(null);
   state.selected = null;
   state.detail = null;
   $("detail").hidden = true;
@@ -296,6 +339,7 @@ async function selectStudy(id) {
     $("result-area").hidden = true;
   }
   state.selected = id;
+  setStudyHash(id);
   for (const r of document.querySelectorAll("#study-rows tr")) r.classList.toggle("selected", r.dataset.id === id);
   $("detail").hidden = false;
   await refreshDetail();
@@ -442,7 +486,11 @@ function renderSlices(d) {
       ...SLICE_KEYS.map((k) => el("td", { class: "num", text: fmt(r[k]) })),
       el("td", { class: "check", text: (check[r.slice] || []).join(", ") }),
       el("td", { text: (excluded[r.slice] || []).join(", ") }));
+    row.tabIndex = 0;  // reachable with Tab; Enter shows the slice
     row.addEventListener("click", () => showSlice(r.slice, check[r.slice] || []));
+    row.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); showSlice(r.slice, check[r.slice] || []); }
+    });
     body.append(row);
   }
   $("slices-card").hidden = !(d.slices && d.slices.length);
@@ -625,7 +673,10 @@ function stopPlay() {
 
 function onKey(e) {
   if (!state.viewer || $("result-area").hidden) return;
-  if (["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName) && document.activeElement.type !== "range") return;
+  const focused = document.activeElement;
+  if (["INPUT", "TEXTAREA", "SELECT"].includes(focused.tagName) && focused.type !== "range") return;
+  // space activates a focused button, link, summary or table row: it is not "play"
+  if (e.key === " " && focused.closest("button, a, summary, tr[tabindex]")) return;
   const v = state.viewer;
   let handled = true;
   if (e.key === "ArrowRight") state.frame = (state.frame + 1) % v.n_frames;
@@ -685,7 +736,7 @@ async function ensureNiivue() {
     isColorbar: false,
     isOrientCube: false,
     dragAndDropEnabled: false,
-    loadingText: "loading…",
+    loadingText: "loading...", // Niivue's font has no "…"
     isResizeCanvas: true,
   });
   await nv.attachToCanvas($("nv-canvas"));
@@ -757,6 +808,8 @@ async function setViewerMode(mode) {
   $("nv-stage").hidden = !webgl;
   $("nv-layout-label").hidden = !webgl;
   document.querySelector(".nv-hint").hidden = !webgl;
+  // the interactive view zooms with the mouse wheel: the heart window applies to the slices
+  $("zoom-toggle").disabled = webgl || !(state.viewer && state.viewer.heart_box);
   if (!webgl) {
     updateViewer();
     return;
@@ -902,6 +955,7 @@ function init() {
     e.preventDefault();
     state.token = $("token-input").value.trim();
     sessionStorage.setItem("cardioseg-token", state.token);
+    $("token-error").hidden = true;
     $("token-box").hidden = true;
     $("main").hidden = false;
     start();
@@ -920,12 +974,20 @@ function init() {
   $("nv-layout").addEventListener("change", () => { applyNiivueLayout(); updateNiivue(); });
   $("qc-more").addEventListener("click", () => { state.showAllReasons = !state.showAllReasons; renderReasons(); });
   document.addEventListener("keydown", onKey);
+  // a study's address typed or pasted into this tab opens it; an address without one closes it
+  window.addEventListener("hashchange", () => {
+    const id = studyFromHash();
+    if (id && id !== state.selected) selectStudy(id);
+    else if (!id && state.selected) closeDetail();
+  });
   start();
 }
 
 function start() {
   loadHealth();
   refreshStudies();
+  const id = studyFromHash();
+  if (id) selectStudy(id);
 }
 
 document.addEventListener("DOMContentLoaded", init);
