@@ -122,6 +122,10 @@ def test_upload_view_and_results_in_chromium(tmp_path, tiny_checkpoint):
             n_reasons = len(report["qc"]["reasons"])
             assert page.locator("#qc-reasons li").count() == min(max(n_reasons, 1), 8)
             assert page.locator("#curve polyline").count() == 2  # LV and RV volume curves
+            # a cine's hint (a pair's names the two uploaded volumes instead)
+            assert "largest and smallest LV volume" in page.text_content("#curve-hint")
+            # "Analysis queued" is no longer said once the analysis has ended
+            _wait_js(page, "document.getElementById('upload-status').textContent === ''")
             assert page.is_hidden("#input-notes")  # a NIfTI cine: nothing to say about the input
             # volume ticks at a round step (1, 2 or 5 times a power of ten) from 0
             ticks = [

@@ -222,6 +222,7 @@ function onUpload(event) {
     try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
     if (xhr.status === 201) {
       setUploadStatus("Uploaded. Analysis queued: follow it in the list and on the right.");
+      state.queuedUpload = body.study.id;  // the line is cleared when its analysis ends
       $("upload-form").reset();
       onModeChange();
       refreshStudies();
@@ -365,6 +366,10 @@ async function refreshDetail() {
   const job = d.job;
   const bar = $("job-progress");
   $("job-error").hidden = true;
+  if (job.state !== "queued" && job.state !== "running" && state.queuedUpload === id) {
+    state.queuedUpload = null;  // "Analysis queued" is no longer true
+    if (!$("upload-status").classList.contains("error")) setUploadStatus("");
+  }
   if (job.state === "queued" || job.state === "running") {
     $("job-status").textContent = job.state === "queued" ? "Queued: " + job.message : "Analysing: " + job.message + " (" + Math.round(100 * job.progress) + " %)";
     bar.hidden = false;
@@ -860,6 +865,9 @@ function niceStep(raw) {
   return 10 * p;
 }
 
+// the hint for a cine, as index.html writes it (a pair's is set in drawCurve)
+const CURVE_HINT = document.getElementById("curve-hint").textContent.replace(/\s+/g, " ").trim();
+
 function drawCurve() {
   const box = $("curve");
   box.replaceChildren();
@@ -869,6 +877,11 @@ function drawCurve() {
     return;
   }
   $("curve-card").hidden = false;
+  $("curve-hint").textContent = d.study && d.study.kind === "pair"
+    ? "Click a volume on the curve to show it in the viewer. ED and ES are the two volumes " +
+      "you uploaded; open diamonds mark the reported volumes where they differ (segmented " +
+      "again with test-time augmentation, and your exclusions)."
+    : CURVE_HINT;
   const { lv, rv, max, n, x, y } = curveScales();
   const bottom = CURVE.h - CURVE.bottom;
   box.append(svg("line", { x1: CURVE.left, y1: bottom, x2: CURVE.w - CURVE.right, y2: bottom, class: "axis" }));
