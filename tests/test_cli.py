@@ -865,3 +865,14 @@ def test_unusable_numbers_are_refused_naming_the_option(tmp_path, monkeypatch, a
     where = ["--data-dir", tmp_path / "out"] if args[0] == "serve" else ["-o", tmp_path / "out"]
     _one_line_error(_run([*args, *where]), message)
     assert not (tmp_path / "out").exists()
+
+
+def test_segment_checks_that_every_input_is_there_before_segmenting(tmp_path, tiny_checkpoint):
+    """A mistyped input among several was found after the others were segmented (their
+    outputs written, then 'file not found' and exit 1): now nothing is written."""
+    a = write_nifti(tmp_path / "a.nii.gz", image_from_labels(disc_labels()))
+    res = _run(
+        ["segment", a, tmp_path / "nope.nii.gz", "-o", tmp_path / "out", "--model", tiny_checkpoint]
+    )
+    _one_line_error(res, "nope.nii.gz", "file not found")
+    assert not (tmp_path / "out").exists()

@@ -306,6 +306,8 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
     files: list[Path] = []
     for p in inputs:
+        if not p.exists():  # a mistyped input: said before any other is segmented
+            raise CardiosegError(p, "file not found")
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if is_nifti(f) and "_gt" not in f.name)
             if not found:
