@@ -692,15 +692,15 @@ def series(
     study: Annotated[Path, typer.Argument(help="DICOM folder, zip of one, or a DICOM file")],
 ) -> None:
     """List a DICOM study's series and which one analyze would use, and why (no pixels read)."""
-    from cardioseg.errors import one_line
+    from cardioseg.errors import CardiosegError, one_line
     from cardioseg.io.dicom import survey_study
 
     found, chosen, problem = survey_study(study)
-    if found:  # a folder without images gets its verdict alone, not an empty table
-        typer.echo(
-            f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  "
-            f"{'plane':<10} verdict"
-        )
+    if not found:  # nothing to list: one error line naming the folder, not an empty table
+        raise CardiosegError(study, problem)
+    typer.echo(
+        f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  {'plane':<10} verdict"
+    )
     for s in found:
         mark = "->" if s is chosen else ""
         number = "merged" if s.merged_from else str(s.series_number or "")
