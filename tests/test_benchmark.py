@@ -867,3 +867,11 @@ def test_a_run_stopped_during_its_evaluation_is_not_trained_again(tmp_path, vend
     res = run_benchmark(proto, out, profile="quick")
     assert res.status == {"s2g/baseline/seed0": "done"}, res.errors
     assert trained == [1]
+
+
+def test_cli_says_a_protocol_folder_is_a_folder(tmp_path):
+    """A folder given as the protocol is not said to be missing."""
+    r = runner.invoke(app, ["benchmark", str(tmp_path), "-o", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip() == f"error: {tmp_path}: is a folder, not a protocol file"
+    assert not (tmp_path / "out").exists()

@@ -709,3 +709,170 @@ def test_agreement_on_a_dataset_without_ed_es_pairs_says_so(tmp_path, monkeypatc
     # an unknown --prediction-labels is said before the dataset is read or the model loaded
     res = _run(["agreement", "--dataset", tmp_path / "nope", "--prediction-labels", "foo"])
     _one_line_error(res, "unknown --prediction-labels 'foo'")
+
+
+def test_index_refuses_an_output_that_is_an_image_of_the_dataset(tmp_path):
+    """``index DS -o DS/img.nii.gz`` replaced the image with the CSV; a file given as the
+    dataset is said to be a file (it was 'dataset folder not found')."""
+    lab = disc_labels()
+    img = write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(lab))
+    write_nifti(tmp_path / "ds" / "c0_gt.nii.gz", lab)
+    before = img.read_bytes()
+    res = _run(["index", tmp_path / "ds", "-o", img])
+    _one_line_error(res, "c0.nii.gz", "-o takes the CSV file to write")
+    assert img.read_bytes() == before
+    res = _run(["index", img, "-o", tmp_path / "index.csv"])
+    _one_line_error(res, "c0.nii.gz", "is a file, not a dataset folder")
+    assert not (tmp_path / "index.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["PRED", "REF", "--dataset", "DS"], "give PREDICTION REFERENCE or --dataset, not both"),
+        (["--dataset", "DS", "--predictions", "PREDS", "--model", "CKPT"], "--model, not both"),
+        (["PRED", "REF", "--predictions", "PREDS"], "options of --dataset mode, not of a pair"),
+        (["PRED", "REF", "--model", "CKPT"], "options of --dataset mode, not of a pair"),
+    ],
+)
+def test_evaluate_refuses_options_of_both_modes(
+    tmp_path, tiny_checkpoint, monkeypatch, args, needle
+):
+    """Options of the other mode were silently ignored: a pair with --dataset ran the model over
+    the dataset; --model with --predictions, or either with a pair, was left unused."""
+    import cardioseg.inference
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    lab = disc_labels()
+    write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(lab))
+    ref = write_nifti(tmp_path / "ds" / "c0_gt.nii.gz", lab)
+    write_nifti(tmp_path / "pred" / "c0.nii.gz", lab)
+    names = {"PRED": ref, "REF": ref, "DS": tmp_path / "ds", "PREDS": tmp_path / "pred"}
+    names["CKPT"] = tiny_checkpoint
+    res = _run(["evaluate", *[names.get(a, a) for a in args], "-o", tmp_path / "ev"])
+    _one_line_error(res, needle)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_evaluate_a_dataset_without_labels_is_said_before_the_model_is_loaded(
+    tmp_path, monkeypatch
+):
+    import cardioseg.inference
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    write_nifti(tmp_path / "ds" / "c0.nii.gz", image_from_labels(disc_labels()))
+    res = _run(["evaluate", "--dataset", tmp_path / "ds", "-o", tmp_path / "ev"])
+    _one_line_error(res, str(tmp_path / "ds"), "no case with a reference label found")
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("given", ["--predictions", "--analyzed"])
+def test_agreement_refuses_a_model_with_predictions_or_analyzed(
+    tmp_path, tiny_checkpoint, monkeypatch, given
+):
+    """--model next to --predictions (or --analyzed) was silently left unused."""
+    import cardioseg.inference
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+        write_nifti(tmp_path / "pred" / f"c0_{ph}.nii.gz", lab)
+    args = ["agreement", "--dataset", tmp_path / "ds", given, tmp_path / "pred"]
+    res = _run([*args, "--model", tiny_checkpoint, "-o", tmp_path / "out"])
+    _one_line_error(res, str(tmp_path / "pred"), f"give {given} or --model, not both")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "command", ["evaluate", "agreement", "explore", "analyze-batch", "benchmark", "serve"]
+)
+def test_an_output_folder_under_a_file_is_refused_before_any_work(
+    tmp_path, tiny_checkpoint, command, monkeypatch
+):
+    """-o (serve: --data-dir) inside a file: said before the model runs (evaluate and agreement
+    segmented the whole dataset, then stopped on '.../run.json: cannot write or read here')."""
+    import cardioseg.app
+    import cardioseg.inference
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded or the server started")
+
+    monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
+    monkeypatch.setattr(cardioseg.app, "serve", no_model)
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+    (tmp_path / "afile").write_text("keep")
+    target = tmp_path / "afile" / "sub" / "out"
+    ds = tmp_path / "ds"
+    args = {
+        "evaluate": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
+        "agreement": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
+        "explore": [ds, "-o", target],
+        "analyze-batch": [ds, "--model", tiny_checkpoint, "-o", target],
+        "benchmark": [tmp_path / "protocol.yaml", "-o", target],
+        "serve": ["--data-dir", target, "--model", tiny_checkpoint],
+    }[command]
+    needle = f"cannot make a folder here: {tmp_path / 'afile'} is a file"
+    _one_line_error(_run([command, *args]), str(target), needle)
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+@pytest.mark.parametrize("model", ["bogus", "junk.pt"])
+def test_analyze_batch_with_an_unusable_model_leaves_no_output_folder(tmp_path, model):
+    """A missing or unreadable --model was found only by the analysis, after the output folder,
+    an empty results.csv and a lock file were made."""
+    write_nifti(tmp_path / "studies" / "s0.nii.gz", np.ones((8, 8, 3, 2), np.float32))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    name = str(tmp_path / model) if model == "junk.pt" else model
+    res = _run(
+        ["analyze-batch", tmp_path / "studies", "-o", tmp_path / "out", "--model", name]
+        + ["--no-progress"]
+    )
+    _one_line_error(res, name, "not found" if model == "bogus" else "cannot read model checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--max-upload-mb", "nan"], "--max-upload-mb must be a finite number, got nan"),
+        (["serve", "--max-upload-mb", "inf"], "--max-upload-mb must be a finite number, got inf"),
+        (["demo", "--seed", "-1"], "--seed must be >= 0, got -1"),
+    ],
+)
+def test_unusable_numbers_are_refused_naming_the_option(tmp_path, monkeypatch, args, message):
+    """nan/inf upload limits stopped on 'ValueError: cannot convert float NaN to integer' or an
+    OverflowError, a negative demo seed on numpy's 'expected non-negative integer'."""
+    import cardioseg.app
+
+    def no_server(*a, **k):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(cardioseg.app, "serve", no_server)
+    where = ["--data-dir", tmp_path / "out"] if args[0] == "serve" else ["-o", tmp_path / "out"]
+    _one_line_error(_run([*args, *where]), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_segment_checks_that_every_input_is_there_before_segmenting(tmp_path, tiny_checkpoint):
+    """A mistyped input among several was found after the others were segmented (their
+    outputs written, then 'file not found' and exit 1): now nothing is written."""
+    a = write_nifti(tmp_path / "a.nii.gz", image_from_labels(disc_labels()))
+    res = _run(
+        ["segment", a, tmp_path / "nope.nii.gz", "-o", tmp_path / "out", "--model", tiny_checkpoint]
+    )
+    _one_line_error(res, "nope.nii.gz", "file not found")
+    assert not (tmp_path / "out").exists()

@@ -1607,3 +1607,18 @@ def test_colour_image_in_the_cine_series_is_named(tmp_path):
     _edit_all(tmp_path / "c" / "2_3", rgb)
     err = _refused(tmp_path / "c", "colour images are not supported")
     assert str(err).startswith(str(tmp_path / "c" / "2_3"))
+
+
+def test_series_of_a_folder_without_images_names_it_in_one_error_line(tmp_path):
+    """`series` on a folder without DICOM images printed 'no short-axis cine: ...' without the
+    folder, unlike every other error."""
+    from typer.testing import CliRunner
+
+    from cardioseg.cli.main import app
+
+    (tmp_path / "my study").mkdir()
+    (tmp_path / "my study" / "notes.txt").write_text("no images here")
+    res = CliRunner().invoke(app, ["series", str(tmp_path / "my study")])
+    text = res.output.strip()
+    assert res.exit_code == 1 and len(text.splitlines()) == 1, text
+    assert text.startswith(f"error: {tmp_path / 'my study'}: ") and "no DICOM images" in text

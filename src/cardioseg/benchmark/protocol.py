@@ -448,6 +448,8 @@ def load_protocol(path: str | Path) -> Protocol:
         CardiosegError: One line naming the problem.
     """
     path = Path(path)
+    if path.is_dir():  # said to be missing, though it is there
+        raise CardiosegError(path, "is a folder, not a protocol file")
     if not path.is_file():
         raise CardiosegError(path, "protocol file not found")
     try:

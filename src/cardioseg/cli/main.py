@@ -114,12 +114,20 @@ def _check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> N
 
 
 def _check_output_folder(output: Path | None, what: str = "output") -> None:
-    """Refuse an output folder that is a file before any work (evaluate ran the model over the
-    whole dataset, then stopped on 'cannot write or read here (File exists)')."""
+    """Refuse an output folder that is a file, or lies under one, before any work (evaluate ran
+    the model over the whole dataset, then stopped on 'cannot write or read here (File
+    exists)')."""
     from cardioseg.errors import CardiosegError
 
-    if output is not None and output.exists() and not output.is_dir():
+    if output is None:
+        return
+    if output.exists() and not output.is_dir():
         raise CardiosegError(output, f"{what} exists and is not a folder")
+    for parent in output.parents:  # a folder under a file: said before the work, not after it
+        if parent.exists():
+            if not parent.is_dir():
+                raise CardiosegError(output, f"cannot make a folder here: {parent} is a file")
+            break
 
 
 def _check_predictions_folder(predictions: Path | None) -> None:
@@ -298,6 +306,8 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
     files: list[Path] = []
     for p in inputs:
+        if not p.exists():  # a mistyped input: said before any other is segmented
+            raise CardiosegError(p, "file not found")
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if is_nifti(f) and "_gt" not in f.name)
             if not found:
@@ -434,9 +444,19 @@ def evaluate(
     from cardioseg.io.nifti import affines_match, atomic_write, read_geometry, read_label
 
     _check_output_folder(output)
+    # options of the other mode were silently ignored (PREDICTION REFERENCE with --dataset ran
+    # the model over the dataset; --model with --predictions scored the predictions)
+    if dataset is not None and (prediction is not None or reference is not None):
+        raise CardiosegError(dataset, "give PREDICTION REFERENCE or --dataset, not both")
+    if predictions is not None and model:
+        raise CardiosegError(predictions, "give --predictions or --model, not both")
     if dataset is None:
         if prediction is None or reference is None:
             raise CardiosegError(None, "give PREDICTION REFERENCE, or --dataset DIR")
+        if predictions is not None or model:
+            raise CardiosegError(
+                None, "--predictions and --model are options of --dataset mode, not of a pair"
+            )
         props = read_geometry(reference)  # an empty reference is a valid label map
         if len(props.shape) != 3:
             raise CardiosegError(
@@ -475,6 +495,8 @@ def evaluate(
 
     _check_predictions_folder(predictions)
     records = [r for r in discover(dataset, layout) if r.label]
+    if not records:  # before a model is loaded (it said 'no case could be evaluated (0 skipped)')
+        raise CardiosegError(dataset, "no case with a reference label found")
     predict = seg = None
     if predictions is None:
         from cardioseg.inference import Segmenter
@@ -524,7 +546,11 @@ def index(
     """Write the dataset index (one row per case: subject, phase, vendor, spacing, paths...)."""
     from cardioseg.data.datasets import discover
     from cardioseg.data.index import write_index
+    from cardioseg.errors import CardiosegError
+    from cardioseg.io.nifti import is_nifti
 
+    if is_nifti(output):  # `-o` naming an image of the dataset replaced it with the CSV
+        raise CardiosegError(output, "a NIfTI file name: -o takes the CSV file to write")
     records = discover(dataset, layout)
     write_index(records, output)
     typer.echo(f"{len(records)} cases -> {output}")
@@ -545,6 +571,7 @@ def demo(
     from cardioseg.demo import run_demo
 
     _check_at_least("--max-cases", max_cases, 1)
+    _check_at_least("--seed", seed, 0)  # numpy's 'expected non-negative integer' named nothing
     summary = run_demo(output, data=data, seed=seed, max_cases=max_cases, model=model)
     typer.echo(summary)
 
@@ -665,15 +692,15 @@ def series(
     study: Annotated[Path, typer.Argument(help="DICOM folder, zip of one, or a DICOM file")],
 ) -> None:
     """List a DICOM study's series and which one analyze would use, and why (no pixels read)."""
-    from cardioseg.errors import one_line
+    from cardioseg.errors import CardiosegError, one_line
     from cardioseg.io.dicom import survey_study
 
     found, chosen, problem = survey_study(study)
-    if found:  # a folder without images gets its verdict alone, not an empty table
-        typer.echo(
-            f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  "
-            f"{'plane':<10} verdict"
-        )
+    if not found:  # nothing to list: one error line naming the folder, not an empty table
+        raise CardiosegError(study, problem)
+    typer.echo(
+        f"{'':2}{'number':>6}  {'description':<28} {'slices x phases':>15}  {'plane':<10} verdict"
+    )
     for s in found:
         mark = "->" if s is chosen else ""
         number = "merged" if s.merged_from else str(s.series_number or "")
@@ -820,6 +847,10 @@ def agreement(
         )
     if analyzed is not None and predictions is not None:
         raise CardiosegError(analyzed, "give --analyzed or --predictions, not both")
+    if model is not None and (predictions is not None or analyzed is not None):
+        # the model was silently left unused: its indices were not the ones compared
+        given = "--predictions" if predictions is not None else "--analyzed"
+        raise CardiosegError(predictions or analyzed, f"give {given} or --model, not both")
     if analyzed is not None and not analyzed.is_dir():
         raise CardiosegError(analyzed, "not a folder of analyze-batch results")
     _check_predictions_folder(predictions)
@@ -873,6 +904,8 @@ def serve(
     seg_phases: SegPhasesOption = "ed-es",
 ) -> None:
     """Web app: upload studies in a browser, view masks, indices, QC, reports (see docs)."""
+    import math
+
     from cardioseg.app import AppConfig
     from cardioseg.app import serve as run_server
     from cardioseg.app.config import TOKEN_ENV, default_data_dir
@@ -885,6 +918,8 @@ def serve(
     # with a traceback; a short token or a tiny limit gave AppConfig's ValueError)
     if not 1 <= port <= 65535:
         raise CardiosegError(None, f"--port must lie between 1 and 65535, got {port}")
+    if not math.isfinite(max_upload_mb):  # nan or inf: a ValueError/OverflowError not naming it
+        raise CardiosegError(None, f"--max-upload-mb must be a finite number, got {max_upload_mb}")
     if max_upload_mb * 1024**2 < 1024:
         raise CardiosegError(None, f"--max-upload-mb must be at least 0.001, got {max_upload_mb:g}")
     given = token if token is not None else os.environ.get(TOKEN_ENV) or None

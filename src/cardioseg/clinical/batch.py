@@ -425,9 +425,12 @@ def run_batch(
         wanted = {
             n: sorted(str(SliceExclusion.parse(e)) for e in exclusions.get(n, ())) for n in names
         }
-    from cardioseg.models.checkpoint import checkpoint_members, model_description
+    from cardioseg.models.checkpoint import checkpoint_members, load_checkpoint, model_description
 
-    current_model = model_description(checkpoint_members(model))
+    members = checkpoint_members(model)
+    for member in members:  # a missing or unreadable model is said before the output folder
+        load_checkpoint(member)  # is made (it left an empty results.csv and a lock there)
+    current_model = model_description(members)
     if ray_address:  # connected before the output folder is made (nothing left on failure)
         _connect_ray(ray_address, workers)
     outdir.mkdir(parents=True, exist_ok=True)

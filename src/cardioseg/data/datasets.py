@@ -88,8 +88,9 @@ def _header_geometry(path: Path) -> tuple[tuple[float, float, float], tuple[int,
 
 def _require_dir(root: str | Path) -> Path:
     root = Path(root)
-    if not root.is_dir():
-        raise CardiosegError(root, "dataset folder not found")
+    if not root.is_dir():  # a file given by mistake is said to be one, not to be missing
+        problem = "is a file, not a dataset folder" if root.exists() else "dataset folder not found"
+        raise CardiosegError(root, problem)
     return root
 
 
