@@ -104,3 +104,97 @@ def test_montage_marks_the_slices_to_check(tmp_path):
 
     assert orange_pixels([]) == 0
     assert orange_pixels([2]) > 20
+
+
+# --- the clinical report (report.html / report.pdf) -------------------------------------------
+
+#: indices of a man of 175 cm and 80 kg (BSA 1.97 m²), with the longest range texts: the
+#: absolute LV mass (not judged next to its index) and the wall thickness criterion
+REPORT_INDICES = {
+    "lv_edv_ml": 186.6,
+    "lv_esv_ml": 132.0,
+    "lv_sv_ml": 54.6,
+    "lv_ef_pct": 29.3,
+    "lv_mass_g": 117.8,
+    "lv_max_wall_thickness_ed_mm": 10.6,
+    "rv_edv_ml": 68.1,
+    "rv_esv_ml": 20.9,
+    "rv_sv_ml": 47.2,
+    "rv_ef_pct": 69.4,
+    "bsa_m2": 1.972,
+    "lvedv_index_ml_m2": 94.6,
+    "lv_mass_index_g_m2": 59.7,
+    "heart_rate_bpm": 80.0,
+    "lv_ci_l_min_m2": 2.2,
+}
+
+
+@pytest.mark.parametrize("sex", ["M", None])
+def test_pdf_indices_table_text_fits_its_cells(tmp_path, sex):
+    """The absolute LV mass's range ("92–176 (not judged: see the index)") was wider than its
+    column on the PDF's first page and ran over the unit ("9g2–176"): every cell's text must
+    lie inside its cell."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cardioseg.clinical.report import _pdf_indices_table, report_table, write_report
+
+    files = write_report(tmp_path, REPORT_INDICES, None, write_pdf=False, sex=sex)
+    report = json.loads(files["json"].read_text())
+    rows, _ = report_table(report)
+    fig = plt.figure(figsize=(8.27, 11.69))  # the PDF page, the table where the page puts it
+    height = 0.022 * (len(rows) + 1)
+    tab = _pdf_indices_table(fig, report, rows, (0.07, 0.9 - height, 0.86, height))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    overflowing = []
+    for cell in tab.get_celld().values():
+        box, text = cell.get_window_extent(renderer), cell.get_text()
+        if not text.get_text():
+            continue
+        inside = text.get_window_extent(renderer)
+        if inside.x0 < box.x0 - 0.5 or inside.x1 > box.x1 + 0.5:
+            overflowing.append(text.get_text())
+    plt.close(fig)
+    assert "117.8" in [r["value"] for r in rows]
+    assert overflowing == []
+
+
+def test_each_normal_range_names_its_source(tmp_path):
+    """The reports listed the four references of the normal ranges together, so a reader could
+    not tell which one a range came from (the LVEF's and the LV volumes' differ): each range
+    carries the number of its reference in the footnote, in the HTML and the PDF."""
+    import html as html_lib
+    import json
+    import re
+
+    from cardioseg.clinical.indices import NORMAL_RANGE_SOURCES
+    from cardioseg.clinical.report import _provenance_lines, report_table, write_report
+
+    files = write_report(tmp_path, REPORT_INDICES, None, sex="M")
+    report = json.loads(files["json"].read_text())
+    text = html_lib.unescape(files["html"].read_text())
+    note = re.search(r"Normal ranges: adult men \(mean ± 2 SD\)(.*?)LV mass =", text, re.S)
+    assert note, "the footnote of the indices table"
+    listed = note.group(1).split(":", 1)[1].strip().rstrip(".")
+    parts = re.split(r"(?:^|;\s+)\[(\d+)\]\s+", listed)[1:]
+    numbered = dict(zip(parts[::2], parts[1::2], strict=True))
+    assert len(numbered) >= 3
+    cited = {}
+    for key, name in (("lv_ef_pct", "ejection fraction"), ("lv_edv_ml", "end-diastolic vol")):
+        cell = re.search(rf"LV {name}\w*</td>.*?</td>.*?</td><td>([^<]*)</td>", text)
+        assert cell, name
+        ref = re.search(r"\[(\d+)\]", cell.group(1))
+        assert ref, f"the {name} range names no reference: {cell.group(1)!r}"
+        cited[key] = numbered[ref.group(1)]
+        assert cited[key] == NORMAL_RANGE_SOURCES[key] == report["normal_ranges"][key]["source"]
+    assert cited["lv_ef_pct"] != cited["lv_edv_ml"]
+    # the PDF's footnote numbers the references in the same order as its cells cite them
+    rows, _ = report_table(report)
+    pdf_note = " ".join(_provenance_lines(report, rows))
+    for number, source in numbered.items():
+        assert f"[{number}] {source}" in pdf_note

@@ -206,7 +206,9 @@ def _table_rows(
     flags: Mapping[str, str],
     ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> list[dict[str, str]]:
-    """Rows of the indices table; ``ranges`` default to the sex-pooled normal ranges."""
+    """Rows of the indices table; ``ranges`` default to the sex-pooled normal ranges. A row's
+    ``source`` cites its normal range (empty where it has none)."""
+    ranges = NORMAL_RANGES if ranges is None else ranges
     rows = []
     for name in TABLE_ORDER:
         if name not in indices:
@@ -224,6 +226,7 @@ def _table_rows(
                     else ""
                 ),
                 "flag": flags.get(name, ""),
+                "source": NORMAL_RANGE_SOURCES.get(name, "") if name in ranges else "",
             }
         )
     return rows
@@ -736,10 +739,34 @@ def _html_table(
 
 
 def _range_sources(rows: Sequence[Mapping[str, str]]) -> list[str]:
-    """The references of the normal ranges of the indices table's rows."""
-    return sorted(
-        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
-    )
+    """The references of the normal ranges of the indices table's rows, in the order of their
+    numbers (:func:`_range_text_with_ref`)."""
+    return sorted({r["source"] for r in rows if r.get("source")})
+
+
+def _range_text_with_ref(row: Mapping[str, str], sources: Sequence[str]) -> str:
+    """A row's normal range followed by the number of its reference in ``sources`` (as the
+    reports' footnote lists them), so that a reader sees which study each range comes from.
+
+    Example:
+        >>> row = {"range": "48–68", "source": "Petersen et al."}
+        >>> _range_text_with_ref(row, ["Kawel-Boehm et al.", "Petersen et al."])
+        '48–68 [2]'
+    """
+    source = row.get("source")
+    if not source or source not in sources:
+        return row["range"]
+    return f"{row['range']} [{list(sources).index(source) + 1}]"
+
+
+def _numbered_sources(sources: Sequence[str]) -> str:
+    """The footnote's list of references, numbered as the range cells cite them.
+
+    Example:
+        >>> _numbered_sources(["A 2003", "B 2005"])
+        '[1] A 2003; [2] B 2005'
+    """
+    return "; ".join(f"[{k}] {s}" for k, s in enumerate(sources, start=1))
 
 
 def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str, Path]) -> str:
@@ -749,6 +776,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     color = STATUS_COLORS.get(status, "#555")
     issues = list((qc.get("metrics") or {}).get("issues", []))
     reasons = qc.get("reasons") or []
+    sources = _range_sources(rows)
     reason_items = (
         "".join(
             f'<li style="color:{_reason_color(issues[i] if i < len(issues) else None, status)}">'
@@ -759,8 +787,8 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     )
     table = "".join(
         f'<tr><td>{e(r["name"])}</td><td class="num">{e(r["value"])}</td><td>{e(r["unit"])}</td>'
-        f'<td>{e(r["range"])}</td><td style="color:{FLAG_COLORS.get(r["flag"], "#333")};'
-        f'font-weight:bold">{e(r["flag"])}</td></tr>'
+        f'<td>{e(_range_text_with_ref(r, sources))}</td><td style="color:'
+        f'{FLAG_COLORS.get(r["flag"], "#333")};font-weight:bold">{e(r["flag"])}</td></tr>'
         for r in rows
     )
     who = _ranges_for(report)
@@ -796,7 +824,6 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
             f'<p class="small">{e(CURVE_HINT)}</p>'
         )
-    sources = _range_sources(rows)
     suggestion_html = ""
     sugg = report.get("diagnosis_suggestion")
     if sugg:
@@ -861,8 +888,9 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 <h2>Indices</h2>
 <table><tr><th>Index</th><th>Value</th><th>Unit</th><th>Normal range ({e(who)})</th>
 <th>Flag</th></tr>{table}</table>
-<p class="small">Normal ranges: {e(who)} (mean ± 2 SD) from
-{e("; ".join(sources))}. LV mass = myocardial volume at ED × 1.05 g/mL.</p>
+<p class="small">Normal ranges: {e(who)} (mean ± 2 SD), from the reference numbered
+next to each: {e(_numbered_sources(sources) or "none")}. LV mass = myocardial volume at ED ×
+1.05 g/mL.</p>
 {suggestion_html}
 {slice_html}
 {imgs}
@@ -907,6 +935,42 @@ def _pdf_table(
     tab.set_fontsize(8)
 
 
+#: Widths of the PDF indices table's columns (index, value, unit, normal range, flag), as
+#: fractions of the table: the range column holds the longest text ("92–176 [3] (not judged:
+#: see the index)").
+PDF_INDEX_COLUMNS = (0.31, 0.09, 0.1, 0.39, 0.11)
+
+
+def _pdf_indices_table(
+    fig: Any, report: Mapping[str, Any], rows: Sequence[Mapping[str, str]], rect: tuple[float, ...]
+) -> Any:
+    """The indices table of the PDF's first page in ``rect`` of ``fig`` (8 pt; names and
+    ranges left-aligned, each range with the number of its reference); returns the table."""
+    sources = _range_sources(rows)
+    ax = fig.add_axes(rect)
+    ax.axis("off")
+    cells = [
+        [r["name"], r["value"], r["unit"], _range_text_with_ref(r, sources), r["flag"]]
+        for r in rows
+    ]
+    tab = ax.table(
+        cellText=cells,
+        colLabels=["Index", "Value", "Unit", f"Normal range ({_ranges_for(report)})", "Flag"],
+        bbox=(0.0, 0.0, 1.0, 1.0),
+        colWidths=list(PDF_INDEX_COLUMNS),
+    )
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    for i in range(len(rows) + 1):
+        for col in (0, 3):
+            tab[i, col].set_text_props(ha="left")
+            tab[i, col].PAD = 0.02
+    for i, r in enumerate(rows, start=1):
+        if r["flag"] in FLAG_COLORS:
+            tab[i, 4].get_text().set_color(FLAG_COLORS[r["flag"]])
+    return tab
+
+
 def _pdf_bullets(
     fig: Any, items: Sequence[Any], y: float, bottom: float = 0.1
 ) -> tuple[float, int]:
@@ -933,8 +997,8 @@ def _provenance_lines(report: Mapping[str, Any], rows: Sequence[Mapping[str, str
         f"Generated {report.get('generated_utc', '')} by cardioseg "
         f"{report.get('software_version', '')}"
         + (f"; model {model}" if model else "")
-        + ". Normal ranges (mean ± 2 SD): "
-        + ("; ".join(sources) or "none")
+        + ". Normal ranges (mean ± 2 SD), from the reference numbered next to each: "
+        + (_numbered_sources(sources) or "none")
         + ". LV mass = myocardial volume at ED × 1.05 g/mL."
     )
     return textwrap.wrap(text, 140)
@@ -983,29 +1047,7 @@ def _write_pdf(
             y -= 0.03
         if rows:
             height = 0.022 * (len(rows) + 1)
-            ax = fig.add_axes((0.07, y - height, 0.86, height))
-            ax.axis("off")
-            cells = [[r["name"], r["value"], r["unit"], r["range"], r["flag"]] for r in rows]
-            tab = ax.table(
-                cellText=cells,
-                colLabels=[
-                    "Index",
-                    "Value",
-                    "Unit",
-                    f"Normal range ({_ranges_for(report)})",
-                    "Flag",
-                ],
-                bbox=(0.0, 0.0, 1.0, 1.0),
-                colWidths=[0.38, 0.1, 0.1, 0.28, 0.14],
-            )
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(8)
-            for i in range(len(rows) + 1):
-                tab[i, 0].set_text_props(ha="left")
-                tab[i, 0].PAD = 0.02
-            for i, r in enumerate(rows, start=1):
-                if r["flag"] in FLAG_COLORS:
-                    tab[i, 4].get_text().set_color(FLAG_COLORS[r["flag"]])
+            _pdf_indices_table(fig, report, rows, (0.07, y - height, 0.86, height))
             y -= height + 0.03
         sugg = report.get("diagnosis_suggestion")
         if sugg:  # under the indices, as in the HTML
