@@ -198,3 +198,62 @@ def test_each_normal_range_names_its_source(tmp_path):
     pdf_note = " ".join(_provenance_lines(report, rows))
     for number, source in numbered.items():
         assert f"[{number}] {source}" in pdf_note
+
+
+def test_an_ed_es_pair_is_not_reported_as_frames_of_a_cine(tmp_path, monkeypatch):
+    """For an ED/ES pair of volumes (M&Ms, ACDC) the header said "the two given volumes", but
+    the overlay was titled "ED (frame 0)", "ES (frame 1)" (ACDC patient001's are frames 1 and
+    12) and the curve joined the two volumes as frames 0 and 1, explained as "ED is the frame
+    with the largest LV volume". A cine keeps its frame numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import cardioseg.reporting.overlays as overlays
+    from cardioseg.clinical.report import _plot_curve, write_report
+
+    titles: list[str] = []
+    real = overlays.overlay_montage
+
+    def spy(*args, **kwargs):
+        titles.append(kwargs.get("title", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overlays, "overlay_montage", spy)
+    label = _box((40, 40, 3), (slice(10, 30), slice(10, 30), slice(0, 3)))
+    image = label.astype(np.float32)
+    indices = {"lv_edv_ml": 150.0, "lv_esv_ml": 60.0, "lv_ef_pct": 60.0}
+    curve = {"lv_ml": [150.0, 60.0], "rv_ml": [140.0, 70.0]}
+    common = {"images": {"ED": (image, label), "ES": (image, label)}, "write_pdf": False}
+    texts = {}
+    for kind in ("pair", "dicom"):
+        titles.clear()
+        files = write_report(
+            tmp_path / kind, indices, None, curve, 0, 1, meta={"source_kind": kind}, **common
+        )
+        texts[kind] = (list(titles), files["html"].read_text())
+    (pair_titles, pair_html), (cine_titles, cine_html) = texts["pair"], texts["dicom"]
+    assert len(pair_titles) == 2 and not any("frame" in t for t in pair_titles)
+    assert [t.split(":")[0] for t in pair_titles] == ["ED", "ES"]
+    assert cine_titles[0].startswith("ED (frame 0)") and cine_titles[1].startswith("ES (frame 1)")
+    assert "ED is the frame with the largest LV volume" in cine_html
+    assert "ED is the frame" not in pair_html and "two given volumes" in pair_html
+
+    def drawn(pair: bool) -> tuple[list[str], str, list[str]]:
+        fig, ax = plt.subplots()
+        _plot_curve(ax, curve["lv_ml"], curve["rv_ml"], 0, 1, None, pair)
+        fig.canvas.draw()
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        styles = [
+            line.get_linestyle() for line in ax.get_lines() if line.get_label() in ("LV", "RV")
+        ]
+        xlabel = ax.get_xlabel()
+        plt.close(fig)
+        return ticks, xlabel, styles
+
+    ticks, xlabel, styles = drawn(True)
+    assert ticks == ["ED", "ES"] and xlabel != "frame"
+    assert styles and all(s in ("None", "none", "") for s in styles)  # two volumes, no curve
+    ticks, xlabel, styles = drawn(False)
+    assert xlabel == "frame" and "-" in styles

@@ -268,11 +268,22 @@ def _plot_curve(
     ed: int,
     es: int,
     reported: Mapping[str, tuple[float | None, float | None]] | None = None,
+    pair: bool = False,
 ) -> None:
+    """The volume curve on ``ax``. ``pair``: the two points are an ED/ES pair of volumes, not
+    frames of a cine: they are not joined, and are named ED and ES instead of numbered."""
     frames = np.arange(len(lv))
-    ax.plot(frames, lv, "o-", color="#e4572e", label="LV", markersize=3)
+    style = "o" if pair else "o-"
+    ax.plot(frames, lv, style, color="#e4572e", label="LV", markersize=5 if pair else 3)
     if rv is not None and len(rv) == len(lv):
-        ax.plot(frames, rv, "s-", color="#2e86de", label="RV", markersize=3)
+        ax.plot(
+            frames,
+            rv,
+            "s" if pair else "s-",
+            color="#2e86de",
+            label="RV",
+            markersize=5 if pair else 3,
+        )
     # the reported ED/ES volumes, where they differ from the per-frame pass
     marked = False
     for phase, frame in (("ED", ed), ("ES", es)):
@@ -300,7 +311,7 @@ def _plot_curve(
         if 0 <= frame < len(lv):
             ax.axvline(frame, color="k", linestyle=style, linewidth=1)
             ax.annotate(
-                f" {name} ({frame})",
+                f" {name}" if pair else f" {name} ({frame})",
                 (frame, 0.98),
                 xycoords=("data", "axes fraction"),
                 ha="left",
@@ -309,8 +320,13 @@ def _plot_curve(
             )
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("frame")
+    if pair:
+        ax.set_xticks([ed, es], ["ED", "ES"])
+        ax.set_xlim(-0.5, len(lv) - 0.5)
+        ax.set_xlabel("given volume")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("frame")
     ax.set_ylabel("volume (mL)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -323,10 +339,11 @@ def _write_curve_png(
     ed: int,
     es: int,
     reported: Mapping[str, tuple[float | None, float | None]] | None = None,
+    pair: bool = False,
 ) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    _plot_curve(ax, lv, rv, ed, es, reported)
+    _plot_curve(ax, lv, rv, ed, es, reported, pair)
     fig.tight_layout()
     return _save_png(fig, path)
 
@@ -537,12 +554,14 @@ def _write_montage(
     heat: Mapping[str, np.ndarray | None] | None = None,
     heat_max: float = 2 * DISAGREEMENT_SLICE_NOTE,
     check: Sequence[str] = (),
+    pair: bool = False,
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
     ``heat``, each phase's disagreement map (where given) in yellow under the contours, full
     yellow from ``heat_max``. Both phases show the same window around the segmented heart
     (the whole image when nothing was segmented). The slices of ``check`` (``"ES:8"``, as
-    :func:`~cardioseg.clinical.qc.slices_to_check` gives them) are marked "check"."""
+    :func:`~cardioseg.clinical.qc.slices_to_check` gives them) are marked "check". ``pair``:
+    the two given volumes of an ED/ES pair, which have no frame numbers."""
     from PIL import Image
 
     from cardioseg.reporting.overlays import foreground_window, overlay_montage
@@ -556,7 +575,11 @@ def _write_montage(
             continue
         image, label = images[phase]
         spread = None if heat is None else heat.get(phase)
-        title = f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
+        title = (
+            f"{phase}: LV red, MYO green, RV blue"
+            if pair
+            else f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
+        )
         if spread is not None:
             title += ", yellow: the test-time predictions disagree"
         parts.append(
@@ -687,6 +710,19 @@ CURVE_HINT = (
     "again with test-time augmentation (and the reader's exclusions); where they differ from "
     "the curve, they are marked with open diamonds."
 )
+
+#: :data:`CURVE_HINT` for an ED/ES pair of volumes (no cine: ED and ES were given).
+CURVE_HINT_PAIR = (
+    "LV and RV volume of the two given volumes: ED and ES are the volumes given as such, not "
+    "chosen from a cine. The reported volumes come from these two volumes segmented again "
+    "with test-time augmentation (and the reader's exclusions); where they differ from this "
+    "first pass, they are marked with open diamonds."
+)
+
+
+def _is_pair(report: Mapping[str, Any]) -> bool:
+    """Whether the report is of an ED/ES pair of volumes (which have no frame numbers)."""
+    return (report.get("meta") or {}).get("source_kind") == "pair"
 
 
 DISAGREEMENT_HINT = (
@@ -820,9 +856,11 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             + (f'<p class="small">{e(DISAGREEMENT_HINT)}</p>' if shows_spread else "")
         )
     if "curve" in figures:
+        pair = _is_pair(report)
         imgs += (
-            f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
-            f'<p class="small">{e(CURVE_HINT)}</p>'
+            f"<h2>{'Volumes at ED and ES' if pair else 'Volume curve'}</h2>"
+            f'<img alt="volume curve" src="{_data_uri(figures["curve"])}">'
+            f'<p class="small">{e(CURVE_HINT_PAIR if pair else CURVE_HINT)}</p>'
         )
     suggestion_html = ""
     sugg = report.get("diagnosis_suggestion")
@@ -1124,10 +1162,16 @@ def _write_pdf(
                 int(report["ed_frame"]),
                 int(report["es_frame"]),
                 reported_volumes(report),
+                _is_pair(report),
             )
-            ax.set_title("Ventricular volume over the cardiac cycle")
+            ax.set_title(
+                "Ventricular volumes at ED and ES"
+                if _is_pair(report)
+                else "Ventricular volume over the cardiac cycle"
+            )
             fig.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))
-            for k, line in enumerate(textwrap.wrap(CURVE_HINT, 110)):
+            hint = CURVE_HINT_PAIR if _is_pair(report) else CURVE_HINT
+            for k, line in enumerate(textwrap.wrap(hint, 110)):
                 fig.text(0.07, 0.06 - 0.025 * k, line, fontsize=8, color="#555")
             pdf.savefig(fig)
             plt.close(fig)
@@ -1237,6 +1281,7 @@ def write_report(
     outdir.mkdir(parents=True, exist_ok=True)
     clean_meta = sanitize_meta(meta)
     patient_label = clean_meta.pop("patient_label", None)
+    pair = _is_pair({"meta": clean_meta})
     curves = _curves(curve)
     qc_dict = _qc_dict(qc)
     files: dict[str, Path] = {}
@@ -1250,6 +1295,7 @@ def write_report(
             disagreement,
             _heat_max(qc_dict),
             slices_to_check(qc_dict),
+            pair,
         )
     if curves is not None:
         files["curve"] = _write_curve_png(
@@ -1259,6 +1305,7 @@ def write_report(
             ed_frame,
             es_frame,
             reported_volumes(indices),
+            pair,
         )
     if segments:  # drawn from the stored (rounded) values, as every view shows them
         segments = _rounded(segments)
