@@ -697,9 +697,10 @@ SLICE_COLUMNS = (
     ("rv_es_ml", "RV ES"),
 )
 EXCLUDE_HINT = (
-    "Slice = index in the mask files. Check = phases in which the test-time predictions "
-    "disagree on the slice (more than on 95 % of the slices of held-out training-like "
-    "studies): look at it first, at the base above all. A reader who judges a slice to be "
+    "Slice = index in the mask files. Check = phases in which the segmentation of the slice "
+    "is unstable (its outlines on the image and on slightly rotated or flipped copies of it "
+    "disagree more than on 95 % of the slices of studies like the training data): look at it "
+    "first, at the base above all. A reader who judges a slice to be "
     "outside the ventricle (e.g. atrium above the base at end-systole) can re-run with "
     "--exclude ES:SLICE (or ES:SLICE:LV, ES:SLICE:RV)."
 )
