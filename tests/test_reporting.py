@@ -257,3 +257,61 @@ def test_an_ed_es_pair_is_not_reported_as_frames_of_a_cine(tmp_path, monkeypatch
     assert styles and all(s in ("None", "none", "") for s in styles)  # two volumes, no curve
     ticks, xlabel, styles = drawn(False)
     assert xlabel == "frame" and "-" in styles
+
+
+def test_every_pdf_page_is_a4_and_carries_the_label_and_the_disclaimer(tmp_path, monkeypatch):
+    """The study label was on the first PDF page only, the slice table's and the volume curve's
+    pages had no research-use disclaimer, and the curve's page was 8.27 × 5.8 in (not A4): a
+    printed page read on its own did not say whose study it is, nor that it is not for
+    clinical use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from cardioseg.clinical.report import DISCLAIMER, write_report
+
+    pages: list[tuple[tuple[float, float], list[str]]] = []
+    real = PdfPages.savefig
+
+    def spy(self, figure=None, **kwargs):
+        pages.append(
+            (
+                tuple(round(float(v), 2) for v in figure.get_size_inches()),
+                [t.get_text() for t in figure.texts],
+            )
+        )
+        return real(self, figure, **kwargs)
+
+    monkeypatch.setattr(PdfPages, "savefig", spy)
+    label = _box((40, 40, 3), (slice(10, 30), slice(10, 30), slice(0, 3)))
+    image = label.astype(np.float32)
+    slices = [
+        {
+            "slice": z,
+            "position": "",
+            **dict.fromkeys(
+                ("lv_ed_ml", "lv_es_ml", "myo_ed_ml", "myo_es_ml", "rv_ed_ml", "rv_es_ml"), 1.0
+            ),
+        }
+        for z in range(3)
+    ]
+    files = write_report(
+        tmp_path,
+        REPORT_INDICES,
+        None,
+        {"lv_ml": [186.6, 150.0, 132.0], "rv_ml": [68.1, 40.0, 20.9]},
+        0,
+        2,
+        images={"ED": (image, label), "ES": (image, label)},
+        meta={"patient_label": "study 2026-041", "source_kind": "dicom"},
+        slices=slices,
+        segments_not_measured="fewer than 3 LV slices",
+    )
+    assert files["pdf"].exists()
+    assert len(pages) >= 4  # indices, overlay, slice table, curve, AHA segments' note
+    for k, (size, texts) in enumerate(pages, start=1):
+        assert size == (8.27, 11.69), f"page {k} is not A4"
+        assert any("study 2026-041" in t for t in texts), f"page {k} has no study label"
+        joined = " ".join(" ".join(texts).split())  # page 1 wraps it over two lines
+        assert DISCLAIMER in joined, f"page {k} has no disclaimer"

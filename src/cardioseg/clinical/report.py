@@ -329,7 +329,8 @@ def _plot_curve(
         ax.set_xlabel("frame")
     ax.set_ylabel("volume (mL)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # a pair's points lie on its two edges: the middle is free ("best" can cover a point)
+    ax.legend(fontsize=8, loc="center" if pair else "best")
 
 
 def _write_curve_png(
@@ -1027,6 +1028,19 @@ def _pdf_bullets(
     return y, written
 
 
+def _pdf_continuation_page(pdf: Any, fig: Any, report: Mapping[str, Any]) -> None:
+    """Add the running foot of the PDF's pages after the first to ``fig`` (the study label,
+    where there is one, and the disclaimer: a printed page may be read on its own), save it
+    as the next page and close it."""
+    label = report.get("patient_label")
+    if label:
+        text = textwrap.shorten(f"Study label: {label}", 150, placeholder=" ...")
+        fig.text(0.05, 0.028, text, fontsize=7, color="#333")
+    fig.text(0.05, 0.014, DISCLAIMER, fontsize=6, color="#c0392b")
+    pdf.savefig(fig)
+    _plt().close(fig)
+
+
 def _provenance_lines(report: Mapping[str, Any], rows: Sequence[Mapping[str, str]]) -> list[str]:
     """What produced the report and from which references (the foot of the PDF's first page,
     as in the HTML)."""
@@ -1129,8 +1143,7 @@ def _write_pdf(
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "About the input", fontsize=12, weight="bold", color="#b9770e")
             _pdf_bullets(fig, notes, 0.92)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
         if "overlay" in figures:
             img = plt.imread(figures["overlay"])
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -1141,9 +1154,7 @@ def _write_pdf(
             if "disagreement" in (report["qc"].get("metrics") or {}):
                 for k, line in enumerate(textwrap.wrap(DISAGREEMENT_HINT, 120)):
                     fig.text(0.05, 0.065 - 0.012 * k, line, fontsize=6.5, color="#555")
-            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
         header, cells = _slice_table(report)
         if cells:
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -1152,10 +1163,10 @@ def _write_pdf(
             _pdf_table(fig, header, cells, (0.07, 0.92 - height, 0.86, height))
             for k, line in enumerate(textwrap.wrap(EXCLUDE_HINT, 100)):
                 fig.text(0.07, 0.9 - height - 0.02 * k, line, fontsize=8, color="#555")
-            pdf.savefig(fig)
-            plt.close(fig)
-        if curves is not None:
-            fig, ax = plt.subplots(figsize=(8.27, 5.8))
+            _pdf_continuation_page(pdf, fig, report)
+        if curves is not None:  # an A4 page as the others, the plot in its upper half
+            fig = plt.figure(figsize=(8.27, 11.69))
+            ax = fig.add_axes((0.1, 0.55, 0.85, 0.36))
             _plot_curve(
                 ax,
                 curves[0],
@@ -1170,12 +1181,10 @@ def _write_pdf(
                 if _is_pair(report)
                 else "Ventricular volume over the cardiac cycle"
             )
-            fig.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))
             hint = CURVE_HINT_PAIR if _is_pair(report) else CURVE_HINT
             for k, line in enumerate(textwrap.wrap(hint, 110)):
-                fig.text(0.07, 0.06 - 0.025 * k, line, fontsize=8, color="#555")
-            pdf.savefig(fig)
-            plt.close(fig)
+                fig.text(0.07, 0.49 - 0.016 * k, line, fontsize=8, color="#555")
+            _pdf_continuation_page(pdf, fig, report)
         segs = report.get("wall_segments")
         if segs:
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -1192,17 +1201,13 @@ def _write_pdf(
             for line in textwrap.wrap(SEGMENTS_HINT, 110):
                 fig.text(0.07, y - 0.006, line, fontsize=7.5, color="#555")
                 y -= 0.016
-            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
         elif absent := segments_absent_line(report):  # as in the HTML: say why there is none
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "LV wall per AHA segment", fontsize=12)
             for k, line in enumerate(textwrap.wrap(absent, 100)):
                 fig.text(0.07, 0.92 - 0.02 * k, line, fontsize=9)
-            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
     return path
 
 
