@@ -315,3 +315,21 @@ def test_every_pdf_page_is_a4_and_carries_the_label_and_the_disclaimer(tmp_path,
         assert any("study 2026-041" in t for t in texts), f"page {k} has no study label"
         joined = " ".join(" ".join(texts).split())  # page 1 wraps it over two lines
         assert DISCLAIMER in joined, f"page {k} has no disclaimer"
+
+
+def test_html_says_research_use_and_the_body_size_before_the_numbers(tmp_path):
+    """The HTML said "Research use only ..." only in its last box, under the figures and the
+    processing details, and the height, weight and sex it used only in that table; the PDF
+    says both at the top of its first page. The HTML now does too, above the indices."""
+    import html as html_lib
+
+    from cardioseg.clinical.report import DISCLAIMER, write_report
+
+    meta = {"body_size": "175 cm (given), 80 kg (given)", "ranges_sex": "M (given)"}
+    files = write_report(tmp_path, REPORT_INDICES, None, meta=meta, write_pdf=False, sex="M")
+    text = html_lib.unescape(files["html"].read_text())
+    first_number = text.index("<h2>Indices</h2>")
+    assert -1 < text.find(DISCLAIMER) < first_number
+    assert text.count(DISCLAIMER) == 2  # and still in the box at the end
+    body = text.find("Height, weight: 175 cm (given), 80 kg (given); Sex: M (given)")
+    assert -1 < body < first_number

@@ -546,6 +546,23 @@ def frames_text(report: Mapping[str, Any]) -> str:
     )
 
 
+def body_text(report: Mapping[str, Any]) -> str:
+    """The height, weight and sex the report used, and where each came from, as the head of
+    the HTML and PDF reports says it ("" when none is known).
+
+    Example:
+        >>> meta = {"body_size": "175 cm (given), 80 kg (given)", "ranges_sex": "M (given)"}
+        >>> body_text({"meta": meta})
+        'Height, weight: 175 cm (given), 80 kg (given); Sex: M (given)'
+    """
+    details = report.get("meta") or {}
+    return "; ".join(
+        f"{name}: {details[key]}"
+        for key, name in (("body_size", "Height, weight"), ("ranges_sex", "Sex"))
+        if details.get(key)
+    )
+
+
 def _write_montage(
     path: Path,
     images: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -916,11 +933,14 @@ img {{ max-width: 100%; }}
 footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0392b;
           font-weight: bold; }}
 .small {{ font-size: 0.85em; color: #555; }}
+.ruo {{ color: #c0392b; font-weight: bold; font-size: 0.9em; }}
 </style></head>
 <body>
 <h1>Cardiac cine MRI analysis</h1>
+<p class="ruo">{e(DISCLAIMER)}</p>
 {header_label}
 <p>{e(frames_text(report))}</p>
+{f"<p>{e(body)}</p>" if (body := body_text(report)) else ""}
 <h2>Quality control</h2>
 <div class="qc"><p>Status: <span class="status">{e(status)}</span>{e(score_txt)}</p>
 <ul>{reason_items}</ul></div>
@@ -1075,16 +1095,10 @@ def _write_pdf(
         y = 0.96
         fig.text(0.07, y, "Cardiac cine MRI analysis", fontsize=16, weight="bold")
         y -= 0.03
-        details = report.get("meta") or {}
         head = [f"Study label: {report['patient_label']}"] if report.get("patient_label") else []
         head.append(frames_text(report))
-        used = [
-            f"{name}: {details[key]}"
-            for key, name in (("body_size", "Height, weight"), ("ranges_sex", "Sex"))
-            if details.get(key)
-        ]
-        if used:
-            head.append("; ".join(used))
+        if used := body_text(report):
+            head.append(used)
         for item in head:
             for line in textwrap.wrap(item, 95):
                 fig.text(0.07, y, line, fontsize=10)
