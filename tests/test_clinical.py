@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -461,6 +462,35 @@ def test_qc_disagreement_of_the_test_time_predictions(heart_pair):
     assert lenient.status == "ok"
     with pytest.raises(ValueError, match="disagreement"):
         assess_quality(ed, es, SPACING, disagreement=np.zeros((4, 4, 4)))
+
+
+def test_qc_uncertainty_reasons_speak_to_a_clinician(heart_pair):
+    """The uncertainty reasons a report shows read "the test-time predictions disagree (mean
+    disagreement 0.037 ...; 0.017 is exceeded by 1 in 10 held-out in-domain studies)" and
+    "(mean entropy 0.16 ...)": words of the code and of machine learning. They say what was
+    found in plain words, and what the score is compared with."""
+    ed, es = heart_pair
+    confident = np.stack([(ed == k).astype(np.float32) for k in range(4)])
+    unsure = confident * 0.6 + 0.1  # every voxel 0.7 / 0.1 / 0.1 / 0.1: unsure everywhere
+    spread = {"ED": np.full(ed.shape, DISAGREEMENT_REVIEW * 1.5, np.float32)}
+    qc = assess_quality(
+        ed,
+        es,
+        SPACING,
+        probabilities={"ED": unsure},
+        disagreement=spread,
+        calibration=QCCalibration(heart_entropy_review=0.05),
+    )
+    kinds = {i["kind"] for i in qc.metrics["issues"]}
+    assert {"entropy_study", "disagreement_study", "entropy_slice"} <= kinds
+    jargon = ("entropy", "held-out", "in-domain", "test-time", "mean disagreement")
+    texts = [r for r in qc.reasons if "uncertain" in r or "disagree" in r]
+    assert len(texts) >= 3
+    for text in texts:
+        assert not [w for w in jargon if w in text], text
+        assert re.search(r"score \d\.\d+", text), text  # a number is named as a score
+    study = [t for t in texts if "1 in 10 studies" in t]
+    assert len(study) == 2  # each study-level score with what it is compared with
 
 
 def test_qc_calibration_per_model(heart_pair, tmp_path):

@@ -104,3 +104,232 @@ def test_montage_marks_the_slices_to_check(tmp_path):
 
     assert orange_pixels([]) == 0
     assert orange_pixels([2]) > 20
+
+
+# --- the clinical report (report.html / report.pdf) -------------------------------------------
+
+#: indices of a man of 175 cm and 80 kg (BSA 1.97 m²), with the longest range texts: the
+#: absolute LV mass (not judged next to its index) and the wall thickness criterion
+REPORT_INDICES = {
+    "lv_edv_ml": 186.6,
+    "lv_esv_ml": 132.0,
+    "lv_sv_ml": 54.6,
+    "lv_ef_pct": 29.3,
+    "lv_mass_g": 117.8,
+    "lv_max_wall_thickness_ed_mm": 10.6,
+    "rv_edv_ml": 68.1,
+    "rv_esv_ml": 20.9,
+    "rv_sv_ml": 47.2,
+    "rv_ef_pct": 69.4,
+    "bsa_m2": 1.972,
+    "lvedv_index_ml_m2": 94.6,
+    "lv_mass_index_g_m2": 59.7,
+    "heart_rate_bpm": 80.0,
+    "lv_ci_l_min_m2": 2.2,
+}
+
+
+@pytest.mark.parametrize("sex", ["M", None])
+def test_pdf_indices_table_text_fits_its_cells(tmp_path, sex):
+    """The absolute LV mass's range ("92–176 (not judged: see the index)") was wider than its
+    column on the PDF's first page and ran over the unit ("9g2–176"): every cell's text must
+    lie inside its cell."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cardioseg.clinical.report import _pdf_indices_table, report_table, write_report
+
+    files = write_report(tmp_path, REPORT_INDICES, None, write_pdf=False, sex=sex)
+    report = json.loads(files["json"].read_text())
+    rows, _ = report_table(report)
+    fig = plt.figure(figsize=(8.27, 11.69))  # the PDF page, the table where the page puts it
+    height = 0.022 * (len(rows) + 1)
+    tab = _pdf_indices_table(fig, report, rows, (0.07, 0.9 - height, 0.86, height))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    overflowing = []
+    for cell in tab.get_celld().values():
+        box, text = cell.get_window_extent(renderer), cell.get_text()
+        if not text.get_text():
+            continue
+        inside = text.get_window_extent(renderer)
+        if inside.x0 < box.x0 - 0.5 or inside.x1 > box.x1 + 0.5:
+            overflowing.append(text.get_text())
+    plt.close(fig)
+    assert "117.8" in [r["value"] for r in rows]
+    assert overflowing == []
+
+
+def test_each_normal_range_names_its_source(tmp_path):
+    """The reports listed the four references of the normal ranges together, so a reader could
+    not tell which one a range came from (the LVEF's and the LV volumes' differ): each range
+    carries the number of its reference in the footnote, in the HTML and the PDF."""
+    import html as html_lib
+    import json
+    import re
+
+    from cardioseg.clinical.indices import NORMAL_RANGE_SOURCES
+    from cardioseg.clinical.report import _provenance_lines, report_table, write_report
+
+    files = write_report(tmp_path, REPORT_INDICES, None, sex="M")
+    report = json.loads(files["json"].read_text())
+    text = html_lib.unescape(files["html"].read_text())
+    note = re.search(r"Normal ranges: adult men \(mean ± 2 SD\)(.*?)LV mass =", text, re.S)
+    assert note, "the footnote of the indices table"
+    listed = note.group(1).split(":", 1)[1].strip().rstrip(".")
+    parts = re.split(r"(?:^|;\s+)\[(\d+)\]\s+", listed)[1:]
+    numbered = dict(zip(parts[::2], parts[1::2], strict=True))
+    assert len(numbered) >= 3
+    cited = {}
+    for key, name in (("lv_ef_pct", "ejection fraction"), ("lv_edv_ml", "end-diastolic vol")):
+        cell = re.search(rf"LV {name}\w*</td>.*?</td>.*?</td><td>([^<]*)</td>", text)
+        assert cell, name
+        ref = re.search(r"\[(\d+)\]", cell.group(1))
+        assert ref, f"the {name} range names no reference: {cell.group(1)!r}"
+        cited[key] = numbered[ref.group(1)]
+        assert cited[key] == NORMAL_RANGE_SOURCES[key] == report["normal_ranges"][key]["source"]
+    assert cited["lv_ef_pct"] != cited["lv_edv_ml"]
+    # the PDF's footnote numbers the references in the same order as its cells cite them
+    rows, _ = report_table(report)
+    pdf_note = " ".join(_provenance_lines(report, rows))
+    for number, source in numbered.items():
+        assert f"[{number}] {source}" in pdf_note
+
+
+def test_an_ed_es_pair_is_not_reported_as_frames_of_a_cine(tmp_path, monkeypatch):
+    """For an ED/ES pair of volumes (M&Ms, ACDC) the header said "the two given volumes", but
+    the overlay was titled "ED (frame 0)", "ES (frame 1)" (ACDC patient001's are frames 1 and
+    12) and the curve joined the two volumes as frames 0 and 1, explained as "ED is the frame
+    with the largest LV volume". A cine keeps its frame numbers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import cardioseg.reporting.overlays as overlays
+    from cardioseg.clinical.report import _plot_curve, write_report
+
+    titles: list[str] = []
+    real = overlays.overlay_montage
+
+    def spy(*args, **kwargs):
+        titles.append(kwargs.get("title", ""))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overlays, "overlay_montage", spy)
+    label = _box((40, 40, 3), (slice(10, 30), slice(10, 30), slice(0, 3)))
+    image = label.astype(np.float32)
+    indices = {"lv_edv_ml": 150.0, "lv_esv_ml": 60.0, "lv_ef_pct": 60.0}
+    curve = {"lv_ml": [150.0, 60.0], "rv_ml": [140.0, 70.0]}
+    common = {"images": {"ED": (image, label), "ES": (image, label)}, "write_pdf": False}
+    texts = {}
+    for kind in ("pair", "dicom"):
+        titles.clear()
+        files = write_report(
+            tmp_path / kind, indices, None, curve, 0, 1, meta={"source_kind": kind}, **common
+        )
+        texts[kind] = (list(titles), files["html"].read_text())
+    (pair_titles, pair_html), (cine_titles, cine_html) = texts["pair"], texts["dicom"]
+    assert len(pair_titles) == 2 and not any("frame" in t for t in pair_titles)
+    assert [t.split(":")[0] for t in pair_titles] == ["ED", "ES"]
+    assert cine_titles[0].startswith("ED (frame 0)") and cine_titles[1].startswith("ES (frame 1)")
+    assert "ED is the frame with the largest LV volume" in cine_html
+    assert "ED is the frame" not in pair_html and "two given volumes" in pair_html
+
+    def drawn(pair: bool) -> tuple[list[str], str, list[str]]:
+        fig, ax = plt.subplots()
+        _plot_curve(ax, curve["lv_ml"], curve["rv_ml"], 0, 1, None, pair)
+        fig.canvas.draw()
+        ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        styles = [
+            line.get_linestyle() for line in ax.get_lines() if line.get_label() in ("LV", "RV")
+        ]
+        xlabel = ax.get_xlabel()
+        plt.close(fig)
+        return ticks, xlabel, styles
+
+    ticks, xlabel, styles = drawn(True)
+    assert ticks == ["ED", "ES"] and xlabel != "frame"
+    assert styles and all(s in ("None", "none", "") for s in styles)  # two volumes, no curve
+    ticks, xlabel, styles = drawn(False)
+    assert xlabel == "frame" and "-" in styles
+
+
+def test_every_pdf_page_is_a4_and_carries_the_label_and_the_disclaimer(tmp_path, monkeypatch):
+    """The study label was on the first PDF page only, the slice table's and the volume curve's
+    pages had no research-use disclaimer, and the curve's page was 8.27 × 5.8 in (not A4): a
+    printed page read on its own did not say whose study it is, nor that it is not for
+    clinical use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from cardioseg.clinical.report import DISCLAIMER, write_report
+
+    pages: list[tuple[tuple[float, float], list[str]]] = []
+    real = PdfPages.savefig
+
+    def spy(self, figure=None, **kwargs):
+        pages.append(
+            (
+                tuple(round(float(v), 2) for v in figure.get_size_inches()),
+                [t.get_text() for t in figure.texts],
+            )
+        )
+        return real(self, figure, **kwargs)
+
+    monkeypatch.setattr(PdfPages, "savefig", spy)
+    label = _box((40, 40, 3), (slice(10, 30), slice(10, 30), slice(0, 3)))
+    image = label.astype(np.float32)
+    slices = [
+        {
+            "slice": z,
+            "position": "",
+            **dict.fromkeys(
+                ("lv_ed_ml", "lv_es_ml", "myo_ed_ml", "myo_es_ml", "rv_ed_ml", "rv_es_ml"), 1.0
+            ),
+        }
+        for z in range(3)
+    ]
+    files = write_report(
+        tmp_path,
+        REPORT_INDICES,
+        None,
+        {"lv_ml": [186.6, 150.0, 132.0], "rv_ml": [68.1, 40.0, 20.9]},
+        0,
+        2,
+        images={"ED": (image, label), "ES": (image, label)},
+        meta={"patient_label": "study 2026-041", "source_kind": "dicom"},
+        slices=slices,
+        segments_not_measured="fewer than 3 LV slices",
+    )
+    assert files["pdf"].exists()
+    assert len(pages) >= 4  # indices, overlay, slice table, curve, AHA segments' note
+    for k, (size, texts) in enumerate(pages, start=1):
+        assert size == (8.27, 11.69), f"page {k} is not A4"
+        assert any("study 2026-041" in t for t in texts), f"page {k} has no study label"
+        joined = " ".join(" ".join(texts).split())  # page 1 wraps it over two lines
+        assert DISCLAIMER in joined, f"page {k} has no disclaimer"
+
+
+def test_html_says_research_use_and_the_body_size_before_the_numbers(tmp_path):
+    """The HTML said "Research use only ..." only in its last box, under the figures and the
+    processing details, and the height, weight and sex it used only in that table; the PDF
+    says both at the top of its first page. The HTML now does too, above the indices."""
+    import html as html_lib
+
+    from cardioseg.clinical.report import DISCLAIMER, write_report
+
+    meta = {"body_size": "175 cm (given), 80 kg (given)", "ranges_sex": "M (given)"}
+    files = write_report(tmp_path, REPORT_INDICES, None, meta=meta, write_pdf=False, sex="M")
+    text = html_lib.unescape(files["html"].read_text())
+    first_number = text.index("<h2>Indices</h2>")
+    assert -1 < text.find(DISCLAIMER) < first_number
+    assert text.count(DISCLAIMER) == 2  # and still in the box at the end
+    body = text.find("Height, weight: 175 cm (given), 80 kg (given); Sex: M (given)")
+    assert -1 < body < first_number

@@ -603,7 +603,9 @@ def _phase_checks(
                 if mean_h > ENTROPY_SLICE_REVIEW:
                     out.add(
                         "entropy_slice",
-                        f"{phase} slice {z}: high uncertainty (mean entropy {mean_h:.2f})",
+                        f"{phase} slice {z}: high uncertainty (the model is unsure of its "
+                        f"labels here: score {mean_h:.2f}, noted above "
+                        f"{ENTROPY_SLICE_REVIEW:.2f})",
                     )
                     rows[z]["flags"].append("uncertain")
     if spread is not None and roi.any():
@@ -810,17 +812,19 @@ def assess_quality(
             "entropy_study",
             entropy_review,
             ENTROPY_HEART_FAIL,
-            "high segmentation uncertainty (mean entropy {value:.2f} inside the heart; "
-            "{review:.2f} is exceeded by 1 in 10 held-out in-domain studies)",
+            "high segmentation uncertainty: the model is unsure of its labels inside the "
+            "heart (score {value:.2f}; only 1 in 10 studies like its training data score "
+            "above {review:.2f})",
         ),
         (
             "disagreement",
             "disagreement_study",
             spread_review,
             DISAGREEMENT_FAIL,
-            "the test-time predictions disagree (mean disagreement {value:.3f} around the "
-            "heart; {review:.3f} is exceeded by 1 in 10 held-out in-domain studies): the "
-            "images may be unlike the training data",
+            "unstable segmentation: the model's outlines disagree when the images are "
+            "slightly rotated or flipped (score {value:.3f} around the heart; only 1 in 10 "
+            "studies like its training data score above {review:.3f}): the images may be "
+            "unlike the training data",
         ),
     ):
         values = [metrics[n][key] for n in phases if key in metrics[n]]

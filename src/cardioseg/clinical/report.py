@@ -206,7 +206,9 @@ def _table_rows(
     flags: Mapping[str, str],
     ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> list[dict[str, str]]:
-    """Rows of the indices table; ``ranges`` default to the sex-pooled normal ranges."""
+    """Rows of the indices table; ``ranges`` default to the sex-pooled normal ranges. A row's
+    ``source`` cites its normal range (empty where it has none)."""
+    ranges = NORMAL_RANGES if ranges is None else ranges
     rows = []
     for name in TABLE_ORDER:
         if name not in indices:
@@ -224,6 +226,7 @@ def _table_rows(
                     else ""
                 ),
                 "flag": flags.get(name, ""),
+                "source": NORMAL_RANGE_SOURCES.get(name, "") if name in ranges else "",
             }
         )
     return rows
@@ -265,11 +268,22 @@ def _plot_curve(
     ed: int,
     es: int,
     reported: Mapping[str, tuple[float | None, float | None]] | None = None,
+    pair: bool = False,
 ) -> None:
+    """The volume curve on ``ax``. ``pair``: the two points are an ED/ES pair of volumes, not
+    frames of a cine: they are not joined, and are named ED and ES instead of numbered."""
     frames = np.arange(len(lv))
-    ax.plot(frames, lv, "o-", color="#e4572e", label="LV", markersize=3)
+    style = "o" if pair else "o-"
+    ax.plot(frames, lv, style, color="#e4572e", label="LV", markersize=5 if pair else 3)
     if rv is not None and len(rv) == len(lv):
-        ax.plot(frames, rv, "s-", color="#2e86de", label="RV", markersize=3)
+        ax.plot(
+            frames,
+            rv,
+            "s" if pair else "s-",
+            color="#2e86de",
+            label="RV",
+            markersize=5 if pair else 3,
+        )
     # the reported ED/ES volumes, where they differ from the per-frame pass
     marked = False
     for phase, frame in (("ED", ed), ("ES", es)):
@@ -297,7 +311,7 @@ def _plot_curve(
         if 0 <= frame < len(lv):
             ax.axvline(frame, color="k", linestyle=style, linewidth=1)
             ax.annotate(
-                f" {name} ({frame})",
+                f" {name}" if pair else f" {name} ({frame})",
                 (frame, 0.98),
                 xycoords=("data", "axes fraction"),
                 ha="left",
@@ -306,11 +320,17 @@ def _plot_curve(
             )
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("frame")
+    if pair:
+        ax.set_xticks([ed, es], ["ED", "ES"])
+        ax.set_xlim(-0.5, len(lv) - 0.5)
+        ax.set_xlabel("given volume")
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("frame")
     ax.set_ylabel("volume (mL)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # a pair's points lie on its two edges: the middle is free ("best" can cover a point)
+    ax.legend(fontsize=8, loc="center" if pair else "best")
 
 
 def _write_curve_png(
@@ -320,10 +340,11 @@ def _write_curve_png(
     ed: int,
     es: int,
     reported: Mapping[str, tuple[float | None, float | None]] | None = None,
+    pair: bool = False,
 ) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.4))
-    _plot_curve(ax, lv, rv, ed, es, reported)
+    _plot_curve(ax, lv, rv, ed, es, reported, pair)
     fig.tight_layout()
     return _save_png(fig, path)
 
@@ -525,6 +546,23 @@ def frames_text(report: Mapping[str, Any]) -> str:
     )
 
 
+def body_text(report: Mapping[str, Any]) -> str:
+    """The height, weight and sex the report used, and where each came from, as the head of
+    the HTML and PDF reports says it ("" when none is known).
+
+    Example:
+        >>> meta = {"body_size": "175 cm (given), 80 kg (given)", "ranges_sex": "M (given)"}
+        >>> body_text({"meta": meta})
+        'Height, weight: 175 cm (given), 80 kg (given); Sex: M (given)'
+    """
+    details = report.get("meta") or {}
+    return "; ".join(
+        f"{name}: {details[key]}"
+        for key, name in (("body_size", "Height, weight"), ("ranges_sex", "Sex"))
+        if details.get(key)
+    )
+
+
 def _write_montage(
     path: Path,
     images: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -534,12 +572,14 @@ def _write_montage(
     heat: Mapping[str, np.ndarray | None] | None = None,
     heat_max: float = 2 * DISAGREEMENT_SLICE_NOTE,
     check: Sequence[str] = (),
+    pair: bool = False,
 ) -> Path:
     """ED and ES overlay montages (from :func:`overlay_montage`) stacked into one PNG; with
     ``heat``, each phase's disagreement map (where given) in yellow under the contours, full
     yellow from ``heat_max``. Both phases show the same window around the segmented heart
     (the whole image when nothing was segmented). The slices of ``check`` (``"ES:8"``, as
-    :func:`~cardioseg.clinical.qc.slices_to_check` gives them) are marked "check"."""
+    :func:`~cardioseg.clinical.qc.slices_to_check` gives them) are marked "check". ``pair``:
+    the two given volumes of an ED/ES pair, which have no frame numbers."""
     from PIL import Image
 
     from cardioseg.reporting.overlays import foreground_window, overlay_montage
@@ -553,7 +593,11 @@ def _write_montage(
             continue
         image, label = images[phase]
         spread = None if heat is None else heat.get(phase)
-        title = f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
+        title = (
+            f"{phase}: LV red, MYO green, RV blue"
+            if pair
+            else f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
+        )
         if spread is not None:
             title += ", yellow: the test-time predictions disagree"
         parts.append(
@@ -671,9 +715,10 @@ SLICE_COLUMNS = (
     ("rv_es_ml", "RV ES"),
 )
 EXCLUDE_HINT = (
-    "Slice = index in the mask files. Check = phases in which the test-time predictions "
-    "disagree on the slice (more than on 95 % of the slices of held-out training-like "
-    "studies): look at it first, at the base above all. A reader who judges a slice to be "
+    "Slice = index in the mask files. Check = phases in which the segmentation of the slice "
+    "is unstable (its outlines on the image and on slightly rotated or flipped copies of it "
+    "disagree more than on 95 % of the slices of studies like the training data): look at it "
+    "first, at the base above all. A reader who judges a slice to be "
     "outside the ventricle (e.g. atrium above the base at end-systole) can re-run with "
     "--exclude ES:SLICE (or ES:SLICE:LV, ES:SLICE:RV)."
 )
@@ -684,6 +729,19 @@ CURVE_HINT = (
     "again with test-time augmentation (and the reader's exclusions); where they differ from "
     "the curve, they are marked with open diamonds."
 )
+
+#: :data:`CURVE_HINT` for an ED/ES pair of volumes (no cine: ED and ES were given).
+CURVE_HINT_PAIR = (
+    "LV and RV volume of the two given volumes: ED and ES are the volumes given as such, not "
+    "chosen from a cine. The reported volumes come from these two volumes segmented again "
+    "with test-time augmentation (and the reader's exclusions); where they differ from this "
+    "first pass, they are marked with open diamonds."
+)
+
+
+def _is_pair(report: Mapping[str, Any]) -> bool:
+    """Whether the report is of an ED/ES pair of volumes (which have no frame numbers)."""
+    return (report.get("meta") or {}).get("source_kind") == "pair"
 
 
 DISAGREEMENT_HINT = (
@@ -736,10 +794,34 @@ def _html_table(
 
 
 def _range_sources(rows: Sequence[Mapping[str, str]]) -> list[str]:
-    """The references of the normal ranges of the indices table's rows."""
-    return sorted(
-        {NORMAL_RANGE_SOURCES[r["key"]] for r in rows if r["key"] in NORMAL_RANGE_SOURCES}
-    )
+    """The references of the normal ranges of the indices table's rows, in the order of their
+    numbers (:func:`_range_text_with_ref`)."""
+    return sorted({r["source"] for r in rows if r.get("source")})
+
+
+def _range_text_with_ref(row: Mapping[str, str], sources: Sequence[str]) -> str:
+    """A row's normal range followed by the number of its reference in ``sources`` (as the
+    reports' footnote lists them), so that a reader sees which study each range comes from.
+
+    Example:
+        >>> row = {"range": "48–68", "source": "Petersen et al."}
+        >>> _range_text_with_ref(row, ["Kawel-Boehm et al.", "Petersen et al."])
+        '48–68 [2]'
+    """
+    source = row.get("source")
+    if not source or source not in sources:
+        return row["range"]
+    return f"{row['range']} [{list(sources).index(source) + 1}]"
+
+
+def _numbered_sources(sources: Sequence[str]) -> str:
+    """The footnote's list of references, numbered as the range cells cite them.
+
+    Example:
+        >>> _numbered_sources(["A 2003", "B 2005"])
+        '[1] A 2003; [2] B 2005'
+    """
+    return "; ".join(f"[{k}] {s}" for k, s in enumerate(sources, start=1))
 
 
 def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str, Path]) -> str:
@@ -749,6 +831,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     color = STATUS_COLORS.get(status, "#555")
     issues = list((qc.get("metrics") or {}).get("issues", []))
     reasons = qc.get("reasons") or []
+    sources = _range_sources(rows)
     reason_items = (
         "".join(
             f'<li style="color:{_reason_color(issues[i] if i < len(issues) else None, status)}">'
@@ -759,8 +842,8 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
     )
     table = "".join(
         f'<tr><td>{e(r["name"])}</td><td class="num">{e(r["value"])}</td><td>{e(r["unit"])}</td>'
-        f'<td>{e(r["range"])}</td><td style="color:{FLAG_COLORS.get(r["flag"], "#333")};'
-        f'font-weight:bold">{e(r["flag"])}</td></tr>'
+        f'<td>{e(_range_text_with_ref(r, sources))}</td><td style="color:'
+        f'{FLAG_COLORS.get(r["flag"], "#333")};font-weight:bold">{e(r["flag"])}</td></tr>'
         for r in rows
     )
     who = _ranges_for(report)
@@ -792,11 +875,12 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
             + (f'<p class="small">{e(DISAGREEMENT_HINT)}</p>' if shows_spread else "")
         )
     if "curve" in figures:
+        pair = _is_pair(report)
         imgs += (
-            f'<h2>Volume curve</h2><img alt="volume curve" src="{_data_uri(figures["curve"])}">'
-            f'<p class="small">{e(CURVE_HINT)}</p>'
+            f"<h2>{'Volumes at ED and ES' if pair else 'Volume curve'}</h2>"
+            f'<img alt="volume curve" src="{_data_uri(figures["curve"])}">'
+            f'<p class="small">{e(CURVE_HINT_PAIR if pair else CURVE_HINT)}</p>'
         )
-    sources = _range_sources(rows)
     suggestion_html = ""
     sugg = report.get("diagnosis_suggestion")
     if sugg:
@@ -849,11 +933,14 @@ img {{ max-width: 100%; }}
 footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0392b;
           font-weight: bold; }}
 .small {{ font-size: 0.85em; color: #555; }}
+.ruo {{ color: #c0392b; font-weight: bold; font-size: 0.9em; }}
 </style></head>
 <body>
 <h1>Cardiac cine MRI analysis</h1>
+<p class="ruo">{e(DISCLAIMER)}</p>
 {header_label}
 <p>{e(frames_text(report))}</p>
+{f"<p>{e(body)}</p>" if (body := body_text(report)) else ""}
 <h2>Quality control</h2>
 <div class="qc"><p>Status: <span class="status">{e(status)}</span>{e(score_txt)}</p>
 <ul>{reason_items}</ul></div>
@@ -861,8 +948,9 @@ footer {{ margin-top: 2em; padding: 0.8em; border: 2px solid #c0392b; color: #c0
 <h2>Indices</h2>
 <table><tr><th>Index</th><th>Value</th><th>Unit</th><th>Normal range ({e(who)})</th>
 <th>Flag</th></tr>{table}</table>
-<p class="small">Normal ranges: {e(who)} (mean ± 2 SD) from
-{e("; ".join(sources))}. LV mass = myocardial volume at ED × 1.05 g/mL.</p>
+<p class="small">Normal ranges: {e(who)} (mean ± 2 SD), from the reference numbered
+next to each: {e(_numbered_sources(sources) or "none")}. LV mass = myocardial volume at ED ×
+1.05 g/mL.</p>
 {suggestion_html}
 {slice_html}
 {imgs}
@@ -907,6 +995,42 @@ def _pdf_table(
     tab.set_fontsize(8)
 
 
+#: Widths of the PDF indices table's columns (index, value, unit, normal range, flag), as
+#: fractions of the table: the range column holds the longest text ("92–176 [3] (not judged:
+#: see the index)").
+PDF_INDEX_COLUMNS = (0.31, 0.09, 0.1, 0.39, 0.11)
+
+
+def _pdf_indices_table(
+    fig: Any, report: Mapping[str, Any], rows: Sequence[Mapping[str, str]], rect: tuple[float, ...]
+) -> Any:
+    """The indices table of the PDF's first page in ``rect`` of ``fig`` (8 pt; names and
+    ranges left-aligned, each range with the number of its reference); returns the table."""
+    sources = _range_sources(rows)
+    ax = fig.add_axes(rect)
+    ax.axis("off")
+    cells = [
+        [r["name"], r["value"], r["unit"], _range_text_with_ref(r, sources), r["flag"]]
+        for r in rows
+    ]
+    tab = ax.table(
+        cellText=cells,
+        colLabels=["Index", "Value", "Unit", f"Normal range ({_ranges_for(report)})", "Flag"],
+        bbox=(0.0, 0.0, 1.0, 1.0),
+        colWidths=list(PDF_INDEX_COLUMNS),
+    )
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(8)
+    for i in range(len(rows) + 1):
+        for col in (0, 3):
+            tab[i, col].set_text_props(ha="left")
+            tab[i, col].PAD = 0.02
+    for i, r in enumerate(rows, start=1):
+        if r["flag"] in FLAG_COLORS:
+            tab[i, 4].get_text().set_color(FLAG_COLORS[r["flag"]])
+    return tab
+
+
 def _pdf_bullets(
     fig: Any, items: Sequence[Any], y: float, bottom: float = 0.1
 ) -> tuple[float, int]:
@@ -924,6 +1048,19 @@ def _pdf_bullets(
     return y, written
 
 
+def _pdf_continuation_page(pdf: Any, fig: Any, report: Mapping[str, Any]) -> None:
+    """Add the running foot of the PDF's pages after the first to ``fig`` (the study label,
+    where there is one, and the disclaimer: a printed page may be read on its own), save it
+    as the next page and close it."""
+    label = report.get("patient_label")
+    if label:
+        text = textwrap.shorten(f"Study label: {label}", 150, placeholder=" ...")
+        fig.text(0.05, 0.028, text, fontsize=7, color="#333")
+    fig.text(0.05, 0.014, DISCLAIMER, fontsize=6, color="#c0392b")
+    pdf.savefig(fig)
+    _plt().close(fig)
+
+
 def _provenance_lines(report: Mapping[str, Any], rows: Sequence[Mapping[str, str]]) -> list[str]:
     """What produced the report and from which references (the foot of the PDF's first page,
     as in the HTML)."""
@@ -933,8 +1070,8 @@ def _provenance_lines(report: Mapping[str, Any], rows: Sequence[Mapping[str, str
         f"Generated {report.get('generated_utc', '')} by cardioseg "
         f"{report.get('software_version', '')}"
         + (f"; model {model}" if model else "")
-        + ". Normal ranges (mean ± 2 SD): "
-        + ("; ".join(sources) or "none")
+        + ". Normal ranges (mean ± 2 SD), from the reference numbered next to each: "
+        + (_numbered_sources(sources) or "none")
         + ". LV mass = myocardial volume at ED × 1.05 g/mL."
     )
     return textwrap.wrap(text, 140)
@@ -958,16 +1095,10 @@ def _write_pdf(
         y = 0.96
         fig.text(0.07, y, "Cardiac cine MRI analysis", fontsize=16, weight="bold")
         y -= 0.03
-        details = report.get("meta") or {}
         head = [f"Study label: {report['patient_label']}"] if report.get("patient_label") else []
         head.append(frames_text(report))
-        used = [
-            f"{name}: {details[key]}"
-            for key, name in (("body_size", "Height, weight"), ("ranges_sex", "Sex"))
-            if details.get(key)
-        ]
-        if used:
-            head.append("; ".join(used))
+        if used := body_text(report):
+            head.append(used)
         for item in head:
             for line in textwrap.wrap(item, 95):
                 fig.text(0.07, y, line, fontsize=10)
@@ -983,29 +1114,7 @@ def _write_pdf(
             y -= 0.03
         if rows:
             height = 0.022 * (len(rows) + 1)
-            ax = fig.add_axes((0.07, y - height, 0.86, height))
-            ax.axis("off")
-            cells = [[r["name"], r["value"], r["unit"], r["range"], r["flag"]] for r in rows]
-            tab = ax.table(
-                cellText=cells,
-                colLabels=[
-                    "Index",
-                    "Value",
-                    "Unit",
-                    f"Normal range ({_ranges_for(report)})",
-                    "Flag",
-                ],
-                bbox=(0.0, 0.0, 1.0, 1.0),
-                colWidths=[0.38, 0.1, 0.1, 0.28, 0.14],
-            )
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(8)
-            for i in range(len(rows) + 1):
-                tab[i, 0].set_text_props(ha="left")
-                tab[i, 0].PAD = 0.02
-            for i, r in enumerate(rows, start=1):
-                if r["flag"] in FLAG_COLORS:
-                    tab[i, 4].get_text().set_color(FLAG_COLORS[r["flag"]])
+            _pdf_indices_table(fig, report, rows, (0.07, y - height, 0.86, height))
             y -= height + 0.03
         sugg = report.get("diagnosis_suggestion")
         if sugg:  # under the indices, as in the HTML
@@ -1048,8 +1157,7 @@ def _write_pdf(
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "About the input", fontsize=12, weight="bold", color="#b9770e")
             _pdf_bullets(fig, notes, 0.92)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
         if "overlay" in figures:
             img = plt.imread(figures["overlay"])
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -1060,9 +1168,7 @@ def _write_pdf(
             if "disagreement" in (report["qc"].get("metrics") or {}):
                 for k, line in enumerate(textwrap.wrap(DISAGREEMENT_HINT, 120)):
                     fig.text(0.05, 0.065 - 0.012 * k, line, fontsize=6.5, color="#555")
-            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
         header, cells = _slice_table(report)
         if cells:
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -1071,10 +1177,10 @@ def _write_pdf(
             _pdf_table(fig, header, cells, (0.07, 0.92 - height, 0.86, height))
             for k, line in enumerate(textwrap.wrap(EXCLUDE_HINT, 100)):
                 fig.text(0.07, 0.9 - height - 0.02 * k, line, fontsize=8, color="#555")
-            pdf.savefig(fig)
-            plt.close(fig)
-        if curves is not None:
-            fig, ax = plt.subplots(figsize=(8.27, 5.8))
+            _pdf_continuation_page(pdf, fig, report)
+        if curves is not None:  # an A4 page as the others, the plot in its upper half
+            fig = plt.figure(figsize=(8.27, 11.69))
+            ax = fig.add_axes((0.1, 0.55, 0.85, 0.36))
             _plot_curve(
                 ax,
                 curves[0],
@@ -1082,13 +1188,17 @@ def _write_pdf(
                 int(report["ed_frame"]),
                 int(report["es_frame"]),
                 reported_volumes(report),
+                _is_pair(report),
             )
-            ax.set_title("Ventricular volume over the cardiac cycle")
-            fig.tight_layout(rect=(0.0, 0.1, 1.0, 1.0))
-            for k, line in enumerate(textwrap.wrap(CURVE_HINT, 110)):
-                fig.text(0.07, 0.06 - 0.025 * k, line, fontsize=8, color="#555")
-            pdf.savefig(fig)
-            plt.close(fig)
+            ax.set_title(
+                "Ventricular volumes at ED and ES"
+                if _is_pair(report)
+                else "Ventricular volume over the cardiac cycle"
+            )
+            hint = CURVE_HINT_PAIR if _is_pair(report) else CURVE_HINT
+            for k, line in enumerate(textwrap.wrap(hint, 110)):
+                fig.text(0.07, 0.49 - 0.016 * k, line, fontsize=8, color="#555")
+            _pdf_continuation_page(pdf, fig, report)
         segs = report.get("wall_segments")
         if segs:
             fig = plt.figure(figsize=(8.27, 11.69))
@@ -1105,17 +1215,13 @@ def _write_pdf(
             for line in textwrap.wrap(SEGMENTS_HINT, 110):
                 fig.text(0.07, y - 0.006, line, fontsize=7.5, color="#555")
                 y -= 0.016
-            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
         elif absent := segments_absent_line(report):  # as in the HTML: say why there is none
             fig = plt.figure(figsize=(8.27, 11.69))
             fig.text(0.07, 0.95, "LV wall per AHA segment", fontsize=12)
             for k, line in enumerate(textwrap.wrap(absent, 100)):
                 fig.text(0.07, 0.92 - 0.02 * k, line, fontsize=9)
-            fig.text(0.5, 0.03, DISCLAIMER, ha="center", fontsize=6, color="#c0392b", wrap=True)
-            pdf.savefig(fig)
-            plt.close(fig)
+            _pdf_continuation_page(pdf, fig, report)
     return path
 
 
@@ -1195,6 +1301,7 @@ def write_report(
     outdir.mkdir(parents=True, exist_ok=True)
     clean_meta = sanitize_meta(meta)
     patient_label = clean_meta.pop("patient_label", None)
+    pair = _is_pair({"meta": clean_meta})
     curves = _curves(curve)
     qc_dict = _qc_dict(qc)
     files: dict[str, Path] = {}
@@ -1208,6 +1315,7 @@ def write_report(
             disagreement,
             _heat_max(qc_dict),
             slices_to_check(qc_dict),
+            pair,
         )
     if curves is not None:
         files["curve"] = _write_curve_png(
@@ -1217,6 +1325,7 @@ def write_report(
             ed_frame,
             es_frame,
             reported_volumes(indices),
+            pair,
         )
     if segments:  # drawn from the stored (rounded) values, as every view shows them
         segments = _rounded(segments)
