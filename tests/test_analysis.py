@@ -1008,7 +1008,7 @@ def test_analyze_prints_the_slices_to_check_first(tmp_path, tiny_checkpoint, mon
     cine_path, _ = _write_cine(tmp_path / "cine.nii.gz")
     res = _run(["analyze", cine_path, "-o", tmp_path / "out", "--model", tiny_checkpoint])
     assert res.exit_code == 0, res.output
-    assert "check first (the test-time predictions disagree): ED:9, ES:8" in res.output
+    assert "check first (unstable outlines): ED:9, ES:8" in res.output
 
 
 def test_analyze_never_replaces_the_input_or_unrelated_files(

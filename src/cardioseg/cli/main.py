@@ -680,7 +680,7 @@ def analyze(
 
     check = slices_to_check(qc)
     if check:
-        typer.echo(f"check first (the test-time predictions disagree): {', '.join(check)}")
+        typer.echo(f"check first (unstable outlines): {', '.join(check)}")
     if report.get("excluded_slices"):
         typer.echo(f"excluded by the reader: {', '.join(report['excluded_slices'])}")
     typer.echo(f"report: {output / 'report.html'}")

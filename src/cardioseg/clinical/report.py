@@ -599,7 +599,7 @@ def _write_montage(
             else f"{phase} (frame {frames[phase]}): LV red, MYO green, RV blue"
         )
         if spread is not None:
-            title += ", yellow: the test-time predictions disagree"
+            title += ", yellow: unstable outlines (check there)"
         parts.append(
             overlay_montage(
                 np.asarray(image),
