@@ -194,7 +194,7 @@ def test_pair_and_cine_end_to_end(tmp_path, tiny_checkpoint, studies):
             assert detail["qc"]["status"] == on_disk["qc"]["status"]
             # the normal ranges of the sex given at upload (none: sex-pooled)
             assert on_disk["normal_ranges_for"] == ("women" if up is pair else "sex-pooled")
-            assert detail["ranges_for"] == ("adult women" if up is pair else "adult, sex-pooled")
+            assert detail["ranges_for"] == ("adult women" if up is pair else "adult, men or women")
             assert detail["volume_curve"]["lv_ml"] == on_disk["volume_curve"]["lv_ml"]
             assert len(on_disk["volume_curve"]["lv_ml"]) == n_frames
 

@@ -611,7 +611,7 @@ def test_report_files(tmp_path, heart_pair):
         assert b"Doe^Jane" not in data and b"SECRET42" not in data
     assert not list((tmp_path / "out").glob(".*")), "temporary files left behind"
     assert report["normal_ranges_for"] == "sex-pooled"
-    assert "Normal range (adult, sex-pooled)" in html_text
+    assert "Normal range (adult, men or women)" in html_text
     assert "About the input" not in html_text  # no input warnings given
 
 
@@ -644,7 +644,7 @@ def test_report_with_sex_specific_ranges(tmp_path):
     rows, who = report_table(women)
     assert who == "adult women"
     assert [r["range"] for r in rows if r["key"] == "lv_edv_ml"] == ["86–178"]
-    assert report_table(written[None][0])[1] == "adult, sex-pooled"
+    assert report_table(written[None][0])[1] == "adult, men or women"
 
 
 def test_report_shows_where_the_predictions_disagree(tmp_path, heart_pair):

@@ -195,6 +195,8 @@ def report_table(report: Mapping[str, Any]) -> tuple[list[dict[str, str]], str]:
 def _ranges_for(report: Mapping[str, Any]) -> str:
     """Whom the report's normal ranges are for, as a table header says it."""
     who = str(report.get("normal_ranges_for") or SEX_NAMES[None])
+    if who == SEX_NAMES[None]:  # the span of both sexes' ranges: flagged outside both
+        who = "men or women"
     text = f"adult {who}" if who in ("men", "women") else f"adult, {who}"
     if report.get("normal_ranges_applied") is False:
         text += "; not applied: not for a child"
