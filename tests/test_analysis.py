@@ -1192,7 +1192,7 @@ def test_analyze_refuses_an_unusable_output_or_info_cfg_before_segmenting(
     _assert_clean_failure(res, "Info.cfg names ES frame 12 (counted from 1)", "3 frames")
     (tmp_path / "afile").write_text("x")
     res = _run(["analyze", study, "-o", tmp_path / "afile" / "sub", *base, "--es-frame", "2"])
-    _assert_clean_failure(res, "cannot write the output folder there")
+    _assert_clean_failure(res, f"cannot make a folder here: {tmp_path / 'afile'} is a file")
     assert not (tmp_path / "out").exists()
 
 

@@ -876,3 +876,22 @@ def test_segment_checks_that_every_input_is_there_before_segmenting(tmp_path, ti
     )
     _one_line_error(res, "nope.nii.gz", "file not found")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["segment", "", "-o", "out.nii.gz"], "an empty argument"),
+        (["segment", "a.nii.gz", "-o", ""], "-o was given an empty value"),
+        (["analyze", "study", "--model", ""], "--model was given an empty value"),
+    ],
+)
+def test_an_empty_argument_is_refused_before_any_command_runs(tmp_path, monkeypatch, args, needle):
+    """Typer reads "" as the current folder: ``segment ""`` segmented the NIfTI files there and
+    ``-o ""`` wrote into it. An empty argument (an unset shell variable) is refused."""
+    monkeypatch.chdir(tmp_path)
+    write_nifti(tmp_path / "here.nii.gz", np.zeros((8, 8, 2), np.float32))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and needle in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.nii.gz"]  # nothing written

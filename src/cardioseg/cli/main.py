@@ -65,7 +65,25 @@ RoiOption = Annotated[
     ),
 ]
 
+
+class _Commands(typer.core.TyperGroup):
+    """The command group; refuses an empty argument before any command runs."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Refuse an empty argument (``-o "$OUT"`` with ``OUT`` unset): Typer reads ``""`` as
+        the current folder, so ``segment ""`` segmented the files there and ``-o ""`` wrote
+        into it. No option of cardioseg takes an empty value."""
+        for i, arg in enumerate(args):
+            if arg == "":
+                before = args[i - 1] if i > 0 and args[i - 1].startswith("-") else ""
+                where = f"{before} was given an empty value" if before else "an empty argument"
+                typer.echo(f"error: {where} (an unset shell variable?)", err=True)
+                ctx.exit(1)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

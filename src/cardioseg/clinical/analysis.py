@@ -159,6 +159,11 @@ def check_output_folder(outdir: str | Path, inputs: Sequence[str | Path | None] 
             "output folder is not empty and holds no previous cardioseg result (it would be "
             "replaced); name a new or empty folder",
         )
+    for parent in out.parents:  # said as the other commands say it (not 'File exists')
+        if parent.exists():
+            if not parent.is_dir():
+                raise CardiosegError(outdir, f"cannot make a folder here: {parent} is a file")
+            break
     try:  # before the slow part: the folder the result is written into can take it
         out.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent).cleanup()
