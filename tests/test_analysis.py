@@ -72,10 +72,15 @@ def test_analyze_4d_nifti(tmp_path, tiny_checkpoint):
     # the summary line shows the indices to one decimal, as they are reported clinically
     shown = re.search(r"LVEF (\S+) %  LVEDV (\S+) mL", res.output)
     assert shown and shown.group(2) == f"{report['lv_edv_ml']:.1f}", res.output
-    # processing details are readable: spacing to 4 significant digits, not a JSON dump
+    # processing details are readable: spacing to 4 significant digits, in-plane and between
+    # the slices (along the slice axis), not a JSON dump
     html = (out / "report.html").read_text()
-    spacing = ", ".join(f"{v:.4g}" for v in report["meta"]["spacing_mm"])
-    assert f"<td>voxel size (mm)</td><td>{spacing}</td>" in html
+    axis = report["meta"]["slice_axis"]
+    spacing = report["meta"]["spacing_mm"]
+    inplane = " × ".join(f"{v:.4g}" for k, v in enumerate(spacing) if k != axis)
+    voxel = f"{inplane} mm in-plane; slices {spacing[axis]:.4g} mm apart"
+    assert f"<td>voxel size</td><td>{voxel}</td>" in html
+    assert "<td>input</td><td>4D cine (NIfTI)</td>" in html
     # which model produced the result, and that its QC thresholds are another model's
     assert report["meta"]["model"].startswith("tiny.pt (sha256 ")
     assert f"<td>model</td><td>{report['meta']['model']}</td>" in html
@@ -83,7 +88,8 @@ def test_analyze_4d_nifti(tmp_path, tiny_checkpoint):
 
     ran = Segmenter(tiny_checkpoint)  # what the CLI loaded: its backend and precision here
     assert report["meta"]["network_runtime"] == f"{ran.backend}, {ran.precision}"
-    assert f"<td>network run by, in</td><td>{ran.backend}, {ran.precision}</td>" in html
+    runtime = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime"}[ran.backend]
+    assert f"<td>neural network run by</td><td>{runtime}, in {ran.precision} precision" in html
     assert report["meta"]["qc_calibration"].startswith("none for this model")
     assert report["qc"]["reasons"][-1].startswith("the uncertainty thresholds were calibrated")
 
@@ -389,7 +395,7 @@ def test_dicom_seg_of_every_phase_and_the_batch_that_asks_for_it(tmp_path, tiny_
     report = json.loads((out / "report.json").read_text())
     assert report["meta"]["dicom_seg_phases"] == "all"
     html = (out / "report.html").read_text()
-    assert "<td>DICOM-SEG phases (ed-es or all)</td><td>all</td>" in html
+    assert "<td>phases in the DICOM-SEG</td><td>every frame</td>" in html
     cine = nib.load(str(out / "masks_cine.nii.gz")).get_fdata()
     segmented = [t for t in range(cine.shape[-1]) if cine[..., t].any()]
     names = {report["ed_frame"]: "ED", report["es_frame"]: "ES"}

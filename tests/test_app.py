@@ -656,6 +656,7 @@ def test_reanalyze_with_reader_exclusions(tmp_path, tiny_checkpoint, studies):
         assert _wait(client, up["job"]["id"])["state"] == "done"
         first = client.get(f"/api/studies/{sid}").json()
         assert first["excluded_slices"] == [] and first["study"]["exclude"] == []
+        assert client.get("/api/studies").json()["studies"][0]["summary"]["previous"] is False
         slices = {r["slice"]: r for r in first["slices"]}
         k = max(slices, key=lambda z: slices[z]["lv_es_ml"] + slices[z]["rv_es_ml"])
         assert slices[k]["lv_es_ml"] + slices[k]["rv_es_ml"] > 0, "the model labelled nothing"
@@ -674,8 +675,18 @@ def test_reanalyze_with_reader_exclusions(tmp_path, tiny_checkpoint, studies):
         assert job["state"] == "queued" and r.json()["study"]["exclude"] == [f"ES:{k}"]
         again = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": []})
         assert again.status_code == 409
+        # the list keeps the first analysis' values while the new one waits, marked previous
+        (waiting,) = client.get("/api/studies").json()["studies"]
+        assert waiting["job"]["id"] == job["id"] and waiting["job"]["state"] == "queued"
+        assert waiting["summary"]["previous"] is True
+        assert waiting["summary"]["lv_ef_pct"] == pytest.approx(before["lv_ef_pct"])
     with _client(_config(tmp_path, tiny_checkpoint)) as client:
         assert _wait(client, job["id"])["state"] == "done"
+        (listed,) = client.get("/api/studies").json()["studies"]
+        assert listed["summary"]["previous"] is False
+        assert listed["summary"]["lv_ef_pct"] == pytest.approx(
+            client.get(f"/api/studies/{sid}/results").json()["lv_ef_pct"]
+        )
         after = client.get(f"/api/studies/{sid}/results").json()
         detail = client.get(f"/api/studies/{sid}").json()
         # the browser's cached slices of the first analysis are not reused: new URLs

@@ -392,6 +392,30 @@ def test_study_list_and_upload_form_by_keyboard_in_chromium(tmp_path, tiny_check
             # the list drawn again (every few seconds while a job waits) keeps the focus
             page.evaluate("() => renderStudies()")
             assert page.evaluate("() => document.activeElement.textContent") == shown
+            # values of an earlier analysis next to a running one are greyed and marked
+            cells = page.evaluate(
+                """() => {
+                  const s = state.studies[0], keep = [s.job, s.summary];
+                  s.job = { ...s.job, state: "running", progress: 0.5 };
+                  s.summary = { lv_ef_pct: 55.2, qc_status: "ok", previous: true };
+                  renderStudies();
+                  const tds = [...document.querySelectorAll("#study-rows tr td")].slice(2, 4);
+                  const out = tds.map((td) => [td.className, td.textContent, td.title]);
+                  s.summary = { ...s.summary, previous: false };
+                  renderStudies();
+                  out.push(document.querySelector("#study-rows tr td.num").textContent);
+                  [s.job, s.summary] = keep;
+                  renderStudies();
+                  return out;
+                }"""
+            )
+            why = "Previous analysis: the study is being analysed again"
+            assert cells[:2] == [
+                ["num previous", "55.2 %previous", why],
+                ["previous", "okprevious", why],
+            ], cells
+            assert cells[2] == "55.2 %"
+            assert page.evaluate("() => document.activeElement.textContent") == shown
             page.keyboard.press("Enter")
             page.wait_for_selector("#detail:not([hidden])", timeout=10_000)
             assert page.text_content("#detail-title") == shown

@@ -333,3 +333,60 @@ def test_html_says_research_use_and_the_body_size_before_the_numbers(tmp_path):
     assert text.count(DISCLAIMER) == 2  # and still in the box at the end
     body = text.find("Height, weight: 175 cm (given), 80 kg (given); Sex: M (given)")
     assert -1 < body < first_number
+
+
+@pytest.mark.parametrize(
+    ("kind", "counts", "input_text", "window_text"),
+    [
+        (
+            "dicom",
+            {"window": 22, "full": 0, "fallback": 0},
+            "DICOM series",
+            "used for all 22 segmentations (every frame once, ED and ES a second time)",
+        ),
+        (
+            "pair",
+            {"window": 1, "full": 2, "fallback": 1},
+            "ED and ES volumes (NIfTI)",
+            "used for 1 of 4 segmentations (every frame once, ED and ES a second time);"
+            " the whole image for 2 (no heart found on the middle slice);"
+            " the whole image for 1 (the heart reached the window's edge)",
+        ),
+    ],
+)
+def test_processing_table_speaks_the_readers_language(
+    tmp_path, kind, counts, input_text, window_text
+):
+    """The "Acquisition and processing" table read "input: dicom", "slice axis: 2" and "heart
+    window ...: window: 22, full: 0, fallback: 0": the rows are now in words, every number
+    kept, and report.json keeps the machine-readable keys and values."""
+    import html as html_lib
+    import json
+    import re
+
+    from cardioseg.clinical.report import write_report
+
+    n_frames = 20 if kind == "dicom" else 2
+    meta = {
+        "source_kind": kind,
+        "n_frames": n_frames,
+        "spacing_mm": [10.000000244, 1.1824324052, 1.1824323976],  # slices along the first
+        "slice_axis": 0,
+        "seconds": 4.7234,
+        "network_runtime": "onnxruntime, float32",
+        "heart_window": counts,
+    }
+    files = write_report(tmp_path, REPORT_INDICES, None, meta=meta, write_pdf=False)
+    text = html_lib.unescape(files["html"].read_text())
+    table = text[text.index("<h2>Acquisition and processing</h2>") :]
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", table))
+    assert rows == {
+        "input": input_text,
+        "frames": str(n_frames),
+        "voxel size": "1.182 × 1.182 mm in-plane; slices 10 mm apart",
+        "slice direction": "the image volume's 1st axis",
+        "analysis time": "4.723 s",
+        "neural network run by": "ONNX Runtime, in float32 precision",
+        "heart window (the network segments a crop around the heart)": window_text,
+    }
+    assert json.loads(files["json"].read_text())["meta"] == meta

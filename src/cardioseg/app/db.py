@@ -226,25 +226,35 @@ class Database:
         return _study(row)
 
     def list_studies(self) -> list[dict[str, Any]]:
-        """All studies, newest first, each with its job and a few result values."""
+        """All studies, newest first, each with its job and a few result values.
+
+        The values (``summary``) come from the latest stored result; ``summary["previous"]``
+        is true when that result is an earlier analysis than the study's latest job (a
+        re-analysis queued, running or failed).
+        """
         with self._connect() as con:
             rows = con.execute("SELECT * FROM studies ORDER BY created_utc DESC, rowid DESC")
             studies = [_study(r) for r in rows.fetchall()]
             jobs = {r["study_id"]: _job(r) for r in con.execute("SELECT * FROM jobs ORDER BY seq")}
             fields = ", ".join(f"json_extract(report, '$.{k}') AS {k}" for k in SUMMARY_KEYS)
             query = (
-                f"SELECT study_id, {fields}, json_extract(report, '$.qc.status') AS qc_status"
-                " FROM results"
+                f"SELECT study_id, job_id, {fields},"
+                " json_extract(report, '$.qc.status') AS qc_status FROM results"
             )
             summaries = {
-                r["study_id"]: {k: r[k] for k in (*SUMMARY_KEYS, "qc_status")}
+                r["study_id"]: (r["job_id"], {k: r[k] for k in (*SUMMARY_KEYS, "qc_status")})
                 for r in con.execute(query)
             }
         out = []
         for s in studies:
             assert s is not None
-            s["job"] = jobs.get(s["id"])
-            s["summary"] = summaries.get(s["id"])
+            job = s["job"] = jobs.get(s["id"])
+            result_job, summary = summaries.get(s["id"], (None, None))
+            if summary is not None:
+                # while a re-analysis waits, runs or after it failed, the stored values are
+                # those of the earlier analysis: said so, not shown as the new result
+                summary["previous"] = job is not None and job["id"] != result_job
+            s["summary"] = summary
             out.append(s)
         return out
 

@@ -637,19 +637,134 @@ META_NAMES = {
     "ranges_sex": "sex for the normal ranges",
     "n_frames": "frames",
     "n_slices": "slices",
-    "spacing_mm": "voxel size (mm)",
-    "slice_axis": "slice axis",
-    "seconds": "analysis time (s)",
+    "spacing_mm": "voxel size",
+    "slice_axis": "slice direction",
+    "seconds": "analysis time",
     "model": "model",
-    "network_runtime": "network run by, in",
+    "network_runtime": "neural network run by",
     "qc_calibration": "QC thresholds calibrated for",
-    "dicom_seg_phases": "DICOM-SEG phases (ed-es or all)",
-    "heart_window": "heart window (volumes: window, whole image, fallback)",
+    "dicom_seg_phases": "phases in the DICOM-SEG",
+    "heart_window": "heart window (the network segments a crop around the heart)",
     "vendor": "vendor",
     "series_description": "series description",
     "warnings": "input warnings",
     "lv_max_wall_thickness_slice": "slice of the LV max wall thickness (ED)",
 }
+
+#: The input kinds (``meta["source_kind"]``) in words.
+SOURCE_KINDS = {
+    "dicom": "DICOM series",
+    "nifti4d": "4D cine (NIfTI)",
+    "pair": "ED and ES volumes (NIfTI)",
+}
+
+#: What ran the network (the first part of ``meta["network_runtime"]``), in words.
+RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime"}
+
+#: The phases exported to the DICOM-SEG (``meta["dicom_seg_phases"]``), in words.
+SEG_PHASE_NAMES = {"ed-es": "ED and ES only", "all": "every frame"}
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _heart_window_text(counts: Any, n_frames: Any = None) -> str:
+    """The heart window's use (``meta["heart_window"]``: how many volumes were segmented in
+    the window, on the whole image as no heart was found on the middle slice, and on the whole
+    image as the heart reached the window's edge) in words; anything else as it is.
+
+    Example:
+        >>> _heart_window_text({"window": 22, "full": 0, "fallback": 0}, 20)
+        'used for all 22 segmentations (every frame once, ED and ES a second time)'
+        >>> _heart_window_text({"window": 3, "full": 1, "fallback": 0})
+        'used for 3 of 4 segmentations; the whole image for 1 (no heart found on the middle slice)'
+        >>> print(_heart_window_text({"window": 0, "full": 0, "fallback": 2}))
+        not used for any of 2 segmentations; the whole image for 2 (the heart reached the window's edge)
+    """  # noqa: E501
+    keys = ("window", "full", "fallback")
+    if not isinstance(counts, Mapping) or not all(
+        isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) for k in keys
+    ):
+        return _meta_text(counts)
+    window, full, fallback = (int(counts[k]) for k in keys)
+    total = window + full + fallback
+    if total == 0:
+        return "no volume segmented"
+    what = _count(total, "segmentation")
+    if window == total:
+        head = f"used for all {what}" if total > 1 else f"used for the {what}"
+    elif window == 0:
+        head = f"not used for any of {what}"
+    else:
+        head = f"used for {window} of {what}"
+    if isinstance(n_frames, int) and total == n_frames + 2:
+        head += " (every frame once, ED and ES a second time)"
+    parts = [head]
+    if full:
+        parts.append(f"the whole image for {full} (no heart found on the middle slice)")
+    if fallback:
+        parts.append(f"the whole image for {fallback} (the heart reached the window's edge)")
+    parts += [f"{k}: {_meta_text(v)}" for k, v in counts.items() if k not in keys]
+    return "; ".join(parts)
+
+
+def _spacing_text(spacing: Any, axis: Any) -> str:
+    """The voxel size in words, in-plane and between slices where the slice axis is known.
+
+    Example:
+        >>> _spacing_text([1.1824324, 1.1824323, 10.000000244], 2)
+        '1.182 × 1.182 mm in-plane; slices 10 mm apart'
+        >>> _spacing_text([1.25, 1.25, 8.0], None)
+        '1.25, 1.25, 8 mm'
+    """
+    numbers = isinstance(spacing, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in spacing
+    )
+    if numbers and len(spacing) == 3 and axis in (0, 1, 2) and not isinstance(axis, bool):
+        a, b = (spacing[i] for i in range(3) if i != axis)
+        return f"{a:.4g} × {b:.4g} mm in-plane; slices {spacing[axis]:.4g} mm apart"
+    return f"{_meta_text(spacing)} mm" if numbers else _meta_text(spacing)
+
+
+def _meta_value_text(key: str, value: Any, meta: Mapping[str, Any]) -> str:
+    """One processing detail's cell in the report: the known ones in words (every number and
+    name of ``report.json`` kept), the others by :func:`_meta_text`.
+
+    Example:
+        >>> _meta_value_text("source_kind", "pair", {})
+        'ED and ES volumes (NIfTI)'
+        >>> _meta_value_text("slice_axis", 2, {}), _meta_value_text("seconds", 4.7234, {})
+        ("the image volume's 3rd axis", '4.723 s')
+        >>> _meta_value_text("network_runtime", "torch, bfloat16", {})
+        'PyTorch, in bfloat16 precision'
+    """
+    if key == "source_kind" and value in SOURCE_KINDS:
+        return SOURCE_KINDS[value]
+    if key == "heart_window":
+        return _heart_window_text(value, meta.get("n_frames"))
+    if key == "spacing_mm":
+        return _spacing_text(value, meta.get("slice_axis"))
+    if key == "slice_axis" and value in (0, 1, 2) and not isinstance(value, bool):
+        return f"the image volume's {('1st', '2nd', '3rd')[value]} axis"
+    if key == "seconds" and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{_meta_text(float(value))} s"
+    if key == "network_runtime" and isinstance(value, str) and value.count(", ") == 1:
+        backend, precision = value.split(", ")
+        return f"{RUNTIME_NAMES.get(backend, backend)}, in {precision} precision"
+    if key == "dicom_seg_phases" and value in SEG_PHASE_NAMES:
+        return SEG_PHASE_NAMES[value]
+    return _meta_text(value)
+
+
+def processing_rows(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The report's "Acquisition and processing" rows, ``(name, text)``, for clinicians and
+    technologists; ``report.json["meta"]`` keeps the machine-readable keys and values."""
+    return [
+        (META_NAMES.get(str(k), str(k)), _meta_value_text(str(k), v, meta))
+        for k, v in meta.items()
+        if k != "patient_label"
+    ]
 
 
 def _meta_text(value: Any) -> str:
@@ -860,9 +975,7 @@ def _html(report: dict[str, Any], rows: list[dict[str, str]], figures: dict[str,
         else ""
     )
     meta_rows = "".join(
-        f"<tr><td>{e(META_NAMES.get(str(k), str(k)))}</td><td>{e(_meta_text(v))}</td></tr>"
-        for k, v in meta.items()
-        if k != "patient_label"
+        f"<tr><td>{e(name)}</td><td>{e(text)}</td></tr>" for name, text in processing_rows(meta)
     )
     label = report.get("patient_label")
     header_label = f"<p><b>Study label:</b> {e(str(label))}</p>" if label else ""

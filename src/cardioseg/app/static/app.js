@@ -281,6 +281,14 @@ function renderStudies() {
     if (job && job.state === "failed") statusCell.title = job.error || "";
     const sum = s.summary || {};
     const qc = sum.qc_status || "";
+    // values of the earlier analysis while the study is analysed again (or that failed):
+    // greyed, marked "previous", never to be read as the new result
+    const prev = (cls) => (sum.previous ? {
+      class: (cls + " previous").trim(),
+      title: "Previous analysis: " + (job && job.state === "failed"
+        ? "the new analysis failed" : "the study is being analysed again"),
+    } : { class: cls });
+    const prevMark = () => (sum.previous ? el("span", { class: "previous-mark", text: "previous" }) : "");
     const del = el("button", { type: "button", class: "link danger", text: "Delete", title: "Delete this study and its results", "aria-label": "Delete " + s.name });
     del.addEventListener("click", (ev) => { ev.stopPropagation(); deleteStudy(s); });
     const row = el("tr", { "data-id": s.id, class: s.id === state.selected ? "selected" : "" },
@@ -290,8 +298,9 @@ function renderStudies() {
         el("button", { type: "button", class: "link open", text: s.name, title: s.name + " · uploaded " + s.created_utc }),
         el("span", { class: "kind", text: kindName(s) })),
       statusCell,
-      el("td", { class: "num", text: sum.lv_ef_pct !== undefined ? fmt(sum.lv_ef_pct) + " %" : "" }),
-      el("td", {}, qc ? el("span", { class: "qc-badge qc-" + qc, text: qc }) : ""),
+      el("td", prev("num"), sum.lv_ef_pct !== undefined ? fmt(sum.lv_ef_pct) + " %" : "",
+        sum.lv_ef_pct !== undefined ? prevMark() : ""),
+      el("td", prev(""), qc ? el("span", { class: "qc-badge qc-" + qc, text: qc }) : "", qc ? prevMark() : ""),
       el("td", {}, del));
     row.addEventListener("click", () => selectStudy(s.id));
     body.append(row);
