@@ -500,6 +500,18 @@ def test_loopback_needs_no_token_but_checks_host_and_origin(tmp_path, tiny_check
             "/api/studies", files={"file": ("a", b"x")}, headers={"origin": "http://evil.example"}
         )
         assert r.status_code == 403
+        # a browser that leaves Origin out still says where the request comes from
+        for site in ("cross-site", "same-site"):
+            r = client.post(
+                "/api/studies", files={"file": ("a", b"x")}, headers={"sec-fetch-site": site}
+            )
+            assert r.status_code == 403, site
+        r = client.delete("/api/studies/" + "0" * 32, headers={"sec-fetch-site": "cross-site"})
+        assert r.status_code == 403
+        # the page's own requests (and curl's, without the header) still go through
+        r = client.delete("/api/studies/" + "0" * 32, headers={"sec-fetch-site": "same-origin"})
+        assert r.status_code == 404
+        assert client.delete("/api/studies/" + "0" * 32).status_code == 404
         r = client.get("/")
         assert "default-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"

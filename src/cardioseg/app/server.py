@@ -921,7 +921,14 @@ def _register(
 
 
 def _same_origin(request: Request) -> bool:
-    """Browsers send ``Origin`` on cross-site POST/DELETE; it must name this server."""
+    """Browsers send ``Origin`` on cross-site POST/DELETE; it must name this server.
+
+    ``Sec-Fetch-Site`` (sent by current browsers even where an older one left ``Origin``
+    out) must say ``same-origin`` or ``none`` (typed by the user) where present.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not a browser (curl, scripts): nothing to protect against
