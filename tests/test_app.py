@@ -800,6 +800,32 @@ def test_zipped_nifti_cine_is_shown_as_what_it_held(tmp_path, tiny_checkpoint, s
         assert _wait(client, again.json()["job"]["id"])["state"] == "done"
 
 
+def test_zipped_nifti_is_held_to_the_voxel_limit(tmp_path, tiny_checkpoint, studies):
+    """A NIfTI inside a zip is held to the same voxel limit as one uploaded as it is: a small
+    gzip member can announce (and hold) an image of many gigabytes that the analysis would
+    read into memory."""
+    cine = studies["cine"].read_bytes()
+    n_vox = int(np.prod(nib.load(str(studies["cine"])).shape))
+    for name, data in (("case/cine.nii.gz", cine), ("cine.nii", gzip.decompress(cine))):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(name, data)
+        small = _config(tmp_path / "small", tiny_checkpoint, start_worker=False)
+        small.max_image_voxels = n_vox - 1
+        with _client(small) as client:
+            r = _upload_file(client, studies["dicom"], name="c.zip", content=buf.getvalue())
+            assert r.status_code == 413, (name, r.text)
+            assert f"c.zip: image in the zip too large ({n_vox} voxels" in r.json()["detail"]
+            # the same 4D NIfTI uploaded as it is was refused already
+            assert _upload_file(client, studies["cine"]).status_code == 413
+            assert client.get("/api/studies").json()["studies"] == []
+        enough = _config(tmp_path / "enough", tiny_checkpoint, start_worker=False)
+        enough.max_image_voxels = n_vox
+        with _client(enough) as client:
+            r = _upload_file(client, studies["dicom"], name="c.zip", content=buf.getvalue())
+            assert r.status_code == 201, (name, r.text)
+
+
 def test_zipped_study_is_extracted_inside_the_data_folder(
     tmp_path, tiny_checkpoint, studies, monkeypatch
 ):

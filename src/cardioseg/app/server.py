@@ -842,7 +842,7 @@ def _register(
             if kind == "zip":
                 final = path.with_name(f"{role_name}.zip")
                 path.rename(final)
-                checked[role] = check_zip(final)
+                checked[role] = check_zip(final, max_voxels=config.max_image_voxels)
             else:
                 compressed = kind == "nifti-gz"
                 final = path.with_name(role_name + (".nii.gz" if compressed else ".nii"))
