@@ -515,6 +515,10 @@ def test_loopback_needs_no_token_but_checks_host_and_origin(tmp_path, tiny_check
         r = client.get("/")
         assert "default-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
+        # another site's page cannot embed the studies' data (<img src>, <script src>)
+        r = client.get("/api/studies")
+        assert r.headers["cross-origin-resource-policy"] == "same-origin"
+        assert r.headers["cache-control"] == "no-store"
     # another loopback address it was told to bind to is its own name
     config = _config(tmp_path / "b", tiny_checkpoint, start_worker=False, host="127.0.0.2")
     with _client(config) as client:

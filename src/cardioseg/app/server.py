@@ -326,6 +326,8 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Referrer-Policy", "no-referrer")
+        # no other site may embed a study's images, volumes or JSON (<img>, <script>)
+        h.setdefault("Cross-Origin-Resource-Policy", "same-origin")
         h.setdefault("Cache-Control", "no-store")
         quiet = request.method in ("GET", "HEAD") and response.status_code < 400  # UI polling
         log.log(
