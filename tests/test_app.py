@@ -500,9 +500,25 @@ def test_loopback_needs_no_token_but_checks_host_and_origin(tmp_path, tiny_check
             "/api/studies", files={"file": ("a", b"x")}, headers={"origin": "http://evil.example"}
         )
         assert r.status_code == 403
+        # a browser that leaves Origin out still says where the request comes from
+        for site in ("cross-site", "same-site"):
+            r = client.post(
+                "/api/studies", files={"file": ("a", b"x")}, headers={"sec-fetch-site": site}
+            )
+            assert r.status_code == 403, site
+        r = client.delete("/api/studies/" + "0" * 32, headers={"sec-fetch-site": "cross-site"})
+        assert r.status_code == 403
+        # the page's own requests (and curl's, without the header) still go through
+        r = client.delete("/api/studies/" + "0" * 32, headers={"sec-fetch-site": "same-origin"})
+        assert r.status_code == 404
+        assert client.delete("/api/studies/" + "0" * 32).status_code == 404
         r = client.get("/")
         assert "default-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["x-content-type-options"] == "nosniff"
+        # another site's page cannot embed the studies' data (<img src>, <script src>)
+        r = client.get("/api/studies")
+        assert r.headers["cross-origin-resource-policy"] == "same-origin"
+        assert r.headers["cache-control"] == "no-store"
     # another loopback address it was told to bind to is its own name
     config = _config(tmp_path / "b", tiny_checkpoint, start_worker=False, host="127.0.0.2")
     with _client(config) as client:
@@ -786,6 +802,32 @@ def test_zipped_nifti_cine_is_shown_as_what_it_held(tmp_path, tiny_checkpoint, s
         again = client.post(f"/api/studies/{sid}/reanalyze", json={"exclude": []})
         assert again.status_code == 201, again.text
         assert _wait(client, again.json()["job"]["id"])["state"] == "done"
+
+
+def test_zipped_nifti_is_held_to_the_voxel_limit(tmp_path, tiny_checkpoint, studies):
+    """A NIfTI inside a zip is held to the same voxel limit as one uploaded as it is: a small
+    gzip member can announce (and hold) an image of many gigabytes that the analysis would
+    read into memory."""
+    cine = studies["cine"].read_bytes()
+    n_vox = int(np.prod(nib.load(str(studies["cine"])).shape))
+    for name, data in (("case/cine.nii.gz", cine), ("cine.nii", gzip.decompress(cine))):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(name, data)
+        small = _config(tmp_path / "small", tiny_checkpoint, start_worker=False)
+        small.max_image_voxels = n_vox - 1
+        with _client(small) as client:
+            r = _upload_file(client, studies["dicom"], name="c.zip", content=buf.getvalue())
+            assert r.status_code == 413, (name, r.text)
+            assert f"c.zip: image in the zip too large ({n_vox} voxels" in r.json()["detail"]
+            # the same 4D NIfTI uploaded as it is was refused already
+            assert _upload_file(client, studies["cine"]).status_code == 413
+            assert client.get("/api/studies").json()["studies"] == []
+        enough = _config(tmp_path / "enough", tiny_checkpoint, start_worker=False)
+        enough.max_image_voxels = n_vox
+        with _client(enough) as client:
+            r = _upload_file(client, studies["dicom"], name="c.zip", content=buf.getvalue())
+            assert r.status_code == 201, (name, r.text)
 
 
 def test_zipped_study_is_extracted_inside_the_data_folder(

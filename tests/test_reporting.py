@@ -390,3 +390,30 @@ def test_processing_table_speaks_the_readers_language(
         "heart window (the network segments a crop around the heart)": window_text,
     }
     assert json.loads(files["json"].read_text())["meta"] == meta
+
+
+def test_text_from_the_input_is_escaped_in_the_reports(tmp_path):
+    """The study label, the DICOM series description and vendor (free text a crafted study
+    controls) and the input notes (which name files of the upload) are escaped in the HTML:
+    a downloaded report.html opened from disk has no Content-Security-Policy to stop a
+    script. The PDF takes the same text as it is, "$" included."""
+    import html as html_lib
+    import json
+
+    from cardioseg.clinical.report import write_report
+
+    payload = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'</style>$\\x^$"
+    meta = {
+        "patient_label": "L " + payload,
+        "series_description": "cine " + payload,
+        "vendor": "vendor " + payload,
+        "warnings": ["damaged file left out: study/" + payload + ".dcm"],
+    }
+    files = write_report(tmp_path, REPORT_INDICES, None, meta=meta, write_pdf=True)
+    text = files["html"].read_text()
+    assert "<script" not in text.lower() and "<img src=x" not in text
+    assert text.count("</style>") == 1  # the report's own style sheet only
+    for shown in ("L ", "cine ", "vendor ", "damaged file left out: study/"):
+        assert html_lib.escape(shown + payload) in text, shown
+    assert json.loads(files["json"].read_text())["patient_label"] == "L " + payload
+    assert files["pdf"].read_bytes().startswith(b"%PDF")

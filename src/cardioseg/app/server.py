@@ -326,6 +326,8 @@ def create_app(config: AppConfig | None = None, **kwargs: Any) -> FastAPI:
         h.setdefault("X-Content-Type-Options", "nosniff")
         h.setdefault("X-Frame-Options", "DENY")
         h.setdefault("Referrer-Policy", "no-referrer")
+        # no other site may embed a study's images, volumes or JSON (<img>, <script>)
+        h.setdefault("Cross-Origin-Resource-Policy", "same-origin")
         h.setdefault("Cache-Control", "no-store")
         quiet = request.method in ("GET", "HEAD") and response.status_code < 400  # UI polling
         log.log(
@@ -842,7 +844,7 @@ def _register(
             if kind == "zip":
                 final = path.with_name(f"{role_name}.zip")
                 path.rename(final)
-                checked[role] = check_zip(final)
+                checked[role] = check_zip(final, max_voxels=config.max_image_voxels)
             else:
                 compressed = kind == "nifti-gz"
                 final = path.with_name(role_name + (".nii.gz" if compressed else ".nii"))
@@ -921,7 +923,14 @@ def _register(
 
 
 def _same_origin(request: Request) -> bool:
-    """Browsers send ``Origin`` on cross-site POST/DELETE; it must name this server."""
+    """Browsers send ``Origin`` on cross-site POST/DELETE; it must name this server.
+
+    ``Sec-Fetch-Site`` (sent by current browsers even where an older one left ``Origin``
+    out) must say ``same-origin`` or ``none`` (typed by the user) where present.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not a browser (curl, scripts): nothing to protect against

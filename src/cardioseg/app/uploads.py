@@ -7,6 +7,7 @@ logs file names or content.
 from __future__ import annotations
 
 import gzip
+import io
 import re
 import struct
 import unicodedata
@@ -214,21 +215,59 @@ def check_nifti(path: Path, compressed: bool, max_voxels: int) -> CheckedFile:
     return CheckedFile("nifti", compressed, shape, np.asarray(affine, float).tolist())
 
 
-def check_zip(path: Path, max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> CheckedFile:
-    """Check a zip without extracting it: readable, not encrypted, safe member names, size.
+def _zipped_nifti_voxels(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> int | None:
+    """Voxels a NIfTI member of a zip announces in its header (``None``: not a NIfTI header).
+
+    Reads the first bytes only (through gzip for a ``.nii.gz``): a small compressed member
+    may announce an image of many gigabytes, which the analysis would read into memory.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        with zf.open(info) as fh:
+            head = fh.read(540)
+        if head.startswith(GZIP_MAGIC):
+            with zf.open(info) as raw, gzip.GzipFile(fileobj=raw) as fh:
+                head = fh.read(540)
+        magic = _nifti_magic(head)
+        if magic is None:
+            return None
+        header_class = nib.Nifti2Header if magic == "n+2" else nib.Nifti1Header
+        shape = header_class.from_fileobj(io.BytesIO(head), check=False).get_data_shape()
+    except Exception:  # unreadable: the loader says what is wrong with it, as before
+        return None
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def check_zip(
+    path: Path, max_uncompressed: int = MAX_ZIP_UNCOMPRESSED, max_voxels: int | None = None
+) -> CheckedFile:
+    """Check a zip without extracting it: readable, not encrypted, safe member names, size,
+    and (with ``max_voxels``) the size its NIfTI members announce.
 
     Member names are checked with the DICOM loader's own rules
     (:func:`cardioseg.io.dicom.safe_member`), which also extracts safely later.
     """
     from cardioseg.io.dicom import MAX_ZIP_MEMBERS, safe_member
+    from cardioseg.io.nifti import is_nifti
 
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            if len(infos) > MAX_ZIP_MEMBERS:
+                raise UploadError(413, f"zip has too many members ({len(infos)})")
+            if max_voxels is not None:
+                for info in infos:
+                    if info.is_dir() or not is_nifti(info.filename) or info.flag_bits & 0x1:
+                        continue
+                    n_vox = _zipped_nifti_voxels(zf, info)
+                    if n_vox is not None and n_vox > max_voxels:
+                        raise UploadError(
+                            413, f"image in the zip too large ({n_vox} voxels, limit {max_voxels})"
+                        )
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
         raise UploadError(400, "not a valid zip archive (corrupt or truncated)") from None
-    if len(infos) > MAX_ZIP_MEMBERS:
-        raise UploadError(413, f"zip has too many members ({len(infos)})")
     total, n_files = 0, 0
     for info in infos:
         try:
