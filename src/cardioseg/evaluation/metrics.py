@@ -301,8 +301,9 @@ class MetricAccumulator:
     ) -> str:
         """Markdown text: an overall table, then one per ``by`` key present in the metadata.
 
-        Cells are ``mean ± SD`` (sample SD) of Dice and HD95 per structure, plus the mean Dice. ``notes``
-        are paragraphs put under the title (e.g. which model produced the predictions).
+        Cells are ``mean ± SD`` (sample SD) of Dice and HD95 per structure, plus the mean
+        Dice. ``notes`` are paragraphs put under the title (e.g. which model produced the
+        predictions).
         """
         lines = [
             f"# {title}",
