@@ -22,6 +22,24 @@ def test_agreement_stats_by_hand():
     assert agreement_stats(np.array([np.nan]), np.array([1.0]))["n"] == 0
 
 
+def test_agreement_stats_bias_confidence_interval_and_pearson():
+    """The bias's 95 % CI is the one-sample t interval of the differences (scipy's own t test
+    here), r is Pearson's (scipy), and under three pairs r is not given."""
+    from scipy import stats
+
+    pred = np.array([101.0, 95.0, 130.0, 88.0, 142.0, 120.0])
+    ref = np.array([98.0, 97.0, 121.0, 85.0, 140.0, 111.0])
+    s = agreement_stats(pred, ref)
+    ci = stats.ttest_1samp(pred - ref, 0.0).confidence_interval(0.95)
+    assert (s["bias_ci_low"], s["bias_ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert s["bias"] == pytest.approx(4.0)  # (3 - 2 + 9 + 3 + 2 + 9) / 6
+    assert s["r"] == pytest.approx(stats.pearsonr(pred, ref)[0])
+    two = agreement_stats(pred[:2], ref[:2])
+    assert np.isnan(two["r"]) and np.isfinite(two["bias_ci_low"])
+    one = agreement_stats(pred[:1], ref[:1])
+    assert np.isnan(one["bias_ci_low"]) and np.isnan(one["bias_ci_high"])
+
+
 def test_agreement_command(tmp_path):
     ed = disc_labels((48, 40, 6), r_lv=9, r_myo=12)
     es = disc_labels((48, 40, 6), r_lv=6, r_myo=10)
@@ -45,6 +63,15 @@ def test_agreement_command(tmp_path):
     text = (tmp_path / "ag" / "agreement.md").read_text()
     assert "| lv_ef_pct | 1 | +0.0 |" in text  # identical labels: zero bias
     assert (tmp_path / "ag" / "agreement.png").stat().st_size > 1000
+    # a figure for a paper: a vector copy, a PNG of at least 150 dpi, the statistics defined
+    from PIL import Image
+
+    with Image.open(tmp_path / "ag" / "agreement.png") as im:
+        assert min(im.info["dpi"]) >= 150, im.info
+    assert (tmp_path / "ag" / "agreement.pdf").read_bytes().startswith(b"%PDF")
+    assert "limits of agreement: bias ± 1.96 SD of the differences (sample SD" in text
+    assert "| index | n | bias | 95 % limits of agreement | bias 95 % CI | r |" in text
+    assert "| lv_ef_pct | 1 | +0.0 | n/a (one subject) | n/a | n/a |" in text  # no r from one
 
 
 @pytest.mark.parametrize(("flag", "tta"), [([], False), (["--tta"], True)])

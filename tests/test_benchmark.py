@@ -875,3 +875,34 @@ def test_cli_says_a_protocol_folder_is_a_folder(tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.strip() == f"error: {tmp_path}: is a folder, not a protocol file"
     assert not (tmp_path / "out").exists()
+
+
+def test_wilcoxon_drops_zero_differences_two_sided_by_hand():
+    """Differences 0, +0.01, +0.02, -0.005, +0.03: the zero is left out (Wilcoxon's method),
+    ranks of the other four are 2, 3, 1 (negative), 4: W- = 1, W+ = 9. Exact null of n = 4:
+    2 of 16 sign patterns have W- <= 1, so the two-sided p is 2 * 2/16 = 0.25."""
+    from cardioseg.benchmark.report import compare_paired
+
+    t = compare_paired([0.0, 0.01, 0.02, -0.005, 0.03])
+    assert t["n"] == 5 and t["n_better"] == 3
+    assert t["statistic"] == pytest.approx(1.0) and t["p_value"] == pytest.approx(0.25)
+
+
+def test_box_plots_are_paper_ready(tmp_path):
+    """The box plots come as a PNG of at least 150 dpi and a PDF; an earlier report's figures
+    of an experiment now gone are removed, PDF included."""
+    from PIL import Image
+
+    from cardioseg.benchmark.report import box_plots
+
+    subjects = [f"s{i}" for i in range(4)]
+    rows = _rows("baseline", 0, [0.8, 0.82, 0.78, 0.85], subjects)
+    rows += _rows("x", 0, [0.81, 0.84, 0.77, 0.88], subjects)
+    fig_dir = tmp_path / "figures"
+    fig_dir.mkdir()
+    (fig_dir / "box_gone.pdf").write_bytes(b"an experiment of an earlier report")
+    paths = box_plots(rows, _two_methods(), fig_dir)
+    with Image.open(paths["e"]) as im:
+        assert min(im.info["dpi"]) >= 150, im.info
+    assert (fig_dir / "box_e.pdf").read_bytes().startswith(b"%PDF")
+    assert not (fig_dir / "box_gone.pdf").exists()

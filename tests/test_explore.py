@@ -48,9 +48,15 @@ def test_explore_writes_report_figures_and_animations(tmp_path, data):
     ):
         assert section in text
     assert "| siemens | 3 | 6 | 6 |" in text and "| ge | 3 | 6 | 6 |" in text
+    from PIL import Image
+
     for f in ("histograms_raw.png", "histograms_normalised.png", "montage_mid_slices.png"):
         assert (out / "figures" / f).stat().st_size > 1000
         assert f"figures/{f}" in text
+        with Image.open(out / "figures" / f) as im:  # legible in print
+            assert min(im.info["dpi"]) >= 150, (f, im.info)
+        pdf = (out / "figures" / f).with_suffix(".pdf")
+        assert pdf.read_bytes().startswith(b"%PDF")  # a vector copy for a paper
     gifs = sorted(p.name for p in (out / "animations").glob("*.gif"))
     assert "cine_study.gif" in gifs and any(g.startswith("ed_es_") for g in gifs)
     from PIL import Image
@@ -124,3 +130,37 @@ def test_explore_real_mnms(tmp_path):
     for vendor in ("Philips", "Siemens", "GE"):
         assert f"| {vendor} | 1 | 2 | 2 |" in text
     assert len(list((tmp_path / "animations").glob("ed_es_*.gif"))) == 3
+
+
+def test_explore_figures_label_their_axes_and_show_the_lv_contour(tmp_path, monkeypatch):
+    """Every histogram panel has both axis labels; in the montage the LV contour (the MYO's
+    inner border) is drawn after the MYO's, so that it is seen, and a legend names the
+    colours."""
+    import matplotlib.colors as mcolors
+
+    from cardioseg.exploration import explore as ex
+
+    figs = []
+    monkeypatch.setattr(ex, "_save", lambda fig, path: figs.append(fig) or path)
+    rng = np.random.default_rng(0)
+    samples = {"A": {"raw": [rng.random(500)], "norm": [rng.normal(size=500)]}}
+    ex._histograms(samples, tmp_path)
+    for fig in figs:
+        for ax in fig.axes:
+            if ax.get_visible() and ax.axison:
+                assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    lab = np.zeros((20, 20), np.uint8)
+    lab[4:16, 4:16] = 2
+    lab[7:13, 7:13] = 1
+    lab[15:19, 2:8] = 3
+    figs.clear()
+    ex._montage({"A": [("s1 ED", np.zeros((20, 20), np.uint8), lab, 1.0)]}, tmp_path)
+    (fig,) = figs
+    colours = [
+        mcolors.to_hex(c.get_edgecolor()[0])
+        for c in fig.axes[0].collections
+        if len(c.get_edgecolor())
+    ]
+    red, green = mcolors.to_hex("r"), mcolors.to_hex("g")
+    assert colours.index(red) > colours.index(green), colours
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["LV", "MYO", "RV"]

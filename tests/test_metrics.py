@@ -205,12 +205,17 @@ def test_accumulator_summary_mean_std_per_group():
     (overall,) = acc.summary()
     assert overall["n"] == 3
     assert overall["LV_dice_mean"] == pytest.approx(0.8)
-    assert overall["LV_dice_std"] == pytest.approx(np.std([0.9, 0.7, 0.8]))
+    # sample SD (ddof=1) by hand: deviations 0.1, -0.1, 0 -> sqrt(0.02 / 2) = 0.1
+    assert overall["LV_dice_std"] == pytest.approx(0.1)
     assert overall["LV_hd95_mean"] == pytest.approx(3.0)  # nan skipped
+    # HD95 2 and 4: sqrt((1 + 1) / 1); 2 finite values of 3 cases
+    assert overall["LV_hd95_std"] == pytest.approx(math.sqrt(2.0))
+    assert (overall["LV_hd95_n"], overall["LV_dice_n"]) == (2, 3)
     by_phase = {g["phase"]: g for g in acc.summary(["phase"])}
     assert by_phase["ED"]["n"] == 2 and by_phase["ES"]["n"] == 1
     assert by_phase["ED"]["LV_dice_mean"] == pytest.approx(0.85)
-    assert by_phase["ED"]["LV_dice_std"] == pytest.approx(0.05)
+    assert by_phase["ED"]["LV_dice_std"] == pytest.approx(math.sqrt(0.005))  # 0.05 * sqrt(2)
+    assert math.isnan(by_phase["ES"]["LV_dice_std"])  # one case: no spread
     assert by_phase["ED"]["LV_hd95_mean"] == pytest.approx(2.0)
     assert math.isnan(acc.summary(["vendor"])[1]["LV_hd95_mean"])  # Siemens: only nan
 
@@ -230,8 +235,9 @@ def test_accumulator_markdown(tmp_path):
     assert "## By centre" not in text  # no row has a centre
     for name in ("ED", "ES", "Siemens"):
         assert f"| {name} |" in text
-    assert "0.800 ± 0.082" in text  # overall LV Dice
-    assert "| Siemens | 1 | 0.800 ± 0.000 | n/a |" in text
+    assert "| all | 3 | 0.800 ± 0.100 | 3.00 ± 1.41 (1 without) |" in text  # sample SD
+    assert "| Siemens | 1 | 0.800 | n/a (1 without) |" in text  # one case: no SD
+    assert "mean ± SD over cases (sample SD" in text
     assert not list((tmp_path / "out").glob(".*tmp*"))  # atomic write left no temp file
 
 

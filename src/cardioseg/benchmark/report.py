@@ -274,7 +274,9 @@ def paired_tests(rows: list[dict], proto: Protocol) -> list[dict]:
 
 
 def box_plots(rows: list[dict], proto: Protocol, fig_dir: Path) -> dict[str, Path]:
-    """One PNG per experiment: per-case mean Dice (mean over seeds) by target domain and method."""
+    """One figure per experiment, ``box_<experiment>.png`` (200 dpi) and ``.pdf``: per-case
+    mean Dice (mean over seeds) by target domain and method; boxes: median and quartiles,
+    whiskers: the furthest case within 1.5 IQR, circles: cases beyond, triangles: means."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -308,11 +310,14 @@ def box_plots(rows: list[dict], proto: Protocol, fig_dir: Path) -> dict[str, Pat
         fig.tight_layout()
         path = fig_dir / f"box_{exp}.png"
         with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=200, format="png")
+        with atomic_write(path.with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp, format="pdf")
         plt.close(fig)
         out[exp] = path
-    for stale in fig_dir.glob("box_*.png"):  # experiments of an earlier report, now gone
-        if stale not in out.values():
+    keep = {p for path in out.values() for p in (path, path.with_suffix(".pdf"))}
+    for stale in [*fig_dir.glob("box_*.png"), *fig_dir.glob("box_*.pdf")]:
+        if stale not in keep:  # experiments of an earlier report, now gone
             stale.unlink()
     return out
 
@@ -432,8 +437,10 @@ def write_report(
                 "",
                 "Pairs: the same test subject, its cases (e.g. ED and ES) and the seeds both "
                 "methods have averaged (the cases of one subject are not independent); "
-                "two-sided, not corrected for multiple comparisons (* p<0.05, ** p<0.01, "
-                "*** p<0.001). All metrics in `wilcoxon.csv`.",
+                "two-sided; subjects whose difference is exactly 0 are left out of the test "
+                "(Wilcoxon's zero method) but counted in 'subjects'; not corrected for "
+                "multiple comparisons (* p<0.05, ** p<0.01, *** p<0.001). All metrics in "
+                "`wilcoxon.csv`.",
                 "",
                 "| domain | method | vs. | subjects | median Δ Dice | p |",
                 "|---|---|---|---|---|---|",
@@ -445,7 +452,14 @@ def write_report(
                 )
             lines.append("")
         if exp in figs:
-            lines += [f"![{exp}](figures/{figs[exp].name})", ""]
+            lines += [
+                f"![{exp}](figures/{figs[exp].name})",
+                "",
+                "Mean Dice per test case (its mean over seeds); boxes: median and quartiles, "
+                "whiskers: the furthest case within 1.5 IQR of the box, circles: cases beyond, "
+                f"triangles: means. Also as `figures/box_{exp}.pdf`.",
+                "",
+            ]
     lines += evaluation_lines(out_dir, runs)
     failed = {k: v for k, v in errors.items() if status.get(k) == "failed"}
     if failed:

@@ -23,9 +23,28 @@ INDICES = (
     "lv_mass_g",
 )
 
+#: Each index's name and unit on the figures and in the table's legend.
+INDEX_NAMES = {
+    "lv_edv_ml": ("LV EDV", "mL"),
+    "lv_esv_ml": ("LV ESV", "mL"),
+    "lv_ef_pct": ("LV EF", "%"),
+    "rv_edv_ml": ("RV EDV", "mL"),
+    "rv_esv_ml": ("RV ESV", "mL"),
+    "rv_ef_pct": ("RV EF", "%"),
+    "lv_mass_g": ("LV mass", "g"),
+}
+#: The structure colours of the montages and overlays (LV red, MYO green, RV blue).
+_COLOURS = {"lv_mass_g": "tab:green", "lv": "tab:red", "rv": "tab:blue"}
+
 
 def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Bias, 95 % limits of agreement, Pearson r, mean and median absolute error.
+
+    Differences are ``pred - ref`` over the pairs where both are finite (``n``): ``bias`` is
+    their mean, ``sd`` their sample SD (ddof=1), the limits ``bias ± 1.96 sd`` (Bland & Altman
+    1986), ``bias_ci_low`` / ``bias_ci_high`` the 95 % confidence interval of the bias
+    (``bias ± t(0.975, n-1) sd / sqrt(n)``). ``r`` (Pearson) needs three pairs; ``sd``, the
+    limits and the interval two.
 
     Example:
         >>> s = agreement_stats(np.array([1.0, 2.0, 4.0]), np.array([1.0, 1.0, 3.0]))
@@ -38,10 +57,27 @@ def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     if len(pred) == 0:
         return {
             k: float("nan")
-            for k in ("n", "bias", "loa_low", "loa_high", "sd", "r", "mae", "median_ae")
+            for k in (
+                "n",
+                "bias",
+                "loa_low",
+                "loa_high",
+                "sd",
+                "bias_ci_low",
+                "bias_ci_high",
+                "r",
+                "mae",
+                "median_ae",
+            )
         } | {"n": 0}
     d = pred - ref
     sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")  # no spread from one pair
+    if len(d) > 1:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, len(d) - 1)) * sd / np.sqrt(len(d))
+    else:
+        half = float("nan")
     r = (
         float(np.corrcoef(pred, ref)[0, 1])
         if len(d) > 2 and pred.std() and ref.std()
@@ -53,6 +89,8 @@ def agreement_stats(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
         "sd": sd,
         "loa_low": float(d.mean() - 1.96 * sd),
         "loa_high": float(d.mean() + 1.96 * sd),
+        "bias_ci_low": float(d.mean() - half),
+        "bias_ci_high": float(d.mean() + half),
         "r": r,
         "mae": float(np.abs(d).mean()),
         "median_ae": float(np.median(np.abs(d))),
@@ -148,12 +186,20 @@ def _reported_indices(path: Path) -> dict[str, float] | None:
         return None
 
 
+def _fmt(v: float, spec: str = ".1f") -> str:
+    return f"{v:{spec}}" if np.isfinite(v) else "n/a"
+
+
 def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreement") -> Path:
-    """Write ``agreement_cases.csv``, ``agreement.md`` and Bland–Altman/scatter PNGs."""
+    """Write ``agreement_cases.csv``, ``agreement.md`` and the Bland–Altman and scatter plots
+    (``agreement.png``, 200 dpi, and ``agreement.pdf``): one row per index, Bland–Altman
+    (prediction − reference against the mean of both, the bias and limits labelled with their
+    values) left, prediction against reference (identity line, Pearson r) right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,13 +211,21 @@ def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreemen
     lines = [
         f"# {title}",
         "",
-        f"{len(rows)} subjects (ED + ES). Differences are prediction − reference.",
+        f"{len(rows)} subjects (ED + ES). Differences are prediction − reference, in the "
+        "index's unit (volumes mL, EF %, i.e. percentage points, mass g). n: subjects with "
+        "both values (a missing or undefined index, e.g. an EF without an ED volume, is left "
+        "out). Bias: mean difference, with its 95 % confidence interval (t distribution); "
+        "limits of agreement: bias ± 1.96 SD of the differences (sample SD; none for one "
+        "subject); r: Pearson correlation of prediction and reference (n/a under 3 subjects); "
+        "MAE / median AE: mean / median absolute difference.",
         "",
-        "| index | n | bias | 95 % limits of agreement | r | MAE | median AE |",
-        "|---|---|---|---|---|---|---|",
+        "| index | n | bias | 95 % limits of agreement | bias 95 % CI | r | MAE | median AE |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    fig, axes = plt.subplots(2, len(INDICES), figsize=(3.2 * len(INDICES), 6.4))
+    fig, axes = plt.subplots(len(INDICES), 2, figsize=(7.0, 2.4 * len(INDICES)), squeeze=False)
     for j, k in enumerate(INDICES):
+        name, unit = INDEX_NAMES[k]
+        colour = _COLOURS.get(k) or _COLOURS[k[:2]]
         p = np.array([r[f"{k}_pred"] for r in rows], float)
         q = np.array([r[f"{k}_ref"] for r in rows], float)
         s = agreement_stats(p, q)
@@ -180,33 +234,69 @@ def write_agreement(rows: list[dict], outdir: str | Path, title: str = "Agreemen
             if np.isfinite(s["loa_low"])
             else "n/a (one subject)"
         )
-        lines.append(
-            f"| {k} | {s['n']} | {s['bias']:+.1f} | {limits} | {s['r']:.3f} | {s['mae']:.1f} | "
-            f"{s['median_ae']:.1f} |"
+        ci = (
+            f"[{s['bias_ci_low']:.1f}, {s['bias_ci_high']:.1f}]"
+            if np.isfinite(s["bias_ci_low"])
+            else "n/a"
         )
-        ax = axes[0, j]
+        lines.append(
+            f"| {k} | {s['n']} | {s['bias']:+.1f} | {limits} | {ci} | {_fmt(s['r'], '.3f')} | "
+            f"{_fmt(s['mae'])} | {_fmt(s['median_ae'])} |"
+        )
+        ax = axes[j, 0]
         mean, diff = (p + q) / 2, p - q
-        ax.scatter(mean, diff, s=10)
-        for y, ls in ((s["bias"], "-"), (s["loa_low"], "--"), (s["loa_high"], "--")):
+        ax.scatter(mean, diff, s=14, color=colour)
+        trans = blended_transform_factory(ax.transAxes, ax.transData)
+        for y, ls, label in (
+            (s["bias"], "-", "bias"),
+            (s["loa_low"], "--", "−1.96 SD"),
+            (s["loa_high"], "--", "+1.96 SD"),
+        ):
             if np.isfinite(y):
                 ax.axhline(y, color="k", linestyle=ls, linewidth=0.8)
-        ax.set_title(k, fontsize=9)
-        ax.set_xlabel("mean", fontsize=8)
-        ax.set_ylabel("pred − ref", fontsize=8)
-        ax = axes[1, j]
-        ax.scatter(q, p, s=10)
-        lim = [
-            np.nanmin([p.min(initial=0), q.min(initial=0)]),
-            np.nanmax([p.max(initial=1), q.max(initial=1)]),
-        ]
-        ax.plot(lim, lim, "k--", linewidth=0.8)
-        ax.set_xlabel("reference", fontsize=8)
-        ax.set_ylabel("prediction", fontsize=8)
+                ax.text(  # right of the panel, where no point can hide it
+                    1.02,
+                    y,
+                    f"{label}\n{y:+.1f}",
+                    transform=trans,
+                    ha="left",
+                    va="center",
+                    fontsize=7,
+                    clip_on=False,
+                )
+        ax.margins(y=0.15)
+        ax.set_title(f"{name}: Bland–Altman (n = {s['n']})", fontsize=9)
+        ax.set_xlabel(f"mean of prediction and reference ({unit})", fontsize=8)
+        ax.set_ylabel(f"prediction − reference ({unit})", fontsize=8)
+        ax = axes[j, 1]
+        ax.scatter(q, p, s=14, color=colour)
+        both = np.concatenate([p, q])
+        both = both[np.isfinite(both)]
+        if both.size:
+            lo, hi = float(both.min()), float(both.max())
+            pad = 0.05 * (hi - lo) if hi > lo else 1.0
+            lim = [lo - pad, hi + pad]
+            ax.plot(lim, lim, "k--", linewidth=0.8, label="identity")
+            ax.set_xlim(lim)
+            ax.set_ylim(lim)
+            ax.set_aspect("equal", adjustable="box")
+        ax.set_title(f"{name}: r = {_fmt(s['r'], '.3f')} (n = {s['n']})", fontsize=9)
+        ax.set_xlabel(f"reference ({unit})", fontsize=8)
+        ax.set_ylabel(f"prediction ({unit})", fontsize=8)
+        for a in axes[j]:
+            a.tick_params(labelsize=7)
     fig.tight_layout()
     with atomic_write(out / "agreement.png") as tmp:
-        fig.savefig(tmp, dpi=70, format="png")
+        fig.savefig(tmp, dpi=200, format="png")
+    with atomic_write(out / "agreement.pdf") as tmp:
+        fig.savefig(tmp, format="pdf")
     plt.close(fig)
-    lines += ["", "![Bland–Altman (top) and scatter (bottom)](agreement.png)", ""]
+    lines += [
+        "",
+        "![Bland–Altman (left) and prediction against reference (right); also as "
+        "agreement.pdf](agreement.png)",
+        "",
+    ]
     md = out / "agreement.md"
     with atomic_write(md) as tmp:
         tmp.write_text("\n".join(lines))

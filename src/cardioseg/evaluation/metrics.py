@@ -181,11 +181,13 @@ def _is_number(v: object) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    """nan-aware mean and population standard deviation (ddof=0); nan when no finite value."""
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    """nan-aware mean, sample standard deviation (ddof=1) and count of the finite values; the
+    mean is nan without a finite value, the std with fewer than two (no spread from one)."""
     a = np.asarray(values, dtype=float)
-    a = a[~np.isnan(a)]
-    return (float(a.mean()), float(a.std())) if a.size else (NAN, NAN)
+    a = a[np.isfinite(a)]
+    mean = float(a.mean()) if a.size else NAN
+    return mean, float(a.std(ddof=1)) if a.size > 1 else NAN, int(a.size)
 
 
 def _group_name(v: object) -> str:
@@ -241,8 +243,9 @@ class MetricAccumulator:
         """Mean and std of each numeric metric per group of the ``by`` metadata keys.
 
         Returns:
-            One dict per group (sorted by group values): the ``by`` values, ``n`` (cases) and
-            ``{metric}_mean`` / ``{metric}_std`` (nan-aware; population std, ddof=0).
+            One dict per group (sorted by group values): the ``by`` values, ``n`` (cases),
+            ``{metric}_mean`` / ``{metric}_std`` over the finite values (sample std, ddof=1;
+            nan with fewer than two) and ``{metric}_n`` (the number of finite values).
         """
         by = list(by or [])
         groups: dict[tuple[str, ...], list[dict]] = {}
@@ -255,7 +258,7 @@ class MetricAccumulator:
             entry: dict = {**dict(zip(by, key, strict=True)), "n": len(rows)}
             for m in numeric:
                 vals = [float(r[m]) for r in rows if _is_number(r.get(m))]
-                entry[f"{m}_mean"], entry[f"{m}_std"] = _mean_std(vals)
+                entry[f"{m}_mean"], entry[f"{m}_std"], entry[f"{m}_n"] = _mean_std(vals)
             out.append(entry)
         return out
 
@@ -276,7 +279,11 @@ class MetricAccumulator:
 
         def fmt(g: dict, metric: str, digits: int) -> str:
             mean, std = g.get(f"{metric}_mean", NAN), g.get(f"{metric}_std", NAN)
-            return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+            cell = "n/a" if math.isnan(mean) else f"{mean:.{digits}f}"
+            if not math.isnan(mean) and not math.isnan(std):
+                cell += f" ± {std:.{digits}f}"
+            without = g["n"] - g.get(f"{metric}_n", g["n"])
+            return cell + (f" ({without} without)" if without else "")
 
         for g in self.summary([by] if by else None):
             cells = [g[by] if by else "all", str(g["n"])]
@@ -294,16 +301,17 @@ class MetricAccumulator:
     ) -> str:
         """Markdown text: an overall table, then one per ``by`` key present in the metadata.
 
-        Cells are ``mean ± std`` of Dice and HD95 per structure, plus the mean Dice. ``notes``
-        are paragraphs put under the title (e.g. which model produced the predictions).
+        Cells are ``mean ± SD`` (sample SD) of Dice and HD95 per structure, plus the mean
+        Dice. ``notes`` are paragraphs put under the title (e.g. which model produced the
+        predictions).
         """
         lines = [
             f"# {title}",
             "",
             *[line for note in notes for line in (note, "")],
-            f"Cases: {len(self._rows)}. Cells: mean ± std over cases "
-            "(population std); HD95 in mm, cases where only one mask has the structure "
-            "are left out of HD95.",
+            f"Cases: {len(self._rows)}. Cells: mean ± SD over cases (sample SD; no SD "
+            "for one case); HD95 in mm. Cases where only one mask has the structure "
+            "have Dice 0 and no HD95: '(k without)' counts the k cases left out of a cell.",
             "",
         ]
         if not self._rows:

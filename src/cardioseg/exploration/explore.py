@@ -183,9 +183,12 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """``path`` as a 200 dpi PNG, and a PDF copy beside it (for a paper)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=200, format="png")
+    with atomic_write(path.with_suffix(".pdf")) as tmp:
+        fig.savefig(tmp, format="pdf")
     _plt().close(fig)
     return path
 
@@ -200,22 +203,30 @@ def _histograms(samples: dict[str, dict[str, list[np.ndarray]]], fig_dir: Path) 
         v = np.concatenate(samples[d]["raw"])
         hi = np.percentile(v, 99.9)
         ax.hist(np.clip(v, None, hi), bins=80, density=True, color="tab:blue", alpha=0.8)
-        ax.set_title(f"{d} (raw)")
-        ax.set_xlabel("stored intensity")
+        ax.set_title(f"{d} (raw, {len(samples[d]['raw'])} volumes)", fontsize=10)
+        ax.set_xlabel("stored intensity (scanner units)")
+        ax.set_ylabel("density")
     for ax in axes.ravel()[len(doms) :]:
         ax.axis("off")
     fig.tight_layout()
     raw = _save(fig, fig_dir / "histograms_raw.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(-2.5, 5, 121)
+    lo, hi = bins[-1], bins[0]
     for d in doms:
         v = np.concatenate(samples[d]["norm"])
         h, e = np.histogram(np.clip(v, bins[0], bins[-1]), bins, density=True)
-        ax.plot(0.5 * (e[1:] + e[:-1]), h, label=d)
+        centres = 0.5 * (e[1:] + e[:-1])
+        # empty bins left out: a log axis has no 0 (the lines fell off the panel)
+        ax.plot(np.where(h > 0, centres, np.nan), h, label=f"{d} ({len(samples[d]['norm'])})")
+        if (h > 0).any():
+            lo, hi = min(lo, e[np.argmax(h > 0)]), max(hi, e[len(h) - np.argmax(h[::-1] > 0)])
+    if lo < hi:
+        ax.set_xlim(lo, hi)
     ax.set_xlabel("normalised intensity (percentile clip + z-score)")
     ax.set_ylabel("density")
     ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title="domain (volumes)", title_fontsize=8)
     fig.tight_layout()
     return [raw, _save(fig, fig_dir / "histograms_normalised.png")]
 
@@ -234,17 +245,31 @@ def _montage(slices: dict[str, list[tuple]], fig_dir: Path) -> Path:
             name, img, lab, aspect = slices[d][c]
             ax.imshow(img.T, cmap="gray", origin="lower", aspect=aspect)
             if lab is not None:
-                for value, color in ((1, "r"), (2, "g"), (3, "b")):
+                # MYO first: the LV contour is the MYO's inner one, drawn over it (else unseen)
+                for value, color in ((2, "g"), (1, "r"), (3, "b")):
                     if (lab == value).any():
                         ax.contour(
                             (lab == value).T.astype(float),
                             levels=[0.5],
                             colors=color,
-                            linewidths=0.6,
+                            linewidths=0.8,
                             origin="lower",
                         )
             ax.set_title(f"{d}\n{name}" if c == 0 else name, fontsize=7)
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], color=c, label=n) for n, c in (("LV", "r"), ("MYO", "g"), ("RV", "b"))
+    ]
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=3,
+        fontsize=7,
+        title="reference contours",
+        title_fontsize=7,
+    )
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))  # the legend below the slices
     return _save(fig, fig_dir / "montage_mid_slices.png")
 
 
