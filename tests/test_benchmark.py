@@ -776,6 +776,16 @@ def test_summary_counts_the_cases_left_out_of_hd95():
     assert by["x"]["LV_hd95_missing"] == 0
 
 
+def test_summary_case_count_is_the_seeds_mean_rounded_half_up():
+    """Seeds with 3 and 4 cases (a run that failed on one): 4 cases, not 3 (rounded down)."""
+    from cardioseg.benchmark.report import summarize
+
+    rows = _rows("m", 0, [0.8] * 3, ["s0", "s1", "s2"]) + _rows(
+        "m", 1, [0.8] * 4, ["s0", "s1", "s2", "s3"]
+    )
+    assert summarize(rows)[0]["n_cases"] == 4
+
+
 def test_an_unreadable_checkpoint_method_is_named_as_given(tmp_path, vendors):
     """A protocol's ``checkpoint:`` file that is not a checkpoint fails its run with an error
     naming that file, not its copy in the run's temporary folder."""
