@@ -895,3 +895,27 @@ def test_an_empty_argument_is_refused_before_any_command_runs(tmp_path, monkeypa
     assert res.exit_code == 1 and needle in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here.nii.gz"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["segment", "x.nii.gz", "-o", "y.nii.gz", "--threads", "x"], "'--threads'"),
+        (["segmnt"], "No such command 'segmnt'"),
+        (["analyze", "--bogus"], "No such option: --bogus"),
+        (["segment"], "Missing argument"),
+    ],
+)
+def test_usage_errors_are_one_line(args, needle):
+    """A mistyped command, option or value is said in one line, as every other error (Typer
+    drew a framed block over several lines), with exit status 2 and where to look."""
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    text = res.output.strip()
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error: ") and needle in text and "--help)" in text
+
+
+def test_no_arguments_still_show_the_help():
+    res = runner.invoke(app, [])
+    assert "Usage:" in res.output and "analyze" in res.output

@@ -66,8 +66,26 @@ RoiOption = Annotated[
 ]
 
 
+#: The usage-error class of the click that Typer runs on (Typer 0.29 vendors its own copy of
+#: click, whose exceptions are not ``click``'s): the base of ``typer.BadParameter``.
+_UsageError = next(k for k in typer.BadParameter.__mro__ if k.__name__ == "UsageError")
+
+
+def _usage_error(exc: Any) -> None:
+    """Say a command-line usage error (an unknown option, ``--threads x``, a missing argument)
+    in one line, as every other error, instead of Typer's framed block; exit status 2."""
+    from cardioseg.errors import one_line
+
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `cardioseg` alone: the help
+        raise exc
+    path = exc.ctx.command_path if exc.ctx is not None else "cardioseg"
+    typer.echo(f"error: {one_line(exc.format_message())} (see: {path} --help)", err=True)
+    raise typer.Exit(2)
+
+
 class _Commands(typer.core.TyperGroup):
-    """The command group; refuses an empty argument before any command runs."""
+    """The command group: refuses an empty argument before any command runs and says usage
+    errors in one line."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         """Refuse an empty argument (``-o "$OUT"`` with ``OUT`` unset): Typer reads ``""`` as
@@ -79,7 +97,20 @@ class _Commands(typer.core.TyperGroup):
                 where = f"{before} was given an empty value" if before else "an empty argument"
                 typer.echo(f"error: {where} (an unset shell variable?)", err=True)
                 ctx.exit(1)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as exc:
+            _usage_error(exc)
+            raise  # not reached
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; its usage errors (raised while its arguments are parsed) are said
+        in one line."""
+        try:
+            return super().invoke(ctx)
+        except _UsageError as exc:
+            _usage_error(exc)
+            raise  # not reached
 
 
 app = typer.Typer(
