@@ -51,3 +51,40 @@ def remap_labels(label: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     for src, dst in mapping.items():
         lut[src] = dst
     return lut[label.astype(np.int64)]
+
+
+def check_canonical_labels(label: np.ndarray, name: str = "labels") -> None:
+    """Refuse an array that does not hold canonical labels (integers 0..3).
+
+    A reference in another dataset's convention (ACDC: 1=RV, 3=LV) cannot be told apart here;
+    read it with :func:`cardioseg.io.read_label` and its ``label_map`` to remap it.
+
+    Raises:
+        ValueError: Values outside 0..3 (an image or probabilities rather than labels?).
+
+    Example:
+        >>> check_canonical_labels(np.array([0, 1, 2, 3]))
+        >>> check_canonical_labels(np.array([0.0, 0.4]), "pred")
+        Traceback (most recent call last):
+        ...
+        ValueError: pred must hold canonical labels 0 background, 1 LV, 2 MYO, 3 RV; found \
+value(s) [0.4] (an image or probabilities rather than labels? remap another dataset's \
+labels with cardioseg.io.read_label(..., label_map=...))
+    """
+    arr = np.asarray(label)
+    if arr.size == 0:
+        return
+    if arr.dtype.kind in "biu":
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 3:
+            return
+    values = np.unique(arr)
+    bad = [v for v in values.tolist() if v not in (0, 1, 2, 3)]
+    if not bad:
+        return
+    shown = ", ".join(f"{v:g}" for v in bad[:8]) + (", ..." if len(bad) > 8 else "")
+    raise ValueError(
+        f"{name} must hold canonical labels 0 background, 1 LV, 2 MYO, 3 RV; found value(s) "
+        f"[{shown}] (an image or probabilities rather than labels? remap another dataset's "
+        "labels with cardioseg.io.read_label(..., label_map=...))"
+    )

@@ -1,4 +1,23 @@
-"""Batched, seedable data augmentation for 2D short-axis slices (spatial and MR intensity)."""
+"""Batched, seedable data augmentation for 2D short-axis slices (spatial and MR intensity).
+
+Each ``RandomX`` samples per-slice parameters from a generator and delegates to its
+deterministic twin ``X``, whose ``params`` record what was applied and which replays it. They
+take a batch of slices, ``image`` ``(B, 1, H, W)`` float and ``label`` ``(B, H, W)`` or ``None``;
+a 3D volume is a batch of its slices.
+
+Example:
+    >>> import numpy as np, torch
+    >>> volume = np.random.default_rng(0).random((32, 32, 4), dtype=np.float32)  # (X, Y, Z)
+    >>> x = torch.from_numpy(volume).permute(2, 0, 1)[:, None]  # (Z, 1, X, Y)
+    >>> det = RandomGhosting(p=1.0).sample(len(x), torch.Generator().manual_seed(0))
+    >>> sorted(det.params)
+    ['axis', 'intensity', 'num_ghosts', 'restore']
+    >>> y, _ = det(x)
+    >>> torch.equal(y, Ghosting(**det.params)(x)[0])  # the deterministic twin replays it
+    True
+    >>> y[:, 0].permute(1, 2, 0).numpy().shape  # back to (X, Y, Z)
+    (32, 32, 4)
+"""
 
 from cardioseg.augmentation.affine import Affine, RandomAffine
 from cardioseg.augmentation.anisotropy import Anisotropy, RandomAnisotropy

@@ -443,7 +443,15 @@ def analyze_study(
     for ``return_probabilities`` and ``return_disagreement``).
 
     Returns:
-        The content of ``report.json``.
+        The content of ``report.json``: the indices (``lv_edv_ml``, ``lv_ef_pct``,
+        ``lv_mass_g``, ... in ``units``), ``ed_frame``/``es_frame``, ``volume_curve``,
+        ``normal_flags`` and the QC verdict ``qc`` (``qc["status"]``: ``ok``, ``review`` or
+        ``fail``; ``qc["reasons"]``).
+
+    Example:
+        >>> report = analyze_study("out/", "cine_4d.nii.gz", write_pdf=False)  # doctest: +SKIP
+        >>> report["lv_ef_pct"], report["qc"]["status"]  # doctest: +SKIP
+        (58.2, 'ok')
     """
     from cardioseg.clinical.indices import (
         compute_indices,

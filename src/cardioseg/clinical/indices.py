@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cardioseg.labels import check_canonical_labels
+
 #: A ventricle with less volume than this (mL) at a phase counts as not found there (the QC
 #: says so; its indices get no normal-range flags).
 ABSENT_ML = 1.0
@@ -206,6 +208,11 @@ NORMAL_RANGE_SOURCES: dict[str, str] = {
 
 
 def _voxel_ml(spacing: Sequence[float]) -> float:
+    if spacing is None or isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
+        raise ValueError(
+            f"spacing must be three positive numbers (voxel size in mm), got {spacing!r} "
+            "(read_image gives it as properties.spacing)"
+        )
     sp = [float(s) for s in spacing[:3]]
     if len(sp) != 3 or any(not math.isfinite(s) or s <= 0 for s in sp):
         raise ValueError(f"spacing must be three positive numbers, got {tuple(spacing)}")
@@ -332,6 +339,10 @@ def compute_indices(
         slice_weights: Disc thickness of each slice of an unevenly spaced stack, in multiples
             of the slice spacing in ``spacing`` (:func:`slice_weights`); ``None``: all 1.
 
+    Raises:
+        ValueError: ED and ES differ in shape or are not 3D, ``spacing`` is not three positive
+            numbers, or the labels are not canonical (0..3).
+
     Returns:
         ``lv_edv_ml, lv_esv_ml, lv_sv_ml, lv_ef_pct, rv_edv_ml, rv_esv_ml, rv_sv_ml, rv_ef_pct,
         lv_mass_g`` and, when height and weight are given, ``bsa_m2`` and the ``*_index_*``
@@ -346,6 +357,14 @@ def compute_indices(
     es_label = np.asarray(es_label)
     if ed_label.shape != es_label.shape:
         raise ValueError(f"ED shape {ed_label.shape} differs from ES shape {es_label.shape}")
+    if ed_label.ndim != 3:
+        raise ValueError(
+            f"expected 3D ED and ES label volumes, got shape {ed_label.shape} (for a 4D cine, "
+            "give labels[..., ed] and labels[..., es]: see volume_curve and detect_ed_es)"
+        )
+    _voxel_ml(spacing)
+    check_canonical_labels(ed_label, "ed_label")
+    check_canonical_labels(es_label, "es_label")
     lv_edv = volume_with_gaps(ed_label, spacing, LV, missing_slices, slice_weights)
     lv_esv = volume_with_gaps(es_label, spacing, LV, missing_slices, slice_weights)
     rv_edv = volume_with_gaps(ed_label, spacing, RV, missing_slices, slice_weights)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, volume_with_gaps
+from cardioseg.clinical.indices import ABSENT_ML, LV, MYO, RV, _voxel_ml, volume_with_gaps
 from cardioseg.inference.postprocess import myocardial_enclosure
 from cardioseg.preprocessing import slice_axis
 
@@ -753,6 +753,7 @@ def assess_quality(
         if es_label.shape != ed_label.shape:
             raise ValueError(f"ES shape {es_label.shape} differs from ED {ed_label.shape}")
         phases["ES"] = es_label
+    _voxel_ml(spacing)  # three positive numbers, or a clear ValueError
     spacing = tuple(float(s) for s in spacing[:3])
     axis = slice_axis(spacing, ed_label.shape)
     pix = tuple(s for i, s in enumerate(spacing) if i != axis)

@@ -25,12 +25,17 @@ import numpy as np
 from scipy import ndimage
 
 from cardioseg.io.nifti import atomic_write
-from cardioseg.labels import LABELS, STRUCTURES
+from cardioseg.labels import LABELS, STRUCTURES, check_canonical_labels
 
 NAN = float("nan")
 
 
 def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
+    if spacing is None or isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
+        raise ValueError(
+            f"spacing must be the voxel size in mm, one value per axis, got {spacing!r} "
+            "(read_image gives it as properties.spacing)"
+        )
     sp = tuple(float(s) for s in spacing)
     if len(sp) != ndim:
         raise ValueError(f"spacing {sp} has {len(sp)} values for a {ndim}D array")
@@ -150,7 +155,9 @@ def compute_metrics(
         Flat ``dict[str, float]``.
 
     Raises:
-        ValueError: On shape mismatch or non-positive spacing.
+        ValueError: On shape mismatch, missing or non-positive spacing, or (with the default
+            ``labels``) values other than the canonical 0..3 (remap a dataset's own labels
+            with ``cardioseg.io.read_label(path, label_map=...)``).
 
     Example:
         >>> lab = np.zeros((4, 4, 2), np.uint8); lab[1:3, 1:3] = 1
@@ -163,6 +170,8 @@ def compute_metrics(
         raise ValueError(f"shape mismatch: pred {pred.shape} vs ref {ref.shape}")
     sp = _check_spacing(spacing, pred.ndim)
     if labels is None:
+        check_canonical_labels(pred, "pred")
+        check_canonical_labels(ref, "ref")
         labels = {s: LABELS[s] for s in STRUCTURES}
     voxel_ml = float(np.prod(sp)) / 1000.0
     out: dict[str, float] = {}

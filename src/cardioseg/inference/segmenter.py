@@ -124,7 +124,15 @@ def _inner_edges(
 
 @dataclass
 class Segmentation:
-    """Result for one file: canonical labels in native geometry (3D, or 4D with time last)."""
+    """Result for one file: canonical labels in native geometry (3D, or 4D with time last).
+
+    Attributes:
+        labels: ``uint8`` labels (0 background, 1 LV, 2 MYO, 3 RV) in the input's shape.
+        properties: The input's geometry (:class:`~cardioseg.io.ImageProperties`): write the
+            labels with :func:`~cardioseg.io.write_label` to keep its affine.
+        probabilities: Softmax maps, where asked for (``None`` from :meth:`Segmenter.predict`).
+        timings: Seconds per step (``predict_s``).
+    """
 
     labels: np.ndarray
     properties: ImageProperties
@@ -159,6 +167,32 @@ def native_bfloat16(device: torch.device) -> bool:
         )
     except (AttributeError, RuntimeError):  # a build without the check
         return False
+
+
+def _check_input(volume: np.ndarray, spacing: Sequence[float], name: str = "volume") -> None:
+    """Refuse, with a clear :class:`ValueError`, what the network cannot segment: a volume that
+    is not a 3D ``numpy`` array of finite values, or a spacing that is not three positive
+    millimetre sizes."""
+    if not isinstance(volume, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(volume).__name__}")
+    if volume.ndim != 3:
+        raise ValueError(
+            f"expected a 3D {name} (x, y, z), got shape {volume.shape}"
+            + (" (a 4D cine: use Segmenter.predict)" if volume.ndim == 4 else "")
+        )
+    if spacing is None or isinstance(spacing, (str, bytes)) or not hasattr(spacing, "__len__"):
+        raise ValueError(
+            f"spacing must be the voxel size in mm of the three axes, got {spacing!r} "
+            "(read_image gives it as properties.spacing)"
+        )
+    try:
+        sp = [float(v) for v in spacing]
+    except (TypeError, ValueError):
+        sp = []
+    if len(sp) != 3 or not all(np.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"spacing must be three positive numbers (mm), got {tuple(spacing)}")
+    if not np.isfinite(volume).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
 
 
 class Segmenter:
@@ -293,7 +327,12 @@ class Segmenter:
         )
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+            ) from None
         requested = precision or inference.get("precision", DEFAULT_PRECISION)
         if requested not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
@@ -637,7 +676,18 @@ class Segmenter:
         the mean of their own normalised entropies (0..1; 0 where they all agree), the part
         of the uncertainty that comes from the model rather than from the image, which grows
         on images unlike the training data.
+
+        Raises:
+            ValueError: ``volume`` is not a 3D array of finite values, or ``spacing`` is not
+                three positive numbers.
+            CardiosegError: The in-plane field of view cannot hold a heart.
+
+        Example:
+            >>> seg = Segmenter()  # doctest: +SKIP
+            >>> out = seg.predict_volume(img, props.spacing, affine=props.affine)  # doctest: +SKIP
+            >>> labels = out[0]  # doctest: +SKIP
         """
+        _check_input(volume, spacing)
         x, state = self.preprocessor.forward(volume, spacing, affine)
         spread = self._spread(return_disagreement)
         out = self._outputs(self._network_pass(x, spread), state, spread, return_probabilities)
@@ -714,6 +764,7 @@ class Segmenter:
         pending: Future | None = None
         try:
             for volume in volumes:
+                _check_input(volume, spacing, "frame")
                 x, state = self.preprocessor.forward(volume, spacing, affine)
                 probs = self._network_pass(x, spread)  # the adapter, if any, works here
                 if pending is not None:  # one volume in flight: memory stays that of two
@@ -726,8 +777,38 @@ class Segmenter:
         return results
 
     def predict(self, image: np.ndarray, properties: ImageProperties) -> Segmentation:
-        """Segment a 3D volume or every frame of a 4D cine (time last)."""
+        """Segment a 3D volume or every frame of a 4D cine (time last).
+
+        Args:
+            image: The array as :func:`~cardioseg.io.read_image` reads it.
+            properties: Its geometry (:class:`~cardioseg.io.ImageProperties`; for an array
+                from elsewhere ``ImageProperties(affine, spacing, image.shape)``).
+
+        Returns:
+            :class:`Segmentation`: ``labels`` in the shape of ``image``.
+
+        Raises:
+            ValueError: ``properties`` is not an ImageProperties or its shape is not the
+                image's, or the image is not 3D/4D finite values.
+            CardiosegError: The in-plane field of view cannot hold a heart.
+
+        Example:
+            >>> from cardioseg.io import read_image
+            >>> image, props = read_image("case_ED.nii.gz")  # doctest: +SKIP
+            >>> labels = Segmenter().predict(image, props).labels  # doctest: +SKIP
+        """
         t0 = time.perf_counter()
+        if not isinstance(properties, ImageProperties):
+            raise ValueError(
+                "properties must be an ImageProperties (read_image returns it; for an array from "
+                f"elsewhere: ImageProperties(affine, spacing, image.shape)), got "
+                f"{type(properties).__name__}"
+            )
+        image = np.asarray(image)
+        if properties.shape and tuple(properties.shape)[:3] != tuple(image.shape)[:3]:
+            raise ValueError(
+                f"image shape {image.shape} does not match properties.shape {properties.shape}"
+            )
         check_inplane_geometry(image.shape, properties.spacing, properties.path or None)
         if image.ndim == 3:
             labels, _ = self.predict_volume(image, properties.spacing, affine=properties.affine)

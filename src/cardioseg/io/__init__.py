@@ -1,6 +1,7 @@
 """Image readers and writers that keep the native geometry."""
 
 from cardioseg.io.nifti import (
+    DATASET_LABEL_MAPS,
     ImageProperties,
     atomic_folder,
     atomic_write,
@@ -11,6 +12,7 @@ from cardioseg.io.nifti import (
 )
 
 __all__ = [
+    "DATASET_LABEL_MAPS",
     "ImageProperties",
     "atomic_folder",
     "atomic_write",

@@ -116,7 +116,24 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path | None = None) -> dict[str, Any]:
-    """Load a checkpoint on the CPU: a path, a packaged model's name or ``None`` (the default)."""
+    """Load a checkpoint on the CPU: a path, a packaged model's name or ``None`` (the default).
+
+    Returns:
+        A dict: ``model_state`` (the weights), ``config`` (the training configuration as a
+        plain mapping; :func:`cardioseg.training.config_from_dict` makes it a validated
+        :class:`~cardioseg.training.TrainingConfig`), ``fingerprint`` (the training data:
+        ``target_spacing``, ``n_train_volumes``, ``train_subjects``, ``spacing_median``,
+        ``intensity_p99_5_median``, ``intensity_reference``), ``metrics`` and ``format``
+        (an exported checkpoint also has ``export``). :func:`describe_checkpoint` summarises it.
+
+    Raises:
+        CardiosegError: Missing, unreadable or not a cardioseg checkpoint.
+
+    Example:
+        >>> ckpt = load_checkpoint("default")
+        >>> ckpt["config"]["data"]["target_spacing"], ckpt["fingerprint"]["n_train_volumes"]
+        (1.25, 160)
+    """
     return read_checkpoint(path)[0]
 
 
