@@ -664,6 +664,31 @@ def test_analyze_batch_survives_odd_names_damaged_reports_and_partial_folders(
         held.close()
 
 
+def test_analyze_batch_records_the_failure_of_a_study_whose_name_is_not_utf8(
+    tmp_path, tiny_checkpoint
+):
+    """A broken study whose file name is not UTF-8 stopped the whole batch: its error names
+    the path, whose undecodable byte could not be written to results.csv (UnicodeEncodeError,
+    and the same on every re-run). Its row now says why it failed, in one line of UTF-8."""
+    import os
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    Path(os.fsdecode(bytes(studies) + b"/bad\xffname.nii.gz")).write_bytes(b"not a NIfTI")
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    res = _run([*args, "--no-pdf"])
+    assert res.exit_code == 2, res.output
+    assert "UnicodeEncodeError" not in res.output
+    text = (out / "results.csv").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 3  # header and one line per study
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv", encoding="utf-8"))}
+    assert rows["a"]["status"] == "done"
+    bad = rows["bad\\xffname"]
+    assert bad["status"] == "failed"
+    assert "bad\\xffname.nii.gz" in bad["error"] and "NIfTI" in bad["error"]
+
+
 def test_analyze_batch_stops_on_sigterm(tmp_path, tiny_checkpoint):
     """SIGTERM (a workflow manager's stop) or Ctrl-C: the batch drops its queue instead of
     analysing every study first, writes results.csv with every finished study, exits 130, and

@@ -323,6 +323,9 @@ def _analyze_one(
             if isinstance(exc, CardiosegError)
             else f"{type(exc).__name__}: {exc}".splitlines()[0]
         )
+        # one line of UTF-8 text, as the names: the message may hold the input's path, whose
+        # bytes need not be UTF-8 (results.csv could not be written) and may hold a line break
+        error = name_text(error)
         if (Path(outdir) / name / "report.json").is_file():  # a re-analysis that failed
             error += f" (the earlier result in {name_text(name)}/ was left as it was)"
         return _row(name, None, error, input_name=input_name)
