@@ -689,6 +689,30 @@ def test_analyze_batch_records_the_failure_of_a_study_whose_name_is_not_utf8(
     assert "bad\\xffname.nii.gz" in bad["error"] and "NIfTI" in bad["error"]
 
 
+def test_analyze_batch_under_a_locale_that_is_not_utf8(tmp_path, tiny_checkpoint):
+    """report.json was written in the locale's encoding (ensure_ascii=False): under a locale
+    that is not UTF-8 (LANG=C without Python's UTF-8 mode; Windows' cp1252) every study failed
+    (UnicodeEncodeError on the report's '\u2212'), and results.csv, read as UTF-8, could not have
+    read it back. It is written and read as UTF-8 whatever the locale."""
+    import subprocess
+    import sys
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    out = tmp_path / "batch"
+    cmd = [sys.executable, "-c", "from cardioseg.cli.main import main; main()"]
+    cmd += ["analyze-batch", str(studies), "-o", str(out), "--model", str(tiny_checkpoint)]
+    cmd += ["--no-pdf", "--no-progress"]
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (row,) = csv.DictReader(open(out / "results.csv", encoding="utf-8"))
+    assert row["status"] == "done", row["error"]
+    report = json.loads((out / "a" / "report.json").read_text(encoding="utf-8"))
+    assert report["lv_edv_ml"] >= 0
+
+
 def test_analyze_batch_stops_on_sigterm(tmp_path, tiny_checkpoint):
     """SIGTERM (a workflow manager's stop) or Ctrl-C: the batch drops its queue instead of
     analysing every study first, writes results.csv with every finished study, exits 130, and
