@@ -784,6 +784,38 @@ def test_analyze_batch_spaces_its_table_writes(tmp_path, tiny_checkpoint, monkey
     assert [r["status"] for r in rows] == ["done"] * 3
 
 
+def test_analyze_batch_goes_on_when_its_table_cannot_be_written_for_now(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """A full disk while results.csv was rewritten mid-batch (the studies in progress hold
+    space for a moment) stopped the whole batch with OSError; the studies go on, and the table
+    is written whole at the end."""
+    import errno
+
+    from cardioseg.clinical import batch
+
+    studies = tmp_path / "studies"
+    for i in range(3):
+        _write_cine(studies / f"s{i}.nii.gz", seed=i, frames=3)
+    calls = []
+    real = batch._write_table
+
+    def write(path, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:  # the first write while the batch runs
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, rows)
+
+    monkeypatch.setattr(batch, "TABLE_WRITE_S", 0.0)
+    monkeypatch.setattr(batch, "_write_table", write)
+    table = batch.run_batch(
+        studies, tmp_path / "out", model=str(tiny_checkpoint), progress=False, write_pdf=False
+    )
+    assert len(calls) >= 3
+    rows = list(csv.DictReader(open(table, encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["done"] * 3
+
+
 def test_batch_workers_end_when_the_batch_process_is_gone(tmp_path):
     """A pool worker whose parent was killed (or stopped by a workflow manager that signals
     only it) ends itself instead of waiting for work forever, holding its model."""

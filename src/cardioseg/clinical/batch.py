@@ -520,7 +520,12 @@ def run_batch(
                 seen.add(row["study"])
                 if time.monotonic() - last >= max(TABLE_WRITE_S, 20 * cost):
                     t0 = time.monotonic()
-                    _write_table(table, rows)
+                    try:
+                        _write_table(table, rows)
+                    except OSError as exc:  # a full disk, for now (the studies in progress
+                        # hold space): the batch goes on, the table is written again later and
+                        # at the end; the earlier table stays whole (written aside, renamed)
+                        log.warning("%s: not written for now (%s)", table, exc.strerror or exc)
                     last, cost = time.monotonic(), time.monotonic() - t0
         finally:  # also when interrupted: the table holds every study finished so far, those
             # whose workers finished while the batch was stopping too (a report written by this
