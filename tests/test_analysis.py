@@ -664,6 +664,55 @@ def test_analyze_batch_survives_odd_names_damaged_reports_and_partial_folders(
         held.close()
 
 
+def test_analyze_batch_records_the_failure_of_a_study_whose_name_is_not_utf8(
+    tmp_path, tiny_checkpoint
+):
+    """A broken study whose file name is not UTF-8 stopped the whole batch: its error names
+    the path, whose undecodable byte could not be written to results.csv (UnicodeEncodeError,
+    and the same on every re-run). Its row now says why it failed, in one line of UTF-8."""
+    import os
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    Path(os.fsdecode(bytes(studies) + b"/bad\xffname.nii.gz")).write_bytes(b"not a NIfTI")
+    out = tmp_path / "batch"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    res = _run([*args, "--no-pdf"])
+    assert res.exit_code == 2, res.output
+    assert "UnicodeEncodeError" not in res.output
+    text = (out / "results.csv").read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 3  # header and one line per study
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv", encoding="utf-8"))}
+    assert rows["a"]["status"] == "done"
+    bad = rows["bad\\xffname"]
+    assert bad["status"] == "failed"
+    assert "bad\\xffname.nii.gz" in bad["error"] and "NIfTI" in bad["error"]
+
+
+def test_analyze_batch_under_a_locale_that_is_not_utf8(tmp_path, tiny_checkpoint):
+    """report.json was written in the locale's encoding (ensure_ascii=False): under a locale
+    that is not UTF-8 (LANG=C without Python's UTF-8 mode; Windows' cp1252) every study failed
+    (UnicodeEncodeError on the report's '\u2212'), and results.csv, read as UTF-8, could not have
+    read it back. It is written and read as UTF-8 whatever the locale."""
+    import subprocess
+    import sys
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    out = tmp_path / "batch"
+    cmd = [sys.executable, "-c", "from cardioseg.cli.main import main; main()"]
+    cmd += ["analyze-batch", str(studies), "-o", str(out), "--model", str(tiny_checkpoint)]
+    cmd += ["--no-pdf", "--no-progress"]
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (row,) = csv.DictReader(open(out / "results.csv", encoding="utf-8"))
+    assert row["status"] == "done", row["error"]
+    report = json.loads((out / "a" / "report.json").read_text(encoding="utf-8"))
+    assert report["lv_edv_ml"] >= 0
+
+
 def test_analyze_batch_stops_on_sigterm(tmp_path, tiny_checkpoint):
     """SIGTERM (a workflow manager's stop) or Ctrl-C: the batch drops its queue instead of
     analysing every study first, writes results.csv with every finished study, exits 130, and
@@ -732,6 +781,38 @@ def test_analyze_batch_spaces_its_table_writes(tmp_path, tiny_checkpoint, monkey
     )
     assert writes == [0, 3]
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv", encoding="utf-8")))
+    assert [r["status"] for r in rows] == ["done"] * 3
+
+
+def test_analyze_batch_goes_on_when_its_table_cannot_be_written_for_now(
+    tmp_path, tiny_checkpoint, monkeypatch
+):
+    """A full disk while results.csv was rewritten mid-batch (the studies in progress hold
+    space for a moment) stopped the whole batch with OSError; the studies go on, and the table
+    is written whole at the end."""
+    import errno
+
+    from cardioseg.clinical import batch
+
+    studies = tmp_path / "studies"
+    for i in range(3):
+        _write_cine(studies / f"s{i}.nii.gz", seed=i, frames=3)
+    calls = []
+    real = batch._write_table
+
+    def write(path, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:  # the first write while the batch runs
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(path, rows)
+
+    monkeypatch.setattr(batch, "TABLE_WRITE_S", 0.0)
+    monkeypatch.setattr(batch, "_write_table", write)
+    table = batch.run_batch(
+        studies, tmp_path / "out", model=str(tiny_checkpoint), progress=False, write_pdf=False
+    )
+    assert len(calls) >= 3
+    rows = list(csv.DictReader(open(table, encoding="utf-8")))
     assert [r["status"] for r in rows] == ["done"] * 3
 
 

@@ -801,4 +801,4 @@ def analyze_study(
         )
     import json
 
-    return json.loads((outdir / "report.json").read_text())
+    return json.loads((outdir / "report.json").read_text(encoding="utf-8"))

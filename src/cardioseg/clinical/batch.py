@@ -323,6 +323,9 @@ def _analyze_one(
             if isinstance(exc, CardiosegError)
             else f"{type(exc).__name__}: {exc}".splitlines()[0]
         )
+        # one line of UTF-8 text, as the names: the message may hold the input's path, whose
+        # bytes need not be UTF-8 (results.csv could not be written) and may hold a line break
+        error = name_text(error)
         if (Path(outdir) / name / "report.json").is_file():  # a re-analysis that failed
             error += f" (the earlier result in {name_text(name)}/ was left as it was)"
         return _row(name, None, error, input_name=input_name)
@@ -517,7 +520,12 @@ def run_batch(
                 seen.add(row["study"])
                 if time.monotonic() - last >= max(TABLE_WRITE_S, 20 * cost):
                     t0 = time.monotonic()
-                    _write_table(table, rows)
+                    try:
+                        _write_table(table, rows)
+                    except OSError as exc:  # a full disk, for now (the studies in progress
+                        # hold space): the batch goes on, the table is written again later and
+                        # at the end; the earlier table stays whole (written aside, renamed)
+                        log.warning("%s: not written for now (%s)", table, exc.strerror or exc)
                     last, cost = time.monotonic(), time.monotonic() - t0
         finally:  # also when interrupted: the table holds every study finished so far, those
             # whose workers finished while the batch was stopping too (a report written by this

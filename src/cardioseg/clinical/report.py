@@ -1503,7 +1503,8 @@ def write_report(
     report["files"] = {k: p.name for k, p in files.items()}
     report = _clean(report)
     with atomic_write(files["json"]) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False))
+        text = json.dumps(report, indent=2, ensure_ascii=False, allow_nan=False)
+        tmp.write_text(text, encoding="utf-8")  # UTF-8 whatever the locale, as it is read
     with atomic_write(files["html"]) as tmp:
         tmp.write_text(_html(report, rows, files), encoding="utf-8")
     if write_pdf:
