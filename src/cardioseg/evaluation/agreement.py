@@ -180,7 +180,7 @@ def paired_indices(
 def _reported_indices(path: Path) -> dict[str, float] | None:
     """The indices of one ``report.json`` (``None`` if missing or without them)."""
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(path.read_text(encoding="utf-8"))
         return {k: float(report[k]) if report[k] is not None else float("nan") for k in INDICES}
     except (OSError, ValueError, KeyError, TypeError):
         return None
