@@ -445,3 +445,24 @@ def test_the_init_checkpoint_is_read_once(tmp_path, tiny_checkpoint, monkeypatch
     cfg.init_checkpoint = str(tiny_checkpoint)
     Trainer(cfg, progress=False).run()
     assert reads == [str(tiny_checkpoint)]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"train": {"epoch": 3}}, "['epoch'] ('epoch': did you mean 'epochs'?)"),
+        ({"train": {"device": "cuda"}}, "'device': no such setting, a CUDA GPU is used"),
+        ({"trian": {}}, "['trian'] ('trian': did you mean 'train'?)"),
+        (
+            {"data": {"datasets": [{"path": "/nowhere", "layout": "acdcc"}]}},
+            "dataset layout must be 'auto' or one of ['acdc', 'folder', 'mnms', 'mnms2', "
+            "'mscmr'], got 'acdcc'",
+        ),
+    ],
+)
+def test_a_mistyped_key_or_layout_is_refused_with_a_hint_before_the_data(values, message):
+    """A typo in a key said only 'unknown key(s)'; a mistyped layout was found only when the
+    data were read (after the output folder was made)."""
+    with pytest.raises(ValueError) as err:
+        config_from_dict(values)
+    assert message in str(err.value)
