@@ -466,3 +466,57 @@ def test_a_mistyped_key_or_layout_is_refused_with_a_hint_before_the_data(values,
     with pytest.raises(ValueError) as err:
         config_from_dict(values)
     assert message in str(err.value)
+
+
+def test_a_dataset_error_names_the_config_and_the_setting(tmp_path):
+    """A missing dataset folder was said as '/x: dataset folder not found', naming neither the
+    config file nor which of its datasets."""
+    cfg = _config(tmp_path)
+    cfg.data.datasets[0].path = str(tmp_path / "missing")
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    r = CliRunner().invoke(app, ["train", "-c", str(path), "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    line = r.output.strip().splitlines()[-1]
+    missing = tmp_path / "missing"
+    assert line == f"error: {path}: data.datasets[0]: {missing}: dataset folder not found"
+
+
+def test_a_patch_larger_than_every_image_is_refused(tmp_path):
+    """A patch of 64 on images of 56 x 48 pixels trained on padding without a word."""
+    cfg = _config(tmp_path, patch_size=64)
+    with pytest.raises(
+        CardiosegError,
+        match=r"train.patch_size 64 is larger than every training "
+        r"image \(the largest side is 56 pixels at data.target_spacing 1.0 mm\)",
+    ):
+        Trainer(cfg, progress=False).run()
+    assert not (tmp_path / "run").exists()  # refused before config.yaml: nothing left
+    cfg.train.patch_size = 56  # as large as the largest image: trains
+    assert len(Trainer(cfg, progress=False).run()["history"]) == 1
+
+
+def test_a_batch_too_large_for_the_memory_is_refused_before_the_data(tmp_path, monkeypatch):
+    """A huge batch read all the data, then failed in the first step with a raw allocator
+    error (or was killed by the system without a word)."""
+    import cardioseg.training.trainer as trainer
+
+    cfg = _config(tmp_path, batch_size=200_000)
+    monkeypatch.setattr(trainer, "available_memory", lambda: 2**30)
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were read")
+
+    monkeypatch.setattr(trainer, "collect_records", no_data)
+    with pytest.raises(CardiosegError) as err:
+        Trainer(cfg, progress=False).run()
+    need = trainer.step_memory_estimate(200_000, 32, [4, 8, 16], [2, 2], False)
+    assert need > 2**30
+    assert str(err.value) == (
+        f"train.batch_size 200000 with train.patch_size 32 needs about {need / 2**30:.1f} GB "
+        "for a training step, more than the 1.0 GB free on cpu; lower train.batch_size or "
+        "train.patch_size"
+    )
+    assert not (tmp_path / "run").exists()
+    # the shipped default recipe needs well under a GB: never refused on a usual machine
+    assert trainer.step_memory_estimate(16, 160, [24, 48, 96, 192, 384], [2] * 4, True) < 2**29
