@@ -6,6 +6,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY_MODEL, disc_labels, image_from_labels, write_nifti
@@ -520,3 +521,38 @@ def test_a_batch_too_large_for_the_memory_is_refused_before_the_data(tmp_path, m
     assert not (tmp_path / "run").exists()
     # the shipped default recipe needs well under a GB: never refused on a usual machine
     assert trainer.step_memory_estimate(16, 160, [24, 48, 96, 192, 384], [2] * 4, True) < 2**29
+
+
+def test_the_cache_keeps_apart_a_label_file_read_in_two_conventions(tmp_path):
+    """The cache key left out the label convention: a folder read once with the wrong one kept
+    serving those labels after the layout was corrected (LV and RV swapped in training)."""
+    from cardioseg.data.datasets import CaseRecord
+    from cardioseg.training.slices import load_prepared
+
+    lab = disc_labels((40, 36, 3))
+    img = write_nifti(tmp_path / "a.nii.gz", image_from_labels(lab))
+    gt = write_nifti(tmp_path / "a_gt.nii.gz", lab)
+    cache = tmp_path / "cache"
+    as_canonical = CaseRecord("folder", "a", "ED", str(img), str(gt), "canonical", -1)
+    as_acdc = CaseRecord("folder", "a", "ED", str(img), str(gt), "acdc", -1)
+    first = load_prepared([as_canonical], 1.0, cache)[0].label
+    second = load_prepared([as_acdc], 1.0, cache)[0].label
+    assert (first == 1).sum() > 0 and (first == 3).sum() > 0
+    assert ((second == 3) == (first == 1)).all() and ((second == 1) == (first == 3)).all()
+
+
+def test_labels_in_the_swapped_convention_are_refused(tmp_path):
+    """ACDC or MS-CMRSeg files (RV 1, LV 3) in a generic folder (read as LV 1, RV 3) trained a
+    model with the ventricles swapped, without a word."""
+    cfg = _config(tmp_path)
+    for i in range(4):  # the same data with 1 and 3 exchanged, as ACDC files would hold them
+        f = tmp_path / "data" / f"case{i}_gt.nii.gz"
+        lab = disc_labels((56, 48, 4), center=(26 + i, 22 + i))
+        write_nifti(f, np.choose(lab, [0, 3, 2, 1]).astype(np.uint8))
+    with pytest.raises(
+        CardiosegError,
+        match=r"the labels look swapped: class 3 lies inside the "
+        r"myocardium \(100% of its border touches it\) and class 1 beside it",
+    ):
+        Trainer(cfg, progress=False).run()
+    assert not (tmp_path / "run").exists()

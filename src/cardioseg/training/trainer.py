@@ -287,6 +287,50 @@ def check_patch_size(cases: list[PreparedCase], patch_size: int, spacing: float)
         )
 
 
+def myo_contact(label: np.ndarray, cls: int) -> tuple[int, int]:
+    """Of the in-plane border pixels of class ``cls`` in a ``(Z, H, W)`` label stack, how many
+    there are and how many touch the myocardium (2): the LV blood pool lies inside the
+    myocardium (nearly all), the RV beside it (a part).
+
+    Example:
+        >>> lab = np.zeros((1, 7, 9), np.uint8)
+        >>> lab[0, 1:6, 1:6] = 2; lab[0, 2:5, 2:5] = 1; lab[0, 2:5, 6:8] = 3
+        >>> myo_contact(lab, 1), myo_contact(lab, 3)
+        ((8, 8), (6, 3))
+    """
+    m = label == cls
+    p = np.pad(label, ((0, 0), (1, 1), (1, 1)), constant_values=0)
+    nbrs = [p[:, :-2, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, :-2], p[:, 1:-1, 2:]]
+    border = m & np.logical_or.reduce([n != cls for n in nbrs])
+    touch = border & np.logical_or.reduce([n == 2 for n in nbrs])
+    return int(border.sum()), int(touch.sum())
+
+
+def check_label_convention(cases: list[PreparedCase], margin: float = 0.2) -> None:
+    """Refuse a dataset whose labels look like another convention's: its class 3 lies inside
+    the myocardium and its class 1 beside it, as where RV = 1 and LV = 3 (ACDC, MS-CMRSeg) are
+    read as canonical (LV = 1, RV = 3, e.g. such files in a ``folder`` layout): the model would
+    learn the ventricles swapped."""
+    by_folder: dict[str, list[PreparedCase]] = {}
+    for c in cases:
+        if c.label is not None:
+            by_folder.setdefault(str(Path(c.record.image).parent), []).append(c)
+    for folder, group in sorted(by_folder.items()):
+        counts = np.array([[*myo_contact(c.label, 1), *myo_contact(c.label, 3)] for c in group])
+        lv_border, lv_touch, rv_border, rv_touch = counts.sum(0)
+        if min(lv_border, rv_border) < 20:  # too little of either ventricle to judge
+            continue
+        lv, rv = lv_touch / lv_border, rv_touch / rv_border
+        if rv > lv + margin:
+            raise CardiosegError(
+                folder,
+                f"the labels look swapped: class 3 lies inside the myocardium ({rv:.0%} of its "
+                f"border touches it) and class 1 beside it ({lv:.0%}), as in the ACDC and "
+                "MS-CMRSeg convention (1 = RV, 3 = LV); these data are read as 1 = LV, 3 = RV: "
+                "give the dataset's own layout (acdc, mscmr) or remap the label files",
+            )
+
+
 #: Settings a resumed run may change: where it is written, how long it trains, how its data
 #: are loaded and with how many threads (and the ``inference.*`` evaluation settings).
 #: Everything else must equal the interrupted run's.
@@ -384,6 +428,7 @@ class Trainer:
             val_recs, d.target_spacing, d.cache_dir, canonical_handedness=d.canonical_handedness
         )
         check_patch_size(train_cases, t.patch_size, d.target_spacing)
+        check_label_convention(train_cases + val_cases)
         target_recs = collect_records(cfg, "target_unlabeled")
         target_cases = load_prepared(
             target_recs,
