@@ -556,3 +556,19 @@ def test_labels_in_the_swapped_convention_are_refused(tmp_path):
     ):
         Trainer(cfg, progress=False).run()
     assert not (tmp_path / "run").exists()
+
+
+def test_an_epoch_trained_again_after_a_kill_is_one_row_of_metrics(tmp_path):
+    """A run killed after writing an epoch's metrics row but before its last.pt trains that
+    epoch again on resume: its row was then in metrics.csv twice."""
+    cfg = _config(tmp_path, epochs=2)
+    cfg.train.epochs = 1
+    Trainer(cfg, progress=False).run()
+    out = tmp_path / "run"
+    with open(out / "metrics.csv", "a") as fh:  # epoch 2's row, written just before the kill
+        fh.write("2,0.5,0.001,,,,,1.0\n")
+    cfg.train.epochs = 2
+    Trainer(cfg, progress=False).run()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["loss"]) != 0.5  # the row of the epoch trained again

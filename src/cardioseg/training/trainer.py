@@ -28,6 +28,7 @@ from cardioseg.data.datasets import CaseRecord, discover, filter_records, record
 from cardioseg.data.splits import kfold_split
 from cardioseg.errors import CardiosegError
 from cardioseg.io.locking import LOCK_NAME, lock_folder
+from cardioseg.io.nifti import atomic_write
 from cardioseg.models.checkpoint import save_checkpoint
 from cardioseg.models.factory import build_model
 from cardioseg.preprocessing.geometry import pad_to_multiple
@@ -526,6 +527,8 @@ class Trainer:
             if swa is not None and "swa_state" in ck:
                 swa.load_state_dict(ck["swa_state"])
             self._log(f"resumed from {last} at epoch {start_epoch}")
+        if self.rank == 0:
+            self._trim_metrics(start_epoch)
         net = model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -713,6 +716,20 @@ class Trainer:
             "metrics": row,
             "format": "cardioseg-checkpoint-v1",
         }
+
+    def _trim_metrics(self, epochs_done: int) -> None:
+        """Drop the rows of ``metrics.csv`` after the epochs the checkpoint holds: a run stopped
+        between writing an epoch's row and its ``last.pt`` trains that epoch again, and its row
+        would be there twice."""
+        f = self.out / "metrics.csv"
+        if not f.exists():
+            return
+        with open(f, newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= epochs_done]
+        if len(kept) < len(rows):
+            with atomic_write(f) as tmp, open(tmp, "w", newline="") as fh:
+                csv.writer(fh).writerows(kept)
 
     def _write_epoch(self, row: dict, writer: Any) -> None:
         f = self.out / "metrics.csv"
