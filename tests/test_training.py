@@ -572,3 +572,13 @@ def test_an_epoch_trained_again_after_a_kill_is_one_row_of_metrics(tmp_path):
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert float(rows[1]["loss"]) != 0.5  # the row of the epoch trained again
+
+
+def test_summary_has_no_best_dice_without_a_held_out_fold(tmp_path):
+    """All-data training (fold -1) wrote 'best_val_dice': -1.0 in summary.json, read as a
+    score."""
+    cfg = _config(tmp_path, fold=-1, n_val_monitor=1)
+    Trainer(cfg, progress=False).run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_val_dice"] is None and summary["epochs_done"] == 1
+    assert 0.0 <= summary["last"]["dice_mean"] <= 1.0  # the monitored score is still there

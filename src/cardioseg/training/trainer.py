@@ -648,7 +648,8 @@ class Trainer:
             (self.out / "summary.json").write_text(
                 json.dumps(
                     {
-                        "best_val_dice": best,
+                        # all-data training (fold -1) keeps no best: null, not -1
+                        "best_val_dice": best if best >= 0 else None,
                         "epochs_done": len(history),
                         "train_time_s": history[-1]["elapsed_s"] if history else 0.0,
                         "weights_averaged": int(swa.n_averaged) if swa is not None else 0,
