@@ -6,6 +6,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY_MODEL, disc_labels, image_from_labels, write_nifti
@@ -445,3 +446,139 @@ def test_the_init_checkpoint_is_read_once(tmp_path, tiny_checkpoint, monkeypatch
     cfg.init_checkpoint = str(tiny_checkpoint)
     Trainer(cfg, progress=False).run()
     assert reads == [str(tiny_checkpoint)]
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"train": {"epoch": 3}}, "['epoch'] ('epoch': did you mean 'epochs'?)"),
+        ({"train": {"device": "cuda"}}, "'device': no such setting, a CUDA GPU is used"),
+        ({"trian": {}}, "['trian'] ('trian': did you mean 'train'?)"),
+        (
+            {"data": {"datasets": [{"path": "/nowhere", "layout": "acdcc"}]}},
+            "dataset layout must be 'auto' or one of ['acdc', 'folder', 'mnms', 'mnms2', "
+            "'mscmr'], got 'acdcc'",
+        ),
+    ],
+)
+def test_a_mistyped_key_or_layout_is_refused_with_a_hint_before_the_data(values, message):
+    """A typo in a key said only 'unknown key(s)'; a mistyped layout was found only when the
+    data were read (after the output folder was made)."""
+    with pytest.raises(ValueError) as err:
+        config_from_dict(values)
+    assert message in str(err.value)
+
+
+def test_a_dataset_error_names_the_config_and_the_setting(tmp_path):
+    """A missing dataset folder was said as '/x: dataset folder not found', naming neither the
+    config file nor which of its datasets."""
+    cfg = _config(tmp_path)
+    cfg.data.datasets[0].path = str(tmp_path / "missing")
+    path = tmp_path / "c.yaml"
+    cfg.save(path)
+    r = CliRunner().invoke(app, ["train", "-c", str(path), "--no-progress"])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    line = r.output.strip().splitlines()[-1]
+    missing = tmp_path / "missing"
+    assert line == f"error: {path}: data.datasets[0]: {missing}: dataset folder not found"
+
+
+def test_a_patch_larger_than_every_image_is_refused(tmp_path):
+    """A patch of 64 on images of 56 x 48 pixels trained on padding without a word."""
+    cfg = _config(tmp_path, patch_size=64)
+    with pytest.raises(
+        CardiosegError,
+        match=r"train.patch_size 64 is larger than every training "
+        r"image \(the largest side is 56 pixels at data.target_spacing 1.0 mm\)",
+    ):
+        Trainer(cfg, progress=False).run()
+    assert not (tmp_path / "run").exists()  # refused before config.yaml: nothing left
+    cfg.train.patch_size = 56  # as large as the largest image: trains
+    assert len(Trainer(cfg, progress=False).run()["history"]) == 1
+
+
+def test_a_batch_too_large_for_the_memory_is_refused_before_the_data(tmp_path, monkeypatch):
+    """A huge batch read all the data, then failed in the first step with a raw allocator
+    error (or was killed by the system without a word)."""
+    import cardioseg.training.trainer as trainer
+
+    cfg = _config(tmp_path, batch_size=200_000)
+    monkeypatch.setattr(trainer, "available_memory", lambda: 2**30)
+
+    def no_data(*a, **k):
+        raise AssertionError("the data were read")
+
+    monkeypatch.setattr(trainer, "collect_records", no_data)
+    with pytest.raises(CardiosegError) as err:
+        Trainer(cfg, progress=False).run()
+    need = trainer.step_memory_estimate(200_000, 32, [4, 8, 16], [2, 2], False)
+    assert need > 2**30
+    assert str(err.value) == (
+        f"train.batch_size 200000 with train.patch_size 32 needs about {need / 2**30:.1f} GB "
+        "for a training step, more than the 1.0 GB free on cpu; lower train.batch_size or "
+        "train.patch_size"
+    )
+    assert not (tmp_path / "run").exists()
+    # the shipped default recipe needs well under a GB: never refused on a usual machine
+    assert trainer.step_memory_estimate(16, 160, [24, 48, 96, 192, 384], [2] * 4, True) < 2**29
+
+
+def test_the_cache_keeps_apart_a_label_file_read_in_two_conventions(tmp_path):
+    """The cache key left out the label convention: a folder read once with the wrong one kept
+    serving those labels after the layout was corrected (LV and RV swapped in training)."""
+    from cardioseg.data.datasets import CaseRecord
+    from cardioseg.training.slices import load_prepared
+
+    lab = disc_labels((40, 36, 3))
+    img = write_nifti(tmp_path / "a.nii.gz", image_from_labels(lab))
+    gt = write_nifti(tmp_path / "a_gt.nii.gz", lab)
+    cache = tmp_path / "cache"
+    as_canonical = CaseRecord("folder", "a", "ED", str(img), str(gt), "canonical", -1)
+    as_acdc = CaseRecord("folder", "a", "ED", str(img), str(gt), "acdc", -1)
+    first = load_prepared([as_canonical], 1.0, cache)[0].label
+    second = load_prepared([as_acdc], 1.0, cache)[0].label
+    assert (first == 1).sum() > 0 and (first == 3).sum() > 0
+    assert ((second == 3) == (first == 1)).all() and ((second == 1) == (first == 3)).all()
+
+
+def test_labels_in_the_swapped_convention_are_refused(tmp_path):
+    """ACDC or MS-CMRSeg files (RV 1, LV 3) in a generic folder (read as LV 1, RV 3) trained a
+    model with the ventricles swapped, without a word."""
+    cfg = _config(tmp_path)
+    for i in range(4):  # the same data with 1 and 3 exchanged, as ACDC files would hold them
+        f = tmp_path / "data" / f"case{i}_gt.nii.gz"
+        lab = disc_labels((56, 48, 4), center=(26 + i, 22 + i))
+        write_nifti(f, np.choose(lab, [0, 3, 2, 1]).astype(np.uint8))
+    with pytest.raises(
+        CardiosegError,
+        match=r"the labels look swapped: class 3 lies inside the "
+        r"myocardium \(100% of its border touches it\) and class 1 beside it",
+    ):
+        Trainer(cfg, progress=False).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_epoch_trained_again_after_a_kill_is_one_row_of_metrics(tmp_path):
+    """A run killed after writing an epoch's metrics row but before its last.pt trains that
+    epoch again on resume: its row was then in metrics.csv twice."""
+    cfg = _config(tmp_path, epochs=2)
+    cfg.train.epochs = 1
+    Trainer(cfg, progress=False).run()
+    out = tmp_path / "run"
+    with open(out / "metrics.csv", "a") as fh:  # epoch 2's row, written just before the kill
+        fh.write("2,0.5,0.001,,,,,1.0\n")
+    cfg.train.epochs = 2
+    Trainer(cfg, progress=False).run()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["loss"]) != 0.5  # the row of the epoch trained again
+
+
+def test_summary_has_no_best_dice_without_a_held_out_fold(tmp_path):
+    """All-data training (fold -1) wrote 'best_val_dice': -1.0 in summary.json, read as a
+    score."""
+    cfg = _config(tmp_path, fold=-1, n_val_monitor=1)
+    Trainer(cfg, progress=False).run()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_val_dice"] is None and summary["epochs_done"] == 1
+    assert 0.0 <= summary["last"]["dice_mean"] <= 1.0  # the monitored score is still there

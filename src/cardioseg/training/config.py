@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -60,8 +61,14 @@ class DatasetSpec:
     domain: str = ""
 
     def __post_init__(self) -> None:
+        from cardioseg.data.datasets import READERS
+
         if self.role not in ROLES:
             raise ValueError(f"dataset role must be one of {ROLES}, got {self.role!r}")
+        if self.layout != "auto" and self.layout not in READERS:  # said before the data are read
+            raise ValueError(
+                f"dataset layout must be 'auto' or one of {sorted(READERS)}, got {self.layout!r}"
+            )
         _check_filter(self.include, "include")
         _check_filter(self.exclude, "exclude")
 
@@ -329,7 +336,15 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) in '{where}': {unknown}")
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            if close:
+                hints.append(f"{key!r}: did you mean {close[0]!r}?")
+            elif key == "device":  # as other trainers have: the device is chosen here
+                hints.append("'device': no such setting, a CUDA GPU is used when there is one")
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise ValueError(f"unknown key(s) in '{where}': {unknown}{hint}")
     hints = get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():

@@ -80,8 +80,10 @@ def load_prepared(
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     for r in records:
+        # the label convention too: the same file read with another layout's is another label
+        lab = f"{r.label}|{r.label_map}" if require_label else ""
         key = hashlib.sha1(
-            f"{Path(r.image).resolve()}|{r.frame}|{r.label if require_label else ''}|"
+            f"{Path(r.image).resolve()}|{r.frame}|{lab}|"
             f"{target_spacing}|{'v2h' if canonical_handedness else 'v1'}".encode()
         ).hexdigest()[:16]
         f = cache / f"{key}.npz" if cache else None

@@ -28,6 +28,7 @@ from cardioseg.data.datasets import CaseRecord, discover, filter_records, record
 from cardioseg.data.splits import kfold_split
 from cardioseg.errors import CardiosegError
 from cardioseg.io.locking import LOCK_NAME, lock_folder
+from cardioseg.io.nifti import atomic_write
 from cardioseg.models.checkpoint import save_checkpoint
 from cardioseg.models.factory import build_model
 from cardioseg.preprocessing.geometry import pad_to_multiple
@@ -55,10 +56,14 @@ def collect_records(cfg: TrainingConfig, role: str = "source") -> list[CaseRecor
     records: list[CaseRecord] = []
     targets: list[CaseRecord] = []
     roles = ("source", "target_labeled") if role == "source" else (role,)
-    for ds in cfg.data.datasets:
+    for i, ds in enumerate(cfg.data.datasets):
         if ds.role not in roles:
             continue
-        found = filter_records(discover(ds.path, ds.layout), ds.include, ds.exclude)
+        try:
+            found = filter_records(discover(ds.path, ds.layout), ds.include, ds.exclude)
+        except CardiosegError as exc:  # named as the config names it: the CLI adds the file
+            problem = f"{exc.path}: {exc.problem}" if exc.path else exc.problem
+            raise CardiosegError(None, f"data.datasets[{i}]: {problem}") from None
         if role == "source":
             found = [r for r in found if r.label]
         else:
@@ -236,6 +241,97 @@ def _remove_created(folders: list[Path]) -> None:
             return
 
 
+def step_memory_estimate(
+    batch: int, patch: int, channels: list[int], strides: list[int], half: bool
+) -> float:
+    """Bytes a U-Net training step needs at least: the activations kept for the backward pass,
+    about 5 float32 (2.5 with mixed precision) maps of each level's channels at its
+    resolution (measured: 5 to 8 times, and 2.7 in bfloat16, for the shipped and tiny networks).
+
+    Example:
+        >>> shipped = ([24, 48, 96, 192, 384], [2, 2, 2, 2])
+        >>> round(step_memory_estimate(16, 160, *shipped, half=False) / 2**20)  # MB
+        371
+    """
+    level, scale = 1.0, 1
+    for i, ch in enumerate(channels):
+        level += ch / scale**2
+        if i < len(strides):
+            scale *= strides[i]
+    return (2.5 if half else 5.0) * 4.0 * batch * patch * patch * level
+
+
+def available_memory() -> int | None:
+    """The memory available to a new allocation on this machine (Linux ``MemAvailable``), in
+    bytes; ``None`` where it is not known."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_patch_size(cases: list[PreparedCase], patch_size: int, spacing: float) -> None:
+    """Refuse a patch larger than every training image (at ``data.target_spacing``): each
+    patch would be mostly padding, and every step would be slower for it."""
+    if not cases:
+        return
+    largest = max(max(c.image.shape[1:]) for c in cases)
+    if patch_size > largest:
+        raise CardiosegError(
+            None,
+            f"train.patch_size {patch_size} is larger than every training image (the largest "
+            f"side is {largest} pixels at data.target_spacing {spacing} mm); the patches would "
+            f"be mostly padding: use at most {largest}",
+        )
+
+
+def myo_contact(label: np.ndarray, cls: int) -> tuple[int, int]:
+    """Of the in-plane border pixels of class ``cls`` in a ``(Z, H, W)`` label stack, how many
+    there are and how many touch the myocardium (2): the LV blood pool lies inside the
+    myocardium (nearly all), the RV beside it (a part).
+
+    Example:
+        >>> lab = np.zeros((1, 7, 9), np.uint8)
+        >>> lab[0, 1:6, 1:6] = 2; lab[0, 2:5, 2:5] = 1; lab[0, 2:5, 6:8] = 3
+        >>> myo_contact(lab, 1), myo_contact(lab, 3)
+        ((8, 8), (6, 3))
+    """
+    m = label == cls
+    p = np.pad(label, ((0, 0), (1, 1), (1, 1)), constant_values=0)
+    nbrs = [p[:, :-2, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, :-2], p[:, 1:-1, 2:]]
+    border = m & np.logical_or.reduce([n != cls for n in nbrs])
+    touch = border & np.logical_or.reduce([n == 2 for n in nbrs])
+    return int(border.sum()), int(touch.sum())
+
+
+def check_label_convention(cases: list[PreparedCase], margin: float = 0.2) -> None:
+    """Refuse a dataset whose labels look like another convention's: its class 3 lies inside
+    the myocardium and its class 1 beside it, as where RV = 1 and LV = 3 (ACDC, MS-CMRSeg) are
+    read as canonical (LV = 1, RV = 3, e.g. such files in a ``folder`` layout): the model would
+    learn the ventricles swapped."""
+    by_folder: dict[str, list[PreparedCase]] = {}
+    for c in cases:
+        if c.label is not None:
+            by_folder.setdefault(str(Path(c.record.image).parent), []).append(c)
+    for folder, group in sorted(by_folder.items()):
+        counts = np.array([[*myo_contact(c.label, 1), *myo_contact(c.label, 3)] for c in group])
+        lv_border, lv_touch, rv_border, rv_touch = counts.sum(0)
+        if min(lv_border, rv_border) < 20:  # too little of either ventricle to judge
+            continue
+        lv, rv = lv_touch / lv_border, rv_touch / rv_border
+        if rv > lv + margin:
+            raise CardiosegError(
+                folder,
+                f"the labels look swapped: class 3 lies inside the myocardium ({rv:.0%} of its "
+                f"border touches it) and class 1 beside it ({lv:.0%}), as in the ACDC and "
+                "MS-CMRSeg convention (1 = RV, 3 = LV); these data are read as 1 = LV, 3 = RV: "
+                "give the dataset's own layout (acdc, mscmr) or remap the label files",
+            )
+
+
 #: Settings a resumed run may change: where it is written, how long it trains, how its data
 #: are loaded and with how many threads (and the ``inference.*`` evaluation settings).
 #: Everything else must equal the interrupted run's.
@@ -321,6 +417,7 @@ class Trainer:
                 load_init_weights(init_model, cfg.init_checkpoint)
                 init_state = init_model.state_dict()  # read once, copied into the model below
                 del init_model
+        self._check_memory()
         records = collect_records(cfg)
         train_recs, val_recs = split_records(records, cfg)
         self._log(f"{len(train_recs)} training and {len(val_recs)} validation volumes")
@@ -331,6 +428,8 @@ class Trainer:
         val_cases = load_prepared(
             val_recs, d.target_spacing, d.cache_dir, canonical_handedness=d.canonical_handedness
         )
+        check_patch_size(train_cases, t.patch_size, d.target_spacing)
+        check_label_convention(train_cases + val_cases)
         target_recs = collect_records(cfg, "target_unlabeled")
         target_cases = load_prepared(
             target_recs,
@@ -428,6 +527,8 @@ class Trainer:
             if swa is not None and "swa_state" in ck:
                 swa.load_state_dict(ck["swa_state"])
             self._log(f"resumed from {last} at epoch {start_epoch}")
+        if self.rank == 0:
+            self._trim_metrics(start_epoch)
         net = model
         if self.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -547,7 +648,8 @@ class Trainer:
             (self.out / "summary.json").write_text(
                 json.dumps(
                     {
-                        "best_val_dice": best,
+                        # all-data training (fold -1) keeps no best: null, not -1
+                        "best_val_dice": best if best >= 0 else None,
                         "epochs_done": len(history),
                         "train_time_s": history[-1]["elapsed_s"] if history else 0.0,
                         "weights_averaged": int(swa.n_averaged) if swa is not None else 0,
@@ -557,6 +659,29 @@ class Trainer:
                 )
             )
         return {"best": best, "history": history}
+
+    def _check_memory(self) -> None:
+        """Refuse, before the data are read, a batch whose training step cannot fit in the
+        memory free on the device (a CPU's is shared by the ranks of a ``torchrun`` on it):
+        otherwise the step fails after the data are loaded or the system kills the process
+        without a word. See :func:`step_memory_estimate`."""
+        t, m = self.cfg.train, self.cfg.model
+        need = step_memory_estimate(
+            t.batch_size, t.patch_size, list(m.channels), list(m.strides), self.amp
+        )
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            free = available_memory()
+            need *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if free is not None and need > free:
+            raise CardiosegError(
+                None,
+                f"train.batch_size {t.batch_size} with train.patch_size {t.patch_size} needs "
+                f"about {need / 2**30:.1f} GB for a training step, more than the "
+                f"{free / 2**30:.1f} GB free on {self.device}; lower train.batch_size or "
+                "train.patch_size",
+            )
 
     def _check_resumable(self) -> dict[str, Any] | None:
         """Refuse to resume ``output_dir/last.pt`` with another configuration: the run would go
@@ -592,6 +717,20 @@ class Trainer:
             "metrics": row,
             "format": "cardioseg-checkpoint-v1",
         }
+
+    def _trim_metrics(self, epochs_done: int) -> None:
+        """Drop the rows of ``metrics.csv`` after the epochs the checkpoint holds: a run stopped
+        between writing an epoch's row and its ``last.pt`` trains that epoch again, and its row
+        would be there twice."""
+        f = self.out / "metrics.csv"
+        if not f.exists():
+            return
+        with open(f, newline="") as fh:
+            rows = list(csv.reader(fh))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= epochs_done]
+        if len(kept) < len(rows):
+            with atomic_write(f) as tmp, open(tmp, "w", newline="") as fh:
+                csv.writer(fh).writerows(kept)
 
     def _write_epoch(self, row: dict, writer: Any) -> None:
         f = self.out / "metrics.csv"
