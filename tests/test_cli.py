@@ -337,6 +337,24 @@ def _one_line_error(res, name, needle=""):
 NEEDLES = {"blank": "image is blank (every voxel is 7)", "tiny_fov": "field of view"}
 
 
+def _output_folder_args(tmp_path, command: str, target, checkpoint) -> list:
+    """Arguments of ``command`` writing its output folder at ``target``, over a one-case
+    dataset written under ``tmp_path / "ds"``."""
+    lab = disc_labels()
+    for ph in ("ED", "ES"):
+        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
+        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
+    ds = tmp_path / "ds"
+    return {
+        "evaluate": ["--dataset", ds, "--model", checkpoint, "-o", target],
+        "agreement": ["--dataset", ds, "--model", checkpoint, "-o", target],
+        "explore": [ds, "-o", target],
+        "analyze-batch": [ds, "--model", checkpoint, "-o", target],
+        "benchmark": [tmp_path / "protocol.yaml", "-o", target],
+        "serve": ["--data-dir", target, "--model", checkpoint],
+    }[command]
+
+
 @pytest.mark.parametrize(
     "kind",
     [
@@ -635,21 +653,9 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
-    lab = disc_labels()
-    for ph in ("ED", "ES"):
-        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
-        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
     target = tmp_path / "afile"
     target.write_text("keep")
-    ds = tmp_path / "ds"
-    args = {
-        "evaluate": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
-        "agreement": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
-        "explore": [ds, "-o", target],
-        "analyze-batch": [ds, "--model", tiny_checkpoint, "-o", target],
-        "benchmark": [tmp_path / "protocol.yaml", "-o", target],
-        "serve": ["--data-dir", target, "--model", tiny_checkpoint],
-    }[command]
+    args = _output_folder_args(tmp_path, command, target, tiny_checkpoint)
     what = "data folder" if command == "serve" else "output"
     _one_line_error(_run([command, *args]), str(target), f"{what} exists and is not a folder")
     assert target.read_text() == "keep"
@@ -810,21 +816,9 @@ def test_an_output_folder_under_a_file_is_refused_before_any_work(
 
     monkeypatch.setattr(cardioseg.inference, "Segmenter", no_model)
     monkeypatch.setattr(cardioseg.app, "serve", no_model)
-    lab = disc_labels()
-    for ph in ("ED", "ES"):
-        write_nifti(tmp_path / "ds" / f"c0_{ph}.nii.gz", image_from_labels(lab))
-        write_nifti(tmp_path / "ds" / f"c0_{ph}_gt.nii.gz", lab)
     (tmp_path / "afile").write_text("keep")
     target = tmp_path / "afile" / "sub" / "out"
-    ds = tmp_path / "ds"
-    args = {
-        "evaluate": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
-        "agreement": ["--dataset", ds, "--model", tiny_checkpoint, "-o", target],
-        "explore": [ds, "-o", target],
-        "analyze-batch": [ds, "--model", tiny_checkpoint, "-o", target],
-        "benchmark": [tmp_path / "protocol.yaml", "-o", target],
-        "serve": ["--data-dir", target, "--model", tiny_checkpoint],
-    }[command]
+    args = _output_folder_args(tmp_path, command, target, tiny_checkpoint)
     needle = f"cannot make a folder here: {tmp_path / 'afile'} is a file"
     _one_line_error(_run([command, *args]), str(target), needle)
     assert (tmp_path / "afile").read_text() == "keep"
