@@ -1426,3 +1426,45 @@ def test_qc_sets_aside_only_slices_taken_out_whole(tmp_path, tiny_checkpoint, mo
     assert res.exit_code == 0, res.output
     assert seen["excluded"] == {"ES": [2]}
     assert set(seen["counted"]) == {"ED", "ES"}
+
+
+def test_analyze_batch_rerun_analyses_a_different_study_saved_under_a_finished_name(
+    tmp_path, tiny_checkpoint
+):
+    """A resumed batch keeps a finished study by name only while its files are the same ones."""
+    import shutil
+
+    studies = tmp_path / "studies"
+    _write_cine(studies / "a.nii.gz", seed=5, frames=3)
+    _write_cine(studies / "b.nii.gz", seed=6, frames=3)
+    out = tmp_path / "out"
+    args = ["analyze-batch", studies, "-o", out, "--model", tiny_checkpoint, "--no-progress"]
+    args += ["--no-pdf"]
+    assert _run(args).exit_code == 0
+    signature = json.loads((out / "a" / "report.json").read_text())["meta"]["input_signature"]
+    stamps = {n: (out / n / "report.json").stat().st_mtime_ns for n in "ab"}
+    # the same files copied elsewhere (new times) keep their signature: nothing is redone
+    moved = tmp_path / "moved"
+    shutil.copytree(studies, moved)
+    for f in moved.iterdir():
+        os.utime(f, (1, 1))
+    res = _run(["analyze-batch", moved, *args[2:]])
+    assert res.exit_code == 0, res.output
+    assert {n: (out / n / "report.json").stat().st_mtime_ns for n in "ab"} == stamps
+    # another study saved as a.nii.gz: analysed again, b kept
+    _write_cine(moved / "a.nii.gz", seed=7, frames=4)
+    res = _run(["analyze-batch", moved, *args[2:]])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "a" / "report.json").read_text())
+    assert report["meta"]["n_frames"] == 4
+    assert report["meta"]["input_signature"] != signature
+    assert (out / "b" / "report.json").stat().st_mtime_ns == stamps["b"]
+    rows = {r["study"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert rows["a"]["status"] == rows["b"]["status"] == "done"
+    # a report from before signatures were recorded is kept as it is
+    del report["meta"]["input_signature"]
+    (out / "a" / "report.json").write_text(json.dumps(report))
+    _write_cine(moved / "a.nii.gz", seed=8, frames=3)
+    stamp = (out / "a" / "report.json").stat().st_mtime_ns
+    assert _run(["analyze-batch", moved, *args[2:]]).exit_code == 0
+    assert (out / "a" / "report.json").stat().st_mtime_ns == stamp

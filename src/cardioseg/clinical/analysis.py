@@ -463,6 +463,7 @@ def analyze_study(
     from cardioseg.clinical.report import write_report
     from cardioseg.inference import Segmenter
     from cardioseg.io.dicom.headers import HEART_RATE_BPM_RANGE
+    from cardioseg.io.signature import input_signature
     from cardioseg.models.checkpoint import model_description
     from cardioseg.preprocessing import check_inplane_geometry, slice_axis
 
@@ -484,6 +485,10 @@ def analyze_study(
         raise CardiosegError(
             None, f"heart rate must lie between {lo:g} and {hi:g} /min, got {heart_rate_bpm:g}"
         )
+    # what the result was made from, read before the files: a batch resumed later tells a
+    # different study saved under this one's name (meta.input_signature)
+    given_paths = [p for p in (study, ed, es) if p is not None]
+    signature = input_signature(given_paths) if given_paths else None
     st = loaded if loaded is not None else load_study(study, ed, es)
     seg = segmenter or Segmenter()
     spacing = st.properties.spacing
@@ -734,6 +739,8 @@ def analyze_study(
             if calibration.calibrated
             else "none for this model (the default model's thresholds were used)",
         }
+        if signature is not None:
+            meta["input_signature"] = signature
         if st.kind == "dicom":  # what the DICOM-SEG series was asked to hold
             meta["dicom_seg_phases"] = seg_phases
         if getattr(seg, "backend", None) and getattr(seg, "precision", None):

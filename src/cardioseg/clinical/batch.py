@@ -2,7 +2,9 @@
 
 Each study's results go to ``OUTDIR/<study name>/``; a study whose ``report.json`` exists is skipped
 on a re-run, unless another model wrote it (``results.csv`` lists each row's model: one table,
-one model). A failing study is recorded with its error and the batch goes on.
+one model) or its input files are no longer those it was made from (another study saved under
+the same name; see :mod:`cardioseg.io.signature`). A failing study is recorded with its error
+and the batch goes on.
 
 After review, a reader's slice exclusions (see :mod:`cardioseg.clinical.slices`) are given for
 many studies at once as a CSV file (:func:`read_exclusions`); a re-run then analyses again exactly
@@ -460,11 +462,14 @@ def run_batch(
                 and same_input(r["study"])
             }
         todo: list[tuple[str, Path]] = []
-        other_model = without_pdf = without_seg = 0
+        other_model = without_pdf = without_seg = changed = 0
         for name, s in studies.items():
             report = _finished_report(outdir / name / "report.json")
             if not same_input(name):  # the name now stands for another input
                 report = None
+            if report is not None and not _same_files(report, s):  # another study, same name
+                report = None
+                changed += 1
             same_model = (
                 report is not None and (report.get("meta") or {}).get("model") == current_model
             )
@@ -486,6 +491,12 @@ def run_batch(
                 todo.append((name, s))
         _write_table(table, rows)
         log.info("%d studies, %d already done", len(studies), len(studies) - len(todo))
+        if changed:
+            log.warning(
+                "%d finished studies' input files have changed since they were analysed "
+                "(another study under the same name?): analysed again",
+                changed,
+            )
         if other_model:
             # one table, one model: a resumed batch never mixes results of two models
             log.warning(
@@ -540,6 +551,16 @@ def run_batch(
                     rows[name] = _row(name, report, input_name=name_text(s.name))
             _write_table(table, rows)
         return table
+
+
+def _same_files(report: dict, study: Path) -> bool:
+    """Whether a finished study's input is still the one its report was made from (the
+    :func:`~cardioseg.io.signature.input_signature` in ``meta``; a report written before
+    signatures were recorded is taken as made from the files there now)."""
+    from cardioseg.io.signature import input_signature
+
+    recorded = (report.get("meta") or {}).get("input_signature")
+    return recorded is None or recorded == input_signature([study])
 
 
 def _lacks_seg_phases(report: dict | None, seg_phases: str) -> bool:

@@ -649,6 +649,7 @@ META_NAMES = {
     "series_description": "series description",
     "warnings": "input warnings",
     "lv_max_wall_thickness_slice": "slice of the LV max wall thickness (ED)",
+    "input_signature": "input files' signature (names, sizes, headers)",
 }
 
 #: The input kinds (``meta["source_kind"]``) in words.
